@@ -1,0 +1,16 @@
+"""Class names that ship with the package (no download)."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+
+
+@lru_cache(maxsize=1)
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names, in index order (from torchvision's weight metadata)."""
+    text = resources.files(__package__).joinpath("data/imagenet_classes.json").read_text()
+    names = tuple(json.loads(text))
+    assert len(names) == 1000, f"imagenet_classes.json has {len(names)} names, expected 1000"
+    return names

@@ -1,0 +1,123 @@
+"""The preprocessing spec: the one source of truth for resize, crop, interpolation, mean and std.
+
+It travels with the checkpoint (`ckpt["preprocess"]`) into the export manifest and the server, and
+`eval_transform` is the single implementation that training's validation, export's parity set, the
+TorchServe handler and `client --local` all call, so they can never disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+
+_INTERPOLATIONS = {
+    "nearest": InterpolationMode.NEAREST,
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+}
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How an image becomes the network's input at evaluation time.
+
+    `resize_size` is the shorter side after resizing, `input_size` the square center crop the
+    network sees. Pixels are scaled to [0, 1], then normalised with `mean`/`std` in RGB order.
+    """
+
+    input_size: int = 224
+    resize_size: int = 256
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(
+                f"preprocess interpolation {self.interpolation!r} is not one of {sorted(_INTERPOLATIONS)}"
+            )
+        if self.resize_size < self.input_size:
+            raise ValueError(
+                f"preprocess resize_size ({self.resize_size}) must be >= input_size ({self.input_size})"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError("preprocess mean and std need three values (R, G, B)")
+        if self.channel_order != "RGB" or self.layout != "NCHW":
+            raise ValueError("only RGB channel order and NCHW layout are supported")
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    @property
+    def crop_pct(self) -> float:
+        return self.input_size / self.resize_size
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PreprocessSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown preprocess keys {unknown}; expected a subset of {sorted(known)}")
+        return cls(**d)
+
+    def with_input_size(self, input_size: int) -> "PreprocessSpec":
+        """The same crop ratio at another resolution (e.g. 288 instead of 224)."""
+        resize = int(round(input_size / self.crop_pct))
+        return dataclasses.replace(self, input_size=input_size, resize_size=max(resize, input_size))
+
+
+def interpolation_mode(spec: PreprocessSpec) -> InterpolationMode:
+    return _INTERPOLATIONS[spec.interpolation]
+
+
+def eval_resize_crop(spec: PreprocessSpec) -> v2.Compose:
+    """PIL image or uint8 tensor -> uint8 CHW tensor, resized and center-cropped (no normalisation).
+
+    Loaders use this so that batches travel as uint8 and are normalised on the device.
+    """
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(spec.resize_size, interpolation=interpolation_mode(spec), antialias=True),
+            v2.CenterCrop(spec.input_size),
+        ]
+    )
+
+
+def eval_transform(spec: PreprocessSpec) -> v2.Compose:
+    """PIL image or uint8 tensor -> normalised float32 CHW tensor: the validation transform."""
+    return v2.Compose(
+        [
+            eval_resize_crop(spec),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(spec.mean), std=list(spec.std)),
+        ]
+    )
+
+
+def normalize_batch(batch: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """uint8 (or [0, 1] float) NCHW batch -> normalised float32, on whatever device it lives on."""
+    x = batch.float()
+    if batch.dtype == torch.uint8:
+        x = x.div_(255.0)
+    mean = torch.tensor(spec.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std)

@@ -1,0 +1,293 @@
+"""ResNets written from scratch, with torchvision's module and state_dict key names.
+
+One `ResNet` class covers every family:
+
+* ImageNet ResNet-18/34/50/101/152: 7x7/2 stem + max-pool, four stages of 64-512 channels,
+  bottleneck stride on the 3x3 conv ("v1.5", as torchvision and timm).
+* CIFAR ResNet-18/34/50/101: the same stages behind a 3x3/1 stem with no max-pool.
+* The CIFAR paper's ResNet-20/32/44/56/110: three stages of 16/32/64 channels, shortcut option A
+  (parameter-free: subsample and zero-pad channels) or B (1x1 conv + BN projection).
+
+`pre_activation=True` turns any of them into ResNet v2 (BN -> ReLU -> conv inside each block, nothing
+after the addition, one final BN + ReLU before pooling). The ResNet-D tweaks (deep stem, average-pool
+downsample) use timm's key names so timm's `resnet50d` weights load too.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import StochasticDepth
+
+__all__ = ["BasicBlock", "Bottleneck", "ResNet"]
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+class ZeroPadShortcut(nn.Module):
+    """Shortcut option A of He et al. (2015), section 4.2: subsample, then zero-pad the new channels."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.extra_channels = out_planes - in_planes
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return nn.functional.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
+
+
+def make_shortcut(
+    in_planes: int, out_planes: int, stride: int, *, kind: str, pre_activation: bool
+) -> nn.Module | None:
+    """The shortcut of a block whose input and output shapes differ (None when they match)."""
+    if stride == 1 and in_planes == out_planes:
+        return None
+    if kind == "A":
+        return ZeroPadShortcut(in_planes, out_planes, stride)
+    if kind == "B":
+        if pre_activation:  # the projection sees the block's already normalised input
+            return nn.Sequential(conv1x1(in_planes, out_planes, stride))
+        return nn.Sequential(conv1x1(in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
+    if kind == "D":  # ResNet-D: average-pool, then a stride-1 projection (timm's key layout)
+        pool = (
+            nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
+        )
+        layers = [pool, conv1x1(in_planes, out_planes)]
+        if not pre_activation:
+            layers.append(nn.BatchNorm2d(out_planes))
+        return nn.Sequential(*layers)
+    raise ValueError(f"unknown shortcut kind {kind!r}; expected 'A', 'B' or 'D'")
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs. Post-activation (v1) unless `pre_activation` (v2)."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int = 1,
+        shortcut: nn.Module | None = None,
+        pre_activation: bool = False,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.pre_activation = pre_activation
+        self.bn1 = nn.BatchNorm2d(in_planes if pre_activation else planes)
+        self.conv1 = conv3x3(in_planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = shortcut
+        self.drop_path = StochasticDepth(drop_path, "row") if drop_path > 0 else nn.Identity()
+
+    def last_norm_or_conv(self) -> nn.Module:
+        """The layer whose zero init makes the residual branch output zero."""
+        return self.conv2 if self.pre_activation else self.bn2
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.pre_activation:
+            out = self.relu(self.bn1(x))
+            identity = x if self.downsample is None else self.downsample(out)
+            out = self.conv1(out)
+            out = self.conv2(self.relu(self.bn2(out)))
+            return self.drop_path(out) + identity
+
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(self.drop_path(out) + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carrying the stride, "v1.5"), 1x1 expand by 4."""
+
+    expansion = 4
+
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int = 1,
+        shortcut: nn.Module | None = None,
+        pre_activation: bool = False,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        out_planes = planes * self.expansion
+        self.pre_activation = pre_activation
+        self.bn1 = nn.BatchNorm2d(in_planes if pre_activation else planes)
+        self.conv1 = conv1x1(in_planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn3 = nn.BatchNorm2d(planes if pre_activation else out_planes)
+        self.conv3 = conv1x1(planes, out_planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = shortcut
+        self.drop_path = StochasticDepth(drop_path, "row") if drop_path > 0 else nn.Identity()
+
+    def last_norm_or_conv(self) -> nn.Module:
+        return self.conv3 if self.pre_activation else self.bn3
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.pre_activation:
+            out = self.relu(self.bn1(x))
+            identity = x if self.downsample is None else self.downsample(out)
+            out = self.conv1(out)
+            out = self.conv2(self.relu(self.bn2(out)))
+            out = self.conv3(self.relu(self.bn3(out)))
+            return self.drop_path(out) + identity
+
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(self.drop_path(out) + identity)
+
+
+Block = type[BasicBlock] | type[Bottleneck]
+
+
+class ResNet(nn.Module):
+    """A residual network.
+
+    Args:
+        block: `BasicBlock` or `Bottleneck`.
+        layers: blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50.
+        widths: base channels per stage (ImageNet: 64..512; the CIFAR paper: 16, 32, 64).
+        num_classes: size of the classifier.
+        stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool), "deep" (ResNet-D: three 3x3 convs + max-pool)
+            or "cifar" (one 3x3/1 conv, no pooling).
+        shortcut: "B" (1x1 conv + BN projection, torchvision), "A" (parameter-free zero padding)
+            or "D" (ResNet-D: average pool + 1x1 conv + BN).
+        pre_activation: ResNet v2 blocks and a final BN + ReLU.
+        zero_init_residual: zero the last BN gamma (v1) or last conv (v2) of every residual branch,
+            so that each block starts as the identity.
+        drop_path_rate: stochastic depth; block i of n drops its branch with rate * i / (n - 1).
+        dropout: dropout probability before the classifier.
+    """
+
+    def __init__(
+        self,
+        block: Block,
+        layers: Sequence[int],
+        widths: Sequence[int] = (64, 128, 256, 512),
+        num_classes: int = 1000,
+        stem: str = "imagenet",
+        shortcut: str = "B",
+        pre_activation: bool = False,
+        zero_init_residual: bool = False,
+        drop_path_rate: float = 0.0,
+        dropout: float = 0.0,
+        in_chans: int = 3,
+    ) -> None:
+        super().__init__()
+        if len(layers) != len(widths):
+            raise ValueError(f"layers {tuple(layers)} and widths {tuple(widths)} must have the same length")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.pre_activation = pre_activation
+        self.num_classes = num_classes
+        stem_width = widths[0]
+
+        stem_norm = not pre_activation or stem != "cifar"  # a v2 CIFAR net starts with a bare conv
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_chans, stem_width, kernel_size=7, stride=2, padding=3, bias=False)
+        elif stem == "deep":
+            half = stem_width // 2
+            self.conv1 = nn.Sequential(
+                conv3x3(in_chans, half, stride=2), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
+                conv3x3(half, half), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
+                conv3x3(half, stem_width),
+            )  # fmt: skip
+        elif stem == "cifar":
+            self.conv1 = conv3x3(in_chans, stem_width)
+        else:
+            raise ValueError(f"unknown stem {stem!r}; expected 'imagenet', 'deep' or 'cifar'")
+        self.bn1 = nn.BatchNorm2d(stem_width) if stem_norm else nn.Identity()
+        self.relu = nn.ReLU(inplace=True) if stem_norm else nn.Identity()
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem != "cifar" else nn.Identity()
+
+        total_blocks = sum(layers)
+        block_index = 0
+        in_planes = stem_width
+        for stage, (num_blocks, width) in enumerate(zip(layers, widths)):
+            blocks = []
+            for i in range(num_blocks):
+                stride = 2 if (stage > 0 and i == 0) else 1
+                out_planes = width * block.expansion
+                rate = drop_path_rate * block_index / max(total_blocks - 1, 1)
+                blocks.append(
+                    block(
+                        in_planes,
+                        width,
+                        stride=stride,
+                        shortcut=make_shortcut(
+                            in_planes, out_planes, stride, kind=shortcut, pre_activation=pre_activation
+                        ),
+                        pre_activation=pre_activation,
+                        drop_path=rate,
+                    )
+                )
+                in_planes = out_planes
+                block_index += 1
+            self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
+        self.num_stages = len(layers)
+        self.num_features = in_planes
+
+        self.final_bn = nn.BatchNorm2d(in_planes) if pre_activation else nn.Identity()
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(in_planes, num_classes)
+
+        self.reset_parameters(zero_init_residual)
+
+    def reset_parameters(self, zero_init_residual: bool = False) -> None:
+        """He (fan_out) init for convs, BN at gamma=1/beta=0; the Linear keeps PyTorch's default."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, (BasicBlock, Bottleneck)):
+                    nn.init.zeros_(m.last_norm_or_conv().weight)
+
+    def residual_blocks(self) -> list[nn.Module]:
+        return [m for m in self.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for stage in range(1, self.num_stages + 1):
+            x = getattr(self, f"layer{stage}")(x)
+        if self.pre_activation:
+            x = torch.relu(self.final_bn(x))
+        return x
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.fc(self.dropout(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def head_parameter_names(model: nn.Module) -> list[str]:
+    """Names of the classifier's parameters (what a fine-tune re-initialises)."""
+    return [f"fc.{name}" for name, _ in model.fc.named_parameters()]
