@@ -1,0 +1,135 @@
+"""`python -m client`: classify images with a TorchServe model (or an export, `--local`), or load-test it.
+
+    python -m client cat.jpg photos/ --url http://localhost:8080 --model resnet50
+    python -m client --local exports/resnet50 cat.jpg
+    python -m client loadtest --host http://127.0.0.1:8080 --model resnet50 --users 8 --duration 60s
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .errors import ClientError
+from .images import collect_images
+from .output import ImageResult, format_json, format_table
+
+EXIT_CODES = """exit status:
+  0  every image was classified
+  1  some images failed (bad image, HTTP error from the server); the others are printed
+  2  bad command line (missing file, folder without images)
+  3  the server could not be reached (connection refused, unknown host)
+  4  the model is not served there (HTTP 404), or --local's export cannot be loaded
+"""
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m client",
+        description=__doc__,
+        epilog=EXIT_CODES + "\nLoad testing: `python -m client loadtest --help`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files and/or folders (searched recursively)")
+    parser.add_argument("--url", default="http://localhost:8080", help="TorchServe inference API (default: %(default)s)")
+    parser.add_argument("--model", default="resnet50", help="model name on the server (default: %(default)s)")
+    parser.add_argument(
+        "--top-k", type=positive_int, default=5,
+        help="classes shown per image (default: %(default)s); remote mode shows at most what the server returns",
+    )
+    parser.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight at once (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each answer (default: %(default)s)")
+    parser.add_argument(
+        "--retries", type=int, default=4,
+        help="retries after HTTP 503 (server busy), with exponential backoff from 0.5 s (default: %(default)s)",
+    )
+    local = parser.add_argument_group("without a server")
+    local.add_argument(
+        "--local", metavar="EXPORT_DIR", type=Path,
+        help="predict in this process from an export directory (exports/NAME): same decoding, preprocessing "
+        "and runner as the server; --url and --model are ignored",
+    )
+    local.add_argument("--format", choices=["onnx", "torchscript", "trt"], help="--local artifact (default: the fastest that passed parity)")
+    return parser
+
+
+def open_predictor(args: argparse.Namespace):
+    """A `.predict(bytes) -> [(label, prob)]` object and a description of it for the JSON output."""
+    if args.local is not None:
+        from .local import LocalPredictor  # torch is imported only here
+
+        predictor = LocalPredictor(args.local, fmt=args.format, top_k=args.top_k)
+        return predictor, {"export": str(args.local), "format": predictor.runner.format}
+    from .remote import PredictionClient
+
+    client = PredictionClient(args.url, args.model, timeout_s=args.timeout, retries=args.retries)
+    return client, {"url": client.url, "model": args.model}
+
+
+def classify(predictor, path: Path, top_k: int) -> ImageResult:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return ImageResult(str(path), error=f"cannot read the file: {e.strerror or e}")
+    try:
+        return ImageResult(str(path), predictions=predictor.predict(data)[:top_k])
+    except ClientError as e:
+        if e.fatal:
+            raise
+        return ImageResult(str(path), error=str(e))
+
+
+def predict_main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        paths = collect_images(args.images)
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(str(e))
+    try:
+        predictor, source = open_predictor(args)
+    except ClientError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+    # --local runs in this process: threads would only fight over the same cores.
+    workers = 1 if args.local is not None else min(args.concurrency, len(paths))
+    results: list[ImageResult] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(classify, predictor, path, args.top_k) for path in paths]
+        try:
+            for future in futures:  # in the order given, whatever order they finish in
+                result = future.result()
+                results.append(result)
+                if not args.json:
+                    print(format_table(result), flush=True)
+        except ClientError as e:
+            pool.shutdown(wait=False, cancel_futures=True)
+            print(f"error: {e}", file=sys.stderr)
+            return e.exit_code
+    if args.json:
+        print(format_json(results, source=source))
+    failed = sum(not r.ok for r in results)
+    if failed:
+        print(f"{failed} of {len(results)} images failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["loadtest"]:
+        from .loadtest import loadtest_main
+
+        return loadtest_main(argv[1:])
+    return predict_main(argv)

@@ -1,0 +1,155 @@
+"""Asking a TorchServe inference API for predictions over HTTP (requests only: no torch here).
+
+`POST /predictions/<model>` with the raw image bytes as the body answers TorchServe's convention:
+a JSON object of the top-k classes, highest first (`{"tabby": 0.41, "tiger_cat": 0.35, ...}`).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import requests
+
+from .errors import ClientError, HTTPError, ModelNotFound, ServerUnreachable
+
+Predictions = list[tuple[str, float]]
+
+
+def server_message(response: requests.Response) -> str:
+    """The human part of an error response: TorchServe's and our handler's JSON `message`.
+
+    Falls back to the raw text (shortened) when the body is not the JSON we expect.
+    """
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for key in ("message", "error", "detail"):
+            if isinstance(body.get(key), str) and body[key]:
+                return body[key]
+    text = response.text.strip()
+    if len(text) > 300:
+        text = text[:300] + "..."
+    return text or response.reason or "no message"
+
+
+def parse_predictions(response: requests.Response) -> Predictions:
+    """`{"label": probability, ...}` -> [(label, probability), ...] in the server's order."""
+    try:
+        body = json.loads(response.content)
+    except ValueError as e:
+        raise HTTPError(response.status_code, f"server answered with invalid JSON ({e}): {response.text[:200]!r}")
+    if not isinstance(body, dict) or not body or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in body.values()
+    ):
+        raise HTTPError(
+            response.status_code,
+            f"server answered {response.text[:200]!r}, expected a JSON object of class -> probability",
+        )
+    return [(str(label), float(prob)) for label, prob in body.items()]
+
+
+class PredictionClient:
+    """Sends images to one model of a TorchServe inference API. Safe to share between threads.
+
+    503 (no worker free, queue full, model loading) is retried up to `retries` times with
+    exponential backoff (`backoff_s`, doubling, at most `max_backoff_s`; a `Retry-After` header in
+    seconds is honoured within the same cap). Other errors are raised at once as `ClientError`s.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        *,
+        timeout_s: float = 60.0,
+        retries: int = 4,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 8.0,
+    ):
+        self.url = url.rstrip("/")
+        if "://" not in self.url:
+            self.url = "http://" + self.url
+        self.model = model
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        # requests.Session is not documented as thread-safe: one per thread, each keeping its connection.
+        self._local = threading.local()
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.url}/predictions/{self.model}"
+
+    def _session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
+
+    def _post(self, image: bytes) -> requests.Response:
+        try:
+            return self._session().post(
+                self.endpoint,
+                data=image,
+                headers={"Content-Type": "application/octet-stream"},
+                timeout=self.timeout_s,
+            )
+        except requests.exceptions.ConnectionError as e:
+            raise ServerUnreachable(
+                f"cannot connect to {self.url} ({_reason(e)}). Is TorchServe running? "
+                f"Start it with `python -m serve start`, or point --url at the inference API."
+            ) from None
+        except requests.exceptions.Timeout:
+            raise HTTPError(0, f"no answer from {self.endpoint} within {self.timeout_s:g}s") from None
+        except requests.exceptions.RequestException as e:
+            raise HTTPError(0, f"request to {self.endpoint} failed: {e}") from None
+
+    def _delay(self, attempt: int, response: requests.Response) -> float:
+        delay = self.backoff_s * 2**attempt
+        retry_after = response.headers.get("Retry-After", "")
+        if retry_after.isdigit():
+            delay = max(delay, float(retry_after))
+        return min(delay, self.max_backoff_s)
+
+    def predict(self, image: bytes) -> Predictions:
+        """The server's top-k for one encoded image, highest first."""
+        for attempt in range(self.retries + 1):
+            response = self._post(image)
+            if response.status_code != 503 or attempt == self.retries:
+                break
+            time.sleep(self._delay(attempt, response))
+        if response.ok:
+            return parse_predictions(response)
+        message = server_message(response)
+        if response.status_code == 404:
+            raise ModelNotFound(
+                f"model {self.model!r} is not served at {self.url} (HTTP 404: {message}). "
+                f"Check --model; `python -m serve status` lists the models being served."
+            )
+        if response.status_code == 503:
+            raise HTTPError(503, f"HTTP 503 from {self.endpoint} after {self.retries} retries: {message}")
+        raise HTTPError(response.status_code, f"HTTP {response.status_code}: {message}")
+
+
+def _reason(error: requests.exceptions.ConnectionError) -> str:
+    """'connection refused', 'name not resolved', ... instead of urllib3's nested repr."""
+    text = str(error)
+    for needle, reason in (
+        ("Connection refused", "connection refused"),
+        ("Name or service not known", "unknown host"),
+        ("nodename nor servname", "unknown host"),
+        ("Temporary failure in name resolution", "unknown host"),
+        ("timed out", "connection timed out"),
+        ("Connection reset", "connection reset by the server"),
+        ("RemoteDisconnected", "the server closed the connection"),
+    ):
+        if needle in text:
+            return reason
+    return text
+
+
+__all__ = ["ClientError", "PredictionClient", "Predictions", "parse_predictions", "server_message"]
