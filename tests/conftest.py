@@ -4,4 +4,6 @@ Each stage runs for real once per session: a short training run on scikit-learn'
 of its checkpoint, a TorchServe process serving it.
 """
 
-pytest_plugins = []
+pytest_plugins = [
+    "tests.fixtures.served",
+]

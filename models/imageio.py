@@ -1,0 +1,99 @@
+"""Image bytes -> RGB PIL image, safely: the one decoder the server handler and `client --local` share.
+
+What it accepts: JPEG (and MPO, the multi-picture JPEG that phones write), PNG, WebP, BMP and GIF
+(the first frame of an animation); any of their modes: grayscale, palette, RGBA, CMYK, 16-bit. The
+EXIF orientation tag is applied, so a portrait photo taken with a rotated phone is seen upright.
+
+Transparency is composited onto white rather than dropped: the colour stored under fully
+transparent pixels is arbitrary (often black, sometimes garbage), while white is what a viewer shows
+and is the same every time.
+
+What it refuses, with an `ImageDecodeError` whose message says what was wrong:
+- zero bytes, and data that is not one of the formats above;
+- images with more than `max_pixels` pixels, judged from the header before any pixel is decoded
+  (a 100 kB PNG can claim 100000 x 100000 pixels and take 30 GB to decode: a decompression bomb);
+- truncated or corrupt files (Pillow's `LOAD_TRUNCATED_IMAGES` is left off, so a truncated JPEG is an
+  error instead of a half-grey picture).
+
+`draft_size` makes large JPEGs decode fast: libjpeg can decode at 1/2, 1/4 or 1/8 scale directly from
+the DCT coefficients, and Pillow's draft mode picks the smallest scale whose result still has a
+shorter side of at least `draft_size` (pass the preprocessing `resize_size`). A 12-megapixel photo
+then decodes at about a sixteenth of the cost.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow's JPEG opener also returns MPO images (multi-picture JPEGs, as phones write them).
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+
+# 64 megapixels: above any phone or DSLR photo today (48 MP = 8064 x 6048), below Pillow's own
+# bomb threshold (~89 MP), and at most ~200 MB of RGB pixels per image.
+DEFAULT_MAX_PIXELS = 64_000_000
+
+BACKGROUND = (255, 255, 255)
+
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image we can (or will) decode; the message says why."""
+
+
+def decode_image(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None
+) -> Image.Image:
+    """Decode image bytes into an RGB PIL image, refusing what should not be decoded (see module doc).
+
+    `draft_size`: the shorter side the caller will resize to; JPEGs are decoded at the smallest
+    power-of-two reduction that keeps both sides at least that large. None decodes at full size.
+    """
+    if not data:
+        raise ImageDecodeError("empty image: 0 bytes received")
+    try:
+        image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+    except UnidentifiedImageError:
+        raise ImageDecodeError(
+            f"not a supported image ({', '.join(SUPPORTED_FORMATS)}); {len(data)} bytes starting with {data[:16]!r}"
+        ) from None
+    except Image.DecompressionBombError as e:  # Pillow's own, far larger, limit
+        raise ImageDecodeError(f"image too large to decode: {e}") from None
+    except Exception as e:  # a header so broken that the format plugin itself fails
+        raise ImageDecodeError(f"corrupt image header: {type(e).__name__}: {e}") from None
+
+    fmt, (width, height) = image.format, image.size
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            f"{fmt} image is {width}x{height} = {width * height / 1e6:.1f} megapixels, above the "
+            f"limit of {max_pixels / 1e6:.1f} megapixels; refused before decoding (decompression bomb guard)"
+        )
+    if draft_size is not None and fmt in ("JPEG", "MPO"):
+        image.draft("RGB", (draft_size, draft_size))
+
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+    except Exception as e:
+        # Pillow reports damaged data as OSError, SyntaxError, ValueError, EOFError, zlib or struct
+        # errors depending on the format; whichever it is, the request's image is what is broken.
+        raise ImageDecodeError(
+            f"truncated or corrupt {fmt} image ({width}x{height}): {type(e).__name__}: {e}"
+        ) from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit grayscale: Pillow's convert() clips at 255 instead of scaling, so scale it here.
+        pixels = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8
+        image = Image.fromarray(pixels.astype(np.uint8))  # 2-D uint8 -> mode "L"
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, BACKGROUND)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB") if image.mode != "RGB" else image
+

@@ -1,0 +1,136 @@
+"""decode_image on real files of every supported kind, and on the inputs it must refuse.
+
+The image bytes come from the `valid_images` / `invalid_images` fixtures (tests/fixtures/served.py),
+the same ones the TorchServe tests send over HTTP.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from tests.fixtures.served import chelsea, encode, png_claiming_size
+
+CAT_SIZE = (451, 300)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["jpeg", "png", "webp", "bmp", "gif_palette", "jpeg_gray", "png_gray", "jpeg_cmyk", "png_rgba", "png_1x1"],
+)
+def test_every_valid_kind_decodes_to_rgb(valid_images, name):
+    image = decode_image(valid_images[name])
+    assert image.mode == "RGB"
+    assert image.size == {"png_1x1": (1, 1), "jpeg_gray": (512, 512), "png_gray": (512, 512)}.get(name, CAT_SIZE)
+
+
+@pytest.mark.parametrize("name", ["png", "webp", "bmp"])
+def test_lossless_formats_keep_the_exact_pixels(valid_images, name):
+    if name == "webp":  # WebP quality=90 is lossy; compare loosely
+        diff = np.abs(np.asarray(decode_image(valid_images[name]), dtype=int) - np.asarray(chelsea(), dtype=int))
+        assert diff.mean() < 4
+    else:
+        np.testing.assert_array_equal(np.asarray(decode_image(valid_images[name])), np.asarray(chelsea()))
+
+
+def test_cmyk_jpeg_colours_survive(valid_images):
+    from_cmyk = np.asarray(decode_image(valid_images["jpeg_cmyk"]), dtype=float)
+    from_rgb = np.asarray(decode_image(valid_images["jpeg"]), dtype=float)
+    assert np.abs(from_cmyk - from_rgb).mean() < 6  # same cat, same colours, not inverted
+
+
+def test_grayscale_becomes_three_equal_channels(valid_images):
+    pixels = np.asarray(decode_image(valid_images["png_gray"]))
+    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+
+
+def test_16bit_png_is_scaled_not_clipped(valid_images):
+    pixels = np.asarray(decode_image(valid_images["png_gray16"]))[..., 0]
+    assert pixels.size == 64 * 48
+    assert pixels.min() == 0 and pixels.max() == 255
+    assert 100 < pixels.mean() < 155  # a linear ramp: mid-grey on average, not mostly white
+
+
+def test_transparent_pixels_become_white(valid_images):
+    pixels = np.asarray(decode_image(valid_images["png_rgba"]))
+    left, right = pixels[:, : CAT_SIZE[0] // 2], pixels[:, CAT_SIZE[0] // 2 :]
+    assert (left == 255).all()
+    np.testing.assert_array_equal(right, np.asarray(chelsea())[:, CAT_SIZE[0] // 2 :])
+
+
+def test_palette_with_transparency_is_composited():
+    palette = Image.new("P", (8, 8), 0)
+    palette.putpalette([0, 0, 0, 255, 0, 0])
+    palette.paste(1, (0, 0, 4, 8))
+    image = decode_image(encode(palette, "PNG", transparency=0))
+    pixels = np.asarray(image)
+    assert (pixels[:, :4] == [255, 0, 0]).all() and (pixels[:, 4:] == 255).all()
+
+
+def test_animated_gif_gives_its_first_frame(valid_images):
+    pixels = np.asarray(decode_image(valid_images["gif_animated"]))
+    assert pixels.shape == (30, 40, 3)
+    assert (pixels == [255, 0, 0]).all()
+
+
+def test_exif_orientation_is_applied(valid_images):
+    image = decode_image(valid_images["jpeg_exif_rotated"])
+    assert image.size == CAT_SIZE[::-1]  # orientation 6: rotate 90 degrees clockwise to display
+    upright = np.asarray(chelsea().transpose(Image.Transpose.ROTATE_270), dtype=float)
+    assert np.abs(np.asarray(image, dtype=float) - upright).mean() < 6
+
+
+def test_draft_decodes_large_jpegs_at_reduced_scale_but_not_below_the_request():
+    big = Image.fromarray(np.asarray(chelsea().resize((451 * 8, 300 * 8))))
+    jpeg = encode(big, "JPEG", quality=90)
+    assert decode_image(jpeg).size == (3608, 2400)
+    for draft_size, expected in [(256, (451, 300)), (300, (451, 300)), (301, (902, 600)), (1200, (1804, 1200))]:
+        image = decode_image(jpeg, draft_size=draft_size)
+        assert image.size == expected and image.mode == "RGB"
+        assert min(image.size) >= draft_size
+
+
+def test_draft_size_is_ignored_for_other_formats(valid_images):
+    assert decode_image(valid_images["png"], draft_size=64).size == CAT_SIZE
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("empty", "empty image: 0 bytes"),
+        ("random_bytes", "not a supported image (JPEG, PNG, WEBP, BMP, GIF); 4096 bytes"),
+        ("text", "starting with b'This is a text f'"),
+        ("truncated_jpeg", "truncated or corrupt JPEG image (451x300)"),
+        ("png_huge_dimensions", "decompression bomb"),
+        ("tiff", "not a supported image"),
+    ],
+)
+def test_invalid_inputs_are_refused_with_a_specific_message(invalid_images, name, message):
+    with pytest.raises(ImageDecodeError, match=None) as info:
+        decode_image(invalid_images[name])
+    assert message in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_pixel_limit_is_checked_from_the_header_before_decoding():
+    # 10000 x 8000 = 80 MP: above our 64 MP default but below Pillow's own bomb limit, so this is our
+    # check; the file is 100 bytes and would fail to decode, so the message proves nothing was decoded.
+    bomb = png_claiming_size(10_000, 8_000)
+    assert len(bomb) < 200
+    with pytest.raises(ImageDecodeError, match=r"PNG image is 10000x8000 = 80.0 megapixels, above the limit of 64.0"):
+        decode_image(bomb)
+    assert DEFAULT_MAX_PIXELS == 64_000_000
+
+
+def test_max_pixels_is_configurable(valid_images):
+    with pytest.raises(ImageDecodeError, match="above the limit of 0.1 megapixels"):
+        decode_image(valid_images["jpeg"], max_pixels=100_000)
+    assert decode_image(valid_images["jpeg"], max_pixels=451 * 300).size == CAT_SIZE
+
+
+def test_truncated_png_is_refused():
+    png = encode(chelsea(), "PNG")
+    with pytest.raises(ImageDecodeError, match="truncated or corrupt PNG image"):
+        decode_image(png[: len(png) * 2 // 3])
