@@ -1,0 +1,108 @@
+"""Locust load test of a TorchServe model: each user sends real images to `/predictions/<model>`.
+
+    locust -f client/locustfile.py --headless --host http://127.0.0.1:8080 --model resnet50 \\
+        --images photos/ -u 8 -r 8 -t 60s
+
+or `python -m client loadtest ...`, which also checks thresholds and plots the run. Options (flags or
+environment variables):
+
+    --model   LOCUST_MODEL    model name on the server (default resnet50)
+    --images  LOCUST_IMAGES   folder of images to send (default: scikit-image's sample photos,
+                              each encoded as JPEG and as PNG in memory at start)
+    --method  LOCUST_METHOD   POST (default) or PUT (what `curl -T` sends); the raw image is the body
+
+Users run a closed loop (no think time): each sends its next image as soon as the answer arrives, so
+`--users` is the number of requests in flight. A request counts as failed unless the server answers
+200 with a non-empty JSON object of class -> probability.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import random
+from pathlib import Path
+
+from locust import FastHttpUser, constant, events, task
+
+from client.images import images_in_folder
+
+# (name, encoded bytes), filled once per process by `load_images` before any user starts.
+IMAGES: list[tuple[str, bytes]] = []
+
+
+@events.init_command_line_parser.add_listener
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", env_var="LOCUST_MODEL", default="resnet50", help="model name on the server")
+    parser.add_argument(
+        "--images", env_var="LOCUST_IMAGES", default="",
+        help="folder of images to send (default: scikit-image's sample photos as JPEG and PNG)",
+    )
+    parser.add_argument(
+        "--method", env_var="LOCUST_METHOD", default="POST", choices=["POST", "PUT"],
+        help="HTTP method; the raw image is the body either way",
+    )
+
+
+def sample_photos() -> list[tuple[str, bytes]]:
+    """scikit-image's bundled photos (offline), colour and grayscale, each as JPEG and PNG."""
+    import skimage.data
+    from PIL import Image
+
+    encoded = []
+    for name in ("chelsea", "coffee", "astronaut", "rocket", "camera"):
+        picture = Image.fromarray(getattr(skimage.data, name)())
+        for fmt, suffix in (("JPEG", "jpg"), ("PNG", "png")):
+            buffer = io.BytesIO()
+            picture.save(buffer, format=fmt)
+            encoded.append((f"{name}.{suffix}", buffer.getvalue()))
+    return encoded
+
+
+def read_folder(folder: str) -> list[tuple[str, bytes]]:
+    path = Path(folder)
+    if not path.is_dir():
+        raise SystemExit(f"--images {folder}: no such folder")
+    files = images_in_folder(path)
+    if not files:
+        raise SystemExit(f"--images {folder}: the folder holds no image files")
+    return [(str(f.relative_to(path)), f.read_bytes()) for f in files]
+
+
+@events.init.add_listener
+def load_images(environment, **_kwargs) -> None:
+    options = environment.parsed_options
+    if options is None:  # imported by a tool that is not running a test (e.g. `locust --list`)
+        return
+    IMAGES[:] = read_folder(options.images) if options.images else sample_photos()
+
+
+class PredictionUser(FastHttpUser):
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        self.path = f"/predictions/{options.model}"
+        self.method = options.method
+        # Each user walks the images from its own random starting point, so all are sent evenly.
+        start = random.randrange(len(IMAGES))
+        self.images = itertools.islice(itertools.cycle(IMAGES), start, None)
+
+    @task
+    def predict(self) -> None:
+        name, body = next(self.images)
+        with self.client.request(
+            self.method, self.path, data=body, name=self.path, catch_response=True,
+            headers={"Content-Type": "application/octet-stream"},
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code} for {name}: {(response.text or '')[:200]}")
+                return
+            try:
+                answer = response.json()
+            except ValueError:
+                answer = None
+            if not isinstance(answer, dict) or not answer:
+                response.failure(f"{name}: expected a JSON object of class -> probability, got {(response.text or '')[:200]!r}")
+            else:
+                response.success()
