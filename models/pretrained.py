@@ -17,7 +17,6 @@ from torch import nn
 
 from .checkpoint import (
     CheckpointError,
-    key_report,
     checkpoint_state_dict,
     load_state_dict_strict,
     read_weights_file,
@@ -55,25 +54,20 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike, *, use_ema: boo
     and its keys are reported in `reinitialized`; every other key must match exactly.
     """
     info, state = read_pretrained(source, use_ema=use_ema)
-    head_keys = head_parameter_names(model)
     own = model.state_dict()
-    head_differs = any(k in state and tuple(state[k].shape) != tuple(own[k].shape) for k in head_keys)
-    if head_differs:
-        state = {k: v for k, v in state.items() if k not in head_keys}
+    if _only_class_count_differs(own, state):
+        head_keys = head_parameter_names(model)
+        state = {**state, **{k: own[k] for k in head_keys}}  # keep the fresh head
         info.reinitialized = head_keys
-        info.class_names = None  # the new head has other classes
-        missing = [k for k in own if k not in state and k not in head_keys]
-        unexpected = [k for k in state if k not in own]
-        misshaped = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
-        if missing or unexpected or misshaped:
-            raise CheckpointError(
-                f"{info.path}: weights do not fit this {type(model).__name__} (beyond the classifier)\n"
-                + key_report(missing=missing, unexpected=unexpected, wrong_shape=misshaped)
-            )
-        model.load_state_dict(state, strict=False)
-    else:
-        load_state_dict_strict(model, state, source=str(info.path))
+        info.class_names = None  # the new head predicts other classes
+    load_state_dict_strict(model, state, source=str(info.path))
     return info
+
+
+def _only_class_count_differs(own: dict, state: dict) -> bool:
+    """True when the file's classifier has the same input width but another number of classes."""
+    ours, theirs = own.get("fc.weight"), state.get("fc.weight")
+    return theirs is not None and theirs.shape[1:] == ours.shape[1:] and theirs.shape[0] != ours.shape[0]
 
 
 def read_pretrained(source: str | os.PathLike, *, use_ema: bool = True) -> tuple[PretrainedWeights, dict]:

@@ -85,10 +85,10 @@ class BasicBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.pre_activation = pre_activation
-        self.bn1 = nn.BatchNorm2d(in_planes if pre_activation else planes)
         self.conv1 = conv3x3(in_planes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn1 = nn.BatchNorm2d(in_planes if pre_activation else planes)  # v2 normalises the input
         self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = shortcut
         self.drop_path = StochasticDepth(drop_path, "row") if drop_path > 0 else nn.Identity()
@@ -128,12 +128,12 @@ class Bottleneck(nn.Module):
         super().__init__()
         out_planes = planes * self.expansion
         self.pre_activation = pre_activation
-        self.bn1 = nn.BatchNorm2d(in_planes if pre_activation else planes)
         self.conv1 = conv1x1(in_planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn1 = nn.BatchNorm2d(in_planes if pre_activation else planes)  # v2 normalises the input
         self.conv2 = conv3x3(planes, planes, stride)
-        self.bn3 = nn.BatchNorm2d(planes if pre_activation else out_planes)
+        self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = conv1x1(planes, out_planes)
+        self.bn3 = nn.BatchNorm2d(planes if pre_activation else out_planes)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = shortcut
         self.drop_path = StochasticDepth(drop_path, "row") if drop_path > 0 else nn.Identity()
@@ -194,8 +194,8 @@ class ResNet(nn.Module):
         in_chans: int = 3,
     ) -> None:
         super().__init__()
-        if len(layers) != len(widths):
-            raise ValueError(f"layers {tuple(layers)} and widths {tuple(widths)} must have the same length")
+        if len(layers) != len(widths) or not 1 <= len(layers) <= 4:
+            raise ValueError(f"layers {tuple(layers)} and widths {tuple(widths)}: 1 to 4 stages, one width each")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
         if not 0.0 <= dropout < 1.0:
@@ -246,7 +246,9 @@ class ResNet(nn.Module):
                 in_planes = out_planes
                 block_index += 1
             self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
-        self.num_stages = len(layers)
+        # The CIFAR paper's nets have three stages; a parameter-free layer4 keeps forward() scriptable.
+        for stage in range(len(layers) + 1, 5):
+            self.add_module(f"layer{stage}", nn.Identity())
         self.num_features = in_planes
 
         self.final_bn = nn.BatchNorm2d(in_planes) if pre_activation else nn.Identity()
@@ -274,8 +276,7 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        for stage in range(1, self.num_stages + 1):
-            x = getattr(self, f"layer{stage}")(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         if self.pre_activation:
             x = torch.relu(self.final_bn(x))
         return x

@@ -1,0 +1,199 @@
+"""Architecture tests: parameter counts, torchvision equivalence, v2 blocks, options, exportability."""
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from models import BasicBlock, Bottleneck, create_model, list_models
+from models.registry import get_model_spec
+
+IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
+
+
+@pytest.mark.parametrize("depth", IMAGENET_DEPTHS)
+def test_imagenet_parameter_count_equals_torchvision(depth):
+    ours = create_model(f"resnet{depth}")
+    theirs = getattr(torchvision.models, f"resnet{depth}")()
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+
+
+@pytest.mark.parametrize(
+    "name, millions",
+    [("cifar_resnet18", 11.2), ("cifar_resnet34", 21.3), ("cifar_resnet50", 23.5), ("cifar_resnet101", 42.5)],
+)
+def test_cifar_parameter_counts_match_the_seeds(name, millions):
+    params = sum(p.numel() for p in create_model(name, num_classes=10).parameters()) / 1e6
+    assert params == pytest.approx(millions, rel=0.01)
+
+
+def test_cifar_paper_resnet20_option_a_is_parameter_free():
+    option_a = sum(p.numel() for p in create_model("resnet20").parameters())
+    option_b = sum(p.numel() for p in create_model("resnet20", shortcut="B").parameters())
+    assert option_a == pytest.approx(0.27e6, rel=0.01)
+    assert option_b > option_a  # the two projection shortcuts add 1x1 conv + BN weights
+
+
+@pytest.mark.parametrize("depth, blocks", [(20, 3), (32, 5), (44, 7), (56, 9), (110, 18)])
+def test_cifar_paper_depths(depth, blocks):
+    model = create_model(f"resnet{depth}")
+    assert [len(getattr(model, f"layer{i}")) for i in (1, 2, 3)] == [blocks] * 3
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    assert convs + 1 == depth  # 6n+1 convs plus the classifier
+
+
+def test_cifar_stem_has_no_max_pool_and_keeps_resolution():
+    model = create_model("cifar_resnet18").eval()
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, torch.nn.Identity)
+    assert model.forward_features(torch.randn(1, 3, 32, 32)).shape == (1, 512, 4, 4)
+
+
+def test_bottleneck_strides_on_the_3x3_conv():
+    block = create_model("resnet50").layer2[0]
+    assert block.conv1.stride == (1, 1) and block.conv2.stride == (2, 2)
+
+
+def test_pre_activation_block_structure():
+    model = create_model("resnet18", pre_activation=True).eval()
+    block = model.layer2[0]
+    x = torch.randn(2, 64, 16, 16)
+    # v2: the block is BN -> ReLU -> conv, and nothing follows the addition (negative outputs survive).
+    assert block.bn1.num_features == 64  # normalises the input, before conv1
+    assert (block(x) < 0).any()
+    assert isinstance(model.final_bn, torch.nn.BatchNorm2d)
+    features = model.forward_features(torch.randn(2, 3, 64, 64))
+    assert (features >= 0).all()  # final BN + ReLU before pooling
+    v1 = create_model("resnet18").eval()
+    assert (v1.layer2[0](x) >= 0).all()  # v1 ends each block with a ReLU
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet20", "preact_resnet18", "preact_resnet50", "cifar_preact_resnet18"])
+def test_zero_init_residual_makes_each_block_its_shortcut(name):
+    model = create_model(name, zero_init_residual=True).train()
+    blocks = model.residual_blocks()
+    assert blocks
+    for block in blocks:
+        in_ch = block.conv1.in_channels
+        x = torch.randn(2, in_ch, 16, 16)
+        shortcut_input = torch.relu(block.bn1(x)) if block.pre_activation else x
+        identity = x if block.downsample is None else block.downsample(shortcut_input)
+        expected = identity if block.pre_activation else torch.relu(identity)
+        torch.testing.assert_close(block(x), expected)
+    normal = create_model(name).train()
+    block = normal.residual_blocks()[-1]
+    x = torch.randn(2, block.conv1.in_channels, 8, 8)
+    assert not torch.allclose(block(x), torch.relu(x) if not block.pre_activation else x)
+
+
+def test_he_init_uses_fan_out():
+    conv = create_model("resnet50").layer3[0].conv2  # 256 -> 256, 3x3
+    expected_std = (2.0 / (conv.out_channels * 9)) ** 0.5
+    assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.05)
+
+
+def test_stochastic_depth_rates_increase_linearly_and_only_in_training():
+    model = create_model("resnet20", drop_path_rate=0.2)
+    rates = [b.drop_path.p if hasattr(b.drop_path, "p") else 0.0 for b in model.residual_blocks()]
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.2)
+    assert np.all(np.diff(rates) > 0)
+    x = torch.randn(4, 3, 32, 32)
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))
+    model.train()
+    torch.manual_seed(0)
+    a = model(x)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, model(x))
+
+
+def test_dropout_before_classifier():
+    model = create_model("resnet18", dropout=0.5)
+    assert isinstance(model.dropout, torch.nn.Dropout) and model.dropout.p == 0.5
+
+
+def test_resnet_d_matches_timm_keys_and_outputs():
+    timm = pytest.importorskip("timm")
+    theirs = timm.create_model("resnet50d", pretrained=False).eval()
+    ours = create_model("resnet50d").eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (ours(x) - theirs(x)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("name, size", [("resnet50", 64), ("cifar_resnet18", 32), ("resnet20", 32), ("preact_resnet18", 64)])
+def test_forward_backward_and_channels_last(name, size):
+    model = create_model(name, num_classes=7)
+    x = torch.randn(2, 3, size, size)
+    out = model(x)
+    assert out.shape == (2, 7)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.eval()
+    cl_model = create_model(name, num_classes=7).eval()
+    cl_model.load_state_dict(model.state_dict())
+    cl_model = cl_model.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            cl_model(x.to(memory_format=torch.channels_last)), model(x), rtol=1e-4, atol=1e-4
+        )
+
+
+def _smoke_size(name: str) -> int:
+    return 64 if get_model_spec(name).family == "imagenet" else 32
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_exports_to_torchscript_and_onnx(name, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = create_model(name, num_classes=5).eval()
+    x = torch.randn(2, 3, _smoke_size(name), _smoke_size(name))
+    with torch.no_grad():
+        expected = model(x)
+        scripted = torch.jit.script(model)
+        torch.testing.assert_close(scripted(x), expected, rtol=1e-4, atol=1e-4)
+    path = tmp_path / f"{name}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The TorchScript-based exporter: fast enough to smoke-test all architectures.
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"])  # fmt: skip
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"input": x.numpy()})
+    np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_registry_lists_every_family():
+    names = list_models()
+    for expected in ("resnet18", "resnet152", "cifar_resnet101", "resnet110", "preact_resnet56", "resnet50d"):
+        assert expected in names
+    assert list_models("cifar_resnet*") == ["cifar_resnet18", "cifar_resnet34", "cifar_resnet50", "cifar_resnet101"]
+
+
+def test_unknown_architecture_suggests_close_names():
+    with pytest.raises(ValueError, match=r"unknown architecture 'resnet5'.*'resnet56'"):
+        create_model("resnet5")
+    with pytest.raises(TypeError, match="unknown options"):
+        create_model("resnet18", zero_gamma=True)
+
+
+def test_block_types():
+    assert isinstance(create_model("resnet34").layer1[0], BasicBlock)
+    assert isinstance(create_model("resnet101").layer1[0], Bottleneck)
+
+
+def test_python_m_models_prints_the_table():
+    result = subprocess.run(
+        [sys.executable, "-m", "models", "resnet5*"], capture_output=True, text=True, check=True, timeout=120
+    )
+    lines = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.startswith("resnet")}
+    assert float(lines["resnet50"][2]) == pytest.approx(25.56, abs=0.01)  # params (M)
+    assert float(lines["resnet50"][3]) == pytest.approx(4.09, abs=0.01)  # GFLOPs, as torchvision reports
+    assert lines["resnet50"][4] == "224x224"
+    assert lines["resnet56"][4] == "32x32"
