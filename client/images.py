@@ -10,7 +10,7 @@ from pathlib import Path
 
 # What a folder search picks up. A file named explicitly is always sent: the server (or `--local`'s
 # decoder) is what decides whether it is an image, and says so.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 
 
 def images_in_folder(folder: Path) -> list[Path]:

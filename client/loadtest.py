@@ -209,7 +209,8 @@ def verdict(summary: Summary, args: argparse.Namespace) -> list[str]:
             f"failure ratio {summary.failure_ratio:.4f} exceeds --max-failure-ratio {args.max_failure_ratio:g}"
         )
     if args.p95_ms is not None and (summary.p95_ms is None or summary.p95_ms > args.p95_ms):
-        problems.append(f"p95 latency {summary.p95_ms} ms exceeds --p95-ms {args.p95_ms:g}")
+        measured = "n/a" if summary.p95_ms is None else f"{summary.p95_ms:g}"
+        problems.append(f"p95 latency {measured} ms exceeds --p95-ms {args.p95_ms:g}")
     return problems
 
 

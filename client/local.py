@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from export.manifest import ExportError
 from export.runners import open_runner
 from models import eval_transform
 from models.imageio import ImageDecodeError, decode_image
@@ -26,7 +27,7 @@ class LocalPredictor:
     def __init__(self, export_dir: str | Path, *, fmt: str | None = None, top_k: int = 5, threads: int | None = None):
         try:
             self.runner = open_runner(export_dir, fmt=fmt, device="cpu", threads=threads)
-        except (FileNotFoundError, ValueError, RuntimeError) as e:
+        except (ExportError, OSError, ValueError) as e:
             raise LocalModelError(f"cannot load the export {export_dir}: {e}") from None
         self.transform = eval_transform(self.runner.preprocess)
         self.top_k = min(top_k, len(self.runner.class_names))
