@@ -1,0 +1,290 @@
+"""From a checkpoint to a checked export directory: artifacts, parity results, manifest.
+
+`export_checkpoint` writes every requested format, checks each against eager PyTorch on the parity
+set and records everything in `manifest.json`; `verify_export` re-runs the parity checks of an
+existing export directory (after copying it, or to catch a modified artifact).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from models import checkpoint_preprocess, load_checkpoint, model_from_checkpoint
+
+from .formats import INPUT_NAME, OUTPUT_NAME, ONNX_OPSET, export_onnx, export_torchscript, onnx_io_names
+from .manifest import (
+    FORMATS,
+    SCHEMA_VERSION,
+    ExportError,
+    library_versions,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
+from .parity import (
+    DEFAULT_PARITY_SAMPLES,
+    FP16_THRESHOLDS,
+    FP32_THRESHOLDS,
+    ParitySet,
+    Thresholds,
+    check_parity,
+    load_parity_set,
+)
+from .runners import RUNNER_CLASSES, EagerRunner, Runner, onnxruntime_providers, runner_from_checkpoint
+from .tensorrt_engine import BatchProfile, TensorRTUnavailable, build_engine, tensorrt_missing_reason
+
+ARTIFACT_FILES = {"torchscript": "model.ts", "onnx": "model.onnx", "trt": "model.fp16.engine"}
+PRECISIONS = {"torchscript": "fp32", "onnx": "fp32", "trt": "fp16"}
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class ExportOptions:
+    formats: list[str]
+    batch: BatchProfile = field(default_factory=BatchProfile)
+    parity_batch: int = 16
+    parity_samples: int = DEFAULT_PARITY_SAMPLES
+    parity_data: Path | None = None
+    fp32_thresholds: Thresholds = FP32_THRESHOLDS
+    fp16_thresholds: Thresholds = FP16_THRESHOLDS
+    opset: int = ONNX_OPSET
+    workspace_bytes: int = 4 << 30
+    device: str = "cpu"  # where TorchScript and ONNX are parity-checked (TensorRT always on CUDA)
+    threads: int | None = None
+
+    def thresholds(self, fmt: str) -> Thresholds:
+        return self.fp16_thresholds if PRECISIONS[fmt] == "fp16" else self.fp32_thresholds
+
+
+@dataclass
+class ExportResult:
+    manifest: dict[str, Any]
+    export_dir: Path
+    skipped: dict[str, str] = field(default_factory=dict)  # format -> why
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [a for a in self.manifest["artifacts"] if not a["parity"]["passed"]]
+
+
+def resolve_formats(requested: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(formats to build, {format: skip reason}). `all` skips TensorRT where it cannot run; naming
+    `trt` explicitly where it cannot run is an error (TensorRTUnavailable)."""
+    wants_all = "all" in requested
+    formats = list(FORMATS) if wants_all else list(dict.fromkeys(requested))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}, all")
+    skipped = {}
+    if "trt" in formats:
+        reason = tensorrt_missing_reason()
+        if reason is not None:
+            if not wants_all:
+                raise TensorRTUnavailable(reason)
+            formats.remove("trt")
+            skipped["trt"] = reason
+        elif "onnx" not in formats:
+            formats.insert(formats.index("trt"), "onnx")  # the engine is built from the ONNX file
+    return formats, skipped
+
+
+def parity_device(fmt: str, options: ExportOptions, log: Log) -> str:
+    if fmt == "trt":
+        return "cuda"
+    if fmt == "onnx" and options.device == "cuda":
+        try:
+            onnxruntime_providers("cuda")
+        except ExportError as e:
+            log(f"checking ONNX on CPU instead: {e}")
+            return "cpu"
+    return options.device
+
+
+class ReferenceRunners:
+    """Eager PyTorch per device, built once (parity compares like with like: same device)."""
+
+    def __init__(self, ckpt: dict[str, Any], threads: int | None) -> None:
+        self.ckpt, self.threads, self.runners = ckpt, threads, {}
+
+    def __getitem__(self, device: str) -> EagerRunner:
+        if device not in self.runners:
+            self.runners[device] = runner_from_checkpoint(self.ckpt, device=device, threads=self.threads)
+        return self.runners[device]
+
+
+def write_artifact(
+    fmt: str, model: torch.nn.Module, export_dir: Path, options: ExportOptions, input_size: int, log: Log
+) -> dict[str, Any]:
+    path = export_dir / ARTIFACT_FILES[fmt]
+    example = torch.randn(max(2, options.batch.opt), 3, input_size, input_size)
+    if fmt == "torchscript":
+        details = export_torchscript(model, example, path)
+    elif fmt == "onnx":
+        details = export_onnx(model, example, path, opset=options.opset, log=log)
+        details["input_name"], details["output_name"] = onnx_io_names(path)
+    else:
+        details = build_engine(
+            export_dir / ARTIFACT_FILES["onnx"], path, input_name=INPUT_NAME, input_size=input_size,
+            batch=options.batch, workspace_bytes=options.workspace_bytes, log=log,
+        )  # fmt: skip
+    return {
+        "format": fmt,
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "size_bytes": path.stat().st_size,
+        "precision": PRECISIONS[fmt],
+        "device": "cuda" if fmt == "trt" else "any",
+        # TorchScript and ONNX take any batch size (max None); an engine only its profile's range.
+        "batch_sizes": options.batch.to_dict() if fmt == "trt" else {"min": 1, "opt": options.batch.opt, "max": None},
+        **details,
+    }
+
+
+def open_artifact(export_dir: Path, artifact: dict[str, Any], reference: Runner, device: str, threads: int | None) -> Runner:
+    return RUNNER_CLASSES[artifact["format"]](
+        export_dir / artifact["file"], device=device, threads=threads,
+        preprocess=reference.preprocess, class_names=reference.class_names,
+    )  # fmt: skip
+
+
+def run_parity(
+    artifact: dict[str, Any], export_dir: Path, references: ReferenceRunners, parity_set: ParitySet,
+    options: ExportOptions, log: Log,
+) -> dict[str, Any]:  # fmt: skip
+    fmt = artifact["format"]
+    device = parity_device(fmt, options, log)
+    runner = open_artifact(export_dir, artifact, references[device], device, options.threads)
+    batch_size = min(options.parity_batch, runner.max_batch_size or options.parity_batch)
+    parity = check_parity(references[device], runner, parity_set, options.thresholds(fmt), batch_size)
+    metrics = parity["metrics"]
+    verdict = "passed" if parity["passed"] else "FAILED: " + "; ".join(parity["failures"])
+    log(
+        f"    parity on {device}: top-1 agreement {metrics['top1_agreement']:.2%}, max |diff| "
+        f"{metrics['max_abs_diff']:.2e}, min cosine {metrics['min_cosine']:.6f} -> {verdict}"
+    )
+    return parity
+
+
+def checkpoint_summary(path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "path": str(path.resolve()),
+        "sha256": sha256_file(path),
+        "metrics": ckpt.get("metrics", {}),
+        "epoch": ckpt.get("epoch"),
+        "ema": ckpt.get("ema") is not None,
+    }
+
+
+def previous_artifacts(export_dir: Path, source_sha256: str, replacing: list[str], log: Log) -> list[dict[str, Any]]:
+    """Artifacts of an earlier export of the same checkpoint into this directory that are not rebuilt now
+    (e.g. a TensorRT engine added on a GPU machine to an export made on a CPU one)."""
+    try:
+        old = read_manifest(export_dir)
+    except ExportError:
+        return []
+    if old["source_checkpoint"]["sha256"] != source_sha256:
+        log(f"{export_dir} held an export of another checkpoint; its manifest entries are replaced")
+        return []
+    kept = [a for a in old["artifacts"] if a["format"] not in replacing and (export_dir / a["file"]).is_file()]
+    if kept:
+        log(f"keeping the existing {', '.join(a['format'] for a in kept)} artifact(s) of the same checkpoint")
+    return kept
+
+
+def export_checkpoint(
+    checkpoint_path: Path, export_dir: Path, name: str | None, options: ExportOptions, log: Log = print
+) -> ExportResult:
+    formats, skipped = resolve_formats(options.formats)
+    steps = 2 + len(formats) + 1
+    step = iter(range(1, steps + 1))
+
+    log(f"[{next(step)}/{steps}] loading checkpoint {checkpoint_path}")
+    ckpt = load_checkpoint(checkpoint_path)
+    model, _ = model_from_checkpoint(ckpt, use_ema=True)
+    preprocess = checkpoint_preprocess(ckpt)
+    name = name or ckpt["arch"]
+    weights = "EMA" if ckpt.get("ema") is not None else "raw (no EMA in the checkpoint)"
+    log(f"    {ckpt['arch']}, {ckpt['num_classes']} classes, {weights} weights, "
+        f"input {preprocess.input_size}px, validation metrics {ckpt.get('metrics', {})}")  # fmt: skip
+
+    log(f"[{next(step)}/{steps}] parity set")
+    parity_set = load_parity_set(ckpt, preprocess, options.parity_data, options.parity_samples, log=log)
+    log(f"    {parity_set.description}")
+
+    export_dir.mkdir(parents=True, exist_ok=True)
+    references = ReferenceRunners(ckpt, options.threads)
+    artifacts = []
+    for fmt in formats:
+        log(f"[{next(step)}/{steps}] {fmt}: writing {export_dir / ARTIFACT_FILES[fmt]}")
+        started = time.perf_counter()
+        artifact = write_artifact(fmt, model, export_dir, options, preprocess.input_size, log)
+        artifact["export_seconds"] = round(time.perf_counter() - started, 2)
+        if fmt == "onnx":
+            log(f"    {artifact['exporter']} exporter, opset {artifact['opset']}, onnx.checker passed")
+        artifact["parity"] = run_parity(artifact, export_dir, references, parity_set, options, log)
+        artifacts.append(artifact)
+
+    log(f"[{next(step)}/{steps}] manifest")
+    source = checkpoint_summary(checkpoint_path, ckpt)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "arch": ckpt["arch"],
+        "arch_kwargs": ckpt.get("arch_kwargs", {}),
+        "num_classes": ckpt["num_classes"],
+        "class_names": list(ckpt["class_names"]),
+        "preprocess": preprocess.to_dict(),
+        "input": {"name": INPUT_NAME, "dtype": "float32", "layout": "NCHW",
+                  "shape": [-1, 3, preprocess.input_size, preprocess.input_size]},  # fmt: skip
+        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [-1, ckpt["num_classes"]]},
+        "source_checkpoint": source,
+        "versions": library_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "artifacts": previous_artifacts(export_dir, source["sha256"], formats, log) + artifacts,
+    }
+    log(f"    {write_manifest(export_dir, manifest)}")
+    return ExportResult(manifest, export_dir, skipped)
+
+
+def verify_export(export_dir: Path, checkpoint_path: Path | None, options: ExportOptions, log: Log = print) -> ExportResult:
+    """Re-check every artifact of an export directory against its source checkpoint; rewrite the manifest."""
+    manifest = read_manifest(export_dir)
+    checkpoint_path = checkpoint_path or Path(manifest["source_checkpoint"]["path"])
+    log(f"verifying {export_dir} against {checkpoint_path}")
+    ckpt = load_checkpoint(checkpoint_path)
+    if sha256_file(checkpoint_path) != manifest["source_checkpoint"]["sha256"]:
+        log(f"WARNING: {checkpoint_path} is not the checkpoint this export was made from (sha256 differs)")
+    preprocess = checkpoint_preprocess(ckpt)
+    parity_set = load_parity_set(ckpt, preprocess, options.parity_data, options.parity_samples, log=log)
+    log(f"    parity set: {parity_set.description}")
+    references = ReferenceRunners(ckpt, options.threads)
+    skipped = {}
+    for artifact in manifest["artifacts"]:
+        fmt, path = artifact["format"], export_dir / artifact["file"]
+        if not path.is_file():
+            raise ExportError(f"{path}: listed in the manifest but missing")
+        if fmt == "trt" and (reason := tensorrt_missing_reason()):
+            skipped[fmt] = reason
+            log(f"{fmt}: not checked here: {reason}")
+            continue
+        sha256 = sha256_file(path)
+        if sha256 != artifact["sha256"]:
+            log(f"{fmt}: WARNING: {path.name} changed since it was exported (sha256 differs)")
+            artifact["sha256"], artifact["size_bytes"] = sha256, path.stat().st_size
+        log(f"{fmt}: {path.name}")
+        artifact["parity"] = run_parity(artifact, export_dir, references, parity_set, options, log)
+    manifest["verified"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_manifest(export_dir, manifest)
+    return ExportResult(manifest, export_dir, skipped)
+
+
+def with_overrides(thresholds: Thresholds, **overrides: Any) -> Thresholds:
+    return dataclasses.replace(thresholds, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,199 @@
+"""Accuracy parity: does an artifact compute what the eager PyTorch model computes?
+
+Each artifact's logits are compared with eager PyTorch's on a parity set of real images (the
+checkpoint's own validation data, or `--parity-data DIR`), at batch 1 and at a larger batch, since
+kernels, padding and fusions differ with the batch size. Random inputs are the last resort: a
+classifier's logits on noise say little about its logits on images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from models import PreprocessSpec, eval_resize_crop, normalize_batch
+
+from .manifest import ExportError
+from .runners import Runner
+
+DEFAULT_PARITY_SAMPLES = 256
+BATCH1_SAMPLES = 32  # batch 1 runs one forward pass per image; 32 of them cover the batch-1 kernels
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The gate an artifact must pass. None disables a check."""
+
+    min_top1_agreement: float
+    rtol: float | None = None  # allclose(candidate, reference, rtol, atol) on every logit
+    atol: float | None = None
+    min_cosine: float | None = None  # worst per-image cosine similarity of the logit vectors
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# fp32 artifacts: the same arithmetic up to summation order. atol is 1e-4 rather than 1e-5: on real
+# logits of magnitude ~10, fp32 kernels that sum in a different order (ONNX Runtime's MLAS, MKLDNN,
+# BN folded into the convs) differ by a few 1e-6..1e-5 absolute, and logits that happen to sit near 0
+# get no help from rtol. See the README's parity section for the measurements.
+FP32_THRESHOLDS = Thresholds(min_top1_agreement=1.0, rtol=1e-3, atol=1e-4)
+# FP16 engines: Polygraphy's style of gate, on the decision and on the direction of the logit vector.
+FP16_THRESHOLDS = Thresholds(min_top1_agreement=0.99, min_cosine=0.997)
+
+
+@dataclass
+class ParitySet:
+    images: torch.Tensor  # float32 NCHW, normalised exactly as the model expects
+    labels: torch.Tensor | None  # int64 class indices when the data has them
+    description: str  # goes into the manifest: where the images came from
+    random: bool = False
+
+
+def evenly_spaced(total: int, count: int) -> list[int]:
+    """Up to `count` indices spread over the whole dataset (datasets are often sorted by class)."""
+    if total <= count:
+        return list(range(total))
+    return torch.linspace(0, total - 1, count).round().long().unique().tolist()
+
+
+def stack_dataset(dataset: Any, count: int, preprocess: PreprocessSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    items = [dataset[i] for i in evenly_spaced(len(dataset), count)]
+    if not items:
+        raise ExportError("the parity data set is empty")
+    images = torch.stack([torch.as_tensor(image) for image, _ in items])
+    labels = torch.tensor([int(label) for _, label in items])
+    return normalize_batch(images, preprocess), labels
+
+
+def validation_parity_set(ckpt: dict[str, Any], preprocess: PreprocessSpec, count: int) -> ParitySet:
+    """The checkpoint's own validation images, rebuilt from its training config."""
+    from train.data import build_validation_set  # noqa: PLC0415  (only this path needs train)
+
+    config = ckpt.get("config") or {}
+    dataset = build_validation_set(config, preprocess)
+    images, labels = stack_dataset(dataset, count, preprocess)
+    where = config.get("data_dir") or "built in"
+    return ParitySet(images, labels, f"validation split of {config.get('data')!r} ({where}): {len(images)} images")
+
+
+def folder_parity_set(root: str | Path, preprocess: PreprocessSpec, count: int) -> ParitySet:
+    """An ImageFolder tree (root/<class>/<image>) of any images PIL reads."""
+    from torchvision.datasets import ImageFolder  # noqa: PLC0415
+
+    root = Path(root)
+    if not root.is_dir():
+        raise ExportError(f"--parity-data {root}: no such directory (expected an ImageFolder tree root/<class>/<image>)")
+    try:
+        dataset = ImageFolder(str(root), transform=eval_resize_crop(preprocess))
+    except (FileNotFoundError, OSError) as e:
+        raise ExportError(f"--parity-data {root}: {e} (expected an ImageFolder tree root/<class>/<image>)") from e
+    images, labels = stack_dataset(dataset, count, preprocess)
+    return ParitySet(images, labels, f"image folder {root}: {len(images)} images")
+
+
+def random_parity_set(preprocess: PreprocessSpec, count: int, seed: int = 0) -> ParitySet:
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (count, 3, preprocess.input_size, preprocess.input_size), generator=generator)
+    images = normalize_batch(pixels.to(torch.uint8), preprocess)
+    return ParitySet(images, None, f"RANDOM pixels (seed {seed}): {count} images", random=True)
+
+
+def load_parity_set(
+    ckpt: dict[str, Any],
+    preprocess: PreprocessSpec,
+    parity_data: str | Path | None = None,
+    count: int = DEFAULT_PARITY_SAMPLES,
+    log: Callable[[str], None] = print,
+) -> ParitySet:
+    """--parity-data when given, else the checkpoint's validation data, else random pixels (said loudly)."""
+    if parity_data is not None:
+        return folder_parity_set(parity_data, preprocess, count)
+    try:
+        return validation_parity_set(ckpt, preprocess, count)
+    except (ImportError, FileNotFoundError, ValueError, KeyError, NotImplementedError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        log(f"cannot load the checkpoint's validation data ({reason})")
+    parity_set = random_parity_set(preprocess, count)
+    log(
+        "WARNING: parity is checked on RANDOM inputs, which prove little for a classifier; "
+        "pass --parity-data DIR (an ImageFolder of real images) for a meaningful check"
+    )
+    return parity_set
+
+
+def run_in_batches(runner: Runner, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([runner.predict(chunk) for chunk in images.split(batch_size)])
+
+
+def compare_logits(reference: torch.Tensor, candidate: torch.Tensor, thresholds: Thresholds) -> dict[str, Any]:
+    reference, candidate = reference.double(), candidate.double()
+    diff = (candidate - reference).abs()
+    metrics = {
+        "samples": reference.shape[0],
+        "top1_agreement": (candidate.argmax(1) == reference.argmax(1)).double().mean().item(),
+        "max_abs_diff": diff.max().item(),
+        "mean_abs_diff": diff.mean().item(),
+        "min_cosine": F.cosine_similarity(candidate, reference, dim=1).min().item(),
+    }
+    if thresholds.rtol is not None and thresholds.atol is not None:
+        # How far each logit is from the allclose bound; <= 1 everywhere means allclose holds.
+        bound = thresholds.atol + thresholds.rtol * reference.abs()
+        metrics["allclose"] = bool(torch.allclose(candidate, reference, rtol=thresholds.rtol, atol=thresholds.atol))
+        metrics["max_diff_over_tolerance"] = (diff / bound).max().item()
+    return metrics
+
+
+def gate_failures(metrics: dict[str, Any], thresholds: Thresholds) -> list[str]:
+    failures = []
+    if metrics["top1_agreement"] < thresholds.min_top1_agreement:
+        failures.append(f"top-1 agreement {metrics['top1_agreement']:.2%} < {thresholds.min_top1_agreement:.2%}")
+    if "allclose" in metrics and not metrics["allclose"]:
+        failures.append(
+            f"logits not allclose(rtol={thresholds.rtol:g}, atol={thresholds.atol:g}): max |diff| "
+            f"{metrics['max_abs_diff']:.3g}, worst logit at {metrics['max_diff_over_tolerance']:.3g}x its tolerance"
+        )
+    if thresholds.min_cosine is not None and metrics["min_cosine"] < thresholds.min_cosine:
+        failures.append(f"cosine similarity {metrics['min_cosine']:.5f} < {thresholds.min_cosine}")
+    return failures
+
+
+def check_parity(
+    reference: Runner, candidate: Runner, parity_set: ParitySet, thresholds: Thresholds, batch_size: int
+) -> dict[str, Any]:
+    """The manifest's `parity` block: metrics at batch 1 and at `batch_size`, worst case first."""
+    runs = {}
+    for size, images in ((1, parity_set.images[:BATCH1_SAMPLES]), (batch_size, parity_set.images)):
+        expected = run_in_batches(reference, images, size)
+        actual = run_in_batches(candidate, images, size)
+        runs[str(size)] = compare_logits(expected, actual, thresholds)
+        if parity_set.labels is not None:
+            labels = parity_set.labels[: len(images)]
+            runs[str(size)]["reference_top1"] = (expected.argmax(1) == labels).double().mean().item()
+            runs[str(size)]["artifact_top1"] = (actual.argmax(1) == labels).double().mean().item()
+    failures = [f"batch {size}: {failure}" for size, m in runs.items() for failure in gate_failures(m, thresholds)]
+    return {
+        "passed": not failures,
+        "failures": failures,
+        "metrics": {**worst_case(list(runs.values())), "by_batch_size": runs},
+        "thresholds": thresholds.to_dict(),
+        "data": parity_set.description,
+        "device": candidate.device,
+    }
+
+
+def worst_case(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    worst = {
+        "top1_agreement": min(r["top1_agreement"] for r in runs),
+        "max_abs_diff": max(r["max_abs_diff"] for r in runs),
+        "mean_abs_diff": max(r["mean_abs_diff"] for r in runs),
+        "min_cosine": min(r["min_cosine"] for r in runs),
+    }
+    if all("allclose" in r for r in runs):
+        worst["allclose"] = all(r["allclose"] for r in runs)
+    return worst

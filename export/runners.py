@@ -1,0 +1,267 @@
+"""Runners (shared/DESIGN.md, contract 3): one interface over eager PyTorch, TorchScript, ONNX Runtime, TensorRT.
+
+    runner = open_runner("exports/digits")            # fastest artifact that passed parity on CPU
+    logits = runner.predict(batch)                    # float32 NCHW on CPU in, float32 logits on CPU out
+
+Parity checks, the TorchServe handler, `client --local` and the benchmarks all go through here, so
+there is exactly one inference loop per format.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models import PreprocessSpec, checkpoint_preprocess, load_checkpoint, model_from_checkpoint
+
+from .formats import quiet_torchscript_deprecation
+from .manifest import ExportError, find_artifact, read_manifest, verify_artifact_file
+
+# Fastest first. TensorRT needs CUDA; on CPU ONNX Runtime beats TorchScript on these convnets.
+PREFERENCE = {"cpu": ("onnx", "torchscript"), "cuda": ("trt", "onnx", "torchscript")}
+
+
+class Runner(abc.ABC):
+    """float32 NCHW batch (CPU) -> float32 logits (CPU), whatever runs underneath."""
+
+    format: str  # "eager", "torchscript", "onnx" or "trt"
+
+    def __init__(self, *, device: str, preprocess: PreprocessSpec, class_names: list[str]) -> None:
+        self.device = device
+        self.preprocess = preprocess
+        self.class_names = list(class_names)
+        self.max_batch_size: int | None = None  # None: any batch size
+        self.artifact: dict[str, Any] | None = None  # the manifest entry, for runners opened from an export
+
+    @abc.abstractmethod
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits for a float32 contiguous CPU batch; any device and dtype."""
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(f"expected a float NCHW batch with 3 channels, got shape {tuple(batch.shape)}")
+        if self.max_batch_size is not None and batch.shape[0] > self.max_batch_size:
+            raise ValueError(
+                f"batch of {batch.shape[0]} exceeds this {self.format} artifact's maximum batch size "
+                f"{self.max_batch_size}; split the batch"
+            )
+        batch = batch.detach().to("cpu", torch.float32).contiguous()
+        return self._run(batch).to("cpu", torch.float32)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(device={self.device!r}, classes={len(self.class_names)})"
+
+
+def check_device(device: str) -> str:
+    if device not in PREFERENCE:
+        raise ValueError(f"device must be one of {sorted(PREFERENCE)}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ExportError("device 'cuda' asked for, but PyTorch sees no CUDA device on this machine")
+    return device
+
+
+def limit_torch_threads(threads: int | None) -> None:
+    # PyTorch's intra-op pool is per process: one server worker per process, so setting it here is
+    # what keeps several workers from oversubscribing the cores.
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+class EagerRunner(Runner):
+    """The PyTorch model itself: the reference every artifact is compared with."""
+
+    format = "eager"
+
+    def __init__(self, model: torch.nn.Module, *, device: str = "cpu", threads: int | None = None, **meta: Any):
+        super().__init__(device=check_device(device), **meta)
+        limit_torch_threads(threads)
+        self.model = model.eval().to(device)
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(batch.to(self.device))
+
+
+class TorchScriptRunner(Runner):
+    """A frozen TorchScript file (`torch.jit.load`), optimized for inference on the device at load time."""
+
+    format = "torchscript"
+
+    def __init__(self, path: str | os.PathLike, *, device: str = "cpu", threads: int | None = None, **meta: Any):
+        super().__init__(device=check_device(device), **meta)
+        limit_torch_threads(threads)
+        # optimize_for_inference's rewrites are device specific (MKLDNN layouts on CPU, cuDNN fusions on
+        # CUDA) and its MKLDNN constants cannot be serialized, so the file holds the frozen, BN-folded
+        # module and this device-specific step runs here.
+        with quiet_torchscript_deprecation():
+            self.module = torch.jit.optimize_for_inference(torch.jit.load(str(path), map_location=device).eval())
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(batch.to(self.device))
+
+
+def onnxruntime_providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise ExportError(
+            "device 'cuda' for ONNX Runtime needs the CUDA execution provider, which this onnxruntime "
+            f"({ort.__version__}, providers {ort.get_available_providers()}) lacks: "
+            "`pip install -e .[gpu]` installs onnxruntime-gpu"
+        )
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class OnnxRuntimeRunner(Runner):
+    """An ONNX file in an ONNX Runtime session (CPU provider; CUDA provider with onnxruntime-gpu)."""
+
+    format = "onnx"
+
+    def __init__(self, path: str | os.PathLike, *, device: str = "cpu", threads: int | None = None, **meta: Any):
+        import onnxruntime as ort
+
+        super().__init__(device=device, **meta)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=onnxruntime_providers(device))
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        (logits,) = self.session.run([self.output_name], {self.input_name: batch.numpy()})
+        return torch.from_numpy(logits)
+
+
+class TensorRTRunner(Runner):
+    """A serialized TensorRT engine, run with `execute_async_v3` on PyTorch-allocated CUDA memory."""
+
+    format = "trt"
+
+    def __init__(self, path: str | os.PathLike, *, device: str = "cuda", threads: int | None = None, **meta: Any):
+        from .tensorrt_engine import import_tensorrt  # noqa: PLC0415  (TensorRT is optional)
+
+        # `threads` has no meaning here: the GPU does the work.
+
+        if device != "cuda":
+            raise ExportError(f"TensorRT engines run on CUDA only, not on {device!r}")
+        trt = import_tensorrt()
+        super().__init__(device=check_device(device), **meta)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if self.engine is None:
+            raise ExportError(
+                f"{path}: TensorRT {trt.__version__} could not deserialize this engine; engines only load "
+                "with the TensorRT version and GPU model that built them. Rebuild it with `python -m export --to trt`"
+            )
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        # Profile 0's (min, opt, max) input shapes: the batch range the engine was built for.
+        self.max_batch_size = self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0]
+        self.stream = torch.cuda.Stream()
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.cuda.stream(self.stream):
+            inputs = batch.to("cuda", non_blocking=True)
+            self.context.set_input_shape(self.input_name, tuple(inputs.shape))
+            logits = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=torch.float32, device="cuda")
+            self.context.set_tensor_address(self.input_name, inputs.data_ptr())
+            self.context.set_tensor_address(self.output_name, logits.data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise ExportError("TensorRT execute_async_v3 failed; see the TensorRT log above")
+        self.stream.synchronize()
+        return logits
+
+
+RUNNER_CLASSES: dict[str, type[Runner]] = {
+    "torchscript": TorchScriptRunner,
+    "onnx": OnnxRuntimeRunner,
+    "trt": TensorRTRunner,
+}
+
+
+def runner_from_checkpoint(
+    path_or_ckpt: str | os.PathLike | dict[str, Any], device: str = "cpu", threads: int | None = None
+) -> EagerRunner:
+    """Eager PyTorch from one of our checkpoints (EMA weights when it has them)."""
+    ckpt = path_or_ckpt if isinstance(path_or_ckpt, dict) else load_checkpoint(path_or_ckpt)
+    model, ckpt = model_from_checkpoint(ckpt, use_ema=True)
+    return EagerRunner(
+        model, device=device, threads=threads, preprocess=checkpoint_preprocess(ckpt), class_names=ckpt["class_names"]
+    )
+
+
+def runner_for_artifact(
+    export_dir: str | os.PathLike, manifest: dict[str, Any], artifact: dict[str, Any], device: str, threads: int | None
+) -> Runner:
+    """The runner for one manifest entry, after checking the file's sha256 (parity status is the caller's call)."""
+    path = verify_artifact_file(export_dir, artifact)
+    runner = RUNNER_CLASSES[artifact["format"]](
+        path,
+        device=device,
+        threads=threads,
+        preprocess=PreprocessSpec.from_dict(manifest["preprocess"]),
+        class_names=manifest["class_names"],
+    )
+    runner.artifact = artifact
+    return runner
+
+
+def open_runner(
+    export_dir: str | os.PathLike,
+    fmt: str | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    allow_failed: bool = False,
+) -> Runner:
+    """A runner for an export directory.
+
+    `fmt=None` picks the fastest artifact for `device` that passed parity (CPU: onnx > torchscript;
+    CUDA: trt > onnx > torchscript). An artifact that failed parity raises unless `allow_failed`.
+    `threads` caps the intra-op threads (ONNX Runtime session option; PyTorch's per-process pool).
+    """
+    check_device(device)
+    manifest = read_manifest(export_dir)
+    where = Path(export_dir)
+    available = ", ".join(f"{a['format']} ({'passed' if a['parity']['passed'] else 'FAILED'} parity)"
+                          for a in manifest["artifacts"]) or "none"  # fmt: skip
+    if fmt is not None:
+        if fmt not in RUNNER_CLASSES:
+            raise ValueError(f"format must be one of {sorted(RUNNER_CLASSES)}, got {fmt!r}")
+        artifact = find_artifact(manifest, fmt)
+        if artifact is None:
+            raise ExportError(f"{where}: no {fmt} artifact in this export (it has: {available})")
+        if not artifact["parity"]["passed"] and not allow_failed:
+            raise ExportError(
+                f"{where}: the {fmt} artifact FAILED its parity check ({parity_summary(artifact)}); refusing to "
+                "serve it. Re-export, or force it (allow_failed=True) if you accept the difference"
+            )
+        return runner_for_artifact(where, manifest, artifact, device, threads)
+
+    for candidate in PREFERENCE[device]:
+        artifact = find_artifact(manifest, candidate)
+        if artifact is not None and (artifact["parity"]["passed"] or allow_failed):
+            return runner_for_artifact(where, manifest, artifact, device, threads)
+    raise ExportError(
+        f"{where}: no artifact usable on {device} that passed parity (it has: {available}); "
+        f"formats that run on {device}: {', '.join(PREFERENCE[device])}"
+    )
+
+
+def parity_summary(artifact: dict[str, Any]) -> str:
+    parity = artifact["parity"]
+    failures = parity.get("failures") or []
+    return "; ".join(failures) if failures else f"metrics {parity.get('metrics')}"
