@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -59,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="predict in this process from an export directory (exports/NAME): same decoding, preprocessing "
         "and runner as the server; --url and --model are ignored",
     )
-    local.add_argument("--format", choices=["onnx", "torchscript", "trt"], help="--local artifact (default: the fastest that passed parity)")
+    local.add_argument(
+        "--format", choices=["onnx", "torchscript", "trt"],
+        help="--local artifact (default: the fastest that passed parity on --device)",
+    )
+    local.add_argument("--device", default="cpu", help="--local device: cpu or cuda (default: %(default)s)")
     return parser
 
 
@@ -68,8 +73,8 @@ def open_predictor(args: argparse.Namespace):
     if args.local is not None:
         from .local import LocalPredictor  # torch is imported only here
 
-        predictor = LocalPredictor(args.local, fmt=args.format, top_k=args.top_k)
-        return predictor, {"export": str(args.local), "format": predictor.runner.format}
+        predictor = LocalPredictor(args.local, fmt=args.format, device=args.device, top_k=args.top_k)
+        return predictor, {"export": str(args.local), "format": predictor.runner.format, "device": args.device}
     from .remote import PredictionClient
 
     client = PredictionClient(args.url, args.model, timeout_s=args.timeout, retries=args.retries)
@@ -128,8 +133,16 @@ def predict_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["loadtest"]:
-        from .loadtest import loadtest_main
+    try:
+        if argv[:1] == ["loadtest"]:
+            from .loadtest import loadtest_main
 
-        return loadtest_main(argv[1:])
-    return predict_main(argv)
+            return loadtest_main(argv[1:])
+        return predict_main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`python -m client photos/ | head`): not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

@@ -1,9 +1,10 @@
 """`--local`: the server's predictions without a server.
 
-Same decoding as the handler (`models.imageio.decode_image`), same preprocessing (`eval_transform` of
-the manifest's `preprocess`), same runner (`export.runners.open_runner`) and the same answer shape:
-softmax probabilities of the top-k classes, highest first. Imported only in `--local` mode, so the
-remote client never needs torch.
+Same decoding as the handler (`models.imageio.decode_image`, with JPEG draft mode down to the resize
+size), same preprocessing (`eval_transform` of the manifest's `preprocess`), same runner
+(`export.runners.open_runner`) and the same answer: softmax probabilities of the top-k classes,
+highest first, rounded to 6 decimals as the handler sends them. Imported only in `--local` mode, so
+the remote client never needs torch.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-from export.manifest import ExportError
 from export.runners import open_runner
 from models import eval_transform
 from models.imageio import ImageDecodeError, decode_image
@@ -24,17 +24,19 @@ from .remote import Predictions
 class LocalPredictor:
     """Classifies encoded images with an export directory's runner, like the server would."""
 
-    def __init__(self, export_dir: str | Path, *, fmt: str | None = None, top_k: int = 5, threads: int | None = None):
+    def __init__(
+        self, export_dir: str | Path, *, fmt: str | None = None, device: str = "cpu", top_k: int = 5, threads: int | None = None
+    ):
         try:
-            self.runner = open_runner(export_dir, fmt=fmt, device="cpu", threads=threads)
-        except (ExportError, OSError, ValueError) as e:
+            self.runner = open_runner(export_dir, fmt=fmt, device=device, threads=threads)
+        except (OSError, ValueError, RuntimeError) as e:  # export's errors are RuntimeErrors
             raise LocalModelError(f"cannot load the export {export_dir}: {e}") from None
         self.transform = eval_transform(self.runner.preprocess)
         self.top_k = min(top_k, len(self.runner.class_names))
 
     def predict(self, image: bytes) -> Predictions:
         try:
-            picture = decode_image(image)
+            picture = decode_image(image, draft_size=self.runner.preprocess.resize_size)
         except ImageDecodeError as e:
             # The server answers the same message with a 4xx.
             raise ClientError(str(e)) from None
@@ -42,4 +44,4 @@ class LocalPredictor:
         with torch.inference_mode():
             probabilities = self.runner.predict(batch).float().softmax(dim=1)[0]
         values, indices = probabilities.topk(self.top_k)
-        return [(self.runner.class_names[i], float(p)) for p, i in zip(values.tolist(), indices.tolist())]
+        return [(self.runner.class_names[i], round(p, 6)) for p, i in zip(values.tolist(), indices.tolist())]
