@@ -1,0 +1,174 @@
+"""`python -m serve {package,start,stop,status,token}`: model archives and the TorchServe process.
+
+Exit codes: 0 success; 1 a clear error (message on stderr); for `status`, 3 when no server is running
+and 1 when it runs but a model has no ready worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .package import PackageError, PackageOptions, package
+from .server import ServerError, ServerSettings, read_state, start, status, stop
+
+NOT_RUNNING = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (PackageError, ServerError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m serve",
+        description="Package exports as TorchServe model archives and run TorchServe with resnet-deploy's configuration.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    defaults = PackageOptions()
+
+    p = commands.add_parser("package", help="export directory -> <model-store>/<name>.mar",
+                            description="Write <model-store>/<name>.mar: our handler, the export's manifest and "
+                            "artifact(s), and a model-config.yaml (workers, dynamic batching, timeouts).")  # fmt: skip
+    p.add_argument("--export-dir", type=Path, required=True, help="an export directory (holds manifest.json)")
+    p.add_argument("--model-store", type=Path, default=Path("model_store"), help="where the .mar goes (default: %(default)s)")
+    p.add_argument("--name", help="model name in URLs (default: the manifest's name)")
+    p.add_argument("--backend", choices=["torchscript", "onnx", "trt"],
+                   help="package only this artifact and always serve it (default: every artifact that passed "
+                   "parity; each worker picks the fastest for its device: trt > onnx > torchscript)")  # fmt: skip
+    p.add_argument("--allow-failed", action="store_true", help="with --backend: accept an artifact that FAILED parity")
+    p.add_argument("--workers", type=int, default=defaults.workers,
+                   help="worker processes (default: %(default)s); each gets cores // workers threads")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="dynamic batching: most requests per batch (default: %(default)s)")
+    p.add_argument("--max-batch-delay", type=int, default=defaults.max_batch_delay_ms,
+                   help="dynamic batching: ms to wait for a batch to fill (default: %(default)s)")  # fmt: skip
+    p.add_argument("--response-timeout", type=int, default=defaults.response_timeout_s,
+                   help="seconds a batch may take before TorchServe restarts the worker (default: %(default)s)")  # fmt: skip
+    p.add_argument("--top-k", type=int, default=defaults.top_k, help="classes per answer, at most the number of classes (default: %(default)s)")
+    p.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
+                   help="refuse images with more pixels, read from the header before decoding (default: %(default)s)")  # fmt: skip
+    p.add_argument("--version", default=defaults.version, help="model version recorded in the archive (default: %(default)s)")
+    p.set_defaults(run=run_package)
+
+    settings = ServerSettings()
+    p = commands.add_parser("start", help="start TorchServe and wait until the models answer",
+                            description="Start TorchServe in the background with serve/config.properties, wait until "
+                            "every model answers a real prediction, and print how to call it.")  # fmt: skip
+    p.add_argument("--model-store", type=Path, default=settings.model_store, help="directory of .mar files (default: %(default)s)")
+    p.add_argument("--models", nargs="+", default=[], metavar="NAME", help="models to load: <model-store>/NAME.mar (default: all)")
+    p.add_argument("--host", default=settings.host, help="inference API interface (default: %(default)s; management and metrics are always 127.0.0.1)")
+    p.add_argument("--port", type=int, default=settings.port, help="inference API port (default: %(default)s)")
+    p.add_argument("--management-port", type=int, default=settings.management_port, help="(default: %(default)s)")
+    p.add_argument("--metrics-port", type=int, default=settings.metrics_port, help="Prometheus /metrics port (default: %(default)s)")
+    p.add_argument("--grpc-ports", type=int, nargs=2, default=[settings.grpc_inference_port, settings.grpc_management_port],
+                   metavar=("INFERENCE", "MANAGEMENT"), help="TorchServe's gRPC ports, on 127.0.0.1 (default: %(default)s)")  # fmt: skip
+    p.add_argument("--token-expiration-min", type=int, default=settings.token_expiration_min,
+                   help="lifetime of the inference and management keys (default: %(default)s)")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=settings.startup_timeout_s, help="seconds to wait for the models (default: %(default)s)")
+    add_run_dir(p)
+    p.set_defaults(run=run_start)
+
+    p = commands.add_parser("stop", help="stop the server started from --run-dir")
+    add_run_dir(p)
+    p.set_defaults(run=run_stop)
+
+    p = commands.add_parser("status", help="is it running, which models, how many ready workers (exit 3: not running)")
+    add_run_dir(p)
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.set_defaults(run=run_status)
+
+    p = commands.add_parser("token", help="print the current key, for scripts: -H \"Authorization: Bearer $(python -m serve token)\"")
+    add_run_dir(p)
+    p.add_argument("--kind", choices=["inference", "management", "API"], default="inference", help="(default: %(default)s)")
+    p.set_defaults(run=run_token)
+    return parser
+
+
+def add_run_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", type=Path, default=ServerSettings().run_dir,
+                   help="the server's config, keys, logs and state (default: %(default)s)")  # fmt: skip
+
+
+def run_package(args) -> int:
+    options = PackageOptions(
+        backend=args.backend, allow_failed=args.allow_failed, workers=args.workers, batch_size=args.batch_size,
+        max_batch_delay_ms=args.max_batch_delay, response_timeout_s=args.response_timeout, top_k=args.top_k,
+        max_pixels=args.max_pixels, version=args.version,
+    )  # fmt: skip
+    for name, value in [("--workers", args.workers), ("--batch-size", args.batch_size), ("--top-k", args.top_k),
+                        ("--response-timeout", args.response_timeout), ("--max-pixels", args.max_pixels)]:  # fmt: skip
+        if value < 1:
+            raise PackageError(f"{name} must be at least 1, got {value}")
+    if args.allow_failed and args.backend is None:
+        raise PackageError("--allow-failed needs --backend: name the failed artifact you mean to serve")
+    path = package(args.export_dir, args.model_store, name=args.name, options=options)
+    print(f"wrote {path}")
+    print(f"serve it: python -m serve start --model-store {args.model_store} --models {path.stem}")
+    return 0
+
+
+def run_start(args) -> int:
+    settings = ServerSettings(
+        model_store=args.model_store, models=args.models, run_dir=args.run_dir, host=args.host, port=args.port,
+        management_port=args.management_port, metrics_port=args.metrics_port,
+        grpc_inference_port=args.grpc_ports[0], grpc_management_port=args.grpc_ports[1],
+        token_expiration_min=args.token_expiration_min, startup_timeout_s=args.timeout,
+    )  # fmt: skip
+    info = start(settings)
+    key = info.key("inference")
+    print(f"TorchServe is running (pid {info.pid}), serving {', '.join(info.models)}")
+    print(f"  inference   http://{info.host}:{info.port}  (token required; key below)")
+    print(f"  management  {info.management_url}  (token required)")
+    print(f"  metrics     {info.metrics_url}  (Prometheus)")
+    print(f"  keys        {info.key_file}  (inference/management keys expire after {args.token_expiration_min} min;")
+    print(f"              renew: curl '{info.management_url}/token?type=inference' -H \"Authorization: Bearer <API key>\")")
+    print(f"  logs        {Path(info.run_dir) / 'logs'}")
+    print("try it:")
+    print(f'  curl -H "Authorization: Bearer {key}" -T cat.jpg http://localhost:{info.port}/predictions/{info.models[0]}')
+    print(f"stop it:      python -m serve stop --run-dir {args.run_dir}")
+    return 0
+
+
+def run_stop(args) -> int:
+    if stop(args.run_dir):
+        print(f"TorchServe from {args.run_dir} stopped")
+    else:
+        print(f"no TorchServe running from {args.run_dir}")
+    return 0
+
+
+def run_status(args) -> int:
+    report = status(args.run_dir)
+    if report is None:
+        print(json.dumps(None) if args.json else f"no TorchServe running from {args.run_dir}")
+        return NOT_RUNNING
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"TorchServe running (pid {report['pid']}): inference {report['inference']}, "
+              f"management {report['management']}, metrics {report['metrics']}")  # fmt: skip
+        for name, model in report["models"].items():
+            state = model.get("error") or f"{model['ready']}/{model['workers']} workers ready"
+            print(f"  {name}: {state}")
+    healthy = all(m.get("workers") and m["ready"] == m["workers"] for m in report["models"].values())
+    return 0 if healthy else 1
+
+
+def run_token(args) -> int:
+    info = read_state(args.run_dir.resolve())
+    if info is None:
+        raise ServerError(f"no TorchServe running from {args.run_dir}; start one with python -m serve start")
+    print(info.key(args.kind))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The TorchServe handler: image bytes in, top-k `{"label": probability}` out, for any exported artifact.
+
+`python -m serve package` puts this file into every model archive next to the export's
+`manifest.json`, its artifact(s) and `model-config.yaml`; TorchServe imports it as a top-level module
+in each worker, so it only uses absolute imports of our installed packages.
+
+What it does per batch (TorchServe's dynamic batching hands it up to `batchSize` requests at once):
+- each request is a raw body (`curl -T cat.jpg`) or a multipart form with one image per part;
+- every image goes through `models.imageio.decode_image` (the same decoder as `client --local`) and the
+  manifest's `preprocess` through `models.eval_transform` (training's validation transform);
+- all good images of the batch run through `export.runners` in one forward pass;
+- a request whose image cannot be decoded gets its own HTTP 400 with a JSON message, through
+  `context.set_response_status(code, phrase, idx)`; the other requests of the batch are answered
+  normally. (Raising instead would make TorchServe fail the whole batch with 503.)
+
+Model-config keys read from `handler:` in model-config.yaml (all optional): `backend` (an artifact format,
+else the fastest that passed parity on the device), `allow_failed`, `top_k`, `max_pixels`, `threads`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+from export.runners import open_runner
+from models import eval_transform
+from models.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+
+logger = logging.getLogger(__name__)
+
+BAD_REQUEST = 400
+RAW_BODY_NAMES = ("body", "data")  # TorchServe's parameter names for a request's raw body
+
+
+class ImageClassifierHandler(BaseHandler):
+    """Classifies images with an export directory's artifact; one bad image fails only its own request."""
+
+    def initialize(self, context):
+        properties = context.system_properties
+        config = (context.model_yaml_config or {}).get("handler", {})
+        self.context, self.manifest = context, context.manifest
+        gpu_id = properties.get("gpu_id")
+        if gpu_id is not None and torch.cuda.is_available():
+            torch.cuda.set_device(int(gpu_id))
+            device = "cuda"
+        else:
+            device = "cpu"
+        threads = int(config.get("threads") or threads_per_worker(context.model_yaml_config or {}))
+        torch.set_num_threads(threads)  # decoding/resizing run in torch too; the runner gets the same cap
+        self.runner = open_runner(
+            properties["model_dir"],
+            fmt=config.get("backend"),
+            device=device,
+            threads=threads,
+            allow_failed=bool(config.get("allow_failed", False)),
+        )
+        self.class_names = self.runner.class_names
+        self.top_k = min(int(config.get("top_k", 5)), len(self.class_names))
+        self.max_pixels = int(config.get("max_pixels", DEFAULT_MAX_PIXELS))
+        self.transform = eval_transform(self.runner.preprocess)
+        self.draft_size = self.runner.preprocess.resize_size
+        self.initialized = True
+        logger.info(
+            "serving %s on %s with %d thread(s), %d classes, top-%d",
+            self.runner.format, device, threads, len(self.class_names), self.top_k,
+        )  # fmt: skip
+
+    def preprocess(self, data):
+        """Decode every image of every request; returns (tensors per request, error message per request)."""
+        images, errors = [], []
+        for request in data:
+            try:
+                images.append([self.transform(self.decode(name, value)) for name, value in request_images(request)])
+                errors.append(None)
+            except ImageDecodeError as e:
+                images.append([])
+                errors.append(str(e))
+        return images, errors
+
+    def decode(self, name: str, value) -> torch.Tensor:
+        where = "" if name in RAW_BODY_NAMES else f"part {name!r}: "
+        if not isinstance(value, (bytes, bytearray)):
+            # TorchServe decodes text/* bodies to str and application/json bodies to objects.
+            raise ImageDecodeError(
+                f"{where}expected image bytes, got {type(value).__name__} (the Content-Type made TorchServe decode "
+                "it as text or JSON); send the file as the raw body (curl -T cat.jpg) or as a multipart file part"
+            )
+        try:
+            return decode_image(bytes(value), max_pixels=self.max_pixels, draft_size=self.draft_size)
+        except ImageDecodeError as e:
+            raise ImageDecodeError(f"{where}{e}") from None
+
+    def inference(self, data, *args, **kwargs):
+        images, errors = data
+        flat = [image for request_images_ in images for image in request_images_]
+        if not flat:
+            return [], errors, images
+        batch = torch.stack(flat)
+        step = self.runner.max_batch_size or len(batch)
+        with torch.inference_mode():
+            logits = torch.cat([self.runner.predict(batch[i : i + step]) for i in range(0, len(batch), step)])
+        return logits.softmax(dim=1), errors, images
+
+    def postprocess(self, data):
+        probabilities, errors, images = data
+        responses, offset = [], 0
+        for idx, (error, request_images_) in enumerate(zip(errors, images)):
+            if error is not None:
+                self.context.set_response_status(BAD_REQUEST, "Bad Request", idx)
+                self.context.set_response_content_type(idx, "application/json")
+                responses.append(json.dumps({"code": BAD_REQUEST, "type": "InvalidImage", "message": error}))
+                continue
+            results = [self.top_k_labels(probabilities[offset + i]) for i in range(len(request_images_))]
+            offset += len(request_images_)
+            responses.append(results[0] if len(results) == 1 else results)
+        return responses
+
+    def top_k_labels(self, probabilities: torch.Tensor) -> dict[str, float]:
+        values, indices = probabilities.topk(self.top_k)
+        return {self.class_names[i]: round(float(p), 6) for p, i in zip(values.tolist(), indices.tolist())}
+
+
+def request_images(request: dict) -> list[tuple[str, object]]:
+    """The images of one request, in order: the raw body, or every part of a multipart form.
+
+    TorchServe gives a raw body as {"body": bytes} and a multipart form as
+    {field name: value}, in the order of the parts; parts must have distinct names.
+    """
+    if not request:
+        raise ImageDecodeError("empty request: no body and no multipart parts")
+    return list(request.items())
+
+
+def threads_per_worker(model_config: dict) -> int:
+    """Intra-op threads for each worker so that workers x threads does not exceed the usable cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = int(model_config.get("maxWorkers") or model_config.get("minWorkers") or 1)
+    return max(1, cores // workers)

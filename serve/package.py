@@ -1,0 +1,128 @@
+"""Export directory -> TorchServe model archive (`model_store/<name>.mar`).
+
+The archive holds our handler (`serve/handler.py`), the export's `manifest.json` unchanged, the
+artifact file(s) it lists, and a `model-config.yaml` with TorchServe's per-model settings (workers,
+dynamic batching, response timeout) plus a `handler:` block that the handler reads (backend, top-k,
+pixel limit). Inside a worker, the unpacked archive is itself an export directory, so the handler
+opens it with `export.runners.open_runner` exactly like `client --local` opens `exports/<name>`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from export.manifest import ExportError, find_artifact, read_manifest, verify_artifact_file
+from export.runners import parity_summary
+from models.imageio import DEFAULT_MAX_PIXELS
+
+HANDLER_FILE = Path(__file__).with_name("handler.py")
+MODEL_CONFIG_NAME = "model-config.yaml"
+
+
+class PackageError(RuntimeError):
+    """The export directory cannot be packaged as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class PackageOptions:
+    backend: str | None = None  # None: every artifact that passed parity; the handler picks per device
+    allow_failed: bool = False  # package (and serve) an artifact that failed its parity check
+    workers: int = 2
+    batch_size: int = 8
+    max_batch_delay_ms: int = 20
+    response_timeout_s: int = 60
+    top_k: int = 5
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    version: str = "1.0"
+
+
+def package(export_dir: str | os.PathLike, model_store: str | os.PathLike, name: str | None = None,
+            options: PackageOptions = PackageOptions()) -> Path:  # fmt: skip
+    """Write `<model_store>/<name>.mar` (atomically) and return its path. `name` defaults to the manifest's."""
+    export_dir = Path(export_dir)
+    try:
+        manifest = read_manifest(export_dir)
+    except ExportError as e:
+        raise PackageError(str(e)) from None
+    name = check_model_name(name or manifest["name"])
+    artifacts = choose_artifacts(export_dir, manifest, options)
+    try:
+        files = [verify_artifact_file(export_dir, artifact) for artifact in artifacts]
+    except ExportError as e:
+        raise PackageError(str(e)) from None
+
+    model_store = Path(model_store)
+    model_store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=model_store) as staging:
+        config_file = Path(staging) / MODEL_CONFIG_NAME
+        config_file.write_text(yaml.safe_dump(model_config(options), sort_keys=False))
+        archive(name, options.version, [export_dir / "manifest.json", *files], config_file, Path(staging))
+        target = model_store / f"{name}.mar"
+        os.replace(Path(staging) / f"{name}.mar", target)
+    return target
+
+
+def choose_artifacts(export_dir: Path, manifest: dict[str, Any], options: PackageOptions) -> list[dict[str, Any]]:
+    listed = ", ".join(f"{a['format']} ({'passed' if a['parity']['passed'] else 'FAILED'})" for a in manifest["artifacts"])
+    if options.backend is not None:
+        artifact = find_artifact(manifest, options.backend)
+        if artifact is None:
+            raise PackageError(f"{export_dir}: no {options.backend} artifact in this export (it has: {listed or 'none'})")
+        if not artifact["parity"]["passed"] and not options.allow_failed:
+            raise PackageError(
+                f"{export_dir}: the {options.backend} artifact FAILED its parity check ({parity_summary(artifact)}); "
+                "refusing to package it. Re-export, or pass --allow-failed if you accept the difference"
+            )
+        return [artifact]
+    passed = [a for a in manifest["artifacts"] if a["parity"]["passed"]]
+    if not passed:
+        raise PackageError(
+            f"{export_dir}: no artifact passed its parity check (it has: {listed or 'none'}); re-export, or "
+            "choose one with --backend FORMAT --allow-failed"
+        )
+    return passed
+
+
+def model_config(options: PackageOptions) -> dict[str, Any]:
+    """TorchServe's model-config YAML (camelCase keys are TorchServe's own) plus our handler's block."""
+    handler = {"top_k": options.top_k, "max_pixels": options.max_pixels}
+    if options.backend is not None:
+        handler |= {"backend": options.backend, "allow_failed": options.allow_failed}
+    return {
+        "minWorkers": options.workers,
+        "maxWorkers": options.workers,
+        "batchSize": options.batch_size,
+        "maxBatchDelay": options.max_batch_delay_ms,
+        "responseTimeout": options.response_timeout_s,
+        "handler": handler,
+    }
+
+
+def archive(name: str, version: str, extra_files: list[Path], config_file: Path, out_dir: Path) -> None:
+    from model_archiver.model_archiver_config import ModelArchiverConfig
+    from model_archiver.model_packaging import generate_model_archive
+
+    generate_model_archive(
+        ModelArchiverConfig(
+            model_name=name,
+            handler=str(HANDLER_FILE),
+            version=version,
+            extra_files=",".join(str(f) for f in extra_files),
+            config_file=str(config_file),
+            export_path=str(out_dir),
+            force=True,
+        )
+    )
+
+
+def check_model_name(name: str) -> str:
+    if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+        raise PackageError(f"model name {name!r}: use letters, digits, '-', '_' and '.' (it becomes a URL path)")
+    return name

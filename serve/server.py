@@ -1,0 +1,299 @@
+"""Start, stop and inspect a TorchServe process configured by `serve/config.properties`.
+
+Everything one server writes lives in its run directory (default `.serve/`): the filled-in
+`config.properties`, TorchServe's `key_file.json` (it writes it into its working directory), its logs,
+the unix sockets to its workers and the archives it unpacks (TorchServe puts both in its temp dir,
+which we point here), and our `server.json` (ports, pid, models) that `stop`, `status` and `token` read.
+Several servers can therefore run side by side (tests next to a development server) as long as
+their run directories and ports differ; TorchServe's own `torchserve --start` allows one per machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import string
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+import requests
+
+CONFIG_TEMPLATE = Path(__file__).with_name("config.properties")
+STATE_FILE = "server.json"
+KEY_FILE = "key_file.json"
+JAVA_MAIN_CLASS = "org.pytorch.serve.ModelServer"
+MAX_UNIX_SOCKET_PATH = 100  # sun_path holds 108 bytes; TorchServe appends "/.ts.sock.9000"
+
+
+class ServerError(RuntimeError):
+    """TorchServe could not be started, stopped or reached; the message says why and what to do."""
+
+
+@dataclass
+class ServerSettings:
+    model_store: Path = Path("model_store")
+    models: list[str] = field(default_factory=list)  # names of <model_store>/<name>.mar; empty: all
+    run_dir: Path = Path(".serve")
+    host: str = "0.0.0.0"
+    port: int = 8080
+    management_port: int = 8081
+    metrics_port: int = 8082
+    grpc_inference_port: int = 7070
+    grpc_management_port: int = 7071
+    token_expiration_min: int = 60
+    job_queue_size: int = 100
+    startup_timeout_s: float = 180.0
+
+
+@dataclass
+class ServerInfo:
+    pid: int
+    run_dir: str
+    models: list[str]
+    host: str
+    port: int
+    management_port: int
+    metrics_port: int
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.management_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def key_file(self) -> Path:
+        return Path(self.run_dir) / KEY_FILE
+
+    def key(self, kind: str = "inference") -> str:
+        """The current key of one kind ("inference", "management" or "API") from TorchServe's key file."""
+        try:
+            keys = json.loads(self.key_file.read_text())
+            return keys[kind]["key"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ServerError(f"{self.key_file}: cannot read the {kind} key ({e}); is the server running?") from None
+
+    def headers(self, kind: str = "inference") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key(kind)}"}
+
+
+def render_config(settings: ServerSettings, models: list[str]) -> str:
+    """The template with this server's values; every path absolute (TorchServe's cwd is the run dir)."""
+    store = settings.model_store.resolve()
+    # Java regex, written into a .properties file where a backslash is itself an escape character.
+    allowed_urls = f"file://{store}/[^/]+[.]mar".replace("\\", "\\\\")
+    return string.Template(CONFIG_TEMPLATE.read_text()).substitute(
+        host=settings.host,
+        port=settings.port,
+        management_port=settings.management_port,
+        metrics_port=settings.metrics_port,
+        grpc_inference_port=settings.grpc_inference_port,
+        grpc_management_port=settings.grpc_management_port,
+        model_store=store,
+        load_models=",".join(f"{name}={name}.mar" for name in models),
+        token_expiration_min=settings.token_expiration_min,
+        allowed_urls=allowed_urls,
+        job_queue_size=settings.job_queue_size,
+    )
+
+
+def find_models(model_store: Path, names: list[str]) -> list[str]:
+    if not model_store.is_dir():
+        raise ServerError(
+            f"model store {model_store} does not exist; create an archive first: "
+            f"python -m serve package --export-dir exports/NAME --model-store {model_store}"
+        )
+    available = sorted(p.stem for p in model_store.glob("*.mar"))
+    if not names:
+        if not available:
+            raise ServerError(
+                f"no .mar archives in {model_store}; create one with "
+                f"python -m serve package --export-dir exports/NAME --model-store {model_store}"
+            )
+        return available
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise ServerError(
+            f"{', '.join(f'{model_store / n}.mar' for n in missing)} not found (the store has: "
+            f"{', '.join(available) or 'nothing'}); package it with python -m serve package --export-dir exports/NAME"
+        )
+    return list(names)
+
+
+def check_ports_free(settings: ServerSettings) -> None:
+    for what, host, port in [
+        ("inference", settings.host, settings.port),
+        ("management", "127.0.0.1", settings.management_port),
+        ("metrics", "127.0.0.1", settings.metrics_port),
+        ("gRPC inference", "127.0.0.1", settings.grpc_inference_port),
+        ("gRPC management", "127.0.0.1", settings.grpc_management_port),
+    ]:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                raise ServerError(f"{what} port {host}:{port} is not free ({e.strerror}); pick another port") from None
+
+
+def read_state(run_dir: Path) -> ServerInfo | None:
+    """The server recorded in `run_dir`, or None when there is none or its process is gone."""
+    try:
+        info = ServerInfo(**json.loads((run_dir / STATE_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    return info if is_torchserve(info.pid) else None
+
+
+def is_torchserve(pid: int) -> bool:
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and JAVA_MAIN_CLASS in process.cmdline()
+    except psutil.Error:
+        return False
+
+
+def start(settings: ServerSettings, log=print) -> ServerInfo:
+    """Start TorchServe and return once every model answers a real prediction."""
+    run_dir = settings.run_dir.resolve()
+    if len(str(run_dir)) > MAX_UNIX_SOCKET_PATH - len("/.ts.sock.65535"):
+        raise ServerError(f"run directory {run_dir} is too long for a unix socket path; use a shorter --run-dir")
+    running = read_state(run_dir)
+    if running is not None:
+        raise ServerError(
+            f"TorchServe is already running from {run_dir} (pid {running.pid}, port {running.port}); "
+            f"stop it with python -m serve stop --run-dir {settings.run_dir}"
+        )
+    models = find_models(settings.model_store, settings.models)
+    check_ports_free(settings)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (KEY_FILE, STATE_FILE, ".model_server.pid"):
+        (run_dir / stale).unlink(missing_ok=True)
+    config = run_dir / "config.properties"
+    config.write_text(render_config(settings, models))
+
+    env = dict(os.environ, TMPDIR=str(run_dir), TEMP=str(run_dir), LOG_LOCATION=str(run_dir / "logs"),
+               METRICS_LOCATION=str(run_dir / "logs"))  # fmt: skip
+    command = [sys.executable, "-m", "ts.model_server", "--start", "--ncs", "--ts-config", str(config),
+               "--model-store", str(settings.model_store.resolve())]  # fmt: skip
+    with open(run_dir / "torchserve.out", "ab") as out:
+        # A new session: the server outlives this command and ignores the terminal's Ctrl-C.
+        launcher = subprocess.run(command, cwd=run_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True, timeout=60)  # fmt: skip
+    pid_file = run_dir / ".model_server.pid"
+    if launcher.returncode != 0 or not pid_file.is_file():
+        raise ServerError(f"TorchServe's launcher failed (exit {launcher.returncode}):\n{log_tail(run_dir)}")
+    info = ServerInfo(pid=int(pid_file.read_text().strip()), run_dir=str(run_dir), models=models, host=settings.host,
+                      port=settings.port, management_port=settings.management_port,
+                      metrics_port=settings.metrics_port)  # fmt: skip
+    (run_dir / STATE_FILE).write_text(json.dumps(asdict(info), indent=2))
+    try:
+        wait_until_ready(info, settings.startup_timeout_s, log)
+    except BaseException:
+        stop(run_dir)
+        raise
+    return info
+
+
+def wait_until_ready(info: ServerInfo, timeout_s: float, log=print) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = list(info.models)
+    while pending:
+        if not is_torchserve(info.pid):
+            raise ServerError(f"TorchServe exited while starting:\n{log_tail(Path(info.run_dir))}")
+        if time.monotonic() > deadline:
+            raise ServerError(
+                f"models {pending} not ready after {timeout_s:.0f} s:\n{log_tail(Path(info.run_dir))}"
+            )
+        name = pending[0]
+        if model_answers(info, name):
+            log(f"model {name} is loaded and answering")
+            pending.pop(0)
+        else:
+            time.sleep(0.5)
+
+
+def model_answers(info: ServerInfo, name: str) -> bool:
+    """True once the model's workers are up and a real image gets a 200 with a prediction."""
+    try:
+        response = requests.put(f"{info.inference_url}/predictions/{name}", data=probe_image(),
+                                headers=info.headers("inference"), timeout=30)  # fmt: skip
+    except (requests.ConnectionError, requests.Timeout, ServerError):
+        return False
+    return response.status_code == 200 and bool(response.json())
+
+
+def probe_image() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def stop(run_dir: Path, timeout_s: float = 30.0) -> bool:
+    """Stop the server recorded in `run_dir` and its workers; False when none was running."""
+    run_dir = Path(run_dir).resolve()
+    info = read_state(run_dir)
+    stopped = False
+    if info is not None:
+        java = psutil.Process(info.pid)
+        processes = [java, *java.children(recursive=True)]
+        for process in processes:
+            try:
+                process.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(processes, timeout=timeout_s)
+        for process in alive:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        stopped = True
+    for stale in (KEY_FILE, STATE_FILE, ".model_server.pid"):
+        (run_dir / stale).unlink(missing_ok=True)
+    return stopped
+
+
+def status(run_dir: Path) -> dict | None:
+    """None when no server runs from `run_dir`; else its ports and, per model, workers and their states."""
+    info = read_state(Path(run_dir).resolve())
+    if info is None:
+        return None
+    report = {"pid": info.pid, "inference": info.inference_url, "management": info.management_url,
+              "metrics": info.metrics_url, "key_file": str(info.key_file), "models": {}}  # fmt: skip
+    for name in info.models:
+        try:
+            response = requests.get(f"{info.management_url}/models/{name}", headers=info.headers("management"), timeout=10)
+            response.raise_for_status()
+            workers = response.json()[0]["workers"]
+            report["models"][name] = {"workers": len(workers), "ready": sum(w["status"] == "READY" for w in workers)}
+        except (requests.RequestException, ValueError, KeyError, IndexError, ServerError) as e:
+            report["models"][name] = {"error": str(e)}
+    return report
+
+
+def log_tail(run_dir: Path, lines: int = 30) -> str:
+    candidates = [run_dir / "logs" / "ts_log.log", run_dir / "logs" / "model_log.log", run_dir / "torchserve.out"]
+    tails = []
+    for path in candidates:
+        if path.is_file():
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+            tails.append(f"--- {path} (last {len(text)} lines)\n" + "\n".join(text))
+    return "\n".join(tails) or f"(no logs under {run_dir})"
