@@ -67,8 +67,8 @@ def decode_image(
     fmt, (width, height) = image.format, image.size
     if width * height > max_pixels:
         raise ImageDecodeError(
-            f"{fmt} image is {width}x{height} = {width * height / 1e6:.1f} megapixels, above the "
-            f"limit of {max_pixels / 1e6:.1f} megapixels; refused before decoding (decompression bomb guard)"
+            f"{fmt} image is {width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,}; "
+            "refused before decoding (decompression bomb guard)"
         )
     if draft_size is not None and fmt in ("JPEG", "MPO"):
         image.draft("RGB", (draft_size, draft_size))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 
 import torch
 from ts.torch_handler.base_handler import BaseHandler
@@ -68,6 +69,19 @@ class ImageClassifierHandler(BaseHandler):
             "serving %s on %s with %d thread(s), %d classes, top-%d",
             self.runner.format, device, threads, len(self.class_names), self.top_k,
         )  # fmt: skip
+
+    def handle(self, data, context):
+        """preprocess -> inference -> postprocess, one answer per request, in order.
+
+        Replaces BaseHandler.handle, whose request headers `explain: True` / `describe: True` switch to
+        code paths (captum insights, one description per batch) that would fail every request of the batch.
+        """
+        start = time.perf_counter()
+        self.context = context
+        output = self.postprocess(self.inference(self.preprocess(data)))
+        if context.metrics is not None:
+            context.metrics.add_time("HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms")
+        return output
 
     def preprocess(self, data):
         """Decode every image of every request; returns (tensors per request, error message per request)."""

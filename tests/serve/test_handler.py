@@ -1,0 +1,141 @@
+"""The handler in-process, on the unpacked archive, with TorchServe's real Context: exact batches.
+
+Over HTTP, which requests share a batch is up to TorchServe's timing; here each `handle` call is one
+batch, so "one bad image fails only its own request" is checked deterministically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+
+import pytest
+import ts
+import yaml
+from ts.context import Context, RequestProcessor
+
+from serve.handler import ImageClassifierHandler, threads_per_worker
+from serve.package import package
+from tests.fixtures.served import SERVED_PACKAGE_OPTIONS
+
+
+def unpack(mar, model_dir):
+    zipfile.ZipFile(mar).extractall(model_dir)
+    manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
+    config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
+    return manifest, config
+
+
+def make_handler(model_dir, manifest, config) -> ImageClassifierHandler:
+    context = Context("digits", str(model_dir), manifest, config["batchSize"], None, ts.__version__, model_yaml_config=config)
+    handler = ImageClassifierHandler()
+    handler.initialize(context)
+    return handler
+
+
+@pytest.fixture(scope="module")
+def archive_dir(digits_export, tmp_path_factory):
+    mar = package(digits_export, tmp_path_factory.mktemp("store"), name="digits", options=SERVED_PACKAGE_OPTIONS)
+    model_dir = tmp_path_factory.mktemp("unpacked")
+    return model_dir, *unpack(mar, model_dir)
+
+
+@pytest.fixture(scope="module")
+def handler(archive_dir):
+    return make_handler(*archive_dir)
+
+
+def handle(handler, requests_data):
+    """One batch through handler.handle; returns [(status, body)] per request."""
+    context = handler.context
+    context.request_processor = [RequestProcessor({}) for _ in requests_data]
+    context.request_ids = {i: f"request-{i}" for i in range(len(requests_data))}
+    outputs = handler.handle(requests_data, context)
+    assert len(outputs) == len(requests_data)
+    return [(context.get_response_status(i)[0], outputs[i]) for i in range(len(requests_data))]
+
+
+def test_one_bad_image_fails_only_its_own_request(handler, valid_images, invalid_images):
+    batch = [
+        {"body": valid_images["jpeg"]},
+        {"body": invalid_images["random_bytes"]},
+        {"body": valid_images["png_gray"]},
+        {"body": invalid_images["empty"]},
+        {"body": bytearray(valid_images["jpeg_cmyk"])},
+        {"body": invalid_images["truncated_jpeg"]},
+    ]
+    answers = handle(handler, batch)
+    assert handler.context.get_response_headers(1)["content-type"] == "application/json"
+    assert [status for status, _ in answers] == [200, 400, 200, 400, 200, 400]
+    for i in (0, 2, 4):  # each good answer is what that image gets on its own
+        assert answers[i][1] == handle(handler, [batch[i]])[0][1]
+    errors = [json.loads(answers[i][1]) for i in (1, 3, 5)]
+    assert all(e["code"] == 400 and e["type"] == "InvalidImage" for e in errors)
+    assert "not a supported image" in errors[0]["message"]
+    assert "empty image: 0 bytes" in errors[1]["message"]
+    assert "truncated or corrupt JPEG" in errors[2]["message"]
+
+
+def test_answers_are_top_k_labels_highest_first(handler, valid_images):
+    [(status, answer)] = handle(handler, [{"body": valid_images["png"]}])
+    assert status == 200
+    assert len(answer) == 5 and set(answer) <= set(handler.class_names)
+    probabilities = list(answer.values())
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert 0 < sum(probabilities) <= 1.0 + 1e-5
+
+
+def test_multipart_parts_get_one_answer_each_in_order(handler, valid_images, invalid_images):
+    parts = {"first": valid_images["jpeg"], "second": valid_images["png_gray"], "third": valid_images["gif_palette"]}
+    [(status, answers)] = handle(handler, [parts])
+    assert status == 200 and isinstance(answers, list) and len(answers) == 3
+    for (name, image), answer in zip(parts.items(), answers):
+        assert answer == handle(handler, [{"body": image}])[0][1], name
+
+    [(status, error)] = handle(handler, [{"first": valid_images["jpeg"], "second": invalid_images["text"]}])
+    assert status == 400
+    assert json.loads(error)["message"].startswith("part 'second': not a supported image")
+
+
+def test_text_and_json_bodies_are_refused_with_a_hint(handler):
+    answers = handle(handler, [{"body": "hello"}, {"body": {"url": "http://example.com/cat.jpg"}}, {}])
+    assert [status for status, _ in answers] == [400, 400, 400]
+    assert "expected image bytes, got str" in json.loads(answers[0][1])["message"]
+    assert "expected image bytes, got dict" in json.loads(answers[1][1])["message"]
+    assert "empty request" in json.loads(answers[2][1])["message"]
+
+
+def test_explain_and_describe_headers_do_not_change_the_answer(handler, valid_images):
+    context = handler.context
+    context.request_processor = [RequestProcessor({"explain": "True", "describe": "True"})]
+    context.request_ids = {0: "request-0"}
+    [answer] = handler.handle([{"body": valid_images["jpeg"]}], context)
+    assert answer == handle(handler, [{"body": valid_images["jpeg"]}])[0][1]
+
+
+def test_top_k_is_capped_by_the_number_of_classes(archive_dir, valid_images):
+    model_dir, manifest, config = archive_dir
+    config = {**config, "handler": {**config["handler"], "top_k": 50}}
+    handler = make_handler(model_dir, manifest, config)
+    [(status, answer)] = handle(handler, [{"body": valid_images["jpeg"]}])
+    assert status == 200 and len(answer) == len(handler.class_names) == manifest_classes(model_dir)
+
+
+def manifest_classes(model_dir) -> int:
+    return json.loads((model_dir / "manifest.json").read_text())["num_classes"]
+
+
+def test_pixel_limit_comes_from_the_model_config(archive_dir, valid_images):
+    model_dir, manifest, config = archive_dir
+    handler = make_handler(model_dir, manifest, {**config, "handler": {**config["handler"], "max_pixels": 10_000}})
+    [(status, error)] = handle(handler, [{"body": valid_images["jpeg"]}])
+    assert status == 400 and "above the limit of 10,000" in json.loads(error)["message"]
+
+
+def test_workers_times_threads_fit_the_cores():
+    cores = len(os.sched_getaffinity(0))
+    for workers in (1, 2, 3, cores, 2 * cores):
+        threads = threads_per_worker({"minWorkers": workers, "maxWorkers": workers})
+        assert threads >= 1
+        assert workers * threads <= max(cores, workers)
