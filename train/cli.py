@@ -1,0 +1,163 @@
+"""`python -m train`: the command line (flags override the --recipe, which overrides the defaults)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Sequence
+
+from models import CheckpointError
+
+from .checkpoints import RunDirError
+from .config import CHOICES, DEFAULTS, ConfigError, list_recipes
+from .data import DATA_KINDS, DataError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+EPILOG = """\
+examples:
+  python -m train --arch resnet20 --data digits --epochs 10
+  python -m train --recipe cifar_paper --data-dir data/cifar
+  python -m train --arch resnet50 --data imagenet --data-dir /data/imagenet --recipe imagenet_original
+  torchrun --nproc_per_node=8 -m train --recipe imagenet_modern --data-dir /data/imagenet --amp bf16
+  python -m train --arch resnet18 --data folder --data-dir my_photos --val-split 0.2 \\
+      --pretrained torchvision:resnet18.IMAGENET1K_V1 --recipe finetune
+  python -m train --resume runs/resnet20-digits/last.pt
+  python -m train --predict cat.jpg dog.png --checkpoint runs/resnet20-digits/best.pt
+"""
+
+
+def _flag(parser: argparse._ActionGroup, name: str, help: str, **kwargs: Any) -> None:
+    key = name.lstrip("-").replace("-", "_")
+    assert key in DEFAULTS, key
+    default = DEFAULTS[key]
+    shown = f" (default: {default})" if default not in (None, [], False) else ""
+    if isinstance(default, bool) and "type" not in kwargs:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    if key in CHOICES:
+        kwargs["choices"] = CHOICES[key]
+    parser.add_argument(name, dest=key, default=argparse.SUPPRESS, help=help + shown, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m train",
+        description="Train a ResNet (ImageNet, CIFAR, an image folder, scikit-learn's digits or synthetic data). "
+        "Writes runs/<name>/{last.pt,best.pt,config.yaml,metrics.csv,curves.png} and TensorBoard events.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("what to train")
+    g.add_argument("--recipe", help="a recipe name from train/recipes (see --list-recipes) or a YAML file path")
+    g.add_argument("--list-recipes", action="store_true", help="list the recipes and exit")
+    _flag(g, "--arch", "network name (`python -m models` lists them), e.g. resnet20, resnet50, cifar_preact_resnet18")
+    _flag(g, "--data", f"dataset kind: {', '.join(DATA_KINDS)}", choices=DATA_KINDS)
+    _flag(g, "--data-dir", "dataset root (imagenet/folder: train/ and val/ class folders; cifar: the folder holding cifar-10-batches-py/)")
+    _flag(g, "--val-split", "folder data without val/: hold out this fraction of each class for validation", type=float)
+    _flag(g, "--num-classes", "classes of synthetic data (other kinds count their class folders)", type=int)
+    _flag(g, "--synthetic-size", "training images of synthetic data", type=int)
+    _flag(g, "--out", "directory holding the runs")
+    _flag(g, "--name", "run name: outputs go to OUT/NAME (default: ARCH-DATA)")
+
+    g = p.add_argument_group("network and fine-tuning")
+    _flag(g, "--pretrained", "start from weights: a .pth/.safetensors file, one of our checkpoints, or "
+          "torchvision:resnet50.IMAGENET1K_V2 / timm:resnet50.a1_in1k from the local cache; the head is "
+          "re-initialised when the classes differ and the weights' own preprocessing is used")  # fmt: skip
+    _flag(g, "--freeze-backbone", "train only the classifier")
+    _flag(g, "--freeze-until", "freeze the stem and the stages up to this one (stem, layer1..layer4)")
+    _flag(g, "--head-lr", "learning rate of the classifier (default: the base LR)", type=float)
+    _flag(g, "--drop-path-rate", "stochastic depth rate", type=float)
+    _flag(g, "--dropout", "dropout before the classifier", type=float)
+    _flag(g, "--zero-init-residual", "start every residual branch at zero (last BN gamma = 0)")
+
+    g = p.add_argument_group("optimisation")
+    _flag(g, "--epochs", "epochs to train", type=int)
+    _flag(g, "--batch-size", "global batch per optimizer step (split over processes and accumulation steps)", type=int)
+    _flag(g, "--lr", "base learning rate", type=float)
+    _flag(g, "--lr-base-batch", "scale --lr linearly by batch-size / this (e.g. 256 for 'lr 0.1 per 256 images')", type=int)
+    _flag(g, "--optimizer", "optimizer")
+    _flag(g, "--momentum", "SGD momentum", type=float)
+    _flag(g, "--nesterov", "Nesterov momentum")
+    _flag(g, "--weight-decay", "weight decay", type=float)
+    _flag(g, "--no-wd-norm-bias", "no weight decay on BatchNorm parameters and biases")
+    _flag(g, "--scheduler", "LR schedule, stepped per iteration (step: x lr-gamma every 30 epochs or at --milestones)")
+    _flag(g, "--warmup-epochs", "linear warmup length in epochs (fractions allowed)", type=float)
+    _flag(g, "--warmup-start-factor", "warmup starts at this fraction of the LR", type=float)
+    _flag(g, "--milestones", "epochs at which step/multistep multiply the LR by --lr-gamma", type=float, nargs="+")
+    _flag(g, "--lr-gamma", "LR factor at each milestone", type=float)
+    _flag(g, "--min-lr", "final LR of the cosine schedule", type=float)
+    _flag(g, "--grad-clip", "clip the gradient norm to this value (after unscaling under fp16)", type=float)
+    _flag(g, "--accum-steps", "gradient accumulation: micro-batches per optimizer step", type=int)
+
+    g = p.add_argument_group("regularisation and augmentation")
+    _flag(g, "--label-smoothing", "label smoothing of the cross-entropy", type=float)
+    _flag(g, "--mixup", "MixUp alpha (0: off)", type=float)
+    _flag(g, "--cutmix", "CutMix alpha (0: off); with --mixup one of the two per batch", type=float)
+    _flag(g, "--train-crop", "training crop (default: random-crop for 32x32 data, random-resized-crop otherwise)")
+    _flag(g, "--train-size", "training crop size (default: the eval input size)", type=int)
+    _flag(g, "--crop-padding", "padding of random-crop (default: 4; digits: 2)", type=int)
+    _flag(g, "--hflip", "random horizontal flips (default: on, off for digits)")
+    _flag(g, "--auto-augment", "automatic augmentation policy")
+    _flag(g, "--randaugment-magnitude", "RandAugment magnitude", type=int)
+    _flag(g, "--random-erasing", "random erasing probability", type=float)
+    _flag(g, "--ema", "keep an exponential moving average of the weights (evaluated and deployed)")
+    _flag(g, "--ema-decay", "EMA decay per optimizer step", type=float)
+
+    g = p.add_argument_group("evaluation preprocessing (stored in the checkpoint)")
+    _flag(g, "--image-size", "network input size (the resize keeps the crop ratio)", type=int)
+    _flag(g, "--val-resize", "resize the shorter side to this before the center crop", type=int)
+    _flag(g, "--interpolation", "resize interpolation")
+
+    g = p.add_argument_group("speed and reproducibility")
+    _flag(g, "--amp", "mixed precision autocast (fp16 uses a GradScaler)")
+    _flag(g, "--channels-last", "channels_last memory format")
+    _flag(g, "--compile", "torch.compile the model")
+    _flag(g, "--sync-bn", "SyncBatchNorm across processes (CUDA only)")
+    _flag(g, "--device", "cpu, cuda, cuda:N or auto")
+    _flag(g, "--workers", "data loader processes (default: 0 for in-memory data, else up to 8)", type=int)
+    _flag(g, "--val-batch-size", "validation batch size per process", type=int)
+    _flag(g, "--seed", "random seed", type=int)
+    _flag(g, "--deterministic", "deterministic algorithms (slower)")
+
+    g = p.add_argument_group("checkpoints and logs")
+    _flag(g, "--resume", "continue from a checkpoint path, a run directory, or 'auto' (OUT/NAME/last.pt when it exists)")
+    _flag(g, "--overwrite", "replace an existing run directory")
+    _flag(g, "--log-every", "steps between progress updates", type=int)
+    _flag(g, "--tensorboard", "write TensorBoard event files")
+    _flag(g, "--plots", "write curves.png every epoch")
+
+    g = p.add_argument_group("prediction")
+    g.add_argument("--predict", nargs="+", metavar="IMG", help="classify images with --checkpoint and exit")
+    g.add_argument("--checkpoint", help="checkpoint for --predict")
+    g.add_argument("--topk", type=int, default=5, help="classes to print per image with --predict (default: 5)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    options = vars(args)
+    recipe = options.pop("recipe", None)
+    predict, checkpoint, topk = options.pop("predict", None), options.pop("checkpoint", None), options.pop("topk")
+    if options.pop("list_recipes"):
+        for name, description in list_recipes().items():
+            print(f"{name:22s} {description}")
+        return EXIT_OK
+    try:
+        if predict:
+            if not checkpoint:
+                parser.error("--predict needs --checkpoint PATH")
+            from .predict import predict_images
+
+            return predict_images(predict, checkpoint, topk=topk)
+        from .run import build_config, run
+
+        config = build_config(options, recipe)
+        result = run(config)
+    except (ConfigError, DataError, CheckpointError, RunDirError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(e, (ConfigError, RunDirError)) else EXIT_ERROR
+    if result.interrupted_by is not None:
+        return 128 + int(result.interrupted_by)
+    print(f"done: best val top-1 {result.best_top1:.2f}% in {result.seconds:.0f}s; checkpoints in {result.run_dir}")
+    return EXIT_OK

@@ -1,0 +1,171 @@
+"""Run configuration: defaults, YAML recipes and command-line overrides, resolved into one flat dict.
+
+Precedence: `DEFAULTS` < the recipe (`--recipe NAME` or a path to a YAML file) < flags given on the
+command line. The resolved dict is written to `runs/<name>/config.yaml` and stored in every
+checkpoint, so a run can always be reproduced (and its validation set rebuilt) from either.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS: dict[str, Any] = {
+    # what and where
+    "arch": None,
+    "data": None,
+    "data_dir": None,
+    "val_split": None,
+    "num_classes": None,  # synthetic data only; other kinds count their classes
+    "synthetic_size": 1024,
+    "out": "runs",
+    "name": None,
+    # the network
+    "drop_path_rate": None,
+    "dropout": None,
+    "zero_init_residual": None,
+    "pretrained": None,
+    "freeze_backbone": False,
+    "freeze_until": None,
+    # optimisation
+    "epochs": 10,
+    "batch_size": 128,  # global: images per optimizer step over all processes and accumulation steps
+    "lr": 0.1,
+    "lr_base_batch": None,  # when set, lr is scaled linearly by batch_size / lr_base_batch
+    "head_lr": None,
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 5e-4,
+    "no_wd_norm_bias": False,
+    "scheduler": "cosine",
+    "warmup_epochs": 0.0,
+    "warmup_start_factor": 0.01,
+    "milestones": [],
+    "lr_gamma": 0.1,
+    "min_lr": 0.0,
+    "grad_clip": None,
+    "accum_steps": 1,
+    # regularisation and augmentation
+    "label_smoothing": 0.0,
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "train_crop": None,  # None: the dataset's default (random-crop for 32x32 data, random-resized-crop else)
+    "train_size": None,
+    "crop_padding": None,
+    "hflip": None,
+    "auto_augment": "none",
+    "randaugment_magnitude": 9,
+    "random_erasing": 0.0,
+    "ema": False,
+    "ema_decay": 0.999,
+    # evaluation preprocessing overrides
+    "image_size": None,
+    "val_resize": None,
+    "interpolation": None,
+    # speed and determinism
+    "amp": "none",
+    "channels_last": False,
+    "compile": False,
+    "sync_bn": False,
+    "device": "auto",
+    "workers": None,
+    "val_batch_size": None,
+    "seed": 0,
+    "deterministic": False,
+    # outputs
+    "log_every": 10,
+    "tensorboard": True,
+    "plots": True,
+    "resume": None,
+    "overwrite": False,
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer": ("sgd", "adamw"),
+    "scheduler": ("cosine", "step", "multistep", "constant"),
+    "amp": ("none", "bf16", "fp16"),
+    "auto_augment": ("none", "randaugment", "trivialaugment", "autoaugment"),
+    "train_crop": ("random-resized-crop", "random-crop", "center"),
+    "interpolation": ("bilinear", "bicubic", "nearest"),
+}
+
+# Keys a resumed run may change (more epochs, other loader settings); the rest come from the checkpoint.
+RESUMABLE_OVERRIDES = ("epochs", "workers", "log_every", "tensorboard", "plots", "val_batch_size", "device")
+
+
+class ConfigError(ValueError):
+    """A recipe or flag combination that cannot run; the message says which and why."""
+
+
+def recipes_dir() -> Path:
+    return Path(str(resources.files(__package__).joinpath("recipes")))
+
+
+def list_recipes() -> dict[str, str]:
+    """Recipe name -> its one-line description."""
+    return {path.stem: str(yaml.safe_load(path.read_text()).get("description", "")) for path in sorted(recipes_dir().glob("*.yaml"))}
+
+
+def load_recipe(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = recipes_dir() / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(list_recipes())
+        raise ConfigError(f"recipe {str(name_or_path)!r} not found (looked at {path}); known recipes: {known}")
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of option: value")
+    recipe.pop("description", None)
+    unknown = sorted(set(recipe) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown options {unknown}; see `python -m train --help` for the names")
+    return recipe
+
+
+def resolve_config(overrides: dict[str, Any], recipe: str | None = None) -> dict[str, Any]:
+    """DEFAULTS < recipe < overrides, validated."""
+    config = dict(DEFAULTS)
+    if recipe:
+        config.update(load_recipe(recipe))
+        config["recipe"] = str(recipe)
+    config.update(overrides)
+    validate(config)
+    return config
+
+
+def validate(config: dict[str, Any]) -> None:
+    if not config.get("arch"):
+        raise ConfigError("choose a network with --arch (e.g. resnet20, resnet50) or a --recipe that sets one")
+    if not config.get("data"):
+        raise ConfigError("choose the data with --data (digits, cifar10, cifar100, imagenet, folder, synthetic)")
+    for key, allowed in CHOICES.items():
+        if config.get(key) is not None and config[key] not in allowed:
+            raise ConfigError(f"{key} {config[key]!r}: expected one of {', '.join(allowed)}")
+    for key in ("epochs", "batch_size", "accum_steps"):
+        if int(config[key]) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {config[key]}")
+    if config["freeze_backbone"] and config["freeze_until"]:
+        raise ConfigError("--freeze-backbone and --freeze-until are exclusive: pick one")
+    if config["val_split"] is not None and not 0.0 < float(config["val_split"]) < 1.0:
+        raise ConfigError(f"val_split must be between 0 and 1, got {config['val_split']}")
+
+
+def arch_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    """The `create_model` options this config sets (stored in the checkpoint as `arch_kwargs`)."""
+    keys = ("drop_path_rate", "dropout", "zero_init_residual")
+    return {k: config[k] for k in keys if config.get(k) is not None}
+
+
+def write_config(config: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+    os.replace(tmp, path)

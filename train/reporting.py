@@ -1,0 +1,133 @@
+"""What the user sees: a progress bar per epoch, one summary line per epoch, `metrics.csv`,
+TensorBoard event files and `curves.png` (loss and accuracy, train and val), all from rank 0."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+METRIC_FIELDS = (
+    "epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
+    "ema_val_top1", "epoch_seconds", "train_img_per_s",
+)  # fmt: skip
+
+
+class RunReporter:
+    """Writes a run's logs; a disabled reporter (ranks > 0) does nothing."""
+
+    def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool, plots: bool, resume_epoch: int, step: int):
+        self.run_dir, self.enabled, self.plots = run_dir, enabled, plots
+        self.csv_path = run_dir / "metrics.csv"
+        self.rows: list[dict[str, str]] = []
+        self.writer = None
+        self.bar: tqdm | None = None
+        if not enabled:
+            return
+        if self.csv_path.is_file():  # keep the epochs the resumed checkpoint has seen, drop later ones
+            with open(self.csv_path, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= resume_epoch]
+            self._write_csv()
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir), purge_step=step if step else None)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            tqdm.write(text, file=sys.stdout)
+            sys.stdout.flush()
+
+    # progress bar
+    def start_epoch(self, epoch: int, epochs: int, total_steps: int, done_steps: int) -> None:
+        if self.enabled:
+            self._bar_start = done_steps
+            self.bar = tqdm(
+                total=total_steps, initial=done_steps, desc=f"epoch {epoch}/{epochs}", unit="step",
+                dynamic_ncols=True, leave=False, file=sys.stderr, disable=None,
+            )  # fmt: skip
+
+    def log_steps(self, steps: int, loss: float, img_per_s: float, lr: float, global_step: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(self._bar_start + steps - self.bar.n)
+            self.bar.set_postfix_str(f"loss {loss:.4f}  lr {lr:.4g}  {img_per_s:.0f} img/s", refresh=False)
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss_step", loss, global_step)
+            self.writer.add_scalar("train/lr", lr, global_step)
+            self.writer.add_scalar("train/img_per_s", img_per_s, global_step)
+
+    def end_epoch(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.rows.append({k: _fmt(row.get(k)) for k in METRIC_FIELDS})
+        self._write_csv()
+        if self.writer is not None:
+            for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "ema_val_top1"):
+                if row.get(key) is not None:
+                    group, name = key.split("_", 1) if not key.startswith("ema") else ("ema", key[4:])
+                    self.writer.add_scalar(f"{group}/{name}", row[key], row["step"])
+            self.writer.flush()
+        if self.plots:
+            write_curves(self.rows, self.run_dir / "curves.png")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+    def _write_csv(self) -> None:
+        tmp = self.csv_path.with_name(".metrics.csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.csv_path)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def write_curves(rows: list[dict[str, str]], path: Path) -> None:
+    """Loss and top-1/top-5 per epoch, train and val, as one PNG (replaced atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(key: str) -> tuple[list[int], list[float]]:
+        points = [(int(r["epoch"]), float(r[key])) for r in rows if r.get(key)]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("train_loss", "train"), ("val_loss", "val")):
+        ax_loss.plot(*series(key), marker=".", label=label)
+    for key, label in (("train_top1", "train top-1"), ("val_top1", "val top-1"), ("val_top5", "val top-5"),
+                       ("ema_val_top1", "EMA val top-1")):  # fmt: skip
+        xs, ys = series(key)
+        if xs:
+            ax_acc.plot(xs, ys, marker=".", label=label)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(".curves.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,413 @@
+"""One training run from a resolved config: data, model, optimizer, the epoch loop, checkpoints, logs.
+
+`run(config)` is what `python -m train` calls, in one process or in each of torchrun's processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchvision.transforms import v2
+
+from models import PreprocessSpec, create_model, load_pretrained, save_checkpoint
+from models.checkpoint import load_state_dict_strict
+
+from . import data as datamod
+from .checkpoints import (
+    load_resume_checkpoint,
+    prepare_run_dir,
+    resolve_resume,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from .config import RESUMABLE_OVERRIDES, ConfigError, arch_kwargs, resolve_config, validate, write_config
+from .distributed import DistInfo, all_gather_objects, any_rank, barrier, init_distributed, shutdown_distributed
+from .engine import StepParts, evaluate, train_one_epoch
+from .finetune import freeze, frozen_norm_layers, set_train_mode
+from .optim import build_optimizer, build_scheduler
+from .reporting import RunReporter
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    best_top1: float
+    final_metrics: dict[str, float]
+    epochs_done: int
+    interrupted_by: int | None = None  # the signal that stopped the run, if any
+    seconds: float = 0.0
+
+
+def run_dir_of(config: dict[str, Any]) -> Path:
+    return Path(config["out"]) / (config.get("name") or f"{config['arch']}-{config['data']}")
+
+
+def build_config(overrides: dict[str, Any], recipe: str | None = None) -> dict[str, Any]:
+    """The run's config. With `--resume`, the checkpoint's config plus the flags given now."""
+    resume = overrides.get("resume")
+    if resume and resume != "auto":
+        path = resolve_resume(resume, Path("."))
+        return _resumed_config(path, overrides)
+    config = resolve_config(overrides, recipe)
+    if resume == "auto":
+        path = resolve_resume("auto", run_dir_of(config))
+        if path is not None:
+            return _resumed_config(path, overrides)
+    return config
+
+
+def _resumed_config(path: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    ckpt = load_resume_checkpoint(path)
+    config = dict(ckpt["config"])
+    changed = sorted(k for k, v in overrides.items() if k not in RESUMABLE_OVERRIDES + ("resume",) and config.get(k) != v)
+    if changed:
+        print(f"warning: resuming with changed {changed}; the run will not match an uninterrupted one", file=sys.stderr)
+    config.update(overrides)
+    config.update(resume=str(path), out=str(path.parent.parent), name=path.parent.name)
+    validate(config)
+    return config
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is visible")
+        return torch.device("cuda", local_rank if name == "cuda" else torch.device(name).index)
+    return torch.device(name)
+
+
+def eval_preprocess(config: dict[str, Any], pretrained_spec: PreprocessSpec | None) -> PreprocessSpec:
+    """The dataset's (or the pretrained weights') eval preprocessing, with --image-size etc. applied."""
+    spec = pretrained_spec or datamod.default_preprocess(config)
+    if config.get("image_size"):
+        spec = spec.with_input_size(int(config["image_size"]))
+    if config.get("val_resize"):
+        spec = dataclasses.replace(spec, resize_size=int(config["val_resize"]))
+    if config.get("interpolation"):
+        spec = dataclasses.replace(spec, interpolation=config["interpolation"])
+    return spec
+
+
+def batch_mixer(config: dict[str, Any], num_classes: int) -> v2.Transform | None:
+    """MixUp and/or CutMix on the normalised device batch (one of them per batch when both are on)."""
+    mixers = []
+    if float(config.get("mixup") or 0) > 0:
+        mixers.append(v2.MixUp(alpha=float(config["mixup"]), num_classes=num_classes))
+    if float(config.get("cutmix") or 0) > 0:
+        mixers.append(v2.CutMix(alpha=float(config["cutmix"]), num_classes=num_classes))
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+
+class StopRequest:
+    """SIGTERM / Ctrl-C set a flag; the loop saves a checkpoint at the next step boundary and exits.
+
+    A second Ctrl-C falls through to Python's default (KeyboardInterrupt) for an immediate stop.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading_main():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def run(config: dict[str, Any]) -> RunResult:
+    """Train as `config` says (see train/config.py for the keys). Under torchrun, call it in every rank."""
+    device = pick_device(config["device"], int(os.environ.get("LOCAL_RANK", "0")))
+    dist_info = init_distributed(device.type)
+    try:
+        return _Run(config, device, dist_info).train()
+    finally:
+        shutdown_distributed()
+
+
+class _Run:
+    def __init__(self, config: dict[str, Any], device: torch.device, dist_info: DistInfo):
+        self.config, self.device, self.dist = config, device, dist_info
+        self.run_dir = run_dir_of(config)
+        resume_path = resolve_resume(config.get("resume"), self.run_dir)
+        self.resume = load_resume_checkpoint(resume_path) if resume_path else None
+        if dist_info.is_main:
+            prepare_run_dir(self.run_dir, resume=self.resume is not None, overwrite=bool(config.get("overwrite")))
+        barrier()
+        self._setup_determinism()
+        self._setup_model_and_data()
+        self._setup_optimization()
+        if self.resume is not None:
+            self._restore(self.resume)
+        if dist_info.is_main:
+            write_config(self.config, self.run_dir / "config.yaml")
+
+    # -- setup ------------------------------------------------------------------------------------
+
+    def _setup_determinism(self) -> None:
+        cfg = self.config
+        seed_everything(int(cfg["seed"]) + self.dist.rank)  # each rank augments differently
+        if cfg.get("deterministic"):
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+    def _setup_model_and_data(self) -> None:
+        cfg = self.config
+        _, class_names = datamod.build_dataset(cfg, "val", None)
+        self.class_names = class_names
+        self.arch_kwargs = arch_kwargs(cfg)
+        network = create_model(cfg["arch"], num_classes=len(class_names), **self.arch_kwargs)
+        pretrained_spec = None
+        if self.resume is not None:
+            pretrained_spec = PreprocessSpec.from_dict(self.resume["preprocess"])
+        elif cfg.get("pretrained"):
+            info = load_pretrained(network, cfg["pretrained"])
+            pretrained_spec = info.preprocess
+            self.log(info.summary())
+        self.preprocess = pretrained_spec if self.resume is not None else eval_preprocess(cfg, pretrained_spec)
+        frozen = freeze(network, backbone=bool(cfg.get("freeze_backbone")), until=cfg.get("freeze_until"))
+        if frozen:
+            self.log(f"frozen: {len(frozen)} parameter tensors ({'backbone' if cfg.get('freeze_backbone') else 'up to ' + cfg['freeze_until']})")
+        self.frozen_norms = frozen_norm_layers(network)
+
+        world, accum = self.dist.world_size, int(cfg["accum_steps"])
+        batch = int(cfg["batch_size"])
+        if batch % (world * accum):
+            raise ConfigError(
+                f"batch_size {batch} must be divisible by processes x accum_steps = {world} x {accum}"
+            )
+        self.per_process_batch = batch // world
+        pin = self.device.type == "cuda"
+        train_set, _ = datamod.build_dataset(cfg, "train", datamod.train_transform(cfg, self.preprocess))
+        val_set = datamod.build_validation_set(cfg, self.preprocess)
+        self.train_loader = datamod.build_train_loader(train_set, cfg, self.per_process_batch, world, self.dist.rank, pin)
+        val_batch = int(cfg.get("val_batch_size") or max(self.per_process_batch, 64))
+        self.val_loader = datamod.build_val_loader(val_set, cfg, val_batch, world, self.dist.rank, pin)
+        self.steps_per_epoch = len(self.train_loader)
+        self.log(
+            f"{cfg['arch']} on {cfg['data']}: {len(train_set)} train / {len(val_set)} val images, "
+            f"{len(class_names)} classes, {self.steps_per_epoch} steps per epoch, input {self.preprocess.input_size}px, "
+            f"device {self.device}{f' x {world} processes' if world > 1 else ''}"
+        )
+
+        if cfg.get("sync_bn") and world > 1:
+            if self.device.type != "cuda":
+                raise ConfigError("--sync-bn needs CUDA (torch's SyncBatchNorm); on CPU each process keeps its own BN statistics")
+            network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
+            self.frozen_norms = frozen_norm_layers(network)
+        network.to(self.device)
+        if cfg.get("channels_last"):
+            network.to(memory_format=torch.channels_last)
+        self.network = network
+        self.ema = None
+        if cfg.get("ema"):
+            self.ema = AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(float(cfg["ema_decay"])), use_buffers=True)
+        model: nn.Module = network
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(network, device_ids=ids)
+        if cfg.get("compile"):
+            model = torch.compile(model)
+        self.model = model
+
+    def _setup_optimization(self) -> None:
+        cfg = self.config
+        self.optimizer = build_optimizer(self.network, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
+        amp_dtype = AMP_DTYPES[cfg["amp"]]
+        self.scaler = torch.amp.GradScaler(self.device.type) if amp_dtype == torch.float16 else None
+        self.parts = StepParts(
+            model=self.model,
+            network=self.network,
+            optimizer=self.optimizer,
+            criterion=nn.CrossEntropyLoss(label_smoothing=float(cfg.get("label_smoothing") or 0.0)),
+            preprocess=self.preprocess,
+            device=self.device,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            ema=self.ema,
+            amp_dtype=amp_dtype,
+            channels_last=bool(cfg.get("channels_last")),
+            accum_steps=int(cfg["accum_steps"]),
+            grad_clip=float(cfg["grad_clip"]) if cfg.get("grad_clip") else None,
+            mix=batch_mixer(cfg, len(self.class_names)),
+        )
+        self.epoch = 0  # completed epochs
+        self.step = 0  # optimizer steps taken
+        self.steps_into_epoch = 0
+        self.best_top1 = -1.0
+        self.metrics: dict[str, float] = {}
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        load_state_dict_strict(self.network, ckpt["model"], source=self.config["resume"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.module.load_state_dict(ckpt["ema"])
+            self.ema.n_averaged.fill_(int(ckpt.get("ema_updates", 1)))
+        self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
+        self.steps_into_epoch = int(ckpt.get("steps_into_epoch", 0))
+        self.best_top1 = float(ckpt.get("best_top1", -1.0))
+        self.metrics = dict(ckpt.get("metrics") or {})
+        states = ckpt.get("rng") or []
+        if len(states) == self.dist.world_size:
+            set_rng_state(states[self.dist.rank])
+        else:
+            self.log(f"warning: checkpoint has RNG states for {len(states)} processes, not {self.dist.world_size}; not restored")
+        self.log(f"resumed from {self.config['resume']} at epoch {self.epoch}, step {self.step}")
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def log(self, text: str) -> None:
+        if self.dist.is_main:
+            print(text, flush=True)
+
+    def train(self) -> RunResult:
+        cfg = self.config
+        epochs = int(cfg["epochs"])
+        reporter = RunReporter(
+            self.run_dir, enabled=self.dist.is_main, tensorboard=bool(cfg.get("tensorboard")),
+            plots=bool(cfg.get("plots")), resume_epoch=self.epoch, step=self.step,
+        )  # fmt: skip
+        stop = StopRequest()
+        stop.install()
+        log_every = max(int(cfg.get("log_every") or 10), 1)
+        started = time.perf_counter()
+        try:
+            while self.epoch < epochs:
+                epoch = self.epoch
+                skip = self.steps_into_epoch
+                self.train_loader.batch_sampler.sampler.set_epoch(epoch, skip=skip * self.per_process_batch)
+                reporter.start_epoch(epoch + 1, epochs, self.steps_per_epoch, skip)
+                step0 = self.step
+
+                def on_log(steps: int, loss: float, img_per_s: float) -> None:
+                    reporter.log_steps(steps, loss, img_per_s * self.dist.world_size, self.optimizer.param_groups[0]["lr"], step0 + steps)
+
+                def should_stop(steps: int) -> bool:
+                    if self.dist.enabled and steps % log_every:
+                        return False  # ranks agree on stopping only where they already synchronise
+                    return any_rank(stop.signum is not None, self.device)
+
+                result = train_one_epoch(
+                    self.parts, self.train_loader, set_train_mode=lambda: set_train_mode(self.network, self.frozen_norms),
+                    on_log=on_log, should_stop=should_stop, log_every=log_every,
+                )  # fmt: skip
+                self.step += result.steps
+                if result.interrupted:
+                    self.steps_into_epoch = skip + result.steps
+                    self.save("last.pt")
+                    signum = stop.signum or signal.SIGTERM
+                    self.log(f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step {self.step}; "
+                             f"saved {self.run_dir / 'last.pt'} (continue with --resume {self.run_dir / 'last.pt'})")
+                    return self._result(started, interrupted_by=signum)
+                self.epoch, self.steps_into_epoch = epoch + 1, 0
+                row = self._validate_and_save(result)
+                reporter.end_epoch(row)
+                reporter.message(self._summary_line(row, epochs))
+        finally:
+            stop.restore()
+            reporter.close()
+        return self._result(started)
+
+    def _validate_and_save(self, result) -> dict[str, Any]:
+        raw = evaluate(self.network, self.val_loader, self.parts)
+        ema_metrics = evaluate(self.ema.module, self.val_loader, self.parts) if self.ema is not None else None
+        deployed = ema_metrics or raw  # what model_from_checkpoint(use_ema=True) will load
+        self.metrics = {k: deployed[k] for k in ("top1", "top5", "loss")}
+        is_best = self.metrics["top1"] > self.best_top1
+        if is_best:
+            self.best_top1 = self.metrics["top1"]
+        self.save("last.pt")
+        if is_best:
+            self.save("best.pt")
+        return {
+            "epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": result.loss, "train_top1": result.top1,
+            "val_loss": raw["loss"], "val_top1": raw["top1"], "val_top5": raw["top5"],
+            "ema_val_top1": ema_metrics["top1"] if ema_metrics else None,
+            "epoch_seconds": result.seconds, "train_img_per_s": result.images / max(result.seconds, 1e-9),
+            "is_best": is_best,
+        }  # fmt: skip
+
+    def _summary_line(self, row: dict[str, Any], epochs: int) -> str:
+        ema = f"  ema top1 {row['ema_val_top1']:.2f}" if row.get("ema_val_top1") is not None else ""
+        return (
+            f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} top1 {row['train_top1']:.2f}  "
+            f"val loss {row['val_loss']:.4f} top1 {row['val_top1']:.2f} top5 {row['val_top5']:.2f}{ema}  "
+            f"lr {row['lr']:.4g}  {row['train_img_per_s']:.0f} img/s  {row['epoch_seconds']:.1f}s"
+            + ("  *best*" if row["is_best"] else "")
+        )
+
+    def save(self, file_name: str) -> None:
+        """Write a checkpoint (all ranks call it: RNG states are gathered; rank 0 writes)."""
+        rng = all_gather_objects(rng_state())
+        if not self.dist.is_main:
+            return
+        ckpt = {
+            "arch": self.config["arch"],
+            "arch_kwargs": self.arch_kwargs,
+            "num_classes": len(self.class_names),
+            "class_names": list(self.class_names),
+            "preprocess": self.preprocess.to_dict(),
+            "model": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "epoch": self.epoch,
+            "step": self.step,
+            "steps_into_epoch": self.steps_into_epoch,
+            "rng": rng,
+            "config": self.config,
+            "metrics": self.metrics,
+            "best_top1": self.best_top1,
+            "versions": {"torch": torch.__version__},
+        }
+        if self.ema is not None:
+            ckpt["ema"] = self.ema.module.state_dict()
+            ckpt["ema_updates"] = int(self.ema.n_averaged)
+        save_checkpoint(ckpt, self.run_dir / file_name)
+
+    def _result(self, started: float, interrupted_by: int | None = None) -> RunResult:
+        return RunResult(
+            run_dir=self.run_dir, best_top1=self.best_top1, final_metrics=self.metrics, epochs_done=self.epoch,
+            interrupted_by=interrupted_by, seconds=time.perf_counter() - started,
+        )  # fmt: skip
+
+
+
