@@ -5,5 +5,6 @@ of its checkpoint, a TorchServe process serving it.
 """
 
 pytest_plugins = [
+    "tests.fixtures.trained",
     "tests.fixtures.served",
 ]
