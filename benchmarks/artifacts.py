@@ -1,0 +1,93 @@
+"""The models the benchmarks run: random-init checkpoints, exported with the project's own `python -m export`.
+
+Speed does not depend on the weights' values, so nothing is downloaded or trained: a checkpoint of a
+freshly initialised network (seeded) goes through `models.save_checkpoint`, then through the same
+`python -m export` a user runs. Its parity check runs on the checkpoint's "validation data", here
+`train.data`'s synthetic set of seeded random pixels (real photos would prove nothing more about
+random weights); the reports say so.
+
+Everything lands under the work directory (default `runs/benchmarks/`, git-ignored) and is reused by
+later runs while the checkpoint is unchanged.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from export.manifest import ExportError, read_manifest
+from models import create_model, get_model_spec, imagenet_class_names, save_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint
+
+from .errors import BenchmarkError
+
+DEFAULT_WORK_DIR = Path("runs") / "benchmarks"
+# Parity on random inputs proves only that the artifact computes the same function; keep it short.
+PARITY_SAMPLES, PARITY_BATCH = 16, 8
+
+
+def class_names_for(num_classes: int) -> list[str]:
+    return imagenet_class_names() if num_classes == 1000 else [f"class_{i}" for i in range(num_classes)]
+
+
+def random_checkpoint(arch: str, work_dir: Path, seed: int = 0) -> Path:
+    """`<work_dir>/checkpoints/<arch>-random-init.pt`: the architecture's default head, seeded weights."""
+    path = Path(work_dir) / "checkpoints" / f"{arch}-random-init.pt"
+    if path.is_file():
+        try:
+            load_checkpoint(path)
+            return path
+        except CheckpointError:
+            pass  # a broken leftover: write it again
+    spec = get_model_spec(arch)
+    torch.manual_seed(seed)
+    model = create_model(arch, num_classes=spec.default_num_classes)
+    save_checkpoint(
+        {
+            "arch": arch,
+            "arch_kwargs": {},
+            "num_classes": spec.default_num_classes,
+            "class_names": class_names_for(spec.default_num_classes),
+            "preprocess": spec.preprocess.to_dict(),
+            "model": model.state_dict(),
+            "epoch": 0,
+            "step": 0,
+            # train.data's synthetic data set (seeded random pixels): what export's parity checks on.
+            "config": {"arch": arch, "data": "synthetic", "synthetic_size": 4 * PARITY_SAMPLES, "data_dir": None,
+                       "val_split": 0.0, "seed": seed},
+            "metrics": {},
+        },
+        path,
+    )  # fmt: skip
+    return path
+
+
+def export_model(arch: str, work_dir: Path, threads: int | None = None, log=print) -> Path:
+    """`<work_dir>/exports/<arch>/` (TorchScript + ONNX) made by `python -m export`; reused when its
+    manifest is valid and names the current checkpoint."""
+    checkpoint = random_checkpoint(arch, work_dir)
+    export_dir = Path(work_dir) / "exports" / arch
+    try:
+        manifest = read_manifest(export_dir)
+        if Path(manifest["source_checkpoint"]["path"]) == checkpoint.resolve() and {
+            a["format"] for a in manifest["artifacts"]
+        } >= {"torchscript", "onnx"}:
+            return export_dir
+    except (ExportError, KeyError):
+        pass
+    command = [
+        sys.executable, "-m", "export", "--checkpoint", str(checkpoint), "--out", str(export_dir),
+        "--name", arch, "--to", "torchscript,onnx",
+        "--parity-samples", str(PARITY_SAMPLES), "--parity-batch", str(PARITY_BATCH),
+    ]  # fmt: skip
+    if threads:
+        command += ["--threads", str(threads)]
+    log(f"exporting {arch} (random init) with: {' '.join(command[1:])}")
+    process = subprocess.run(command, capture_output=True, text=True)
+    if process.returncode != 0:
+        tail = "\n".join((process.stdout + process.stderr).strip().splitlines()[-20:])
+        raise BenchmarkError(f"`python -m export` failed for {arch} (exit {process.returncode}):\n{tail}")
+    return export_dir

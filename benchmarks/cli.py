@@ -1,0 +1,83 @@
+"""`python -m benchmarks <name>`: measured speed, as ratios taken in one run, written under benchmarks/results/.
+
+  python -m benchmarks ceiling     fp32 and bf16 GEMM GFLOP/s (torch.matmul): the machine's limit
+  python -m benchmarks infer       resnet18/resnet50 at batch 1, 8, 32 through every runner, vs eager
+  python -m benchmarks train       our training step vs a bare PyTorch loop (fp32, bf16, channels_last, compile)
+  python -m benchmarks serve       TorchServe + our handler under locust vs the raw runner and the stock handler
+
+Each warms up, repeats, reports medians, states its thread count and writes
+benchmarks/results/<machine>/<name>.md and .json, then prints the markdown. `--quick` runs tiny sizes
+(a smoke test, written under the work directory instead). The machine is shared and noisy: compare the
+ratios, which are measured side by side, more than the absolute numbers.
+
+Exit status: 0 measured and written (targets met or not: see the report; --strict makes a missed
+target exit 1); 2 bad command line; 3 the benchmark could not run (the message says why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from .artifacts import DEFAULT_WORK_DIR
+from .errors import BenchmarkError, BenchmarkUsageError, positive_int
+from .report import RESULTS_ROOT, usable_cores
+
+BENCHMARKS = {
+    "ceiling": "benchmarks.ceiling",
+    "infer": "benchmarks.infer",
+    "train": "benchmarks.training",
+    "serve": "benchmarks.serving",
+}
+EXIT_OK, EXIT_MISSED, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name, module_name in BENCHMARKS.items():
+        module = importlib.import_module(module_name)
+        sub = commands.add_parser(
+            name, help=module.__doc__.splitlines()[0].split(": ", 1)[-1], description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+        sub.add_argument("--quick", action="store_true", help="tiny sizes and few repeats: checks that it runs, measures nothing")
+        sub.add_argument("--threads", type=positive_int, default=usable_cores(),
+                         help="intra-op threads for PyTorch and ONNX Runtime (default: the usable cores, %(default)s)")
+        sub.add_argument("--results-dir", type=Path,
+                         help=f"where <machine>/{name}.md and .json go (default: {RESULTS_ROOT.relative_to(Path(__file__).parent.parent)}; "
+                              "--quick: <work-dir>/results)")
+        sub.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
+                         help="checkpoints, exports, model archives and server logs (default: %(default)s)")
+        sub.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+        module.add_arguments(sub)
+        sub.set_defaults(module=module)
+    return parser  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.log = log
+    results_dir = args.results_dir or (args.work_dir / "results" if args.quick else RESULTS_ROOT)
+    try:
+        report = args.module.run(args)
+    except BenchmarkUsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except BenchmarkError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    md_path, json_path = report.write(results_dir)
+    print(report.markdown())
+    log(f"wrote {md_path} and {json_path}")
+    missed = [v for v in report.verdicts if v.met is False]
+    return EXIT_MISSED if args.strict and missed else EXIT_OK

@@ -1,0 +1,147 @@
+"""`python -m benchmarks infer`: every runner on the same batches, as ratios to eager PyTorch.
+
+For each architecture the random-init checkpoint is exported with `python -m export`; the runners
+are the project's own (`export.runners`): eager PyTorch from the checkpoint (NCHW, and the same
+module converted to channels_last), the TorchScript and ONNX Runtime artifacts, and on a CUDA
+machine the same on the GPU plus TensorRT where the export has an engine. All runners of one
+(architecture, batch) are timed in the same interleaved rounds.
+
+FLOPs: 2 x the multiply-accumulates of the convolutions and the classifier, counted by
+`torch.utils.flop_counter` on one image (ResNet-50 at 224x224: 8.2 GFLOP = 4.1 GMAC), the same
+convention as the GEMM ceiling (2*M*N*K), which is re-measured in this run at the same thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from export.manifest import find_artifact, read_manifest
+from export.runners import Runner, open_runner, runner_from_checkpoint
+
+from .artifacts import export_model, random_checkpoint
+from .ceiling import measure_ceiling
+from .errors import check_archs, positive_int
+from .report import Report, Table, Verdict
+from .timing import Budget, interleaved
+
+ONNX_TARGET = 2.0  # ONNX Runtime images/s over eager PyTorch images/s, on CPU
+
+
+@dataclass
+class Candidate:
+    label: str
+    runner: Runner
+    device: str
+
+
+def forward_flops(model: torch.nn.Module, input_size: int) -> int:
+    """FLOPs (2 x MACs) of one forward pass on one image."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model.eval()(torch.zeros(1, 3, input_size, input_size))
+    return counter.get_total_flops()
+
+
+def channels_last_runner(checkpoint: Path, device: str, threads: int) -> Runner:
+    """The eager runner with its module in channels_last memory format (the input stays NCHW: the first
+    convolution's channels_last weight makes oneDNN/cuDNN produce channels_last activations from there on)."""
+    runner = runner_from_checkpoint(checkpoint, device=device, threads=threads)
+    runner.model.to(memory_format=torch.channels_last)
+    return runner
+
+
+def build_candidates(checkpoint: Path, export_dir: Path, threads: int, log: Callable[[str], None]) -> tuple[list[Candidate], list[str]]:
+    """Every runner this machine can run for one model, and a note for each it cannot."""
+    candidates = [
+        Candidate("eager", runner_from_checkpoint(checkpoint, threads=threads), "cpu"),
+        Candidate("eager channels_last", channels_last_runner(checkpoint, "cpu", threads), "cpu"),
+        Candidate("torchscript", open_runner(export_dir, "torchscript", threads=threads), "cpu"),
+        Candidate("onnxruntime", open_runner(export_dir, "onnx", threads=threads), "cpu"),
+    ]
+    skipped = []
+    if not torch.cuda.is_available():
+        skipped.append("CUDA runners (eager, TorchScript, ONNX Runtime CUDA, TensorRT): no CUDA device on this machine")
+        return candidates, skipped
+    candidates += [
+        Candidate("cuda eager", runner_from_checkpoint(checkpoint, device="cuda"), "cuda"),
+        Candidate("cuda eager channels_last", channels_last_runner(checkpoint, "cuda", threads), "cuda"),
+        Candidate("cuda torchscript", open_runner(export_dir, "torchscript", device="cuda"), "cuda"),
+    ]
+    for label, fmt in (("cuda onnxruntime", "onnx"), ("tensorrt fp16", "trt")):
+        try:
+            if fmt == "trt" and find_artifact(read_manifest(export_dir), "trt") is None:
+                raise RuntimeError("the export has no TensorRT engine (`python -m export --to all` on this machine adds one)")
+            candidates.append(Candidate(label, open_runner(export_dir, fmt, device="cuda"), "cuda"))
+        except Exception as e:  # a missing optional runtime: report it, run the rest
+            skipped.append(f"{label}: {e}")
+            log(f"skipping {label}: {e}")
+    return candidates, skipped
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--archs", nargs="+", help="architectures (default: resnet18 resnet50; --quick: resnet20)")
+    parser.add_argument("--batches", type=positive_int, nargs="+", help="batch sizes (default: 1 8 32; --quick: 1 2)")
+    parser.add_argument("--seconds", type=float, default=12.0,
+                        help="time budget per (architecture, batch), shared by all runners (default: %(default)s)")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> Report:
+    threads = args.threads
+    archs = args.archs or (["resnet20"] if args.quick else ["resnet18", "resnet50"])
+    check_archs(archs)
+    batches = args.batches or ([1, 2] if args.quick else [1, 8, 32])
+    budget = Budget(warmup=1, min_rounds=2, max_rounds=3, seconds=0) if args.quick else Budget(warmup=2, min_rounds=5, seconds=args.seconds)
+    log = args.log
+
+    report = Report("infer", "Inference throughput per runner", threads=threads, quick=args.quick)
+    log(f"measuring the fp32 GEMM ceiling at {threads} thread(s)")
+    ceiling = measure_ceiling("fp32", threads, [256] if args.quick else [1024, 2048], Budget(warmup=1, min_rounds=3, seconds=0 if args.quick else 3))
+    report.data["ceiling_fp32"] = ceiling
+    report.method = [
+        "Random-init weights (seeded) saved with `models.save_checkpoint`, exported with `python -m export` "
+        "(TorchScript + ONNX; parity checked on random pixels, which is all random weights allow). "
+        "Input: one fixed random float32 NCHW batch.",
+        "All runners of one (model, batch) are timed in the same interleaved rounds after warm-up; images/s = "
+        "batch / median call time; p50/p99 are per call (one batch).",
+        f"FLOPs = 2 x MACs of convolutions + classifier (torch.utils.flop_counter), ResNet-50 = 8.2 GFLOP "
+        f"(4.1 GMAC) per 224x224 image. Ceiling: fp32 torch.matmul at {threads} thread(s) in this run, "
+        f"{ceiling['gflops']:.0f} GFLOP/s.",
+        f"ONNX Runtime: CPU provider, graph optimization ORT_ENABLE_ALL, intra-op threads {threads}, inter-op 1; "
+        f"PyTorch: torch.set_num_threads({threads}).",
+    ]
+    table = Table("Inference", ["model", "batch", "runner", "images/s", "p50 ms", "p99 ms", "calls", "x eager", "% of fp32 GEMM ceiling"])
+    rows = []
+    for arch in archs:
+        export_dir = export_model(arch, args.work_dir, threads=threads, log=log)
+        checkpoint = random_checkpoint(arch, args.work_dir)
+        candidates, skipped = build_candidates(checkpoint, export_dir, threads, log)
+        report.notes += [f"{arch}: not measured: {s}" for s in skipped if f"{arch}: not measured: {s}" not in report.notes]
+        input_size = candidates[0].runner.preprocess.input_size
+        flops = forward_flops(candidates[0].runner.model, input_size)
+        report.data.setdefault("flops_per_image", {})[arch] = flops
+        for batch in batches:
+            x = torch.randn(batch, 3, input_size, input_size, generator=torch.Generator().manual_seed(batch))
+            log(f"{arch} batch {batch}: timing {', '.join(c.label for c in candidates)}")
+            samples = interleaved({c.label: (lambda r=c.runner: r.predict(x)) for c in candidates}, budget, items=batch)
+            eager = samples["eager"].items_per_s
+            for c in candidates:
+                s = samples[c.label]
+                fraction = flops * s.items_per_s / (ceiling["gflops"] * 1e9) if c.device == "cpu" else None
+                row = {"model": arch, "batch": batch, "runner": c.label, "device": c.device, **s.to_dict(),
+                       "vs_eager": s.items_per_s / eager, "ceiling_fraction": fraction}  # fmt: skip
+                rows.append(row)
+                table.add(arch, batch, c.label, s.items_per_s, s.percentile_ms(50), s.percentile_ms(99), len(s.seconds),
+                          f"{row['vs_eager']:.2f}x", None if fraction is None else f"{100 * fraction:.0f}%")  # fmt: skip
+            onnx = samples["onnxruntime"].items_per_s / eager
+            report.verdicts.append(
+                Verdict(f"CPU: ONNX Runtime >= {ONNX_TARGET:g}x eager ({arch}, batch {batch})", f"{onnx:.2f}x", onnx >= ONNX_TARGET)
+            )
+    report.tables.append(table)
+    report.data["rows"] = rows
+    return report

@@ -1,0 +1,189 @@
+"""The machine a benchmark ran on, and its result written as a markdown table plus JSON.
+
+Every benchmark produces one `Report`: a title, the conditions (machine, threads, library versions,
+command line), one or more tables, and verdicts against the issue's targets. `Report.write` puts
+`<name>.md` and `<name>.json` under `benchmarks/results/<machine>/` (atomically) and the markdown is
+printed at the end of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS_ROOT = Path(__file__).with_name("results")
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_slug() -> str:
+    """A short directory name for this machine's results: CPU model + usable cores (+ GPU when present)."""
+    words = re.sub(r"\(\w+\)|processor|cpu|\d+-core", " ", cpu_model(), flags=re.IGNORECASE).split()
+    slug = "-".join(words[:4]).lower()
+    slug = re.sub(r"[^a-z0-9-]+", "", slug) or "cpu"
+    slug += f"-{usable_cores()}c"
+    if torch.cuda.is_available():
+        gpu = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower().replace("nvidia", "")).strip("-")
+        slug += f"-{gpu}"
+    return slug
+
+
+def environment(threads: int) -> dict[str, Any]:
+    """What the numbers depend on, recorded next to them."""
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for module in ("torchvision", "onnxruntime", "onnx"):
+        try:
+            versions[module] = __import__(module).__version__
+        except ImportError:
+            pass
+    info: dict[str, Any] = {
+        "machine": machine_slug(),
+        "cpu": cpu_model(),
+        "usable_cores": usable_cores(),
+        "threads": threads,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "versions": versions,
+        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python -m benchmarks " + " ".join(sys.argv[1:]),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[Any]] = field(default_factory=list)
+
+    def add(self, *cells: Any) -> None:
+        if len(cells) != len(self.columns):
+            raise ValueError(f"table {self.title!r}: {len(cells)} cells for {len(self.columns)} columns")
+        self.rows.append(list(cells))
+
+    def markdown(self) -> str:
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |"]
+        lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(self.columns))) + "|")
+        lines += ["| " + " | ".join(format_cell(c) for c in row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"title": self.title, "columns": self.columns, "rows": [dict(zip(self.columns, r)) for r in self.rows]}
+
+
+@dataclass
+class Verdict:
+    target: str  # e.g. "ONNX Runtime >= 2x eager (resnet50, batch 8)"
+    measured: str
+    met: bool | None  # None: could not be measured here (say why in `measured`)
+
+    def markdown(self) -> str:
+        mark = {True: "met", False: "MISSED", None: "not measured"}[self.met]
+        return f"| {self.target} | {self.measured} | {mark} |"
+
+
+@dataclass
+class Report:
+    name: str  # file stem: ceiling, infer, train, serve
+    title: str
+    threads: int
+    method: list[str] = field(default_factory=list)  # how it was measured, one sentence per item
+    tables: list[Table] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # findings: why a target was missed, what was changed
+    data: dict[str, Any] = field(default_factory=dict)  # raw measurements for the JSON
+    quick: bool = False
+
+    def __post_init__(self) -> None:
+        self.env = environment(self.threads)
+
+    def markdown(self) -> str:
+        env = self.env
+        versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+        load = ", ".join(f"{x:.2f}" for x in env["load_average"]) if env.get("load_average") else "n/a"
+        parts = [
+            f"## {self.title}" + (" (--quick: tiny smoke-test sizes, not a measurement)" if self.quick else ""),
+            "",
+            f"Machine `{env['machine']}`: {env['cpu']}, {env['usable_cores']} usable cores"
+            + (f", GPU {env['gpu']}" if env.get("gpu") else "")
+            + f"; **{self.threads} thread(s)**; load average at the end {load}.  ",
+            f"{versions}.  ",
+            f"{env['date_utc']}, `{env['command']}`.",
+        ]
+        if self.method:
+            parts += ["", *[f"- {line}" for line in self.method]]
+        for table in self.tables:
+            parts += ["", table.markdown()]
+        if self.verdicts:
+            parts += ["", "### Targets", "", "| target | measured | verdict |", "|---|---|---|"]
+            parts += [v.markdown() for v in self.verdicts]
+        if self.notes:
+            parts += ["", "### Findings", "", *[f"- {line}" for line in self.notes]]
+        return "\n".join(parts) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        self.env["load_average"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        return {
+            "name": self.name,
+            "title": self.title,
+            "quick": self.quick,
+            "environment": self.env,
+            "method": self.method,
+            "tables": [t.to_dict() for t in self.tables],
+            "verdicts": [{"target": v.target, "measured": v.measured, "met": v.met} for v in self.verdicts],
+            "notes": self.notes,
+            "data": self.data,
+        }
+
+    def write(self, results_root: Path) -> tuple[Path, Path]:
+        """`<results_root>/<machine>/<name>.md` and `.json`; returns both paths."""
+        out = Path(results_root) / self.env["machine"]
+        out.mkdir(parents=True, exist_ok=True)
+        as_dict = self.to_dict()  # refreshes the load average first
+        md_path, json_path = out / f"{self.name}.md", out / f"{self.name}.json"
+        write_atomic(json_path, json.dumps(as_dict, indent=2, default=str) + "\n")
+        write_atomic(md_path, self.markdown())
+        return md_path, json_path
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def format_cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "–"
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        if abs(value) >= 10:
+            return f"{value:.1f}"
+        return f"{value:.2f}"
+    return str(value)

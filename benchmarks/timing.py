@@ -1,0 +1,78 @@
+"""Timing that survives a shared, noisy machine: warm up, interleave the candidates, take medians.
+
+Each side of a ratio is timed in the same rounds: round r runs candidate A once, B once, C once (in
+an order rotated every round), so a neighbour's burst of work slows all candidates alike instead of
+whichever one happened to be running.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long to time each group of candidates: at least `min_rounds` rounds and about `seconds` in all
+    (never more than `max_rounds`), after `warmup` untimed calls of each."""
+
+    warmup: int = 2
+    min_rounds: int = 5
+    max_rounds: int = 200
+    seconds: float = 20.0
+
+
+@dataclass
+class Samples:
+    """Wall-clock seconds of each timed call, each call handling `items` items (images)."""
+
+    seconds: list[float]
+    items: int = 1
+
+    @property
+    def median_s(self) -> float:
+        return float(np.median(self.seconds))
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.seconds, q)) * 1e3
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.median_s
+
+    def to_dict(self) -> dict:
+        return {
+            "items_per_call": self.items,
+            "calls": len(self.seconds),
+            "median_s": self.median_s,
+            "p50_ms": self.percentile_ms(50),
+            "p99_ms": self.percentile_ms(99),
+            "items_per_s": self.items_per_s,
+        }
+
+
+def time_call(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(candidates: dict[str, Callable[[], object]], budget: Budget, items: int = 1) -> dict[str, Samples]:
+    """Time every candidate (a no-argument callable that finishes its work before returning) in rotating
+    rounds; returns each one's samples."""
+    names = list(candidates)
+    for name in names:
+        for _ in range(budget.warmup):
+            candidates[name]()
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    started = time.perf_counter()
+    rounds = 0
+    while rounds < budget.max_rounds and (rounds < budget.min_rounds or time.perf_counter() - started < budget.seconds):
+        shift = rounds % len(names)
+        for name in names[shift:] + names[:shift]:
+            seconds[name].append(time_call(candidates[name]))
+        rounds += 1
+    return {name: Samples(values, items) for name, values in seconds.items()}
