@@ -16,6 +16,7 @@ from pathlib import Path
 from .errors import ClientError
 from .images import collect_images
 from .output import ImageResult, format_json, format_table
+from .remote import TOKEN_ENV, PredictionClient
 
 EXIT_CODES = """exit status:
   0  every image was classified
@@ -23,6 +24,7 @@ EXIT_CODES = """exit status:
   2  bad command line (missing file, folder without images)
   3  the server could not be reached (connection refused, unknown host)
   4  the model is not served there (HTTP 404), or --local's export cannot be loaded
+  5  the server refused the token (HTTP 401): pass --token
 """
 
 
@@ -46,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--top-k", type=positive_int, default=5,
         help="classes shown per image (default: %(default)s); remote mode shows at most what the server returns",
+    )
+    parser.add_argument(
+        "--token", default=os.environ.get(TOKEN_ENV),
+        help=f"TorchServe inference key, sent as 'Authorization: Bearer' (default: ${TOKEN_ENV}); "
+        "`python -m serve token` prints it",
     )
     parser.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight at once (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
@@ -75,9 +82,7 @@ def open_predictor(args: argparse.Namespace):
 
         predictor = LocalPredictor(args.local, fmt=args.format, device=args.device, top_k=args.top_k)
         return predictor, {"export": str(args.local), "format": predictor.runner.format, "device": args.device}
-    from .remote import PredictionClient
-
-    client = PredictionClient(args.url, args.model, timeout_s=args.timeout, retries=args.retries)
+    client = PredictionClient(args.url, args.model, timeout_s=args.timeout, retries=args.retries, token=args.token)
     return client, {"url": client.url, "model": args.model}
 
 

@@ -28,6 +28,13 @@ class ModelNotFound(ClientError):
     exit_code = 4
 
 
+class AuthorizationFailed(ClientError):
+    """HTTP 401: TorchServe's token authorization refused the request (no key, wrong or expired key)."""
+
+    fatal = True
+    exit_code = 5
+
+
 class HTTPError(ClientError):
     """The server answered with an HTTP error (or none in time: status 0), with its message."""
 

@@ -5,6 +5,7 @@ gevent on import, so it never runs inside this process), then reads its CSV file
 `loadtests/<UTC timestamp>/`:
 
     locust_stats.csv, locust_stats_history.csv, locust_failures.csv, locust_exceptions.csv
+    locust_final_stats.json  the final statistics per endpoint (the summary is computed from it)
     report.html              locust's HTML report
     throughput_latency.png   requests/s and p50/p95/p99 latency over the run
     summary.json             the numbers printed at the end and the verdict
@@ -24,14 +25,17 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .images import images_in_folder
+from .remote import TOKEN_ENV
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 CSV_PREFIX = "locust"
+FINAL_STATS = "locust_final_stats"  # locust appends ".json"
 # Startup, the stop timeout for requests in flight and writing the report, on top of --duration.
 GRACE_S = 120
 STOP_TIMEOUT_S = 10
@@ -60,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=parse_duration, default="60s", help="run time: 60s, 5m, 1h30m (default: 60s)")
     parser.add_argument("--images", type=Path, help="folder of images to send (default: scikit-image's sample photos)")
     parser.add_argument("--method", choices=["POST", "PUT"], default="POST", help="HTTP method (default: %(default)s)")
+    parser.add_argument(
+        "--token", default=os.environ.get(TOKEN_ENV),
+        help=f"TorchServe inference key (default: ${TOKEN_ENV}); `python -m serve token` prints it",
+    )
     parser.add_argument(
         "--max-failure-ratio", type=float, default=0.0,
         help="fail (exit 1) when failed/total requests exceeds this (default: %(default)s)",
@@ -91,21 +99,45 @@ def _number(text: str) -> float | None:
         return None
 
 
-def read_summary(stats_csv: Path) -> Summary:
-    """The `Aggregated` row of locust's `_stats.csv`."""
-    with stats_csv.open(newline="") as f:
-        rows = [row for row in csv.DictReader(f) if row["Name"] == "Aggregated"]
-    if not rows:
-        raise ValueError(f"{stats_csv} has no Aggregated row")
-    row = rows[0]
+def percentile(histogram: dict[float, int], fraction: float) -> float | None:
+    """Locust's own percentile over its histogram of rounded response times (ms -> count)."""
+    total = sum(histogram.values())
+    if not total:
+        return None
+    allowed_above = int(total * fraction)
+    seen = 0
+    for response_time in sorted(histogram, reverse=True):
+        seen += histogram[response_time]
+        if total - seen <= allowed_above:
+            return response_time
+    return None
+
+
+def read_summary(final_stats_json: Path) -> Summary:
+    """The whole run, from locust's `--json-file`: written once, at exit, with every request counted.
+
+    (The `_stats.csv` file is rewritten once a second while the test runs, so its last state can miss
+    the final second.)
+    """
+    entries = json.loads(final_stats_json.read_text())
+    histogram: Counter[float] = Counter()
+    for entry in entries:
+        histogram.update({float(ms): count for ms, count in entry["response_times"].items()})
+    requests = sum(e["num_requests"] for e in entries)
+    if requests:
+        start = min(e["start_time"] for e in entries)
+        end = max(e["last_request_timestamp"] or start for e in entries)
+        requests_per_s = requests / max(end - start, 1e-3)
+    else:
+        requests_per_s = 0.0
     return Summary(
-        requests=int(row["Request Count"]),
-        failures=int(row["Failure Count"]),
-        requests_per_s=float(row["Requests/s"]),
-        p50_ms=_number(row["50%"]),
-        p95_ms=_number(row["95%"]),
-        p99_ms=_number(row["99%"]),
-        max_ms=_number(row["Max Response Time"]),
+        requests=requests,
+        failures=sum(e["num_failures"] for e in entries),
+        requests_per_s=requests_per_s,
+        p50_ms=percentile(histogram, 0.50),
+        p95_ms=percentile(histogram, 0.95),
+        p99_ms=percentile(histogram, 0.99),
+        max_ms=max((e["max_response_time"] for e in entries), default=None),
     )
 
 
@@ -185,6 +217,7 @@ def locust_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
         "--stop-timeout", str(STOP_TIMEOUT_S),
         "--csv", str(run_dir / CSV_PREFIX), "--csv-full-history",
         "--html", str(run_dir / "report.html"),
+        "--json-file", str(run_dir / FINAL_STATS),
         "--model", args.model,
         "--method", args.method,
     ]  # fmt: skip
@@ -234,6 +267,8 @@ def loadtest_main(argv: list[str]) -> int:
     env = dict(os.environ)
     # The locustfile imports `client.images`: make this checkout importable whatever the working directory.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(LOCUSTFILE.parent.parent), env.get("PYTHONPATH")]))
+    if args.token:
+        env[TOKEN_ENV] = args.token  # in the environment, not on a command line others can list
     with log_path.open("w") as log:
         try:
             process = subprocess.run(
@@ -243,10 +278,9 @@ def loadtest_main(argv: list[str]) -> int:
             returncode = process.returncode
         except subprocess.TimeoutExpired:
             returncode = None
-    stats_csv = run_dir / f"{CSV_PREFIX}_stats.csv"
     try:
-        summary = read_summary(stats_csv)
-    except (OSError, ValueError, KeyError) as e:
+        summary = read_summary(run_dir / f"{FINAL_STATS}.json")
+    except (OSError, ValueError, KeyError, TypeError) as e:
         tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-30:])
         why = "did not finish in time" if returncode is None else f"exited with status {returncode}"
         print(f"error: locust {why} and left no statistics ({e}). Its output:\n{tail}", file=sys.stderr)

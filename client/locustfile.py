@@ -10,6 +10,7 @@ environment variables):
     --images  LOCUST_IMAGES   folder of images to send (default: scikit-image's sample photos,
                               each encoded as JPEG and as PNG in memory at start)
     --method  LOCUST_METHOD   POST (default) or PUT (what `curl -T` sends); the raw image is the body
+    --token   TORCHSERVE_TOKEN  TorchServe's inference key (`python -m serve token`), when it wants one
 
 Users run a closed loop (no think time): each sends its next image as soon as the answer arrives, so
 `--users` is the number of requests in flight. A request counts as failed unless the server answers
@@ -23,6 +24,7 @@ import itertools
 import random
 from pathlib import Path
 
+import gevent
 from locust import FastHttpUser, constant, events, task
 
 from client.images import images_in_folder
@@ -41,6 +43,10 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--method", env_var="LOCUST_METHOD", default="POST", choices=["POST", "PUT"],
         help="HTTP method; the raw image is the body either way",
+    )
+    parser.add_argument(
+        "--token", env_var="TORCHSERVE_TOKEN", default="", is_secret=True,
+        help="TorchServe inference key, sent as 'Authorization: Bearer' (python -m serve token)",
     )
 
 
@@ -75,6 +81,9 @@ def load_images(environment, **_kwargs) -> None:
     if options is None:  # imported by a tool that is not running a test (e.g. `locust --list`)
         return
     IMAGES[:] = read_folder(options.images) if options.images else sample_photos()
+    # That took a second or two without yielding to gevent, whose loop caches the time: refresh it, or
+    # the --run-time timer locust sets next would start in the past and end the test early.
+    gevent.get_hub().loop.update_now()
 
 
 class PredictionUser(FastHttpUser):
@@ -84,6 +93,9 @@ class PredictionUser(FastHttpUser):
         options = self.environment.parsed_options
         self.path = f"/predictions/{options.model}"
         self.method = options.method
+        self.headers = {"Content-Type": "application/octet-stream"}
+        if options.token:
+            self.headers["Authorization"] = f"Bearer {options.token}"
         # Each user walks the images from its own random starting point, so all are sent evenly.
         start = random.randrange(len(IMAGES))
         self.images = itertools.islice(itertools.cycle(IMAGES), start, None)
@@ -92,8 +104,7 @@ class PredictionUser(FastHttpUser):
     def predict(self) -> None:
         name, body = next(self.images)
         with self.client.request(
-            self.method, self.path, data=body, name=self.path, catch_response=True,
-            headers={"Content-Type": "application/octet-stream"},
+            self.method, self.path, data=body, headers=self.headers, name=self.path, catch_response=True
         ) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code} for {name}: {(response.text or '')[:200]}")

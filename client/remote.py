@@ -12,9 +12,10 @@ import time
 
 import requests
 
-from .errors import ClientError, HTTPError, ModelNotFound, ServerUnreachable
+from .errors import AuthorizationFailed, ClientError, HTTPError, ModelNotFound, ServerUnreachable
 
 Predictions = list[tuple[str, float]]
+TOKEN_ENV = "TORCHSERVE_TOKEN"  # where the command line and the load test look for the inference key
 
 
 def server_message(response: requests.Response) -> str:
@@ -69,6 +70,7 @@ class PredictionClient:
         retries: int = 4,
         backoff_s: float = 0.5,
         max_backoff_s: float = 8.0,
+        token: str | None = None,
     ):
         self.url = url.rstrip("/")
         if "://" not in self.url:
@@ -78,6 +80,10 @@ class PredictionClient:
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        # TorchServe's token authorization: the inference key (`python -m serve token`).
+        self.headers = {"Content-Type": "application/octet-stream"}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
         # requests.Session is not documented as thread-safe: one per thread, each keeping its connection.
         self._local = threading.local()
 
@@ -95,7 +101,7 @@ class PredictionClient:
             return self._session().post(
                 self.endpoint,
                 data=image,
-                headers={"Content-Type": "application/octet-stream"},
+                headers=self.headers,
                 timeout=self.timeout_s,
             )
         except requests.exceptions.ConnectionError as e:
@@ -129,6 +135,11 @@ class PredictionClient:
             raise ModelNotFound(
                 f"model {self.model!r} is not served at {self.url} (HTTP 404: {message}). "
                 f"Check --model; `python -m serve status` lists the models being served."
+            )
+        if response.status_code == 401:
+            raise AuthorizationFailed(
+                f"HTTP 401 from {self.endpoint}: {message}. The server wants its inference key: "
+                f"pass --token (or set {TOKEN_ENV}), e.g. --token \"$(python -m serve token)\""
             )
         if response.status_code == 503:
             raise HTTPError(503, f"HTTP 503 from {self.endpoint} after {self.retries} retries: {message}")

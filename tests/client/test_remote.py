@@ -76,6 +76,14 @@ def test_server_4xx_message_is_shown_and_other_images_still_classified(torchserv
     assert "1 of 2 images failed" in err
 
 
+@pytest.mark.parametrize("token", ["", "not-the-key"])
+def test_missing_or_wrong_token_is_a_clear_error(torchserve_url, digit_images, run_client, token):
+    status, out, err = run_client(digit_images / "5", "--url", torchserve_url, "--model", "digits", "--token", token)
+    assert status == 5
+    assert out == ""
+    assert "HTTP 401" in err and "--token" in err and "python -m serve token" in err
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
