@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a batch may take before TorchServe restarts the worker (default: %(default)s)")  # fmt: skip
     p.add_argument("--top-k", type=int, default=defaults.top_k, help="classes per answer, at most the number of classes (default: %(default)s)")
     p.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
-                   help="refuse images with more pixels, read from the header before decoding (default: %(default)s)")  # fmt: skip
+                   help="refuse images with more pixels, read from the header before decoding "
+                   "(default: models.imageio.DEFAULT_MAX_PIXELS, 64 million)")  # fmt: skip
     p.add_argument("--version", default=defaults.version, help="model version recorded in the archive (default: %(default)s)")
     p.set_defaults(run=run_package)
 
@@ -105,7 +106,7 @@ def run_package(args) -> int:
     )  # fmt: skip
     for name, value in [("--workers", args.workers), ("--batch-size", args.batch_size), ("--top-k", args.top_k),
                         ("--response-timeout", args.response_timeout), ("--max-pixels", args.max_pixels)]:  # fmt: skip
-        if value < 1:
+        if value is not None and value < 1:
             raise PackageError(f"{name} must be at least 1, got {value}")
     if args.allow_failed and args.backend is None:
         raise PackageError("--allow-failed needs --backend: name the failed artifact you mean to serve")

@@ -18,9 +18,8 @@ from typing import Any
 
 import yaml
 
+# Only light imports here: `python -m serve status/stop/token` should not wait for torch to load.
 from export.manifest import ExportError, find_artifact, read_manifest, verify_artifact_file
-from export.runners import parity_summary
-from models.imageio import DEFAULT_MAX_PIXELS
 
 HANDLER_FILE = Path(__file__).with_name("handler.py")
 MODEL_CONFIG_NAME = "model-config.yaml"
@@ -39,7 +38,7 @@ class PackageOptions:
     max_batch_delay_ms: int = 20
     response_timeout_s: int = 60
     top_k: int = 5
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int | None = None  # None: models.imageio.DEFAULT_MAX_PIXELS
     version: str = "1.0"
 
 
@@ -70,6 +69,8 @@ def package(export_dir: str | os.PathLike, model_store: str | os.PathLike, name:
 
 
 def choose_artifacts(export_dir: Path, manifest: dict[str, Any], options: PackageOptions) -> list[dict[str, Any]]:
+    from export.runners import parity_summary
+
     listed = ", ".join(f"{a['format']} ({'passed' if a['parity']['passed'] else 'FAILED'})" for a in manifest["artifacts"])
     if options.backend is not None:
         artifact = find_artifact(manifest, options.backend)
@@ -92,7 +93,9 @@ def choose_artifacts(export_dir: Path, manifest: dict[str, Any], options: Packag
 
 def model_config(options: PackageOptions) -> dict[str, Any]:
     """TorchServe's model-config YAML (camelCase keys are TorchServe's own) plus our handler's block."""
-    handler = {"top_k": options.top_k, "max_pixels": options.max_pixels}
+    handler = {"top_k": options.top_k}
+    if options.max_pixels is not None:
+        handler["max_pixels"] = options.max_pixels
     if options.backend is not None:
         handler |= {"backend": options.backend, "allow_failed": options.allow_failed}
     return {

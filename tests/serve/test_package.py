@@ -1,0 +1,114 @@
+"""`python -m serve package`: what goes into the .mar, and the clear refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+
+import pytest
+import yaml
+
+from serve.__main__ import main
+
+
+def package_cli(capsys, *args) -> tuple[int, str, str]:
+    status = main(["package", *map(str, args)])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.fixture
+def export_copy(digits_export, tmp_path):
+    """A private copy of the digits export that a test may damage."""
+    return shutil.copytree(digits_export, tmp_path / "export")
+
+
+def edit_manifest(export_dir, edit) -> None:
+    path = export_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def fail_parity(fmt):
+    def edit(manifest):
+        for artifact in manifest["artifacts"]:
+            if artifact["format"] == fmt:
+                artifact["parity"]["passed"] = False
+    return edit
+
+
+def test_archive_holds_handler_manifest_artifacts_and_model_config(capsys, digits_export, tmp_path):
+    status, out, err = package_cli(capsys, "--export-dir", digits_export, "--model-store", tmp_path, "--name", "digits",
+                                   "--workers", 3, "--batch-size", 4, "--max-batch-delay", 7, "--top-k", 3)  # fmt: skip
+    assert status == 0, err
+    mar = tmp_path / "digits.mar"
+    assert f"wrote {mar}" in out and "python -m serve start" in out
+    with zipfile.ZipFile(mar) as archive:
+        names = set(archive.namelist())
+        config = yaml.safe_load(archive.read("model-config.yaml"))
+        mar_manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+        assert archive.read("manifest.json") == (digits_export / "manifest.json").read_bytes()
+    files = {a["file"] for a in json.loads((digits_export / "manifest.json").read_text())["artifacts"]}
+    assert {"handler.py", "manifest.json", "model-config.yaml", *files} <= names
+    assert config == {"minWorkers": 3, "maxWorkers": 3, "batchSize": 4, "maxBatchDelay": 7, "responseTimeout": 60,
+                      "handler": {"top_k": 3}}  # fmt: skip
+    assert mar_manifest["model"]["modelName"] == "digits" and mar_manifest["model"]["handler"] == "handler.py"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.mar"]  # no staging leftovers
+
+
+def test_backend_pins_one_artifact(capsys, digits_export, tmp_path):
+    status, _, err = package_cli(capsys, "--export-dir", digits_export, "--model-store", tmp_path, "--backend", "onnx")
+    assert status == 0, err
+    (mar,) = tmp_path.glob("*.mar")
+    with zipfile.ZipFile(mar) as archive:
+        assert not any(n.endswith(".ts") for n in archive.namelist())
+        assert yaml.safe_load(archive.read("model-config.yaml"))["handler"]["backend"] == "onnx"
+
+
+def test_missing_export_dir_is_a_clear_error(capsys, tmp_path):
+    status, _, err = package_cli(capsys, "--export-dir", tmp_path / "nope", "--model-store", tmp_path / "store")
+    assert status == 1 and "no export manifest here" in err and "python -m export" in err
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
+
+
+def test_broken_manifest_is_a_clear_error(capsys, export_copy, tmp_path):
+    (export_copy / "manifest.json").write_text("{not json")
+    status, _, err = package_cli(capsys, "--export-dir", export_copy, "--model-store", tmp_path / "store")
+    assert status == 1 and "not valid JSON" in err
+
+
+def test_failed_artifact_is_refused_unless_forced(capsys, export_copy, tmp_path):
+    edit_manifest(export_copy, fail_parity("onnx"))
+    status, _, err = package_cli(capsys, "--export-dir", export_copy, "--model-store", tmp_path, "--backend", "onnx")
+    assert status == 1 and "FAILED its parity check" in err and "--allow-failed" in err
+    status, _, err = package_cli(capsys, "--export-dir", export_copy, "--model-store", tmp_path, "--backend", "onnx",
+                                 "--allow-failed")  # fmt: skip
+    assert status == 0, err
+    # without --backend, only the artifacts that passed go in
+    status, _, err = package_cli(capsys, "--export-dir", export_copy, "--model-store", tmp_path / "auto")
+    assert status == 0, err
+    with zipfile.ZipFile(next((tmp_path / "auto").glob("*.mar"))) as archive:
+        assert not any(n.endswith(".onnx") for n in archive.namelist())
+
+
+def test_no_passing_artifact_and_missing_files_are_refused(capsys, export_copy, tmp_path):
+    edit_manifest(export_copy, lambda m: [a["parity"].update(passed=False) for a in m["artifacts"]])
+    status, _, err = package_cli(capsys, "--export-dir", export_copy, "--model-store", tmp_path)
+    assert status == 1 and "no artifact passed its parity check" in err
+
+    edit_manifest(export_copy, lambda m: [a["parity"].update(passed=True) for a in m["artifacts"]])
+    artifact = json.loads((export_copy / "manifest.json").read_text())["artifacts"][0]["file"]
+    (export_copy / artifact).unlink()
+    status, _, err = package_cli(capsys, "--export-dir", export_copy, "--model-store", tmp_path)
+    assert status == 1 and "file is missing" in err
+
+
+def test_bad_options_are_refused(capsys, digits_export, tmp_path):
+    status, _, err = package_cli(capsys, "--export-dir", digits_export, "--model-store", tmp_path, "--allow-failed")
+    assert status == 1 and "--allow-failed needs --backend" in err
+    status, _, err = package_cli(capsys, "--export-dir", digits_export, "--model-store", tmp_path, "--workers", 0)
+    assert status == 1 and "--workers must be at least 1" in err
+    status, _, err = package_cli(capsys, "--export-dir", digits_export, "--model-store", tmp_path, "--name", "../evil")
+    assert status == 1 and "model name '../evil'" in err

@@ -1,0 +1,232 @@
+"""End to end against the session's real TorchServe (tests/fixtures/served.py): model `digits`.
+
+Requests go over HTTP exactly as users send them (raw body, `curl -T`, multipart), concurrently so
+that TorchServe's dynamic batching mixes them, and the answers are compared with the local pipeline
+(decode_image -> eval_transform -> the export's runner) on the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+
+from export.runners import open_runner
+from models import eval_transform
+from models.imageio import decode_image
+from serve.server import render_config, ServerSettings
+
+MODEL = "digits"
+
+
+@pytest.fixture(scope="module")
+def predict_url(torchserve) -> str:
+    return f"{torchserve.inference_url}/predictions/{MODEL}"
+
+
+@pytest.fixture(scope="module")
+def auth(torchserve) -> dict[str, str]:
+    return torchserve.headers("inference")
+
+
+@pytest.fixture(scope="module")
+def digit_files(tmp_path_factory) -> list[tuple[Path, str]]:
+    """Real digits images as PNG files (2 per class) with their true class names."""
+    from train.data import write_digits_folder
+
+    root = write_digits_folder(tmp_path_factory.mktemp("digits"), limit_per_class=2)
+    return [(path, path.parent.name) for path in sorted(root.glob("*/*.png"))]
+
+
+@pytest.fixture(scope="module")
+def local_answers(digits_export, digit_files) -> dict[Path, dict[str, float]]:
+    """What the server must answer, computed without it: same decoder, transform and runner."""
+    runner = open_runner(digits_export)
+    transform = eval_transform(runner.preprocess)
+    batch = torch.stack([transform(decode_image(p.read_bytes(), draft_size=runner.preprocess.resize_size))
+                         for p, _ in digit_files])  # fmt: skip
+    probabilities = runner.predict(batch).softmax(dim=1)
+    answers = {}
+    for (path, _), row in zip(digit_files, probabilities):
+        values, indices = row.topk(5)
+        answers[path] = {runner.class_names[i]: float(v) for v, i in zip(values.tolist(), indices.tolist())}
+    return answers
+
+
+def worker_pids(torchserve) -> list[int]:
+    response = requests.get(f"{torchserve.management_url}/models/{MODEL}", headers=torchserve.headers("management"), timeout=10)
+    response.raise_for_status()
+    return sorted(w["pid"] for w in response.json()[0]["workers"] if w["status"] == "READY")
+
+
+def assert_same_answer(server: dict[str, float], local: dict[str, float]) -> None:
+    assert list(server) == list(local), (server, local)
+    for label, probability in local.items():
+        assert server[label] == pytest.approx(probability, abs=1e-4)
+
+
+def test_raw_body_put_gives_labelled_top_k(predict_url, auth, digit_files, local_answers):
+    path, _ = digit_files[0]
+    response = requests.put(predict_url, data=path.read_bytes(), headers=auth, timeout=30)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert len(answer) == 5 and all(label in [str(d) for d in range(10)] for label in answer)
+    assert list(answer.values()) == sorted(answer.values(), reverse=True)
+    assert_same_answer(answer, local_answers[path])
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_upload_exactly_as_documented(torchserve, digit_files, local_answers):
+    path, _ = digit_files[1]
+    token = torchserve.key("inference")
+    out = subprocess.run(["curl", "-s", "-H", f"Authorization: Bearer {token}", "-T", str(path),
+                          f"http://localhost:{torchserve.port}/predictions/{MODEL}"],
+                         capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    assert_same_answer(json.loads(out.stdout), local_answers[path])
+
+
+def test_multipart_gives_one_answer_per_image_in_order(predict_url, auth, digit_files, local_answers):
+    chosen = digit_files[:4]
+    files = [(f"image{i}", (path.name, path.read_bytes(), "image/png")) for i, (path, _) in enumerate(chosen)]
+    response = requests.post(predict_url, files=files, headers=auth, timeout=30)
+    assert response.status_code == 200, response.text
+    answers = response.json()
+    assert isinstance(answers, list) and len(answers) == len(chosen)
+    for (path, _), answer in zip(chosen, answers):
+        assert_same_answer(answer, local_answers[path])
+
+
+def test_concurrent_requests_under_dynamic_batching_match_the_local_runner(predict_url, auth, digit_files, local_answers):
+    def send(path: Path) -> dict[str, float]:
+        response = requests.post(predict_url, data=path.read_bytes(), headers=auth, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, [p for p, _ in digit_files] * 2))
+    paths = [p for p, _ in digit_files] * 2
+    for path, answer in zip(paths, answers):
+        assert_same_answer(answer, local_answers[path])
+    correct = sum(next(iter(a)) == label for a, (_, label) in zip(answers, digit_files * 2))
+    assert correct / len(answers) >= 0.8  # the trained digits model really classifies
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("empty", "empty image: 0 bytes"),
+        ("random_bytes", "not a supported image"),
+        ("text", "not a supported image"),
+        ("truncated_jpeg", "truncated or corrupt JPEG image"),
+        ("png_huge_dimensions", "decompression bomb"),
+        ("tiff", "not a supported image"),
+    ],
+)
+def test_bad_inputs_get_400_with_a_message(predict_url, auth, invalid_images, name, message):
+    response = requests.put(predict_url, data=invalid_images[name], headers=auth, timeout=30)
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["code"] == 400 and message in body["message"]
+
+
+@pytest.mark.parametrize(
+    "name", ["png_1x1", "jpeg_gray", "png_gray16", "png_rgba", "jpeg_cmyk", "gif_palette", "gif_animated", "webp", "bmp",
+             "jpeg_exif_rotated"],
+)  # fmt: skip
+def test_odd_valid_images_get_200(predict_url, auth, valid_images, name):
+    response = requests.put(predict_url, data=valid_images[name], headers=auth, timeout=30)
+    assert response.status_code == 200, response.text
+    assert len(response.json()) == 5
+
+
+def test_mixed_good_and_bad_requests_each_get_their_own_answer(torchserve, predict_url, auth, digit_files,
+                                                                 local_answers, invalid_images):  # fmt: skip
+    pids_before = worker_pids(torchserve)
+    bad = [invalid_images[n] for n in ("random_bytes", "truncated_jpeg", "empty", "png_huge_dimensions")]
+    good = [p for p, _ in digit_files[:12]]
+    bodies = [(p.read_bytes(), p) for p in good[:6]] + [(b, None) for b in bad] + [(p.read_bytes(), p) for p in good[6:]]
+
+    def send(item):
+        body, path = item
+        return path, requests.put(predict_url, data=body, headers=auth, timeout=60)
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        results = list(pool.map(send, bodies))
+    for path, response in results:
+        if path is None:
+            assert response.status_code == 400 and response.json()["type"] == "InvalidImage"
+        else:
+            assert response.status_code == 200, response.text
+            assert_same_answer(response.json(), local_answers[path])
+    # the worker survived every bad input: same processes, still answering correctly
+    assert worker_pids(torchserve) == pids_before
+    path = digit_files[-1][0]
+    assert_same_answer(requests.put(predict_url, data=path.read_bytes(), headers=auth, timeout=30).json(), local_answers[path])
+
+
+def test_inference_without_the_key_is_refused(predict_url, digit_files):
+    response = requests.put(predict_url, data=digit_files[0][0].read_bytes(), timeout=30)
+    assert response.status_code == 400 and response.json()["type"] == "InvalidKeyException"
+
+
+def test_management_needs_its_key_and_cannot_register_models(torchserve):
+    models = f"{torchserve.management_url}/models"
+    assert requests.get(models, timeout=10).status_code == 400  # no key
+    response = requests.get(models, headers=torchserve.headers("management"), timeout=10)
+    assert response.status_code == 200 and response.json()["models"][0]["modelName"] == MODEL
+    register = requests.post(models, params={"url": "https://example.com/evil.mar"},
+                             headers=torchserve.headers("management"), timeout=10)  # fmt: skip
+    assert register.status_code == 405  # enable_model_api=false: the registration API is off
+
+
+def test_prometheus_metrics(torchserve):
+    response = requests.get(torchserve.metrics_url, timeout=10)
+    assert response.status_code == 200
+    assert "# TYPE" in response.text and "Requests2XX" in response.text
+
+
+def test_config_binds_management_and_metrics_to_loopback(tmp_path):
+    text = render_config(ServerSettings(model_store=tmp_path, port=8080), ["digits"])
+    props = dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert props["inference_address"] == "http://0.0.0.0:8080"
+    assert props["management_address"].startswith("http://127.0.0.1:")
+    assert props["metrics_address"].startswith("http://127.0.0.1:")
+    assert props["disable_token_authorization"] == "false" and props["enable_model_api"] == "false"
+    assert props["allowed_urls"] == f"file://{tmp_path.resolve()}/[^/]+[.]mar"
+    assert props["metrics_mode"] == "prometheus" and int(props["max_request_size"]) == 32 * 1024 * 1024
+    assert props["load_models"] == "digits=digits.mar"
+
+
+def run_serve(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "serve", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_status_and_token_commands(torchserve):
+    result = run_serve("status", "--run-dir", torchserve.run_dir, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["models"][MODEL]["ready"] == 1
+    result = run_serve("token", "--run-dir", torchserve.run_dir)
+    assert result.returncode == 0 and result.stdout.strip() == torchserve.key("inference")
+
+
+def test_start_refuses_a_second_server_in_the_same_run_dir(torchserve):
+    result = run_serve("start", "--run-dir", torchserve.run_dir, "--model-store", str(Path(torchserve.run_dir)))
+    assert result.returncode == 1
+    assert "already running" in result.stderr and str(torchserve.pid) in result.stderr
+
+
+def test_status_and_start_without_a_server_or_archives(tmp_path):
+    result = run_serve("status", "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 3 and "no TorchServe running" in result.stdout
+    result = run_serve("start", "--run-dir", str(tmp_path / "run"), "--model-store", str(tmp_path / "missing"))
+    assert result.returncode == 1 and "model store" in result.stderr and "python -m serve package" in result.stderr
+    (tmp_path / "store").mkdir()
+    result = run_serve("start", "--run-dir", str(tmp_path / "run"), "--model-store", str(tmp_path / "store"), "--models", "nope")
+    assert result.returncode == 1 and "nope.mar not found" in result.stderr
