@@ -10,7 +10,6 @@ import torch
 import torchvision
 
 from models import BasicBlock, Bottleneck, create_model, list_models
-from models.registry import get_model_spec
 
 IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
 
@@ -145,19 +144,16 @@ def test_forward_backward_and_channels_last(name, size):
         )
 
 
-def _smoke_size(name: str) -> int:
-    return 64 if get_model_spec(name).family == "imagenet" else 32
-
-
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_exports_to_torchscript_and_onnx(name, tmp_path):
     ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
     model = create_model(name, num_classes=5).eval()
-    x = torch.randn(2, 3, _smoke_size(name), _smoke_size(name))
+    x = torch.randn(2, 3, 32, 32)  # small enough for ImageNet nets too (down to 1x1 before pooling)
     with torch.no_grad():
         expected = model(x)
         scripted = torch.jit.script(model)
-        torch.testing.assert_close(scripted(x), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(scripted(x), expected)
     path = tmp_path / f"{name}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -166,7 +162,9 @@ def test_every_model_exports_to_torchscript_and_onnx(name, tmp_path):
                           input_names=["input"], output_names=["logits"])  # fmt: skip
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"input": x.numpy()})
-    np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-3, atol=1e-4)
+    # Untrained deep nets have large logits: compare relative to their scale.
+    scale = max(1.0, expected.abs().max().item())
+    assert np.abs(logits - expected.numpy()).max() <= 1e-4 * scale
 
 
 def test_registry_lists_every_family():
