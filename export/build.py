@@ -115,6 +115,11 @@ class ReferenceRunners:
         self.ckpt, self.threads, self.runners = ckpt, threads, {}
 
     def __getitem__(self, device: str) -> EagerRunner:
+        if device == "cuda":
+            # The reference must be true fp32: PyTorch's default TF32 convolutions on Ampere+ differ from
+            # fp32 by ~1e-3, which would fail fp32 artifacts (e.g. ONNX Runtime CUDA) that are right.
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         if device not in self.runners:
             self.runners[device] = runner_from_checkpoint(self.ckpt, device=device, threads=self.threads)
         return self.runners[device]

@@ -6,5 +6,6 @@ of its checkpoint, a TorchServe process serving it.
 
 pytest_plugins = [
     "tests.fixtures.trained",
+    "tests.fixtures.exported",
     "tests.fixtures.served",
 ]
