@@ -23,9 +23,9 @@ from onnx import TensorProto, helper, numpy_helper
 from .manifest import ExportError, atomic_path
 
 INSTALL_HINT = (
-    "TensorRT engines are built on a machine with an NVIDIA GPU: install TensorRT there with "
-    "`pip install -e '.[trt]'` (NVIDIA's `tensorrt` wheels, which need a CUDA 12/13 driver), or build the "
-    "project's Docker image on the CUDA base (see the README's TensorRT section)"
+    "To get it: on a machine with an NVIDIA GPU and driver, `pip install -e '.[trt]'` (NVIDIA's `tensorrt` "
+    "wheels), or build the CUDA image: `docker build --build-arg BASE_IMAGE=nvcr.io/nvidia/tensorrt:25.01-py3 "
+    "--build-arg EXTRAS=gpu,trt -t resnet-deploy:cuda .`. `--to all` exports the other formats without it"
 )
 
 FP16_MAX = float(np.finfo(np.float16).max)

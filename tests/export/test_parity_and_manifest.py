@@ -1,0 +1,126 @@
+"""Parity metrics and gates, the parity set's sources, manifest reading/writing, runner input checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from export.manifest import ManifestError, atomic_path, read_manifest, verify_artifact_file, write_manifest
+from export.parity import (
+    FP16_THRESHOLDS,
+    FP32_THRESHOLDS,
+    compare_logits,
+    evenly_spaced,
+    gate_failures,
+    load_parity_set,
+)
+from export.runners import open_runner, runner_from_checkpoint
+from models import checkpoint_preprocess, load_checkpoint
+
+
+def logits(seed: int = 0, n: int = 64, classes: int = 10) -> torch.Tensor:
+    return torch.randn(n, classes, generator=torch.Generator().manual_seed(seed)) * 5
+
+
+def test_identical_logits_pass_every_gate():
+    x = logits()
+    for thresholds in (FP32_THRESHOLDS, FP16_THRESHOLDS):
+        metrics = compare_logits(x, x.clone(), thresholds)
+        assert gate_failures(metrics, thresholds) == []
+    assert compare_logits(x, x, FP32_THRESHOLDS)["max_abs_diff"] == 0.0
+
+
+def test_fp32_gate_catches_a_small_numeric_drift_that_keeps_the_top1():
+    x = logits()
+    drifted = x + 1e-2 * torch.randn_like(x)
+    metrics = compare_logits(x, drifted, FP32_THRESHOLDS)
+    assert metrics["top1_agreement"] == 1.0 and metrics["allclose"] is False
+    (failure,) = gate_failures(metrics, FP32_THRESHOLDS)
+    assert failure.startswith("logits not allclose(rtol=0.001, atol=0.0001)")
+    # the same drift is well inside the FP16 gate
+    assert gate_failures(compare_logits(x, drifted, FP16_THRESHOLDS), FP16_THRESHOLDS) == []
+
+
+def test_fp32_gate_accepts_reordered_fp32_sums():
+    x = logits()
+    noisy = x * (1 + 1e-6 * torch.randn_like(x)) + 5e-6 * torch.randn_like(x)
+    assert gate_failures(compare_logits(x, noisy, FP32_THRESHOLDS), FP32_THRESHOLDS) == []
+
+
+def test_fp16_gate_on_agreement_and_cosine():
+    x = logits(n=100)
+    flipped = x.clone()
+    flipped[:2] = -flipped[:2]  # two of 100 decisions change: 98% < 99%
+    failures = gate_failures(compare_logits(x, flipped, FP16_THRESHOLDS), FP16_THRESHOLDS)
+    assert any(f.startswith("top-1 agreement 98.00% < 99.00%") for f in failures)
+    assert any(f.startswith("cosine similarity") for f in failures)
+
+
+def test_evenly_spaced_covers_the_whole_dataset():
+    assert evenly_spaced(5, 10) == [0, 1, 2, 3, 4]
+    picked = evenly_spaced(1000, 4)
+    assert picked[0] == 0 and picked[-1] == 999 and len(picked) == 4
+
+
+def test_parity_set_falls_back_to_random_inputs_loudly(digits_checkpoint):
+    ckpt = load_checkpoint(digits_checkpoint)
+    ckpt["config"] = dict(ckpt["config"], data="folder", data_dir="/nonexistent/images")
+    messages = []
+    parity_set = load_parity_set(ckpt, checkpoint_preprocess(ckpt), count=8, log=messages.append)
+    assert parity_set.random and parity_set.labels is None and parity_set.images.shape == (8, 3, 32, 32)
+    assert parity_set.description.startswith("RANDOM")
+    assert any("cannot load the checkpoint's validation data" in m and "/nonexistent/images" in m for m in messages)
+    assert any(m.startswith("WARNING: parity is checked on RANDOM inputs") for m in messages)
+
+
+def test_parity_set_is_the_checkpoints_validation_data(digits_checkpoint):
+    ckpt = load_checkpoint(digits_checkpoint)
+    parity_set = load_parity_set(ckpt, checkpoint_preprocess(ckpt), count=256)
+    assert not parity_set.random and len(parity_set.images) == 256
+    assert set(parity_set.labels.tolist()) == set(range(10)), "evenly spaced picks cover every class"
+    accuracy = (runner_from_checkpoint(ckpt).predict(parity_set.images).argmax(1) == parity_set.labels).float().mean()
+    assert accuracy >= 0.9
+
+
+def test_read_manifest_errors_say_what_and_where(tmp_path):
+    with pytest.raises(ManifestError, match=r"no export manifest here.*does not exist.*python -m export"):
+        read_manifest(tmp_path / "nowhere")
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="manifest.json: not valid JSON"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 1, "name": "x"}))
+    with pytest.raises(ManifestError, match=r"missing keys \['arch', 'arch_kwargs'"):
+        read_manifest(tmp_path)
+
+
+def test_manifest_roundtrip_and_artifact_checks(digits_export, tmp_path):
+    manifest = read_manifest(digits_export)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    write_manifest(copy, manifest)
+    assert read_manifest(copy) == manifest and read_manifest(copy / "manifest.json") == manifest
+    assert [p.name for p in copy.iterdir()] == ["manifest.json"], "no temporary files left behind"
+    with pytest.raises(ManifestError, match="the file is missing"):
+        verify_artifact_file(copy, manifest["artifacts"][0])
+    broken = dict(manifest, artifacts=[dict(manifest["artifacts"][0], format="tflite")])
+    with pytest.raises(ManifestError, match="unknown format 'tflite'"):
+        write_manifest(copy, broken)
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "model.onnx"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("exporter crashed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_runner_checks_its_input(digits_export):
+    runner = open_runner(digits_export, "onnx")
+    with pytest.raises(ValueError, match="NCHW batch with 3 channels"):
+        runner.predict(torch.zeros(2, 32, 32, 3))
+    out = runner.predict(torch.zeros(2, 3, 32, 32, dtype=torch.float64))  # cast, not refused
+    assert out.dtype == torch.float32 and out.shape == (2, 10)
