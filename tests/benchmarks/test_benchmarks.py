@@ -1,0 +1,139 @@
+"""Smoke tests: every `python -m benchmarks` command runs at tiny sizes (--quick) and writes a well-formed
+markdown table and JSON. No speed is asserted here: speed is what the committed results report."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.cli import main
+from benchmarks.report import Report, Table, Verdict, machine_slug, usable_cores
+from benchmarks.timing import Budget, interleaved
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def work_dir(tmp_path_factory) -> Path:
+    """Shared by the commands below, so the resnet20 export made by the first is reused by the others."""
+    return tmp_path_factory.mktemp("bench-work")
+
+
+def run_quick(name: str, work_dir: Path, *extra: str, timeout: int = 600) -> tuple[str, str, dict]:
+    """`python -m benchmarks NAME --quick`; returns (stdout, markdown file, parsed JSON)."""
+    results = work_dir / "results"
+    command = [sys.executable, "-m", "benchmarks", name, "--quick", "--threads", "1",
+               "--work-dir", str(work_dir), "--results-dir", str(results), *extra]  # fmt: skip
+    process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert process.returncode == 0, f"exit {process.returncode}\n{process.stdout[-3000:]}\n{process.stderr[-3000:]}"
+    out = results / machine_slug()
+    markdown = (out / f"{name}.md").read_text()
+    data = json.loads((out / f"{name}.json").read_text())
+    return process.stdout, markdown, data
+
+
+def check_well_formed(stdout: str, markdown: str, data: dict, name: str, threads: int = 1) -> None:
+    assert data["name"] == name and data["quick"] is True
+    assert data["environment"]["threads"] == threads
+    assert data["environment"]["cpu"] and data["environment"]["versions"]["torch"]
+    assert markdown.startswith("## ") and f"**{threads} thread(s)**" in markdown
+    assert markdown.strip() in stdout  # the table is printed at the end
+    for table in data["tables"]:
+        assert table["rows"], f"empty table {table['title']!r}"
+        header = "| " + " | ".join(table["columns"]) + " |"
+        assert header in markdown
+        body = markdown.split(header, 1)[1].strip().splitlines()
+        assert re.fullmatch(r"\|---(\|---:)*\|", body[0])
+        rows = [line for line in body[1:] if line.startswith("| ")][: len(table["rows"])]
+        assert all(line.count("|") == len(table["columns"]) + 1 for line in rows)
+    for verdict in data["verdicts"]:
+        assert verdict["met"] in (True, False, None) and verdict["measured"]
+
+
+def test_ceiling_writes_fp32_and_bf16_rows(work_dir):
+    stdout, markdown, data = run_quick("ceiling", work_dir)
+    check_well_formed(stdout, markdown, data, "ceiling")
+    ceilings = data["data"]["ceilings"]
+    assert {(c["dtype"], c["threads"]) for c in ceilings} == {("fp32", 1), ("bf16", 1)}
+    assert all(c["gflops"] > 0 for c in ceilings)
+
+
+def test_infer_times_every_cpu_runner_against_eager(work_dir):
+    stdout, markdown, data = run_quick("infer", work_dir)
+    check_well_formed(stdout, markdown, data, "infer")
+    rows = data["data"]["rows"]
+    assert {r["runner"] for r in rows} >= {"eager", "eager channels_last", "torchscript", "onnxruntime"}
+    assert {r["batch"] for r in rows} == {1, 2}
+    assert all(r["items_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
+    assert all(r["vs_eager"] == 1.0 for r in rows if r["runner"] == "eager")
+    assert data["data"]["flops_per_image"]["resnet20"] > 0
+    assert any("ONNX Runtime" in v["target"] for v in data["verdicts"])
+    # the export it measured was made by the project's own `python -m export`
+    manifest = json.loads((work_dir / "exports" / "resnet20" / "manifest.json").read_text())
+    assert {a["format"] for a in manifest["artifacts"]} >= {"torchscript", "onnx"}
+
+
+def test_train_compares_our_step_with_a_bare_loop(work_dir):
+    stdout, markdown, data = run_quick("train", work_dir)
+    check_well_formed(stdout, markdown, data, "train")
+    rows = data["data"]["rows"]
+    assert [r["configuration"] for r in rows] == ["fp32", "bf16 autocast"]
+    assert all(r["ratio"] > 0 and r["ours"]["calls"] == r["bare"]["calls"] for r in rows)
+
+
+def test_serve_loads_torchserve_with_locust(work_dir):
+    stdout, markdown, data = run_quick("serve", work_dir)
+    # One worker: the handler gives it every usable core, whatever --threads says.
+    check_well_formed(stdout, markdown, data, "serve", threads=usable_cores())
+    levels = data["data"]["levels"]
+    ours = [lv for lv in levels if lv["served_by"] == "ours onnx"]
+    assert [lv["users"] for lv in ours] == [1, 2]
+    for level in levels:
+        summary = level["summary"]
+        assert summary["requests"] > 0 and summary["failures"] == 0, summary
+    assert all(lv["raw_images_per_s"] > 0 for lv in ours)
+    split = data["data"]["splits"][0]
+    assert all(split[stage] > 0 for stage in ("decode", "preprocess", "inference", "postprocess"))
+    assert "1226x816" in data["data"]["photo"]  # the ~1 MP upscaled photo
+
+
+def test_unknown_architecture_is_a_usage_error(capsys):
+    assert main(["infer", "--archs", "resnet7", "--quick"]) == 2
+    assert "unknown architecture(s) ['resnet7']" in capsys.readouterr().err
+
+
+def test_bad_numbers_are_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["infer", "--batches", "0"])
+    assert exit_info.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_interleaved_rounds_time_every_candidate_equally():
+    calls: list[str] = []
+    samples = interleaved({name: (lambda n=name: calls.append(n)) for name in "abc"},
+                          Budget(warmup=1, min_rounds=4, max_rounds=4, seconds=0), items=8)  # fmt: skip
+    assert calls[:3] == ["a", "b", "c"]  # warm-up
+    assert calls[3:6] == ["a", "b", "c"] and calls[6:9] == ["b", "c", "a"]  # order rotates per round
+    assert all(len(s.seconds) == 4 and s.items == 8 for s in samples.values())
+
+
+def test_report_markdown_and_json_agree(tmp_path):
+    report = Report("demo", "Demo", threads=1)
+    table = Table("numbers", ["name", "value"])
+    table.add("x", 1234.5)
+    table.add("y", None)
+    report.tables.append(table)
+    report.verdicts.append(Verdict("x >= 1000", "1,234", True))
+    md_path, json_path = report.write(tmp_path)
+    markdown = md_path.read_text()
+    assert "| x | 1,234 |" in markdown and "| y | – |" in markdown and "| x >= 1000 | 1,234 | met |" in markdown
+    data = json.loads(json_path.read_text())
+    assert data["tables"][0]["rows"] == [{"name": "x", "value": 1234.5}, {"name": "y", "value": None}]
+    with pytest.raises(ValueError, match="2 columns"):
+        table.add("too", "many", "cells")
