@@ -14,14 +14,17 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 import torch
+from PIL import Image
 
 from export.runners import open_runner
 from models import eval_transform
 from models.imageio import decode_image
-from serve.server import render_config, ServerSettings
+from serve.server import ServerSettings, render_config
+from tests.fixtures.served import encode
 
 MODEL = "digits"
 
@@ -169,6 +172,17 @@ def test_mixed_good_and_bad_requests_each_get_their_own_answer(torchserve, predi
     assert worker_pids(torchserve) == pids_before
     path = digit_files[-1][0]
     assert_same_answer(requests.put(predict_url, data=path.read_bytes(), headers=auth, timeout=30).json(), local_answers[path])
+
+
+def test_photo_sized_requests_fit_and_oversized_ones_get_413(predict_url, auth):
+    # 12 megapixels of noise: a 9 MB JPEG, above TorchServe's default 6.5 MB request limit, below ours (32 MiB)
+    noise = np.random.default_rng(0).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)
+    photo = encode(Image.fromarray(noise), "JPEG", quality=85)
+    assert 6_553_500 < len(photo) < 32 * 1024 * 1024
+    response = requests.put(predict_url, data=photo, headers=auth, timeout=60)
+    assert response.status_code == 200, response.text
+    response = requests.put(predict_url, data=bytes(32 * 1024 * 1024 + 1), headers=auth, timeout=60)
+    assert response.status_code == 413
 
 
 def test_inference_without_the_key_is_refused(predict_url, digit_files):
