@@ -244,3 +244,12 @@ def test_status_and_start_without_a_server_or_archives(tmp_path):
     (tmp_path / "store").mkdir()
     result = run_serve("start", "--run-dir", str(tmp_path / "run"), "--model-store", str(tmp_path / "store"), "--models", "nope")
     assert result.returncode == 1 and "nope.mar not found" in result.stderr
+
+
+def test_start_refuses_a_busy_port(torchserve, tmp_path):
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "digits.mar").write_bytes(b"never loaded: the port check comes first")
+    result = run_serve("start", "--run-dir", str(tmp_path / "run"), "--model-store", str(tmp_path / "store"),
+                       "--host", "127.0.0.1", "--port", str(torchserve.port))  # fmt: skip
+    assert result.returncode == 1
+    assert f"inference port 127.0.0.1:{torchserve.port} is not free" in result.stderr
