@@ -12,6 +12,8 @@ What it refuses, with an `ImageDecodeError` whose message says what was wrong:
 - zero bytes, and data that is not one of the formats above;
 - images with more than `max_pixels` pixels, judged from the header before any pixel is decoded
   (a 100 kB PNG can claim 100000 x 100000 pixels and take 30 GB to decode: a decompression bomb);
+- with `draft_size`, images so elongated that resizing their shorter side to `draft_size` would make
+  more than `max_pixels` pixels (the same bomb, delivered by the resize);
 - truncated or corrupt files (Pillow's `LOAD_TRUNCATED_IMAGES` is left off, so a truncated JPEG is an
   error instead of a half-grey picture).
 
@@ -24,6 +26,7 @@ then decodes at about a sixteenth of the cost.
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -49,7 +52,8 @@ def decode_image(
     """Decode image bytes into an RGB PIL image, refusing what should not be decoded (see module doc).
 
     `draft_size`: the shorter side the caller will resize to; JPEGs are decoded at the smallest
-    power-of-two reduction that keeps both sides at least that large. None decodes at full size.
+    power-of-two reduction that keeps both sides at least that large, and images whose resize would
+    exceed `max_pixels` are refused. None decodes at full size.
     """
     if not data:
         raise ImageDecodeError("empty image: 0 bytes received")
@@ -70,8 +74,17 @@ def decode_image(
             f"{fmt} image is {width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,}; "
             "refused before decoding (decompression bomb guard)"
         )
-    if draft_size is not None and fmt in ("JPEG", "MPO"):
-        image.draft("RGB", (draft_size, draft_size))
+    if draft_size is not None:
+        # A 1 x 1,000,000 strip is few pixels, but resizing its shorter side to 256 makes 256 x 256 million.
+        short, long = sorted((width, height))
+        resized = draft_size * math.ceil(draft_size * long / short)
+        if resized > max_pixels:
+            raise ImageDecodeError(
+                f"{fmt} image is {width}x{height}: resizing its shorter side to {draft_size} would make {resized:,} "
+                f"pixels, above the limit of {max_pixels:,}; refused for its extreme aspect ratio"
+            )
+        if fmt in ("JPEG", "MPO"):
+            image.draft("RGB", (draft_size, draft_size))
 
     try:
         image.load()

@@ -134,3 +134,11 @@ def test_truncated_png_is_refused():
     png = encode(chelsea(), "PNG")
     with pytest.raises(ImageDecodeError, match="truncated or corrupt PNG image"):
         decode_image(png[: len(png) * 2 // 3])
+
+
+def test_extreme_aspect_ratio_is_refused_when_the_resize_would_explode():
+    strip = encode(Image.new("RGB", (100_000, 1), (0, 0, 0)), "PNG")  # 100k pixels, a few hundred bytes
+    assert decode_image(strip).size == (100_000, 1)  # fine on its own
+    with pytest.raises(ImageDecodeError, match=r"resizing its shorter side to 256 would make 6,553,600,000 pixels"):
+        decode_image(strip, draft_size=256)
+    assert decode_image(encode(Image.new("RGB", (4000, 1000)), "PNG"), draft_size=256).size == (4000, 1000)

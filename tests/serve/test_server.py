@@ -129,6 +129,7 @@ def test_concurrent_requests_under_dynamic_batching_match_the_local_runner(predi
         ("text", "not a supported image"),
         ("truncated_jpeg", "truncated or corrupt JPEG image"),
         ("png_huge_dimensions", "decompression bomb"),
+        ("png_extreme_aspect", "refused for its extreme aspect ratio"),
         ("tiff", "not a supported image"),
     ],
 )
