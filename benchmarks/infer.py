@@ -84,11 +84,63 @@ def build_candidates(checkpoint: Path, export_dir: Path, threads: int, log: Call
     return candidates, skipped
 
 
+def with_graph_optimization(runner: Runner, export_dir: Path, level_name: str) -> Runner:
+    """The ONNX Runtime runner with its session rebuilt at another graph optimization level (same threads)."""
+    import onnxruntime as ort  # noqa: PLC0415
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level_name)
+    options.intra_op_num_threads = runner.session.get_session_options().intra_op_num_threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    path = str(Path(export_dir) / runner.artifact["file"])
+    runner.session = ort.InferenceSession(path, sess_options=options, providers=runner.session.get_providers())
+    return runner
+
+
+def onnx_ablation(arch: str, checkpoint: Path, export_dir: Path, batch: int, threads: int, budget: Budget) -> tuple[Table, list[dict]]:
+    """Where ONNX Runtime's lead over eager comes from: its graph optimization levels and the thread count.
+
+    ORT_DISABLE_ALL runs the exported graph as is; BASIC adds constant folding and simple fusions;
+    EXTENDED adds Conv+Add+Relu fusions; ALL adds the NCHWc layout (weights reordered once into the
+    blocked format MLAS's convolution kernels use, instead of per call)."""
+    thread_counts = sorted({1, threads})
+    candidates: dict[str, tuple[Runner, int]] = {}
+    for t in thread_counts:
+        candidates[f"eager, {t} thread(s)"] = (runner_from_checkpoint(checkpoint, threads=t), t)
+    levels = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
+    for level in levels:
+        candidates[f"onnxruntime {level}, {threads} thread(s)"] = (
+            with_graph_optimization(open_runner(export_dir, "onnx", threads=threads), export_dir, level), threads)
+    for t in thread_counts:
+        if t != threads:
+            candidates[f"onnxruntime ORT_ENABLE_ALL, {t} thread(s)"] = (open_runner(export_dir, "onnx", threads=t), t)
+    size = next(iter(candidates.values()))[0].preprocess.input_size
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    def call(runner: Runner, t: int) -> None:
+        torch.set_num_threads(t)  # PyTorch's pool is per process: set it for each eager call
+        runner.predict(x)
+
+    samples = interleaved({name: (lambda r=r, t=t: call(r, t)) for name, (r, t) in candidates.items()}, budget, items=batch)
+    torch.set_num_threads(threads)
+    table = Table(f"ONNX Runtime vs eager by graph optimization level and threads ({arch}, batch {batch})",
+                  ["runner", "images/s", "x eager at the same threads"])  # fmt: skip
+    rows = []
+    for name, (_, t) in candidates.items():
+        ratio = samples[name].items_per_s / samples[f"eager, {t} thread(s)"].items_per_s
+        table.add(name, samples[name].items_per_s, f"{ratio:.2f}x")
+        rows.append({"runner": name, "threads": t, **samples[name].to_dict(), "vs_eager_same_threads": ratio})
+    return table, rows
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--archs", nargs="+", help="architectures (default: resnet18 resnet50; --quick: resnet20)")
     parser.add_argument("--batches", type=positive_int, nargs="+", help="batch sizes (default: 1 8 32; --quick: 1 2)")
     parser.add_argument("--seconds", type=float, default=12.0,
-                        help="time budget per (architecture, batch), shared by all runners (default: %(default)s)")  # fmt: skip
+                        help="time budget per (architecture, batch), shared by all runners (default: %(default)s)")
+    parser.add_argument("--no-ablation", action="store_true",
+                        help="skip the ONNX Runtime graph-optimization / threads table")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -144,4 +196,18 @@ def run(args: argparse.Namespace) -> Report:
             )
     report.tables.append(table)
     report.data["rows"] = rows
+    if not args.no_ablation:
+        arch, batch = archs[-1], batches[len(batches) // 2]
+        log(f"{arch} batch {batch}: ONNX Runtime graph optimization levels and threads vs eager")
+        ablation, ablation_rows = onnx_ablation(arch, random_checkpoint(arch, args.work_dir), export_model(arch, args.work_dir),
+                                                batch, threads, budget)  # fmt: skip
+        report.tables.append(ablation)
+        report.data["onnx_ablation"] = ablation_rows
+        by_name = {r["runner"]: r["vs_eager_same_threads"] for r in ablation_rows}
+        report.notes.append(
+            f"{arch} batch {batch}, {threads} thread(s): ONNX Runtime / eager is {by_name[f'onnxruntime ORT_DISABLE_ALL, {threads} thread(s)']:.2f}x "
+            f"with graph optimizations off, {by_name[f'onnxruntime ORT_ENABLE_EXTENDED, {threads} thread(s)']:.2f}x with the fusions "
+            f"(EXTENDED) and {by_name[f'onnxruntime ORT_ENABLE_ALL, {threads} thread(s)']:.2f}x with the NCHWc layout (ALL, what the "
+            "runner uses)."
+        )
     return report

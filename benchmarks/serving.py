@@ -261,7 +261,7 @@ def run(args: argparse.Namespace) -> Report:
     check_archs(archs)
     levels = sorted(args.users or ([1, 2] if args.quick else [1, 4, 8]))
     duration = 3 if args.quick else args.duration
-    warmup_s = 2 if args.quick else 8
+    warmup_s = 8
     shape = ServerShape(args.workers, args.batch_size, args.max_batch_delay)
     threads = shape.threads_per_worker  # what the handler gives each worker; --threads does not reach it
     if args.threads != threads:
@@ -286,8 +286,9 @@ def run(args: argparse.Namespace) -> Report:
         f"(chelsea: {photo_size}). Each model first gets {warmup_s} s of discarded load at the highest level; "
         "requests/s is the completion rate once all users run (locust's per-second totals, first 2 s skipped); "
         "latency percentiles are locust's over the whole level.",
-        "Raw runner: `open_runner` on the served artifact with the worker's thread count, timed on decoded images in "
-        "batches of min(users, batchSize) right after each level; served/raw compares images/s.",
+        "Raw runner: `open_runner` on the served ONNX artifact with all usable cores as threads (the machine's "
+        "inference capacity), timed on decoded images in batches of min(users, batchSize) right after each level; "
+        "served/raw compares images/s.",
         "Stock: TorchServe's `image_classifier` handler (PIL full decode, torchvision Resize/CenterCrop/ToTensor/"
         "Normalize, torch.jit.load without optimize_for_inference) on the same TorchScript file, same worker "
         "settings, at the highest concurrency level.",
@@ -319,7 +320,7 @@ def run(args: argparse.Namespace) -> Report:
         handler_ms = split["decode"] + split["preprocess"] + split["inference"] + split["postprocess"]
         share = (split["decode"] + split["preprocess"]) / handler_ms
 
-        runner = open_runner(export_dir, "onnx", threads=threads)
+        runner = open_runner(export_dir, "onnx", threads=usable_cores())
         decoded = decoded_batch(photos, runner.preprocess, max(min(max(levels), shape.batch_size), 1))
         run_dir = work / "ts" / arch
         log(f"{arch}: starting TorchServe with {', '.join(models)}")
@@ -327,7 +328,7 @@ def run(args: argparse.Namespace) -> Report:
         results: dict[tuple[str, int], dict] = {}
         served_over_raw: dict[int, float] = {}
         try:
-            for model in models:  # JIT profiling runs, ORT's first batches of each size, worker caches
+            for model in models if not args.quick else []:  # JIT profiling runs, ORT's first batch of each size
                 log(f"{arch}: warming up {model}")
                 load_level(info, model, max(levels), warmup_s, photos[0].parent, work / "warmup")
             for users in levels:
