@@ -32,8 +32,8 @@ def _flag(parser: argparse._ActionGroup, name: str, help: str, **kwargs: Any) ->
     assert key in DEFAULTS, key
     default = DEFAULTS[key]
     shown = f" (default: {default})" if default not in (None, [], False) else ""
-    if isinstance(default, bool) and "type" not in kwargs:
-        kwargs["action"] = argparse.BooleanOptionalAction
+    if (isinstance(default, bool) or kwargs.pop("boolean", False)) and "action" not in kwargs:
+        kwargs["action"] = argparse.BooleanOptionalAction  # --x / --no-x
     if key in CHOICES:
         kwargs["choices"] = CHOICES[key]
     parser.add_argument(name, dest=key, default=argparse.SUPPRESS, help=help + shown, **kwargs)
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--head-lr", "learning rate of the classifier (default: the base LR)", type=float)
     _flag(g, "--drop-path-rate", "stochastic depth rate", type=float)
     _flag(g, "--dropout", "dropout before the classifier", type=float)
-    _flag(g, "--zero-init-residual", "start every residual branch at zero (last BN gamma = 0)")
+    _flag(g, "--zero-init-residual", "start every residual branch at zero (last BN gamma = 0)", boolean=True)
 
     g = p.add_argument_group("optimisation")
     _flag(g, "--epochs", "epochs to train", type=int)
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--momentum", "SGD momentum", type=float)
     _flag(g, "--nesterov", "Nesterov momentum")
     _flag(g, "--weight-decay", "weight decay", type=float)
-    _flag(g, "--no-wd-norm-bias", "no weight decay on BatchNorm parameters and biases")
+    _flag(g, "--no-wd-norm-bias", "no weight decay on BatchNorm parameters and biases", action="store_true")
     _flag(g, "--scheduler", "LR schedule, stepped per iteration (step: x lr-gamma every 30 epochs or at --milestones)")
     _flag(g, "--warmup-epochs", "linear warmup length in epochs (fractions allowed)", type=float)
     _flag(g, "--warmup-start-factor", "warmup starts at this fraction of the LR", type=float)
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--train-crop", "training crop (default: random-crop for 32x32 data, random-resized-crop otherwise)")
     _flag(g, "--train-size", "training crop size (default: the eval input size)", type=int)
     _flag(g, "--crop-padding", "padding of random-crop (default: 4; digits: 2)", type=int)
-    _flag(g, "--hflip", "random horizontal flips (default: on, off for digits)")
+    _flag(g, "--hflip", "random horizontal flips (default: on, off for digits)", boolean=True)
     _flag(g, "--auto-augment", "automatic augmentation policy")
     _flag(g, "--randaugment-magnitude", "RandAugment magnitude", type=int)
     _flag(g, "--random-erasing", "random erasing probability", type=float)

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from models import get_model_spec
+
 DEFAULTS: dict[str, Any] = {
     # what and where
     "arch": None,
@@ -33,7 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "freeze_until": None,
     # optimisation
     "epochs": 10,
-    "batch_size": 128,  # global: images per optimizer step over all processes and accumulation steps
+    "batch_size": 64,  # global: images per optimizer step over all processes and accumulation steps
     "lr": 0.1,
     "lr_base_batch": None,  # when set, lr is scaled linearly by batch_size / lr_base_batch
     "head_lr": None,
@@ -145,6 +147,10 @@ def resolve_config(overrides: dict[str, Any], recipe: str | None = None) -> dict
 def validate(config: dict[str, Any]) -> None:
     if not config.get("arch"):
         raise ConfigError("choose a network with --arch (e.g. resnet20, resnet50) or a --recipe that sets one")
+    try:
+        get_model_spec(config["arch"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if not config.get("data"):
         raise ConfigError("choose the data with --data (digits, cifar10, cifar100, imagenet, folder, synthetic)")
     for key, allowed in CHOICES.items():

@@ -12,7 +12,6 @@ same code the export parity check, the server and the client use.
 
 from __future__ import annotations
 
-import math
 import pickle
 from dataclasses import dataclass
 from functools import lru_cache
@@ -444,7 +443,19 @@ def build_train_loader(
             f"{len(dataset)} training images give no full batch of {batch_size} per process; "
             "lower --batch-size or add data"
         )
-    return DataLoader(dataset, batch_sampler=batches, **_loader_options(config, is_in_memory(dataset), pin_memory))
+    # The loader draws its workers' base seed from its own generator, reseeded every epoch
+    # (`start_epoch`), never from the global RNG: a resumed run must not see one draw more or less.
+    generator = torch.Generator()
+    return DataLoader(
+        dataset, batch_sampler=batches, generator=generator, **_loader_options(config, is_in_memory(dataset), pin_memory)
+    )
+
+
+def start_epoch(loader: DataLoader, epoch: int, skip_samples: int = 0) -> None:
+    """Shuffle for `epoch` (from its first sample or `skip_samples` in) and reseed the worker seeds."""
+    sampler: EpochSampler = loader.batch_sampler.sampler
+    sampler.set_epoch(epoch, skip=skip_samples)
+    loader.generator.manual_seed(sampler.seed * 100_003 + epoch * 1_009 + sampler.rank)
 
 
 def build_val_loader(
@@ -457,12 +468,3 @@ def build_val_loader(
         sampler=sampler,
         **_loader_options(config, is_in_memory(dataset), pin_memory),
     )
-
-
-def steps_per_epoch(loader: DataLoader) -> int:
-    sampler = loader.batch_sampler.sampler
-    return (sampler.num_samples) // loader.batch_sampler.batch_size
-
-
-def ceil_div(a: int, b: int) -> int:
-    return int(math.ceil(a / b))

@@ -32,7 +32,15 @@ from .checkpoints import (
     set_rng_state,
 )
 from .config import RESUMABLE_OVERRIDES, ConfigError, arch_kwargs, resolve_config, validate, write_config
-from .distributed import DistInfo, all_gather_objects, any_rank, barrier, init_distributed, shutdown_distributed
+from .distributed import (
+    DistInfo,
+    all_gather_objects,
+    any_rank,
+    barrier,
+    broadcast_buffers,
+    init_distributed,
+    shutdown_distributed,
+)
 from .engine import StepParts, evaluate, train_one_epoch
 from .finetune import freeze, frozen_norm_layers, set_train_mode
 from .optim import build_optimizer, build_scheduler
@@ -312,7 +320,7 @@ class _Run:
             while self.epoch < epochs:
                 epoch = self.epoch
                 skip = self.steps_into_epoch
-                self.train_loader.batch_sampler.sampler.set_epoch(epoch, skip=skip * self.per_process_batch)
+                datamod.start_epoch(self.train_loader, epoch, skip * self.per_process_batch)
                 reporter.start_epoch(epoch + 1, epochs, self.steps_per_epoch, skip)
                 step0 = self.step
 
@@ -346,6 +354,9 @@ class _Run:
         return self._result(started)
 
     def _validate_and_save(self, result) -> dict[str, Any]:
+        broadcast_buffers(self.network)  # evaluate (and save) rank 0's BN statistics on every rank
+        if self.ema is not None:
+            broadcast_buffers(self.ema)
         raw = evaluate(self.network, self.val_loader, self.parts)
         ema_metrics = evaluate(self.ema.module, self.val_loader, self.parts) if self.ema is not None else None
         deployed = ema_metrics or raw  # what model_from_checkpoint(use_ema=True) will load
@@ -396,7 +407,7 @@ class _Run:
             "config": self.config,
             "metrics": self.metrics,
             "best_top1": self.best_top1,
-            "versions": {"torch": torch.__version__},
+            "versions": {"torch": str(torch.__version__)},
         }
         if self.ema is not None:
             ckpt["ema"] = self.ema.module.state_dict()
