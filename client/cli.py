@@ -24,7 +24,7 @@ EXIT_CODES = """exit status:
   2  bad command line (missing file, folder without images)
   3  the server could not be reached (connection refused, unknown host)
   4  the model is not served there (HTTP 404), or --local's export cannot be loaded
-  5  the server refused the token (HTTP 401): pass --token
+  5  the server refused the token (missing, wrong or expired): pass --token
 """
 
 

@@ -29,7 +29,7 @@ class ModelNotFound(ClientError):
 
 
 class AuthorizationFailed(ClientError):
-    """HTTP 401: TorchServe's token authorization refused the request (no key, wrong or expired key)."""
+    """TorchServe's token authorization refused the request (no key, wrong or expired key)."""
 
     fatal = True
     exit_code = 5

@@ -18,23 +18,24 @@ Predictions = list[tuple[str, float]]
 TOKEN_ENV = "TORCHSERVE_TOKEN"  # where the command line and the load test look for the inference key
 
 
-def server_message(response: requests.Response) -> str:
-    """The human part of an error response: TorchServe's and our handler's JSON `message`.
+def error_body(response: requests.Response) -> tuple[str, str]:
+    """(type, message) of an error response: TorchServe's and our handler's JSON `type` and `message`.
 
-    Falls back to the raw text (shortened) when the body is not the JSON we expect.
+    The message falls back to the raw text (shortened) when the body is not the JSON we expect.
     """
     try:
         body = response.json()
     except ValueError:
         body = None
     if isinstance(body, dict):
+        kind = body.get("type") if isinstance(body.get("type"), str) else ""
         for key in ("message", "error", "detail"):
             if isinstance(body.get(key), str) and body[key]:
-                return body[key]
+                return kind, body[key]
     text = response.text.strip()
     if len(text) > 300:
         text = text[:300] + "..."
-    return text or response.reason or "no message"
+    return "", text or response.reason or "no message"
 
 
 def parse_predictions(response: requests.Response) -> Predictions:
@@ -130,15 +131,16 @@ class PredictionClient:
             time.sleep(self._delay(attempt, response))
         if response.ok:
             return parse_predictions(response)
-        message = server_message(response)
+        kind, message = error_body(response)
         if response.status_code == 404:
             raise ModelNotFound(
                 f"model {self.model!r} is not served at {self.url} (HTTP 404: {message}). "
                 f"Check --model; `python -m serve status` lists the models being served."
             )
-        if response.status_code == 401:
+        # TorchServe 0.12 refuses a missing or wrong key with 400 InvalidKeyException, not 401.
+        if response.status_code == 401 or kind == "InvalidKeyException":
             raise AuthorizationFailed(
-                f"HTTP 401 from {self.endpoint}: {message}. The server wants its inference key: "
+                f"HTTP {response.status_code} from {self.endpoint}: {message}. The server wants its inference key: "
                 f"pass --token (or set {TOKEN_ENV}), e.g. --token \"$(python -m serve token)\""
             )
         if response.status_code == 503:
@@ -163,4 +165,4 @@ def _reason(error: requests.exceptions.ConnectionError) -> str:
     return text
 
 
-__all__ = ["ClientError", "PredictionClient", "Predictions", "parse_predictions", "server_message"]
+__all__ = ["ClientError", "PredictionClient", "Predictions", "error_body", "parse_predictions"]

@@ -81,7 +81,7 @@ def test_missing_or_wrong_token_is_a_clear_error(torchserve_url, digit_images, r
     status, out, err = run_client(digit_images / "5", "--url", torchserve_url, "--model", "digits", "--token", token)
     assert status == 5
     assert out == ""
-    assert "HTTP 401" in err and "--token" in err and "python -m serve token" in err
+    assert "Token Authorization failed" in err and "--token" in err and "python -m serve token" in err
 
 
 def closed_port() -> int:
