@@ -106,8 +106,11 @@ class PredictionClient:
                 timeout=self.timeout_s,
             )
         except requests.exceptions.ConnectionError as e:
+            reason, connected = _reason(e)
+            if connected:  # e.g. the server dropped this one request: the next image may still work
+                raise HTTPError(0, f"request to {self.endpoint} failed: {reason}") from None
             raise ServerUnreachable(
-                f"cannot connect to {self.url} ({_reason(e)}). Is TorchServe running? "
+                f"cannot connect to {self.url} ({reason}). Is TorchServe running? "
                 f"Start it with `python -m serve start`, or point --url at the inference API."
             ) from None
         except requests.exceptions.Timeout:
@@ -148,21 +151,24 @@ class PredictionClient:
         raise HTTPError(response.status_code, f"HTTP {response.status_code}: {message}")
 
 
-def _reason(error: requests.exceptions.ConnectionError) -> str:
-    """'connection refused', 'name not resolved', ... instead of urllib3's nested repr."""
+def _reason(error: requests.exceptions.ConnectionError) -> tuple[str, bool]:
+    """('connection refused', False), ... instead of urllib3's nested repr; the flag says whether a
+    connection had been made (so the server exists, and only this request failed)."""
     text = str(error)
-    for needle, reason in (
-        ("Connection refused", "connection refused"),
-        ("Name or service not known", "unknown host"),
-        ("nodename nor servname", "unknown host"),
-        ("Temporary failure in name resolution", "unknown host"),
-        ("timed out", "connection timed out"),
-        ("Connection reset", "connection reset by the server"),
-        ("RemoteDisconnected", "the server closed the connection"),
+    for needle, reason, connected in (
+        ("Connection refused", "connection refused", False),
+        ("Name or service not known", "unknown host", False),
+        ("nodename nor servname", "unknown host", False),
+        ("Temporary failure in name resolution", "unknown host", False),
+        ("No route to host", "no route to host", False),
+        ("ConnectTimeout", "connection timed out", False),
+        ("Connection reset", "connection reset by the server", True),
+        ("RemoteDisconnected", "the server closed the connection without answering", True),
+        ("Connection aborted", "the server closed the connection", True),
     ):
         if needle in text:
-            return reason
-    return text
+            return reason, connected
+    return text, False
 
 
 __all__ = ["ClientError", "PredictionClient", "Predictions", "error_body", "parse_predictions"]
