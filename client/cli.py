@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files and/or folders (searched recursively)")
-    parser.add_argument("--url", default="http://localhost:8080", help="TorchServe inference API (default: %(default)s)")
+    parser.add_argument(
+        "--url", default="http://localhost:8080", help="TorchServe inference API (default: %(default)s)"
+    )
     parser.add_argument("--model", default="resnet50", help="model name on the server (default: %(default)s)")
     parser.add_argument(
         "--top-k", type=positive_int, default=5,
@@ -54,9 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"TorchServe inference key, sent as 'Authorization: Bearer' (default: ${TOKEN_ENV}); "
         "`python -m serve token` prints it",
     )
-    parser.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight at once (default: %(default)s)")
+    parser.add_argument(
+        "--concurrency", type=positive_int, default=8, help="requests in flight at once (default: %(default)s)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each answer (default: %(default)s)")
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for each answer (default: %(default)s)"
+    )
     parser.add_argument(
         "--retries", type=int, default=4,
         help="retries after HTTP 503 (server busy), with exponential backoff from 0.5 s (default: %(default)s)",

@@ -1,7 +1,7 @@
 """`python -m client loadtest`: a headless locust run with a verdict.
 
 Runs `client/locustfile.py` in a locust subprocess (locust monkey-patches the standard library with
-gevent on import, so it never runs inside this process), then reads its CSV files and writes, under
+gevent on import, so it never runs inside this process), then reads its statistics and writes, under
 `loadtests/<UTC timestamp>/`:
 
     locust_stats.csv, locust_stats_history.csv, locust_failures.csv, locust_exceptions.csv
@@ -59,9 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", required=True, help="TorchServe inference API, e.g. http://127.0.0.1:8080")
     parser.add_argument("--model", default="resnet50", help="model name on the server (default: %(default)s)")
-    parser.add_argument("--users", type=int, default=4, help="concurrent users, each with one request in flight (default: %(default)s)")
+    parser.add_argument(
+        "--users", type=int, default=4, help="concurrent users, each with one request in flight (default: %(default)s)"
+    )
     parser.add_argument("--spawn-rate", type=float, help="users started per second (default: all at once)")
-    parser.add_argument("--duration", type=parse_duration, default="60s", help="run time: 60s, 5m, 1h30m (default: 60s)")
+    parser.add_argument(
+        "--duration", type=parse_duration, default="60s", help="run time: 60s, 5m, 1h30m (default: 60s)"
+    )
     parser.add_argument("--images", type=Path, help="folder of images to send (default: scikit-image's sample photos)")
     parser.add_argument("--method", choices=["POST", "PUT"], default="POST", help="HTTP method (default: %(default)s)")
     parser.add_argument(
@@ -72,8 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-failure-ratio", type=float, default=0.0,
         help="fail (exit 1) when failed/total requests exceeds this (default: %(default)s)",
     )
-    parser.add_argument("--p95-ms", type=float, help="fail (exit 1) when the 95th percentile latency exceeds this many ms")
-    parser.add_argument("--output-root", type=Path, default=Path("loadtests"), help="where the run's folder is made (default: %(default)s)")
+    parser.add_argument(
+        "--p95-ms", type=float, help="fail (exit 1) when the 95th percentile latency exceeds this many ms"
+    )
+    parser.add_argument(
+        "--output-root", type=Path, default=Path("loadtests"),
+        help="where the run's folder is made (default: %(default)s)",
+    )
     return parser
 
 
@@ -305,7 +314,8 @@ def loadtest_main(argv: list[str]) -> int:
     print(
         f"requests: {summary.requests} ({summary.requests_per_s:.2f} requests/s), "
         f"failures: {summary.failures} ({summary.failure_ratio:.2%})\n"
-        f"latency: p50 {ms(summary.p50_ms)}, p95 {ms(summary.p95_ms)}, p99 {ms(summary.p99_ms)}, max {ms(summary.max_ms)}"
+        f"latency: p50 {ms(summary.p50_ms)}, p95 {ms(summary.p95_ms)}, p99 {ms(summary.p99_ms)}, "
+        f"max {ms(summary.max_ms)}"
     )
     for count, error in failures:
         print(f"  {count} x {error}")

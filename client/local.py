@@ -25,7 +25,13 @@ class LocalPredictor:
     """Classifies encoded images with an export directory's runner, like the server would."""
 
     def __init__(
-        self, export_dir: str | Path, *, fmt: str | None = None, device: str = "cpu", top_k: int = 5, threads: int | None = None
+        self,
+        export_dir: str | Path,
+        *,
+        fmt: str | None = None,
+        device: str = "cpu",
+        top_k: int = 5,
+        threads: int | None = None,
     ):
         try:
             self.runner = open_runner(export_dir, fmt=fmt, device=device, threads=threads)

@@ -114,6 +114,8 @@ class PredictionUser(FastHttpUser):
             except ValueError:
                 answer = None
             if not isinstance(answer, dict) or not answer:
-                response.failure(f"{name}: expected a JSON object of class -> probability, got {(response.text or '')[:200]!r}")
+                response.failure(
+                    f"{name}: expected a JSON object of class -> probability, got {(response.text or '')[:200]!r}"
+                )
             else:
                 response.success()

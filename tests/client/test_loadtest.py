@@ -57,7 +57,8 @@ def test_short_run_with_zero_failures_writes_reports(torchserve_url, digit_image
 def test_failures_above_the_ratio_fail_the_run(torchserve_url, tmp_path):
     # An unknown model: every request is a 404, on TorchServe's default images (scikit-image photos).
     result = loadtest(
-        "--host", torchserve_url, "--model", "no_such_model", "--users", 1, "--duration", "3s", "--output-root", tmp_path,
+        "--host", torchserve_url, "--model", "no_such_model", "--users", 1, "--duration", "3s",
+        "--output-root", tmp_path,
     )  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
     assert "failure ratio 1.0000 exceeds --max-failure-ratio 0" in result.stderr

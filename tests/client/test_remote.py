@@ -38,7 +38,9 @@ def test_table_per_image_in_order(torchserve_url, digit_images, run_client):
 
 
 def test_json_output(torchserve_url, digit_images, run_client):
-    status, out, err = run_client(digit_images, "--url", torchserve_url, "--model", "digits", "--json", "--concurrency", 4)
+    status, out, err = run_client(
+        digit_images, "--url", torchserve_url, "--model", "digits", "--json", "--concurrency", 4
+    )
     assert status == 0, err
     document = json.loads(out)
     assert document["model"] == "digits" and document["url"] == torchserve_url
@@ -60,7 +62,9 @@ def test_unknown_model_is_a_clear_error(torchserve_url, digit_images, run_client
     assert "Traceback" not in err
 
 
-def test_server_4xx_message_is_shown_and_other_images_still_classified(torchserve_url, digit_images, tmp_path, run_client):
+def test_server_4xx_message_is_shown_and_other_images_still_classified(
+    torchserve_url, digit_images, tmp_path, run_client
+):
     text = b"This is a text file, not a picture of a digit.\n"
     bad = tmp_path / "notes.jpg"
     bad.write_bytes(text)
@@ -115,8 +119,14 @@ def test_remote_mode_does_not_import_torch(digit_images):
         "heavy = sorted(m for m in ('torch', 'torchvision', 'onnxruntime', 'models', 'export') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=Path(__file__).parents[2]
+    )
     assert result.returncode == 0, result.stderr
+
+
+# TorchServe's words when every worker is busy or none is up.
+NO_WORKER = 'Model "digits" has no worker to serve inference request. Please use scale workers API to add workers.'
 
 
 class FlakyServer(ThreadingHTTPServer):
@@ -135,7 +145,7 @@ class FlakyHandler(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers["Content-Length"]))
         self.server.requests_seen += 1
         if self.server.requests_seen <= self.server.busy_answers:
-            self.answer(503, {"code": 503, "type": "ServiceUnavailableException", "message": "Model \"digits\" has no worker to serve inference request. Please use scale workers API to add workers."})
+            self.answer(503, {"code": 503, "type": "ServiceUnavailableException", "message": NO_WORKER})
         else:
             self.answer(200, {"7": 0.9, "1": 0.06, "9": 0.04})
 
