@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .package import PackageError, PackageOptions, package
-from .server import ServerError, ServerSettings, read_state, start, status, stop
+from .server import ServerError, ServerSettings, read_state, run_in_foreground, start, status, stop
 
 NOT_RUNNING = 3
 
@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-expiration-min", type=int, default=settings.token_expiration_min,
                    help="lifetime of the inference and management keys (default: %(default)s)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=settings.startup_timeout_s, help="seconds to wait for the models (default: %(default)s)")
+    p.add_argument("--foreground", action="store_true",
+                   help="stay in the foreground with TorchServe's log on stdout until SIGTERM/Ctrl-C, then stop it "
+                   "(containers); exit 1 if TorchServe dies by itself")  # fmt: skip
     add_run_dir(p)
     p.set_defaults(run=run_start)
 
@@ -121,7 +124,7 @@ def run_start(args) -> int:
         model_store=args.model_store, models=args.models, run_dir=args.run_dir, host=args.host, port=args.port,
         management_port=args.management_port, metrics_port=args.metrics_port,
         grpc_inference_port=args.grpc_ports[0], grpc_management_port=args.grpc_ports[1],
-        token_expiration_min=args.token_expiration_min, startup_timeout_s=args.timeout,
+        token_expiration_min=args.token_expiration_min, startup_timeout_s=args.timeout, log_to_console=args.foreground,
     )  # fmt: skip
     info = start(settings)
     key = info.key("inference")
@@ -134,6 +137,12 @@ def run_start(args) -> int:
     print(f"  logs        {Path(info.run_dir) / 'logs'}")
     print("try it:")
     print(f'  curl -H "Authorization: Bearer {key}" -T cat.jpg http://localhost:{info.port}/predictions/{info.models[0]}')
+    if args.foreground:
+        print("running in the foreground: SIGTERM or Ctrl-C stops it", flush=True)
+        exit_code = run_in_foreground(info)
+        if exit_code:
+            print(f"error: TorchServe exited by itself; logs in {Path(info.run_dir) / 'logs'}", file=sys.stderr)
+        return exit_code
     print(f"stop it:      python -m serve stop --run-dir {args.run_dir}")
     return 0
 

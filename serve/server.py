@@ -49,6 +49,7 @@ class ServerSettings:
     token_expiration_min: int = 60
     job_queue_size: int = 100
     startup_timeout_s: float = 180.0
+    log_to_console: bool = False  # TorchServe's own output to our stdout (containers) instead of <run-dir>/torchserve.out
 
 
 @dataclass
@@ -190,8 +191,8 @@ def start(settings: ServerSettings, log=print) -> ServerInfo:
                "--model-store", str(settings.model_store.resolve())]  # fmt: skip
     with open(run_dir / "torchserve.out", "ab") as out:
         # A new session: the server outlives this command and ignores the terminal's Ctrl-C.
-        launcher = subprocess.run(command, cwd=run_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True, timeout=60)  # fmt: skip
+        launcher = subprocess.run(command, cwd=run_dir, env=env, stdout=None if settings.log_to_console else out,
+                                  stderr=subprocess.STDOUT, start_new_session=True, timeout=60)  # fmt: skip
     pid_file = run_dir / ".model_server.pid"
     if launcher.returncode != 0 or not pid_file.is_file():
         raise ServerError(f"TorchServe's launcher failed (exit {launcher.returncode}):\n{log_tail(run_dir)}")
@@ -269,6 +270,23 @@ def stop(run_dir: Path, timeout_s: float = 30.0) -> bool:
     for stale in (KEY_FILE, STATE_FILE, ".model_server.pid"):
         (run_dir / stale).unlink(missing_ok=True)
     return stopped
+
+
+def run_in_foreground(info: ServerInfo) -> int:
+    """Block while TorchServe runs; SIGTERM or SIGINT (`docker stop`, Ctrl-C) stops it cleanly.
+
+    Returns 0 after a requested stop, 1 when TorchServe exited by itself.
+    """
+    requested = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: requested.append(signum))
+    while not requested and is_torchserve(info.pid):
+        time.sleep(0.5)
+    if requested:
+        stop(Path(info.run_dir))
+        return 0
+    stop(Path(info.run_dir))  # its workers, if any outlived it
+    return 1
 
 
 def status(run_dir: Path) -> dict | None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from PIL import Image
 from export.runners import open_runner
 from models import eval_transform
 from models.imageio import decode_image
-from serve.server import ServerSettings, render_config
+from serve.server import ServerSettings, is_torchserve, render_config, stop
 from tests.fixtures.served import encode
 
 MODEL = "digits"
@@ -254,3 +256,41 @@ def test_start_refuses_a_busy_port(torchserve, tmp_path):
                        "--host", "127.0.0.1", "--port", str(torchserve.port))  # fmt: skip
     assert result.returncode == 1
     assert f"inference port 127.0.0.1:{torchserve.port} is not free" in result.stderr
+
+
+def test_foreground_server_stops_cleanly_on_sigterm(digits_export, tmp_path):
+    """What the container runs: `serve start --foreground`, TorchServe's log on stdout, `docker stop` = SIGTERM."""
+    from serve.package import package
+    from serve.server import read_state
+    from tests.fixtures.served import SERVED_PACKAGE_OPTIONS, free_ports
+
+    package(digits_export, tmp_path / "store", name="digits", options=SERVED_PACKAGE_OPTIONS)
+    ports = free_ports(5)
+    command = [sys.executable, "-m", "serve", "start", "--foreground", "--model-store", str(tmp_path / "store"),
+               "--run-dir", str(tmp_path / "run"), "--host", "127.0.0.1", "--port", str(ports[0]),
+               "--management-port", str(ports[1]), "--metrics-port", str(ports[2]), "--grpc-ports", str(ports[3]), str(ports[4])]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if "running in the foreground" in line:
+                break
+        threading.Thread(target=process.stdout.read, daemon=True).start()  # keep draining TorchServe's log
+        output = "".join(lines)
+        assert "model digits is loaded and answering" in output, output
+        info = read_state(tmp_path / "run")
+        assert info is not None
+        assert requests.put(f"{info.inference_url}/predictions/digits", data=digits_png(), headers=info.headers(),
+                            timeout=30).status_code == 200  # fmt: skip
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        assert read_state(tmp_path / "run") is None and not is_torchserve(info.pid)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        stop(tmp_path / "run")
+
+
+def digits_png() -> bytes:
+    return encode(Image.new("RGB", (32, 32), (255, 255, 255)), "PNG")
