@@ -133,13 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def config_overrides(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
+    """(the config keys given on the command line, the recipe) from parsed arguments."""
+    options = {k: v for k, v in vars(args).items() if k in DEFAULTS}
+    return options, args.recipe
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    options = vars(args)
-    recipe = options.pop("recipe", None)
-    predict, checkpoint, topk = options.pop("predict", None), options.pop("checkpoint", None), options.pop("topk")
-    if options.pop("list_recipes"):
+    options, recipe = config_overrides(args)
+    predict, checkpoint, topk = args.predict, args.checkpoint, args.topk
+    if args.list_recipes:
         for name, description in list_recipes().items():
             print(f"{name:22s} {description}")
         return EXIT_OK

@@ -41,7 +41,7 @@ def test_overfits_a_few_dozen_images(tmp_path, jpeg_folder):
     shutil.copytree(jpeg_folder / "train", data / "val")
     result = train_in_process(
         tmp_path, "overfit", arch="resnet20", data="folder", data_dir=str(data), epochs=15, batch_size=16,
-        lr=0.05, weight_decay=0.0, train_crop="center", hflip=False, plots=True,
+        lr=0.05, weight_decay=0.0, train_crop="center", hflip=False, plots=True, tensorboard=True,
     )  # fmt: skip
     with open(result.run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -49,6 +49,7 @@ def test_overfits_a_few_dozen_images(tmp_path, jpeg_folder):
     assert float(rows[-1]["train_top1"]) == 100.0
     assert result.best_top1 == 100.0
     assert (result.run_dir / "curves.png").stat().st_size > 0
+    assert list(result.run_dir.glob("events.out.tfevents.*"))
 
 
 def test_run_dir_is_not_overwritten_without_asking(tmp_path, cifar_root):
