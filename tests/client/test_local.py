@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from models.imageio import ImageDecodeError, decode_image
 
 from .conftest import assert_same_predictions
 
 
-def test_local_predictions_equal_the_servers(digits_export, torchserve_url, digit_images, run_client):
+@pytest.mark.parametrize("fmt", [None, "torchscript"], ids=["fastest", "torchscript"])
+def test_local_predictions_equal_the_servers(digits_export, torchserve_url, digit_images, run_client, fmt):
     status, out, err = run_client(digit_images, "--url", torchserve_url, "--model", "digits", "--json")
     assert status == 0, err
     served = json.loads(out)["results"]
-    status, out, err = run_client(digit_images, "--local", digits_export, "--json")
+    status, out, err = run_client(digit_images, "--local", digits_export, "--json", *(["--format", fmt] if fmt else []))
     assert status == 0, err
     local = json.loads(out)
-    assert local["export"] == str(digits_export) and local["format"] in ("onnx", "torchscript")
+    assert local["export"] == str(digits_export) and local["format"] == (fmt or "onnx")
     assert [r["image"] for r in local["results"]] == [r["image"] for r in served]
     for remote_result, local_result in zip(served, local["results"]):
         assert_same_predictions(local_result["predictions"], remote_result["predictions"])
