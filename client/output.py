@@ -38,7 +38,7 @@ def format_table(result: ImageResult) -> str:
     lines = [result.image, f"  {'rank':>4}  {'class':<{width}}  {'probability':>11}"]
     for rank, (label, prob) in enumerate(result.predictions, start=1):
         bar = "#" * round(prob * BAR_WIDTH)
-        lines.append(f"  {rank:>4}  {label:<{width}}  {prob:>11.2%}  {bar}")
+        lines.append(f"  {rank:>4}  {label:<{width}}  {prob:>11.2%}  {bar}".rstrip())
     return "\n".join(lines) + "\n"
 
 
