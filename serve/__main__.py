@@ -30,53 +30,123 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m serve",
-        description="Package exports as TorchServe model archives and run TorchServe with resnet-deploy's configuration.",
+        description="Package exports as TorchServe model archives; start, stop and inspect TorchServe.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     defaults = PackageOptions()
 
-    p = commands.add_parser("package", help="export directory -> <model-store>/<name>.mar",
-                            description="Write <model-store>/<name>.mar: our handler, the export's manifest and "
-                            "artifact(s), and a model-config.yaml (workers, dynamic batching, timeouts).")  # fmt: skip
+    p = commands.add_parser(
+        "package",
+        help="export directory -> <model-store>/<name>.mar",
+        description="Write <model-store>/<name>.mar: our handler, the export's manifest and artifact(s), and a "
+        "model-config.yaml (workers, dynamic batching, timeouts).",
+    )
     p.add_argument("--export-dir", type=Path, required=True, help="an export directory (holds manifest.json)")
-    p.add_argument("--model-store", type=Path, default=Path("model_store"), help="where the .mar goes (default: %(default)s)")
+    p.add_argument(
+        "--model-store", type=Path, default=Path("model_store"), help="where the .mar goes (default: %(default)s)"
+    )
     p.add_argument("--name", help="model name in URLs (default: the manifest's name)")
-    p.add_argument("--backend", choices=["torchscript", "onnx", "trt"],
-                   help="package only this artifact and always serve it (default: every artifact that passed "
-                   "parity; each worker picks the fastest for its device: trt > onnx > torchscript)")  # fmt: skip
+    p.add_argument(
+        "--backend",
+        choices=["torchscript", "onnx", "trt"],
+        help="package only this artifact and always serve it (default: every artifact that passed parity; each "
+        "worker picks the fastest for its device: trt > onnx > torchscript)",
+    )
     p.add_argument("--allow-failed", action="store_true", help="with --backend: accept an artifact that FAILED parity")
-    p.add_argument("--workers", type=int, default=defaults.workers,
-                   help="worker processes (default: %(default)s); each gets cores // workers threads")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="dynamic batching: most requests per batch (default: %(default)s)")
-    p.add_argument("--max-batch-delay", type=int, default=defaults.max_batch_delay_ms,
-                   help="dynamic batching: ms to wait for a batch to fill (default: %(default)s)")  # fmt: skip
-    p.add_argument("--response-timeout", type=int, default=defaults.response_timeout_s,
-                   help="seconds a batch may take before TorchServe restarts the worker (default: %(default)s)")  # fmt: skip
-    p.add_argument("--top-k", type=int, default=defaults.top_k, help="classes per answer, at most the number of classes (default: %(default)s)")
-    p.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
-                   help="refuse images with more pixels, read from the header before decoding "
-                   "(default: models.imageio.DEFAULT_MAX_PIXELS, 64 million)")  # fmt: skip
-    p.add_argument("--version", default=defaults.version, help="model version recorded in the archive (default: %(default)s)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=defaults.workers,
+        help="worker processes (default: %(default)s); each gets cores // workers threads",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help="dynamic batching: most requests per batch (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-batch-delay",
+        type=int,
+        default=defaults.max_batch_delay_ms,
+        help="dynamic batching: ms to wait for a batch to fill (default: %(default)s)",
+    )
+    p.add_argument(
+        "--response-timeout",
+        type=int,
+        default=defaults.response_timeout_s,
+        help="seconds a batch may take before TorchServe restarts the worker (default: %(default)s)",
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=defaults.top_k,
+        help="classes per answer, at most the number of classes (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=defaults.max_pixels,
+        help="refuse images with more pixels, read from the header before decoding "
+        "(default: models.imageio.DEFAULT_MAX_PIXELS, 64 million)",
+    )
+    p.add_argument(
+        "--version", default=defaults.version, help="model version recorded in the archive (default: %(default)s)"
+    )
     p.set_defaults(run=run_package)
 
     settings = ServerSettings()
-    p = commands.add_parser("start", help="start TorchServe and wait until the models answer",
-                            description="Start TorchServe in the background with serve/config.properties, wait until "
-                            "every model answers a real prediction, and print how to call it.")  # fmt: skip
-    p.add_argument("--model-store", type=Path, default=settings.model_store, help="directory of .mar files (default: %(default)s)")
-    p.add_argument("--models", nargs="+", default=[], metavar="NAME", help="models to load: <model-store>/NAME.mar (default: all)")
-    p.add_argument("--host", default=settings.host, help="inference API interface (default: %(default)s; management and metrics are always 127.0.0.1)")
+    p = commands.add_parser(
+        "start",
+        help="start TorchServe and wait until the models answer",
+        description="Start TorchServe in the background with serve/config.properties, wait until every model "
+        "answers a real prediction, and print how to call it.",
+    )
+    p.add_argument(
+        "--model-store", type=Path, default=settings.model_store, help="directory of .mar files (default: %(default)s)"
+    )
+    p.add_argument(
+        "--models", nargs="+", default=[], metavar="NAME", help="models to load: <model-store>/NAME.mar (default: all)"
+    )
+    p.add_argument(
+        "--host",
+        default=settings.host,
+        help="inference API interface (default: %(default)s; management and metrics are always 127.0.0.1)",
+    )
     p.add_argument("--port", type=int, default=settings.port, help="inference API port (default: %(default)s)")
     p.add_argument("--management-port", type=int, default=settings.management_port, help="(default: %(default)s)")
-    p.add_argument("--metrics-port", type=int, default=settings.metrics_port, help="Prometheus /metrics port (default: %(default)s)")
-    p.add_argument("--grpc-ports", type=int, nargs=2, default=[settings.grpc_inference_port, settings.grpc_management_port],
-                   metavar=("INFERENCE", "MANAGEMENT"), help="TorchServe's gRPC ports, on 127.0.0.1 (default: %(default)s)")  # fmt: skip
-    p.add_argument("--token-expiration-min", type=int, default=settings.token_expiration_min,
-                   help="lifetime of the inference and management keys (default: %(default)s)")  # fmt: skip
-    p.add_argument("--timeout", type=float, default=settings.startup_timeout_s, help="seconds to wait for the models (default: %(default)s)")
-    p.add_argument("--foreground", action="store_true",
-                   help="stay in the foreground with TorchServe's log on stdout until SIGTERM/Ctrl-C, then stop it "
-                   "(containers); exit 1 if TorchServe dies by itself")  # fmt: skip
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=settings.metrics_port,
+        help="Prometheus /metrics port (default: %(default)s)",
+    )
+    p.add_argument(
+        "--grpc-ports",
+        type=int,
+        nargs=2,
+        default=[settings.grpc_inference_port, settings.grpc_management_port],
+        metavar=("INFERENCE", "MANAGEMENT"),
+        help="TorchServe's gRPC ports, on 127.0.0.1 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--token-expiration-min",
+        type=int,
+        default=settings.token_expiration_min,
+        help="lifetime of the inference and management keys (default: %(default)s)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=settings.startup_timeout_s,
+        help="seconds to wait for the models (default: %(default)s)",
+    )
+    p.add_argument(
+        "--foreground",
+        action="store_true",
+        help="stay in the foreground with TorchServe's log on stdout until SIGTERM/Ctrl-C, then stop it "
+        "(containers); exit 1 if TorchServe dies by itself",
+    )
     add_run_dir(p)
     p.set_defaults(run=run_start)
 
@@ -89,9 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.set_defaults(run=run_status)
 
-    p = commands.add_parser("token", help="print the current key, for scripts: -H \"Authorization: Bearer $(python -m serve token)\"")
+    p = commands.add_parser(
+        "token", help='print the current key, for scripts: -H "Authorization: Bearer $(python -m serve token)"'
+    )
     add_run_dir(p)
-    p.add_argument("--kind", choices=["inference", "management", "API"], default="inference", help="(default: %(default)s)")
+    p.add_argument(
+        "--kind", choices=["inference", "management", "API"], default="inference", help="(default: %(default)s)"
+    )
     p.set_defaults(run=run_token)
     return parser
 
@@ -133,10 +207,12 @@ def run_start(args) -> int:
     print(f"  management  {info.management_url}  (token required)")
     print(f"  metrics     {info.metrics_url}  (Prometheus)")
     print(f"  keys        {info.key_file}  (inference/management keys expire after {args.token_expiration_min} min;")
-    print(f"              renew: curl '{info.management_url}/token?type=inference' -H \"Authorization: Bearer <API key>\")")
+    renew = f"curl '{info.management_url}/token?type=inference' -H \"Authorization: Bearer <API key>\""
+    print(f"              renew: {renew})")
     print(f"  logs        {Path(info.run_dir) / 'logs'}")
     print("try it:")
-    print(f'  curl -H "Authorization: Bearer {key}" -T cat.jpg http://localhost:{info.port}/predictions/{info.models[0]}')
+    url = f"http://localhost:{info.port}/predictions/{info.models[0]}"
+    print(f'  curl -H "Authorization: Bearer {key}" -T cat.jpg {url}')
     if args.foreground:
         print("running in the foreground: SIGTERM or Ctrl-C stops it", flush=True)
         exit_code = run_in_foreground(info)

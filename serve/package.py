@@ -10,7 +10,6 @@ opens it with `export.runners.open_runner` exactly like `client --local` opens `
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,11 +70,15 @@ def package(export_dir: str | os.PathLike, model_store: str | os.PathLike, name:
 def choose_artifacts(export_dir: Path, manifest: dict[str, Any], options: PackageOptions) -> list[dict[str, Any]]:
     from export.runners import parity_summary
 
-    listed = ", ".join(f"{a['format']} ({'passed' if a['parity']['passed'] else 'FAILED'})" for a in manifest["artifacts"])
+    listed = ", ".join(
+        f"{a['format']} ({'passed' if a['parity']['passed'] else 'FAILED'})" for a in manifest["artifacts"]
+    )
     if options.backend is not None:
         artifact = find_artifact(manifest, options.backend)
         if artifact is None:
-            raise PackageError(f"{export_dir}: no {options.backend} artifact in this export (it has: {listed or 'none'})")
+            raise PackageError(
+                f"{export_dir}: no {options.backend} artifact in this export (it has: {listed or 'none'})"
+            )
         if not artifact["parity"]["passed"] and not options.allow_failed:
             raise PackageError(
                 f"{export_dir}: the {options.backend} artifact FAILED its parity check ({parity_summary(artifact)}); "

@@ -49,7 +49,7 @@ class ServerSettings:
     token_expiration_min: int = 60
     job_queue_size: int = 100
     startup_timeout_s: float = 180.0
-    log_to_console: bool = False  # TorchServe's own output to our stdout (containers) instead of <run-dir>/torchserve.out
+    log_to_console: bool = False  # TorchServe's output to our stdout (containers), not <run-dir>/torchserve.out
 
 
 @dataclass
@@ -298,7 +298,8 @@ def status(run_dir: Path) -> dict | None:
               "metrics": info.metrics_url, "key_file": str(info.key_file), "models": {}}  # fmt: skip
     for name in info.models:
         try:
-            response = requests.get(f"{info.management_url}/models/{name}", headers=info.headers("management"), timeout=10)
+            url = f"{info.management_url}/models/{name}"
+            response = requests.get(url, headers=info.headers("management"), timeout=10)
             response.raise_for_status()
             workers = response.json()[0]["workers"]
             report["models"][name] = {"workers": len(workers), "ready": sum(w["status"] == "READY" for w in workers)}

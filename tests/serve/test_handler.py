@@ -28,7 +28,8 @@ def unpack(mar, model_dir):
 
 
 def make_handler(model_dir, manifest, config) -> ImageClassifierHandler:
-    context = Context("digits", str(model_dir), manifest, config["batchSize"], None, ts.__version__, model_yaml_config=config)
+    batch_size, gpu = config["batchSize"], None
+    context = Context("digits", str(model_dir), manifest, batch_size, gpu, ts.__version__, model_yaml_config=config)
     handler = ImageClassifierHandler()
     handler.initialize(context)
     return handler

@@ -66,7 +66,8 @@ def local_answers(digits_export, digit_files) -> dict[Path, dict[str, float]]:
 
 
 def worker_pids(torchserve) -> list[int]:
-    response = requests.get(f"{torchserve.management_url}/models/{MODEL}", headers=torchserve.headers("management"), timeout=10)
+    url = f"{torchserve.management_url}/models/{MODEL}"
+    response = requests.get(url, headers=torchserve.headers("management"), timeout=10)
     response.raise_for_status()
     return sorted(w["pid"] for w in response.json()[0]["workers"] if w["status"] == "READY")
 
@@ -108,7 +109,9 @@ def test_multipart_gives_one_answer_per_image_in_order(predict_url, auth, digit_
         assert_same_answer(answer, local_answers[path])
 
 
-def test_concurrent_requests_under_dynamic_batching_match_the_local_runner(predict_url, auth, digit_files, local_answers):
+def test_concurrent_requests_under_dynamic_batching_match_the_local_runner(
+    predict_url, auth, digit_files, local_answers
+):
     def send(path: Path) -> dict[str, float]:
         response = requests.post(predict_url, data=path.read_bytes(), headers=auth, timeout=60)
         assert response.status_code == 200, response.text
@@ -143,8 +146,11 @@ def test_bad_inputs_get_400_with_a_message(predict_url, auth, invalid_images, na
 
 
 @pytest.mark.parametrize(
-    "name", ["png_1x1", "jpeg_gray", "png_gray16", "png_rgba", "jpeg_cmyk", "gif_palette", "gif_animated", "webp", "bmp",
-             "jpeg_exif_rotated"],
+    "name",
+    [
+        "png_1x1", "jpeg_gray", "png_gray16", "png_rgba", "jpeg_cmyk", "gif_palette", "gif_animated", "webp", "bmp",
+        "jpeg_exif_rotated",
+    ],
 )  # fmt: skip
 def test_odd_valid_images_get_200(predict_url, auth, valid_images, name):
     response = requests.put(predict_url, data=valid_images[name], headers=auth, timeout=30)
@@ -157,7 +163,8 @@ def test_mixed_good_and_bad_requests_each_get_their_own_answer(torchserve, predi
     pids_before = worker_pids(torchserve)
     bad = [invalid_images[n] for n in ("random_bytes", "truncated_jpeg", "empty", "png_huge_dimensions")]
     good = [p for p, _ in digit_files[:12]]
-    bodies = [(p.read_bytes(), p) for p in good[:6]] + [(b, None) for b in bad] + [(p.read_bytes(), p) for p in good[6:]]
+    bodies = [(p.read_bytes(), p) for p in good[:6]] + [(b, None) for b in bad]
+    bodies += [(p.read_bytes(), p) for p in good[6:]]
 
     def send(item):
         body, path = item
@@ -174,7 +181,8 @@ def test_mixed_good_and_bad_requests_each_get_their_own_answer(torchserve, predi
     # the worker survived every bad input: same processes, still answering correctly
     assert worker_pids(torchserve) == pids_before
     path = digit_files[-1][0]
-    assert_same_answer(requests.put(predict_url, data=path.read_bytes(), headers=auth, timeout=30).json(), local_answers[path])
+    response = requests.put(predict_url, data=path.read_bytes(), headers=auth, timeout=30)
+    assert_same_answer(response.json(), local_answers[path])
 
 
 def test_photo_sized_requests_fit_and_oversized_ones_get_413(predict_url, auth):
@@ -245,7 +253,8 @@ def test_status_and_start_without_a_server_or_archives(tmp_path):
     result = run_serve("start", "--run-dir", str(tmp_path / "run"), "--model-store", str(tmp_path / "missing"))
     assert result.returncode == 1 and "model store" in result.stderr and "python -m serve package" in result.stderr
     (tmp_path / "store").mkdir()
-    result = run_serve("start", "--run-dir", str(tmp_path / "run"), "--model-store", str(tmp_path / "store"), "--models", "nope")
+    store, run = str(tmp_path / "store"), str(tmp_path / "run")
+    result = run_serve("start", "--run-dir", run, "--model-store", store, "--models", "nope")
     assert result.returncode == 1 and "nope.mar not found" in result.stderr
 
 
@@ -268,7 +277,8 @@ def test_foreground_server_stops_cleanly_on_sigterm(digits_export, tmp_path):
     ports = free_ports(5)
     command = [sys.executable, "-m", "serve", "start", "--foreground", "--model-store", str(tmp_path / "store"),
                "--run-dir", str(tmp_path / "run"), "--host", "127.0.0.1", "--port", str(ports[0]),
-               "--management-port", str(ports[1]), "--metrics-port", str(ports[2]), "--grpc-ports", str(ports[3]), str(ports[4])]  # fmt: skip
+               "--management-port", str(ports[1]), "--metrics-port", str(ports[2]),
+               "--grpc-ports", str(ports[3]), str(ports[4])]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         lines = []
