@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=run_status)
 
     p = commands.add_parser(
-        "token", help='print the current key, for scripts: -H "Authorization: Bearer $(python -m serve token)"'
+        "token",
+        help='print a valid key (renewed when expired): -H "Authorization: Bearer $(python -m serve token)"',
     )
     add_run_dir(p)
     p.add_argument(
@@ -206,9 +207,8 @@ def run_start(args) -> int:
     print(f"  inference   http://{info.host}:{info.port}  (token required; key below)")
     print(f"  management  {info.management_url}  (token required)")
     print(f"  metrics     {info.metrics_url}  (Prometheus)")
-    print(f"  keys        {info.key_file}  (inference/management keys expire after {args.token_expiration_min} min;")
-    renew = f"curl '{info.management_url}/token?type=inference' -H \"Authorization: Bearer <API key>\""
-    print(f"              renew: {renew})")
+    print(f"  keys        {info.key_file}  (inference/management keys last {args.token_expiration_min} min;")
+    print("              python -m serve token [--kind management] prints a valid one, renewing it when expired)")
     print(f"  logs        {Path(info.run_dir) / 'logs'}")
     print("try it:")
     url = f"http://localhost:{info.port}/predictions/{info.models[0]}"

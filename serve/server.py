@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import string
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -78,16 +80,40 @@ class ServerInfo:
     def key_file(self) -> Path:
         return Path(self.run_dir) / KEY_FILE
 
-    def key(self, kind: str = "inference") -> str:
-        """The current key of one kind ("inference", "management" or "API") from TorchServe's key file."""
+    def keys(self) -> dict:
         try:
-            keys = json.loads(self.key_file.read_text())
-            return keys[kind]["key"]
-        except (OSError, ValueError, KeyError) as e:
-            raise ServerError(f"{self.key_file}: cannot read the {kind} key ({e}); is the server running?") from None
+            return json.loads(self.key_file.read_text())
+        except (OSError, ValueError) as e:
+            raise ServerError(f"{self.key_file}: cannot read TorchServe's keys ({e}); is the server running?") from None
+
+    def key(self, kind: str = "inference") -> str:
+        """A valid key of one kind ("inference", "management" or "API"); an expired one is renewed first."""
+        try:
+            entry = self.keys()[kind]
+            if "expiration time" in entry and expires_soon(entry["expiration time"]):
+                self.renew(kind)
+                entry = self.keys()[kind]
+            return entry["key"]
+        except KeyError as e:
+            raise ServerError(f"{self.key_file}: no {e} key in TorchServe's key file") from None
+
+    def renew(self, kind: str) -> None:
+        """Have TorchServe issue a new inference or management key (authorized by the API key)."""
+        api_key = self.keys()["API"]["key"]
+        response = requests.get(f"{self.management_url}/token", params={"type": kind},
+                                headers={"Authorization": f"Bearer {api_key}"}, timeout=10)  # fmt: skip
+        if response.status_code != 200:
+            raise ServerError(f"TorchServe refused to renew the {kind} key: {response.status_code} {response.text}")
 
     def headers(self, kind: str = "inference") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key(kind)}"}
+
+
+def expires_soon(expiration: str, margin_s: float = 60.0) -> bool:
+    """Whether a key-file expiration time (a Java Instant: 2026-11-23T20:31:00.123456789Z) is under a minute away."""
+    # Python 3.10's fromisoformat takes neither "Z" nor nanoseconds.
+    iso = re.sub(r"(\.\d{6})\d+", r"\1", expiration.replace("Z", "+00:00"))
+    return datetime.fromisoformat(iso).timestamp() - time.time() < margin_s
 
 
 def render_config(settings: ServerSettings, models: list[str]) -> str:

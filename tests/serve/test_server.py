@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from PIL import Image
 from export.runners import open_runner
 from models import eval_transform
 from models.imageio import decode_image
-from serve.server import ServerSettings, is_torchserve, render_config, stop
+from serve.server import ServerSettings, expires_soon, is_torchserve, render_config, stop
 from tests.fixtures.served import encode
 
 MODEL = "digits"
@@ -293,6 +294,14 @@ def test_foreground_server_stops_cleanly_on_sigterm(digits_export, tmp_path):
         assert info is not None
         assert requests.put(f"{info.inference_url}/predictions/digits", data=digits_png(), headers=info.headers(),
                             timeout=30).status_code == 200  # fmt: skip
+        old_key = info.key("inference")
+        info.renew("inference")  # what `python -m serve token` does once the key has expired
+        assert info.key("inference") != old_key
+        body = digits_png()
+        url = f"{info.inference_url}/predictions/digits"
+        stale = {"Authorization": f"Bearer {old_key}"}
+        assert requests.put(url, data=body, headers=stale, timeout=30).status_code == 400
+        assert requests.put(url, data=body, headers=info.headers(), timeout=30).status_code == 200
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
         assert read_state(tmp_path / "run") is None and not is_torchserve(info.pid)
@@ -304,3 +313,10 @@ def test_foreground_server_stops_cleanly_on_sigterm(digits_export, tmp_path):
 
 def digits_png() -> bytes:
     return encode(Image.new("RGB", (32, 32), (255, 255, 255)), "PNG")
+
+
+def test_key_expiry_is_read_from_javas_instant_format():
+    assert expires_soon("2000-01-01T00:00:00.123456789Z")
+    assert not expires_soon("2999-01-01T00:00:00Z")
+    soon = time.time() + 30  # inside the one-minute margin
+    assert expires_soon(time.strftime("%Y-%m-%dT%H:%M:%S.000001Z", time.gmtime(soon)))
