@@ -18,9 +18,6 @@ import torch
 
 from models import CheckpointError, load_checkpoint
 
-RUN_FILES = ("last.pt", "best.pt", "config.yaml", "metrics.csv", "curves.png")
-
-
 class RunDirError(RuntimeError):
     """The run directory exists and the command did not say to resume or overwrite it."""
 

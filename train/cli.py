@@ -162,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, CheckpointError, RunDirError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, (ConfigError, RunDirError)) else EXIT_ERROR
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now, without the checkpoint the first one asked for
+        print("interrupted", file=sys.stderr)
+        return 130
     if result.interrupted_by is not None:
         return 128 + int(result.interrupted_by)
     print(f"done: best val top-1 {result.best_top1:.2f}% in {result.seconds:.0f}s; checkpoints in {result.run_dir}")

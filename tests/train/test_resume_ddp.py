@@ -12,13 +12,10 @@ from pathlib import Path
 
 import torch
 
-from models import load_checkpoint, model_from_checkpoint
+from models import checkpoint_preprocess, load_checkpoint, model_from_checkpoint
 from tests.fixtures.trained import run_train, train_command
-from train.data import build_validation_set
+from train.data import build_val_loader, build_validation_set
 from train.engine import StepParts, evaluate
-from train.data import build_val_loader
-
-from models import checkpoint_preprocess
 
 THREADS = {"OMP_NUM_THREADS": "1"}
 
