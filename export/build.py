@@ -18,7 +18,7 @@ import torch
 
 from models import checkpoint_preprocess, load_checkpoint, model_from_checkpoint
 
-from .formats import INPUT_NAME, OUTPUT_NAME, ONNX_OPSET, export_onnx, export_torchscript, onnx_io_names
+from .formats import INPUT_NAME, OUTPUT_NAME, ONNX_OPSET, export_onnx, export_torchscript, first_line, onnx_io_names
 from .manifest import (
     FORMATS,
     SCHEMA_VERSION,
@@ -68,11 +68,16 @@ class ExportOptions:
 class ExportResult:
     manifest: dict[str, Any]
     export_dir: Path
-    skipped: dict[str, str] = field(default_factory=dict)  # format -> why
+    skipped: dict[str, str] = field(default_factory=dict)  # format -> why it was not attempted
+    errors: dict[str, str] = field(default_factory=dict)  # format -> why its export failed
 
     @property
     def failed(self) -> list[dict[str, Any]]:
         return [a for a in self.manifest["artifacts"] if not a["parity"]["passed"]]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.errors
 
 
 def resolve_formats(requested: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -109,10 +114,13 @@ def parity_device(fmt: str, options: ExportOptions, log: Log) -> str:
 
 
 class ReferenceRunners:
-    """Eager PyTorch per device, built once (parity compares like with like: same device)."""
+    """Eager PyTorch per device, built once, with its parity logits kept between artifacts
+    (parity compares like with like: the same device, the same batch size)."""
 
     def __init__(self, ckpt: dict[str, Any], threads: int | None) -> None:
-        self.ckpt, self.threads, self.runners = ckpt, threads, {}
+        self.ckpt, self.threads = ckpt, threads
+        self.runners: dict[str, EagerRunner] = {}
+        self.logits: dict[str, dict[tuple[int, int], torch.Tensor]] = {}
 
     def __getitem__(self, device: str) -> EagerRunner:
         if device == "cuda":
@@ -122,6 +130,7 @@ class ReferenceRunners:
             torch.backends.cuda.matmul.allow_tf32 = False
         if device not in self.runners:
             self.runners[device] = runner_from_checkpoint(self.ckpt, device=device, threads=self.threads)
+            self.logits[device] = {}
         return self.runners[device]
 
 
@@ -166,9 +175,10 @@ def run_parity(
 ) -> dict[str, Any]:  # fmt: skip
     fmt = artifact["format"]
     device = parity_device(fmt, options, log)
-    runner = open_artifact(export_dir, artifact, references[device], device, options.threads)
+    reference = references[device]
+    runner = open_artifact(export_dir, artifact, reference, device, options.threads)
     batch_size = min(options.parity_batch, runner.max_batch_size or options.parity_batch)
-    parity = check_parity(references[device], runner, parity_set, options.thresholds(fmt), batch_size)
+    parity = check_parity(reference, runner, parity_set, options.thresholds(fmt), batch_size, references.logits[device])
     metrics = parity["metrics"]
     verdict = "passed" if parity["passed"] else "FAILED: " + "; ".join(parity["failures"])
     log(
@@ -226,14 +236,25 @@ def export_checkpoint(
 
     export_dir.mkdir(parents=True, exist_ok=True)
     references = ReferenceRunners(ckpt, options.threads)
-    artifacts = []
+    artifacts, errors = [], {}
     for fmt in formats:
         log(f"[{next(step)}/{steps}] {fmt}: writing {export_dir / ARTIFACT_FILES[fmt]}")
+        if fmt == "trt" and "onnx" in errors:
+            errors[fmt] = "not built: it is built from the ONNX file, whose export failed"
+            log(f"    {errors[fmt]}")
+            continue
         started = time.perf_counter()
-        artifact = write_artifact(fmt, model, export_dir, options, preprocess.input_size, log)
+        try:
+            artifact = write_artifact(fmt, model, export_dir, options, preprocess.input_size, log)
+        except TensorRTUnavailable:
+            raise
+        except Exception as e:  # one format failing must not cost the others; the exit status reports it
+            errors[fmt] = f"{type(e).__name__}: {first_line(e)}"
+            log(f"    FAILED: {errors[fmt]}")
+            continue
         artifact["export_seconds"] = round(time.perf_counter() - started, 2)
-        if fmt == "onnx":
-            log(f"    {artifact['exporter']} exporter, opset {artifact['opset']}, onnx.checker passed")
+        log(f"    written in {artifact['export_seconds']:.1f} s" + (
+            f" ({artifact['exporter']} exporter, opset {artifact['opset']}, onnx.checker passed)" if fmt == "onnx" else ""))
         artifact["parity"] = run_parity(artifact, export_dir, references, parity_set, options, log)
         artifacts.append(artifact)
 
@@ -256,7 +277,7 @@ def export_checkpoint(
         "artifacts": previous_artifacts(export_dir, source["sha256"], formats, log) + artifacts,
     }
     log(f"    {write_manifest(export_dir, manifest)}")
-    return ExportResult(manifest, export_dir, skipped)
+    return ExportResult(manifest, export_dir, skipped, errors)
 
 
 def verify_export(export_dir: Path, checkpoint_path: Path | None, options: ExportOptions, log: Log = print) -> ExportResult:

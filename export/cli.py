@@ -8,8 +8,8 @@ Examples:
 
 Exit status: 0 every artifact written and within its parity gate (TensorRT skipped under `--to all` when
 it cannot run here); 1 an artifact failed to export or failed parity (it is marked failed in the
-manifest); 2 bad arguments or input (no checkpoint, unreadable file); 3 a format was asked for that
-this machine cannot build (TensorRT without the `tensorrt` package or without CUDA).
+manifest); 2 bad arguments or input (no checkpoint, unreadable file); 3 something asked for does not
+exist on this machine (TensorRT without the `tensorrt` package or without CUDA; --device cuda without CUDA).
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
 from models import CheckpointError
 
 from .build import ExportOptions, ExportResult, export_checkpoint, verify_export, with_overrides
-from .manifest import ExportError, ManifestError
+from .manifest import ExportError, ManifestError, ResourceUnavailable
 from .parity import DEFAULT_PARITY_SAMPLES, FP16_THRESHOLDS, FP32_THRESHOLDS
-from .tensorrt_engine import BatchProfile, TensorRTUnavailable
+from .runners import check_device
+from .tensorrt_engine import BatchProfile
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -105,6 +107,7 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
         raise UsageError(f"--parity-samples ({args.parity_samples}) must be at least --parity-batch ({args.parity_batch})")
     if args.parity_data is not None and not args.parity_data.is_dir():
         raise UsageError(f"--parity-data {args.parity_data}: no such directory")
+    check_device(args.device)
     return ExportOptions(
         formats=[f.strip() for f in args.to.split(",") if f.strip()],
         batch=batch,
@@ -134,11 +137,15 @@ def summary_table(result: ExportResult) -> str:
         ))  # fmt: skip
     for fmt in result.skipped:
         rows.append((fmt, "-", "-", "-", "-", "-", "-", "skipped"))
+    for fmt in result.errors:
+        rows.append((fmt, "-", "-", "-", "-", "-", "-", "export FAILED"))
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     for fmt, reason in result.skipped.items():
         lines.append(f"{fmt} skipped: {reason}")
+    for fmt, error in result.errors.items():
+        lines.append(f"{fmt} export FAILED: {error}")
     for a in result.failed:
         lines.append(f"{a['format']} FAILED parity ({a['parity']['data']}): " + "; ".join(a["parity"]["failures"]))
     return "\n".join(lines)
@@ -163,14 +170,14 @@ def run(args: argparse.Namespace) -> int:
         result = export_checkpoint(checkpoint, out, name, options, log=log)
     log("")
     log(summary_table(result))
-    return EXIT_FAILED if result.failed else EXIT_OK
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except TensorRTUnavailable as e:
+    except ResourceUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except (CheckpointError, ValueError) as e:

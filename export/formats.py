@@ -35,7 +35,8 @@ def export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: str 
     MKLDNN constants cannot be serialized.
     """
     with quiet_torchscript_deprecation(), torch.no_grad():
-        frozen = torch.jit.freeze(torch.jit.trace(model.eval(), example))
+        # check_trace would trace a second time to compare; the parity check compares far more thoroughly.
+        frozen = torch.jit.freeze(torch.jit.trace(model.eval(), example, check_trace=False))
         with atomic_path(path) as tmp:
             torch.jit.save(frozen, str(tmp))
     return {"method": "torch.jit.trace + torch.jit.freeze", "optimize_for_inference": "at load time"}

@@ -33,6 +33,10 @@ class ExportError(RuntimeError):
     """Something about an export (its inputs, its directory, an artifact) is wrong; the message says what."""
 
 
+class ResourceUnavailable(ExportError):
+    """What was asked for needs something this machine lacks (CUDA, TensorRT, onnxruntime-gpu)."""
+
+
 class ManifestError(ExportError):
     """A manifest that is missing, unreadable or incomplete."""
 

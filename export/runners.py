@@ -19,7 +19,7 @@ import torch
 from models import PreprocessSpec, checkpoint_preprocess, load_checkpoint, model_from_checkpoint
 
 from .formats import quiet_torchscript_deprecation
-from .manifest import ExportError, find_artifact, read_manifest, verify_artifact_file
+from .manifest import ExportError, ResourceUnavailable, find_artifact, read_manifest, verify_artifact_file
 
 # Fastest first. TensorRT needs CUDA; on CPU ONNX Runtime beats TorchScript on these convnets.
 PREFERENCE = {"cpu": ("onnx", "torchscript"), "cuda": ("trt", "onnx", "torchscript")}
@@ -60,7 +60,7 @@ def check_device(device: str) -> str:
     if device not in PREFERENCE:
         raise ValueError(f"device must be one of {sorted(PREFERENCE)}, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ExportError("device 'cuda' asked for, but PyTorch sees no CUDA device on this machine")
+        raise ResourceUnavailable("device 'cuda' asked for, but PyTorch sees no CUDA device on this machine")
     return device
 
 
@@ -111,7 +111,7 @@ def onnxruntime_providers(device: str) -> list[str]:
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise ExportError(
+        raise ResourceUnavailable(
             "device 'cuda' for ONNX Runtime needs the CUDA execution provider, which this onnxruntime "
             f"({ort.__version__}, providers {ort.get_available_providers()}) lacks: "
             "`pip install -e .[gpu]` installs onnxruntime-gpu"

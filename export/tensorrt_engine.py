@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .manifest import ExportError, atomic_path
+from .manifest import ExportError, ResourceUnavailable, atomic_path
 
 INSTALL_HINT = (
     "To get it: on a machine with an NVIDIA GPU and driver, `pip install -e '.[trt]'` (NVIDIA's `tensorrt` "
@@ -31,7 +31,7 @@ INSTALL_HINT = (
 FP16_MAX = float(np.finfo(np.float16).max)
 
 
-class TensorRTUnavailable(ExportError):
+class TensorRTUnavailable(ResourceUnavailable):
     """TensorRT or a CUDA device is missing on this machine; the message says which and how to get it."""
 
 

@@ -239,3 +239,10 @@ def test_bad_arguments_exit_2_with_the_reason(args, message, digits_checkpoint, 
     code, out, err = run_cli(capsys, *args)
     assert code == 2 and message in err, err
     assert not (tmp_path / "exports").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present: --device cuda runs the parity checks there")
+def test_device_cuda_without_cuda_exits_3(digits_checkpoint, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "--checkpoint", digits_checkpoint, "--device", "cuda", "--out", tmp_path / "x")
+    assert code == 3 and "PyTorch sees no CUDA device" in err
+    assert not (tmp_path / "x").exists()
