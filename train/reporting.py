@@ -45,7 +45,8 @@ class RunReporter:
     # progress bar
     def start_epoch(self, epoch: int, epochs: int, total_steps: int, done_steps: int) -> None:
         if self.enabled:
-            self._bar_start = done_steps
+            self._bar_start, self._total, self._epoch_label = done_steps, total_steps, f"epoch {epoch}/{epochs}"
+            self._last_tenth = done_steps * 10 // max(total_steps, 1)
             self.bar = tqdm(
                 total=total_steps, initial=done_steps, desc=f"epoch {epoch}/{epochs}", unit="step",
                 dynamic_ncols=True, leave=False, file=sys.stderr, disable=None,
@@ -54,9 +55,16 @@ class RunReporter:
     def log_steps(self, steps: int, loss: float, img_per_s: float, lr: float, global_step: int) -> None:
         if not self.enabled:
             return
-        if self.bar is not None:
+        status = f"loss {loss:.4f}  lr {lr:.4g}  {img_per_s:.0f} img/s"
+        if self.bar is not None and not self.bar.disable:
             self.bar.update(self._bar_start + steps - self.bar.n)
-            self.bar.set_postfix_str(f"loss {loss:.4f}  lr {lr:.4g}  {img_per_s:.0f} img/s", refresh=False)
+            self.bar.set_postfix_str(status, refresh=False)
+        else:  # not a terminal (a log file, a batch job): a plain line every tenth of an epoch
+            done = self._bar_start + steps
+            tenth = done * 10 // max(self._total, 1)
+            if tenth > self._last_tenth:
+                self._last_tenth = tenth
+                self.message(f"  {self._epoch_label}  step {done}/{self._total}  {status}")
         if self.writer is not None:
             self.writer.add_scalar("train/loss_step", loss, global_step)
             self.writer.add_scalar("train/lr", lr, global_step)
