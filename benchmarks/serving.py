@@ -247,7 +247,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--archs", nargs="+", help="architectures (default: resnet50 resnet18; --quick: resnet20)")
     parser.add_argument("--users", type=positive_int, nargs="+",
                         help="concurrency levels, requests in flight (default: 1 4 8; --quick: 1 2)")
-    parser.add_argument("--duration", type=positive_int, default=20, help="seconds of load per level (default: %(default)s)")
+    parser.add_argument("--duration", type=positive_int, default=15, help="seconds of load per level (default: %(default)s)")
     parser.add_argument("--workers", type=positive_int, default=1,
                         help="TorchServe workers per model; each gets cores // workers threads (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="TorchServe dynamic batch size (default: %(default)s)")
