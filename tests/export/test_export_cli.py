@@ -246,3 +246,16 @@ def test_device_cuda_without_cuda_exits_3(digits_checkpoint, tmp_path, capsys):
     code, _, err = run_cli(capsys, "--checkpoint", digits_checkpoint, "--device", "cuda", "--out", tmp_path / "x")
     assert code == 3 and "PyTorch sees no CUDA device" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_exporting_one_format_into_an_existing_export_keeps_the_others(digits_export, digits_checkpoint, tmp_path, capsys):
+    """How a TensorRT engine gets added on a GPU machine to an export made on a CPU one."""
+    export_dir = tmp_path / "digits"
+    shutil.copytree(digits_export, export_dir)
+    onnx_before = read_manifest(export_dir)["artifacts"][1]
+    code, out, _ = run_cli(capsys, "--to", "torchscript", "--checkpoint", digits_checkpoint, "--out", export_dir, "--name", "digits")
+    assert code == 0, out
+    assert "keeping the existing onnx artifact(s) of the same checkpoint" in out
+    manifest = read_manifest(export_dir)
+    assert [a["format"] for a in manifest["artifacts"]] == ["torchscript", "onnx"]
+    assert manifest["artifacts"][1] == onnx_before

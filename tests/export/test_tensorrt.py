@@ -9,7 +9,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto
