@@ -23,6 +23,7 @@ from .manifest import (
     FORMATS,
     SCHEMA_VERSION,
     ExportError,
+    ManifestError,
     library_versions,
     read_manifest,
     sha256_file,
@@ -283,7 +284,13 @@ def export_checkpoint(
 def verify_export(export_dir: Path, checkpoint_path: Path | None, options: ExportOptions, log: Log = print) -> ExportResult:
     """Re-check every artifact of an export directory against its source checkpoint; rewrite the manifest."""
     manifest = read_manifest(export_dir)
-    checkpoint_path = checkpoint_path or Path(manifest["source_checkpoint"]["path"])
+    if checkpoint_path is None:
+        checkpoint_path = Path(manifest["source_checkpoint"]["path"])
+        if not checkpoint_path.is_file():
+            raise ManifestError(
+                f"{export_dir}: its source checkpoint {checkpoint_path} is gone; pass the same checkpoint "
+                "with --checkpoint PATH (its sha256 is checked against the manifest)"
+            )
     log(f"verifying {export_dir} against {checkpoint_path}")
     ckpt = load_checkpoint(checkpoint_path)
     if sha256_file(checkpoint_path) != manifest["source_checkpoint"]["sha256"]:

@@ -259,3 +259,13 @@ def test_exporting_one_format_into_an_existing_export_keeps_the_others(digits_ex
     manifest = read_manifest(export_dir)
     assert [a["format"] for a in manifest["artifacts"]] == ["torchscript", "onnx"]
     assert manifest["artifacts"][1] == onnx_before
+
+
+def test_verify_without_the_source_checkpoint_says_how_to_proceed(digits_export, tmp_path, capsys):
+    export_dir = tmp_path / "digits"
+    shutil.copytree(digits_export, export_dir)
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    manifest["source_checkpoint"]["path"] = str(tmp_path / "moved" / "best.pt")
+    (export_dir / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli(capsys, "--verify", export_dir)
+    assert code == 2 and "its source checkpoint" in err and "is gone; pass the same checkpoint with --checkpoint" in err
