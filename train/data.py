@@ -224,9 +224,10 @@ def folder_roots(config: dict[str, Any]) -> tuple[Path, Path | None]:
     """(train root, val root) of an ImageFolder dataset; val root None means split the train tree."""
     kind = config["data"]
     layout = IMAGENET_LAYOUT if kind == "imagenet" else FOLDER_LAYOUT
-    if not config.get("data_dir"):
+    data_dir = config.get("data_dir") or DEFAULT_DATA_DIRS.get(kind)
+    if not data_dir:
         raise DataError(f"--data {kind} needs --data-dir; {layout}")
-    root = Path(config["data_dir"]).expanduser()
+    root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise DataError(f"{root}: no such directory; {layout}")
     train, val = root / "train", root / "val"
