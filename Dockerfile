@@ -5,8 +5,11 @@
 #                                --build-arg EXTRAS=gpu,trt -t resnet-deploy:cuda .
 #   run:            docker run --rm -p 8080:8080 resnet-deploy   (add --gpus all for CUDA)
 #
-# The management (8081) and metrics (8082) APIs bind to 127.0.0.1 inside the container by our
-# config.properties; publish them only if you change that on purpose.
+# Token authorization is on (TorchServe 0.12 applies it to inference and management alike):
+#   docker exec <container> python -m serve token     prints the inference key.
+# The management (8081) and metrics (8082) APIs listen on the container's 127.0.0.1 (our
+# config.properties); reach them with `docker exec`. The health check is `python -m serve status`
+# (TorchServe's /ping needs the key too): healthy when every model has all its workers ready.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
@@ -20,9 +23,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# Java 17 for TorchServe's frontend; curl for the health check.
+# Java 17 for TorchServe's frontend.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends openjdk-17-jre-headless curl \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
     && rm -rf /var/lib/apt/lists/*
 
 RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin serve
@@ -43,6 +46,6 @@ USER 10001
 WORKDIR /home/serve
 EXPOSE 8080 8081 8082
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["curl", "-fsS", "http://127.0.0.1:8080/ping"]
+    CMD ["python", "-m", "serve", "status"]
 
 CMD ["python", "-m", "serve", "start", "--foreground", "--model-store", "/home/serve/model_store", "--host", "0.0.0.0", "--port", "8080"]

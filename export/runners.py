@@ -251,13 +251,18 @@ def open_runner(
             )
         return runner_for_artifact(where, manifest, artifact, device, threads)
 
+    skipped = []  # faster formats whose runtime is missing here (TensorRT, onnxruntime-gpu)
     for candidate in PREFERENCE[device]:
         artifact = find_artifact(manifest, candidate)
         if artifact is not None and (artifact["parity"]["passed"] or allow_failed):
-            return runner_for_artifact(where, manifest, artifact, device, threads)
+            try:
+                return runner_for_artifact(where, manifest, artifact, device, threads)
+            except ResourceUnavailable as e:
+                skipped.append(f"{candidate}: {e}")
+    why = f"; skipped because their runtime is missing: {'; '.join(skipped)}" if skipped else ""
     raise ExportError(
         f"{where}: no artifact usable on {device} that passed parity (it has: {available}); "
-        f"formats that run on {device}: {', '.join(PREFERENCE[device])}"
+        f"formats that run on {device}: {', '.join(PREFERENCE[device])}{why}"
     )
 
 

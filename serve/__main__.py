@@ -136,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="lifetime of the inference and management keys (default: %(default)s)",
     )
     p.add_argument(
+        "--no-token-auth",
+        dest="token_auth",
+        action="store_false",
+        help="turn TorchServe's token authorization off, so that a plain `curl -T cat.jpg "
+        "localhost:8080/predictions/NAME` works. TorchServe 0.12 has one switch for both APIs: the management "
+        "API then needs no key either (it stays on 127.0.0.1, and registering models stays disabled). "
+        "For a trusted machine or network only",
+    )
+    p.add_argument(
         "--timeout",
         type=float,
         default=settings.startup_timeout_s,
@@ -199,20 +208,25 @@ def run_start(args) -> int:
         model_store=args.model_store, models=args.models, run_dir=args.run_dir, host=args.host, port=args.port,
         management_port=args.management_port, metrics_port=args.metrics_port,
         grpc_inference_port=args.grpc_ports[0], grpc_management_port=args.grpc_ports[1],
-        token_expiration_min=args.token_expiration_min, startup_timeout_s=args.timeout, log_to_console=args.foreground,
+        token_auth=args.token_auth, token_expiration_min=args.token_expiration_min, startup_timeout_s=args.timeout,
+        log_to_console=args.foreground,
     )  # fmt: skip
     info = start(settings)
-    key = info.key("inference")
+    auth = "token required" if info.token_auth else "NO token authorization"
     print(f"TorchServe is running (pid {info.pid}), serving {', '.join(info.models)}")
-    print(f"  inference   http://{info.host}:{info.port}  (token required; key below)")
-    print(f"  management  {info.management_url}  (token required)")
+    print(f"  inference   http://{info.host}:{info.port}  ({auth})")
+    print(f"  management  {info.management_url}  ({auth})")
     print(f"  metrics     {info.metrics_url}  (Prometheus)")
-    print(f"  keys        {info.key_file}  (inference/management keys last {args.token_expiration_min} min;")
-    print("              python -m serve token [--kind management] prints a valid one, renewing it when expired)")
+    if info.token_auth:
+        print(f"  keys        {info.key_file}  (inference/management keys last {args.token_expiration_min} min;")
+        print("              python -m serve token [--kind management] prints a valid one, renewing it when expired)")
     print(f"  logs        {Path(info.run_dir) / 'logs'}")
     print("try it:")
     url = f"http://localhost:{info.port}/predictions/{info.models[0]}"
-    print(f'  curl -H "Authorization: Bearer {key}" -T cat.jpg {url}')
+    if info.token_auth:
+        print(f'  curl -H "Authorization: Bearer $(python -m serve token --run-dir {args.run_dir})" -T cat.jpg {url}')
+    else:
+        print(f"  curl -T cat.jpg {url}")
     if args.foreground:
         print("running in the foreground: SIGTERM or Ctrl-C stops it", flush=True)
         exit_code = run_in_foreground(info)

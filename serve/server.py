@@ -48,6 +48,7 @@ class ServerSettings:
     metrics_port: int = 8082
     grpc_inference_port: int = 7070
     grpc_management_port: int = 7071
+    token_auth: bool = True  # TorchServe 0.12: one switch for the inference and management APIs
     token_expiration_min: int = 60
     job_queue_size: int = 100
     startup_timeout_s: float = 180.0
@@ -63,6 +64,7 @@ class ServerInfo:
     port: int
     management_port: int
     metrics_port: int
+    token_auth: bool = True
 
     @property
     def inference_url(self) -> str:
@@ -88,6 +90,8 @@ class ServerInfo:
 
     def key(self, kind: str = "inference") -> str:
         """A valid key of one kind ("inference", "management" or "API"); an expired one is renewed first."""
+        if not self.token_auth:
+            raise ServerError(f"the server in {self.run_dir} runs without token authorization: no key is needed")
         try:
             entry = self.keys()[kind]
             if "expiration time" in entry and expires_soon(entry["expiration time"]):
@@ -106,7 +110,7 @@ class ServerInfo:
             raise ServerError(f"TorchServe refused to renew the {kind} key: {response.status_code} {response.text}")
 
     def headers(self, kind: str = "inference") -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key(kind)}"}
+        return {"Authorization": f"Bearer {self.key(kind)}"} if self.token_auth else {}
 
 
 def expires_soon(expiration: str, margin_s: float = 60.0) -> bool:
@@ -130,6 +134,7 @@ def render_config(settings: ServerSettings, models: list[str]) -> str:
         grpc_management_port=settings.grpc_management_port,
         model_store=store,
         load_models=",".join(f"{name}={name}.mar" for name in models),
+        disable_token_authorization=str(not settings.token_auth).lower(),
         token_expiration_min=settings.token_expiration_min,
         allowed_urls=allowed_urls,
         job_queue_size=settings.job_queue_size,
@@ -224,7 +229,7 @@ def start(settings: ServerSettings, log=print) -> ServerInfo:
         raise ServerError(f"TorchServe's launcher failed (exit {launcher.returncode}):\n{log_tail(run_dir)}")
     info = ServerInfo(pid=int(pid_file.read_text().strip()), run_dir=str(run_dir), models=models, host=settings.host,
                       port=settings.port, management_port=settings.management_port,
-                      metrics_port=settings.metrics_port)  # fmt: skip
+                      metrics_port=settings.metrics_port, token_auth=settings.token_auth)  # fmt: skip
     (run_dir / STATE_FILE).write_text(json.dumps(asdict(info), indent=2))
     try:
         wait_until_ready(info, settings.startup_timeout_s, log)
@@ -321,7 +326,8 @@ def status(run_dir: Path) -> dict | None:
     if info is None:
         return None
     report = {"pid": info.pid, "inference": info.inference_url, "management": info.management_url,
-              "metrics": info.metrics_url, "key_file": str(info.key_file), "models": {}}  # fmt: skip
+              "metrics": info.metrics_url, "token_auth": info.token_auth,
+              "key_file": str(info.key_file) if info.token_auth else None, "models": {}}  # fmt: skip
     for name in info.models:
         try:
             url = f"{info.management_url}/models/{name}"

@@ -71,9 +71,11 @@ def test_the_command_is_a_valid_serve_command_line():
     assert str(args.port) in exposed and {"8081", "8082"} <= set(exposed)
 
 
-def test_runs_as_a_non_root_user_with_a_health_check():
+def test_runs_as_a_non_root_user_with_a_health_check_that_knows_the_token():
     kinds = instructions()
     user = [rest for kind, rest in kinds if kind == "USER"]
     assert user and user[-1] not in ("root", "0")
     healthcheck = next(rest for kind, rest in kinds if kind == "HEALTHCHECK")
-    assert "/ping" in healthcheck
+    argv = json.loads(healthcheck.split("CMD", 1)[1])
+    assert argv[:3] == ["python", "-m", "serve"]
+    assert build_parser().parse_args(argv[3:]).command == "status"  # exit 0 only when every worker is ready

@@ -22,6 +22,7 @@ import pytest
 import requests
 import torch
 from PIL import Image
+from skimage import data as skdata
 
 from export.runners import open_runner
 from models import eval_transform
@@ -320,3 +321,38 @@ def test_key_expiry_is_read_from_javas_instant_format():
     assert not expires_soon("2999-01-01T00:00:00Z")
     soon = time.time() + 30  # inside the one-minute margin
     assert expires_soon(time.strftime("%Y-%m-%dT%H:%M:%S.000001Z", time.gmtime(soon)))
+
+
+def test_no_token_auth_serves_the_plain_curl_line(digits_export, tmp_path):
+    """`serve start --no-token-auth`: `curl -T cat.jpg localhost:PORT/predictions/NAME` exactly as users type it."""
+    from serve.package import package
+    from tests.fixtures.served import SERVED_PACKAGE_OPTIONS, free_ports
+
+    package(digits_export, tmp_path / "store", name="digits", options=SERVED_PACKAGE_OPTIONS)
+    ports = free_ports(5)
+    run_dir = tmp_path / "run"
+    start_cmd = [sys.executable, "-m", "serve", "start", "--no-token-auth", "--model-store", str(tmp_path / "store"),
+                 "--run-dir", str(run_dir), "--host", "127.0.0.1", "--port", str(ports[0]),
+                 "--management-port", str(ports[1]), "--metrics-port", str(ports[2]),
+                 "--grpc-ports", str(ports[3]), str(ports[4])]  # fmt: skip
+    try:
+        started = subprocess.run(start_cmd, capture_output=True, text=True, timeout=240)
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "NO token authorization" in started.stdout
+        assert f"curl -T cat.jpg http://localhost:{ports[0]}/predictions/digits" in started.stdout
+        (tmp_path / "cat.jpg").write_bytes(encode(Image.fromarray(skdata.chelsea()), "JPEG"))
+        curl = subprocess.run(["curl", "-sS", "-T", "cat.jpg", f"localhost:{ports[0]}/predictions/digits"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
+        answer = json.loads(curl.stdout)
+        assert len(answer) == 5 and set(answer) <= {str(i) for i in range(10)}, curl.stdout
+        assert list(answer.values()) == sorted(answer.values(), reverse=True)
+        models = requests.get(f"http://127.0.0.1:{ports[1]}/models", timeout=10)
+        assert models.status_code == 200 and models.json()["models"][0]["modelName"] == "digits"
+        token = subprocess.run([sys.executable, "-m", "serve", "token", "--run-dir", str(run_dir)],
+                               capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert token.returncode == 1 and "without token authorization" in token.stderr
+        status = subprocess.run([sys.executable, "-m", "serve", "status", "--run-dir", str(run_dir)],
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert status.returncode == 0, status.stdout + status.stderr
+    finally:
+        stop(run_dir)
