@@ -47,6 +47,30 @@ def measure_ceiling(dtype_name: str, threads: int, sizes: list[int], budget: Bud
     return {"dtype": dtype_name, "threads": threads, "gflops": best["gflops"], "best_size": best["size"], "sizes": per_size}
 
 
+class CeilingProbe:
+    """The GEMM ceiling for another benchmark's fractions: measured before and after its timings, the
+    better of the two kept (a neighbour's load can only lower a measurement, never raise it)."""
+
+    def __init__(self, dtypes: tuple[str, ...], threads: int, quick: bool) -> None:
+        self.dtypes, self.threads = dtypes, threads
+        self.sizes = [256] if quick else [1024, 2048]
+        self.budget = Budget(warmup=1, min_rounds=3, seconds=0 if quick else 3)
+        self.runs: list[dict[str, float]] = []
+
+    def measure(self) -> None:
+        self.runs.append({d: measure_ceiling(d, self.threads, self.sizes, self.budget)["gflops"] for d in self.dtypes})
+
+    @property
+    def gflops(self) -> dict[str, float]:
+        return {d: max(run[d] for run in self.runs) for d in self.dtypes}
+
+    def describe(self) -> str:
+        each = "; ".join(f"{when}: " + ", ".join(f"{d} {run[d]:.0f}" for d in self.dtypes)
+                         for when, run in zip(("before", "after"), self.runs))  # fmt: skip
+        return (f"GEMM ceiling: torch.matmul (N = {', '.join(map(str, self.sizes))}) at {self.threads} thread(s), measured "
+                f"before and after the timings ({each} GFLOP/s); the better of the two is used")  # fmt: skip
+
+
 def default_sizes(quick: bool) -> list[int]:
     return [128, 256] if quick else [1024, 2048, 3072]
 

@@ -8,7 +8,8 @@ machine the same on the GPU plus TensorRT where the export has an engine. All ru
 
 FLOPs: 2 x the multiply-accumulates of the convolutions and the classifier, counted by
 `torch.utils.flop_counter` on one image (ResNet-50 at 224x224: 8.2 GFLOP = 4.1 GMAC), the same
-convention as the GEMM ceiling (2*M*N*K), which is re-measured in this run at the same thread count.
+convention as the GEMM ceiling (2*M*N*K), which is re-measured in this run at the same thread count
+(before and after the timings; the better of the two).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from export.manifest import find_artifact, read_manifest
 from export.runners import Runner, open_runner, runner_from_checkpoint
 
 from .artifacts import export_model, random_checkpoint
-from .ceiling import measure_ceiling
+from .ceiling import CeilingProbe
 from .errors import check_archs, positive_int
 from .report import Report, Table, Verdict
 from .timing import Budget, interleaved
@@ -137,7 +138,7 @@ def onnx_ablation(arch: str, checkpoint: Path, export_dir: Path, batch: int, thr
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--archs", nargs="+", help="architectures (default: resnet18 resnet50; --quick: resnet20)")
     parser.add_argument("--batches", type=positive_int, nargs="+", help="batch sizes (default: 1 8 32; --quick: 1 2)")
-    parser.add_argument("--seconds", type=float, default=12.0,
+    parser.add_argument("--seconds", type=float, default=10.0,
                         help="time budget per (architecture, batch), shared by all runners (default: %(default)s)")
     parser.add_argument("--no-ablation", action="store_true",
                         help="skip the ONNX Runtime graph-optimization / threads table")  # fmt: skip
@@ -153,21 +154,8 @@ def run(args: argparse.Namespace) -> Report:
 
     report = Report("infer", "Inference throughput per runner", threads=threads, quick=args.quick)
     log(f"measuring the fp32 GEMM ceiling at {threads} thread(s)")
-    ceiling = measure_ceiling("fp32", threads, [256] if args.quick else [1024, 2048], Budget(warmup=1, min_rounds=3, seconds=0 if args.quick else 3))
-    report.data["ceiling_fp32"] = ceiling
-    report.method = [
-        "Random-init weights (seeded) saved with `models.save_checkpoint`, exported with `python -m export` "
-        "(TorchScript + ONNX; parity checked on random pixels, which is all random weights allow). "
-        "Input: one fixed random float32 NCHW batch.",
-        "All runners of one (model, batch) are timed in the same interleaved rounds after warm-up; images/s = "
-        "batch / median call time; p50/p99 are per call (one batch).",
-        f"FLOPs = 2 x MACs of convolutions + classifier (torch.utils.flop_counter), ResNet-50 = 8.2 GFLOP "
-        f"(4.1 GMAC) per 224x224 image. Ceiling: fp32 torch.matmul at {threads} thread(s) in this run, "
-        f"{ceiling['gflops']:.0f} GFLOP/s.",
-        f"ONNX Runtime: CPU provider, graph optimization ORT_ENABLE_ALL, intra-op threads {threads}, inter-op 1; "
-        f"PyTorch: torch.set_num_threads({threads}).",
-    ]
-    table = Table("Inference", ["model", "batch", "runner", "images/s", "p50 ms", "p99 ms", "calls", "x eager", "% of fp32 GEMM ceiling"])
+    ceiling = CeilingProbe(("fp32",), threads, args.quick)
+    ceiling.measure()
     rows = []
     for arch in archs:
         export_dir = export_model(arch, args.work_dir, threads=threads, log=log)
@@ -184,18 +172,34 @@ def run(args: argparse.Namespace) -> Report:
             eager = samples["eager"].items_per_s
             for c in candidates:
                 s = samples[c.label]
-                fraction = flops * s.items_per_s / (ceiling["gflops"] * 1e9) if c.device == "cpu" else None
-                row = {"model": arch, "batch": batch, "runner": c.label, "device": c.device, **s.to_dict(),
-                       "vs_eager": s.items_per_s / eager, "ceiling_fraction": fraction}  # fmt: skip
-                rows.append(row)
-                table.add(arch, batch, c.label, s.items_per_s, s.percentile_ms(50), s.percentile_ms(99), len(s.seconds),
-                          f"{row['vs_eager']:.2f}x", None if fraction is None else f"{100 * fraction:.0f}%")  # fmt: skip
+                rows.append({"model": arch, "batch": batch, "runner": c.label, "device": c.device, **s.to_dict(),
+                             "vs_eager": s.items_per_s / eager, "gflops": flops * s.items_per_s / 1e9})  # fmt: skip
             onnx = samples["onnxruntime"].items_per_s / eager
             report.verdicts.append(
                 Verdict(f"CPU: ONNX Runtime >= {ONNX_TARGET:g}x eager ({arch}, batch {batch})", f"{onnx:.2f}x", onnx >= ONNX_TARGET)
             )
+    ceiling.measure()
+    fp32 = ceiling.gflops["fp32"]
+    report.data["ceiling_gflops"] = {"fp32": fp32, "runs": ceiling.runs}
+    table = Table("Inference", ["model", "batch", "runner", "images/s", "p50 ms", "p99 ms", "calls", "x eager", "% of fp32 GEMM ceiling"])
+    for row in rows:
+        row["ceiling_fraction"] = row["gflops"] / fp32 if row["device"] == "cpu" else None
+        table.add(row["model"], row["batch"], row["runner"], row["items_per_s"], row["p50_ms"], row["p99_ms"], row["calls"],
+                  f"{row['vs_eager']:.2f}x", None if row["ceiling_fraction"] is None else f"{100 * row['ceiling_fraction']:.0f}%")  # fmt: skip
     report.tables.append(table)
     report.data["rows"] = rows
+    report.method = [
+        "Random-init weights (seeded) saved with `models.save_checkpoint`, exported with `python -m export` "
+        "(TorchScript + ONNX; parity checked on random pixels, which is all random weights allow). "
+        "Input: one fixed random float32 NCHW batch.",
+        "All runners of one (model, batch) are timed in the same interleaved rounds after warm-up; images/s = "
+        "batch / median call time; p50/p99 are per call (one batch).",
+        "FLOPs = 2 x MACs of convolutions + classifier (torch.utils.flop_counter) per image: "
+        + ", ".join(f"{a} {f / 1e9:.2f} GFLOP ({f / 2e9:.2f} GMAC)" for a, f in report.data["flops_per_image"].items())
+        + f". {ceiling.describe()}.",
+        f"ONNX Runtime: CPU provider, graph optimization ORT_ENABLE_ALL, intra-op threads {threads}, inter-op 1; "
+        f"PyTorch: torch.set_num_threads({threads}).",
+    ]
     if not args.no_ablation:
         arch, batch = archs[-1], batches[len(batches) // 2]
         log(f"{arch} batch {batch}: ONNX Runtime graph optimization levels and threads vs eager")
