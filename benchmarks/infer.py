@@ -30,6 +30,7 @@ from .ceiling import CeilingProbe
 from .errors import check_archs, positive_int
 from .report import Report, Table, Verdict
 from .timing import Budget, interleaved
+from .variants import channels_last_runner, with_onnx_session
 
 ONNX_TARGET = 2.0  # ONNX Runtime images/s over eager PyTorch images/s, on CPU
 
@@ -47,14 +48,6 @@ def forward_flops(model: torch.nn.Module, input_size: int) -> int:
     with counter, torch.inference_mode():
         model.eval()(torch.zeros(1, 3, input_size, input_size))
     return counter.get_total_flops()
-
-
-def channels_last_runner(checkpoint: Path, device: str, threads: int) -> Runner:
-    """The eager runner with its module in channels_last memory format (the input stays NCHW: the first
-    convolution's channels_last weight makes oneDNN/cuDNN produce channels_last activations from there on)."""
-    runner = runner_from_checkpoint(checkpoint, device=device, threads=threads)
-    runner.model.to(memory_format=torch.channels_last)
-    return runner
 
 
 def build_candidates(checkpoint: Path, export_dir: Path, threads: int, log: Callable[[str], None]) -> tuple[list[Candidate], list[str]]:
@@ -85,18 +78,8 @@ def build_candidates(checkpoint: Path, export_dir: Path, threads: int, log: Call
     return candidates, skipped
 
 
-def with_graph_optimization(runner: Runner, export_dir: Path, level_name: str) -> Runner:
-    """The ONNX Runtime runner with its session rebuilt at another graph optimization level (same threads)."""
-    import onnxruntime as ort  # noqa: PLC0415
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level_name)
-    options.intra_op_num_threads = runner.session.get_session_options().intra_op_num_threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    path = str(Path(export_dir) / runner.artifact["file"])
-    runner.session = ort.InferenceSession(path, sess_options=options, providers=runner.session.get_providers())
-    return runner
+def onnx_file(export_dir: Path) -> Path:
+    return Path(export_dir) / find_artifact(read_manifest(export_dir), "onnx")["file"]
 
 
 def onnx_ablation(arch: str, checkpoint: Path, export_dir: Path, batch: int, threads: int, budget: Budget) -> tuple[Table, list[dict]]:
@@ -112,7 +95,7 @@ def onnx_ablation(arch: str, checkpoint: Path, export_dir: Path, batch: int, thr
     levels = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
     for level in levels:
         candidates[f"onnxruntime {level}, {threads} thread(s)"] = (
-            with_graph_optimization(open_runner(export_dir, "onnx", threads=threads), export_dir, level), threads)
+            with_onnx_session(open_runner(export_dir, "onnx", threads=threads), onnx_file(export_dir), level=level), threads)
     for t in thread_counts:
         if t != threads:
             candidates[f"onnxruntime ORT_ENABLE_ALL, {t} thread(s)"] = (open_runner(export_dir, "onnx", threads=t), t)

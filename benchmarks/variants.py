@@ -1,0 +1,39 @@
+"""The project's runners with one setting changed, for the ablations that explain a result.
+
+Each takes a runner made by `export.runners` and changes one thing, so the inference path stays the
+project's own (`Runner.predict`); only the setting under study differs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from export.runners import Runner, runner_from_checkpoint
+
+
+def channels_last_runner(checkpoint: Path, device: str, threads: int) -> Runner:
+    """The eager runner with its module in channels_last memory format (the input stays NCHW: the first
+    convolution's channels_last weight makes oneDNN/cuDNN produce channels_last activations from there on)."""
+    runner = runner_from_checkpoint(checkpoint, device=device, threads=threads)
+    runner.model.to(memory_format=torch.channels_last)
+    return runner
+
+
+def with_onnx_session(runner: Runner, model_path: Path, *, level: str = "ORT_ENABLE_ALL", spinning: bool = True) -> Runner:
+    """An ONNX Runtime runner whose session is rebuilt with another graph optimization level and/or with
+    its intra-op threads' spin-waiting off (same thread count and providers)."""
+    import onnxruntime as ort  # noqa: PLC0415
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    options.intra_op_num_threads = runner.session.get_session_options().intra_op_num_threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if not spinning:
+        # Idle intra-op threads sleep at once instead of spinning for the next run, leaving the cores to
+        # whatever else the process does between runs (decoding and resizing the next images).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    runner.session = ort.InferenceSession(str(model_path), sess_options=options, providers=runner.session.get_providers())
+    return runner
