@@ -302,12 +302,12 @@ def run(args: argparse.Namespace) -> Report:
     check_archs(archs)
     levels = sorted(args.users or ([1, 2] if args.quick else [1, 4, 8]))
     duration = 3 if args.quick else args.duration
-    warmup_s = 8
+    warmup_s = 5
     shape = ServerShape(args.workers, args.batch_size, args.max_batch_delay)
     threads = shape.threads_per_worker  # what the handler gives each worker; --threads does not reach it
     if args.threads != threads:
         log(f"note: TorchServe workers use cores // workers = {threads} thread(s) each (not --threads {args.threads}); "
-            "the raw runner gets the same")
+            "the raw runner uses all usable cores")
     budget = Budget(warmup=1, min_rounds=2, max_rounds=3, seconds=0) if args.quick else Budget(warmup=2, min_rounds=5, seconds=5)
     repeats = 3 if args.quick else 30
     work = Path(args.work_dir) / "serve"
