@@ -129,7 +129,8 @@ def write_curves(rows: list[dict[str, str]], path: Path) -> None:
         xs, ys = series(key)
         if xs:
             ax_acc.plot(xs, ys, marker=".", label=label)
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    # Log scale: an early spike (BN statistics still settling) would otherwise flatten the rest.
+    ax_loss.set(xlabel="epoch", ylabel="loss (log scale)", title="loss", yscale="log")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
