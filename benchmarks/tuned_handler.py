@@ -7,6 +7,9 @@ next to the shipped one so the served before/after is measured in the same run:
   OpenMP threads otherwise spin against ONNX Runtime's.
 
 TorchServe imports this file as a top-level module in each worker (as it does `serve/handler.py`).
+It is an experiment, not a recommendation: on the quiet 2-core machine (benchmarks/results/amd-epyc-2c)
+it raised ResNet-18's served throughput by 15% but lowered ResNet-50's by 10%, because ONNX Runtime
+without spin-waiting pays a thread wake-up per operator.
 """
 
 from __future__ import annotations
