@@ -22,7 +22,6 @@ import csv
 import io
 import json
 import os
-import socket
 import sys
 import time
 import zipfile
@@ -146,19 +145,8 @@ def stock_handler_available() -> str | None:
     return None
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def start_server(store: Path, models: list[str], run_dir: Path, log):
-    from serve.server import ServerError, ServerSettings, start  # noqa: PLC0415
+    from serve.server import ServerError, ServerSettings, free_ports, start  # noqa: PLC0415
 
     port, management, metrics, grpc_inference, grpc_management = free_ports(5)
     settings = ServerSettings(model_store=store, models=models, run_dir=run_dir, host="127.0.0.1", port=port,

@@ -180,6 +180,18 @@ def check_ports_free(settings: ServerSettings) -> None:
                 raise ServerError(f"{what} port {host}:{port} is not free ({e.strerror}); pick another port") from None
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports on 127.0.0.1 that were free a moment ago (for tests and benchmarks)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def read_state(run_dir: Path) -> ServerInfo | None:
     """The server recorded in `run_dir`, or None when there is none or its process is gone."""
     try:

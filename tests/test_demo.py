@@ -4,8 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from serve.server import read_state
-from tests.fixtures.served import free_ports
+from serve.server import free_ports, read_state
 
 ROOT = Path(__file__).resolve().parents[1]
 

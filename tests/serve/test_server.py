@@ -273,7 +273,8 @@ def test_foreground_server_stops_cleanly_on_sigterm(digits_export, tmp_path):
     """What the container runs: `serve start --foreground`, TorchServe's log on stdout, `docker stop` = SIGTERM."""
     from serve.package import package
     from serve.server import read_state
-    from tests.fixtures.served import SERVED_PACKAGE_OPTIONS, free_ports
+    from serve.server import free_ports
+    from tests.fixtures.served import SERVED_PACKAGE_OPTIONS
 
     package(digits_export, tmp_path / "store", name="digits", options=SERVED_PACKAGE_OPTIONS)
     ports = free_ports(5)
@@ -326,7 +327,8 @@ def test_key_expiry_is_read_from_javas_instant_format():
 def test_no_token_auth_serves_the_plain_curl_line(digits_export, tmp_path):
     """`serve start --no-token-auth`: `curl -T cat.jpg localhost:PORT/predictions/NAME` exactly as users type it."""
     from serve.package import package
-    from tests.fixtures.served import SERVED_PACKAGE_OPTIONS, free_ports
+    from serve.server import free_ports
+    from tests.fixtures.served import SERVED_PACKAGE_OPTIONS
 
     package(digits_export, tmp_path / "store", name="digits", options=SERVED_PACKAGE_OPTIONS)
     ports = free_ports(5)
