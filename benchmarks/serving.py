@@ -200,11 +200,10 @@ def raw_throughput(runner, batch_images: torch.Tensor, batch: int, budget: Budge
 
 def decoded_batch(photos: list[Path], spec, count: int) -> torch.Tensor:
     """The photos as the handler's preprocess leaves them (float32 NCHW), repeated to `count` images."""
-    from models import eval_transform  # noqa: PLC0415
-    from models.imageio import decode_image  # noqa: PLC0415
+    from models import EncodedImageTransform  # noqa: PLC0415
 
-    transform = eval_transform(spec)
-    tensors = [transform(decode_image(p.read_bytes(), draft_size=spec.resize_size)) for p in photos]
+    to_input = EncodedImageTransform(spec)
+    tensors = [to_input(p.read_bytes()) for p in photos]
     return torch.stack([tensors[i % len(tensors)] for i in range(count)])
 
 
@@ -242,9 +241,9 @@ def request_split(mar: Path, unpack_dir: Path, jpeg: bytes, repeats: int) -> dic
         for name, handler in handlers.items():
             torch.set_num_threads(1 if name == "tuned" else threads)
             t0 = time.perf_counter()
-            image = handler.decode("body", jpeg)
+            image = handler.to_input.decode(jpeg)
             t1 = time.perf_counter()
-            tensor = handler.transform(image)
+            tensor = handler.to_input.transform(image)
             t2 = time.perf_counter()
             torch.set_num_threads(threads)
             inferred = handler.inference(([[tensor]], [None]))

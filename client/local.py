@@ -1,7 +1,7 @@
 """`--local`: the server's predictions without a server.
 
-Same decoding as the handler (`models.imageio.decode_image`, with JPEG draft mode down to the resize
-size), same preprocessing (`eval_transform` of the manifest's `preprocess`), same runner
+Same decoding and preprocessing as the handler (`models.EncodedImageTransform` of the manifest's
+`preprocess`: `decode_image` with JPEG draft mode, then the validation transform), same runner
 (`export.runners.open_runner`) and the same answer: softmax probabilities of the top-k classes,
 highest first, rounded to 6 decimals as the handler sends them. Imported only in `--local` mode, so
 the remote client never needs torch.
@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from export.runners import open_runner
-from models import eval_transform
-from models.imageio import ImageDecodeError, decode_image
+from models import EncodedImageTransform, top_k_labels
+from models.imageio import ImageDecodeError
 
 from .errors import ClientError, LocalModelError
 from .remote import Predictions
@@ -37,17 +37,15 @@ class LocalPredictor:
             self.runner = open_runner(export_dir, fmt=fmt, device=device, threads=threads)
         except (OSError, ValueError, RuntimeError) as e:  # export's errors are RuntimeErrors
             raise LocalModelError(f"cannot load the export {export_dir}: {e}") from None
-        self.transform = eval_transform(self.runner.preprocess)
+        self.to_input = EncodedImageTransform(self.runner.preprocess)
         self.top_k = min(top_k, len(self.runner.class_names))
 
     def predict(self, image: bytes) -> Predictions:
         try:
-            picture = decode_image(image, draft_size=self.runner.preprocess.resize_size)
+            batch = self.to_input(image).unsqueeze(0)
         except ImageDecodeError as e:
             # The server answers the same message with a 4xx.
             raise ClientError(str(e)) from None
-        batch = self.transform(picture).unsqueeze(0)
         with torch.inference_mode():
             probabilities = self.runner.predict(batch).float().softmax(dim=1)[0]
-        values, indices = probabilities.topk(self.top_k)
-        return [(self.runner.class_names[i], round(p, 6)) for p, i in zip(values.tolist(), indices.tolist())]
+        return [(name, round(p, 6)) for name, p in top_k_labels(probabilities, self.runner.class_names, self.top_k)]

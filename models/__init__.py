@@ -7,15 +7,15 @@ from .checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from .labels import imagenet_class_names
-from .preprocess import PreprocessSpec, eval_resize_crop, eval_transform, normalize_batch
+from .labels import imagenet_class_names, top_k_labels
+from .preprocess import EncodedImageTransform, PreprocessSpec, eval_resize_crop, eval_transform, normalize_batch
 from .pretrained import PretrainedWeights, load_pretrained
 from .registry import create_model, get_model_spec, list_models
 from .resnet import BasicBlock, Bottleneck, ResNet
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "CheckpointError", "PreprocessSpec", "PretrainedWeights", "ResNet",
+    "BasicBlock", "Bottleneck", "CheckpointError", "EncodedImageTransform", "PreprocessSpec", "PretrainedWeights", "ResNet",
     "checkpoint_preprocess", "create_model", "eval_resize_crop", "eval_transform", "get_model_spec",
     "imagenet_class_names", "list_models", "load_checkpoint", "load_pretrained", "model_from_checkpoint",
-    "normalize_batch", "save_checkpoint",
+    "normalize_batch", "save_checkpoint", "top_k_labels",
 ]  # fmt: skip

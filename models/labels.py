@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from importlib import resources
+from typing import Sequence
+
+import torch
 
 
 @lru_cache(maxsize=1)
@@ -14,3 +17,10 @@ def imagenet_class_names() -> tuple[str, ...]:
     names = tuple(json.loads(text))
     assert len(names) == 1000, f"imagenet_classes.json has {len(names)} names, expected 1000"
     return names
+
+
+def top_k_labels(probabilities: torch.Tensor, class_names: Sequence[str], k: int) -> list[tuple[str, float]]:
+    """The k most probable (class name, probability) pairs of one image, highest first; k is capped
+    at the number of classes."""
+    values, indices = probabilities.topk(min(k, len(class_names)))
+    return [(class_names[i], p) for p, i in zip(values.tolist(), indices.tolist())]

@@ -15,6 +15,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
+from .imageio import DEFAULT_MAX_PIXELS, decode_image
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -111,6 +113,27 @@ def eval_transform(spec: PreprocessSpec) -> v2.Compose:
             v2.Normalize(mean=list(spec.mean), std=list(spec.std)),
         ]
     )
+
+
+class EncodedImageTransform:
+    """Encoded image bytes -> the network's input (normalised float32 CHW).
+
+    `decode_image` (JPEG draft mode down to the resize size, pixel limit checked from the header) then
+    `eval_transform`: the one path from a file to a tensor for the server handler, `client --local`,
+    `train --predict` and the benchmarks. Raises `models.imageio.ImageDecodeError` for bad images.
+    """
+
+    def __init__(self, spec: PreprocessSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.spec = spec
+        self.max_pixels = max_pixels
+        self.transform = eval_transform(spec)
+
+    def decode(self, data: bytes):
+        """The RGB PIL image (separately timed by the serve benchmark)."""
+        return decode_image(data, max_pixels=self.max_pixels, draft_size=self.spec.resize_size)
+
+    def __call__(self, data: bytes) -> torch.Tensor:
+        return self.transform(self.decode(data))
 
 
 def normalize_batch(batch: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:

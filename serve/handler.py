@@ -6,8 +6,8 @@ in each worker, so it only uses absolute imports of our installed packages.
 
 What it does per batch (TorchServe's dynamic batching hands it up to `batchSize` requests at once):
 - each request is a raw body (`curl -T cat.jpg`) or a multipart form with one image per part;
-- every image goes through `models.imageio.decode_image` (the same decoder as `client --local`) and the
-  manifest's `preprocess` through `models.eval_transform` (training's validation transform);
+- every image goes through `models.EncodedImageTransform` of the manifest's `preprocess`:
+  `decode_image`, then training's validation transform (the same path as `client --local`);
 - all good images of the batch run through `export.runners` in one forward pass;
 - a request whose image cannot be decoded gets its own HTTP 400 with a JSON message, through
   `context.set_response_status(code, phrase, idx)`; the other requests of the batch are answered
@@ -28,8 +28,8 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from export.runners import open_runner
-from models import eval_transform
-from models.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from models import EncodedImageTransform, top_k_labels
+from models.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +61,9 @@ class ImageClassifierHandler(BaseHandler):
         )
         self.class_names = self.runner.class_names
         self.top_k = min(int(config.get("top_k", 5)), len(self.class_names))
-        self.max_pixels = int(config.get("max_pixels", DEFAULT_MAX_PIXELS))
-        self.transform = eval_transform(self.runner.preprocess)
-        self.draft_size = self.runner.preprocess.resize_size
+        self.to_input = EncodedImageTransform(
+            self.runner.preprocess, max_pixels=int(config.get("max_pixels", DEFAULT_MAX_PIXELS))
+        )
         self.initialized = True
         logger.info(
             "serving %s on %s with %d thread(s), %d classes, top-%d",
@@ -88,7 +88,7 @@ class ImageClassifierHandler(BaseHandler):
         images, errors = [], []
         for request in data:
             try:
-                images.append([self.transform(self.decode(name, value)) for name, value in request_images(request)])
+                images.append([self.decode(name, value) for name, value in request_images(request)])
                 errors.append(None)
             except ImageDecodeError as e:
                 images.append([])
@@ -96,6 +96,7 @@ class ImageClassifierHandler(BaseHandler):
         return images, errors
 
     def decode(self, name: str, value) -> torch.Tensor:
+        """One image of a request -> the network's input; errors name the multipart part."""
         where = "" if name in RAW_BODY_NAMES else f"part {name!r}: "
         if not isinstance(value, (bytes, bytearray)):
             # TorchServe decodes text/* bodies to str and application/json bodies to objects.
@@ -104,7 +105,7 @@ class ImageClassifierHandler(BaseHandler):
                 "it as text or JSON); send the file as the raw body (curl -T cat.jpg) or as a multipart file part"
             )
         try:
-            return decode_image(bytes(value), max_pixels=self.max_pixels, draft_size=self.draft_size)
+            return self.to_input(bytes(value))
         except ImageDecodeError as e:
             raise ImageDecodeError(f"{where}{e}") from None
 
@@ -128,14 +129,13 @@ class ImageClassifierHandler(BaseHandler):
                 self.context.set_response_content_type(idx, "application/json")
                 responses.append(json.dumps({"code": BAD_REQUEST, "type": "InvalidImage", "message": error}))
                 continue
-            results = [self.top_k_labels(probabilities[offset + i]) for i in range(len(request_images_))]
+            results = [
+                {name: round(p, 6) for name, p in top_k_labels(probabilities[offset + i], self.class_names, self.top_k)}
+                for i in range(len(request_images_))
+            ]
             offset += len(request_images_)
             responses.append(results[0] if len(results) == 1 else results)
         return responses
-
-    def top_k_labels(self, probabilities: torch.Tensor) -> dict[str, float]:
-        values, indices = probabilities.topk(self.top_k)
-        return {self.class_names[i]: round(float(p), 6) for p, i in zip(values.tolist(), indices.tolist())}
 
 
 def request_images(request: dict) -> list[tuple[str, object]]:
