@@ -76,3 +76,35 @@ def interleaved(candidates: dict[str, Callable[[], object]], budget: Budget, ite
             seconds[name].append(time_call(candidates[name]))
         rounds += 1
     return {name: Samples(values, items) for name, values in seconds.items()}
+
+
+def concurrent_throughput(calls: list[Callable[[], object]], items: int, seconds: float, warmup: int = 2) -> float:
+    """Items per second of all `calls` running at once, each in a loop on its own thread, for about
+    `seconds` (at least one call each) after `warmup` untimed calls each. For runtimes that release the
+    GIL while they compute (ONNX Runtime, PyTorch ops), this is what that many worker processes do."""
+    import threading  # noqa: PLC0415
+
+    for call in calls:
+        for _ in range(warmup):
+            call()
+    done = [0] * len(calls)
+    start = threading.Barrier(len(calls) + 1)
+    deadline: list[float] = []
+
+    def loop(index: int) -> None:
+        start.wait()
+        while True:
+            calls[index]()
+            done[index] += 1
+            if time.perf_counter() >= deadline[0]:
+                return
+
+    threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    began = time.perf_counter()
+    deadline.append(began + seconds)
+    start.wait()
+    for thread in threads:
+        thread.join()
+    return sum(done) * items / (time.perf_counter() - began)

@@ -21,9 +21,9 @@ def channels_last_runner(checkpoint: Path, device: str, threads: int) -> Runner:
     return runner
 
 
-def with_onnx_session(runner: Runner, model_path: Path, *, level: str = "ORT_ENABLE_ALL", spinning: bool = True) -> Runner:
-    """An ONNX Runtime runner whose session is rebuilt with another graph optimization level and/or with
-    its intra-op threads' spin-waiting off (same thread count and providers)."""
+def with_onnx_session(runner: Runner, model_path: Path, *, level: str = "ORT_ENABLE_ALL") -> Runner:
+    """An ONNX Runtime runner whose session is rebuilt with another graph optimization level (same thread
+    count and providers)."""
     import onnxruntime as ort  # noqa: PLC0415
 
     options = ort.SessionOptions()
@@ -31,9 +31,5 @@ def with_onnx_session(runner: Runner, model_path: Path, *, level: str = "ORT_ENA
     options.intra_op_num_threads = runner.session.get_session_options().intra_op_num_threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    if not spinning:
-        # Idle intra-op threads sleep at once instead of spinning for the next run, leaving the cores to
-        # whatever else the process does between runs (decoding and resizing the next images).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     runner.session = ort.InferenceSession(str(model_path), sess_options=options, providers=runner.session.get_providers())
     return runner

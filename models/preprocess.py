@@ -1,13 +1,15 @@
 """The preprocessing spec: the one source of truth for resize, crop, interpolation, mean and std.
 
 It travels with the checkpoint (`ckpt["preprocess"]`) into the export manifest and the server, and
-`eval_transform` is the single implementation that training's validation, export's parity set, the
-TorchServe handler and `client --local` all call, so they can never disagree.
+`eval_resize_crop` + `normalize_batch` are the single implementation that training's validation,
+export's parity set, the TorchServe handler and `client --local` all call (per image through
+`eval_transform` / `EncodedImageTransform`, or per batch), so they can never disagree.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,42 +107,49 @@ def eval_resize_crop(spec: PreprocessSpec) -> v2.Compose:
 
 
 def eval_transform(spec: PreprocessSpec) -> v2.Compose:
-    """PIL image or uint8 tensor -> normalised float32 CHW tensor: the validation transform."""
-    return v2.Compose(
-        [
-            eval_resize_crop(spec),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(spec.mean), std=list(spec.std)),
-        ]
-    )
+    """PIL image or uint8 tensor -> normalised float32 CHW tensor: the validation transform.
+
+    `eval_resize_crop` then `normalize_batch`, the same two steps that training's validation loader
+    and export's parity set take (there on whole batches), so every path gives identical tensors.
+    """
+    return v2.Compose([eval_resize_crop(spec), v2.Lambda(functools.partial(normalize_batch, spec=spec))])
 
 
 class EncodedImageTransform:
     """Encoded image bytes -> the network's input (normalised float32 CHW).
 
-    `decode_image` (JPEG draft mode down to the resize size, pixel limit checked from the header) then
-    `eval_transform`: the one path from a file to a tensor for the server handler, `client --local`,
-    `train --predict` and the benchmarks. Raises `models.imageio.ImageDecodeError` for bad images.
+    `decode_image` (JPEG draft mode down to the resize size, pixel limit checked from the header), then
+    `eval_resize_crop` and `normalize_batch`: the one path from a file to a tensor for the server
+    handler, `client --local`, `train --predict` and the benchmarks. Callers with several images take
+    `pixels` per image and `normalize` once per batch (one vectorised pass instead of one per image).
+    Raises `models.imageio.ImageDecodeError` for bad images.
     """
 
     def __init__(self, spec: PreprocessSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.spec = spec
         self.max_pixels = max_pixels
-        self.transform = eval_transform(spec)
+        self.resize_crop = eval_resize_crop(spec)
 
     def decode(self, data: bytes):
         """The RGB PIL image (separately timed by the serve benchmark)."""
         return decode_image(data, max_pixels=self.max_pixels, draft_size=self.spec.resize_size)
 
+    def pixels(self, data: bytes) -> torch.Tensor:
+        """Resized and center-cropped uint8 CHW pixels, not yet normalised."""
+        return self.resize_crop(self.decode(data))
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 CHW or NCHW -> the network's float32 input."""
+        return normalize_batch(pixels, self.spec)
+
     def __call__(self, data: bytes) -> torch.Tensor:
-        return self.transform(self.decode(data))
+        return self.normalize(self.pixels(data))
 
 
 def normalize_batch(batch: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
-    """uint8 (or [0, 1] float) NCHW batch -> normalised float32, on whatever device it lives on."""
-    x = batch.float()
-    if batch.dtype == torch.uint8:
-        x = x.div_(255.0)
-    mean = torch.tensor(spec.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    """uint8 (or [0, 1] float) NCHW batch or CHW image -> normalised float32, on whatever device it lives on."""
+    # A fresh tensor either way: the in-place ops below must not touch the caller's float batch.
+    x = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float().clone()
+    mean = torch.tensor(spec.mean, device=x.device, dtype=x.dtype).view(3, 1, 1)
+    std = torch.tensor(spec.std, device=x.device, dtype=x.dtype).view(3, 1, 1)
     return x.sub_(mean).div_(std)

@@ -7,7 +7,8 @@ in each worker, so it only uses absolute imports of our installed packages.
 What it does per batch (TorchServe's dynamic batching hands it up to `batchSize` requests at once):
 - each request is a raw body (`curl -T cat.jpg`) or a multipart form with one image per part;
 - every image goes through `models.EncodedImageTransform` of the manifest's `preprocess`:
-  `decode_image`, then training's validation transform (the same path as `client --local`);
+  `decode_image`, then training's validation resize and crop to uint8 pixels (the same path as
+  `client --local`); the batch's pixels are normalised together, in one vectorised pass;
 - all good images of the batch run through `export.runners` in one forward pass;
 - a request whose image cannot be decoded gets its own HTTP 400 with a JSON message, through
   `context.set_response_status(code, phrase, idx)`; the other requests of the batch are answered
@@ -84,19 +85,27 @@ class ImageClassifierHandler(BaseHandler):
         return output
 
     def preprocess(self, data):
-        """Decode every image of every request; returns (tensors per request, error message per request)."""
-        images, errors = [], []
+        """Decode every image of every request and normalise them as one batch.
+
+        Returns (float32 NCHW batch of every good image, or None; image count per request; error message
+        or None per request). A request's images are consecutive in the batch.
+        """
+        pixels, counts, errors = [], [], []
         for request in data:
             try:
-                images.append([self.decode(name, value) for name, value in request_images(request)])
-                errors.append(None)
+                images = [self.decode(name, value) for name, value in request_images(request)]
             except ImageDecodeError as e:
-                images.append([])
-                errors.append(str(e))
-        return images, errors
+                images, error = [], str(e)
+            else:
+                error = None
+            pixels += images
+            counts.append(len(images))
+            errors.append(error)
+        batch = self.to_input.normalize(torch.stack(pixels)) if pixels else None
+        return batch, counts, errors
 
     def decode(self, name: str, value) -> torch.Tensor:
-        """One image of a request -> the network's input; errors name the multipart part."""
+        """One image of a request -> uint8 CHW pixels, resized and cropped; errors name the multipart part."""
         where = "" if name in RAW_BODY_NAMES else f"part {name!r}: "
         if not isinstance(value, (bytes, bytearray)):
             # TorchServe decodes text/* bodies to str and application/json bodies to objects.
@@ -105,25 +114,23 @@ class ImageClassifierHandler(BaseHandler):
                 "it as text or JSON); send the file as the raw body (curl -T cat.jpg) or as a multipart file part"
             )
         try:
-            return self.to_input(bytes(value))
+            return self.to_input.pixels(bytes(value))
         except ImageDecodeError as e:
             raise ImageDecodeError(f"{where}{e}") from None
 
     def inference(self, data, *args, **kwargs):
-        images, errors = data
-        flat = [image for request_images_ in images for image in request_images_]
-        if not flat:
-            return [], errors, images
-        batch = torch.stack(flat)
+        batch, counts, errors = data
+        if batch is None:
+            return None, counts, errors
         step = self.runner.max_batch_size or len(batch)
         with torch.inference_mode():
             logits = torch.cat([self.runner.predict(batch[i : i + step]) for i in range(0, len(batch), step)])
-        return logits.softmax(dim=1), errors, images
+        return logits.softmax(dim=1), counts, errors
 
     def postprocess(self, data):
-        probabilities, errors, images = data
+        probabilities, counts, errors = data
         responses, offset = [], 0
-        for idx, (error, request_images_) in enumerate(zip(errors, images)):
+        for idx, (error, count) in enumerate(zip(errors, counts)):
             if error is not None:
                 self.context.set_response_status(BAD_REQUEST, "Bad Request", idx)
                 self.context.set_response_content_type(idx, "application/json")
@@ -131,9 +138,9 @@ class ImageClassifierHandler(BaseHandler):
                 continue
             results = [
                 {name: round(p, 6) for name, p in top_k_labels(probabilities[offset + i], self.class_names, self.top_k)}
-                for i in range(len(request_images_))
+                for i in range(count)
             ]
-            offset += len(request_images_)
+            offset += count
             responses.append(results[0] if len(results) == 1 else results)
         return responses
 

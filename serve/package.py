@@ -32,8 +32,10 @@ class PackageError(RuntimeError):
 class PackageOptions:
     backend: str | None = None  # None: every artifact that passed parity; the handler picks per device
     allow_failed: bool = False  # package (and serve) an artifact that failed its parity check
+    # Two workers with half the cores each, batching 4: of the layouts measured in benchmarks/results
+    # (serve.md), the one with the best served/raw ratio at 8-16 requests in flight.
     workers: int = 2
-    batch_size: int = 8
+    batch_size: int = 4
     max_batch_delay_ms: int = 20
     response_timeout_s: int = 60
     top_k: int = 5

@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks.cli import main
 from benchmarks.report import Report, Table, Verdict, machine_slug, usable_cores
-from benchmarks.timing import Budget, interleaved
+from benchmarks.timing import Budget, concurrent_throughput, interleaved
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,18 +88,33 @@ def test_train_compares_our_step_with_a_bare_loop(work_dir):
 
 def test_serve_loads_torchserve_with_locust(work_dir):
     stdout, markdown, data = run_quick("serve", work_dir)
-    # One worker: the handler gives it every usable core, whatever --threads says.
+    # Workers get cores // workers threads from the handler, whatever --threads says.
     check_well_formed(stdout, markdown, data, "serve", threads=usable_cores())
     levels = data["data"]["levels"]
-    ours = [lv for lv in levels if lv["served_by"] == "ours onnx"]
-    assert [lv["users"] for lv in ours] == [1, 2]
+    layouts = [layout["workers"] for layout in data["data"]["layouts"]]
+    assert layouts == [1, 2]  # --quick: one worker with every core, then two workers
+    for workers in layouts:
+        key = f"{workers}x{2 // workers}"
+        ours = [lv for lv in levels if lv["served_by"] == "ours onnx" and lv["layout"] == key]
+        assert [lv["users"] for lv in ours] == [1, 2]
+        assert all(lv["raw_images_per_s"] > 0 and lv["served_over_raw"] > 0 for lv in ours)
+        # Two users spread over two workers make batches of one.
+        assert [lv["raw_batch"] for lv in ours] == ([1, 2] if workers == 1 else [1, 1])
     for level in levels:
         summary = level["summary"]
         assert summary["requests"] > 0 and summary["failures"] == 0, summary
-    assert all(lv["raw_images_per_s"] > 0 for lv in ours)
-    split = data["data"]["splits"][0]
-    assert all(split[stage] > 0 for stage in ("decode", "preprocess", "inference", "postprocess"))
+        # The server did the work: its Python workers were busy during the level.
+        assert level["cpu_cores"]["workers"] > 0 and level["cpu_cores"]["load generator"] > 0
+    for split in data["data"]["splits"]:
+        assert all(split[stage] > 0 for stage in ("decode", "preprocess", "inference", "postprocess"))
     assert "1226x816" in data["data"]["photo"]  # the ~1 MP upscaled photo
+
+
+def test_serve_refuses_a_malformed_layout(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--layouts", "2by4"])
+    assert exit_info.value.code == 2
+    assert "'2by4' is not WORKERSxBATCH" in capsys.readouterr().err
 
 
 def test_unknown_architecture_is_a_usage_error(capsys):
@@ -121,6 +136,20 @@ def test_interleaved_rounds_time_every_candidate_equally():
     assert calls[:3] == ["a", "b", "c"]  # warm-up
     assert calls[3:6] == ["a", "b", "c"] and calls[6:9] == ["b", "c", "a"]  # order rotates per round
     assert all(len(s.seconds) == 4 and s.items == 8 for s in samples.values())
+
+
+def test_concurrent_throughput_runs_every_call_at_once():
+    import threading
+
+    started, calls = threading.Barrier(2, timeout=10), {"a": 0, "b": 0}
+
+    def call(name):
+        calls[name] += 1
+        if calls[name] == 3:  # the first timed call of each: both must be running at the same time
+            started.wait()
+
+    rate = concurrent_throughput([lambda: call("a"), lambda: call("b")], items=4, seconds=0.05, warmup=2)
+    assert rate > 0 and calls["a"] >= 3 and calls["b"] >= 3
 
 
 def test_report_markdown_and_json_agree(tmp_path):

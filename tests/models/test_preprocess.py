@@ -21,7 +21,24 @@ def test_encoded_image_transform_is_decode_then_the_validation_transform():
     with pytest.raises(ImageDecodeError):
         EncodedImageTransform(spec)(b"not an image")
     with pytest.raises(ImageDecodeError):
+        EncodedImageTransform(spec).pixels(b"not an image")
+    with pytest.raises(ImageDecodeError):
         EncodedImageTransform(spec, max_pixels=1000)(buffer.getvalue())  # 451x300 > 1000 pixels
+
+
+def test_a_batch_normalised_at_once_equals_each_image_normalised_alone():
+    """The handler normalises the stacked uint8 pixels of a batch; that must be exactly the per-image input."""
+    to_input = EncodedImageTransform(PreprocessSpec(input_size=64, resize_size=72))
+    encoded = []
+    for name in ("chelsea", "coffee", "astronaut"):
+        buffer = io.BytesIO()
+        Image.fromarray(getattr(skdata, name)()).save(buffer, "JPEG", quality=90)
+        encoded.append(buffer.getvalue())
+    pixels = torch.stack([to_input.pixels(data) for data in encoded])
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 3, 64, 64)
+    batch = to_input.normalize(pixels)
+    assert torch.equal(batch, torch.stack([to_input(data) for data in encoded]))
+    assert pixels.dtype == torch.uint8 and torch.equal(pixels, torch.stack([to_input.pixels(d) for d in encoded]))
 
 
 def test_top_k_labels_is_ordered_and_capped_at_the_class_count():
