@@ -150,6 +150,7 @@ def test_concurrent_throughput_runs_every_call_at_once():
 
     rate = concurrent_throughput([lambda: call("a"), lambda: call("b")], items=4, seconds=0.05, warmup=2)
     assert rate > 0 and calls["a"] >= 3 and calls["b"] >= 3
+    assert not started.broken  # run one after the other, the first call would have timed out waiting
 
 
 def test_report_markdown_and_json_agree(tmp_path):

@@ -38,7 +38,10 @@ def test_a_batch_normalised_at_once_equals_each_image_normalised_alone():
     assert pixels.dtype == torch.uint8 and pixels.shape == (3, 3, 64, 64)
     batch = to_input.normalize(pixels)
     assert torch.equal(batch, torch.stack([to_input(data) for data in encoded]))
-    assert pixels.dtype == torch.uint8 and torch.equal(pixels, torch.stack([to_input.pixels(d) for d in encoded]))
+    floats = pixels.float() / 255
+    untouched = floats.clone()
+    torch.testing.assert_close(to_input.normalize(floats), batch)  # [0, 1] floats normalise the same way
+    assert torch.equal(floats, untouched)  # and the caller's float batch is not overwritten
 
 
 def test_top_k_labels_is_ordered_and_capped_at_the_class_count():
