@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         "and runner as the server; --url and --model are ignored",
     )
     local.add_argument(
-        "--format", choices=["onnx", "torchscript", "trt"],
-        help="--local artifact (default: the fastest that passed parity on --device)",
+        "--format", metavar="FORMAT",
+        help="--local artifact, a format the export holds: onnx, onnx-int8, torchscript, trt (default: the fastest "
+        "that passed parity on --device)",
     )
     local.add_argument("--device", default="cpu", help="--local device: cpu or cuda (default: %(default)s)")
     return parser

@@ -18,7 +18,7 @@ import torch
 
 from models import checkpoint_preprocess, load_checkpoint, model_from_checkpoint
 
-from .formats import INPUT_NAME, OUTPUT_NAME, ONNX_OPSET, export_onnx, export_torchscript, first_line, onnx_io_names
+from .formats import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_onnx, export_torchscript, first_line, onnx_io_names
 from .manifest import (
     FORMATS,
     SCHEMA_VERSION,
@@ -33,16 +33,27 @@ from .parity import (
     DEFAULT_PARITY_SAMPLES,
     FP16_THRESHOLDS,
     FP32_THRESHOLDS,
+    INT8_THRESHOLDS,
     ParitySet,
     Thresholds,
     check_parity,
     load_parity_set,
 )
+from .quantize import (
+    DEFAULT_CALIBRATION_SAMPLES,
+    CalibrationSet,
+    CalibrationUnavailable,
+    load_calibration_set,
+    quantize_onnx,
+)
 from .runners import RUNNER_CLASSES, EagerRunner, Runner, onnxruntime_providers, runner_from_checkpoint
 from .tensorrt_engine import BatchProfile, TensorRTUnavailable, build_engine, tensorrt_missing_reason
 
-ARTIFACT_FILES = {"torchscript": "model.ts", "onnx": "model.onnx", "trt": "model.fp16.engine"}
-PRECISIONS = {"torchscript": "fp32", "onnx": "fp32", "trt": "fp16"}
+ARTIFACT_FILES = {
+    "torchscript": "model.ts", "onnx": "model.onnx", "onnx-int8": "model.int8.onnx", "trt": "model.fp16.engine",
+}  # fmt: skip
+PRECISIONS = {"torchscript": "fp32", "onnx": "fp32", "onnx-int8": "int8", "trt": "fp16"}
+BUILT_FROM_ONNX = ("onnx-int8", "trt")  # made from model.onnx, so `onnx` is exported first
 
 Log = Callable[[str], None]
 
@@ -56,13 +67,16 @@ class ExportOptions:
     parity_data: Path | None = None
     fp32_thresholds: Thresholds = FP32_THRESHOLDS
     fp16_thresholds: Thresholds = FP16_THRESHOLDS
+    int8_thresholds: Thresholds = INT8_THRESHOLDS
+    calibration_data: Path | None = None  # onnx-int8: ImageFolder of calibration images (default: training split)
+    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
     opset: int = ONNX_OPSET
     workspace_bytes: int = 4 << 30
     device: str = "cpu"  # where TorchScript and ONNX are parity-checked (TensorRT always on CUDA)
     threads: int | None = None
 
     def thresholds(self, fmt: str) -> Thresholds:
-        return self.fp16_thresholds if PRECISIONS[fmt] == "fp16" else self.fp32_thresholds
+        return {"fp32": self.fp32_thresholds, "fp16": self.fp16_thresholds, "int8": self.int8_thresholds}[PRECISIONS[fmt]]
 
 
 @dataclass
@@ -83,7 +97,8 @@ class ExportResult:
 
 def resolve_formats(requested: list[str]) -> tuple[list[str], dict[str, str]]:
     """(formats to build, {format: skip reason}). `all` skips TensorRT where it cannot run; naming
-    `trt` explicitly where it cannot run is an error (TensorRTUnavailable)."""
+    `trt` explicitly where it cannot run is an error (TensorRTUnavailable). (`all` skipping onnx-int8
+    without calibration data is decided once the checkpoint is read: `calibration_for`.)"""
     wants_all = "all" in requested
     formats = list(FORMATS) if wants_all else list(dict.fromkeys(requested))
     unknown = [f for f in formats if f not in FORMATS]
@@ -97,14 +112,17 @@ def resolve_formats(requested: list[str]) -> tuple[list[str], dict[str, str]]:
                 raise TensorRTUnavailable(reason)
             formats.remove("trt")
             skipped["trt"] = reason
-        elif "onnx" not in formats:
-            formats.insert(formats.index("trt"), "onnx")  # the engine is built from the ONNX file
+    for fmt in BUILT_FROM_ONNX:
+        if fmt in formats and "onnx" not in formats:
+            formats.insert(formats.index(fmt), "onnx")
     return formats, skipped
 
 
 def parity_device(fmt: str, options: ExportOptions, log: Log) -> str:
     if fmt == "trt":
         return "cuda"
+    if fmt == "onnx-int8":
+        return "cpu"  # quantized for ONNX Runtime's CPU int8 kernels
     if fmt == "onnx" and options.device == "cuda":
         try:
             onnxruntime_providers("cuda")
@@ -136,8 +154,9 @@ class ReferenceRunners:
 
 
 def write_artifact(
-    fmt: str, model: torch.nn.Module, export_dir: Path, options: ExportOptions, input_size: int, log: Log
-) -> dict[str, Any]:
+    fmt: str, model: torch.nn.Module, export_dir: Path, options: ExportOptions, input_size: int,
+    calibration: CalibrationSet | None, log: Log,
+) -> dict[str, Any]:  # fmt: skip
     path = export_dir / ARTIFACT_FILES[fmt]
     example = torch.randn(max(2, options.batch.opt), 3, input_size, input_size)
     if fmt == "torchscript":
@@ -145,6 +164,8 @@ def write_artifact(
     elif fmt == "onnx":
         details = export_onnx(model, example, path, opset=options.opset, log=log)
         details["input_name"], details["output_name"] = onnx_io_names(path)
+    elif fmt == "onnx-int8":
+        details = quantize_onnx(export_dir / ARTIFACT_FILES["onnx"], path, INPUT_NAME, calibration, log=log)
     else:
         details = build_engine(
             export_dir / ARTIFACT_FILES["onnx"], path, input_name=INPUT_NAME, input_size=input_size,
@@ -156,7 +177,7 @@ def write_artifact(
         "sha256": sha256_file(path),
         "size_bytes": path.stat().st_size,
         "precision": PRECISIONS[fmt],
-        "device": "cuda" if fmt == "trt" else "any",
+        "device": {"trt": "cuda", "onnx-int8": "cpu"}.get(fmt, "any"),
         # TorchScript and ONNX take any batch size (max None); an engine only its profile's range.
         "batch_sizes": options.batch.to_dict() if fmt == "trt" else {"min": 1, "opt": options.batch.opt, "max": None},
         **details,
@@ -215,15 +236,40 @@ def previous_artifacts(export_dir: Path, source_sha256: str, replacing: list[str
     return kept
 
 
+def calibration_for(
+    formats: list[str], skipped: dict[str, str], ckpt: dict[str, Any], options: ExportOptions, log: Log
+) -> CalibrationSet | None:
+    """onnx-int8's calibration images, or None when it is not built. Without calibration data, naming
+    onnx-int8 is an error (CalibrationUnavailable) and `all` skips it (removed from `formats`)."""
+    if "onnx-int8" not in formats:
+        return None
+    try:
+        calibration = load_calibration_set(ckpt, checkpoint_preprocess(ckpt), options.calibration_data,
+                                           options.calibration_samples)  # fmt: skip
+    except CalibrationUnavailable as e:
+        if "all" not in options.formats:
+            raise
+        formats.remove("onnx-int8")
+        skipped["onnx-int8"] = str(e)
+        return None
+    if options.calibration_data is not None and options.parity_data is not None and (
+        options.calibration_data.resolve() == options.parity_data.resolve()
+    ):
+        log("WARNING: --calibration-data is --parity-data: the int8 artifact is judged on its own calibration "
+            "images, which flatters it; use a separate folder")  # fmt: skip
+    return calibration
+
+
 def export_checkpoint(
     checkpoint_path: Path, export_dir: Path, name: str | None, options: ExportOptions, log: Log = print
 ) -> ExportResult:
     formats, skipped = resolve_formats(options.formats)
+    ckpt = load_checkpoint(checkpoint_path)
+    calibration = calibration_for(formats, skipped, ckpt, options, log)  # first: it can rule out onnx-int8
     steps = 2 + len(formats) + 1
     step = iter(range(1, steps + 1))
 
-    log(f"[{next(step)}/{steps}] loading checkpoint {checkpoint_path}")
-    ckpt = load_checkpoint(checkpoint_path)
+    log(f"[{next(step)}/{steps}] loaded checkpoint {checkpoint_path}")
     model, _ = model_from_checkpoint(ckpt, use_ema=True)
     preprocess = checkpoint_preprocess(ckpt)
     name = name or ckpt["arch"]
@@ -234,19 +280,21 @@ def export_checkpoint(
     log(f"[{next(step)}/{steps}] parity set")
     parity_set = load_parity_set(ckpt, preprocess, options.parity_data, options.parity_samples, log=log)
     log(f"    {parity_set.description}")
+    if calibration is not None:
+        log(f"    int8 calibration set: {calibration.description}")
 
     export_dir.mkdir(parents=True, exist_ok=True)
     references = ReferenceRunners(ckpt, options.threads)
     artifacts, errors = [], {}
     for fmt in formats:
         log(f"[{next(step)}/{steps}] {fmt}: writing {export_dir / ARTIFACT_FILES[fmt]}")
-        if fmt == "trt" and "onnx" in errors:
+        if fmt in BUILT_FROM_ONNX and "onnx" in errors:
             errors[fmt] = "not built: it is built from the ONNX file, whose export failed"
             log(f"    {errors[fmt]}")
             continue
         started = time.perf_counter()
         try:
-            artifact = write_artifact(fmt, model, export_dir, options, preprocess.input_size, log)
+            artifact = write_artifact(fmt, model, export_dir, options, preprocess.input_size, calibration, log)
         except TensorRTUnavailable:
             raise
         except Exception as e:  # one format failing must not cost the others; the exit status reports it

@@ -1,15 +1,17 @@
-"""`python -m export`: a checkpoint -> TorchScript / ONNX / TensorRT FP16 artifacts, each gated by parity.
+"""`python -m export`: a checkpoint -> TorchScript / ONNX / ONNX INT8 / TensorRT FP16 artifacts, each gated by parity.
 
 Examples:
   python -m export                                  # newest runs/*/best.pt -> exports/<arch>/ (torchscript,onnx)
   python -m export --to all --name digits           # + TensorRT FP16 where TensorRT and CUDA exist
+  python -m export --to onnx-int8                   # + ONNX INT8 for CPU serving, calibrated on the training split
   python -m export --to trt --min-batch 1 --opt-batch 16 --max-batch 64
   python -m export --verify exports/digits          # re-check an existing export directory
 
 Exit status: 0 every artifact written and within its parity gate (TensorRT skipped under `--to all` when
-it cannot run here); 1 an artifact failed to export or failed parity (it is marked failed in the
-manifest); 2 bad arguments or input (no checkpoint, unreadable file); 3 something asked for does not
-exist on this machine (TensorRT without the `tensorrt` package or without CUDA; --device cuda without CUDA).
+it cannot run here, ONNX INT8 when there are no calibration images); 1 an artifact failed to export or
+failed parity (it is marked failed in the manifest); 2 bad arguments or input (no checkpoint, unreadable
+file, no calibration images for onnx-int8); 3 something asked for does not exist on this machine
+(TensorRT without the `tensorrt` package or without CUDA; --device cuda without CUDA).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from models import CheckpointError
 
 from .build import ExportOptions, ExportResult, export_checkpoint, verify_export, with_overrides
 from .manifest import ExportError, ManifestError, ResourceUnavailable
-from .parity import DEFAULT_PARITY_SAMPLES, FP16_THRESHOLDS, FP32_THRESHOLDS
+from .parity import DEFAULT_PARITY_SAMPLES, FP16_THRESHOLDS, FP32_THRESHOLDS, INT8_THRESHOLDS
+from .quantize import DEFAULT_CALIBRATION_SAMPLES, CalibrationUnavailable
 from .runners import check_device
 from .tensorrt_engine import BatchProfile
 
@@ -38,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--to", default="torchscript,onnx", metavar="FORMATS",
-                        help="torchscript, onnx, trt, all, or a comma list (default: torchscript,onnx). "
-                             "`all` skips TensorRT, with a note, where it cannot run")
+                        help="torchscript, onnx, onnx-int8, trt, all, or a comma list (default: torchscript,onnx). "
+                             "`all` skips TensorRT where it cannot run, and onnx-int8 without calibration images, "
+                             "with a note")
     parser.add_argument("--checkpoint", type=Path,
                         help="checkpoint to export (default: the newest best.pt under runs/)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"),
@@ -68,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--fp16-min-agreement", type=float,
                         help=f"top-1 agreement, 0..1 (default: {FP16_THRESHOLDS.min_top1_agreement:g})")
     parity.add_argument("--fp16-min-cosine", type=float, help=f"default: {FP16_THRESHOLDS.min_cosine:g}")
+    parity.add_argument("--int8-min-agreement", type=float,
+                        help=f"top-1 agreement, 0..1 (default: {INT8_THRESHOLDS.min_top1_agreement:g})")
+    parity.add_argument("--int8-min-cosine", type=float, help=f"default: {INT8_THRESHOLDS.min_cosine:g}")
+
+    int8 = parser.add_argument_group("int8 calibration (onnx-int8)")
+    int8.add_argument("--calibration-data", type=Path, metavar="DIR",
+                      help="ImageFolder tree of images like those the model will serve, to set activation ranges "
+                           "(default: the checkpoint's training split; keep it apart from --parity-data)")
+    int8.add_argument("--calibration-samples", type=int, default=DEFAULT_CALIBRATION_SAMPLES,
+                      help="images used, spread over the data set (default: %(default)s)")
 
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
@@ -107,6 +121,10 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
         raise UsageError(f"--parity-samples ({args.parity_samples}) must be at least --parity-batch ({args.parity_batch})")
     if args.parity_data is not None and not args.parity_data.is_dir():
         raise UsageError(f"--parity-data {args.parity_data}: no such directory")
+    if args.calibration_data is not None and not args.calibration_data.is_dir():
+        raise UsageError(f"--calibration-data {args.calibration_data}: no such directory")
+    if args.calibration_samples < 1:
+        raise UsageError(f"--calibration-samples must be at least 1, got {args.calibration_samples}")
     check_device(args.device)
     return ExportOptions(
         formats=[f.strip() for f in args.to.split(",") if f.strip()],
@@ -118,6 +136,10 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
                                        min_top1_agreement=args.fp32_min_agreement),
         fp16_thresholds=with_overrides(FP16_THRESHOLDS, min_top1_agreement=args.fp16_min_agreement,
                                        min_cosine=args.fp16_min_cosine),
+        int8_thresholds=with_overrides(INT8_THRESHOLDS, min_top1_agreement=args.int8_min_agreement,
+                                       min_cosine=args.int8_min_cosine),
+        calibration_data=args.calibration_data,
+        calibration_samples=args.calibration_samples,
         opset=args.opset,
         workspace_bytes=int(args.workspace_gb * (1 << 30)),
         device=args.device,
@@ -183,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (UsageError, ManifestError) as e:
+    except (UsageError, ManifestError, CalibrationUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except ExportError as e:  # an exporter, the ONNX checker or the TensorRT builder failed

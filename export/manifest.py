@@ -20,7 +20,7 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-FORMATS = ("torchscript", "onnx", "trt")
+FORMATS = ("torchscript", "onnx", "onnx-int8", "trt")
 
 REQUIRED_KEYS = (
     "schema_version", "name", "arch", "arch_kwargs", "num_classes", "class_names", "preprocess",

@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from export.manifest import FORMATS
+
 from .package import PackageError, PackageOptions, package
 from .server import ServerError, ServerSettings, read_state, run_in_foreground, start, status, stop
 
@@ -48,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="model name in URLs (default: the manifest's name)")
     p.add_argument(
         "--backend",
-        choices=["torchscript", "onnx", "trt"],
+        choices=list(FORMATS),
         help="package only this artifact and always serve it (default: every artifact that passed parity; each "
-        "worker picks the fastest for its device: trt > onnx > torchscript)",
+        "worker picks the fastest for its device: CPU onnx-int8 > onnx > torchscript, CUDA trt > onnx > torchscript)",
     )
     p.add_argument("--allow-failed", action="store_true", help="with --backend: accept an artifact that FAILED parity")
     p.add_argument(

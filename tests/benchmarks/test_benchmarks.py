@@ -67,15 +67,17 @@ def test_infer_times_every_cpu_runner_against_eager(work_dir):
     stdout, markdown, data = run_quick("infer", work_dir)
     check_well_formed(stdout, markdown, data, "infer")
     rows = data["data"]["rows"]
-    assert {r["runner"] for r in rows} >= {"eager", "eager channels_last", "torchscript", "onnxruntime"}
+    assert {r["runner"] for r in rows} >= {"eager", "eager channels_last", "torchscript", "onnxruntime", "onnxruntime int8"}
     assert {r["batch"] for r in rows} == {1, 2}
     assert all(r["items_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
     assert all(r["vs_eager"] == 1.0 for r in rows if r["runner"] == "eager")
     assert data["data"]["flops_per_image"]["resnet20"] > 0
-    assert any("ONNX Runtime" in v["target"] for v in data["verdicts"])
-    # the export it measured was made by the project's own `python -m export`
+    assert any("ONNX Runtime >=" in v["target"] for v in data["verdicts"])
+    assert any("ONNX Runtime INT8 >=" in v["target"] for v in data["verdicts"])
+    # the export it measured was made by the project's own `python -m export`, int8 within its cosine gate
     manifest = json.loads((work_dir / "exports" / "resnet20" / "manifest.json").read_text())
-    assert {a["format"] for a in manifest["artifacts"]} >= {"torchscript", "onnx"}
+    assert {a["format"] for a in manifest["artifacts"]} >= {"torchscript", "onnx", "onnx-int8"}
+    assert all(a["parity"]["passed"] for a in manifest["artifacts"])
 
 
 def test_train_compares_our_step_with_a_bare_loop(work_dir):
@@ -108,6 +110,8 @@ def test_serve_loads_torchserve_with_locust(work_dir):
     for split in data["data"]["splits"]:
         assert all(split[stage] > 0 for stage in ("decode", "preprocess", "inference", "postprocess"))
     assert "1226x816" in data["data"]["photo"]  # the ~1 MP upscaled photo
+    # our handler also served the int8 artifact, in every layout, at the top level
+    assert {lv["layout"] for lv in levels if lv["served_by"] == "ours onnx-int8"} == {"1x2", "2x1"}
 
 
 def test_serve_refuses_a_malformed_layout(capsys):

@@ -194,11 +194,12 @@ def test_to_all_without_tensorrt_exports_the_rest_from_the_newest_run(digits_che
     assert f"using the newest best.pt under runs/: {newest.relative_to(tmp_path)}" in out
     manifest = read_manifest(tmp_path / "exports" / "resnet20")
     assert manifest["name"] == "resnet20"
-    assert [a["format"] for a in manifest["artifacts"]] == ["torchscript", "onnx"]
+    assert [a["format"] for a in manifest["artifacts"]] == ["torchscript", "onnx", "onnx-int8"]
     for artifact in manifest["artifacts"]:
         assert artifact["parity"]["passed"]
         assert artifact["parity"]["data"] == f"image folder {folder}: 40 images"
         assert set(artifact["parity"]["metrics"]["by_batch_size"]) == {"1", "8"}
+    assert manifest["artifacts"][2]["calibration"]["data"].startswith("training split of 'digits'")
     assert "trt  " in out and "skipped" in out and "trt skipped: TensorRT export is not possible" in out
 
 
@@ -230,6 +231,8 @@ def test_no_checkpoint_anywhere_is_a_clear_error(tmp_path, monkeypatch, capsys):
         (["--min-batch", "4", "--opt-batch", "2"], "1 <= min <= opt <= max"),
         (["--parity-batch", "64"], "--parity-batch 64 must lie within"),
         (["--parity-data", "no/such/dir"], "--parity-data no/such/dir: no such directory"),
+        (["--to", "onnx-int8", "--calibration-data", "no/such/dir"], "--calibration-data no/such/dir: no such directory"),
+        (["--to", "onnx-int8", "--calibration-samples", "0"], "--calibration-samples must be at least 1"),
     ],
 )
 def test_bad_arguments_exit_2_with_the_reason(args, message, digits_checkpoint, tmp_path, monkeypatch, capsys):

@@ -1,0 +1,135 @@
+"""INT8 ONNX: ONNX Runtime's static post-training quantization of the exported fp32 ONNX file.
+
+Weights are quantized per output channel (int8, symmetric) and activations per tensor (uint8), with
+activation ranges calibrated on real images of the training split (or `--calibration-data DIR`), never
+on the parity images the result is then judged on. The graph is QDQ (QuantizeLinear/DequantizeLinear
+pairs around each Conv and Gemm): ONNX Runtime's CPU provider fuses each pair into an int8 kernel
+(VNNI's `vpdpbusd` on CPUs that have it), and any ONNX runtime can still read it.
+
+On x86 CPUs without VNNI, ONNX Runtime's u8 x s8 kernels may saturate (`vpmaddubsw` sums pairs into
+int16). The parity gate measures the exporting machine's kernels, so the artifact records whether that
+CPU had VNNI; on a server without it, `python -m export --verify` re-checks the artifact there.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from models import PreprocessSpec, eval_resize_crop
+
+from .formats import first_line
+from .manifest import ExportError, atomic_path
+from .parity import folder_dataset, stack_dataset
+
+DEFAULT_CALIBRATION_SAMPLES = 256
+CALIBRATION_BATCH = 8
+
+
+class CalibrationUnavailable(ExportError):
+    """No calibration images: neither --calibration-data nor the checkpoint's training data can be read."""
+
+
+@dataclass
+class CalibrationSet:
+    images: torch.Tensor  # float32 NCHW, normalised exactly as the model expects
+    description: str
+
+
+def load_calibration_set(
+    ckpt: dict[str, Any], preprocess: PreprocessSpec, calibration_data: str | Path | None, count: int
+) -> CalibrationSet:
+    """`calibration_data` (an ImageFolder tree) when given, else the checkpoint's training split.
+
+    Raises ExportError naming what to pass when neither can be read: calibrating on random pixels
+    would set every activation range wrong.
+    """
+    if calibration_data is not None:
+        try:
+            dataset = folder_dataset(calibration_data, preprocess, "--calibration-data")
+        except ExportError as e:
+            raise CalibrationUnavailable(str(e)) from e
+        images, _ = stack_dataset(dataset, count, preprocess)
+        return CalibrationSet(images, f"image folder {calibration_data}: {len(images)} images")
+    from train.data import build_dataset  # noqa: PLC0415  (only this path needs train)
+
+    config = ckpt.get("config") or {}
+    try:
+        dataset, _ = build_dataset(config, "train", eval_resize_crop(preprocess))
+    except (ImportError, FileNotFoundError, ValueError, KeyError, NotImplementedError) as e:
+        raise CalibrationUnavailable(
+            f"onnx-int8 needs calibration images and the checkpoint's training data cannot be read "
+            f"({first_line(e)}); pass --calibration-data DIR (an ImageFolder tree root/<class>/<image> of "
+            "images like the ones the model will serve, ideally not the --parity-data images)"
+        ) from e
+    images, _ = stack_dataset(dataset, count, preprocess)
+    where = config.get("data_dir") or "built in"
+    return CalibrationSet(images, f"training split of {config.get('data')!r} ({where}): {len(images)} images")
+
+
+class BatchReader:
+    """onnxruntime.quantization's CalibrationDataReader protocol over a tensor of images."""
+
+    def __init__(self, input_name: str, images: torch.Tensor, batch_size: int = CALIBRATION_BATCH) -> None:
+        self.input_name = input_name
+        self.batches = iter(images.split(batch_size))
+
+    def get_next(self) -> dict[str, Any] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {self.input_name: batch.contiguous().numpy()}
+
+
+def cpu_has_vnni() -> bool | None:
+    """Whether this x86 CPU has AVX-512 VNNI or AVX-VNNI (None where /proc/cpuinfo does not say)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni"))
+
+
+def quantize_onnx(
+    fp32_path: str | os.PathLike,
+    int8_path: str | os.PathLike,
+    input_name: str,
+    calibration: CalibrationSet,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """fp32 ONNX file -> QDQ int8 ONNX file, calibrated on `calibration`; returns the manifest details."""
+    from onnxruntime.quantization import (  # noqa: PLC0415
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: PLC0415
+
+    log(f"    calibrating activation ranges (min/max) on {calibration.description}")
+    with tempfile.TemporaryDirectory(prefix="resnet-deploy-int8-") as scratch:
+        # Folds BatchNorm into the convolutions and infers shapes first, so that what is quantized is
+        # the graph ONNX Runtime will run (quantizing an unfolded BatchNorm would cost accuracy).
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        with atomic_path(int8_path) as tmp:
+            try:
+                quantize_static(
+                    str(prepared), str(tmp), BatchReader(input_name, calibration.images),
+                    quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax,
+                )  # fmt: skip
+            except Exception as e:
+                raise ExportError(f"{fp32_path}: ONNX Runtime's quantize_static failed: {first_line(e)}") from e
+    return {
+        "method": "onnxruntime.quantization.quantize_static (QDQ)",
+        "weights": "int8, per output channel, symmetric",
+        "activations": "uint8, per tensor",
+        "calibration": {"method": "minmax", "data": calibration.description, "samples": len(calibration.images)},
+        "built_from": Path(fp32_path).name,
+        "exporting_cpu_has_vnni": cpu_has_vnni(),
+    }

@@ -1,0 +1,152 @@
+"""`python -m export --to onnx-int8`: real ONNX Runtime static quantization of the digits model, its
+calibration data, its parity gate, and how runners and archives pick it up.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto
+
+from export.cli import main as export_main
+from export.manifest import find_artifact, read_manifest
+from export.runners import open_runner, runner_from_checkpoint
+from models import checkpoint_preprocess, load_checkpoint, normalize_batch, save_checkpoint
+from serve.package import package
+from train.data import digits_split, write_digits_folder
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = export_main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def int8_export(digits_checkpoint, tmp_path_factory):
+    """`--to onnx-int8` alone: ONNX is exported first (the int8 file is made from it), calibrated on the
+    checkpoint's own training split."""
+    export_dir = tmp_path_factory.mktemp("int8") / "digits"
+    code = export_main(["--checkpoint", str(digits_checkpoint), "--to", "onnx-int8", "--out", str(export_dir),
+                        "--name", "digits", "--threads", "2"])  # fmt: skip
+    assert code == 0
+    return export_dir
+
+
+def test_int8_artifact_is_quantized_calibrated_on_training_data_and_passes_its_gate(int8_export):
+    manifest = read_manifest(int8_export)
+    assert [a["format"] for a in manifest["artifacts"]] == ["onnx", "onnx-int8"]
+    fp32, int8 = manifest["artifacts"]
+    assert int8["file"] == "model.int8.onnx" and int8["precision"] == "int8" and int8["device"] == "cpu"
+    assert int8["built_from"] == "model.onnx"
+    calibration = int8["calibration"]
+    assert calibration["data"].startswith("training split of 'digits'") and calibration["samples"] == 256
+    parity = int8["parity"]
+    assert parity["passed"], parity["failures"]
+    assert parity["thresholds"] == {"min_top1_agreement": 0.95, "rtol": None, "atol": None, "min_cosine": 0.98}
+    # judged on the validation split, which calibration never saw
+    assert parity["data"].startswith("validation split of 'digits'")
+    by_batch = parity["metrics"]["by_batch_size"]
+    assert by_batch["16"]["artifact_top1"] >= by_batch["16"]["reference_top1"] - 0.02
+    # int8 really changes the numbers (a copy of the fp32 file would be exact)
+    assert parity["metrics"]["max_abs_diff"] > 1e-3 > fp32["parity"]["metrics"]["max_abs_diff"]
+    assert int8["size_bytes"] < 0.5 * fp32["size_bytes"]
+
+
+def test_int8_graph_is_qdq_with_int8_conv_weights_and_runs_in_a_plain_session(int8_export, digits_checkpoint):
+    model = onnx.load(str(int8_export / "model.int8.onnx"))
+    onnx.checker.check_model(model)
+    ops = {node.op_type for node in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops and "BatchNormalization" not in ops
+    int8_weights = [t for t in model.graph.initializer if t.data_type == TensorProto.INT8 and len(t.dims) == 4]
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert len(int8_weights) == len(convs) == 19, "every convolution of resnet20 (1 + 3 stages x 3 blocks x 2) is int8"
+
+    images, labels = digits_split("val")
+    batch = normalize_batch(images[:64], checkpoint_preprocess(load_checkpoint(digits_checkpoint)))
+    session = ort.InferenceSession(str(int8_export / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"input": batch.numpy()})
+    expected = runner_from_checkpoint(digits_checkpoint).predict(batch)
+    agreement = (torch.from_numpy(logits).argmax(1) == expected.argmax(1)).double().mean().item()
+    assert logits.shape == (64, 10) and agreement >= 0.95
+    assert (torch.from_numpy(logits).argmax(1) == torch.as_tensor(labels[:64])).double().mean() >= 0.9
+
+
+def test_open_runner_prefers_int8_on_cpu_and_falls_back_when_it_failed_its_gate(int8_export, tmp_path, capsys):
+    runner = open_runner(int8_export, threads=1)
+    assert runner.format == "onnx-int8" and runner.artifact["precision"] == "int8"
+
+    # An impossible cosine bound fails the int8 artifact: the export exits 1, the manifest says so,
+    # and neither open_runner nor packaging picks the failed artifact.
+    strict = tmp_path / "strict"
+    checkpoint = read_manifest(int8_export)["source_checkpoint"]["path"]
+    code, out, _ = run_cli(capsys, "--checkpoint", checkpoint, "--to", "onnx-int8", "--out", strict,
+                           "--int8-min-cosine", "0.999999")  # fmt: skip
+    assert code == 1
+    assert "onnx-int8 FAILED parity" in out and "cosine similarity" in out
+    assert not find_artifact(read_manifest(strict), "onnx-int8")["parity"]["passed"]
+    assert open_runner(strict, threads=1).format == "onnx"
+    mar = package(strict, tmp_path / "store", name="digits")
+    assert "model.int8.onnx" not in zipfile.ZipFile(mar).namelist()
+
+
+def test_int8_is_packaged_and_the_archive_serves_it_by_default(int8_export, tmp_path):
+    mar = package(int8_export, tmp_path / "store", name="digits")
+    names = zipfile.ZipFile(mar).namelist()
+    assert {"model.onnx", "model.int8.onnx", "manifest.json"} <= set(names)
+    zipfile.ZipFile(mar).extractall(tmp_path / "unpacked")
+    assert open_runner(tmp_path / "unpacked", threads=1).format == "onnx-int8"
+
+
+def test_calibration_data_folder_is_used_and_reusing_the_parity_folder_is_warned_about(digits_checkpoint, tmp_path, capsys):
+    folder = write_digits_folder(tmp_path / "digit_pngs", limit_per_class=4)
+    code, out, _ = run_cli(capsys, "--checkpoint", digits_checkpoint, "--to", "onnx-int8", "--out", tmp_path / "x",
+                           "--calibration-data", folder, "--parity-data", folder, "--parity-batch", "8")  # fmt: skip
+    assert code == 0, out
+    assert "WARNING: --calibration-data is --parity-data" in out
+    int8 = find_artifact(read_manifest(tmp_path / "x"), "onnx-int8")
+    assert int8["calibration"]["data"] == f"image folder {folder}: 40 images" and int8["calibration"]["samples"] == 40
+
+
+@pytest.fixture
+def checkpoint_without_data(digits_checkpoint, tmp_path):
+    """The digits checkpoint, claiming it was trained on an image folder that is not on this machine."""
+    ckpt = load_checkpoint(digits_checkpoint)
+    ckpt["config"] = dict(ckpt["config"], data="folder", data_dir=str(tmp_path / "gone"))
+    path = tmp_path / "moved.pt"
+    save_checkpoint(ckpt, path)
+    return path
+
+
+def test_without_calibration_data_int8_is_refused_and_all_skips_it(checkpoint_without_data, tmp_path, capsys):
+    folder = write_digits_folder(tmp_path / "digit_pngs", limit_per_class=2)
+    code, out, err = run_cli(capsys, "--checkpoint", checkpoint_without_data, "--to", "onnx-int8", "--out", tmp_path / "a",
+                             "--parity-data", folder, "--parity-batch", "4")  # fmt: skip
+    assert code == 2
+    assert "onnx-int8 needs calibration images" in err and "pass --calibration-data DIR" in err
+    assert str(tmp_path / "gone") in err, "the error names the missing training data"
+    assert not (tmp_path / "a").exists(), "nothing is exported before the refusal"
+
+    code, out, _ = run_cli(capsys, "--checkpoint", checkpoint_without_data, "--to", "all", "--out", tmp_path / "b",
+                           "--parity-data", folder, "--parity-batch", "4")  # fmt: skip
+    assert code == 0, out
+    assert "onnx-int8 skipped: onnx-int8 needs calibration images" in out
+    assert [a["format"] for a in read_manifest(tmp_path / "b")["artifacts"]] == ["torchscript", "onnx"]
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["artifacts"][1]["parity"]["passed"]
+
+
+def test_verify_rechecks_the_int8_artifact(int8_export, tmp_path, capsys):
+    """What to run on a server whose CPU differs from the exporting one (e.g. no VNNI)."""
+    copy = tmp_path / "digits"
+    shutil.copytree(int8_export, copy)
+    code, out, _ = run_cli(capsys, "--verify", copy)
+    assert code == 0, out
+    assert "onnx-int8: model.int8.onnx" in out
+    verified = find_artifact(read_manifest(copy), "onnx-int8")
+    assert verified["parity"]["passed"] and verified["calibration"]["samples"] == 256
