@@ -1,8 +1,9 @@
 """`python -m benchmarks ceiling`: this machine's dense GEMM throughput, the limit the others are compared with.
 
-Square `torch.matmul` in fp32 and bf16 at a few sizes; FLOPs are counted as 2*M*N*K (a multiply and
-an add per multiply-accumulate), the same convention `infer` and `train` use for the networks.
-The ceiling for a dtype is its best median over the sizes.
+Square `torch.matmul` in fp32 and bf16, and `torch._int_mm` (int8 x int8 -> int32, the kernel
+PyTorch's own int8 quantization uses) at a few sizes; operations are counted as 2*M*N*K (a multiply
+and an add per multiply-accumulate), the same convention `infer` and `train` use for the networks, so
+the int8 "GFLOP/s" are integer operations. The ceiling for a dtype is its best median over the sizes.
 """
 
 from __future__ import annotations
@@ -15,18 +16,24 @@ from .errors import positive_int
 from .report import Report, Table, usable_cores
 from .timing import Budget, interleaved
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
 
 
 def gemm_gflops(size: int, dtype: torch.dtype, budget: Budget, device: str = "cpu") -> dict:
     """Median GFLOP/s of a size x size x size matmul (threads: whatever torch is set to now)."""
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=generator).to(device, dtype)
-    b = torch.randn(size, size, generator=generator).to(device, dtype)
-    out = torch.empty(size, size, dtype=dtype, device=device)
+    if dtype == torch.int8:
+        a, b = (torch.randint(-128, 128, (size, size), generator=generator, dtype=dtype).to(device) for _ in "ab")
+        out = torch.empty(size, size, dtype=torch.int32, device=device)
+        multiply = torch._int_mm  # int8 GEMM with int32 accumulation; torch.matmul has no int8 kernel
+    else:
+        a = torch.randn(size, size, generator=generator).to(device, dtype)
+        b = torch.randn(size, size, generator=generator).to(device, dtype)
+        out = torch.empty(size, size, dtype=dtype, device=device)
+        multiply = torch.matmul
 
     def call() -> None:
-        torch.matmul(a, b, out=out)
+        multiply(a, b, out=out)
         if device == "cuda":
             torch.cuda.synchronize()
 
@@ -67,7 +74,7 @@ class CeilingProbe:
     def describe(self) -> str:
         each = "; ".join(f"{when}: " + ", ".join(f"{d} {run[d]:.0f}" for d in self.dtypes)
                          for when, run in zip(("before", "after"), self.runs))  # fmt: skip
-        return (f"GEMM ceiling: torch.matmul (N = {', '.join(map(str, self.sizes))}) at {self.threads} thread(s), measured "
+        return (f"GEMM ceiling: torch.matmul / torch._int_mm (N = {', '.join(map(str, self.sizes))}) at {self.threads} thread(s), measured "
                 f"before and after the timings ({each} GFLOP/s); the better of the two is used")  # fmt: skip
 
 
@@ -92,8 +99,9 @@ def run(args: argparse.Namespace) -> Report:
     report.method = [
         f"Square matmul C = A·B at sizes {', '.join(map(str, sizes))}; FLOPs = 2·N³ (one multiply and one add "
         "per multiply-accumulate). Median of the timed calls after warm-up.",
-        "The ceiling of a dtype is its best median over the sizes; `infer` and `train` re-measure the fp32/bf16 "
-        "ceiling in their own run and report the fraction of it their networks reach.",
+        "int8: torch._int_mm (int8 x int8 -> int32 accumulation; torch.matmul has no int8 kernel).",
+        "The ceiling of a dtype is its best median over the sizes; `infer` and `train` re-measure the ceilings of "
+        "their precisions in their own run and report the fraction their networks reach.",
         f"Rows at 1 thread and at {threads} thread(s) (of {usable_cores()} usable cores).",
     ]
     table = Table("GEMM GFLOP/s (median)", ["dtype", "threads", *[f"N={s}" for s in sizes], "ceiling GFLOP/s"])
@@ -107,9 +115,11 @@ def run(args: argparse.Namespace) -> Report:
     report.data["ceilings"] = results
     fp32 = {r["threads"]: r["gflops"] for r in results if r["dtype"] == "fp32"}
     bf16 = {r["threads"]: r["gflops"] for r in results if r["dtype"] == "bf16"}
+    int8 = {r["threads"]: r["gflops"] for r in results if r["dtype"] == "int8"}
     report.notes.append(
-        f"At {threads} thread(s): fp32 {fp32[threads]:.0f} GFLOP/s, bf16 {bf16[threads]:.0f} GFLOP/s "
-        f"(bf16/fp32 = {bf16[threads] / fp32[threads]:.2f}x); {threads} threads vs 1 thread: "
+        f"At {threads} thread(s): fp32 {fp32[threads]:.0f} GFLOP/s, bf16 {bf16[threads]:.0f} GFLOP/s, int8 "
+        f"{int8[threads]:.0f} GOP/s (bf16/fp32 = {bf16[threads] / fp32[threads]:.2f}x, int8/fp32 = "
+        f"{int8[threads] / fp32[threads]:.2f}x); {threads} threads vs 1 thread: "
         f"fp32 {fp32[threads] / fp32[1]:.2f}x."
     )
     return report

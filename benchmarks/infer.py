@@ -9,7 +9,8 @@ machine the same on the GPU plus TensorRT where the export has an engine. All ru
 FLOPs: 2 x the multiply-accumulates of the convolutions and the classifier, counted by
 `torch.utils.flop_counter` on one image (ResNet-50 at 224x224: 8.2 GFLOP = 4.1 GMAC), the same
 convention as the GEMM ceiling (2*M*N*K), which is re-measured in this run at the same thread count
-(before and after the timings; the better of the two).
+for fp32 and int8 (before and after the timings; the better of the two); each row is compared with the
+ceiling of its own precision.
 """
 
 from __future__ import annotations
@@ -137,8 +138,8 @@ def run(args: argparse.Namespace) -> Report:
     log = args.log
 
     report = Report("infer", "Inference throughput per runner", threads=threads, quick=args.quick)
-    log(f"measuring the fp32 GEMM ceiling at {threads} thread(s)")
-    ceiling = CeilingProbe(("fp32",), threads, args.quick)
+    log(f"measuring the fp32 and int8 GEMM ceilings at {threads} thread(s)")
+    ceiling = CeilingProbe(("fp32", "int8"), threads, args.quick)
     ceiling.measure()
     rows = []
     for arch in archs:
@@ -156,7 +157,8 @@ def run(args: argparse.Namespace) -> Report:
             eager = samples["eager"].items_per_s
             for c in candidates:
                 s = samples[c.label]
-                rows.append({"model": arch, "batch": batch, "runner": c.label, "device": c.device, **s.to_dict(),
+                rows.append({"model": arch, "batch": batch, "runner": c.label, "device": c.device,
+                             "precision": (c.runner.artifact or {}).get("precision", "fp32"), **s.to_dict(),
                              "vs_eager": s.items_per_s / eager, "gflops": flops * s.items_per_s / 1e9})  # fmt: skip
             for label, name in (("onnxruntime", "ONNX Runtime"), ("onnxruntime int8", "ONNX Runtime INT8")):
                 ratio = samples[label].items_per_s / eager
@@ -164,11 +166,13 @@ def run(args: argparse.Namespace) -> Report:
                     Verdict(f"CPU: {name} >= {ONNX_TARGET:g}x eager ({arch}, batch {batch})", f"{ratio:.2f}x", ratio >= ONNX_TARGET)
                 )
     ceiling.measure()
-    fp32 = ceiling.gflops["fp32"]
-    report.data["ceiling_gflops"] = {"fp32": fp32, "runs": ceiling.runs}
-    table = Table("Inference", ["model", "batch", "runner", "images/s", "p50 ms", "p99 ms", "calls", "x eager", "% of fp32 GEMM ceiling"])
+    ceilings = ceiling.gflops
+    report.data["ceiling_gflops"] = {**ceilings, "runs": ceiling.runs}
+    table = Table("Inference", ["model", "batch", "runner", "images/s", "p50 ms", "p99 ms", "calls", "x eager",
+                                "% of GEMM ceiling (its precision)"])  # fmt: skip
     for row in rows:
-        row["ceiling_fraction"] = row["gflops"] / fp32 if row["device"] == "cpu" else None
+        cpu_ceiling = ceilings.get(row["precision"]) if row["device"] == "cpu" else None
+        row["ceiling_fraction"] = row["gflops"] / cpu_ceiling if cpu_ceiling else None
         table.add(row["model"], row["batch"], row["runner"], row["items_per_s"], row["p50_ms"], row["p99_ms"], row["calls"],
                   f"{row['vs_eager']:.2f}x", None if row["ceiling_fraction"] is None else f"{100 * row['ceiling_fraction']:.0f}%")  # fmt: skip
     report.tables.append(table)
@@ -181,8 +185,8 @@ def run(args: argparse.Namespace) -> Report:
         "uint8 activations, calibrated on the synthetic training split). Its speed does not depend on the weights, "
         "but its accuracy does: with random weights only its cosine gate is kept (their near-tied logits flip top-1 "
         "on noise), and its accuracy gate is checked on a trained model (tests/export/test_int8.py, resnet20 on "
-        "digits: 100% top-1 agreement). Its '% of fp32 GEMM ceiling' can exceed 100%: "
-        "int8 multiply-accumulates (VNNI) are cheaper than fp32 ones.",
+        "digits: 100% top-1 agreement). Its row's fraction is of the int8 GEMM ceiling (torch._int_mm), the "
+        "others' of the fp32 one.",
         "All runners of one (model, batch) are timed in the same interleaved rounds after warm-up; images/s = "
         "batch / median call time; p50/p99 are per call (one batch).",
         "FLOPs = 2 x MACs of convolutions + classifier (torch.utils.flop_counter) per image: "

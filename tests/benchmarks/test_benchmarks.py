@@ -55,11 +55,11 @@ def check_well_formed(stdout: str, markdown: str, data: dict, name: str, threads
         assert verdict["met"] in (True, False, None) and verdict["measured"]
 
 
-def test_ceiling_writes_fp32_and_bf16_rows(work_dir):
+def test_ceiling_writes_fp32_bf16_and_int8_rows(work_dir):
     stdout, markdown, data = run_quick("ceiling", work_dir)
     check_well_formed(stdout, markdown, data, "ceiling")
     ceilings = data["data"]["ceilings"]
-    assert {(c["dtype"], c["threads"]) for c in ceilings} == {("fp32", 1), ("bf16", 1)}
+    assert {(c["dtype"], c["threads"]) for c in ceilings} == {("fp32", 1), ("bf16", 1), ("int8", 1)}
     assert all(c["gflops"] > 0 for c in ceilings)
 
 
@@ -71,6 +71,9 @@ def test_infer_times_every_cpu_runner_against_eager(work_dir):
     assert {r["batch"] for r in rows} == {1, 2}
     assert all(r["items_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
     assert all(r["vs_eager"] == 1.0 for r in rows if r["runner"] == "eager")
+    # each row is compared with the GEMM ceiling of its own precision
+    assert {r["runner"]: r["precision"] for r in rows}["onnxruntime int8"] == "int8"
+    assert {"fp32", "int8"} <= set(data["data"]["ceiling_gflops"]) and all(r["ceiling_fraction"] > 0 for r in rows)
     assert data["data"]["flops_per_image"]["resnet20"] > 0
     assert any("ONNX Runtime >=" in v["target"] for v in data["verdicts"])
     assert any("ONNX Runtime INT8 >=" in v["target"] for v in data["verdicts"])
