@@ -207,6 +207,10 @@ def run_parity(
         f"    parity on {device}: top-1 agreement {metrics['top1_agreement']:.2%}, max |diff| "
         f"{metrics['max_abs_diff']:.2e}, min cosine {metrics['min_cosine']:.6f} -> {verdict}"
     )
+    largest = metrics["by_batch_size"][str(batch_size)]
+    if "artifact_top1" in largest:  # the parity images have labels: what the difference costs in accuracy
+        log(f"    top-1 accuracy on the {largest['samples']} labelled parity images: eager "
+            f"{largest['reference_top1']:.2%}, {fmt} {largest['artifact_top1']:.2%}")  # fmt: skip
     return parity
 
 

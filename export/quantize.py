@@ -1,8 +1,8 @@
 """INT8 ONNX: ONNX Runtime's static post-training quantization of the exported fp32 ONNX file.
 
 Weights are quantized per output channel (int8, symmetric) and activations per tensor (uint8), with
-activation ranges calibrated on real images of the training split (or `--calibration-data DIR`), never
-on the parity images the result is then judged on. The graph is QDQ (QuantizeLinear/DequantizeLinear
+activation ranges calibrated on real images of the training split (or `--calibration-data DIR`), not
+on the validation images the parity gate then judges it on. The graph is QDQ (QuantizeLinear/DequantizeLinear
 pairs around each Conv and Gemm): ONNX Runtime's CPU provider fuses each pair into an int8 kernel
 (VNNI's `vpdpbusd` on CPUs that have it), and any ONNX runtime can still read it.
 
@@ -46,8 +46,8 @@ def load_calibration_set(
 ) -> CalibrationSet:
     """`calibration_data` (an ImageFolder tree) when given, else the checkpoint's training split.
 
-    Raises ExportError naming what to pass when neither can be read: calibrating on random pixels
-    would set every activation range wrong.
+    Raises CalibrationUnavailable, naming what to pass, when neither can be read: calibrating on
+    random pixels would set every activation range wrong.
     """
     if calibration_data is not None:
         try:
@@ -101,12 +101,7 @@ def quantize_onnx(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """fp32 ONNX file -> QDQ int8 ONNX file, calibrated on `calibration`; returns the manifest details."""
-    from onnxruntime.quantization import (  # noqa: PLC0415
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # noqa: PLC0415
     from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: PLC0415
 
     log(f"    calibrating activation ranges (min/max) on {calibration.description}")

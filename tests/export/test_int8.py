@@ -110,6 +110,7 @@ def test_calibration_data_folder_is_used_and_reusing_the_parity_folder_is_warned
                            "--calibration-data", folder, "--parity-data", folder, "--parity-batch", "8")  # fmt: skip
     assert code == 0, out
     assert "WARNING: --calibration-data is --parity-data" in out
+    assert "top-1 accuracy on the 40 labelled parity images: eager " in out and ", onnx-int8 " in out
     int8 = find_artifact(read_manifest(tmp_path / "x"), "onnx-int8")
     assert int8["calibration"]["data"] == f"image folder {folder}: 40 images" and int8["calibration"]["samples"] == 40
 
