@@ -217,7 +217,13 @@ def runner_from_checkpoint(
 def runner_for_artifact(
     export_dir: str | os.PathLike, manifest: dict[str, Any], artifact: dict[str, Any], device: str, threads: int | None
 ) -> Runner:
-    """The runner for one manifest entry, after checking the file's sha256 (parity status is the caller's call)."""
+    """The runner for one manifest entry, after checking its device and the file's sha256 (parity status is
+    the caller's call)."""
+    if artifact["device"] not in ("any", device):
+        raise ExportError(
+            f"{export_dir}: the {artifact['format']} artifact runs on {artifact['device']} only (its parity was "
+            f"checked there), not on {device!r}"
+        )
     path = verify_artifact_file(export_dir, artifact)
     runner = RUNNER_CLASSES[artifact["format"]](
         path,

@@ -15,8 +15,8 @@ import torch
 from onnx import TensorProto
 
 from export.cli import main as export_main
-from export.manifest import find_artifact, read_manifest
-from export.runners import open_runner, runner_from_checkpoint
+from export.manifest import ExportError, find_artifact, read_manifest
+from export.runners import open_runner, runner_for_artifact, runner_from_checkpoint
 from models import checkpoint_preprocess, load_checkpoint, normalize_batch, save_checkpoint
 from serve.package import package
 from train.data import digits_split, write_digits_folder
@@ -94,6 +94,13 @@ def test_open_runner_prefers_int8_on_cpu_and_falls_back_when_it_failed_its_gate(
     assert open_runner(strict, threads=1).format == "onnx"
     mar = package(strict, tmp_path / "store", name="digits")
     assert "model.int8.onnx" not in zipfile.ZipFile(mar).namelist()
+
+
+def test_int8_is_refused_on_cuda_and_not_picked_there(int8_export):
+    """Its parity was checked on ONNX Runtime's CPU kernels only (the manifest says device "cpu")."""
+    with pytest.raises(ExportError, match="the onnx-int8 artifact runs on cpu only"):
+        runner_for_artifact(int8_export, read_manifest(int8_export),
+                            find_artifact(read_manifest(int8_export), "onnx-int8"), "cuda", None)  # fmt: skip
 
 
 def test_int8_is_packaged_and_the_archive_serves_it_by_default(int8_export, tmp_path):
