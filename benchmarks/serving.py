@@ -392,7 +392,7 @@ def run(args: argparse.Namespace) -> Report:
                            "stock torchscript req/s", "ours onnx / stock", "ours onnx-int8 / stock",
                            "ours torchscript / stock"])  # fmt: skip
     split_table = Table("Where a request's time goes (our handler in-process, one ~1 MP JPEG, batch 1)",
-                        ["model", "layout", "decode ms", "preprocess ms", "inference ms", "postprocess ms",
+                        ["model", "layout", "served by", "decode ms", "preprocess ms", "inference ms", "postprocess ms",
                          "decode+preprocess share", "stock decode+preprocess ms"])  # fmt: skip
     report.data.update(levels=[], comparisons=[], splits=[], raw={}, photo=photo_size, layouts=[layout.__dict__ for layout in layouts])
 
@@ -414,17 +414,22 @@ def run(args: argparse.Namespace) -> Report:
 
         stock_pre = stock_preprocess_ms(jpeg, repeats)
         for layout in layouts:
-            log(f"{arch}: request-time split in-process, layout {layout.key}")
-            handler = in_process_handler(store / f"{served[(layout.key, 'ours onnx')]}.mar", work / "unpacked" / arch / layout.key)
-            split = request_split(handler, jpeg, repeats)
-            del handler
-            share = (split["decode"] + split["preprocess"]) / sum(split.values())
-            split_table.add(arch, layout.key, split["decode"], split["preprocess"], split["inference"], split["postprocess"],
-                            f"{share:.1%}", stock_pre)  # fmt: skip
-            report.data["splits"].append({"model": arch, "layout": layout.key, **split, "handler_ms": sum(split.values()),
-                                          "decode_preprocess_share": share, "stock_decode_preprocess_ms": stock_pre})  # fmt: skip
-            report.verdicts.append(Verdict(f"decode + preprocess <= {SPLIT_TARGET:.0%} of handler time ({arch}, ~1 MP JPEG, "
-                                           f"layout {layout.key})", f"{share:.1%}", share <= SPLIT_TARGET))  # fmt: skip
+            # int8 shows where the time goes once inference is ~3x cheaper; the target is judged on fp32
+            for label in ("ours onnx", "ours onnx-int8"):
+                log(f"{arch}: request-time split in-process, layout {layout.key}, {label}")
+                handler = in_process_handler(store / f"{served[(layout.key, label)]}.mar",
+                                             work / "unpacked" / arch / layout.key / label.split()[-1])  # fmt: skip
+                split = request_split(handler, jpeg, repeats)
+                del handler
+                share = (split["decode"] + split["preprocess"]) / sum(split.values())
+                split_table.add(arch, layout.key, label, split["decode"], split["preprocess"], split["inference"],
+                                split["postprocess"], f"{share:.1%}", stock_pre)  # fmt: skip
+                report.data["splits"].append({"model": arch, "layout": layout.key, "served_by": label, **split,
+                                              "handler_ms": sum(split.values()), "decode_preprocess_share": share,
+                                              "stock_decode_preprocess_ms": stock_pre})  # fmt: skip
+                if label == "ours onnx":
+                    report.verdicts.append(Verdict(f"decode + preprocess <= {SPLIT_TARGET:.0%} of handler time ({arch}, "
+                                                   f"~1 MP JPEG, layout {layout.key})", f"{share:.1%}", share <= SPLIT_TARGET))  # fmt: skip
         torch.set_num_threads(cores)  # the handler set its worker's count in this process
 
         raw = RawCapacity(export_dir, photos, max(layout.worker_batch(top) for layout in layouts), budget)

@@ -110,6 +110,7 @@ def test_serve_loads_torchserve_with_locust(work_dir):
         assert summary["requests"] > 0 and summary["failures"] == 0, summary
         # The server did the work: its Python workers were busy during the level.
         assert level["cpu_cores"]["workers"] > 0 and level["cpu_cores"]["load generator"] > 0
+    assert {s["served_by"] for s in data["data"]["splits"]} == {"ours onnx", "ours onnx-int8"}
     for split in data["data"]["splits"]:
         assert all(split[stage] > 0 for stage in ("decode", "preprocess", "inference", "postprocess"))
     assert "1226x816" in data["data"]["photo"]  # the ~1 MP upscaled photo
