@@ -38,11 +38,32 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The x86 extensions the numbers depend on: vector width for fp32, VNNI for int8, bf16 and AMX. A
+# virtual machine may name its CPU only "AMD EPYC" whether it is a Zen 3 (AVX2) or a Zen 4 (AVX-512,
+# VNNI, BF16), which run these benchmarks at very different speeds.
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_features() -> list[str]:
+    """Which of CPU_FEATURES /proc/cpuinfo lists (empty where it does not say, e.g. not Linux or not x86)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [feature for feature in CPU_FEATURES if feature in flags]
+
+
 def machine_slug() -> str:
-    """A short directory name for this machine's results: CPU model + usable cores (+ GPU when present)."""
+    """A short directory name for this machine's results: CPU model, its widest vector extension
+    (avx512 / avx2), usable cores (+ GPU when present)."""
     words = re.sub(r"\(\w+\)|processor|cpu|\d+-core", " ", cpu_model(), flags=re.IGNORECASE).split()
     slug = "-".join(words[:4]).lower()
     slug = re.sub(r"[^a-z0-9-]+", "", slug) or "cpu"
+    features = cpu_features()
+    vector = "avx512" if "avx512f" in features else "avx2" if "avx2" in features else None
+    if vector:
+        slug += f"-{vector}"
     slug += f"-{usable_cores()}c"
     if torch.cuda.is_available():
         gpu = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower().replace("nvidia", "")).strip("-")
@@ -61,6 +82,7 @@ def environment(threads: int) -> dict[str, Any]:
     info: dict[str, Any] = {
         "machine": machine_slug(),
         "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
         "usable_cores": usable_cores(),
         "threads": threads,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
@@ -127,7 +149,9 @@ class Report:
         parts = [
             f"## {self.title}" + (" (--quick: tiny smoke-test sizes, not a measurement)" if self.quick else ""),
             "",
-            f"Machine `{env['machine']}`: {env['cpu']}, {env['usable_cores']} usable cores"
+            f"Machine `{env['machine']}`: {env['cpu']}"
+            + (f" ({', '.join(env['cpu_features'])})" if env.get("cpu_features") else "")
+            + f", {env['usable_cores']} usable cores"
             + (f", GPU {env['gpu']}" if env.get("gpu") else "")
             + f"; **{self.threads} thread(s)**; load average at the end {load}.  ",
             f"{versions}.  ",

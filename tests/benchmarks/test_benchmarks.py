@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.cli import main
-from benchmarks.report import Report, Table, Verdict, machine_slug, usable_cores
+from benchmarks.report import CPU_FEATURES, Report, Table, Verdict, machine_slug, usable_cores
 from benchmarks.timing import Budget, concurrent_throughput, interleaved
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,6 +41,10 @@ def check_well_formed(stdout: str, markdown: str, data: dict, name: str, threads
     assert data["name"] == name and data["quick"] is True
     assert data["environment"]["threads"] == threads
     assert data["environment"]["cpu"] and data["environment"]["versions"]["torch"]
+    # the extensions the speed depends on are recorded, and the results folder is named by the widest
+    features = data["environment"]["cpu_features"]
+    assert set(features) <= set(CPU_FEATURES)
+    assert ("-avx512-" in data["environment"]["machine"]) == ("avx512f" in features)
     assert markdown.startswith("## ") and f"**{threads} thread(s)**" in markdown
     assert markdown.strip() in stdout  # the table is printed at the end
     for table in data["tables"]:
