@@ -31,7 +31,7 @@ from .ceiling import CeilingProbe
 from .errors import check_archs, positive_int
 from .report import Report, Table, Verdict
 from .timing import Budget, interleaved
-from .variants import channels_last_runner, with_onnx_session
+from .variants import channels_last_runner, fp16_channels_last_runner, with_onnx_session
 
 ONNX_TARGET = 2.0  # ONNX Runtime images/s over eager PyTorch images/s, on CPU
 
@@ -41,6 +41,10 @@ class Candidate:
     label: str
     runner: Runner
     device: str
+    precision: str | None = None  # None: the artifact's, fp32 for eager
+
+    def effective_precision(self) -> str:
+        return self.precision or (self.runner.artifact or {}).get("precision", "fp32")
 
 
 def forward_flops(model: torch.nn.Module, input_size: int) -> int:
@@ -67,6 +71,7 @@ def build_candidates(checkpoint: Path, export_dir: Path, threads: int, log: Call
     candidates += [
         Candidate("cuda eager", runner_from_checkpoint(checkpoint, device="cuda"), "cuda"),
         Candidate("cuda eager channels_last", channels_last_runner(checkpoint, "cuda", threads), "cuda"),
+        Candidate("cuda eager fp16 channels_last", fp16_channels_last_runner(checkpoint, "cuda", threads), "cuda", "fp16"),
         Candidate("cuda torchscript", open_runner(export_dir, "torchscript", device="cuda"), "cuda"),
     ]
     for label, fmt in (("cuda onnxruntime", "onnx"), ("tensorrt fp16", "trt")):
@@ -122,7 +127,7 @@ def onnx_ablation(arch: str, checkpoint: Path, export_dir: Path, batch: int, thr
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--archs", nargs="+", help="architectures (default: resnet18 resnet50; --quick: resnet20)")
-    parser.add_argument("--batches", type=positive_int, nargs="+", help="batch sizes (default: 1 8 32; --quick: 1 2)")
+    parser.add_argument("--batches", type=positive_int, nargs="+", help="batch sizes (default: 1 8 32, and 64 256 where CUDA is present; --quick: 1 2)")
     parser.add_argument("--seconds", type=float, default=10.0,
                         help="time budget per (architecture, batch), shared by all runners (default: %(default)s)")
     parser.add_argument("--no-ablation", action="store_true",
@@ -133,7 +138,7 @@ def run(args: argparse.Namespace) -> Report:
     threads = args.threads
     archs = args.archs or (["resnet20"] if args.quick else ["resnet18", "resnet50"])
     check_archs(archs)
-    batches = args.batches or ([1, 2] if args.quick else [1, 8, 32])
+    batches = args.batches or ([1, 2] if args.quick else [1, 8, 32, 64, 256] if torch.cuda.is_available() else [1, 8, 32])
     budget = Budget(warmup=1, min_rounds=2, max_rounds=3, seconds=0) if args.quick else Budget(warmup=2, min_rounds=5, seconds=args.seconds)
     log = args.log
 
@@ -158,7 +163,7 @@ def run(args: argparse.Namespace) -> Report:
             for c in candidates:
                 s = samples[c.label]
                 rows.append({"model": arch, "batch": batch, "runner": c.label, "device": c.device,
-                             "precision": (c.runner.artifact or {}).get("precision", "fp32"), **s.to_dict(),
+                             "precision": c.effective_precision(), **s.to_dict(),
                              "vs_eager": s.items_per_s / eager, "gflops": flops * s.items_per_s / 1e9})  # fmt: skip
             for label, name in (("onnxruntime", "ONNX Runtime"), ("onnxruntime int8", "ONNX Runtime INT8")):
                 ratio = samples[label].items_per_s / eager
@@ -185,7 +190,7 @@ def run(args: argparse.Namespace) -> Report:
         "uint8 activations, calibrated on the synthetic training split). Its speed does not depend on the weights, "
         "but its accuracy does: with random weights only its cosine gate is kept (their near-tied logits flip top-1 "
         "on noise), and its accuracy gate is checked on a trained model (tests/export/test_int8.py, resnet20 on "
-        "digits: 100% top-1 agreement). Its row's fraction is of the int8 GEMM ceiling (torch._int_mm), the "
+        "digits: 100% top-1 agreement). Its row's fraction is of the int8 GEMM ceiling (ONNX Runtime MatMulInteger), the "
         "others' of the fp32 one.",
         "All runners of one (model, batch) are timed in the same interleaved rounds after warm-up; images/s = "
         "batch / median call time; p50/p99 are per call (one batch).",

@@ -33,3 +33,22 @@ def with_onnx_session(runner: Runner, model_path: Path, *, level: str = "ORT_ENA
     options.log_severity_level = 3
     runner.session = ort.InferenceSession(str(model_path), sess_options=options, providers=runner.session.get_providers())
     return runner
+
+
+class Float16(torch.nn.Module):
+    """`model` in half precision behind the float32 interface that `Runner.predict` passes and returns."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model.half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.half()).float()
+
+
+def fp16_channels_last_runner(checkpoint: Path, device: str, threads: int) -> Runner:
+    """The eager runner in fp16 and channels_last: FP16 inference where there is no TensorRT (on CUDA,
+    cuDNN's tensor-core convolutions)."""
+    runner = channels_last_runner(checkpoint, device, threads)
+    runner.model = Float16(runner.model)
+    return runner

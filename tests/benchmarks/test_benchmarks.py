@@ -10,10 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from benchmarks.artifacts import random_checkpoint
 from benchmarks.cli import main
 from benchmarks.report import CPU_FEATURES, Report, Table, Verdict, machine_slug, usable_cores
 from benchmarks.timing import Budget, concurrent_throughput, interleaved
+from benchmarks.training import cpu_emulates_bf16
+from benchmarks.variants import fp16_channels_last_runner
+from export.runners import runner_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,7 +96,11 @@ def test_train_compares_our_step_with_a_bare_loop(work_dir):
     stdout, markdown, data = run_quick("train", work_dir)
     check_well_formed(stdout, markdown, data, "train")
     rows = data["data"]["rows"]
-    assert [r["configuration"] for r in rows] == ["fp32", "bf16 autocast"]
+    # bf16 is timed where the CPU has bf16 instructions, and said to be left out where it would be emulated
+    emulated = cpu_emulates_bf16()
+    assert [r["configuration"] for r in rows] == ["fp32"] + ([] if emulated else ["bf16 autocast"])
+    assert ("Not timed by default: bf16 autocast" in markdown) == emulated
+    assert set(data["data"]["ceilings_gflops"]) - {"runs"} == ({"fp32"} if emulated else {"fp32", "bf16"})
     assert all(r["ratio"] > 0 and r["ours"]["calls"] == r["bare"]["calls"] for r in rows)
 
 
@@ -179,3 +188,29 @@ def test_report_markdown_and_json_agree(tmp_path):
     assert data["tables"][0]["rows"] == [{"name": "x", "value": 1234.5}, {"name": "y", "value": None}]
     with pytest.raises(ValueError, match="2 columns"):
         table.add("too", "many", "cells")
+
+
+def test_fp16_runner_keeps_float32_in_and_out_and_agrees_with_fp32(tmp_path):
+    """The FP16 candidate `infer` times on CUDA (where there is no TensorRT), run here on the CPU."""
+    checkpoint = random_checkpoint("resnet20", tmp_path)
+    fp32 = runner_from_checkpoint(checkpoint, threads=1)
+    fp16 = fp16_channels_last_runner(checkpoint, "cpu", threads=1)
+    assert {p.dtype for p in fp16.model.parameters()} == {torch.float16}
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    expected, got = fp32.predict(x), fp16.predict(x)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    assert 0 < (got - expected).abs().max() and torch.nn.functional.cosine_similarity(got, expected).min() > 0.99
+
+
+def test_ceiling_stops_growing_the_size_after_a_fallback_kernels_slow_call(monkeypatch):
+    """bf16 without AVX512_BF16 runs at ~1 GFLOP/s: N=3072 would take a minute a call."""
+    from benchmarks import ceiling
+
+    budget = Budget(warmup=0, min_rounds=1, max_rounds=1, seconds=0)
+    monkeypatch.setattr(ceiling, "SLOW_CALL_S", 0.0)  # every call counts as slow
+    slow = ceiling.measure_ceiling("fp32", 1, [128, 64, 256], budget)
+    assert [r["size"] for r in slow["sizes"]] == [64] and slow["skipped_sizes"] == [128, 256]
+    monkeypatch.setattr(ceiling, "SLOW_CALL_S", 60.0)
+    every = ceiling.measure_ceiling("int8", 1, [64, 128], budget)
+    assert [r["size"] for r in every["sizes"]] == [64, 128] and every["skipped_sizes"] == []
+    assert every["gflops"] == max(r["gflops"] for r in every["sizes"]) > 0
