@@ -66,7 +66,7 @@ def build_candidates(checkpoint: Path, export_dir: Path, threads: int, log: Call
     ]
     skipped = []
     if not torch.cuda.is_available():
-        skipped.append("CUDA runners (eager, TorchScript, ONNX Runtime CUDA, TensorRT): no CUDA device on this machine")
+        skipped.append("CUDA runners (eager fp32 and fp16, TorchScript, ONNX Runtime CUDA, TensorRT): no CUDA device on this machine")
         return candidates, skipped
     candidates += [
         Candidate("cuda eager", runner_from_checkpoint(checkpoint, device="cuda"), "cuda"),
