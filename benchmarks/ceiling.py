@@ -39,11 +39,11 @@ def int8_matmul(size: int, threads: int) -> Callable[[], object]:
         [helper.make_tensor_value_info("Y", TensorProto.INT32, [size, size])], [weights],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model)
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     a = rng.integers(0, 256, (size, size), dtype=np.uint8)
-    onnx.checker.check_model(model)
     return lambda: session.run(None, {"A": a})
 
 
