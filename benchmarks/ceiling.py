@@ -129,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> Report:
     threads = args.threads
-    sizes = args.sizes or default_sizes(args.quick)
+    sizes = sorted(args.sizes or default_sizes(args.quick))
     budget = default_budget(args.quick)
     thread_counts = sorted({1, threads})
     report = Report("ceiling", "GEMM ceiling (torch.matmul; int8: ONNX Runtime MatMulInteger)", threads=threads, quick=args.quick)
@@ -142,7 +142,6 @@ def run(args: argparse.Namespace) -> Report:
         "their precisions in their own run and report the fraction their networks reach.",
         f"Rows at 1 thread and at {threads} thread(s) (of {usable_cores()} usable cores).",
     ]
-    sizes = sorted(sizes)
     table = Table("GEMM GFLOP/s (median)", ["dtype", "threads", *[f"N={s}" for s in sizes], "ceiling GFLOP/s"])
     results = []
     for dtype_name in DTYPES:

@@ -169,8 +169,9 @@ def run(args: argparse.Namespace) -> Report:
     if emulated_bf16:
         report.notes.append(
             f"Not timed by default: {', '.join(VARIANTS[n].name for n in emulated_bf16)}. This CPU has none of "
-            f"{', '.join(NATIVE_BF16)}, so bf16 runs on emulated kernels (a ResNet-18 step 13x slower than fp32 on an AVX2 Zen 3): it would "
-            "take minutes a step and no one trains in bf16 on such a CPU. `--variants bf16` times it anyway."
+            f"{', '.join(NATIVE_BF16)}, so bf16 runs on emulated kernels (a ResNet-18 step 13x slower than "
+            "fp32 on an AVX2 Zen 3): it would take minutes a step and no one trains in bf16 on such a CPU. "
+            "`--variants bf16` times it anyway."
         )
     precisions = tuple(dict.fromkeys(["fp32", *(VARIANTS[n].precision for n in names)]))
     log(f"measuring the {' and '.join(precisions)} GEMM ceilings at {threads} thread(s)")

@@ -9,7 +9,7 @@ fuses each pair into an int8 kernel, and any ONNX runtime can still read it.
 Why 7-bit weights (`reduce_range`): on x86 CPUs without VNNI (AVX2, and AVX-512 before Cascade Lake
 or Zen 4), ONNX Runtime's u8 x s8 kernels add pairs of products in int16 (`vpmaddubsw`), which
 saturates with full-range weights: on a Zen 3 EPYC the digits model's worst logit cosine fell to
-0.77 and the gate failed. With weights in [-64, 64] a pair (at most 2 x 255 x 64) always fits, so
+0.75-0.87 and the gate failed. With weights in [-64, 64] a pair (at most 2 x 255 x 64) always fits, so
 the artifact computes the same numbers on every x86 server, VNNI or not, at the same speed
 (ResNet-50, batch 8, that Zen 3: 24.0 against 24.8 img/s full-range; cosine 0.996).
 """
