@@ -88,7 +88,7 @@ def decode_image(
 
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # not a copy of every upright image's pixels
         return _to_rgb(image)
     except Exception as e:
         # Pillow reports damaged data as OSError, SyntaxError, ValueError, EOFError, zlib or struct

@@ -121,7 +121,7 @@ class EncodedImageTransform:
     `decode_image` (JPEG draft mode down to the resize size, pixel limit checked from the header), then
     `eval_resize_crop` and `normalize_batch`: the one path from a file to a tensor for the server
     handler, `client --local`, `train --predict` and the benchmarks. Callers with several images take
-    `pixels` per image and `normalize` once per batch (one vectorised pass instead of one per image).
+    `pixels` per image and `batch` once (one vectorised pass instead of one per image).
     Raises `models.imageio.ImageDecodeError` for bad images.
     """
 
@@ -142,14 +142,21 @@ class EncodedImageTransform:
         """uint8 CHW or NCHW -> the network's float32 input."""
         return normalize_batch(pixels, self.spec)
 
+    def batch(self, pixels: list[torch.Tensor]) -> torch.Tensor:
+        """Several images' `pixels` -> one normalised float32 NCHW batch."""
+        return self.normalize(torch.stack(pixels))
+
     def __call__(self, data: bytes) -> torch.Tensor:
         return self.normalize(self.pixels(data))
 
 
 def normalize_batch(batch: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     """uint8 (or [0, 1] float) NCHW batch or CHW image -> normalised float32, on whatever device it lives on."""
-    # A fresh tensor either way: the in-place ops below must not touch the caller's float batch.
-    x = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float().clone()
+    # One copy into a fresh contiguous float tensor: the in-place ops below must not touch the caller's
+    # batch, and a single center crop is a strided view of HWC pixels, on which they run 2.6x slower.
+    x = batch.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+    if batch.dtype == torch.uint8:
+        x.div_(255.0)
     mean = torch.tensor(spec.mean, device=x.device, dtype=x.dtype).view(3, 1, 1)
     std = torch.tensor(spec.std, device=x.device, dtype=x.dtype).view(3, 1, 1)
     return x.sub_(mean).div_(std)

@@ -101,7 +101,7 @@ class ImageClassifierHandler(BaseHandler):
             pixels += images
             counts.append(len(images))
             errors.append(error)
-        batch = self.to_input.normalize(torch.stack(pixels)) if pixels else None
+        batch = self.to_input.batch(pixels) if pixels else None
         return batch, counts, errors
 
     def decode(self, name: str, value) -> torch.Tensor:

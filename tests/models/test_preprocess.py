@@ -34,10 +34,15 @@ def test_a_batch_normalised_at_once_equals_each_image_normalised_alone():
         buffer = io.BytesIO()
         Image.fromarray(getattr(skdata, name)()).save(buffer, "JPEG", quality=90)
         encoded.append(buffer.getvalue())
-    pixels = torch.stack([to_input.pixels(data) for data in encoded])
+    crops = [to_input.pixels(data) for data in encoded]
+    pixels = torch.stack(crops)
     assert pixels.dtype == torch.uint8 and pixels.shape == (3, 3, 64, 64)
-    batch = to_input.normalize(pixels)
-    assert torch.equal(batch, torch.stack([to_input(data) for data in encoded]))
+    batch = to_input.batch(crops)
+    assert torch.equal(batch, to_input.normalize(pixels))
+    alone = [to_input(data) for data in encoded]
+    assert torch.equal(batch, torch.stack(alone))
+    # A crop can be a strided view of HWC pixels; the network's input is contiguous NCHW all the same.
+    assert all(x.is_contiguous() for x in alone) and batch.is_contiguous()
     floats = pixels.float() / 255
     untouched = floats.clone()
     torch.testing.assert_close(to_input.normalize(floats), batch)  # [0, 1] floats normalise the same way
