@@ -118,6 +118,10 @@ def test_serve_loads_torchserve_with_locust(work_dir):
         assert all(lv["raw_images_per_s"] > 0 and lv["served_over_raw"] > 0 for lv in ours)
         # Two users spread over two workers make batches of one.
         assert [lv["raw_batch"] for lv in ours] == ([1, 2] if workers == 1 else [1, 1])
+    # The raw runner is measured afresh right after each of those levels, so each ratio's sides are adjacent.
+    ours = [lv for lv in levels if lv["served_by"] == "ours onnx"]
+    raw = data["data"]["raw"]["resnet20"]
+    assert [(m["batch"], m["best"]) for m in raw] == [(lv["raw_batch"], lv["raw_images_per_s"]) for lv in ours]
     for level in levels:
         summary = level["summary"]
         assert summary["requests"] > 0 and summary["failures"] == 0, summary
