@@ -3,8 +3,10 @@
 For each architecture the random-init checkpoint is exported with `python -m export`; the runners
 are the project's own (`export.runners`): eager PyTorch from the checkpoint (NCHW, and the same
 module converted to channels_last), the TorchScript, ONNX Runtime and ONNX Runtime INT8 artifacts, and on a CUDA
-machine the same on the GPU plus TensorRT where the export has an engine. All runners of one
-(architecture, batch) are timed in the same interleaved rounds.
+machine the same on the GPU plus TensorRT where the export has an engine (`--devices` picks the CPU or
+the GPU runners alone; on the GPU alone, ratios are to CUDA eager). All runners of one (architecture,
+batch) are timed in the same interleaved rounds. Every runner takes and returns CPU float32 tensors, as
+the server's does, so a CUDA row includes the host-to-device copy of its batch and the copy back.
 
 FLOPs: 2 x the multiply-accumulates of the convolutions and the classifier, counted by
 `torch.utils.flop_counter` on one image (ResNet-50 at 224x224: 8.2 GFLOP = 4.1 GMAC), the same
@@ -28,7 +30,7 @@ from export.runners import Runner, open_runner, runner_from_checkpoint
 
 from .artifacts import export_model, random_checkpoint
 from .ceiling import CeilingProbe
-from .errors import check_archs, positive_int
+from .errors import BenchmarkError, check_archs, positive_int
 from .report import Report, Table, Verdict
 from .timing import Budget, interleaved
 from .variants import channels_last_runner, fp16_channels_last_runner, with_onnx_session
@@ -55,18 +57,23 @@ def forward_flops(model: torch.nn.Module, input_size: int) -> int:
     return counter.get_total_flops()
 
 
-def build_candidates(checkpoint: Path, export_dir: Path, threads: int, log: Callable[[str], None]) -> tuple[list[Candidate], list[str]]:
-    """Every runner this machine can run for one model, and a note for each it cannot."""
-    candidates = [
-        Candidate("eager", runner_from_checkpoint(checkpoint, threads=threads), "cpu"),
-        Candidate("eager channels_last", channels_last_runner(checkpoint, "cpu", threads), "cpu"),
-        Candidate("torchscript", open_runner(export_dir, "torchscript", threads=threads), "cpu"),
-        Candidate("onnxruntime", open_runner(export_dir, "onnx", threads=threads), "cpu"),
-        Candidate("onnxruntime int8", open_runner(export_dir, "onnx-int8", threads=threads), "cpu"),
-    ]
+def build_candidates(checkpoint: Path, export_dir: Path, threads: int, devices: list[str],
+                     log: Callable[[str], None]) -> tuple[list[Candidate], list[str]]:  # fmt: skip
+    """Every runner this machine can run for one model on `devices`, and a note for each it cannot.
+    The first candidate is the baseline of the ratios: eager on the CPU, else eager on CUDA."""
+    candidates = []
+    if "cpu" in devices:
+        candidates += [
+            Candidate("eager", runner_from_checkpoint(checkpoint, threads=threads), "cpu"),
+            Candidate("eager channels_last", channels_last_runner(checkpoint, "cpu", threads), "cpu"),
+            Candidate("torchscript", open_runner(export_dir, "torchscript", threads=threads), "cpu"),
+            Candidate("onnxruntime", open_runner(export_dir, "onnx", threads=threads), "cpu"),
+            Candidate("onnxruntime int8", open_runner(export_dir, "onnx-int8", threads=threads), "cpu"),
+        ]
     skipped = []
-    if not torch.cuda.is_available():
-        skipped.append("CUDA runners (eager fp32 and fp16, TorchScript, ONNX Runtime CUDA, TensorRT): no CUDA device on this machine")
+    if "cuda" not in devices:
+        if not torch.cuda.is_available():
+            skipped.append("CUDA runners (eager fp32 and fp16, TorchScript, ONNX Runtime CUDA, TensorRT): no CUDA device on this machine")
         return candidates, skipped
     candidates += [
         Candidate("cuda eager", runner_from_checkpoint(checkpoint, device="cuda"), "cuda"),
@@ -127,7 +134,10 @@ def onnx_ablation(arch: str, checkpoint: Path, export_dir: Path, batch: int, thr
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--archs", nargs="+", help="architectures (default: resnet18 resnet50; --quick: resnet20)")
-    parser.add_argument("--batches", type=positive_int, nargs="+", help="batch sizes (default: 1 8 32, and 64 256 where CUDA is present; --quick: 1 2)")
+    parser.add_argument("--batches", type=positive_int, nargs="+", help="batch sizes (default: 1 8 32, and 64 256 where CUDA is timed; --quick: 1 2)")
+    parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"],
+                        help="whose runners to time (default: cpu, and cuda where PyTorch sees a CUDA device); "
+                             "`--devices cuda` times the GPU runners alone, against CUDA eager")  # fmt: skip
     parser.add_argument("--seconds", type=float, default=10.0,
                         help="time budget per (architecture, batch), shared by all runners (default: %(default)s)")
     parser.add_argument("--no-ablation", action="store_true",
@@ -138,19 +148,25 @@ def run(args: argparse.Namespace) -> Report:
     threads = args.threads
     archs = args.archs or (["resnet20"] if args.quick else ["resnet18", "resnet50"])
     check_archs(archs)
-    batches = args.batches or ([1, 2] if args.quick else [1, 8, 32, 64, 256] if torch.cuda.is_available() else [1, 8, 32])
+    devices = list(dict.fromkeys(args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])))
+    if "cuda" in devices and not torch.cuda.is_available():
+        raise BenchmarkError("--devices cuda: PyTorch sees no CUDA device on this machine")
+    batches = args.batches or ([1, 2] if args.quick else [1, 8, 32, 64, 256] if "cuda" in devices else [1, 8, 32])
     budget = Budget(warmup=1, min_rounds=2, max_rounds=3, seconds=0) if args.quick else Budget(warmup=2, min_rounds=5, seconds=args.seconds)
     log = args.log
 
     report = Report("infer", "Inference throughput per runner", threads=threads, quick=args.quick)
-    log(f"measuring the fp32 and int8 GEMM ceilings at {threads} thread(s)")
-    ceiling = CeilingProbe(("fp32", "int8"), threads, args.quick)
-    ceiling.measure()
+    # The ceilings are the CPU's: the CUDA rows have no fraction.
+    ceiling = CeilingProbe(("fp32", "int8"), threads, args.quick) if "cpu" in devices else None
+    if ceiling:
+        log(f"measuring the fp32 and int8 GEMM ceilings at {threads} thread(s)")
+        ceiling.measure()
     rows = []
     for arch in archs:
         export_dir = export_model(arch, args.work_dir, threads=threads, log=log)
         checkpoint = random_checkpoint(arch, args.work_dir)
-        candidates, skipped = build_candidates(checkpoint, export_dir, threads, log)
+        candidates, skipped = build_candidates(checkpoint, export_dir, threads, devices, log)
+        baseline = candidates[0].label
         report.notes += [f"{arch}: not measured: {s}" for s in skipped if f"{arch}: not measured: {s}" not in report.notes]
         input_size = candidates[0].runner.preprocess.input_size
         flops = forward_flops(candidates[0].runner.model, input_size)
@@ -159,22 +175,26 @@ def run(args: argparse.Namespace) -> Report:
             x = torch.randn(batch, 3, input_size, input_size, generator=torch.Generator().manual_seed(batch))
             log(f"{arch} batch {batch}: timing {', '.join(c.label for c in candidates)}")
             samples = interleaved({c.label: (lambda r=c.runner: r.predict(x)) for c in candidates}, budget, items=batch)
-            eager = samples["eager"].items_per_s
+            eager = samples[baseline].items_per_s
             for c in candidates:
                 s = samples[c.label]
                 rows.append({"model": arch, "batch": batch, "runner": c.label, "device": c.device,
                              "precision": c.effective_precision(), **s.to_dict(),
                              "vs_eager": s.items_per_s / eager, "gflops": flops * s.items_per_s / 1e9})  # fmt: skip
             for label, name in (("onnxruntime", "ONNX Runtime"), ("onnxruntime int8", "ONNX Runtime INT8")):
+                if label not in samples:  # --devices cuda
+                    continue
                 ratio = samples[label].items_per_s / eager
                 report.verdicts.append(
                     Verdict(f"CPU: {name} >= {ONNX_TARGET:g}x eager ({arch}, batch {batch})", f"{ratio:.2f}x", ratio >= ONNX_TARGET)
                 )
-    ceiling.measure()
-    ceilings = ceiling.gflops
-    report.data["ceiling_gflops"] = {**ceilings, "runs": ceiling.runs}
-    table = Table("Inference", ["model", "batch", "runner", "images/s", "p50 ms", "p99 ms", "calls", "x eager",
-                                "% of GEMM ceiling (its precision)"])  # fmt: skip
+    ceilings = {}
+    if ceiling:
+        ceiling.measure()
+        ceilings = ceiling.gflops
+        report.data["ceiling_gflops"] = {**ceilings, "runs": ceiling.runs}
+    table = Table("Inference", ["model", "batch", "runner", "images/s", "p50 ms", "p99 ms", "calls",
+                                "x eager" if "cpu" in devices else "x cuda eager", "% of GEMM ceiling (its precision)"])  # fmt: skip
     for row in rows:
         cpu_ceiling = ceilings.get(row["precision"]) if row["device"] == "cpu" else None
         row["ceiling_fraction"] = row["gflops"] / cpu_ceiling if cpu_ceiling else None
@@ -196,11 +216,11 @@ def run(args: argparse.Namespace) -> Report:
         "batch / median call time; p50/p99 are per call (one batch).",
         "FLOPs = 2 x MACs of convolutions + classifier (torch.utils.flop_counter) per image: "
         + ", ".join(f"{a} {f / 1e9:.2f} GFLOP ({f / 2e9:.2f} GMAC)" for a, f in report.data["flops_per_image"].items())
-        + f". {ceiling.describe()}.",
+        + (f". {ceiling.describe()}." if ceiling else ". No CPU runner timed (--devices), so no CPU GEMM ceiling."),
         f"ONNX Runtime: CPU provider, graph optimization ORT_ENABLE_ALL, intra-op threads {threads}, inter-op 1; "
         f"PyTorch: torch.set_num_threads({threads}).",
     ]
-    if not args.no_ablation:
+    if not args.no_ablation and "cpu" in devices:
         arch, batch = archs[-1], batches[len(batches) // 2]
         log(f"{arch} batch {batch}: ONNX Runtime graph optimization levels and threads vs eager")
         ablation, ablation_rows = onnx_ablation(arch, random_checkpoint(arch, args.work_dir), export_model(arch, args.work_dir),

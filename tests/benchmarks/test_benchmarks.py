@@ -147,6 +147,13 @@ def test_unknown_architecture_is_a_usage_error(capsys):
     assert "unknown architecture(s) ['resnet7']" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device: the refusal is for machines without one")
+def test_infer_on_cuda_alone_without_a_cuda_device_says_so(capsys, tmp_path):
+    assert main(["infer", "--devices", "cuda", "--quick", "--work-dir", str(tmp_path)]) == 3
+    assert "--devices cuda: PyTorch sees no CUDA device on this machine" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before exporting anything
+
+
 def test_bad_numbers_are_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["infer", "--batches", "0"])
