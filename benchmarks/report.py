@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from export.quantize import cpu_flags
+
 RESULTS_ROOT = Path(__file__).with_name("results")
 
 
@@ -46,11 +48,7 @@ CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "am
 
 def cpu_features() -> list[str]:
     """Which of CPU_FEATURES /proc/cpuinfo lists (empty where it does not say, e.g. not Linux or not x86)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    flags = cpu_flags() or set()
     return [feature for feature in CPU_FEATURES if feature in flags]
 
 

@@ -87,13 +87,20 @@ class BatchReader:
         return None if batch is None else {self.input_name: batch.contiguous().numpy()}
 
 
-def cpu_has_vnni() -> bool | None:
-    """Whether this x86 CPU has AVX-512 VNNI or AVX-VNNI (None where /proc/cpuinfo does not say)."""
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (None where it does not say: not Linux, or no flags line)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return None
-    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni"))
+    line = next((line for line in text.splitlines() if line.startswith("flags")), None)
+    return set(line.split(":", 1)[1].split()) if line else None
+
+
+def cpu_has_vnni() -> bool | None:
+    """Whether this x86 CPU has AVX-512 VNNI or AVX-VNNI (None where /proc/cpuinfo does not say)."""
+    flags = cpu_flags()
+    return None if flags is None else bool(flags & {"avx512_vnni", "avx_vnni"})
 
 
 def quantize_onnx(
