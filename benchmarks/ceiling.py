@@ -1,12 +1,15 @@
 """`python -m benchmarks ceiling`: this machine's dense GEMM throughput, the limit the others are compared with.
 
-Square `torch.matmul` in fp32 and bf16, and in int8 ONNX Runtime's `MatMulInteger` (uint8 x int8 ->
-int32, MLAS's quantized GEMM: the kernels our int8 artifact's convolutions run on) at a few sizes.
-`torch._int_mm` is not used for int8: without VNNI it falls back to a scalar loop (1.3 GOP/s on an
-AVX2 Zen 3, against hundreds for MLAS), which would make it a floor, not a ceiling. Operations are
-counted as 2*M*N*K (a multiply and an add per multiply-accumulate), the same convention `infer` and
-`train` use for the networks, so the int8 "GFLOP/s" are integer operations. The ceiling for a dtype is
-its best median over the sizes.
+Square GEMMs at a few sizes through each library that runs one of our models' precisions: fp32 in
+`torch.matmul` (MKL's sgemm) and in ONNX Runtime's `MatMul` (MLAS), bf16 in `torch.matmul`, int8 in
+ONNX Runtime's `MatMulInteger` (uint8 x int8 -> int32, MLAS's quantized GEMM: the kernels our int8
+artifact's convolutions run on). A dtype's ceiling is its fastest kernel's best median over the sizes.
+fp32 needs both libraries: MKL takes its AVX2 path on AMD CPUs while MLAS picks AVX-512 from CPUID,
+which on a Zen 5 (full-width AVX-512 units) doubles the fp32 rate; a ceiling from MKL alone would be
+half the machine's. `torch._int_mm` is not used for int8: without VNNI it falls back to a scalar loop
+(1.3 GOP/s on an AVX2 Zen 3, against hundreds for MLAS), which would make it a floor, not a ceiling.
+Operations are counted as 2*M*N*K (a multiply and an add per multiply-accumulate), the same
+convention `infer` and `train` use for the networks, so the int8 "GFLOP/s" are integer operations.
 """
 
 from __future__ import annotations
@@ -20,47 +23,52 @@ from .errors import positive_int
 from .report import Report, Table, usable_cores
 from .timing import Budget, interleaved
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": None}  # int8: ONNX Runtime, see above
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+TORCH, ONNXRUNTIME = "torch.matmul", "onnxruntime"
+KERNELS = {"fp32": (TORCH, ONNXRUNTIME), "bf16": (TORCH,), "int8": (ONNXRUNTIME,)}  # see the module doc
 
 
-def int8_matmul(size: int, threads: int) -> Callable[[], object]:
-    """One call of ONNX Runtime's MatMulInteger (uint8 activations x int8 weights, int32 out) on a
-    size x size problem, at `threads` intra-op threads."""
+def onnxruntime_matmul(size: int, dtype_name: str, threads: int) -> Callable[[], object]:
+    """One call of ONNX Runtime's MatMul (fp32) or MatMulInteger (int8: uint8 activations x int8
+    weights, int32 out) on a size x size problem, at `threads` intra-op threads."""
     import numpy as np  # noqa: PLC0415
     import onnx  # noqa: PLC0415
     import onnxruntime as ort  # noqa: PLC0415
     from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
 
     rng = np.random.default_rng(0)
-    weights = numpy_helper.from_array(rng.integers(-128, 128, (size, size), dtype=np.int8), "B")
+    if dtype_name == "int8":
+        op, a_type, y_type = "MatMulInteger", TensorProto.UINT8, TensorProto.INT32
+        a = rng.integers(0, 256, (size, size), dtype=np.uint8)
+        b = rng.integers(-128, 128, (size, size), dtype=np.int8)
+    else:
+        op, a_type, y_type = "MatMul", TensorProto.FLOAT, TensorProto.FLOAT
+        a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
     graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "int8_gemm",
-        [helper.make_tensor_value_info("A", TensorProto.UINT8, [size, size])],
-        [helper.make_tensor_value_info("Y", TensorProto.INT32, [size, size])], [weights],
+        [helper.make_node(op, ["A", "B"], ["Y"])], f"{dtype_name}_gemm",
+        [helper.make_tensor_value_info("A", a_type, [size, size])],
+        [helper.make_tensor_value_info("Y", y_type, [size, size])], [numpy_helper.from_array(b, "B")],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     onnx.checker.check_model(model)
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    a = rng.integers(0, 256, (size, size), dtype=np.uint8)
     return lambda: session.run(None, {"A": a})
 
 
-def gemm_gflops(size: int, dtype_name: str, budget: Budget, device: str = "cpu") -> dict:
+def gemm_gflops(size: int, dtype_name: str, kernel: str, budget: Budget) -> dict:
     """Median GFLOP/s of a size x size x size matmul (threads: whatever torch is set to now)."""
-    if dtype_name == "int8":
-        call = int8_matmul(size, torch.get_num_threads())
+    if kernel == ONNXRUNTIME:
+        call = onnxruntime_matmul(size, dtype_name, torch.get_num_threads())
     else:
         generator = torch.Generator().manual_seed(0)
-        a = torch.randn(size, size, generator=generator).to(device, DTYPES[dtype_name])
-        b = torch.randn(size, size, generator=generator).to(device, DTYPES[dtype_name])
-        out = torch.empty(size, size, dtype=DTYPES[dtype_name], device=device)
+        a = torch.randn(size, size, generator=generator).to(TORCH_DTYPES[dtype_name])
+        b = torch.randn(size, size, generator=generator).to(TORCH_DTYPES[dtype_name])
+        out = torch.empty(size, size, dtype=TORCH_DTYPES[dtype_name])
 
         def call() -> None:
             torch.matmul(a, b, out=out)
-            if device == "cuda":
-                torch.cuda.synchronize()
 
     samples = interleaved({"gemm": call}, budget)["gemm"]
     flops = 2.0 * size**3
@@ -72,23 +80,28 @@ def gemm_gflops(size: int, dtype_name: str, budget: Budget, device: str = "cpu")
 SLOW_CALL_S = 1.0
 
 
-def measure_ceiling(dtype_name: str, threads: int, sizes: list[int], budget: Budget) -> dict:
-    """The best median GFLOP/s over `sizes` (ascending; stopping after a call slower than SLOW_CALL_S)
-    at `threads` intra-op threads, with the per-size numbers."""
+def measure_kernel(dtype_name: str, kernel: str, threads: int, sizes: list[int], budget: Budget) -> dict:
+    """One kernel's best median GFLOP/s over `sizes` (ascending; stopping after a call slower than
+    SLOW_CALL_S) at `threads` intra-op threads, with the per-size numbers."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     per_size: list[dict] = []
     try:
         for size in sorted(sizes):
-            per_size.append(gemm_gflops(size, dtype_name, budget))
+            per_size.append(gemm_gflops(size, dtype_name, kernel, budget))
             if per_size[-1]["median_s"] > SLOW_CALL_S:
                 break
     finally:
         torch.set_num_threads(previous)
     best = max(per_size, key=lambda r: r["gflops"])
     skipped = [size for size in sizes if size > per_size[-1]["size"]]
-    return {"dtype": dtype_name, "threads": threads, "gflops": best["gflops"], "best_size": best["size"],
+    return {"dtype": dtype_name, "kernel": kernel, "threads": threads, "gflops": best["gflops"], "best_size": best["size"],
             "sizes": per_size, "skipped_sizes": skipped}  # fmt: skip
+
+
+def measure_ceiling(dtype_name: str, threads: int, sizes: list[int], budget: Budget) -> float:
+    """The dtype's ceiling: the best GFLOP/s of its fastest kernel."""
+    return max(measure_kernel(dtype_name, kernel, threads, sizes, budget)["gflops"] for kernel in KERNELS[dtype_name])
 
 
 class CeilingProbe:
@@ -102,7 +115,7 @@ class CeilingProbe:
         self.runs: list[dict[str, float]] = []
 
     def measure(self) -> None:
-        self.runs.append({d: measure_ceiling(d, self.threads, self.sizes, self.budget)["gflops"] for d in self.dtypes})
+        self.runs.append({d: measure_ceiling(d, self.threads, self.sizes, self.budget) for d in self.dtypes})
 
     @property
     def gflops(self) -> dict[str, float]:
@@ -111,7 +124,8 @@ class CeilingProbe:
     def describe(self) -> str:
         each = "; ".join(f"{when}: " + ", ".join(f"{d} {run[d]:.0f}" for d in self.dtypes)
                          for when, run in zip(("before", "after"), self.runs))  # fmt: skip
-        return (f"GEMM ceiling: torch.matmul / ONNX Runtime MatMulInteger (N = {', '.join(map(str, self.sizes))}) at {self.threads} thread(s), measured "
+        return (f"GEMM ceiling: the faster of torch.matmul and ONNX Runtime MatMul for fp32, ONNX Runtime MatMulInteger for int8 "
+                f"(N = {', '.join(map(str, self.sizes))}) at {self.threads} thread(s), measured "
                 f"before and after the timings ({each} GFLOP/s); the better of the two is used")  # fmt: skip
 
 
@@ -132,40 +146,48 @@ def run(args: argparse.Namespace) -> Report:
     sizes = sorted(args.sizes or default_sizes(args.quick))
     budget = default_budget(args.quick)
     thread_counts = sorted({1, threads})
-    report = Report("ceiling", "GEMM ceiling (torch.matmul; int8: ONNX Runtime MatMulInteger)", threads=threads, quick=args.quick)
+    report = Report("ceiling", "GEMM ceiling (torch.matmul and ONNX Runtime MatMul / MatMulInteger)", threads=threads, quick=args.quick)
     report.method = [
         f"Square matmul C = A·B at sizes {', '.join(map(str, sizes))}; FLOPs = 2·N³ (one multiply and one add "
         "per multiply-accumulate). Median of the timed calls after warm-up.",
+        "fp32: torch.matmul (MKL sgemm, which takes its AVX2 path on AMD CPUs) and ONNX Runtime MatMul (MLAS, "
+        "which picks AVX-512 where the CPU has it); the ceiling is the faster of the two.",
         "int8: ONNX Runtime MatMulInteger (uint8 x int8 -> int32, MLAS: what the int8 artifact's convolutions run on; "
         "torch._int_mm has only a scalar fallback without VNNI).",
-        "The ceiling of a dtype is its best median over the sizes; `infer` and `train` re-measure the ceilings of "
-        "their precisions in their own run and report the fraction their networks reach.",
+        "The ceiling of a dtype is its fastest kernel's best median over the sizes; `infer` and `train` re-measure "
+        "the ceilings of their precisions in their own run and report the fraction their networks reach.",
         f"Rows at 1 thread and at {threads} thread(s) (of {usable_cores()} usable cores).",
     ]
-    table = Table("GEMM GFLOP/s (median)", ["dtype", "threads", *[f"N={s}" for s in sizes], "ceiling GFLOP/s"])
+    table = Table("GEMM GFLOP/s (median)", ["dtype", "kernel", "threads", *[f"N={s}" for s in sizes], "best GFLOP/s"])
     results = []
-    for dtype_name in DTYPES:
-        for count in thread_counts:
-            result = measure_ceiling(dtype_name, count, sizes, budget)
-            results.append(result)
-            by_size = {r["size"]: r["gflops"] for r in result["sizes"]}
-            table.add(dtype_name, count, *[by_size.get(size) for size in sizes], result["gflops"])
-            if result["skipped_sizes"]:
-                slowest = result["sizes"][-1]
-                report.notes.append(
-                    f"{dtype_name}, {count} thread(s): N={', '.join(map(str, result['skipped_sizes']))} not timed: one call "
-                    f"at N={slowest['size']} took {slowest['median_s']:.1f} s ({slowest['gflops']:.1f} GFLOP/s), a fallback "
-                    "kernel on this CPU (larger sizes would take minutes and cannot raise the ceiling)"
-                )  # fmt: skip
+    for dtype_name, kernels in KERNELS.items():
+        for kernel in kernels:
+            for count in thread_counts:
+                result = measure_kernel(dtype_name, kernel, count, sizes, budget)
+                results.append(result)
+                by_size = {r["size"]: r["gflops"] for r in result["sizes"]}
+                table.add(dtype_name, kernel, count, *[by_size.get(size) for size in sizes], result["gflops"])
+                if result["skipped_sizes"]:
+                    slowest = result["sizes"][-1]
+                    report.notes.append(
+                        f"{dtype_name} {kernel}, {count} thread(s): N={', '.join(map(str, result['skipped_sizes']))} not "
+                        f"timed: one call at N={slowest['size']} took {slowest['median_s']:.1f} s ({slowest['gflops']:.1f} "
+                        "GFLOP/s), a fallback kernel on this CPU (larger sizes would take minutes and cannot raise the ceiling)"
+                    )  # fmt: skip
     report.tables.append(table)
     report.data["ceilings"] = results
-    fp32 = {r["threads"]: r["gflops"] for r in results if r["dtype"] == "fp32"}
-    bf16 = {r["threads"]: r["gflops"] for r in results if r["dtype"] == "bf16"}
-    int8 = {r["threads"]: r["gflops"] for r in results if r["dtype"] == "int8"}
+
+    def ceiling(dtype_name: str, count: int) -> dict:
+        return max((r for r in results if r["dtype"] == dtype_name and r["threads"] == count), key=lambda r: r["gflops"])
+
+    fp32, bf16, int8 = (ceiling(d, threads) for d in KERNELS)
+    report.data["ceiling_gflops"] = {d: ceiling(d, threads)["gflops"] for d in KERNELS}
+    fp32_kernels = {r["kernel"]: r["gflops"] for r in results if r["dtype"] == "fp32" and r["threads"] == threads}
     report.notes.append(
-        f"At {threads} thread(s): fp32 {fp32[threads]:.0f} GFLOP/s, bf16 {bf16[threads]:.0f} GFLOP/s, int8 "
-        f"{int8[threads]:.0f} GOP/s (bf16/fp32 = {bf16[threads] / fp32[threads]:.2f}x, int8/fp32 = "
-        f"{int8[threads] / fp32[threads]:.2f}x); {threads} threads vs 1 thread: "
-        f"fp32 {fp32[threads] / fp32[1]:.2f}x."
+        f"At {threads} thread(s): fp32 {fp32['gflops']:.0f} GFLOP/s ({fp32['kernel']}; torch.matmul / ONNX Runtime = "
+        f"{fp32_kernels[TORCH] / fp32_kernels[ONNXRUNTIME]:.2f}x), bf16 {bf16['gflops']:.0f} GFLOP/s, int8 "
+        f"{int8['gflops']:.0f} GOP/s (bf16/fp32 = {bf16['gflops'] / fp32['gflops']:.2f}x, int8/fp32 = "
+        f"{int8['gflops'] / fp32['gflops']:.2f}x); {threads} threads vs 1 thread: "
+        f"fp32 {fp32['gflops'] / ceiling('fp32', 1)['gflops']:.2f}x."
     )
     return report

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from export.quantize import cpu_flags
+from export.quantize import cpu_flags, cpuinfo
 
 RESULTS_ROOT = Path(__file__).with_name("results")
 
@@ -31,13 +31,31 @@ def usable_cores() -> int:
 
 def cpu_model() -> str:
     """The CPU's marketing name from /proc/cpuinfo (Linux), else what `platform` knows."""
+    return cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_generation(info: dict[str, str] | None = None) -> str | None:
+    """AMD's microarchitecture from /proc/cpuinfo's family and model numbers ("zen3", "zen4", "zen5").
+
+    A virtual machine may name its CPU only "AMD EPYC": without this, a Zen 4 and a Zen 5 (both AVX-512,
+    VNNI, BF16; Zen 5 runs these benchmarks ~1.5-2x faster) would share one results folder.
+    None for other vendors, whose model names say it, and for families not listed here. `info`: the
+    /proc/cpuinfo fields (default: this machine's).
+    """
+    info = cpuinfo() if info is None else info
+    if info.get("vendor_id") != "AuthenticAMD":
+        return None
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        family, model = int(info["cpu family"]), int(info["model"])
+    except (KeyError, ValueError):
+        return None
+    if family == 0x17:
+        return "zen2" if model >= 0x30 else "zen"
+    if family == 0x19:  # Zen 4: Genoa 0x10-0x1f, Raphael/Phoenix 0x60-0x7f, Bergamo/Siena 0xa0-0xaf
+        return "zen4" if 0x10 <= model <= 0x1F or 0x60 <= model <= 0xAF else "zen3"
+    if family == 0x1A:
+        return "zen5"
+    return None
 
 
 # The x86 extensions the numbers depend on: vector width for fp32, VNNI for int8, bf16 and AMX. A
@@ -53,11 +71,14 @@ def cpu_features() -> list[str]:
 
 
 def machine_slug() -> str:
-    """A short directory name for this machine's results: CPU model, its widest vector extension
-    (avx512 / avx2), usable cores (+ GPU when present)."""
+    """A short directory name for this machine's results: CPU model (+ AMD generation), its widest
+    vector extension (avx512 / avx2), usable cores (+ GPU when present)."""
     words = re.sub(r"\(\w+\)|processor|cpu|\d+-core", " ", cpu_model(), flags=re.IGNORECASE).split()
     slug = "-".join(words[:4]).lower()
     slug = re.sub(r"[^a-z0-9-]+", "", slug) or "cpu"
+    generation = cpu_generation()
+    if generation and generation not in slug:
+        slug += f"-{generation}"
     features = cpu_features()
     vector = "avx512" if "avx512f" in features else "avx2" if "avx2" in features else None
     if vector:

@@ -87,14 +87,26 @@ class BatchReader:
         return None if batch is None else {self.input_name: batch.contiguous().numpy()}
 
 
-def cpu_flags() -> set[str] | None:
-    """The CPU's feature flags from /proc/cpuinfo (None where it does not say: not Linux, or no flags line)."""
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ("model name", "cpu family", "flags", ...); empty
+    where there is no such file (not Linux)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return None
-    line = next((line for line in text.splitlines() if line.startswith("flags")), None)
-    return set(line.split(":", 1)[1].split()) if line else None
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the end of the first processor's block
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (None where it does not say: not Linux, or no flags line)."""
+    line = cpuinfo().get("flags")
+    return set(line.split()) if line is not None else None
 
 
 def cpu_has_vnni() -> bool | None:

@@ -14,10 +14,11 @@ import torch
 
 from benchmarks.artifacts import random_checkpoint
 from benchmarks.cli import main
-from benchmarks.report import CPU_FEATURES, Report, Table, Verdict, machine_slug, usable_cores
+from benchmarks.report import CPU_FEATURES, Report, Table, Verdict, cpu_generation, machine_slug, usable_cores
 from benchmarks.timing import Budget, concurrent_throughput, interleaved
 from benchmarks.training import cpu_emulates_bf16
 from benchmarks.variants import fp16_channels_last_runner
+from export.quantize import cpu_flags, cpuinfo
 from export.runners import runner_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,8 +69,13 @@ def test_ceiling_writes_fp32_bf16_and_int8_rows(work_dir):
     stdout, markdown, data = run_quick("ceiling", work_dir)
     check_well_formed(stdout, markdown, data, "ceiling")
     ceilings = data["data"]["ceilings"]
-    assert {(c["dtype"], c["threads"]) for c in ceilings} == {("fp32", 1), ("bf16", 1), ("int8", 1)}
+    assert {(c["dtype"], c["kernel"], c["threads"]) for c in ceilings} == {
+        ("fp32", "torch.matmul", 1), ("fp32", "onnxruntime", 1), ("bf16", "torch.matmul", 1), ("int8", "onnxruntime", 1)
+    }  # fmt: skip
     assert all(c["gflops"] > 0 for c in ceilings)
+    # a dtype's ceiling is its fastest kernel
+    fp32 = max(c["gflops"] for c in ceilings if c["dtype"] == "fp32")
+    assert data["data"]["ceiling_gflops"]["fp32"] == fp32
 
 
 def test_infer_times_every_cpu_runner_against_eager(work_dir):
@@ -201,6 +207,26 @@ def test_report_markdown_and_json_agree(tmp_path):
         table.add("too", "many", "cells")
 
 
+@pytest.mark.parametrize(
+    "vendor, family, model, generation",
+    [("AuthenticAMD", 25, 0x01, "zen3"), ("AuthenticAMD", 25, 0x11, "zen4"), ("AuthenticAMD", 25, 0xA0, "zen4"),
+     ("AuthenticAMD", 26, 0x02, "zen5"), ("AuthenticAMD", 23, 0x31, "zen2"), ("GenuineIntel", 6, 0x8F, None)],
+)  # fmt: skip
+def test_amd_generation_comes_from_family_and_model(vendor, family, model, generation):
+    # Under KVM all three AMD machines here call themselves "AMD EPYC"; these numbers tell them apart.
+    info = {"vendor_id": vendor, "cpu family": str(family), "model": str(model), "model name": "AMD EPYC"}
+    assert cpu_generation(info) == generation
+
+
+def test_cpuinfo_fields_are_this_machines_first_processor():
+    info = cpuinfo()
+    if not info:
+        pytest.skip("no /proc/cpuinfo on this system")
+    assert set(info["flags"].split()) == cpu_flags()
+    if cpu_generation():
+        assert f"-{cpu_generation()}-" in machine_slug()
+
+
 def test_fp16_runner_keeps_float32_in_and_out_and_agrees_with_fp32(tmp_path):
     """The FP16 candidate `infer` times on CUDA (where there is no TensorRT), run here on the CPU."""
     checkpoint = random_checkpoint("resnet20", tmp_path)
@@ -219,9 +245,9 @@ def test_ceiling_stops_growing_the_size_after_a_fallback_kernels_slow_call(monke
 
     budget = Budget(warmup=0, min_rounds=1, max_rounds=1, seconds=0)
     monkeypatch.setattr(ceiling, "SLOW_CALL_S", 0.0)  # every call counts as slow
-    slow = ceiling.measure_ceiling("fp32", 1, [128, 64, 256], budget)
+    slow = ceiling.measure_kernel("fp32", ceiling.TORCH, 1, [128, 64, 256], budget)
     assert [r["size"] for r in slow["sizes"]] == [64] and slow["skipped_sizes"] == [128, 256]
     monkeypatch.setattr(ceiling, "SLOW_CALL_S", 60.0)
-    every = ceiling.measure_ceiling("int8", 1, [64, 128], budget)
+    every = ceiling.measure_kernel("int8", ceiling.ONNXRUNTIME, 1, [64, 128], budget)
     assert [r["size"] for r in every["sizes"]] == [64, 128] and every["skipped_sizes"] == []
     assert every["gflops"] == max(r["gflops"] for r in every["sizes"]) > 0
