@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from export.runners import Runner, runner_from_checkpoint
+from export.runners import Runner, onnxruntime_session_options, runner_from_checkpoint
 
 
 def channels_last_runner(checkpoint: Path, device: str, threads: int) -> Runner:
@@ -26,11 +26,7 @@ def with_onnx_session(runner: Runner, model_path: Path, *, level: str = "ORT_ENA
     count and providers)."""
     import onnxruntime as ort  # noqa: PLC0415
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-    options.intra_op_num_threads = runner.session.get_session_options().intra_op_num_threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options = onnxruntime_session_options(runner.session.get_session_options().intra_op_num_threads, level)
     runner.session = ort.InferenceSession(str(model_path), sess_options=options, providers=runner.session.get_providers())
     return runner
 

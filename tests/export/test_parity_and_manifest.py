@@ -125,3 +125,21 @@ def test_runner_checks_its_input(digits_export):
         runner.predict(torch.zeros(2, 32, 32, 3))
     out = runner.predict(torch.zeros(2, 3, 32, 32, dtype=torch.float64))  # cast, not refused
     assert out.dtype == torch.float32 and out.shape == (2, 10)
+
+
+def test_onnx_runtime_pool_sleeps_between_runs(digits_export):
+    """A spinning intra-op pool keeps burning a core for ~40 ms after each run, which a server's next
+    decode and its frontend need; the runner's threads block instead."""
+    import time
+
+    runner = open_runner(digits_export, "onnx", threads=2)
+    options = runner.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 2
+    batch = torch.zeros(8, 3, 32, 32)
+    runner.predict(batch)
+    cpu_before = time.process_time()
+    runner.predict(batch)
+    cpu_after_run = time.process_time()
+    time.sleep(0.3)
+    assert time.process_time() - cpu_after_run < 0.2 * (cpu_after_run - cpu_before) + 0.005
