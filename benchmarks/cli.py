@@ -1,6 +1,6 @@
 """`python -m benchmarks <name>`: measured speed, as ratios taken in one run, written under benchmarks/results/.
 
-  python -m benchmarks ceiling     fp32, bf16 (torch.matmul) and int8 (ONNX Runtime) GEMM GFLOP/s: the machine's limit
+  python -m benchmarks ceiling     fp32 (torch.matmul, ONNX Runtime), bf16 (torch.matmul), int8 (ONNX Runtime) GEMM GFLOP/s
   python -m benchmarks infer       resnet18/resnet50 at batch 1, 8, 32 through every runner, vs eager
   python -m benchmarks train       our training step vs a bare PyTorch loop (fp32, bf16, channels_last, compile)
   python -m benchmarks serve       TorchServe + our handler under locust vs the raw runner and the stock handler
