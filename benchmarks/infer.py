@@ -13,11 +13,16 @@ FLOPs: 2 x the multiply-accumulates of the convolutions and the classifier, coun
 convention as the GEMM ceiling (2*M*N*K), which is re-measured in this run at the same thread count
 for fp32 and int8 (before and after the timings; the better of the two); each row is compared with the
 ceiling of its own precision.
+
+Two ablations explain the CPU result (`--no-ablation` skips them): ONNX Runtime's graph optimization
+levels and thread counts against eager, and eager timed right after an ONNX Runtime run whose idle
+threads spin or block, which is why the runners block (a spinning pool slows whatever is timed next).
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -132,6 +137,32 @@ def onnx_ablation(arch: str, checkpoint: Path, export_dir: Path, batch: int, thr
     return table, rows
 
 
+def spinning_ablation(arch: str, checkpoint: Path, export_dir: Path, threads: int, budget: Budget) -> tuple[Table, list[dict]]:
+    """Why the runners' ONNX Runtime threads block when idle: eager PyTorch at batch 1 timed after an idle
+    pause and right after a run of an ONNX Runtime session whose idle threads spin (ONNX Runtime's default)
+    or block (the runners'). A spinning pool keeps the cores busy for tens of ms after its run, about the
+    length of a batch-1 call, so whatever runs next on those cores (the next runner of a benchmark round,
+    a server worker's next decode) gets what is left."""
+    eager = runner_from_checkpoint(checkpoint, threads=threads)
+    sessions = {
+        "spin": with_onnx_session(open_runner(export_dir, "onnx", threads=threads), onnx_file(export_dir), spinning=True),
+        "block": open_runner(export_dir, "onnx", threads=threads),
+    }
+    size = eager.preprocess.input_size
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    before = {"after 0.1 s idle": lambda: time.sleep(0.1)}
+    before |= {f"right after an ONNX Runtime run, idle threads {how}": (lambda r=r: r.predict(x)) for how, r in sessions.items()}
+    samples = interleaved({name: (lambda: eager.predict(x)) for name in before}, budget, before=before)
+    table = Table(f"Eager {arch} at batch 1, timed after another runner ({threads} thread(s))",
+                  ["eager timed", "images/s", "p50 ms", "x after idle"])  # fmt: skip
+    idle = samples["after 0.1 s idle"].items_per_s
+    rows = []
+    for name, s in samples.items():
+        table.add(name, s.items_per_s, s.percentile_ms(50), f"{s.items_per_s / idle:.2f}x")
+        rows.append({"eager_timed": name, **s.to_dict(), "vs_after_idle": s.items_per_s / idle})
+    return table, rows
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--archs", nargs="+", help="architectures (default: resnet18 resnet50; --quick: resnet20)")
     parser.add_argument("--batches", type=positive_int, nargs="+", help="batch sizes (default: 1 8 32, and 64 256 where CUDA is timed; --quick: 1 2)")
@@ -141,7 +172,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=10.0,
                         help="time budget per (architecture, batch), shared by all runners (default: %(default)s)")
     parser.add_argument("--no-ablation", action="store_true",
-                        help="skip the ONNX Runtime graph-optimization / threads table")  # fmt: skip
+                        help="skip the ONNX Runtime graph-optimization / threads and idle-spinning tables")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -233,5 +264,17 @@ def run(args: argparse.Namespace) -> Report:
             f"with graph optimizations off, {by_name[f'onnxruntime ORT_ENABLE_EXTENDED, {threads} thread(s)']:.2f}x with the fusions "
             f"(EXTENDED) and {by_name[f'onnxruntime ORT_ENABLE_ALL, {threads} thread(s)']:.2f}x with the NCHWc layout (ALL, what the "
             "runner uses)."
+        )
+        arch = archs[0]
+        log(f"{arch} batch 1: eager timed after an idle pause and after ONNX Runtime runs whose threads spin or block")
+        spinning, spinning_rows = spinning_ablation(arch, random_checkpoint(arch, args.work_dir), export_model(arch, args.work_dir),
+                                                    threads, budget)  # fmt: skip
+        report.tables.append(spinning)
+        report.data["spinning_ablation"] = spinning_rows
+        after = {r["eager_timed"].rsplit(" ", 1)[-1]: r["vs_after_idle"] for r in spinning_rows}
+        report.notes.append(
+            f"{arch} batch 1: eager right after an ONNX Runtime run runs at {after['spin']:.2f}x its speed after an idle pause "
+            f"when the session's idle threads spin (ONNX Runtime's default), {after['block']:.2f}x when they block (the runners' "
+            "setting, so the other runners' rows are not slowed by the one timed before them)."
         )
     return report

@@ -60,12 +60,16 @@ def time_call(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(candidates: dict[str, Callable[[], object]], budget: Budget, items: int = 1) -> dict[str, Samples]:
+def interleaved(candidates: dict[str, Callable[[], object]], budget: Budget, items: int = 1,
+                before: dict[str, Callable[[], object]] | None = None) -> dict[str, Samples]:
     """Time every candidate (a no-argument callable that finishes its work before returning) in rotating
-    rounds; returns each one's samples."""
+    rounds; returns each one's samples. `before[name]`, where given, runs untimed right before each of
+    that candidate's calls (what the call is measured after)."""
     names = list(candidates)
+    before = before or {}
     for name in names:
         for _ in range(budget.warmup):
+            before.get(name, lambda: None)()
             candidates[name]()
     seconds: dict[str, list[float]] = {name: [] for name in names}
     started = time.perf_counter()
@@ -73,6 +77,7 @@ def interleaved(candidates: dict[str, Callable[[], object]], budget: Budget, ite
     while rounds < budget.max_rounds and (rounds < budget.min_rounds or time.perf_counter() - started < budget.seconds):
         shift = rounds % len(names)
         for name in names[shift:] + names[:shift]:
+            before.get(name, lambda: None)()
             seconds[name].append(time_call(candidates[name]))
         rounds += 1
     return {name: Samples(values, items) for name, values in seconds.items()}

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,10 @@ def test_infer_times_every_cpu_runner_against_eager(work_dir):
     assert data["data"]["flops_per_image"]["resnet20"] > 0
     assert any("ONNX Runtime >=" in v["target"] for v in data["verdicts"])
     assert any("ONNX Runtime INT8 >=" in v["target"] for v in data["verdicts"])
+    # the spinning ablation times eager after an idle pause and after spinning and blocking ONNX Runtime runs
+    spinning = {r["eager_timed"]: r for r in data["data"]["spinning_ablation"]}
+    assert len(spinning) == 3 and spinning["after 0.1 s idle"]["vs_after_idle"] == 1.0
+    assert all(r["items_per_s"] > 0 for r in spinning.values())
     # the export it measured was made by the project's own `python -m export`, int8 within its cosine gate
     manifest = json.loads((work_dir / "exports" / "resnet20" / "manifest.json").read_text())
     assert {a["format"] for a in manifest["artifacts"]} >= {"torchscript", "onnx", "onnx-int8"}
@@ -174,6 +179,15 @@ def test_interleaved_rounds_time_every_candidate_equally():
     assert calls[:3] == ["a", "b", "c"]  # warm-up
     assert calls[3:6] == ["a", "b", "c"] and calls[6:9] == ["b", "c", "a"]  # order rotates per round
     assert all(len(s.seconds) == 4 and s.items == 8 for s in samples.values())
+
+
+def test_interleaved_runs_each_candidates_before_call_untimed_right_before_it():
+    calls: list[str] = []
+    samples = interleaved({name: (lambda n=name: calls.append(n)) for name in "ab"},
+                          Budget(warmup=0, min_rounds=2, max_rounds=2, seconds=0),
+                          before={"a": lambda: (calls.append("before a"), time.sleep(0.05))})  # fmt: skip
+    assert calls == ["before a", "a", "b", "b", "before a", "a"]
+    assert max(samples["a"].seconds) < 0.05  # the 50 ms before-call is not in a's time
 
 
 def test_concurrent_throughput_runs_every_call_at_once():
