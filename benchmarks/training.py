@@ -3,7 +3,8 @@
 "Ours" is `train.engine.train_step` with `StepParts` assembled from `train`'s own pieces
 (`train.optim.build_optimizer` / `build_scheduler` on `python -m train`'s default config: SGD with
 momentum and weight decay, per-step cosine LR; EMA and mixup off, as the bare loop has neither). It
-takes the uint8 batch a loader yields and normalises it itself. The bare loop is the textbook one:
+takes the uint8 batch a loader yields (in pinned memory on CUDA, as train's loaders pin it) and
+normalises it itself. The bare loop is the textbook one:
 `zero_grad`, forward under the same autocast, cross-entropy, `backward`, `SGD.step`, on the same
 batch already normalised to float (so it does strictly less work). Both networks start from the same
 weights and run the same precision and memory format; each configuration times both in the same
@@ -195,6 +196,8 @@ def run(args: argparse.Namespace) -> Report:
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, spec.default_num_classes, (batch,), generator=generator)
+    if device.type == "cuda":  # what train's loaders yield there (pin_memory=True): ours copies them asynchronously
+        images, labels = images.pin_memory(), labels.pin_memory()
     floats = normalize_batch(images, spec.preprocess)
     torch.manual_seed(0)
     initial = create_model(arch, num_classes=spec.default_num_classes)
