@@ -53,7 +53,7 @@ def onnxruntime_matmul(size: int, dtype_name: str, threads: int) -> Callable[[],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     onnx.checker.check_model(model)
-    # The runners' own options (threads, no spinning), so the ceiling is measured as the networks run.
+    # The runners' own options (threads, idle threads), so the ceiling is measured as the networks run.
     options = onnxruntime_session_options(threads)
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return lambda: session.run(None, {"A": a})

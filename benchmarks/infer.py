@@ -16,8 +16,9 @@ for fp32 and int8 (before and after the timings; the better of the two); each ro
 ceiling of its own precision.
 
 Two ablations explain the CPU result (`--no-ablation` skips them): ONNX Runtime's graph optimization
-levels and thread counts against eager, and eager timed right after an ONNX Runtime run whose idle
-threads spin or block, which is why the runners block (a spinning pool slows whatever is timed next).
+levels and thread counts against eager, and what the session's idle threads should do: spin (ONNX
+Runtime's default: the pool burns the cores after each run and slows whatever is timed next), block
+(a lone run wakes the pool at every operator) or spin within a run only (the runners').
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from export.manifest import find_artifact, read_manifest
-from export.runners import Runner, open_runner, runner_from_checkpoint
+from export.runners import IDLE_THREADS, RUNNER_IDLE_THREADS, Runner, open_runner, runner_from_checkpoint
 
 from .artifacts import export_model, random_checkpoint
 from .ceiling import CeilingProbe
@@ -138,29 +140,51 @@ def onnx_ablation(arch: str, checkpoint: Path, export_dir: Path, batch: int, thr
     return table, rows
 
 
-def spinning_ablation(arch: str, checkpoint: Path, export_dir: Path, threads: int, budget: Budget) -> tuple[Table, list[dict]]:
-    """Why the runners' ONNX Runtime threads block when idle: eager PyTorch at batch 1 timed after an idle
-    pause and right after a run of an ONNX Runtime session whose idle threads spin (ONNX Runtime's default)
-    or block (the runners'). A spinning pool keeps the cores busy for tens of ms after its run, about the
-    length of a batch-1 call, so whatever runs next on those cores (the next runner of a benchmark round,
-    a server worker's next decode) gets what is left."""
+def cpu_ms_after_a_run(runner: Runner, x: torch.Tensor, window_s: float = 0.3, repeats: int = 3) -> float:
+    """Median CPU ms this process burns in the `window_s` after one of `runner`'s calls (its idle threads)."""
+    burnt = []
+    for _ in range(repeats):
+        runner.predict(x)
+        start = time.process_time()
+        time.sleep(window_s)
+        burnt.append(time.process_time() - start)
+    return 1e3 * float(np.median(burnt))
+
+
+def idle_threads_ablation(arch: str, checkpoint: Path, export_dir: Path, threads: int, budget: Budget,
+                          consecutive: int) -> tuple[Table, list[dict]]:  # fmt: skip
+    """What an ONNX Runtime session's idle threads should do (`export.runners.IDLE_THREADS`), at batch 1
+    where it matters most. For each policy: the session's own call after a 0.1 s idle pause, `consecutive`
+    such calls in a row (lone requests: how fast the host wakes an idle virtual CPU depends on how it
+    has been woken lately); eager PyTorch's call right after the session's (the next runner of a
+    benchmark round, a server worker's next decode); the CPU the session burns in the 0.3 s after a call."""
     eager = runner_from_checkpoint(checkpoint, threads=threads)
-    sessions = {
-        "spin": with_onnx_session(open_runner(export_dir, "onnx", threads=threads), onnx_file(export_dir), spinning=True),
-        "block": open_runner(export_dir, "onnx", threads=threads),
-    }
+    sessions = {idle: with_onnx_session(open_runner(export_dir, "onnx", threads=threads), onnx_file(export_dir), idle=idle)
+                for idle in IDLE_THREADS}  # fmt: skip
     size = eager.preprocess.input_size
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    before = {"after 0.1 s idle": lambda: time.sleep(0.1)}
-    before |= {f"right after an ONNX Runtime run, idle threads {how}": (lambda r=r: r.predict(x)) for how, r in sessions.items()}
-    samples = interleaved({name: (lambda: eager.predict(x)) for name in before}, budget, before=before)
-    table = Table(f"Eager {arch} at batch 1, timed after another runner ({threads} thread(s))",
-                  ["eager timed", "images/s", "p50 ms", "x after idle"])  # fmt: skip
-    idle = samples["after 0.1 s idle"].items_per_s
+
+    def pause() -> None:
+        time.sleep(0.1)
+
+    runners = {"eager": eager, **sessions}
+    lone = interleaved({name: (lambda r=r: r.predict(x)) for name, r in runners.items()}, budget,
+                       before={name: pause for name in runners}, consecutive=consecutive)  # fmt: skip
+    after = interleaved({idle: (lambda: eager.predict(x)) for idle in sessions}, budget,
+                        before={idle: (lambda r=r: r.predict(x)) for idle, r in sessions.items()})  # fmt: skip
+    eager_ms = lone["eager"].percentile_ms(50)
+    table = Table(f"ONNX Runtime's idle threads ({arch}, batch 1, {threads} thread(s); eager after a 0.1 s pause: {eager_ms:.1f} ms)",
+                  ["idle threads", "own call after a 0.1 s pause, p50 ms", "eager right after its call, p50 ms",
+                   "eager right after / after a pause", "CPU ms burnt in the 0.3 s after a call"])  # fmt: skip
     rows = []
-    for name, s in samples.items():
-        table.add(name, s.items_per_s, s.percentile_ms(50), f"{s.items_per_s / idle:.2f}x")
-        rows.append({"eager_timed": name, **s.to_dict(), "vs_after_idle": s.items_per_s / idle})
+    for idle, runner in sessions.items():
+        row = {"idle_threads": idle, "runner_default": idle == RUNNER_IDLE_THREADS, "config": IDLE_THREADS[idle],
+               "own_call_after_pause_ms": lone[idle].percentile_ms(50), "eager_right_after_ms": after[idle].percentile_ms(50),
+               "eager_after_pause_ms": eager_ms, "eager_slowdown": after[idle].percentile_ms(50) / eager_ms,
+               "cpu_ms_after_call": cpu_ms_after_a_run(runner, x)}  # fmt: skip
+        rows.append(row)
+        label = f"{idle} (the runners')" if row["runner_default"] else idle
+        table.add(label, row["own_call_after_pause_ms"], row["eager_right_after_ms"], f"{row['eager_slowdown']:.2f}x", row["cpu_ms_after_call"])
     return table, rows
 
 
@@ -173,7 +197,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=10.0,
                         help="time budget per (architecture, batch), shared by all runners (default: %(default)s)")
     parser.add_argument("--no-ablation", action="store_true",
-                        help="skip the ONNX Runtime graph-optimization / threads and idle-spinning tables")  # fmt: skip
+                        help="skip the ONNX Runtime graph-optimization / threads and idle-threads tables")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -269,15 +293,19 @@ def run(args: argparse.Namespace) -> Report:
             "runner uses)."
         )
         arch = archs[0]
-        log(f"{arch} batch 1: eager timed after an idle pause and after ONNX Runtime runs whose threads spin or block")
-        spinning, spinning_rows = spinning_ablation(arch, random_checkpoint(arch, args.work_dir), export_model(arch, args.work_dir),
-                                                    threads, budget)  # fmt: skip
-        report.tables.append(spinning)
-        report.data["spinning_ablation"] = spinning_rows
-        after = {r["eager_timed"].rsplit(" ", 1)[-1]: r["vs_after_idle"] for r in spinning_rows}
+        log(f"{arch} batch 1: ONNX Runtime's idle threads spinning, blocking, or spinning within a run")
+        idle_table, idle_rows = idle_threads_ablation(arch, random_checkpoint(arch, args.work_dir), export_model(arch, args.work_dir),
+                                                      threads, budget, consecutive=2 if args.quick else 8)  # fmt: skip
+        report.tables.append(idle_table)
+        report.data["idle_threads_ablation"] = idle_rows
+        by_idle = {r["idle_threads"]: r for r in idle_rows}
         report.notes.append(
-            f"{arch} batch 1: eager right after an ONNX Runtime run runs at {after['spin']:.2f}x its speed after an idle pause "
-            f"when the session's idle threads spin (ONNX Runtime's default), {after['block']:.2f}x when they block (the runners' "
-            "setting, so the other runners' rows are not slowed by the one timed before them)."
+            f"{arch} batch 1, ONNX Runtime's idle threads: spinning (its default) burns "
+            f"{by_idle['spin']['cpu_ms_after_call']:.0f} CPU ms after each call and the eager call right after it takes "
+            f"{by_idle['spin']['eager_slowdown']:.2f}x as long as after a pause; blocking makes a lone call take "
+            f"{by_idle['block']['own_call_after_pause_ms']:.1f} ms against {by_idle['spin']['own_call_after_pause_ms']:.1f} ms; "
+            f"spinning within a run (the runners') takes {by_idle[RUNNER_IDLE_THREADS]['own_call_after_pause_ms']:.1f} ms, "
+            f"burns {by_idle[RUNNER_IDLE_THREADS]['cpu_ms_after_call']:.1f} CPU ms after it and slows the next call "
+            f"{by_idle[RUNNER_IDLE_THREADS]['eager_slowdown']:.2f}x."
         )
     return report

@@ -61,10 +61,11 @@ def time_call(fn: Callable[[], object]) -> float:
 
 
 def interleaved(candidates: dict[str, Callable[[], object]], budget: Budget, items: int = 1,
-                before: dict[str, Callable[[], object]] | None = None) -> dict[str, Samples]:
+                before: dict[str, Callable[[], object]] | None = None, consecutive: int = 1) -> dict[str, Samples]:
     """Time every candidate (a no-argument callable that finishes its work before returning) in rotating
     rounds; returns each one's samples. `before[name]`, where given, runs untimed right before each of
-    that candidate's calls (what the call is measured after)."""
+    that candidate's calls (what the call is measured after). Each round times `consecutive` calls of a
+    candidate in a row, for effects that build up over calls (how the host wakes an idle virtual CPU)."""
     names = list(candidates)
     before = before or {}
     for name in names:
@@ -77,8 +78,9 @@ def interleaved(candidates: dict[str, Callable[[], object]], budget: Budget, ite
     while rounds < budget.max_rounds and (rounds < budget.min_rounds or time.perf_counter() - started < budget.seconds):
         shift = rounds % len(names)
         for name in names[shift:] + names[:shift]:
-            before.get(name, lambda: None)()
-            seconds[name].append(time_call(candidates[name]))
+            for _ in range(consecutive):
+                before.get(name, lambda: None)()
+                seconds[name].append(time_call(candidates[name]))
         rounds += 1
     return {name: Samples(values, items) for name, values in seconds.items()}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from export.runners import Runner, onnxruntime_session_options, runner_from_checkpoint
+from export.runners import RUNNER_IDLE_THREADS, Runner, onnxruntime_session_options, runner_from_checkpoint
 
 
 def channels_last_runner(checkpoint: Path, device: str, threads: int) -> Runner:
@@ -21,13 +21,13 @@ def channels_last_runner(checkpoint: Path, device: str, threads: int) -> Runner:
     return runner
 
 
-def with_onnx_session(runner: Runner, model_path: Path, *, level: str = "ORT_ENABLE_ALL", spinning: bool = False) -> Runner:
-    """An ONNX Runtime runner whose session is rebuilt with another graph optimization level, or with idle
-    threads that spin (same thread count and providers)."""
+def with_onnx_session(runner: Runner, model_path: Path, *, level: str = "ORT_ENABLE_ALL", idle: str = RUNNER_IDLE_THREADS) -> Runner:
+    """An ONNX Runtime runner whose session is rebuilt with another graph optimization level or another
+    policy for its idle threads (`export.runners.IDLE_THREADS`; same thread count and providers)."""
     import onnxruntime as ort  # noqa: PLC0415
 
     threads = runner.session.get_session_options().intra_op_num_threads
-    options = onnxruntime_session_options(threads, level, spinning=spinning)
+    options = onnxruntime_session_options(threads, level, idle=idle)
     runner.session = ort.InferenceSession(str(model_path), sess_options=options, providers=runner.session.get_providers())
     return runner
 

@@ -121,17 +121,29 @@ def onnxruntime_providers(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def onnxruntime_session_options(threads: int | None, level: str = "ORT_ENABLE_ALL", *, spinning: bool = False):
-    """The session options every ONNX Runtime runner uses (`level`: a GraphOptimizationLevel name;
-    `spinning`: ONNX Runtime's own default, kept only for the benchmark that shows what it costs)."""
+# What a session's idle intra-op threads do, as session config entries. ONNX Runtime's default spins them
+# for ~40 ms after every run, on the cores the caller's next decode and resize (and, served, TorchServe's
+# frontend) need. Blocking instead makes every operator of a run wake the pool again, which on a virtual
+# machine after an idle spell made a lone resnet18 batch-1 run 1.7-1.9x slower. The runners spin within a
+# run and stop at its end: `infer`'s ablation table measures all three.
+IDLE_THREADS = {
+    "spin": {"session.intra_op.allow_spinning": "1"},
+    "block": {"session.intra_op.allow_spinning": "0"},
+    "spin within a run": {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"},
+}
+RUNNER_IDLE_THREADS = "spin within a run"
+
+
+def onnxruntime_session_options(threads: int | None, level: str = "ORT_ENABLE_ALL", *, idle: str = RUNNER_IDLE_THREADS):
+    """The session options every ONNX Runtime runner uses (`level`: a GraphOptimizationLevel name; `idle`:
+    an `IDLE_THREADS` policy, other than the runners' only for the benchmark that shows what they cost)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise
-    # Idle intra-op threads block instead of spinning: after each run a spinning pool burns ~40 ms of a
-    # core, which the caller's next decode and resize (and, served, TorchServe's frontend) need.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    for key, value in IDLE_THREADS[idle].items():
+        options.add_session_config_entry(key, value)
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -93,10 +93,11 @@ def test_infer_times_every_cpu_runner_against_eager(work_dir):
     assert data["data"]["flops_per_image"]["resnet20"] > 0
     assert any("ONNX Runtime >=" in v["target"] for v in data["verdicts"])
     assert any("ONNX Runtime INT8 >=" in v["target"] for v in data["verdicts"])
-    # the spinning ablation times eager after an idle pause and after spinning and blocking ONNX Runtime runs
-    spinning = {r["eager_timed"]: r for r in data["data"]["spinning_ablation"]}
-    assert len(spinning) == 3 and spinning["after 0.1 s idle"]["vs_after_idle"] == 1.0
-    assert all(r["items_per_s"] > 0 for r in spinning.values())
+    # the idle-threads ablation times every policy, the runners' among them, and measures what spinning burns
+    idle = {r["idle_threads"]: r for r in data["data"]["idle_threads_ablation"]}
+    assert set(idle) == {"spin", "block", "spin within a run"} and idle["spin within a run"]["runner_default"]
+    assert all(r["own_call_after_pause_ms"] > 0 and r["eager_right_after_ms"] > 0 for r in idle.values())
+    assert idle["spin"]["cpu_ms_after_call"] > idle["spin within a run"]["cpu_ms_after_call"]
     # the export it measured was made by the project's own `python -m export`, int8 within its cosine gate
     manifest = json.loads((work_dir / "exports" / "resnet20" / "manifest.json").read_text())
     assert {a["format"] for a in manifest["artifacts"]} >= {"torchscript", "onnx", "onnx-int8"}
@@ -181,13 +182,17 @@ def test_interleaved_rounds_time_every_candidate_equally():
     assert all(len(s.seconds) == 4 and s.items == 8 for s in samples.values())
 
 
-def test_interleaved_runs_each_candidates_before_call_untimed_right_before_it():
+def test_interleaved_before_calls_and_consecutive_calls():
     calls: list[str] = []
     samples = interleaved({name: (lambda n=name: calls.append(n)) for name in "ab"},
                           Budget(warmup=0, min_rounds=2, max_rounds=2, seconds=0),
                           before={"a": lambda: (calls.append("before a"), time.sleep(0.05))})  # fmt: skip
     assert calls == ["before a", "a", "b", "b", "before a", "a"]
     assert max(samples["a"].seconds) < 0.05  # the 50 ms before-call is not in a's time
+    calls.clear()
+    samples = interleaved({name: (lambda n=name: calls.append(n)) for name in "ab"},
+                          Budget(warmup=0, min_rounds=2, max_rounds=2, seconds=0), consecutive=3)  # fmt: skip
+    assert calls == ["a"] * 3 + ["b"] * 6 + ["a"] * 3 and all(len(s.seconds) == 6 for s in samples.values())
 
 
 def test_concurrent_throughput_runs_every_call_at_once():
