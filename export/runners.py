@@ -124,7 +124,7 @@ def onnxruntime_providers(device: str) -> list[str]:
 # What a session's idle intra-op threads do, as session config entries. ONNX Runtime's default spins them
 # for ~40 ms after every run, on the cores the caller's next decode and resize (and, served, TorchServe's
 # frontend) need. Blocking instead makes every operator of a run wake the pool again, which on a virtual
-# machine after an idle spell made a lone resnet18 batch-1 run 1.7-1.9x slower. The runners spin within a
+# machine after an idle spell made a lone resnet18 batch-1 run up to 2x slower. The runners spin within a
 # run and stop at its end: `infer`'s ablation table measures all three.
 IDLE_THREADS = {
     "spin": {"session.intra_op.allow_spinning": "1"},
