@@ -305,7 +305,7 @@ def run(args: argparse.Namespace) -> Report:
             f"{by_idle['spin']['eager_slowdown']:.2f}x as long as after a pause; blocking makes a lone call take "
             f"{by_idle['block']['own_call_after_pause_ms']:.1f} ms against {by_idle['spin']['own_call_after_pause_ms']:.1f} ms; "
             f"spinning within a run (the runners') takes {by_idle[RUNNER_IDLE_THREADS]['own_call_after_pause_ms']:.1f} ms, "
-            f"burns {by_idle[RUNNER_IDLE_THREADS]['cpu_ms_after_call']:.1f} CPU ms after it and slows the next call "
-            f"{by_idle[RUNNER_IDLE_THREADS]['eager_slowdown']:.2f}x."
+            f"burns {by_idle[RUNNER_IDLE_THREADS]['cpu_ms_after_call']:.1f} CPU ms after it, and the eager call right after it "
+            f"takes {by_idle[RUNNER_IDLE_THREADS]['eager_slowdown']:.2f}x as long as after a pause."
         )
     return report
