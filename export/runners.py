@@ -31,6 +31,7 @@ class Runner(abc.ABC):
     """float32 NCHW batch (CPU) -> float32 logits (CPU), whatever runs underneath."""
 
     format: str  # "eager", "torchscript", "onnx", "onnx-int8" or "trt"
+    computes_in_torch: bool  # whether the network runs on PyTorch's intra-op threads
 
     def __init__(self, *, device: str, preprocess: PreprocessSpec, class_names: list[str]) -> None:
         self.device = device
@@ -77,6 +78,7 @@ class EagerRunner(Runner):
     """The PyTorch model itself: the reference every artifact is compared with."""
 
     format = "eager"
+    computes_in_torch = True
 
     def __init__(self, model: torch.nn.Module, *, device: str = "cpu", threads: int | None = None, **meta: Any):
         super().__init__(device=check_device(device), **meta)
@@ -92,6 +94,7 @@ class TorchScriptRunner(Runner):
     """A frozen TorchScript file (`torch.jit.load`), optimized for inference on the device at load time."""
 
     format = "torchscript"
+    computes_in_torch = True
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", threads: int | None = None, **meta: Any):
         super().__init__(device=check_device(device), **meta)
@@ -154,6 +157,7 @@ class OnnxRuntimeRunner(Runner):
     """An ONNX file in an ONNX Runtime session (CPU provider; CUDA provider with onnxruntime-gpu)."""
 
     format = "onnx"
+    computes_in_torch = False
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", threads: int | None = None, **meta: Any):
         import onnxruntime as ort
@@ -180,6 +184,7 @@ class TensorRTRunner(Runner):
     """A serialized TensorRT engine, run with `execute_async_v3` on PyTorch-allocated CUDA memory."""
 
     format = "trt"
+    computes_in_torch = False
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cuda", threads: int | None = None, **meta: Any):
         from .tensorrt_engine import import_tensorrt  # noqa: PLC0415  (TensorRT is optional)

@@ -15,7 +15,8 @@ What it does per batch (TorchServe's dynamic batching hands it up to `batchSize`
   normally. (Raising instead would make TorchServe fail the whole batch with 503.)
 
 Model-config keys read from `handler:` in model-config.yaml (all optional): `backend` (an artifact format,
-else the fastest that passed parity on the device), `allow_failed`, `top_k`, `max_pixels`, `threads`.
+else the fastest that passed parity on the device), `allow_failed`, `top_k`, `max_pixels`, `threads` (the
+runner's intra-op threads; default: the usable cores / the workers).
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ class ImageClassifierHandler(BaseHandler):
         else:
             device = "cpu"
         threads = int(config.get("threads") or threads_per_worker(context.model_yaml_config or {}))
-        torch.set_num_threads(threads)  # decoding/resizing run in torch too; the runner gets the same cap
         self.runner = open_runner(
             properties["model_dir"],
             fmt=config.get("backend"),
@@ -60,6 +60,7 @@ class ImageClassifierHandler(BaseHandler):
             threads=threads,
             allow_failed=bool(config.get("allow_failed", False)),
         )
+        torch.set_num_threads(torch_threads(self.runner, threads))
         self.class_names = self.runner.class_names
         self.top_k = min(int(config.get("top_k", 5)), len(self.class_names))
         self.to_input = EncodedImageTransform(
@@ -67,8 +68,8 @@ class ImageClassifierHandler(BaseHandler):
         )
         self.initialized = True
         logger.info(
-            "serving %s on %s with %d thread(s), %d classes, top-%d",
-            self.runner.format, device, threads, len(self.class_names), self.top_k,
+            "serving %s on %s with %d thread(s) (PyTorch's: %d), %d classes, top-%d",
+            self.runner.format, device, threads, torch.get_num_threads(), len(self.class_names), self.top_k,
         )  # fmt: skip
 
     def handle(self, data, context):
@@ -154,6 +155,18 @@ def request_images(request: dict) -> list[tuple[str, object]]:
     if not request:
         raise ImageDecodeError("empty request: no body and no multipart parts")
     return list(request.items())
+
+
+def torch_threads(runner, threads: int) -> int:
+    """PyTorch's intra-op threads in a worker whose runner has `threads`: the same where the network runs
+    in PyTorch or on a GPU, else 1.
+
+    Beside ONNX Runtime on the CPU, PyTorch only resizes and normalises, and its OpenMP threads spin for
+    ~10 ms after each parallel op, on the cores the session's run starts on next: one thread forms no
+    pool and never spins (measured on a 2-core Zen 4, resnet18 batch 1 in a 2-thread worker: the
+    session's run 27 -> 20 ms, the whole request 1.28x faster; batch 8 1.06x).
+    """
+    return threads if runner.computes_in_torch or runner.device != "cpu" else 1
 
 
 def threads_per_worker(model_config: dict) -> int:

@@ -11,6 +11,7 @@ import os
 import zipfile
 
 import pytest
+import torch
 import ts
 import yaml
 from ts.context import Context, RequestProcessor
@@ -140,3 +141,17 @@ def test_workers_times_threads_fit_the_cores():
         threads = threads_per_worker({"minWorkers": workers, "maxWorkers": workers})
         assert threads >= 1
         assert workers * threads <= max(cores, workers)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torchscript"])
+def test_pytorch_keeps_one_thread_beside_onnx_runtime(archive_dir, backend):
+    """Beside ONNX Runtime, PyTorch's spinning OpenMP threads would take the session's cores; a
+    PyTorch runner gets every thread of the worker."""
+    model_dir, manifest, config = archive_dir
+    previous = torch.get_num_threads()
+    try:
+        handler = make_handler(model_dir, manifest, {**config, "handler": {**config["handler"], "backend": backend, "threads": 2}})
+        assert handler.runner.format == backend
+        assert torch.get_num_threads() == (1 if backend == "onnx" else 2)
+    finally:
+        torch.set_num_threads(previous)
