@@ -59,20 +59,25 @@ def onnxruntime_matmul(size: int, dtype_name: str, threads: int) -> Callable[[],
     return lambda: session.run(None, {"A": a})
 
 
+def gemm_call(size: int, dtype_name: str, kernel: str, threads: int) -> Callable[[], object]:
+    """One size x size x size matmul of `dtype_name` through `kernel`, at `threads` intra-op threads."""
+    if kernel == ONNXRUNTIME:
+        return onnxruntime_matmul(size, dtype_name, threads)
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(TORCH_DTYPES[dtype_name])
+    b = torch.randn(size, size, generator=generator).to(TORCH_DTYPES[dtype_name])
+    out = torch.empty(size, size, dtype=TORCH_DTYPES[dtype_name])
+
+    def call() -> None:
+        torch.set_num_threads(threads)  # PyTorch's pool is per process: another candidate may have changed it
+        torch.matmul(a, b, out=out)
+
+    return call
+
+
 def gemm_gflops(size: int, dtype_name: str, kernel: str, budget: Budget) -> dict:
     """Median GFLOP/s of a size x size x size matmul (threads: whatever torch is set to now)."""
-    if kernel == ONNXRUNTIME:
-        call = onnxruntime_matmul(size, dtype_name, torch.get_num_threads())
-    else:
-        generator = torch.Generator().manual_seed(0)
-        a = torch.randn(size, size, generator=generator).to(TORCH_DTYPES[dtype_name])
-        b = torch.randn(size, size, generator=generator).to(TORCH_DTYPES[dtype_name])
-        out = torch.empty(size, size, dtype=TORCH_DTYPES[dtype_name])
-
-        def call() -> None:
-            torch.matmul(a, b, out=out)
-
-    samples = interleaved({"gemm": call}, budget)["gemm"]
+    samples = interleaved({"gemm": gemm_call(size, dtype_name, kernel, torch.get_num_threads())}, budget)["gemm"]
     flops = 2.0 * size**3
     return {"size": size, "median_s": samples.median_s, "calls": len(samples.seconds), "gflops": flops / samples.median_s / 1e9}
 
@@ -107,28 +112,57 @@ def measure_ceiling(dtype_name: str, threads: int, sizes: list[int], budget: Bud
 
 
 class CeilingProbe:
-    """The GEMM ceiling for another benchmark's fractions: measured before and after its timings, the
-    better of the two kept (a neighbour's load can only lower a measurement, never raise it)."""
+    """The GEMM ceiling for another benchmark's fractions, timed side by side with its networks.
+
+    `select`, before the timings, finds each dtype's fastest kernel and size; `candidates` adds that
+    GEMM to a group of `interleaved(..., primed=True)` candidates and `ceilings` reads its GFLOP/s off
+    the group's samples, so both sides of every fraction are measured in the same rounds. (Measured
+    apart, before and after the timings, the ceiling moved by up to 25% between runs on a shared Zen 4
+    while the networks did not, and every fraction with it.) Primed, because a ceiling is the rate of a
+    warm kernel: right after a network's call a GEMM ran 10-60% slower (int8 most), on evicted caches
+    beside PyTorch's spinning threads."""
 
     def __init__(self, dtypes: tuple[str, ...], threads: int, quick: bool) -> None:
         self.dtypes, self.threads = dtypes, threads
         self.sizes = [256] if quick else [1024, 2048]
         self.budget = Budget(warmup=1, min_rounds=3, seconds=0 if quick else 3)
-        self.runs: list[dict[str, float]] = []
+        self.selected: dict[str, dict] = {}
+        self.calls: dict[str, Callable[[], object]] = {}
+        self.groups: list[dict[str, float]] = []
 
-    def measure(self) -> None:
-        self.runs.append({d: measure_ceiling(d, self.threads, self.sizes, self.budget) for d in self.dtypes})
+    @staticmethod
+    def label(dtype_name: str) -> str:
+        return f"GEMM ceiling {dtype_name}"
 
-    @property
-    def gflops(self) -> dict[str, float]:
-        return {d: max(run[d] for run in self.runs) for d in self.dtypes}
+    def select(self) -> None:
+        for d in self.dtypes:
+            best = max((measure_kernel(d, kernel, self.threads, self.sizes, self.budget) for kernel in KERNELS[d]),
+                       key=lambda r: r["gflops"])  # fmt: skip
+            self.selected[d] = {"kernel": best["kernel"], "size": best["best_size"], "probe_gflops": best["gflops"]}
+            self.calls[d] = gemm_call(best["best_size"], d, best["kernel"], self.threads)
+
+    def candidates(self, dtypes: tuple[str, ...] | None = None) -> dict[str, Callable[[], object]]:
+        """The selected GEMM of each of `dtypes` (default: all), keyed by `label`, for `interleaved`."""
+        return {self.label(d): self.calls[d] for d in dtypes or self.dtypes}
+
+    def ceilings(self, samples: dict) -> dict[str, float]:
+        """GFLOP/s of each GEMM timed in one group's `samples` (and kept for `describe`)."""
+        group = {d: 2.0 * sel["size"] ** 3 / samples[self.label(d)].median_s / 1e9
+                 for d, sel in self.selected.items() if self.label(d) in samples}  # fmt: skip
+        self.groups.append(group)
+        return group
+
+    def to_dict(self) -> dict:
+        return {"selected": self.selected, "groups": self.groups}
 
     def describe(self) -> str:
-        each = "; ".join(f"{when}: " + ", ".join(f"{d} {run[d]:.0f}" for d in self.dtypes)
-                         for when, run in zip(("before", "after"), self.runs))  # fmt: skip
-        return (f"GEMM ceiling: the faster of torch.matmul and ONNX Runtime MatMul for fp32, ONNX Runtime MatMulInteger for int8 "
-                f"(N = {', '.join(map(str, self.sizes))}) at {self.threads} thread(s), measured "
-                f"before and after the timings ({each} GFLOP/s); the better of the two is used")  # fmt: skip
+        picked = "; ".join(f"{d}: {s['kernel']} at N={s['size']} ({s['probe_gflops']:.0f} GFLOP/s)" for d, s in self.selected.items())
+        spread = ", ".join(f"{d} {min(v):.0f}-{max(v):.0f}" for d in self.dtypes
+                           if (v := [g[d] for g in self.groups if d in g]))  # fmt: skip
+        return (f"GEMM ceiling at {self.threads} thread(s): each precision's fastest kernel and size in a probe before the "
+                f"timings (N = {', '.join(map(str, self.sizes))}; {picked}), then timed (after an untimed call) as one more "
+                f"candidate in the same rounds as the networks, so each fraction's two sides are measured side by side ({spread} GFLOP/s over the "
+                "groups); each row's fraction is of its own group's ceiling")  # fmt: skip
 
 
 def default_sizes(quick: bool) -> list[int]:

@@ -5,15 +5,17 @@ are the project's own (`export.runners`): eager PyTorch from the checkpoint (NCH
 module converted to channels_last), the TorchScript, ONNX Runtime and ONNX Runtime INT8 artifacts, and on a CUDA
 machine the same on the GPU plus TensorRT where the export has an engine (`--devices` picks the CPU or
 the GPU runners alone; on the GPU alone, ratios are to CUDA eager). All runners of one (architecture,
-batch) are timed in the same interleaved rounds. Every runner takes and returns CPU float32 tensors, as
+batch) are timed in the same interleaved rounds, each timed call right after an untimed one of its own
+(`timing.interleaved(primed=True)`: as in a stream of that runner's calls). Every runner takes and returns CPU float32 tensors, as
 the server's does, so a CUDA row includes the host-to-device copy of its batch (from page-locked
 memory) and the copy back.
 
 FLOPs: 2 x the multiply-accumulates of the convolutions and the classifier, counted by
 `torch.utils.flop_counter` on one image (ResNet-50 at 224x224: 8.2 GFLOP = 4.1 GMAC), the same
-convention as the GEMM ceiling (2*M*N*K), which is re-measured in this run at the same thread count
-for fp32 and int8 (before and after the timings; the better of the two); each row is compared with the
-ceiling of its own precision.
+convention as the GEMM ceiling (2*M*N*K), re-measured in this run at the same thread count for fp32
+and int8: the fastest kernel and size of a probe run before the timings joins every (architecture,
+batch) group as one more interleaved candidate, and each row is compared with its own group's ceiling
+of its own precision.
 
 Two ablations explain the CPU result (`--no-ablation` skips them): ONNX Runtime's graph optimization
 levels and thread counts against eager, and what the session's idle threads should do: spin (ONNX
@@ -128,7 +130,8 @@ def onnx_ablation(arch: str, checkpoint: Path, export_dir: Path, batch: int, thr
         torch.set_num_threads(t)  # PyTorch's pool is per process: set it for each eager call
         runner.predict(x)
 
-    samples = interleaved({name: (lambda r=r, t=t: call(r, t)) for name, (r, t) in candidates.items()}, budget, items=batch)
+    samples = interleaved({name: (lambda r=r, t=t: call(r, t)) for name, (r, t) in candidates.items()}, budget, items=batch,
+                          primed=True)  # fmt: skip
     torch.set_num_threads(threads)
     table = Table(f"ONNX Runtime vs eager by graph optimization level and threads ({arch}, batch {batch})",
                   ["runner", "images/s", "x eager at the same threads"])  # fmt: skip
@@ -215,8 +218,8 @@ def run(args: argparse.Namespace) -> Report:
     # The ceilings are the CPU's: the CUDA rows have no fraction.
     ceiling = CeilingProbe(("fp32", "int8"), threads, args.quick) if "cpu" in devices else None
     if ceiling:
-        log(f"measuring the fp32 and int8 GEMM ceilings at {threads} thread(s)")
-        ceiling.measure()
+        log(f"probing the fp32 and int8 GEMM kernels at {threads} thread(s) for the ceiling")
+        ceiling.select()
     rows = []
     for arch in archs:
         export_dir = export_model(arch, args.work_dir, threads=threads, log=log)
@@ -232,13 +235,18 @@ def run(args: argparse.Namespace) -> Report:
             if "cuda" in devices:  # page-locked: the copy to the GPU runs at DMA speed instead of staging through a bounce buffer
                 x = x.pin_memory()
             log(f"{arch} batch {batch}: timing {', '.join(c.label for c in candidates)}")
-            samples = interleaved({c.label: (lambda r=c.runner: r.predict(x)) for c in candidates}, budget, items=batch)
+            timed = {c.label: (lambda r=c.runner: r.predict(x)) for c in candidates}
+            samples = interleaved({**timed, **(ceiling.candidates() if ceiling else {})}, budget, items=batch, primed=True)
+            group_ceilings = ceiling.ceilings(samples) if ceiling else {}
             eager = samples[baseline].items_per_s
             for c in candidates:
                 s = samples[c.label]
+                gflops = flops * s.items_per_s / 1e9
+                cpu_ceiling = group_ceilings.get(c.effective_precision()) if c.device == "cpu" else None
                 rows.append({"model": arch, "batch": batch, "runner": c.label, "device": c.device,
-                             "precision": c.effective_precision(), **s.to_dict(),
-                             "vs_eager": s.items_per_s / eager, "gflops": flops * s.items_per_s / 1e9})  # fmt: skip
+                             "precision": c.effective_precision(), **s.to_dict(), "vs_eager": s.items_per_s / eager,
+                             "gflops": gflops, "ceiling_gflops": cpu_ceiling,
+                             "ceiling_fraction": gflops / cpu_ceiling if cpu_ceiling else None})  # fmt: skip
             for label, name in (("onnxruntime", "ONNX Runtime"), ("onnxruntime int8", "ONNX Runtime INT8")):
                 if label not in samples:  # --devices cuda
                     continue
@@ -246,18 +254,15 @@ def run(args: argparse.Namespace) -> Report:
                 report.verdicts.append(
                     Verdict(f"CPU: {name} >= {ONNX_TARGET:g}x eager ({arch}, batch {batch})", f"{ratio:.2f}x", ratio >= ONNX_TARGET)
                 )
-    ceilings = {}
     if ceiling:
-        ceiling.measure()
-        ceilings = ceiling.gflops
-        report.data["ceiling_gflops"] = {**ceilings, "runs": ceiling.runs}
+        report.data["ceiling"] = ceiling.to_dict()
     table = Table("Inference", ["model", "batch", "runner", "images/s", "p50 ms", "p99 ms", "calls",
-                                "x eager" if "cpu" in devices else "x cuda eager", "% of GEMM ceiling (its precision)"])  # fmt: skip
+                                "x eager" if "cpu" in devices else "x cuda eager", "GEMM ceiling GFLOP/s (same rounds)",
+                                "% of GEMM ceiling (its precision)"])  # fmt: skip
     for row in rows:
-        cpu_ceiling = ceilings.get(row["precision"]) if row["device"] == "cpu" else None
-        row["ceiling_fraction"] = row["gflops"] / cpu_ceiling if cpu_ceiling else None
         table.add(row["model"], row["batch"], row["runner"], row["items_per_s"], row["p50_ms"], row["p99_ms"], row["calls"],
-                  f"{row['vs_eager']:.2f}x", None if row["ceiling_fraction"] is None else f"{100 * row['ceiling_fraction']:.0f}%")  # fmt: skip
+                  f"{row['vs_eager']:.2f}x", row["ceiling_gflops"],
+                  None if row["ceiling_fraction"] is None else f"{100 * row['ceiling_fraction']:.0f}%")  # fmt: skip
     report.tables.append(table)
     report.data["rows"] = rows
     report.method = [
@@ -270,8 +275,10 @@ def run(args: argparse.Namespace) -> Report:
         "on noise), and its accuracy gate is checked on a trained model (tests/export/test_int8.py, resnet20 on "
         "digits: 100% top-1 agreement). Its row's fraction is of the int8 GEMM ceiling (ONNX Runtime MatMulInteger), the "
         "others' of the fp32 one.",
-        "All runners of one (model, batch) are timed in the same interleaved rounds after warm-up; images/s = "
-        "batch / median call time; p50/p99 are per call (one batch).",
+        "All runners of one (model, batch) are timed in the same interleaved rounds after warm-up, each timed call "
+        "right after an untimed call of the same runner (a stream of its own calls: right after another runner, a call "
+        "would share the cores with that one's spinning threads); images/s = batch / median call time; p50/p99 are per "
+        "call (one batch).",
         "FLOPs = 2 x MACs of convolutions + classifier (torch.utils.flop_counter) per image: "
         + ", ".join(f"{a} {f / 1e9:.2f} GFLOP ({f / 2e9:.2f} GMAC)" for a, f in report.data["flops_per_image"].items())
         + (f". {ceiling.describe()}." if ceiling else ". No CPU runner timed (--devices), so no CPU GEMM ceiling."),

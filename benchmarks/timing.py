@@ -61,13 +61,22 @@ def time_call(fn: Callable[[], object]) -> float:
 
 
 def interleaved(candidates: dict[str, Callable[[], object]], budget: Budget, items: int = 1,
-                before: dict[str, Callable[[], object]] | None = None, consecutive: int = 1) -> dict[str, Samples]:
+                before: dict[str, Callable[[], object]] | None = None, consecutive: int = 1,
+                primed: bool = False) -> dict[str, Samples]:  # fmt: skip
     """Time every candidate (a no-argument callable that finishes its work before returning) in rotating
     rounds; returns each one's samples. `before[name]`, where given, runs untimed right before each of
     that candidate's calls (what the call is measured after). Each round times `consecutive` calls of a
-    candidate in a row, for effects that build up over calls (how the host wakes an idle virtual CPU)."""
+    candidate in a row, for effects that build up over calls (how the host wakes an idle virtual CPU).
+
+    `primed`: each timed call follows an untimed call of its own (`before` is the candidate itself), so
+    it is timed as in a stream of its own calls. Right after another candidate a call shares the cores
+    with that one's still-spinning threads (PyTorch's OpenMP pool spins ~10 ms after each parallel op:
+    an ONNX Runtime resnet18 batch-1 run took 24 ms there against 17.5 ms back to back on a Zen 4) and
+    starts on caches the other evicted."""
     names = list(candidates)
-    before = before or {}
+    if primed and before:
+        raise ValueError("interleaved: `primed` sets `before` to the candidates themselves; pass one or the other")
+    before = dict(candidates) if primed else before or {}
     for name in names:
         for _ in range(budget.warmup):
             before.get(name, lambda: None)()

@@ -87,9 +87,14 @@ def test_infer_times_every_cpu_runner_against_eager(work_dir):
     assert {r["batch"] for r in rows} == {1, 2}
     assert all(r["items_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
     assert all(r["vs_eager"] == 1.0 for r in rows if r["runner"] == "eager")
-    # each row is compared with the GEMM ceiling of its own precision
+    # each row is compared with the GEMM ceiling of its own precision, timed in its own group's rounds
     assert {r["runner"]: r["precision"] for r in rows}["onnxruntime int8"] == "int8"
-    assert {"fp32", "int8"} <= set(data["data"]["ceiling_gflops"]) and all(r["ceiling_fraction"] > 0 for r in rows)
+    ceiling = data["data"]["ceiling"]
+    assert set(ceiling["selected"]) == {"fp32", "int8"} and len(ceiling["groups"]) == 2  # one per batch
+    for row in rows:
+        group = ceiling["groups"][[1, 2].index(row["batch"])]
+        assert row["ceiling_gflops"] == group[row["precision"]] > 0
+        assert row["ceiling_fraction"] == pytest.approx(row["gflops"] / row["ceiling_gflops"])
     assert data["data"]["flops_per_image"]["resnet20"] > 0
     assert any("ONNX Runtime >=" in v["target"] for v in data["verdicts"])
     assert any("ONNX Runtime INT8 >=" in v["target"] for v in data["verdicts"])
@@ -112,7 +117,9 @@ def test_train_compares_our_step_with_a_bare_loop(work_dir):
     emulated = cpu_emulates_bf16()
     assert [r["configuration"] for r in rows] == ["fp32"] + ([] if emulated else ["bf16 autocast"])
     assert ("Not timed by default: bf16 autocast" in markdown) == emulated
-    assert set(data["data"]["ceilings_gflops"]) - {"runs"} == ({"fp32"} if emulated else {"fp32", "bf16"})
+    # each configuration's fraction is of its own precision's GEMM, timed in the same rounds as the loops
+    assert [set(g) for g in data["data"]["ceiling"]["groups"]] == [{r["precision"]} for r in rows]
+    assert all(r["ceiling_fraction"] > 0 and r["ceiling_gflops"] > 0 for r in rows)
     assert all(r["ratio"] > 0 and r["ours"]["calls"] == r["bare"]["calls"] for r in rows)
 
 
@@ -193,6 +200,22 @@ def test_interleaved_before_calls_and_consecutive_calls():
     samples = interleaved({name: (lambda n=name: calls.append(n)) for name in "ab"},
                           Budget(warmup=0, min_rounds=2, max_rounds=2, seconds=0), consecutive=3)  # fmt: skip
     assert calls == ["a"] * 3 + ["b"] * 6 + ["a"] * 3 and all(len(s.seconds) == 6 for s in samples.values())
+
+
+def test_interleaved_primed_times_each_call_right_after_an_untimed_one_of_its_own():
+    calls: list[str] = []
+    durations = iter([0.0, 0.05, 0.0, 0.05])  # a's untimed call, a's timed call, ...: the first of each pair is slow
+
+    def a():
+        calls.append("a")
+        time.sleep(0.05 - next(durations))
+
+    samples = interleaved({"a": a, "b": lambda: calls.append("b")}, Budget(warmup=0, min_rounds=2, max_rounds=2, seconds=0),
+                          primed=True)  # fmt: skip
+    assert calls == ["a", "a", "b", "b", "b", "b", "a", "a"]
+    assert len(samples["a"].seconds) == 2 and max(samples["a"].seconds) < 0.05  # only the second of each pair is timed
+    with pytest.raises(ValueError, match="pass one or the other"):
+        interleaved({"a": a}, Budget(), before={"a": a}, primed=True)
 
 
 def test_concurrent_throughput_runs_every_call_at_once():
