@@ -115,12 +115,12 @@ class CeilingProbe:
     """The GEMM ceiling for another benchmark's fractions, timed side by side with its networks.
 
     `select`, before the timings, finds each dtype's fastest kernel and size; `candidates` adds that
-    GEMM to a group of `interleaved(..., primed=True)` candidates and `ceilings` reads its GFLOP/s off
+    GEMM to a group of `interleaved(..., prime_s=)` candidates and `ceilings` reads its GFLOP/s off
     the group's samples, so both sides of every fraction are measured in the same rounds. (Measured
     apart, before and after the timings, the ceiling moved by up to 25% between runs on a shared Zen 4
     while the networks did not, and every fraction with it.) Primed, because a ceiling is the rate of a
-    warm kernel: right after a network's call a GEMM ran 10-60% slower (int8 most), on evicted caches
-    beside PyTorch's spinning threads."""
+    warm kernel: right after a network's call a GEMM ran 10-60% slower (the 3 ms int8 one 2x), on
+    evicted caches beside PyTorch's spinning threads."""
 
     def __init__(self, dtypes: tuple[str, ...], threads: int, quick: bool) -> None:
         self.dtypes, self.threads = dtypes, threads
@@ -160,8 +160,8 @@ class CeilingProbe:
         spread = ", ".join(f"{d} {min(v):.0f}-{max(v):.0f}" for d in self.dtypes
                            if (v := [g[d] for g in self.groups if d in g]))  # fmt: skip
         return (f"GEMM ceiling at {self.threads} thread(s): each precision's fastest kernel and size in a probe before the "
-                f"timings (N = {', '.join(map(str, self.sizes))}; {picked}), then timed (after an untimed call) as one more "
-                f"candidate in the same rounds as the networks, so each fraction's two sides are measured side by side ({spread} GFLOP/s over the "
+                f"timings (N = {', '.join(map(str, self.sizes))}; {picked}), then timed (primed like the networks) as one "
+                f"more candidate in the same rounds as the networks, so each fraction's two sides are measured side by side ({spread} GFLOP/s over the "
                 "groups); each row's fraction is of its own group's ceiling")  # fmt: skip
 
 

@@ -5,8 +5,8 @@ are the project's own (`export.runners`): eager PyTorch from the checkpoint (NCH
 module converted to channels_last), the TorchScript, ONNX Runtime and ONNX Runtime INT8 artifacts, and on a CUDA
 machine the same on the GPU plus TensorRT where the export has an engine (`--devices` picks the CPU or
 the GPU runners alone; on the GPU alone, ratios are to CUDA eager). All runners of one (architecture,
-batch) are timed in the same interleaved rounds, each timed call right after an untimed one of its own
-(`timing.interleaved(primed=True)`: as in a stream of that runner's calls). Every runner takes and returns CPU float32 tensors, as
+batch) are timed in the same interleaved rounds, each timed call right after untimed calls of its own
+for PRIME_S (`timing.interleaved(prime_s=)`: as in a stream of that runner's calls). Every runner takes and returns CPU float32 tensors, as
 the server's does, so a CUDA row includes the host-to-device copy of its batch (from page-locked
 memory) and the copy back.
 
@@ -42,7 +42,7 @@ from .artifacts import export_model, random_checkpoint
 from .ceiling import CeilingProbe
 from .errors import BenchmarkError, check_archs, positive_int
 from .report import Report, Table, Verdict
-from .timing import Budget, interleaved
+from .timing import PRIME_S, Budget, interleaved
 from .variants import channels_last_runner, fp16_channels_last_runner, with_onnx_session
 
 ONNX_TARGET = 2.0  # ONNX Runtime images/s over eager PyTorch images/s, on CPU
@@ -131,7 +131,7 @@ def onnx_ablation(arch: str, checkpoint: Path, export_dir: Path, batch: int, thr
         runner.predict(x)
 
     samples = interleaved({name: (lambda r=r, t=t: call(r, t)) for name, (r, t) in candidates.items()}, budget, items=batch,
-                          primed=True)  # fmt: skip
+                          prime_s=PRIME_S)  # fmt: skip
     torch.set_num_threads(threads)
     table = Table(f"ONNX Runtime vs eager by graph optimization level and threads ({arch}, batch {batch})",
                   ["runner", "images/s", "x eager at the same threads"])  # fmt: skip
@@ -236,7 +236,7 @@ def run(args: argparse.Namespace) -> Report:
                 x = x.pin_memory()
             log(f"{arch} batch {batch}: timing {', '.join(c.label for c in candidates)}")
             timed = {c.label: (lambda r=c.runner: r.predict(x)) for c in candidates}
-            samples = interleaved({**timed, **(ceiling.candidates() if ceiling else {})}, budget, items=batch, primed=True)
+            samples = interleaved({**timed, **(ceiling.candidates() if ceiling else {})}, budget, items=batch, prime_s=PRIME_S)
             group_ceilings = ceiling.ceilings(samples) if ceiling else {}
             eager = samples[baseline].items_per_s
             for c in candidates:
@@ -276,8 +276,8 @@ def run(args: argparse.Namespace) -> Report:
         "digits: 100% top-1 agreement). Its row's fraction is of the int8 GEMM ceiling (ONNX Runtime MatMulInteger), the "
         "others' of the fp32 one.",
         "All runners of one (model, batch) are timed in the same interleaved rounds after warm-up, each timed call "
-        "right after an untimed call of the same runner (a stream of its own calls: right after another runner, a call "
-        "would share the cores with that one's spinning threads); images/s = batch / median call time; p50/p99 are per "
+        f"right after {PRIME_S * 1e3:.0f} ms (at least one call) of untimed calls of the same runner (a stream of its own "
+        "calls: right after another runner, a call would share the cores with that one's spinning threads); images/s = batch / median call time; p50/p99 are per "
         "call (one batch).",
         "FLOPs = 2 x MACs of convolutions + classifier (torch.utils.flop_counter) per image: "
         + ", ".join(f"{a} {f / 1e9:.2f} GFLOP ({f / 2e9:.2f} GMAC)" for a, f in report.data["flops_per_image"].items())

@@ -7,11 +7,15 @@ whichever one happened to be running.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+# What `interleaved(prime_s=)` is given by the benchmarks: 3x how long PyTorch's OpenMP threads spin after an op.
+PRIME_S = 0.03
 
 
 @dataclass(frozen=True)
@@ -62,21 +66,24 @@ def time_call(fn: Callable[[], object]) -> float:
 
 def interleaved(candidates: dict[str, Callable[[], object]], budget: Budget, items: int = 1,
                 before: dict[str, Callable[[], object]] | None = None, consecutive: int = 1,
-                primed: bool = False) -> dict[str, Samples]:  # fmt: skip
+                prime_s: float | None = None) -> dict[str, Samples]:  # fmt: skip
     """Time every candidate (a no-argument callable that finishes its work before returning) in rotating
     rounds; returns each one's samples. `before[name]`, where given, runs untimed right before each of
     that candidate's calls (what the call is measured after). Each round times `consecutive` calls of a
     candidate in a row, for effects that build up over calls (how the host wakes an idle virtual CPU).
 
-    `primed`: each timed call follows an untimed call of its own (`before` is the candidate itself), so
-    it is timed as in a stream of its own calls. Right after another candidate a call shares the cores
-    with that one's still-spinning threads (PyTorch's OpenMP pool spins ~10 ms after each parallel op:
-    an ONNX Runtime resnet18 batch-1 run took 24 ms there against 17.5 ms back to back on a Zen 4) and
-    starts on caches the other evicted."""
+    `prime_s`: before each timed call, untimed calls of the same candidate for at least that many
+    seconds (at least one call), so that it is timed as in a stream of its own calls. Right after
+    another candidate a call shares the cores with that one's still-spinning threads and starts on
+    caches the other evicted: PyTorch's OpenMP pool spins ~10 ms after each parallel op, and on a Zen 4
+    an ONNX Runtime resnet18 batch-1 run took 24 ms right after eager PyTorch against 17.5 ms back to
+    back; a 3 ms int8 GEMM stayed 2x slower for two calls."""
     names = list(candidates)
-    if primed and before:
-        raise ValueError("interleaved: `primed` sets `before` to the candidates themselves; pass one or the other")
-    before = dict(candidates) if primed else before or {}
+    if prime_s is not None:
+        if before:
+            raise ValueError("interleaved: `prime_s` makes `before` the candidates' own calls; pass one or the other")
+        before = {name: primer(candidates[name], prime_s) for name in names}
+    before = before or {}
     for name in names:
         for _ in range(budget.warmup):
             before.get(name, lambda: None)()
@@ -92,6 +99,18 @@ def interleaved(candidates: dict[str, Callable[[], object]], budget: Budget, ite
                 seconds[name].append(time_call(candidates[name]))
         rounds += 1
     return {name: Samples(values, items) for name, values in seconds.items()}
+
+
+def primer(fn: Callable[[], object], seconds: float = PRIME_S) -> Callable[[], None]:
+    """A `before` call for `fn`: `fn` itself, repeated until `seconds` have passed (at least once)."""
+    return functools.partial(_repeat_for, fn, seconds)
+
+
+def _repeat_for(fn: Callable[[], object], seconds: float) -> None:
+    deadline = time.perf_counter() + seconds
+    fn()
+    while time.perf_counter() < deadline:
+        fn()
 
 
 def concurrent_throughput(calls: list[Callable[[], object]], items: int, seconds: float, warmup: int = 2) -> float:

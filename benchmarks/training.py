@@ -31,7 +31,7 @@ from train.optim import build_optimizer, build_scheduler
 from .ceiling import CeilingProbe
 from .errors import BenchmarkError, check_archs, positive_int
 from .report import Report, Table, Verdict, cpu_features
-from .timing import Budget, interleaved
+from .timing import Budget, interleaved, primer
 
 TARGET = 0.95  # ours / bare images per second
 
@@ -213,7 +213,9 @@ def run(args: argparse.Namespace) -> Report:
             "bare": bare_step(copy.deepcopy(initial), variant, config, device, floats, labels),
         }
         gemm = ceiling.candidates((variant.precision,)) if ceiling else {}
-        samples = interleaved({**candidates, **gemm}, budget, items=batch, before=gemm)  # the GEMM primed, see CeilingProbe
+        # Primed, see CeilingProbe; training steps are long and all in PyTorch, so only the GEMM needs it.
+        samples = interleaved({**candidates, **gemm}, budget, items=batch,
+                              before={name: primer(call) for name, call in gemm.items()})  # fmt: skip
         ours, bare = samples["ours"], samples["bare"]
         ratio = ours.items_per_s / bare.items_per_s
         cpu_ceiling = ceiling.ceilings(samples)[variant.precision] if ceiling else None

@@ -202,20 +202,23 @@ def test_interleaved_before_calls_and_consecutive_calls():
     assert calls == ["a"] * 3 + ["b"] * 6 + ["a"] * 3 and all(len(s.seconds) == 6 for s in samples.values())
 
 
-def test_interleaved_primed_times_each_call_right_after_an_untimed_one_of_its_own():
+def test_interleaved_primes_each_timed_call_with_untimed_calls_of_its_own():
     calls: list[str] = []
-    durations = iter([0.0, 0.05, 0.0, 0.05])  # a's untimed call, a's timed call, ...: the first of each pair is slow
+    slow = iter([True, True, False, True, True, False])  # per round: two slow untimed calls, then the timed one
 
     def a():
         calls.append("a")
-        time.sleep(0.05 - next(durations))
+        time.sleep(0.05 if next(slow) else 0)
 
     samples = interleaved({"a": a, "b": lambda: calls.append("b")}, Budget(warmup=0, min_rounds=2, max_rounds=2, seconds=0),
-                          primed=True)  # fmt: skip
-    assert calls == ["a", "a", "b", "b", "b", "b", "a", "a"]
-    assert len(samples["a"].seconds) == 2 and max(samples["a"].seconds) < 0.05  # only the second of each pair is timed
+                          prime_s=0.08)  # fmt: skip
+    # a: untimed calls until 80 ms have passed (two of 50 ms), then the timed one; b: untimed calls for 80 ms, then its own
+    a_rounds = [i for i, name in enumerate(calls) if name == "a"]
+    assert len(a_rounds) == 6 and len(samples["a"].seconds) == 2
+    assert max(samples["a"].seconds) < 0.05  # only the fast third call of each round is timed
+    assert calls.count("b") >= 4 and len(samples["b"].seconds) == 2
     with pytest.raises(ValueError, match="pass one or the other"):
-        interleaved({"a": a}, Budget(), before={"a": a}, primed=True)
+        interleaved({"a": a}, Budget(), before={"a": a}, prime_s=0.0)
 
 
 def test_concurrent_throughput_runs_every_call_at_once():
