@@ -8,8 +8,8 @@ TorchServe (`serve.server.start`) serves them all; `python -m client loadtest` (
 loop: `users` = requests in flight) sends ~1-megapixel JPEGs of scikit-image's sample photos at rising
 concurrency. Each level is compared with the raw runner's capacity at the batch a worker can form
 there: the best of one runner with every core and one single-threaded runner per core running at once,
-measured right after that level (the machine's speed drifts by ~10% over minutes; adjacent
-measurements keep that drift out of the ratio).
+measured right after that level, once TorchServe's processes are idle (the machine's speed drifts by
+~10% over minutes; adjacent measurements keep that drift out of the ratio).
 
 The request-time split runs our handler in-process on the unpacked archive of each layout with
 TorchServe's `Context`: decode (`models.imageio.decode_image`), preprocess (resize, crop, normalise),
@@ -224,6 +224,19 @@ class CpuMeter:
         self.server_before = self._server_seconds()
         self.children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
 
+    def wait_until_idle(self, max_cores: float = 0.05, window_s: float = 0.5, timeout_s: float = 15.0) -> float:
+        """Wait until TorchServe's processes use under `max_cores` over `window_s` (at most `timeout_s`);
+        returns the seconds waited. After a level the workers still answer the requests in flight and
+        the frontend closes connections: a raw measurement taken then shares the cores with them."""
+        began = time.perf_counter()
+        while True:
+            before = sum(self._server_seconds().values())
+            time.sleep(window_s)
+            busy = (sum(self._server_seconds().values()) - before) / window_s
+            waited = time.perf_counter() - began
+            if busy < max_cores or waited >= timeout_s:
+                return waited
+
     def stop(self) -> dict[str, float]:
         """Cores busy on average over the interval, per role."""
         server = self._server_seconds()
@@ -378,8 +391,9 @@ def run(args: argparse.Namespace) -> Report:
         "(TorchServe's Python workers, its Java frontend, the locust process).",
         "Raw runner: `open_runner` on the served ONNX artifact, timed on decoded images at the batch one worker "
         "forms at that level (min(ceil(users / workers), batch size)): the better of one runner with all "
-        f"{cores} cores and {cores} single-threaded runners running at once, measured right after each level "
-        "(TorchServe idle), so that both sides of served/raw (images/s) are taken minutes apart at most.",
+        f"{cores} cores and {cores} single-threaded runners running at once, measured right after each level, "
+        "once TorchServe's processes are idle (under 0.05 cores over 0.5 s; the wait and the server's CPU during the "
+        "measurement are in the JSON), so that both sides of served/raw (images/s) are taken minutes apart at most.",
         "Stock: TorchServe's `image_classifier` handler (PIL full decode, torchvision Resize/CenterCrop/ToTensor/"
         f"Normalize, torch.jit.load without optimize_for_inference) on the same TorchScript file and layout, at {top} users.",
         f"Ours onnx-int8 and ours torchscript: our handler on the export's other artifacts, same layout, {top} users. The "
@@ -456,13 +470,17 @@ def run(args: argparse.Namespace) -> Report:
                     cpu = meter.stop()
                     results[(layout.key, label, users)] = summary
                     batch = layout.worker_batch(users)
-                    capacity = raw.measure(batch) if label == "ours onnx" else None
+                    capacity = None
+                    if label == "ours onnx":
+                        idle_wait_s = meter.wait_until_idle()
+                        meter.start()
+                        capacity = {**raw.measure(batch), "idle_wait_s": idle_wait_s, "server_cores": meter.stop()}
                     ratio = summary["requests_per_s"] / capacity["best"] if capacity else None
                     if ratio is not None:
                         served_over_raw[(layout.key, users)] = ratio
                     report.data["levels"].append({"model": arch, "layout": layout.key, "served_by": label, "users": users,
                                                   "summary": summary, "cpu_cores": cpu, "raw_batch": batch,
-                                                  "raw_images_per_s": capacity and capacity["best"], "served_over_raw": ratio})  # fmt: skip
+                                                  "raw_images_per_s": capacity and capacity["best"], "raw": capacity, "served_over_raw": ratio})  # fmt: skip
                     levels_table.add(arch, layout.key, label, users, summary["requests_per_s"], summary["p50_ms"], summary["p95_ms"],
                                      summary["p99_ms"], summary["failures"],
                                      " / ".join(f"{cpu[role]:.2f}" for role in ("workers", "frontend", "load generator")),
