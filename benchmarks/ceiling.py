@@ -106,9 +106,10 @@ def measure_kernel(dtype_name: str, kernel: str, threads: int, sizes: list[int],
             "sizes": per_size, "skipped_sizes": skipped}  # fmt: skip
 
 
-def measure_ceiling(dtype_name: str, threads: int, sizes: list[int], budget: Budget) -> float:
-    """The dtype's ceiling: the best GFLOP/s of its fastest kernel."""
-    return max(measure_kernel(dtype_name, kernel, threads, sizes, budget)["gflops"] for kernel in KERNELS[dtype_name])
+def fastest_kernel(dtype_name: str, threads: int, sizes: list[int], budget: Budget) -> dict:
+    """`measure_kernel`'s result for the dtype's fastest kernel: its ceiling."""
+    return max((measure_kernel(dtype_name, kernel, threads, sizes, budget) for kernel in KERNELS[dtype_name]),
+               key=lambda r: r["gflops"])  # fmt: skip
 
 
 class CeilingProbe:
@@ -136,8 +137,7 @@ class CeilingProbe:
 
     def select(self) -> None:
         for d in self.dtypes:
-            best = max((measure_kernel(d, kernel, self.threads, self.sizes, self.budget) for kernel in KERNELS[d]),
-                       key=lambda r: r["gflops"])  # fmt: skip
+            best = fastest_kernel(d, self.threads, self.sizes, self.budget)
             self.selected[d] = {"kernel": best["kernel"], "size": best["best_size"], "probe_gflops": best["gflops"]}
             self.calls[d] = gemm_call(best["best_size"], d, best["kernel"], self.threads)
 
@@ -161,8 +161,8 @@ class CeilingProbe:
                            if (v := [g[d] for g in self.groups if d in g]))  # fmt: skip
         return (f"GEMM ceiling at {self.threads} thread(s): each precision's fastest kernel and size in a probe before the "
                 f"timings (N = {', '.join(map(str, self.sizes))}; {picked}), then timed (primed like the networks) as one "
-                f"more candidate in the same rounds as the networks, so each fraction's two sides are measured side by side ({spread} GFLOP/s over the "
-                "groups); each row's fraction is of its own group's ceiling")  # fmt: skip
+                f"more candidate in the same rounds as the networks, so each fraction's two sides are measured side by "
+                f"side ({spread} GFLOP/s over the groups); each row's fraction is of its own group's ceiling")  # fmt: skip
 
 
 def default_sizes(quick: bool) -> list[int]:

@@ -6,9 +6,9 @@ module converted to channels_last), the TorchScript, ONNX Runtime and ONNX Runti
 machine the same on the GPU plus TensorRT where the export has an engine (`--devices` picks the CPU or
 the GPU runners alone; on the GPU alone, ratios are to CUDA eager). All runners of one (architecture,
 batch) are timed in the same interleaved rounds, each timed call right after untimed calls of its own
-for PRIME_S (`timing.interleaved(prime_s=)`: as in a stream of that runner's calls). Every runner takes and returns CPU float32 tensors, as
-the server's does, so a CUDA row includes the host-to-device copy of its batch (from page-locked
-memory) and the copy back.
+for PRIME_S (`timing.interleaved(prime_s=)`: as in a stream of that runner's calls). Every runner
+takes and returns CPU float32 tensors, as the server's does, so a CUDA row includes the
+host-to-device copy of its batch (from page-locked memory) and the copy back.
 
 FLOPs: 2 x the multiply-accumulates of the convolutions and the classifier, counted by
 `torch.utils.flop_counter` on one image (ResNet-50 at 224x224: 8.2 GFLOP = 4.1 GMAC), the same
@@ -277,7 +277,8 @@ def run(args: argparse.Namespace) -> Report:
         "others' of the fp32 one.",
         "All runners of one (model, batch) are timed in the same interleaved rounds after warm-up, each timed call "
         f"right after {PRIME_S * 1e3:.0f} ms (at least one call) of untimed calls of the same runner (a stream of its own "
-        "calls: right after another runner, a call would share the cores with that one's spinning threads); images/s = batch / median call time; p50/p99 are per "
+        "calls: right after another runner, a call would share the cores with that one's spinning threads); "
+        "images/s = batch / median call time; p50/p99 are per "
         "call (one batch).",
         "FLOPs = 2 x MACs of convolutions + classifier (torch.utils.flop_counter) per image: "
         + ", ".join(f"{a} {f / 1e9:.2f} GFLOP ({f / 2e9:.2f} GMAC)" for a, f in report.data["flops_per_image"].items())

@@ -226,8 +226,9 @@ class CpuMeter:
 
     def wait_until_idle(self, max_cores: float = 0.05, window_s: float = 0.5, timeout_s: float = 15.0) -> float:
         """Wait until TorchServe's processes use under `max_cores` over `window_s` (at most `timeout_s`);
-        returns the seconds waited. After a level the workers still answer the requests in flight and
-        the frontend closes connections: a raw measurement taken then shares the cores with them."""
+        returns the seconds waited. Right after a level the workers may still be answering the requests
+        in flight and the frontend closing connections; a raw measurement taken then would share the
+        cores with them."""
         began = time.perf_counter()
         while True:
             before = sum(self._server_seconds().values())
