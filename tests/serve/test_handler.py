@@ -155,3 +155,30 @@ def test_pytorch_keeps_one_thread_beside_onnx_runtime(archive_dir, backend):
         assert torch.get_num_threads() == (1 if backend == "onnx" else 2)
     finally:
         torch.set_num_threads(previous)
+
+
+def test_decoding_on_several_threads_answers_as_one_thread_does(archive_dir, valid_images, invalid_images):
+    """A 2-thread worker decodes a batch's images in parallel; answers, their order and the errors are
+    those of a 1-thread worker."""
+    model_dir, manifest, config = archive_dir
+    previous = torch.get_num_threads()
+    try:
+        handlers = {
+            threads: make_handler(model_dir, manifest, {**config, "handler": {**config["handler"], "threads": threads}})
+            for threads in (1, 2)
+        }
+    finally:
+        torch.set_num_threads(previous)
+    assert handlers[1].decode_pool is None and handlers[2].decode_pool is not None
+    batch = [
+        {"body": valid_images["jpeg"]},
+        {"first": valid_images["png"], "second": invalid_images["truncated_jpeg"], "third": valid_images["jpeg"]},
+        {"body": valid_images["png_gray"]},
+        {"first": valid_images["gif_palette"], "second": valid_images["jpeg_cmyk"]},
+        {"body": invalid_images["random_bytes"]},
+        {"body": valid_images["png"]},
+    ]
+    answers = {threads: handle(handler, batch) for threads, handler in handlers.items()}
+    assert [status for status, _ in answers[2]] == [200, 400, 200, 200, 400, 200]
+    assert answers[2] == answers[1]
+    assert json.loads(answers[2][1][1])["message"].startswith("part 'second': truncated or corrupt JPEG")
