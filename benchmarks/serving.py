@@ -306,7 +306,7 @@ def request_split(handler, jpeg: bytes, repeats: int) -> dict[str, float]:
         t0 = time.perf_counter()
         image = handler.to_input.decode(jpeg)
         t1 = time.perf_counter()
-        batch = handler.to_input.batch([handler.to_input.resize_crop(image)])  # as `handler.preprocess` does
+        batch = handler.to_input.batch([handler.to_input.resized(image)])  # as `handler.preprocess` does
         t2 = time.perf_counter()
         inferred = handler.inference((batch, [1], [None]))
         t3 = time.perf_counter()

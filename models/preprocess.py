@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
@@ -130,24 +131,48 @@ class EncodedImageTransform:
         self.max_pixels = max_pixels
         self.resize_crop = eval_resize_crop(spec)
 
-    def decode(self, data: bytes):
+    def decode(self, data: bytes) -> Image.Image:
         """The RGB PIL image (separately timed by the serve benchmark)."""
         return decode_image(data, max_pixels=self.max_pixels, draft_size=self.spec.resize_size)
 
+    def resized(self, image: Image.Image) -> torch.Tensor:
+        """A decoded RGB image -> resized and center-cropped uint8 CHW pixels, not yet normalised."""
+        return self.resize_crop(rgb_tensor(image))
+
     def pixels(self, data: bytes) -> torch.Tensor:
-        """Resized and center-cropped uint8 CHW pixels, not yet normalised."""
-        return self.resize_crop(self.decode(data))
+        """`decode`, then `resized`."""
+        return self.resized(self.decode(data))
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 CHW or NCHW -> the network's float32 input."""
         return normalize_batch(pixels, self.spec)
 
     def batch(self, pixels: list[torch.Tensor]) -> torch.Tensor:
-        """Several images' `pixels` -> one normalised float32 NCHW batch."""
-        return self.normalize(torch.stack(pixels))
+        """Several images' `pixels` -> one normalised float32 NCHW batch.
+
+        Each (strided) crop is converted straight into its slot of the float batch: one pass instead of
+        `torch.stack`'s uint8 copy and then the float copy (0.1-0.2 ms of a 1.5 ms preprocess per image).
+        """
+        batch = torch.empty((len(pixels), *pixels[0].shape), dtype=torch.float32)
+        for image, slot in zip(pixels, batch):
+            slot.copy_(image)
+        return _normalize_(batch, self.spec, UINT8_SCALE)
 
     def __call__(self, data: bytes) -> torch.Tensor:
         return self.normalize(self.pixels(data))
+
+
+def rgb_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB PIL image -> uint8 CHW tensor (a view of HWC pixels, as `v2.ToImage` gives).
+
+    Pillow's bytes copied once more into a writable buffer: 0.3 ms faster than `v2.ToImage`'s
+    `np.array(image, copy=True)` for a 613x408 image right after an inference (equal pixels).
+    """
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return pixels.view(image.height, image.width, 3).permute(2, 0, 1)
+
+
+UINT8_SCALE = 1 / 255
 
 
 def normalize_batch(batch: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
@@ -155,8 +180,11 @@ def normalize_batch(batch: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     # One copy into a fresh contiguous float tensor: the in-place ops below must not touch the caller's
     # batch, and a single center crop is a strided view of HWC pixels, on which they run 2.6x slower.
     x = batch.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
-    if batch.dtype == torch.uint8:
-        x.div_(255.0)
-    mean = torch.tensor(spec.mean, device=x.device, dtype=x.dtype).view(3, 1, 1)
-    std = torch.tensor(spec.std, device=x.device, dtype=x.dtype).view(3, 1, 1)
-    return x.sub_(mean).div_(std)
+    return _normalize_(x, spec, UINT8_SCALE if batch.dtype == torch.uint8 else 1.0)
+
+
+def _normalize_(x: torch.Tensor, spec: PreprocessSpec, pixel_scale: float) -> torch.Tensor:
+    """In place: (x * pixel_scale - mean) / std, as one multiply and one subtraction per element."""
+    scale = torch.tensor([pixel_scale / s for s in spec.std], device=x.device, dtype=x.dtype).view(3, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(spec.mean, spec.std)], device=x.device, dtype=x.dtype).view(3, 1, 1)
+    return x.mul_(scale).sub_(shift)

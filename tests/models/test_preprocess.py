@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 from skimage import data as skdata
+from torchvision.transforms import v2
 
 from models import EncodedImageTransform, PreprocessSpec, eval_transform, top_k_labels
 from models.imageio import ImageDecodeError
@@ -17,7 +18,10 @@ def test_encoded_image_transform_is_decode_then_the_validation_transform():
     spec = PreprocessSpec(input_size=64, resize_size=72)
     x = EncodedImageTransform(spec)(buffer.getvalue())
     assert x.shape == (3, 64, 64) and x.dtype == torch.float32
-    torch.testing.assert_close(x, eval_transform(spec)(Image.fromarray(skdata.chelsea())))
+    assert torch.equal(x, eval_transform(spec)(Image.fromarray(skdata.chelsea())))
+    pixels = EncodedImageTransform(spec).pixels(buffer.getvalue())
+    reference = v2.Normalize(spec.mean, spec.std)(v2.ToDtype(torch.float32, scale=True)(pixels))
+    torch.testing.assert_close(x, reference, rtol=0, atol=1e-6)  # torchvision's (x / 255 - mean) / std
     with pytest.raises(ImageDecodeError):
         EncodedImageTransform(spec)(b"not an image")
     with pytest.raises(ImageDecodeError):
