@@ -301,19 +301,25 @@ def run(args: argparse.Namespace) -> Report:
             "runner uses)."
         )
         arch = archs[0]
-        log(f"{arch} batch 1: ONNX Runtime's idle threads spinning, blocking, or spinning within a run")
-        idle_table, idle_rows = idle_threads_ablation(arch, random_checkpoint(arch, args.work_dir), export_model(arch, args.work_dir),
-                                                      threads, budget, consecutive=2 if args.quick else 8)  # fmt: skip
-        report.tables.append(idle_table)
-        report.data["idle_threads_ablation"] = idle_rows
-        by_idle = {r["idle_threads"]: r for r in idle_rows}
-        report.notes.append(
-            f"{arch} batch 1, ONNX Runtime's idle threads: spinning (its default) burns "
-            f"{by_idle['spin']['cpu_ms_after_call']:.0f} CPU ms after each call and the eager call right after it takes "
-            f"{by_idle['spin']['eager_slowdown']:.2f}x as long as after a pause; blocking makes a lone call take "
-            f"{by_idle['block']['own_call_after_pause_ms']:.1f} ms against {by_idle['spin']['own_call_after_pause_ms']:.1f} ms; "
-            f"spinning within a run (the runners') takes {by_idle[RUNNER_IDLE_THREADS]['own_call_after_pause_ms']:.1f} ms, "
-            f"burns {by_idle[RUNNER_IDLE_THREADS]['cpu_ms_after_call']:.1f} CPU ms after it, and the eager call right after it "
-            f"takes {by_idle[RUNNER_IDLE_THREADS]['eager_slowdown']:.2f}x as long as after a pause."
-        )
+        if threads == 1:
+            report.notes.append(
+                "ONNX Runtime's idle-threads table: not measured at 1 thread. A session with one intra-op thread runs "
+                "on the caller's thread and has no pool, so no thread idles; run with `--threads 2` or more."
+            )
+        else:
+            log(f"{arch} batch 1: ONNX Runtime's idle threads spinning, blocking, or spinning within a run")
+            idle_table, idle_rows = idle_threads_ablation(arch, random_checkpoint(arch, args.work_dir), export_model(arch, args.work_dir),
+                                                          threads, budget, consecutive=2 if args.quick else 8)  # fmt: skip
+            report.tables.append(idle_table)
+            report.data["idle_threads_ablation"] = idle_rows
+            by_idle = {r["idle_threads"]: r for r in idle_rows}
+            report.notes.append(
+                f"{arch} batch 1, ONNX Runtime's idle threads: spinning (its default) burns "
+                f"{by_idle['spin']['cpu_ms_after_call']:.0f} CPU ms after each call and the eager call right after it takes "
+                f"{by_idle['spin']['eager_slowdown']:.2f}x as long as after a pause; blocking makes a lone call take "
+                f"{by_idle['block']['own_call_after_pause_ms']:.1f} ms against {by_idle['spin']['own_call_after_pause_ms']:.1f} ms; "
+                f"spinning within a run (the runners') takes {by_idle[RUNNER_IDLE_THREADS]['own_call_after_pause_ms']:.1f} ms, "
+                f"burns {by_idle[RUNNER_IDLE_THREADS]['cpu_ms_after_call']:.1f} CPU ms after it, and the eager call right after it "
+                f"takes {by_idle[RUNNER_IDLE_THREADS]['eager_slowdown']:.2f}x as long as after a pause."
+            )
     return report

@@ -31,10 +31,10 @@ def work_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("bench-work")
 
 
-def run_quick(name: str, work_dir: Path, *extra: str, timeout: int = 600) -> tuple[str, str, dict]:
-    """`python -m benchmarks NAME --quick`; returns (stdout, markdown file, parsed JSON)."""
+def run_quick(name: str, work_dir: Path, *extra: str, threads: int = 1, timeout: int = 600) -> tuple[str, str, dict]:
+    """`python -m benchmarks NAME --quick --threads THREADS`; returns (stdout, markdown file, parsed JSON)."""
     results = work_dir / "results"
-    command = [sys.executable, "-m", "benchmarks", name, "--quick", "--threads", "1",
+    command = [sys.executable, "-m", "benchmarks", name, "--quick", "--threads", str(threads),
                "--work-dir", str(work_dir), "--results-dir", str(results), *extra]  # fmt: skip
     process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert process.returncode == 0, f"exit {process.returncode}\n{process.stdout[-3000:]}\n{process.stderr[-3000:]}"
@@ -80,8 +80,9 @@ def test_ceiling_writes_fp32_bf16_and_int8_rows(work_dir):
 
 
 def test_infer_times_every_cpu_runner_against_eager(work_dir):
-    stdout, markdown, data = run_quick("infer", work_dir)
-    check_well_formed(stdout, markdown, data, "infer")
+    # 2 threads: with one, an ONNX Runtime session has no thread pool, so the idle-threads table has nothing to time
+    stdout, markdown, data = run_quick("infer", work_dir, threads=2)
+    check_well_formed(stdout, markdown, data, "infer", threads=2)
     rows = data["data"]["rows"]
     assert {r["runner"] for r in rows} >= {"eager", "eager channels_last", "torchscript", "onnxruntime", "onnxruntime int8"}
     assert {r["batch"] for r in rows} == {1, 2}
@@ -103,10 +104,20 @@ def test_infer_times_every_cpu_runner_against_eager(work_dir):
     assert set(idle) == {"spin", "block", "spin within a run"} and idle["spin within a run"]["runner_default"]
     assert all(r["own_call_after_pause_ms"] > 0 and r["eager_right_after_ms"] > 0 for r in idle.values())
     assert idle["spin"]["cpu_ms_after_call"] > idle["spin within a run"]["cpu_ms_after_call"]
+    # the graph-optimization table compares ONNX Runtime with eager at 1 thread and at the run's 2
+    assert {r["threads"] for r in data["data"]["onnx_ablation"]} == {1, 2}
     # the export it measured was made by the project's own `python -m export`, int8 within its cosine gate
     manifest = json.loads((work_dir / "exports" / "resnet20" / "manifest.json").read_text())
     assert {a["format"] for a in manifest["artifacts"]} >= {"torchscript", "onnx", "onnx-int8"}
     assert all(a["parity"]["passed"] for a in manifest["artifacts"])
+
+
+def test_infer_at_one_thread_says_why_it_has_no_idle_threads_table(work_dir):
+    stdout, markdown, data = run_quick("infer", work_dir, "--batches", "1")
+    check_well_formed(stdout, markdown, data, "infer")
+    assert "idle_threads_ablation" not in data["data"]
+    assert "not measured at 1 thread" in markdown and "--threads 2" in markdown
+    assert {r["threads"] for r in data["data"]["onnx_ablation"]} == {1}
 
 
 def test_train_compares_our_step_with_a_bare_loop(work_dir):
