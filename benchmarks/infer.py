@@ -20,7 +20,8 @@ of its own precision.
 Two ablations explain the CPU result (`--no-ablation` skips them): ONNX Runtime's graph optimization
 levels and thread counts against eager, and what the session's idle threads should do: spin (ONNX
 Runtime's default: the pool burns the cores after each run and slows whatever is timed next), block
-(a lone run wakes the pool at every operator) or spin within a run only (the runners').
+(a lone run wakes the pool at every operator) or spin within a run only (the runners'); this one needs
+--threads 2 or more, since a 1-thread session has no pool.
 """
 
 from __future__ import annotations
