@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--host",
         default=settings.host,
-        help="inference API interface (default: %(default)s; management and metrics are always 127.0.0.1)",
+        help="inference API interface (default: %(default)s, this machine only; 0.0.0.0 for every interface, "
+        "as in a container; management and metrics are always 127.0.0.1)",
     )
     p.add_argument("--port", type=int, default=settings.port, help="inference API port (default: %(default)s)")
     p.add_argument("--management-port", type=int, default=settings.management_port, help="(default: %(default)s)")
@@ -144,7 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="turn TorchServe's token authorization off, so that a plain `curl -T cat.jpg "
         "localhost:8080/predictions/NAME` works. TorchServe 0.12 has one switch for both APIs: the management "
         "API then needs no key either (it stays on 127.0.0.1, and registering models stays disabled). "
-        "For a trusted machine or network only",
+        "For a trusted machine or network only: refused with a --host other than loopback unless "
+        "--allow-no-auth-on-network is given too",
+    )
+    p.add_argument(
+        "--allow-no-auth-on-network",
+        action="store_true",
+        help="accept --no-token-auth on a --host other machines can reach (a trusted network, or behind a "
+        "proxy that authenticates)",
+    )
+    p.add_argument(
+        "--frontend-heap",
+        default=settings.frontend_heap,
+        help="the Java frontend's heap limit, a JVM -Xmx size; it buffers each request body and exits on "
+        "OutOfMemoryError (default: %(default)s)",
     )
     p.add_argument(
         "--timeout",
@@ -211,7 +225,8 @@ def run_start(args) -> int:
         management_port=args.management_port, metrics_port=args.metrics_port,
         grpc_inference_port=args.grpc_ports[0], grpc_management_port=args.grpc_ports[1],
         token_auth=args.token_auth, token_expiration_min=args.token_expiration_min, startup_timeout_s=args.timeout,
-        log_to_console=args.foreground,
+        log_to_console=args.foreground, allow_no_auth_on_network=args.allow_no_auth_on_network,
+        frontend_heap=args.frontend_heap,
     )  # fmt: skip
     info = start(settings)
     auth = "token required" if info.token_auth else "NO token authorization"

@@ -27,10 +27,16 @@ import psutil
 import requests
 
 CONFIG_TEMPLATE = Path(__file__).with_name("config.properties")
+LOG_CONFIG_TEMPLATE = Path(__file__).with_name("log4j2.xml")
 STATE_FILE = "server.json"
 KEY_FILE = "key_file.json"
 JAVA_MAIN_CLASS = "org.pytorch.serve.ModelServer"
 MAX_UNIX_SOCKET_PATH = 100  # sun_path holds 108 bytes; TorchServe appends "/.ts.sock.9000"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# TorchServe's log files roll at this size and keep this many old copies each (its own config rolls
+# daily and never deletes); our torchserve.out is rotated once at start past the same size.
+LOG_FILE_MAX_MB = 20
+LOG_FILES_KEPT = 4
 
 
 class ServerError(RuntimeError):
@@ -42,17 +48,22 @@ class ServerSettings:
     model_store: Path = Path("model_store")
     models: list[str] = field(default_factory=list)  # names of <model_store>/<name>.mar; empty: all
     run_dir: Path = Path(".serve")
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # TorchServe's own default; a container passes --host 0.0.0.0
     port: int = 8080
     management_port: int = 8081
     metrics_port: int = 8082
     grpc_inference_port: int = 7070
     grpc_management_port: int = 7071
     token_auth: bool = True  # TorchServe 0.12: one switch for the inference and management APIs
+    allow_no_auth_on_network: bool = False  # token_auth=False on a non-loopback host needs this too
     token_expiration_min: int = 60
     job_queue_size: int = 100
     startup_timeout_s: float = 180.0
     log_to_console: bool = False  # TorchServe's output to our stdout (containers), not <run-dir>/torchserve.out
+    # The frontend's JVM heap (-Xmx): it buffers each request body (up to max_request_size) in memory;
+    # past the limit the JVM exits (-XX:+ExitOnOutOfMemoryError) rather than limp on, and
+    # `serve status` / the foreground mode report it gone.
+    frontend_heap: str = "1g"
 
 
 @dataclass
@@ -123,8 +134,11 @@ def expires_soon(expiration: str, margin_s: float = 60.0) -> bool:
 def render_config(settings: ServerSettings, models: list[str]) -> str:
     """The template with this server's values; every path absolute (TorchServe's cwd is the run dir)."""
     store = settings.model_store.resolve()
-    # Java regex, written into a .properties file where a backslash is itself an escape character.
-    allowed_urls = f"file://{store}/[^/]+[.]mar".replace("\\", "\\\\")
+    # A Java regex: the store path taken literally (re.escape's backslash escapes mean the same in Java;
+    # a comma becomes \x2c because TorchServe splits allowed_urls at commas), written into a .properties
+    # file where a backslash is itself an escape character.
+    literal_store = re.escape(str(store)).replace(",", "\\x2c")
+    allowed_urls = f"file://{literal_store}/[^/]+[.]mar".replace("\\", "\\\\")
     return string.Template(CONFIG_TEMPLATE.read_text()).substitute(
         host=settings.host,
         port=settings.port,
@@ -138,7 +152,37 @@ def render_config(settings: ServerSettings, models: list[str]) -> str:
         token_expiration_min=settings.token_expiration_min,
         allowed_urls=allowed_urls,
         job_queue_size=settings.job_queue_size,
+        frontend_heap=settings.frontend_heap,
     )
+
+
+def render_log_config(settings: ServerSettings) -> str:
+    """Our log4j2 config: TorchServe's log files roll by size and old ones are deleted; the frontend's
+    console log goes to our stdout only in the foreground (containers), else only to the files."""
+    console = '<AppenderRef ref="STDOUT"/>' if settings.log_to_console else ""
+    return string.Template(LOG_CONFIG_TEMPLATE.read_text()).substitute(
+        console=console, max_mb=LOG_FILE_MAX_MB, kept=LOG_FILES_KEPT
+    )
+
+
+def check_exposure(settings: ServerSettings) -> None:
+    """Refuse to open an API without a key on an address other machines can reach, unless asked to."""
+    if settings.token_auth or settings.host in LOOPBACK_HOSTS or settings.allow_no_auth_on_network:
+        return
+    raise ServerError(
+        f"--no-token-auth with --host {settings.host} would let anyone who can reach this address use the "
+        "inference API without a key; serve on 127.0.0.1, keep token authorization, or add "
+        "--allow-no-auth-on-network if the network is trusted (or the server sits behind an authenticating proxy)"
+    )
+
+
+def rotate_if_large(path: Path, max_bytes: int = LOG_FILE_MAX_MB * 1024 * 1024) -> None:
+    """Keep one previous copy of a file we append to, once it passes `max_bytes`."""
+    try:
+        if path.stat().st_size > max_bytes:
+            os.replace(path, path.with_name(path.name + ".1"))
+    except FileNotFoundError:
+        pass
 
 
 def find_models(model_store: Path, names: list[str]) -> list[str]:
@@ -220,6 +264,7 @@ def start(settings: ServerSettings, log=print) -> ServerInfo:
             f"TorchServe is already running from {run_dir} (pid {running.pid}, port {running.port}); "
             f"stop it with python -m serve stop --run-dir {settings.run_dir}"
         )
+    check_exposure(settings)
     models = find_models(settings.model_store, settings.models)
     check_ports_free(settings)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -227,11 +272,18 @@ def start(settings: ServerSettings, log=print) -> ServerInfo:
         (run_dir / stale).unlink(missing_ok=True)
     config = run_dir / "config.properties"
     config.write_text(render_config(settings, models))
+    log_config = run_dir / "log4j2.xml"
+    log_config.write_text(render_log_config(settings))
+    rotate_if_large(run_dir / "torchserve.out")
 
     env = dict(os.environ, TMPDIR=str(run_dir), TEMP=str(run_dir), LOG_LOCATION=str(run_dir / "logs"),
-               METRICS_LOCATION=str(run_dir / "logs"))  # fmt: skip
+               METRICS_LOCATION=str(run_dir / "logs"),
+               # The workers pass every body to the handler as bytes: TorchServe would otherwise
+               # json-decode application/json bodies (and utf-8-decode text/*) before the handler can
+               # refuse them, at many times their size in memory.
+               TS_DECODE_INPUT_REQUEST="false")  # fmt: skip
     command = [sys.executable, "-m", "ts.model_server", "--start", "--ncs", "--ts-config", str(config),
-               "--model-store", str(settings.model_store.resolve())]  # fmt: skip
+               "--log-config", str(log_config), "--model-store", str(settings.model_store.resolve())]  # fmt: skip
     with open(run_dir / "torchserve.out", "ab") as out:
         # A new session: the server outlives this command and ignores the terminal's Ctrl-C.
         launcher = subprocess.run(command, cwd=run_dir, env=env, stdout=None if settings.log_to_console else out,

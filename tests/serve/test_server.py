@@ -188,13 +188,13 @@ def test_mixed_good_and_bad_requests_each_get_their_own_answer(torchserve, predi
 
 
 def test_photo_sized_requests_fit_and_oversized_ones_get_413(predict_url, auth):
-    # 12 megapixels of noise: a 9 MB JPEG, above TorchServe's default 6.5 MB request limit, below ours (32 MiB)
+    # 12 megapixels of noise: a 9 MB JPEG, above TorchServe's default 6.5 MB request limit, below ours (20 MiB)
     noise = np.random.default_rng(0).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)
     photo = encode(Image.fromarray(noise), "JPEG", quality=85)
-    assert 6_553_500 < len(photo) < 32 * 1024 * 1024
+    assert 9_000_000 < len(photo) < 20 * 1024 * 1024
     response = requests.put(predict_url, data=photo, headers=auth, timeout=60)
     assert response.status_code == 200, response.text
-    response = requests.put(predict_url, data=bytes(32 * 1024 * 1024 + 1), headers=auth, timeout=60)
+    response = requests.put(predict_url, data=bytes(20 * 1024 * 1024 + 1), headers=auth, timeout=60)
     assert response.status_code == 413
 
 
@@ -219,16 +219,69 @@ def test_prometheus_metrics(torchserve):
     assert "# TYPE" in response.text and "Requests2XX" in response.text
 
 
-def test_config_binds_management_and_metrics_to_loopback(tmp_path):
-    text = render_config(ServerSettings(model_store=tmp_path, port=8080), ["digits"])
-    props = dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
-    assert props["inference_address"] == "http://0.0.0.0:8080"
+def config_properties(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def test_config_binds_everything_to_loopback_by_default(tmp_path):
+    props = config_properties(render_config(ServerSettings(model_store=tmp_path, port=8080), ["digits"]))
+    assert props["inference_address"] == "http://127.0.0.1:8080"  # TorchServe's own default; --host opens it
     assert props["management_address"].startswith("http://127.0.0.1:")
     assert props["metrics_address"].startswith("http://127.0.0.1:")
     assert props["disable_token_authorization"] == "false" and props["enable_model_api"] == "false"
-    assert props["allowed_urls"] == f"file://{tmp_path.resolve()}/[^/]+[.]mar"
-    assert props["metrics_mode"] == "prometheus" and int(props["max_request_size"]) == 32 * 1024 * 1024
+    assert props["allowed_urls"] == f"file://{re_escape_for_properties(tmp_path.resolve())}/[^/]+[.]mar"
+    assert props["metrics_mode"] == "prometheus" and int(props["max_request_size"]) == 20 * 1024 * 1024
     assert props["load_models"] == "digits=digits.mar"
+    assert props["vmargs"].split() == ["-Xmx1g", "-XX:+ExitOnOutOfMemoryError"]
+    props = config_properties(render_config(ServerSettings(model_store=tmp_path, host="0.0.0.0", port=80), ["x"]))
+    assert props["inference_address"] == "http://0.0.0.0:80"
+
+
+def re_escape_for_properties(path: Path) -> str:
+    import re
+
+    return re.escape(str(path)).replace("\\", "\\\\")
+
+
+def test_allowed_urls_match_only_archives_of_a_store_whose_path_has_regex_characters(tmp_path):
+    """The allowed_urls regex as Java's String.matches reads it (Python's re agrees on these escapes):
+    a store path with '(', '[', '.', ',' or '+' is taken literally."""
+    import re
+
+    store = tmp_path / "my store (v1.2)[x],a+b"
+    props = config_properties(render_config(ServerSettings(model_store=store), ["digits"]))
+    pattern = props["allowed_urls"].replace("\\\\", "\\")  # undo the .properties escaping
+    assert "," not in pattern  # TorchServe splits allowed_urls at commas
+    assert re.fullmatch(pattern, f"file://{store.resolve()}/digits.mar")
+    assert not re.fullmatch(pattern, f"file://{store.resolve()}/sub/digits.mar")
+    assert not re.fullmatch(pattern, f"file://{str(store.resolve()).replace('.', 'X')}/digits.mar")
+    assert not re.fullmatch(pattern, "https://example.com/evil.mar")
+
+
+def test_log_config_rolls_every_file_by_size_and_uses_the_console_only_in_the_foreground():
+    from serve.server import render_log_config
+
+    background = render_log_config(ServerSettings(log_to_console=False))
+    foreground = render_log_config(ServerSettings(log_to_console=True))
+    assert '<AppenderRef ref="STDOUT"/>' not in background and '<AppenderRef ref="STDOUT"/>' in foreground
+    assert background.count("<RollingFile") == 5 and background.count("SizeBasedTriggeringPolicy") == 5
+    assert "TimeBasedTriggeringPolicy" not in background and "${env:LOG_LOCATION:-logs}" in background
+
+
+def test_no_token_auth_is_refused_on_a_network_address_unless_explicitly_allowed(tmp_path):
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "digits.mar").write_bytes(b"never loaded: the exposure check comes first")
+    base = ["start", "--run-dir", str(tmp_path / "run"), "--model-store", str(tmp_path / "store"), "--no-token-auth"]
+    result = run_serve(*base, "--host", "0.0.0.0")
+    assert result.returncode == 1
+    assert "--no-token-auth with --host 0.0.0.0" in result.stderr and "--allow-no-auth-on-network" in result.stderr
+    from serve.server import ServerError, check_exposure
+
+    check_exposure(ServerSettings(host="0.0.0.0", token_auth=False, allow_no_auth_on_network=True))
+    check_exposure(ServerSettings(host="127.0.0.1", token_auth=False))
+    check_exposure(ServerSettings(host="0.0.0.0", token_auth=True))
+    with pytest.raises(ServerError):
+        check_exposure(ServerSettings(host="10.0.0.5", token_auth=False))
 
 
 def run_serve(*args: str) -> subprocess.CompletedProcess:
