@@ -28,14 +28,20 @@ class StepFailed(RuntimeError):
     pass
 
 
+SECRETS: list[str] = []  # shown as <secret> wherever a command is echoed: logs of a demo get shared
+
+
 def run(step: str, cmd: list[str], *, capture: bool = False, env: dict[str, str] | None = None) -> str:
-    print(f"\n==> {step}\n$ {shlex.join(cmd)}", flush=True)
+    shown = shlex.join(cmd)
+    for secret in SECRETS:
+        shown = shown.replace(secret, "<secret>")
+    print(f"\n==> {step}\n$ {shown}", flush=True)
     result = subprocess.run(cmd, text=True, stdout=subprocess.PIPE if capture else None,
                             env=None if env is None else {**os.environ, **env})  # fmt: skip
     if result.returncode != 0:
-        raise StepFailed(f"step '{step}' failed with exit code {result.returncode}: {shlex.join(cmd)}")
+        raise StepFailed(f"step '{step}' failed with exit code {result.returncode}: {shown}")
     if capture:
-        print(result.stdout.rstrip())
+        print("(output captured, not shown)")
     return result.stdout or ""
 
 
@@ -84,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             "--port", str(ports[0]), "--management-port", str(ports[1]), "--metrics-port", str(ports[2]),
             "--grpc-ports", str(ports[3]), str(ports[4]), "--run-dir", str(run_dir)])  # fmt: skip
         token = run("   the inference key", [py, "-m", "serve", "token", "--run-dir", str(run_dir)], capture=True).strip()
+        SECRETS.append(token)
         sample = sorted((images / "7").glob("*.png"))[0]
         run("6/8 curl -T a real handwritten 7", ["curl", "-sS", "--fail-with-body", "-T", str(sample),
             "-H", f"Authorization: Bearer {token}", f"{url}/predictions/{MODEL_NAME}"])  # fmt: skip
