@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from models.imageio import DEFAULT_MAX_FULL_PIXELS, DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, decoded_pixels
 from tests.fixtures.served import chelsea, encode, png_claiming_size
 
 CAT_SIZE = (451, 300)
@@ -121,8 +121,60 @@ def test_pixel_limit_is_checked_from_the_header_before_decoding():
     assert len(bomb) < 200
     expected = r"PNG image is 10000x8000 = 80,000,000 pixels, above the limit of 64,000,000; refused before decoding"
     with pytest.raises(ImageDecodeError, match=expected):
-        decode_image(bomb)
+        decode_image(bomb, max_full_pixels=DEFAULT_MAX_PIXELS)
     assert DEFAULT_MAX_PIXELS == 64_000_000
+
+
+def test_formats_that_decode_every_pixel_have_a_lower_ceiling_than_jpeg():
+    """An 8000 x 8000 PNG (or lossless WebP: 2.5 kB) costs seconds to decode whatever the model needs;
+    a JPEG of that size decodes in draft mode, so it keeps the 64 MP limit."""
+    expected = (r"PNG image is 8000x8000 = 64,000,000 pixels, above the limit of 16,777,216 for PNG, which decodes "
+                r"every pixel \(JPEG may have 64,000,000\); refused before decoding")  # fmt: skip
+    with pytest.raises(ImageDecodeError, match=expected):
+        decode_image(png_claiming_size(8000, 8000), draft_size=256)
+    webp = encode(Image.new("RGB", (4200, 4200)), "WEBP", lossless=True)
+    assert len(webp) < 10_000
+    with pytest.raises(ImageDecodeError, match="for WEBP, which decodes every pixel"):
+        decode_image(webp)
+    assert decoded_pixels(png_claiming_size(4096, 4096)) == DEFAULT_MAX_FULL_PIXELS  # at the limit: accepted
+
+
+def test_a_48_megapixel_phone_jpeg_decodes_in_draft_mode():
+    photo = encode(Image.new("RGB", (8064, 6048), (90, 120, 150)), "JPEG", quality=80)
+    assert decoded_pixels(photo) == 8064 * 6048
+    assert decoded_pixels(photo, draft_size=256) == 1008 * 756  # 1/8 scale, read from the header
+    image = decode_image(photo, draft_size=256)
+    assert image.size == (1008, 756) and image.getpixel((500, 400)) == pytest.approx((90, 120, 150), abs=3)
+
+
+def test_decoded_pixels_refuses_what_decode_image_refuses(invalid_images):
+    for name in ("empty", "text", "png_huge_dimensions"):
+        with pytest.raises(ImageDecodeError):
+            decoded_pixels(invalid_images[name])
+    with pytest.raises(ImageDecodeError, match="extreme aspect ratio"):
+        decoded_pixels(invalid_images["png_extreme_aspect"], draft_size=256)
+
+
+def test_16bit_images_convert_without_a_wide_copy():
+    """A 16-bit 4096 x 4096 grayscale PNG: the conversion allocates uint16/uint8 arrays (48 MB), never
+    int64 (16 bytes a pixel: 268 MB)."""
+    import tracemalloc
+
+    ramp = (np.arange(4096 * 4096, dtype=np.uint32) % 65536).astype(np.uint16).reshape(4096, 4096)
+    png = encode(Image.fromarray(ramp), "PNG", compress_level=1)
+    tracemalloc.start()
+    try:
+        image = decode_image(png)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert image.mode == "RGB" and image.getpixel((4095, 0)) == (15, 15, 15)  # 4095 >> 8
+    assert peak < 80 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+    wide = Image.fromarray(ramp.astype(np.int32))  # mode "I" (32-bit), as some PNG/TIFF paths give
+    assert wide.mode == "I"
+    from models.imageio import _to_rgb
+
+    assert _to_rgb(wide).getpixel((4095, 0)) == (15, 15, 15)
 
 
 def test_max_pixels_is_configurable(valid_images):
