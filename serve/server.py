@@ -56,6 +56,7 @@ class ServerSettings:
     grpc_management_port: int = 7071
     token_auth: bool = True  # TorchServe 0.12: one switch for the inference and management APIs
     allow_no_auth_on_network: bool = False  # token_auth=False on a non-loopback host needs this too
+    metrics_host: str = "127.0.0.1"  # the pod address in the in-cluster mode, for Prometheus
     token_expiration_min: int = 60
     job_queue_size: int = 100
     startup_timeout_s: float = 180.0
@@ -143,6 +144,7 @@ def render_config(settings: ServerSettings, models: list[str]) -> str:
         host=settings.host,
         port=settings.port,
         management_port=settings.management_port,
+        metrics_host=settings.metrics_host,
         metrics_port=settings.metrics_port,
         grpc_inference_port=settings.grpc_inference_port,
         grpc_management_port=settings.grpc_management_port,
@@ -212,7 +214,7 @@ def check_ports_free(settings: ServerSettings) -> None:
     for what, host, port in [
         ("inference", settings.host, settings.port),
         ("management", "127.0.0.1", settings.management_port),
-        ("metrics", "127.0.0.1", settings.metrics_port),
+        ("metrics", settings.metrics_host, settings.metrics_port),
         ("gRPC inference", "127.0.0.1", settings.grpc_inference_port),
         ("gRPC management", "127.0.0.1", settings.grpc_management_port),
     ]:
@@ -277,11 +279,7 @@ def start(settings: ServerSettings, log=print) -> ServerInfo:
     rotate_if_large(run_dir / "torchserve.out")
 
     env = dict(os.environ, TMPDIR=str(run_dir), TEMP=str(run_dir), LOG_LOCATION=str(run_dir / "logs"),
-               METRICS_LOCATION=str(run_dir / "logs"),
-               # The workers pass every body to the handler as bytes: TorchServe would otherwise
-               # json-decode application/json bodies (and utf-8-decode text/*) before the handler can
-               # refuse them, at many times their size in memory.
-               TS_DECODE_INPUT_REQUEST="false")  # fmt: skip
+               METRICS_LOCATION=str(run_dir / "logs"))  # fmt: skip
     command = [sys.executable, "-m", "ts.model_server", "--start", "--ncs", "--ts-config", str(config),
                "--log-config", str(log_config), "--model-store", str(settings.model_store.resolve())]  # fmt: skip
     with open(run_dir / "torchserve.out", "ab") as out:
