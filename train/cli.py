@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--log-every", "steps between progress updates", type=int)
     _flag(g, "--tensorboard", "write TensorBoard event files")
     _flag(g, "--plots", "write curves.png every epoch")
+    _flag(g, "--log-internals", "per epoch, log each layer's gradient norm and each block's residual ratio "
+          "(||F(x)|| / ||identity||) on a fixed validation batch to TensorBoard (one extra forward/backward)")
 
     g = p.add_argument_group("prediction")
     g.add_argument("--predict", nargs="+", metavar="IMG", help="classify images with --checkpoint and exit")

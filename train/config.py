@@ -83,6 +83,7 @@ DEFAULTS: dict[str, Any] = {
     "log_every": 10,
     "tensorboard": True,
     "plots": True,
+    "log_internals": False,
     "resume": None,
     "overwrite": False,
 }
@@ -97,7 +98,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 # Keys a resumed run may change (more epochs, other loader settings); the rest come from the checkpoint.
-RESUMABLE_OVERRIDES = ("epochs", "workers", "log_every", "tensorboard", "plots", "val_batch_size", "device")
+RESUMABLE_OVERRIDES = (
+    "epochs", "workers", "log_every", "tensorboard", "plots", "log_internals", "val_batch_size", "device",
+)  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -161,6 +164,8 @@ def validate(config: dict[str, Any]) -> None:
             raise ConfigError(f"{key} must be >= 1, got {config[key]}")
     if config["freeze_backbone"] and config["freeze_until"]:
         raise ConfigError("--freeze-backbone and --freeze-until are exclusive: pick one")
+    if config.get("log_internals") and not config.get("tensorboard"):
+        raise ConfigError("--log-internals writes to TensorBoard: drop --no-tensorboard or --log-internals")
     if config["val_split"] is not None and not 0.0 < float(config["val_split"]) < 1.0:
         raise ConfigError(f"val_split must be between 0 and 1, got {config['val_split']}")
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 METRIC_FIELDS = (
@@ -87,6 +88,12 @@ class RunReporter:
         if self.plots:
             write_curves(self.rows, self.run_dir / "curves.png")
 
+    def log_scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
+            self.writer.flush()
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -100,6 +107,17 @@ class RunReporter:
             writer.writeheader()
             writer.writerows(self.rows)
         os.replace(tmp, self.csv_path)
+
+
+def measure_internals(network: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """`--log-internals`: each trainable layer's gradient norm and each block's ||F(x)|| / ||identity||
+    on one batch, as TensorBoard tags. The probes restore the network's BN statistics, gradients, mode
+    and RNG, so training continues exactly as without them."""
+    from models.inspect import gradient_flow, residual_flow
+
+    values = {f"internals/grad_norm/{g.layer}": g.grad_norm for g in gradient_flow(network, x, labels)}
+    values.update({f"internals/residual_ratio/{f.block}": f.ratio for f in residual_flow(network, x) if f.ratio is not None})
+    return values
 
 
 def _fmt(value: Any) -> str:

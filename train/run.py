@@ -42,10 +42,10 @@ from .distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from .engine import StepParts, evaluate, train_one_epoch
+from .engine import StepParts, evaluate, prepare_batch, train_one_epoch
 from .finetune import freeze, frozen_norm_layers, set_train_mode
 from .optim import build_optimizer, build_scheduler
-from .reporting import RunReporter
+from .reporting import RunReporter, measure_internals
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -342,6 +342,11 @@ class _Run:
                 self.epoch, self.steps_into_epoch = epoch + 1, 0
                 row = self._validate_and_save(result)
                 reporter.end_epoch(row)
+                if cfg.get("log_internals"):  # every rank runs it: a SyncBatchNorm forward is collective
+                    with torch.random.fork_rng(devices=[]):  # a loader's iterator draws its seed from the global RNG
+                        images, labels = next(iter(self.val_loader))  # the same first batch every epoch
+                    x, y = prepare_batch(self.parts, images), labels.to(self.device)
+                    reporter.log_scalars(measure_internals(self.network, x, y), self.step)
                 reporter.message(self._summary_line(row, epochs))
         finally:
             stop.restore()
