@@ -11,11 +11,24 @@ import threading
 import time
 
 import requests
+from urllib3.exceptions import NewConnectionError
 
 from .errors import AuthorizationFailed, ClientError, HTTPError, ModelNotFound, ServerUnreachable
 
 Predictions = list[tuple[str, float]]
 TOKEN_ENV = "TORCHSERVE_TOKEN"  # where the command line and the load test look for the inference key
+# TorchServe's 503 for "no worker free, queue full, model loading": the only answer worth retrying. A
+# 503 of another type (a prediction that failed for the whole batch) would fail again with the same image.
+BUSY_TYPE = "ServiceUnavailableException"
+# TorchServe's frontend parses an application/x-www-form-urlencoded body (curl -d / --data-binary
+# without a Content-Type) as an HTML form, and answers 500 with this type when it is not one.
+FORM_DECODER_TYPE = "ErrorDataDecoderException"
+FORM_HINT = (
+    "the server read the body as an HTML form (Content-Type application/x-www-form-urlencoded, what "
+    "`curl -d`/`--data-binary` send by default): send the image as the raw body with "
+    "`curl -T cat.jpg` or `--data-binary @cat.jpg -H 'Content-Type: application/octet-stream'`, "
+    "or as multipart with `curl -F img=@cat.jpg`"
+)
 
 
 def error_body(response: requests.Response) -> tuple[str, str]:
@@ -57,9 +70,10 @@ def parse_predictions(response: requests.Response) -> Predictions:
 class PredictionClient:
     """Sends images to one model of a TorchServe inference API. Safe to share between threads.
 
-    503 (no worker free, queue full, model loading) is retried up to `retries` times with
-    exponential backoff (`backoff_s`, doubling, at most `max_backoff_s`; a `Retry-After` header in
-    seconds is honoured within the same cap). Other errors are raised at once as `ClientError`s.
+    TorchServe's "busy" 503 (no worker free, queue full, model loading) is retried up to `retries`
+    times with exponential backoff (`backoff_s`, doubling, at most `max_backoff_s`; a `Retry-After`
+    header in seconds is honoured within the same cap). Other errors, including a 503 for a prediction
+    that failed, are raised at once as `ClientError`s.
     """
 
     def __init__(
@@ -107,8 +121,13 @@ class PredictionClient:
             )
         except requests.exceptions.ConnectionError as e:
             reason, connected = _reason(e)
-            if connected:  # e.g. the server dropped this one request: the next image may still work
-                raise HTTPError(0, f"request to {self.endpoint} failed: {reason}") from None
+            if connected:  # the server dropped this one request: the next image may still work
+                size = f" while {len(image) / 2**20:.1f} MiB were being sent" if len(image) > 2**20 else ""
+                hint = (
+                    " (a server closes the connection after answering 413 to a body over its request size "
+                    "limit, 20 MiB by default)" if size else ""
+                )
+                raise HTTPError(0, f"request to {self.endpoint} failed{size}: {reason}{hint}") from None
             raise ServerUnreachable(
                 f"cannot connect to {self.url} ({reason}). Is TorchServe running? "
                 f"Start it with `python -m serve start`, or point --url at the inference API."
@@ -129,7 +148,7 @@ class PredictionClient:
         """The server's top-k for one encoded image, highest first."""
         for attempt in range(self.retries + 1):
             response = self._post(image)
-            if response.status_code != 503 or attempt == self.retries:
+            if not is_busy(response) or attempt == self.retries:
                 break
             time.sleep(self._delay(attempt, response))
         if response.ok:
@@ -146,29 +165,46 @@ class PredictionClient:
                 f"HTTP {response.status_code} from {self.endpoint}: {message}. The server wants its inference key: "
                 f"pass --token (or set {TOKEN_ENV}), e.g. --token \"$(python -m serve token)\""
             )
-        if response.status_code == 503:
+        if is_busy(response):
             raise HTTPError(503, f"HTTP 503 from {self.endpoint} after {self.retries} retries: {message}")
+        if kind == FORM_DECODER_TYPE:
+            message = f"{message}; {FORM_HINT}"
         raise HTTPError(response.status_code, f"HTTP {response.status_code}: {message}")
+
+
+def is_busy(response: requests.Response) -> bool:
+    """A 503 that says "try again later" (TorchServe's type for it, or no JSON type at all, as a proxy
+    in front of the server answers), not a prediction that failed."""
+    if response.status_code != 503:
+        return False
+    kind, _ = error_body(response)
+    return kind in (BUSY_TYPE, "")
 
 
 def _reason(error: requests.exceptions.ConnectionError) -> tuple[str, bool]:
     """('connection refused', False), ... instead of urllib3's nested repr; the flag says whether a
-    connection had been made (so the server exists, and only this request failed)."""
+    connection had been made (so the server exists, and only this request failed): only a failure to
+    connect (refused, unknown host, connect timeout) means the server is unreachable."""
+    cause = error.args[0] if error.args else None
+    connected = not isinstance(getattr(cause, "reason", cause), NewConnectionError) and not isinstance(
+        error, requests.exceptions.ConnectTimeout
+    )
     text = str(error)
-    for needle, reason, connected in (
-        ("Connection refused", "connection refused", False),
-        ("Name or service not known", "unknown host", False),
-        ("nodename nor servname", "unknown host", False),
-        ("Temporary failure in name resolution", "unknown host", False),
-        ("No route to host", "no route to host", False),
-        ("ConnectTimeout", "connection timed out", False),
-        ("Connection reset", "connection reset by the server", True),
-        ("RemoteDisconnected", "the server closed the connection without answering", True),
-        ("Connection aborted", "the server closed the connection", True),
+    for needle, reason in (
+        ("Connection refused", "connection refused"),
+        ("Name or service not known", "unknown host"),
+        ("nodename nor servname", "unknown host"),
+        ("Temporary failure in name resolution", "unknown host"),
+        ("No route to host", "no route to host"),
+        ("ConnectTimeout", "connection timed out"),
+        ("Connection reset", "connection reset by the server"),
+        ("RemoteDisconnected", "the server closed the connection without answering"),
+        ("Broken pipe", "the server closed the connection"),
+        ("Connection aborted", "the server closed the connection"),
     ):
         if needle in text:
             return reason, connected
-    return text, False
+    return text, connected
 
 
 __all__ = ["ClientError", "PredictionClient", "Predictions", "error_body", "parse_predictions"]

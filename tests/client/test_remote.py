@@ -190,3 +190,108 @@ def test_503_retries_are_bounded(flaky_server, digit_images, run_client):
     assert status == 1
     assert flaky_server.requests_seen == 3  # the first try and two retries
     assert "HTTP 503" in out and "after 2 retries" in out and "has no worker to serve inference request" in out
+
+
+class ScriptedServer(ThreadingHTTPServer):
+    """Gives the scripted (status, JSON body) answers in turn, the last one over and over."""
+
+    def __init__(self, answers: list[tuple[int, object]]):
+        self.answers = answers
+        self.requests_seen = 0
+        super().__init__(("127.0.0.1", 0), ScriptedHandler)
+
+
+class ScriptedHandler(FlakyHandler):
+    server: ScriptedServer
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        status, body = self.server.answers[min(self.server.requests_seen, len(self.server.answers) - 1)]
+        self.server.requests_seen += 1
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def scripted_server(request):
+    server = ScriptedServer(request.param)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("scripted_server", [[(503, {"code": 503, "type": "InternalServerException",
+                                                      "message": "Prediction failed"})]], indirect=True)  # fmt: skip
+def test_a_failed_prediction_503_is_not_retried(scripted_server, digit_images, run_client):
+    """Only TorchServe's "busy" 503 is worth retrying; resending an image whose batch failed fails again."""
+    image = next((digit_images / "7").iterdir())
+    url = f"http://127.0.0.1:{scripted_server.server_address[1]}"
+    status, out, _ = run_client(image, "--url", url, "--model", "digits", "--retries", 4)
+    assert status == 1 and scripted_server.requests_seen == 1
+    assert "HTTP 503: Prediction failed" in out
+
+
+FORM_ERROR = {"code": 500, "type": "ErrorDataDecoderException", "message": "Bad end of line"}
+
+
+@pytest.mark.parametrize("scripted_server", [[(500, FORM_ERROR)]], indirect=True)
+def test_the_form_decoder_error_says_what_to_send_instead(scripted_server, digit_images, run_client):
+    """TorchServe's frontend answers `curl --data-binary @cat.jpg` (form-urlencoded) with this 500."""
+    image = next((digit_images / "7").iterdir())
+    url = f"http://127.0.0.1:{scripted_server.server_address[1]}"
+    status, out, _ = run_client(image, "--url", url, "--model", "digits")
+    assert status == 1 and "Bad end of line" in out and "curl -T cat.jpg" in out and "application/octet-stream" in out
+
+
+ODD_ANSWER = '{"cat\\nwith a newline": NaN, "' + "x" * 200 + '": 1.5, "neg": -0.1}'
+
+
+@pytest.mark.parametrize("scripted_server", [[(200, ODD_ANSWER)]], indirect=True)
+def test_nan_and_odd_labels_from_a_server_do_not_crash_the_table_or_the_json(scripted_server, digit_images,
+                                                                             run_client):  # fmt: skip
+    image = next((digit_images / "7").iterdir())
+    url = f"http://127.0.0.1:{scripted_server.server_address[1]}"
+    status, out, err = run_client(image, "--url", url, "--model", "digits")
+    assert status == 0, err
+    assert "cat\\nwith a newline" in out and "nan%" in out and "x" * 57 + "..." in out and "x" * 58 not in out
+    status, out, err = run_client(image, "--url", url, "--model", "digits", "--json")
+    assert status == 0, err
+    predictions = json.loads(out)["results"][0]["predictions"]  # strict JSON: NaN became null
+    assert predictions[0] == {"label": "cat\nwith a newline", "probability": None}
+
+
+def test_a_connection_closed_after_413_is_not_server_unreachable(digit_images, tmp_path, run_client):
+    """A server that answers 413 to a large body and closes the connection before reading it (TorchServe's
+    frontend past max_request_size): that image fails, the run goes on, and the exit status is not 3."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                connection.recv(65536)  # the headers and the start of the body
+                connection.sendall(b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 0\r\n"
+                                   b"Connection: close\r\n\r\n")  # fmt: skip
+                connection.shutdown(socket.SHUT_RDWR)
+
+    threading.Thread(target=serve, daemon=True).start()
+    big = tmp_path / "big.png"
+    big.write_bytes(bytes(30 * 2**20))
+    small = next((digit_images / "7").iterdir())
+    try:
+        status, out, err = run_client(big, small, "--url", f"http://127.0.0.1:{port}", "--model", "digits",
+                                      "--concurrency", 1, "--retries", 0)  # fmt: skip
+    finally:
+        listener.close()
+    assert status == 1, err  # images failed, but the server was reachable: not 3
+    assert "cannot connect" not in out + err
+    assert "HTTP 413" in out or "closed the connection while 30.0 MiB were being sent" in out, out
