@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"TorchServe inference key (default: ${TOKEN_ENV}); `python -m serve token` prints it",
     )
     parser.add_argument(
+        "--token-lifetime-min", type=float, default=60.0,
+        help="minutes the --token stays valid: the server's `serve start --token-expiration-min` (default: "
+        "%(default)s, TorchServe's). A run longer than that would fail part-way with expired-key errors, so it "
+        "is refused; start the server with a longer lifetime and pass the same value here",
+    )
+    parser.add_argument(
         "--max-failure-ratio", type=float, default=0.0,
         help="fail (exit 1) when failed/total requests exceeds this (default: %(default)s)",
     )
@@ -263,6 +269,13 @@ def loadtest_main(argv: list[str]) -> int:
         parser.error("--users must be at least 1")
     if args.images is not None and not (args.images.is_dir() and images_in_folder(args.images)):
         parser.error(f"--images {args.images}: not a folder holding image files")
+    if args.token and args.duration + GRACE_S > args.token_lifetime_min * 60:
+        parser.error(
+            f"--duration {args.duration}s (+{GRACE_S}s to start and stop) outlives the inference key "
+            f"(--token-lifetime-min {args.token_lifetime_min:g}): TorchServe would refuse every request after it "
+            "expires. Start the server with `python -m serve start --token-expiration-min N` for a longer "
+            "lifetime and pass --token-lifetime-min N, or shorten --duration"
+        )
     if not re.match(r"^https?://", args.host):
         args.host = "http://" + args.host
 

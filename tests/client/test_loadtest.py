@@ -115,3 +115,7 @@ def test_bad_command_line(tmp_path):
     assert result.returncode == 2 and "not a folder holding image files" in result.stderr
     result = loadtest("--host", "http://127.0.0.1:1", "--duration", "soon")
     assert result.returncode == 2 and "is not a duration" in result.stderr
+    # A run that outlives the inference key would fail part-way: refused before it starts.
+    result = loadtest("--host", "http://127.0.0.1:1", "--duration", "2h", "--token=-abc", "--output-root", tmp_path)
+    assert result.returncode == 2 and "outlives the inference key" in result.stderr
+    assert "--token-expiration-min" in result.stderr and not list(tmp_path.iterdir())
