@@ -79,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
         "that passed parity on --device)",
     )
     local.add_argument("--device", default="cpu", help="--local device: cpu or cuda (default: %(default)s)")
+    local.add_argument(
+        "--explain", action="store_true",
+        help="--local: also write a Grad-CAM overlay per image (where the evidence for each top class lies), "
+        "computed with the checkpoint the export was made from; its path is printed with the table",
+    )
+    local.add_argument(
+        "--explain-dir", type=Path, default=Path("explanations"), metavar="DIR",
+        help="where --explain writes <image>.gradcam.png (default: %(default)s)",
+    )
     return parser
 
 
@@ -93,13 +102,16 @@ def open_predictor(args: argparse.Namespace):
     return client, {"url": client.url, "model": args.model}
 
 
-def classify(predictor, path: Path, top_k: int) -> ImageResult:
+def classify(predictor, path: Path, top_k: int, explainer=None) -> ImageResult:
     try:
         data = path.read_bytes()
     except OSError as e:
         return ImageResult(str(path), error=f"cannot read the file: {e.strerror or e}")
     try:
-        return ImageResult(str(path), predictions=predictor.predict(data)[:top_k])
+        result = ImageResult(str(path), predictions=predictor.predict(data)[:top_k])
+        if explainer is not None:
+            result.explanation = str(explainer.explain(path, data))
+        return result
     except ClientError as e:
         if e.fatal:
             raise
@@ -113,8 +125,15 @@ def predict_main(argv: list[str]) -> int:
         paths = collect_images(args.images)
     except (FileNotFoundError, ValueError) as e:
         parser.error(str(e))
+    if args.explain and args.local is None:
+        parser.error("--explain needs --local EXPORT_DIR (the explanation is computed in this process)")
     try:
         predictor, source = open_predictor(args)
+        explainer = None
+        if args.explain:
+            from .explain import Explainer
+
+            explainer = Explainer(args.local, args.explain_dir, top_k=args.top_k)
     except ClientError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -123,7 +142,7 @@ def predict_main(argv: list[str]) -> int:
     workers = 1 if args.local is not None else min(args.concurrency, len(paths))
     results: list[ImageResult] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(classify, predictor, path, args.top_k) for path in paths]
+        futures = [pool.submit(classify, predictor, path, args.top_k, explainer) for path in paths]
         try:
             for future in futures:  # in the order given, whatever order they finish in
                 result = future.result()
