@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         run("4/8 write real digit images to send", [py, "-c",
             f"from train.data import write_digits_folder; write_digits_folder({str(images)!r}, split='val', "
             "limit_per_class=3, image_size=64)"])  # fmt: skip
+        run("   look inside the model", [py, "-m", "models.inspect", "--checkpoint", str(checkpoint), "--data",
+            str(images), "--gradcam", "--out", str(work / "inspect")])  # fmt: skip
         server_started = True
         run("5/8 start TorchServe", [py, "-m", "serve", "start", "--model-store", str(store), "--models", MODEL_NAME,
             "--port", str(ports[0]), "--management-port", str(ports[1]), "--metrics-port", str(ports[2]),
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([py, "-m", "serve", "stop", "--run-dir", str(run_dir)], check=False)
 
     print_summary(checkpoint, exports, store, images, loadtests, run_dir, time.perf_counter() - started)
+    print_inspection(work / "inspect")
     return 0
 
 
@@ -137,6 +140,19 @@ def print_summary(checkpoint: Path, exports: Path, store: Path, images: Path, lo
                         ("images sent", images), ("load-test report", report_dir / "report.html"),
                         ("server logs", run_dir)]:  # fmt: skip
         print(f"  {label:<18} {path}")
+
+
+
+def print_inspection(inspection: Path) -> None:
+    """A few numbers from `python -m models.inspect`'s report on the trained digits model."""
+    found = json.loads((inspection / "inspection.json").read_text())
+    ratios = [b["ratio"] for b in found["residual_flow"] if b["ratio"] is not None]
+    grads = [g["grad_norm"] for g in found["gradient_flow"]]
+    dead = ", ".join(f"{s['stage']} {s['dead_fraction']:.0%}" for s in found["relu_activity"])
+    print("\ninside the model   (python -m models.inspect, on a labelled batch of the images sent)")
+    print(f"  residual ratio ||F(x)|| / ||identity|| per block: {min(ratios):.2f} to {max(ratios):.2f}")
+    print(f"  gradient norm per layer: {min(grads):.2g} to {max(grads):.2g}; dead ReLU channels: {dead}")
+    print(f"  report with pictures (feature maps, filters, Grad-CAM, ...): {inspection / 'report.md'}")
 
 
 if __name__ == "__main__":
