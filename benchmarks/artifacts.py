@@ -1,7 +1,7 @@
 """The models the benchmarks run: random-init checkpoints, exported with the project's own `python -m export`.
 
 Speed does not depend on the weights' values, so nothing is downloaded or trained: a checkpoint of a
-freshly initialised network (seeded) goes through `models.save_checkpoint`, then through the same
+freshly initialised network (seeded) goes through `models.Checkpoint.save`, then through the same
 `python -m export` a user runs. Its parity check runs on the checkpoint's "validation data", here
 `train.data`'s synthetic set of seeded random pixels (real photos would prove nothing more about
 random weights); the reports say so.
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from export.manifest import ExportError, read_manifest
-from models import create_model, get_model_spec, imagenet_class_names, save_checkpoint
+from models import Checkpoint, create_model, get_model_spec, imagenet_class_names
 from models.checkpoint import CheckpointError, load_checkpoint
 
 from .errors import BenchmarkError
@@ -45,23 +45,15 @@ def random_checkpoint(arch: str, work_dir: Path, seed: int = 0) -> Path:
     spec = get_model_spec(arch)
     torch.manual_seed(seed)
     model = create_model(arch, num_classes=spec.default_num_classes)
-    save_checkpoint(
-        {
-            "arch": arch,
-            "arch_kwargs": {},
-            "num_classes": spec.default_num_classes,
-            "class_names": class_names_for(spec.default_num_classes),
-            "preprocess": spec.preprocess.to_dict(),
-            "model": model.state_dict(),
-            "epoch": 0,
-            "step": 0,
-            # train.data's synthetic data set (seeded random pixels): what export's parity checks on.
-            "config": {"arch": arch, "data": "synthetic", "synthetic_size": 4 * PARITY_SAMPLES, "data_dir": None,
-                       "val_split": 0.0, "seed": seed},
-            "metrics": {},
-        },
-        path,
-    )  # fmt: skip
+    Checkpoint(
+        arch=arch,
+        class_names=class_names_for(spec.default_num_classes),
+        preprocess=spec.preprocess,
+        model=model.state_dict(),
+        # train.data's synthetic data set (seeded random pixels): what export's parity checks on.
+        config={"arch": arch, "data": "synthetic", "synthetic_size": 4 * PARITY_SAMPLES, "data_dir": None,
+                "val_split": 0.0, "seed": seed},
+    ).save(path)  # fmt: skip
     return path
 
 
@@ -75,8 +67,8 @@ def export_model(arch: str, work_dir: Path, threads: int | None = None, log=prin
     export_dir = Path(work_dir) / "exports" / arch
     try:
         manifest = read_manifest(export_dir)
-        if Path(manifest["source_checkpoint"]["path"]) == checkpoint.resolve() and {
-            a["format"] for a in manifest["artifacts"]
+        if Path(manifest.source_checkpoint["path"]) == checkpoint.resolve() and {
+            a.format for a in manifest.artifacts
         } >= set(EXPORTED_FORMATS):
             return export_dir
     except (ExportError, KeyError):

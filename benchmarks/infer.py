@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from export.manifest import find_artifact, read_manifest
+from export.manifest import read_manifest
 from export.runners import IDLE_THREADS, RUNNER_IDLE_THREADS, Runner, open_runner, runner_from_checkpoint
 
 from .artifacts import export_model, random_checkpoint
@@ -57,7 +57,7 @@ class Candidate:
     precision: str | None = None  # None: the artifact's, fp32 for eager
 
     def effective_precision(self) -> str:
-        return self.precision or (self.runner.artifact or {}).get("precision", "fp32")
+        return self.precision or (self.runner.artifact.precision if self.runner.artifact else "fp32")
 
 
 def forward_flops(model: torch.nn.Module, input_size: int) -> int:
@@ -94,7 +94,7 @@ def build_candidates(checkpoint: Path, export_dir: Path, threads: int, devices: 
     ]
     for label, fmt in (("cuda onnxruntime", "onnx"), ("tensorrt fp16", "trt")):
         try:
-            if fmt == "trt" and find_artifact(read_manifest(export_dir), "trt") is None:
+            if fmt == "trt" and read_manifest(export_dir).find("trt") is None:
                 raise RuntimeError("the export has no TensorRT engine (`python -m export --to all` on this machine adds one)")
             candidates.append(Candidate(label, open_runner(export_dir, fmt, device="cuda"), "cuda"))
         except Exception as e:  # a missing optional runtime: report it, run the rest
@@ -104,7 +104,7 @@ def build_candidates(checkpoint: Path, export_dir: Path, threads: int, devices: 
 
 
 def onnx_file(export_dir: Path) -> Path:
-    return Path(export_dir) / find_artifact(read_manifest(export_dir), "onnx")["file"]
+    return Path(export_dir) / read_manifest(export_dir).find("onnx").file
 
 
 def onnx_ablation(arch: str, checkpoint: Path, export_dir: Path, batch: int, threads: int, budget: Budget) -> tuple[Table, list[dict]]:
@@ -267,7 +267,7 @@ def run(args: argparse.Namespace) -> Report:
     report.tables.append(table)
     report.data["rows"] = rows
     report.method = [
-        "Random-init weights (seeded) saved with `models.save_checkpoint`, exported with `python -m export` "
+        "Random-init weights (seeded) saved with `models.Checkpoint.save`, exported with `python -m export` "
         "(TorchScript, ONNX, ONNX INT8; parity checked on random pixels, which is all random weights allow). "
         "Input: one fixed random float32 NCHW batch.",
         "ONNX Runtime INT8 is the export's `onnx-int8` artifact (static QDQ quantization, int8 weights per channel, "

@@ -38,7 +38,7 @@ import torch
 import yaml
 from PIL import Image
 
-from export.manifest import find_artifact, read_manifest
+from export.manifest import read_manifest
 from export.runners import open_runner
 
 from .artifacts import export_model
@@ -125,13 +125,13 @@ def stock_archive(export_dir: Path, store: Path, name: str, layout: Layout, stag
     from model_archiver.model_packaging import generate_model_archive  # noqa: PLC0415
 
     manifest = read_manifest(export_dir)
-    artifact = find_artifact(manifest, "torchscript")
+    artifact = manifest.find("torchscript")
     staging.mkdir(parents=True, exist_ok=True)
     # BaseHandler loads a serialized file as TorchScript only when its name ends in ".pt".
     model_file = staging / "model.pt"
-    model_file.write_bytes((export_dir / artifact["file"]).read_bytes())
+    model_file.write_bytes((export_dir / artifact.file).read_bytes())
     labels = staging / "index_to_name.json"
-    labels.write_text(json.dumps({str(i): n for i, n in enumerate(manifest["class_names"])}))
+    labels.write_text(json.dumps({str(i): n for i, n in enumerate(manifest.class_names)}))
     config = staging / "model-config.yaml"
     config.write_text(yaml.safe_dump(model_config(layout)))
     generate_model_archive(
@@ -304,11 +304,11 @@ def request_split(handler, jpeg: bytes, repeats: int) -> dict[str, float]:
     stages: dict[str, list[float]] = {"decode": [], "preprocess": [], "inference": [], "postprocess": []}
     for i in range(repeats + 2):  # the first two are warm-up
         t0 = time.perf_counter()
-        image = handler.to_input.decode(jpeg)
+        image = handler.classifier.transform.decode(jpeg)
         t1 = time.perf_counter()
-        batch = handler.to_input.batch([handler.to_input.resized(image)])  # as `handler.preprocess` does
+        pixels = [handler.classifier.transform.resized(image)]  # as `handler.preprocess` does
         t2 = time.perf_counter()
-        inferred = handler.inference((batch, [1], [None]))
+        inferred = handler.inference((pixels, [1], [None]))
         t3 = time.perf_counter()
         handler.postprocess(inferred)
         t4 = time.perf_counter()

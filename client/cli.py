@@ -97,7 +97,7 @@ def open_predictor(args: argparse.Namespace):
         from .local import LocalPredictor  # torch is imported only here
 
         predictor = LocalPredictor(args.local, fmt=args.format, device=args.device, top_k=args.top_k)
-        return predictor, {"export": str(args.local), "format": predictor.runner.format, "device": args.device}
+        return predictor, {"export": str(args.local), "format": predictor.classifier.runner.format, "device": args.device}
     client = PredictionClient(args.url, args.model, timeout_s=args.timeout, retries=args.retries, token=args.token)
     return client, {"url": client.url, "model": args.model}
 

@@ -16,17 +16,18 @@ from typing import Any, Callable
 
 import torch
 
-from models import checkpoint_preprocess, load_checkpoint, model_from_checkpoint
+from models import Checkpoint, load_checkpoint
+from models.osutil import first_line, sha256_file
 
-from .formats import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_onnx, export_torchscript, first_line, onnx_io_names
+from .formats import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_onnx, export_torchscript, onnx_io_names
 from .manifest import (
     FORMATS,
-    SCHEMA_VERSION,
+    Artifact,
     ExportError,
+    Manifest,
     ManifestError,
     library_versions,
     read_manifest,
-    sha256_file,
     write_manifest,
 )
 from .parity import (
@@ -81,14 +82,14 @@ class ExportOptions:
 
 @dataclass
 class ExportResult:
-    manifest: dict[str, Any]
+    manifest: Manifest
     export_dir: Path
     skipped: dict[str, str] = field(default_factory=dict)  # format -> why it was not attempted
     errors: dict[str, str] = field(default_factory=dict)  # format -> why its export failed
 
     @property
-    def failed(self) -> list[dict[str, Any]]:
-        return [a for a in self.manifest["artifacts"] if not a["parity"]["passed"]]
+    def failed(self) -> list[Artifact]:
+        return [a for a in self.manifest.artifacts if not a.passed]
 
     @property
     def ok(self) -> bool:
@@ -136,7 +137,7 @@ class ReferenceRunners:
     """Eager PyTorch per device, built once, with its parity logits kept between artifacts
     (parity compares like with like: the same device, the same batch size)."""
 
-    def __init__(self, ckpt: dict[str, Any], threads: int | None) -> None:
+    def __init__(self, ckpt: Checkpoint, threads: int | None) -> None:
         self.ckpt, self.threads = ckpt, threads
         self.runners: dict[str, EagerRunner] = {}
         self.logits: dict[str, dict[tuple[int, int], torch.Tensor]] = {}
@@ -156,7 +157,7 @@ class ReferenceRunners:
 def write_artifact(
     fmt: str, model: torch.nn.Module, export_dir: Path, options: ExportOptions, input_size: int,
     calibration: CalibrationSet | None, log: Log,
-) -> dict[str, Any]:  # fmt: skip
+) -> Artifact:  # fmt: skip
     path = export_dir / ARTIFACT_FILES[fmt]
     example = torch.randn(max(2, options.batch.opt), 3, input_size, input_size)
     if fmt == "torchscript":
@@ -171,31 +172,31 @@ def write_artifact(
             export_dir / ARTIFACT_FILES["onnx"], path, input_name=INPUT_NAME, input_size=input_size,
             batch=options.batch, workspace_bytes=options.workspace_bytes, log=log,
         )  # fmt: skip
-    return {
-        "format": fmt,
-        "file": path.name,
-        "sha256": sha256_file(path),
-        "size_bytes": path.stat().st_size,
-        "precision": PRECISIONS[fmt],
-        "device": {"trt": "cuda", "onnx-int8": "cpu"}.get(fmt, "any"),
+    return Artifact(
+        format=fmt,
+        file=path.name,
+        sha256=sha256_file(path),
+        precision=PRECISIONS[fmt],
+        device={"trt": "cuda", "onnx-int8": "cpu"}.get(fmt, "any"),
         # TorchScript and ONNX take any batch size (max None); an engine only its profile's range.
-        "batch_sizes": options.batch.to_dict() if fmt == "trt" else {"min": 1, "opt": options.batch.opt, "max": None},
-        **details,
-    }
+        batch_sizes=options.batch.to_dict() if fmt == "trt" else {"min": 1, "opt": options.batch.opt, "max": None},
+        parity={},  # filled in by run_parity
+        details={"size_bytes": path.stat().st_size, **details},
+    )
 
 
-def open_artifact(export_dir: Path, artifact: dict[str, Any], reference: Runner, device: str, threads: int | None) -> Runner:
-    return RUNNER_CLASSES[artifact["format"]](
-        export_dir / artifact["file"], device=device, threads=threads,
+def open_artifact(export_dir: Path, artifact: Artifact, reference: Runner, device: str, threads: int | None) -> Runner:
+    return RUNNER_CLASSES[artifact.format](
+        export_dir / artifact.file, device=device, threads=threads,
         preprocess=reference.preprocess, class_names=reference.class_names,
     )  # fmt: skip
 
 
 def run_parity(
-    artifact: dict[str, Any], export_dir: Path, references: ReferenceRunners, parity_set: ParitySet,
+    artifact: Artifact, export_dir: Path, references: ReferenceRunners, parity_set: ParitySet,
     options: ExportOptions, log: Log,
 ) -> dict[str, Any]:  # fmt: skip
-    fmt = artifact["format"]
+    fmt = artifact.format
     device = parity_device(fmt, options, log)
     reference = references[device]
     runner = open_artifact(export_dir, artifact, reference, device, options.threads)
@@ -214,42 +215,41 @@ def run_parity(
     return parity
 
 
-def checkpoint_summary(path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+def checkpoint_summary(path: Path, ckpt: Checkpoint) -> dict[str, Any]:
     return {
         "path": str(path.resolve()),
         "sha256": sha256_file(path),
-        "metrics": ckpt.get("metrics", {}),
-        "epoch": ckpt.get("epoch"),
-        "ema": ckpt.get("ema") is not None,
+        "metrics": ckpt.metrics,
+        "epoch": ckpt.epoch,
+        "ema": ckpt.has_ema,
     }
 
 
-def previous_artifacts(export_dir: Path, source_sha256: str, replacing: list[str], log: Log) -> list[dict[str, Any]]:
+def previous_artifacts(export_dir: Path, source_sha256: str, replacing: list[str], log: Log) -> list[Artifact]:
     """Artifacts of an earlier export of the same checkpoint into this directory that are not rebuilt now
     (e.g. a TensorRT engine added on a GPU machine to an export made on a CPU one)."""
     try:
         old = read_manifest(export_dir)
     except ExportError:
         return []
-    if old["source_checkpoint"]["sha256"] != source_sha256:
+    if old.source_checkpoint.get("sha256") != source_sha256:
         log(f"{export_dir} held an export of another checkpoint; its manifest entries are replaced")
         return []
-    kept = [a for a in old["artifacts"] if a["format"] not in replacing and (export_dir / a["file"]).is_file()]
+    kept = [a for a in old.artifacts if a.format not in replacing and (export_dir / a.file).is_file()]
     if kept:
-        log(f"keeping the existing {', '.join(a['format'] for a in kept)} artifact(s) of the same checkpoint")
+        log(f"keeping the existing {', '.join(a.format for a in kept)} artifact(s) of the same checkpoint")
     return kept
 
 
 def calibration_for(
-    formats: list[str], skipped: dict[str, str], ckpt: dict[str, Any], options: ExportOptions, log: Log
+    formats: list[str], skipped: dict[str, str], ckpt: Checkpoint, options: ExportOptions, log: Log
 ) -> CalibrationSet | None:
     """onnx-int8's calibration images, or None when it is not built. Without calibration data, naming
     onnx-int8 is an error (CalibrationUnavailable) and `all` skips it (removed from `formats`)."""
     if "onnx-int8" not in formats:
         return None
     try:
-        calibration = load_calibration_set(ckpt, checkpoint_preprocess(ckpt), options.calibration_data,
-                                           options.calibration_samples)  # fmt: skip
+        calibration = load_calibration_set(ckpt, options.calibration_data, options.calibration_samples)
     except CalibrationUnavailable as e:
         if "all" not in options.formats:
             raise
@@ -274,15 +274,15 @@ def export_checkpoint(
     step = iter(range(1, steps + 1))
 
     log(f"[{next(step)}/{steps}] loaded checkpoint {checkpoint_path}")
-    model, _ = model_from_checkpoint(ckpt, use_ema=True)
-    preprocess = checkpoint_preprocess(ckpt)
-    name = name or ckpt["arch"]
-    weights = "EMA" if ckpt.get("ema") is not None else "raw (no EMA in the checkpoint)"
-    log(f"    {ckpt['arch']}, {ckpt['num_classes']} classes, {weights} weights, "
-        f"input {preprocess.input_size}px, validation metrics {ckpt.get('metrics', {})}")  # fmt: skip
+    model = ckpt.build_model(use_ema=True, source=str(checkpoint_path))
+    preprocess = ckpt.preprocess
+    name = name or ckpt.arch
+    weights = "EMA" if ckpt.has_ema else "raw (no EMA in the checkpoint)"
+    log(f"    {ckpt.arch}, {ckpt.num_classes} classes, {weights} weights, "
+        f"input {preprocess.input_size}px, validation metrics {ckpt.metrics}")  # fmt: skip
 
     log(f"[{next(step)}/{steps}] parity set")
-    parity_set = load_parity_set(ckpt, preprocess, options.parity_data, options.parity_samples, log=log)
+    parity_set = load_parity_set(ckpt, options.parity_data, options.parity_samples, log=log)
     log(f"    {parity_set.description}")
     if calibration is not None:
         log(f"    int8 calibration set: {calibration.description}")
@@ -305,30 +305,29 @@ def export_checkpoint(
             errors[fmt] = f"{type(e).__name__}: {first_line(e)}"
             log(f"    FAILED: {errors[fmt]}")
             continue
-        artifact["export_seconds"] = round(time.perf_counter() - started, 2)
-        log(f"    written in {artifact['export_seconds']:.1f} s" + (
-            f" ({artifact['exporter']} exporter, opset {artifact['opset']}, onnx.checker passed)" if fmt == "onnx" else ""))
-        artifact["parity"] = run_parity(artifact, export_dir, references, parity_set, options, log)
+        seconds = artifact.details["export_seconds"] = round(time.perf_counter() - started, 2)
+        log(f"    written in {seconds:.1f} s" + (
+            f" ({artifact.details['exporter']} exporter, opset {artifact.details['opset']}, onnx.checker passed)"
+            if fmt == "onnx" else ""))  # fmt: skip
+        artifact.parity = run_parity(artifact, export_dir, references, parity_set, options, log)
         artifacts.append(artifact)
 
     log(f"[{next(step)}/{steps}] manifest")
     source = checkpoint_summary(checkpoint_path, ckpt)
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "name": name,
-        "arch": ckpt["arch"],
-        "arch_kwargs": ckpt.get("arch_kwargs", {}),
-        "num_classes": ckpt["num_classes"],
-        "class_names": list(ckpt["class_names"]),
-        "preprocess": preprocess.to_dict(),
-        "input": {"name": INPUT_NAME, "dtype": "float32", "layout": "NCHW",
-                  "shape": [-1, 3, preprocess.input_size, preprocess.input_size]},  # fmt: skip
-        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [-1, ckpt["num_classes"]]},
-        "source_checkpoint": source,
-        "versions": library_versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "artifacts": previous_artifacts(export_dir, source["sha256"], formats, log) + artifacts,
-    }
+    manifest = Manifest(
+        name=name,
+        arch=ckpt.arch,
+        arch_kwargs=ckpt.arch_kwargs,
+        class_names=list(ckpt.class_names),
+        preprocess=preprocess,
+        input={"name": INPUT_NAME, "dtype": "float32", "layout": "NCHW",
+               "shape": [-1, 3, preprocess.input_size, preprocess.input_size]},  # fmt: skip
+        output={"name": OUTPUT_NAME, "dtype": "float32", "shape": [-1, ckpt.num_classes]},
+        source_checkpoint=source,
+        versions=library_versions(),
+        artifacts=previous_artifacts(export_dir, source["sha256"], formats, log) + artifacts,
+        extra={"created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+    )
     log(f"    {write_manifest(export_dir, manifest)}")
     return ExportResult(manifest, export_dir, skipped, errors)
 
@@ -337,7 +336,7 @@ def verify_export(export_dir: Path, checkpoint_path: Path | None, options: Expor
     """Re-check every artifact of an export directory against its source checkpoint; rewrite the manifest."""
     manifest = read_manifest(export_dir)
     if checkpoint_path is None:
-        checkpoint_path = Path(manifest["source_checkpoint"]["path"])
+        checkpoint_path = Path(manifest.source_checkpoint["path"])
         if not checkpoint_path.is_file():
             raise ManifestError(
                 f"{export_dir}: its source checkpoint {checkpoint_path} is gone; pass the same checkpoint "
@@ -345,15 +344,14 @@ def verify_export(export_dir: Path, checkpoint_path: Path | None, options: Expor
             )
     log(f"verifying {export_dir} against {checkpoint_path}")
     ckpt = load_checkpoint(checkpoint_path)
-    if sha256_file(checkpoint_path) != manifest["source_checkpoint"]["sha256"]:
+    if sha256_file(checkpoint_path) != manifest.source_checkpoint.get("sha256"):
         log(f"WARNING: {checkpoint_path} is not the checkpoint this export was made from (sha256 differs)")
-    preprocess = checkpoint_preprocess(ckpt)
-    parity_set = load_parity_set(ckpt, preprocess, options.parity_data, options.parity_samples, log=log)
+    parity_set = load_parity_set(ckpt, options.parity_data, options.parity_samples, log=log)
     log(f"    parity set: {parity_set.description}")
     references = ReferenceRunners(ckpt, options.threads)
     skipped = {}
-    for artifact in manifest["artifacts"]:
-        fmt, path = artifact["format"], export_dir / artifact["file"]
+    for artifact in manifest.artifacts:
+        fmt, path = artifact.format, export_dir / artifact.file
         if not path.is_file():
             raise ExportError(f"{path}: listed in the manifest but missing")
         if fmt == "trt" and (reason := tensorrt_missing_reason()):
@@ -361,12 +359,12 @@ def verify_export(export_dir: Path, checkpoint_path: Path | None, options: Expor
             log(f"{fmt}: not checked here: {reason}")
             continue
         sha256 = sha256_file(path)
-        if sha256 != artifact["sha256"]:
+        if sha256 != artifact.sha256:
             log(f"{fmt}: WARNING: {path.name} changed since it was exported (sha256 differs)")
-            artifact["sha256"], artifact["size_bytes"] = sha256, path.stat().st_size
+            artifact.sha256, artifact.details["size_bytes"] = sha256, path.stat().st_size
         log(f"{fmt}: {path.name}")
-        artifact["parity"] = run_parity(artifact, export_dir, references, parity_set, options, log)
-    manifest["verified"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        artifact.parity = run_parity(artifact, export_dir, references, parity_set, options, log)
+    manifest.extra["verified"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_manifest(export_dir, manifest)
     return ExportResult(manifest, export_dir, skipped)
 

@@ -150,12 +150,12 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
 def summary_table(result: ExportResult) -> str:
     header = ("format", "file", "precision", "size", "top-1 agree", "max |diff|", "min cosine", "parity")
     rows = []
-    for a in result.manifest["artifacts"]:
-        m = a["parity"]["metrics"]
+    for a in result.manifest.artifacts:
+        m = a.parity["metrics"]
         rows.append((
-            a["format"], a["file"], a["precision"], f"{a.get('size_bytes', 0) / 1e6:.1f} MB",
+            a.format, a.file, a.precision, f"{a.details.get('size_bytes', 0) / 1e6:.1f} MB",
             f"{m['top1_agreement']:.2%}", f"{m['max_abs_diff']:.2e}", f"{m['min_cosine']:.6f}",
-            "passed" if a["parity"]["passed"] else "FAILED",
+            "passed" if a.passed else "FAILED",
         ))  # fmt: skip
     for fmt in result.skipped:
         rows.append((fmt, "-", "-", "-", "-", "-", "-", "skipped"))
@@ -169,7 +169,7 @@ def summary_table(result: ExportResult) -> str:
     for fmt, error in result.errors.items():
         lines.append(f"{fmt} export FAILED: {error}")
     for a in result.failed:
-        lines.append(f"{a['format']} FAILED parity ({a['parity']['data']}): " + "; ".join(a["parity"]["failures"]))
+        lines.append(f"{a.format} FAILED parity ({a.parity['data']}): " + "; ".join(a.parity["failures"]))
     return "\n".join(lines)
 
 
@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         if out is None:
             from models import load_checkpoint  # noqa: PLC0415  (the arch names the default directory)
 
-            name = name or load_checkpoint(checkpoint)["arch"]
+            name = name or load_checkpoint(checkpoint).arch
             out = Path("exports") / name
         result = export_checkpoint(checkpoint, out, name, options, log=log)
     log("")

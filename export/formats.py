@@ -5,26 +5,20 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 import onnx
 import torch
 
-from .manifest import ExportError, atomic_path
+from models.osutil import atomic_path, first_line
+
+from .manifest import ExportError
+from .torchscript import quiet_torchscript_deprecation
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 ONNX_OPSET = 18  # what TensorRT 10's ONNX parser and ONNX Runtime >= 1.14 both support fully
-
-
-@contextlib.contextmanager
-def quiet_torchscript_deprecation():
-    # TorchScript is deprecated upstream and says so on every call; it is exported on purpose.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*deprecated")
-        yield
 
 
 def export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: str | os.PathLike) -> dict[str, Any]:
@@ -103,6 +97,3 @@ def onnx_io_names(path: str | os.PathLike) -> tuple[str, str]:
     return graph.input[0].name, graph.output[0].name
 
 
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

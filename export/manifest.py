@@ -8,15 +8,16 @@ library versions made it, and per artifact its file, sha256, precision, batch ra
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
+import dataclasses
 import json
 import os
 import platform
-import tempfile
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from models import PreprocessSpec
+from models.osutil import atomic_write_text, sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -27,7 +28,6 @@ REQUIRED_KEYS = (
     "input", "output", "source_checkpoint", "versions", "artifacts",
 )  # fmt: skip
 REQUIRED_ARTIFACT_KEYS = ("format", "file", "sha256", "precision", "device", "batch_sizes", "parity")
-
 
 class ExportError(RuntimeError):
     """Something about an export (its inputs, its directory, an artifact) is wrong; the message says what."""
@@ -41,33 +41,131 @@ class ManifestError(ExportError):
     """A manifest that is missing, unreadable or incomplete."""
 
 
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+@dataclass
+class Artifact:
+    """One exported file and what is known about it: format, hash, precision, batch range, parity result.
 
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success fsync it and rename it onto `path`.
-
-    Exporters write to the temporary path, so a crash never leaves a half-written artifact that a
-    server could pick up under the real name.
+    `details` holds the format-specific facts (exporter, opset, I/O names, calibration, ...), written
+    beside the common keys in the JSON object.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    format: str
+    file: str  # a bare file name inside the export directory
+    sha256: str
+    precision: str
+    device: str  # "any", "cpu" or "cuda": where it may run
+    batch_sizes: dict[str, int | None]
+    parity: dict[str, Any]  # export.parity.check_parity's result: passed, failures, metrics, thresholds, data
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.parity.get("passed"))
+
+    @property
+    def max_batch_size(self) -> int | None:
+        return self.batch_sizes.get("max")
+
+    def to_dict(self) -> dict[str, Any]:
+        common = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "details"}
+        return {**common, **self.details}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> "Artifact":
+        if not isinstance(d, dict):
+            raise ManifestError(f"{where}: expected a JSON object, found {type(d).__name__}")
+        missing = [k for k in REQUIRED_ARTIFACT_KEYS if k not in d]
+        if missing:
+            raise ManifestError(f"{where} is missing keys {missing}")
+        if d["format"] not in FORMATS:
+            raise ManifestError(f"{where} has unknown format {d['format']!r}; known: {FORMATS}")
+        check_bare_file_name(d["file"], where)
+        if not isinstance(d["parity"], dict) or not isinstance(d["batch_sizes"], dict):
+            raise ManifestError(f"{where}: parity and batch_sizes must be JSON objects")
+        common = {k: d[k] for k in REQUIRED_ARTIFACT_KEYS}
+        return cls(**common, details={k: v for k, v in d.items() if k not in REQUIRED_ARTIFACT_KEYS})
+
+
+def check_bare_file_name(name: Any, where: str) -> None:
+    """Artifact files are bare names inside the export directory: never a path that could point elsewhere."""
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ManifestError(f"{where}: artifact file {name!r} is not a bare file name inside the export directory")
+
+
+@dataclass
+class Manifest:
+    """An export directory's `manifest.json` (shared/DESIGN.md, contract 2)."""
+
+    name: str
+    arch: str
+    arch_kwargs: dict[str, Any]
+    class_names: list[str]
+    preprocess: PreprocessSpec
+    input: dict[str, Any]
+    output: dict[str, Any]
+    source_checkpoint: dict[str, Any]  # path, sha256, metrics, epoch, ema
+    versions: dict[str, str]
+    artifacts: list[Artifact] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)  # created, verified, and keys of newer versions
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def find(self, fmt: str) -> Artifact | None:
+        return next((a for a in self.artifacts if a.format == fmt), None)
+
+    def availability(self) -> str:
+        """'torchscript (passed parity), onnx (FAILED parity)' or 'none'."""
+        listed = [f"{a.format} ({'passed' if a.passed else 'FAILED'} parity)" for a in self.artifacts]
+        return ", ".join(listed) or "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "schema_version": self.schema_version, "name": self.name, "arch": self.arch,
+            "arch_kwargs": dict(self.arch_kwargs), "num_classes": self.num_classes,
+            "class_names": list(self.class_names), "preprocess": self.preprocess.to_dict(),
+            "input": self.input, "output": self.output, "source_checkpoint": self.source_checkpoint,
+            "versions": self.versions,
+        }  # fmt: skip
+        d.update(self.extra)
+        d["artifacts"] = [a.to_dict() for a in sorted(self.artifacts, key=lambda a: FORMATS.index(a.format))]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any, path: str | os.PathLike) -> "Manifest":
+        """Validate a manifest read from `path` (the path only names the file in errors)."""
+        if not isinstance(d, dict):
+            raise ManifestError(f"{path}: expected a JSON object, found {type(d).__name__}")
+        missing = [k for k in REQUIRED_KEYS if k not in d]
+        if missing:
+            raise ManifestError(f"{path}: manifest is missing keys {missing}; re-run `python -m export`")
+        if d["schema_version"] != SCHEMA_VERSION:
+            raise ManifestError(
+                f"{path}: schema_version {d['schema_version']!r}, this code reads {SCHEMA_VERSION}; "
+                "re-run `python -m export` with this version"
+            )
+        names = d["class_names"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ManifestError(f"{path}: class_names must be a list of strings")
+        if len(names) != d["num_classes"]:
+            raise ManifestError(f"{path}: {len(names)} class names for num_classes={d['num_classes']}")
+        try:
+            preprocess = PreprocessSpec.from_dict(d["preprocess"])
+        except (TypeError, ValueError) as e:
+            raise ManifestError(f"{path}: invalid preprocess block ({e})") from None
+        if not isinstance(d["artifacts"], list):
+            raise ManifestError(f"{path}: artifacts must be a list")
+        artifacts = [Artifact.from_dict(a, f"{path}: artifacts[{i}]") for i, a in enumerate(d["artifacts"])]
+        formats = [a.format for a in artifacts]
+        if len(set(formats)) != len(formats):
+            raise ManifestError(f"{path}: more than one artifact per format: {formats}")
+        fields = ("name", "arch", "arch_kwargs", "input", "output", "source_checkpoint", "versions", "schema_version")
+        return cls(
+            **{k: d[k] for k in fields}, class_names=list(names), preprocess=preprocess, artifacts=artifacts,
+            extra={k: v for k, v in d.items() if k not in REQUIRED_KEYS},
+        )  # fmt: skip
 
 
 def library_versions() -> dict[str, str]:
@@ -93,18 +191,14 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def write_manifest(export_dir: str | os.PathLike, manifest: dict[str, Any]) -> Path:
-    """Validate, then write `manifest.json` atomically (sorted artifacts, stable key order)."""
-    export_dir = Path(export_dir)
-    check_manifest(manifest, export_dir / MANIFEST_NAME)
-    manifest = dict(manifest, artifacts=sorted(manifest["artifacts"], key=lambda a: FORMATS.index(a["format"])))
-    target = export_dir / MANIFEST_NAME
-    with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+def write_manifest(export_dir: str | os.PathLike, manifest: Manifest) -> Path:
+    """Write `manifest.json` atomically (artifacts in FORMATS order, stable key order)."""
+    target = Path(export_dir) / MANIFEST_NAME
+    atomic_write_text(target, json.dumps(manifest.to_dict(), indent=2) + "\n")
     return target
 
 
-def read_manifest(export_dir: str | os.PathLike) -> dict[str, Any]:
+def read_manifest(export_dir: str | os.PathLike) -> Manifest:
     """Read and validate `<export_dir>/manifest.json` (also accepts the manifest's own path)."""
     path = Path(export_dir)
     if path.is_dir() or not path.name.endswith(".json"):
@@ -116,53 +210,21 @@ def read_manifest(export_dir: str | os.PathLike) -> dict[str, Any]:
             f"`python -m export --checkpoint runs/<name>/best.pt --out {path.parent}`."
         )
     try:
-        manifest = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ManifestError(f"{path}: not valid JSON ({e}); re-run `python -m export` to rewrite it") from e
-    check_manifest(manifest, path)
-    return manifest
+    return Manifest.from_dict(data, path)
 
 
-def check_manifest(manifest: Any, path: Path) -> None:
-    if not isinstance(manifest, dict):
-        raise ManifestError(f"{path}: expected a JSON object, found {type(manifest).__name__}")
-    missing = [k for k in REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise ManifestError(f"{path}: manifest is missing keys {missing}; re-run `python -m export`")
-    if manifest["schema_version"] != SCHEMA_VERSION:
-        raise ManifestError(
-            f"{path}: schema_version {manifest['schema_version']!r}, this code reads {SCHEMA_VERSION}; "
-            "re-run `python -m export` with this version"
-        )
-    if len(manifest["class_names"]) != manifest["num_classes"]:
-        raise ManifestError(
-            f"{path}: {len(manifest['class_names'])} class names for num_classes={manifest['num_classes']}"
-        )
-    for i, artifact in enumerate(manifest["artifacts"]):
-        missing = [k for k in REQUIRED_ARTIFACT_KEYS if k not in artifact]
-        if missing:
-            raise ManifestError(f"{path}: artifacts[{i}] is missing keys {missing}")
-        if artifact["format"] not in FORMATS:
-            raise ManifestError(f"{path}: artifacts[{i}] has unknown format {artifact['format']!r}; known: {FORMATS}")
-    formats = [a["format"] for a in manifest["artifacts"]]
-    if len(set(formats)) != len(formats):
-        raise ManifestError(f"{path}: more than one artifact per format: {formats}")
-
-
-def find_artifact(manifest: dict[str, Any], fmt: str) -> dict[str, Any] | None:
-    return next((a for a in manifest["artifacts"] if a["format"] == fmt), None)
-
-
-def verify_artifact_file(export_dir: str | os.PathLike, artifact: dict[str, Any]) -> Path:
+def verify_artifact_file(export_dir: str | os.PathLike, artifact: Artifact) -> Path:
     """The artifact's path, after checking it exists and its sha256 matches the manifest."""
-    path = Path(export_dir) / artifact["file"]
+    path = Path(export_dir) / artifact.file
     if not path.is_file():
-        raise ManifestError(f"{path}: the manifest lists this {artifact['format']} artifact but the file is missing")
+        raise ManifestError(f"{path}: the manifest lists this {artifact.format} artifact but the file is missing")
     actual = sha256_file(path)
-    if actual != artifact["sha256"]:
+    if actual != artifact.sha256:
         raise ManifestError(
-            f"{path}: sha256 {actual[:16]}... does not match the manifest's {artifact['sha256'][:16]}...; "
-            "the file changed after export. Re-export, or run `python -m export --verify "
-            f"{Path(export_dir)}` to re-check its parity"
+            f"{path}: sha256 {actual[:16]}... does not match the manifest's {artifact.sha256[:16]}...; "
+            "the file changed after export, so it is not loaded. Re-export it with `python -m export`"
         )
     return path

@@ -16,7 +16,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from models import PreprocessSpec, eval_resize_crop, normalize_batch
+from models import Checkpoint, PreprocessSpec, eval_resize_crop, normalize_batch
+from models.osutil import first_line
 
 from .manifest import ExportError
 from .runners import Runner
@@ -80,13 +81,13 @@ def stack_dataset(dataset: Any, count: int, preprocess: PreprocessSpec) -> tuple
     return normalize_batch(images, preprocess), labels
 
 
-def validation_parity_set(ckpt: dict[str, Any], preprocess: PreprocessSpec, count: int) -> ParitySet:
+def validation_parity_set(ckpt: Checkpoint, count: int) -> ParitySet:
     """The checkpoint's own validation images, rebuilt from its training config."""
     from train.data import build_validation_set  # noqa: PLC0415  (only this path needs train)
 
-    config = ckpt.get("config") or {}
-    dataset = build_validation_set(config, preprocess)
-    images, labels = stack_dataset(dataset, count, preprocess)
+    config = ckpt.config or {}
+    dataset = build_validation_set(config, ckpt.preprocess)
+    images, labels = stack_dataset(dataset, count, ckpt.preprocess)
     where = config.get("data_dir") or "built in"
     return ParitySet(images, labels, f"validation split of {config.get('data')!r} ({where}): {len(images)} images")
 
@@ -117,21 +118,19 @@ def random_parity_set(preprocess: PreprocessSpec, count: int, seed: int = 0) -> 
 
 
 def load_parity_set(
-    ckpt: dict[str, Any],
-    preprocess: PreprocessSpec,
+    ckpt: Checkpoint,
     parity_data: str | Path | None = None,
     count: int = DEFAULT_PARITY_SAMPLES,
     log: Callable[[str], None] = print,
 ) -> ParitySet:
     """--parity-data when given, else the checkpoint's validation data, else random pixels (said loudly)."""
     if parity_data is not None:
-        return folder_parity_set(parity_data, preprocess, count)
+        return folder_parity_set(parity_data, ckpt.preprocess, count)
     try:
-        return validation_parity_set(ckpt, preprocess, count)
+        return validation_parity_set(ckpt, count)
     except (ImportError, FileNotFoundError, ValueError, KeyError, NotImplementedError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        log(f"cannot load the checkpoint's validation data ({reason})")
-    parity_set = random_parity_set(preprocess, count)
+        log(f"cannot load the checkpoint's validation data ({first_line(e)})")
+    parity_set = random_parity_set(ckpt.preprocess, count)
     log(
         "WARNING: parity is checked on RANDOM inputs, which prove little for a classifier; "
         "pass --parity-data DIR (an ImageFolder of real images) for a meaningful check"

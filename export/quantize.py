@@ -24,10 +24,10 @@ from typing import Any, Callable
 
 import torch
 
-from models import PreprocessSpec, eval_resize_crop
+from models import Checkpoint, eval_resize_crop
+from models.osutil import atomic_path, first_line
 
-from .formats import first_line
-from .manifest import ExportError, atomic_path
+from .manifest import ExportError
 from .parity import folder_dataset, stack_dataset
 
 DEFAULT_CALIBRATION_SAMPLES = 256
@@ -44,14 +44,13 @@ class CalibrationSet:
     description: str
 
 
-def load_calibration_set(
-    ckpt: dict[str, Any], preprocess: PreprocessSpec, calibration_data: str | Path | None, count: int
-) -> CalibrationSet:
+def load_calibration_set(ckpt: Checkpoint, calibration_data: str | Path | None, count: int) -> CalibrationSet:
     """`calibration_data` (an ImageFolder tree) when given, else the checkpoint's training split.
 
     Raises CalibrationUnavailable, naming what to pass, when neither can be read: calibrating on
     random pixels would set every activation range wrong.
     """
+    preprocess = ckpt.preprocess
     if calibration_data is not None:
         try:
             dataset = folder_dataset(calibration_data, preprocess, "--calibration-data")
@@ -61,7 +60,7 @@ def load_calibration_set(
         return CalibrationSet(images, f"image folder {calibration_data}: {len(images)} images")
     from train.data import build_dataset  # noqa: PLC0415  (only this path needs train)
 
-    config = ckpt.get("config") or {}
+    config = ckpt.config or {}
     try:
         dataset, _ = build_dataset(config, "train", eval_resize_crop(preprocess))
     except (ImportError, FileNotFoundError, ValueError, KeyError, NotImplementedError) as e:

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from models import PreprocessSpec, checkpoint_preprocess, load_checkpoint, model_from_checkpoint
+from models import Checkpoint, PreprocessSpec, model_from_checkpoint
 
-from .formats import quiet_torchscript_deprecation
-from .manifest import ExportError, ResourceUnavailable, find_artifact, read_manifest, verify_artifact_file
+from .manifest import Artifact, ExportError, Manifest, ResourceUnavailable, read_manifest, verify_artifact_file
+from .torchscript import quiet_torchscript_deprecation
 
 # Fastest first. TensorRT needs CUDA; on CPU ONNX Runtime beats TorchScript on these convnets, and its
 # int8 kernels beat its fp32 ones. An int8 or FP16 artifact exists only when asked for at export, and is
@@ -38,7 +38,7 @@ class Runner(abc.ABC):
         self.preprocess = preprocess
         self.class_names = list(class_names)
         self.max_batch_size: int | None = None  # None: any batch size
-        self.artifact: dict[str, Any] | None = None  # the manifest entry, for runners opened from an export
+        self.artifact: Artifact | None = None  # the manifest entry, for runners opened from an export
 
     @abc.abstractmethod
     def _run(self, batch: torch.Tensor) -> torch.Tensor:
@@ -233,33 +233,26 @@ RUNNER_CLASSES: dict[str, type[Runner]] = {
 
 
 def runner_from_checkpoint(
-    path_or_ckpt: str | os.PathLike | dict[str, Any], device: str = "cpu", threads: int | None = None
+    path_or_ckpt: str | os.PathLike | Checkpoint, device: str = "cpu", threads: int | None = None
 ) -> EagerRunner:
     """Eager PyTorch from one of our checkpoints (EMA weights when it has them)."""
-    ckpt = path_or_ckpt if isinstance(path_or_ckpt, dict) else load_checkpoint(path_or_ckpt)
-    model, ckpt = model_from_checkpoint(ckpt, use_ema=True)
-    return EagerRunner(
-        model, device=device, threads=threads, preprocess=checkpoint_preprocess(ckpt), class_names=ckpt["class_names"]
-    )
+    model, ckpt = model_from_checkpoint(path_or_ckpt, use_ema=True)
+    return EagerRunner(model, device=device, threads=threads, preprocess=ckpt.preprocess, class_names=ckpt.class_names)
 
 
 def runner_for_artifact(
-    export_dir: str | os.PathLike, manifest: dict[str, Any], artifact: dict[str, Any], device: str, threads: int | None
+    export_dir: str | os.PathLike, manifest: Manifest, artifact: Artifact, device: str, threads: int | None
 ) -> Runner:
     """The runner for one manifest entry, after checking its device and the file's sha256 (parity status is
     the caller's call)."""
-    if artifact["device"] not in ("any", device):
+    if artifact.device not in ("any", device):
         raise ExportError(
-            f"{export_dir}: the {artifact['format']} artifact runs on {artifact['device']} only (its parity was "
+            f"{export_dir}: the {artifact.format} artifact runs on {artifact.device} only (its parity was "
             f"checked there), not on {device!r}"
         )
     path = verify_artifact_file(export_dir, artifact)
-    runner = RUNNER_CLASSES[artifact["format"]](
-        path,
-        device=device,
-        threads=threads,
-        preprocess=PreprocessSpec.from_dict(manifest["preprocess"]),
-        class_names=manifest["class_names"],
+    runner = RUNNER_CLASSES[artifact.format](
+        path, device=device, threads=threads, preprocess=manifest.preprocess, class_names=manifest.class_names
     )
     runner.artifact = artifact
     return runner
@@ -281,15 +274,14 @@ def open_runner(
     check_device(device)
     manifest = read_manifest(export_dir)
     where = Path(export_dir)
-    available = ", ".join(f"{a['format']} ({'passed' if a['parity']['passed'] else 'FAILED'} parity)"
-                          for a in manifest["artifacts"]) or "none"  # fmt: skip
+    available = manifest.availability()
     if fmt is not None:
         if fmt not in RUNNER_CLASSES:
             raise ValueError(f"format must be one of {sorted(RUNNER_CLASSES)}, got {fmt!r}")
-        artifact = find_artifact(manifest, fmt)
+        artifact = manifest.find(fmt)
         if artifact is None:
             raise ExportError(f"{where}: no {fmt} artifact in this export (it has: {available})")
-        if not artifact["parity"]["passed"] and not allow_failed:
+        if not artifact.passed and not allow_failed:
             raise ExportError(
                 f"{where}: the {fmt} artifact FAILED its parity check ({parity_summary(artifact)}); refusing to "
                 "serve it. Re-export, or force it (allow_failed=True) if you accept the difference"
@@ -298,8 +290,8 @@ def open_runner(
 
     skipped = []  # faster formats whose runtime is missing here (TensorRT, onnxruntime-gpu)
     for candidate in PREFERENCE[device]:
-        artifact = find_artifact(manifest, candidate)
-        if artifact is not None and (artifact["parity"]["passed"] or allow_failed):
+        artifact = manifest.find(candidate)
+        if artifact is not None and (artifact.passed or allow_failed):
             try:
                 return runner_for_artifact(where, manifest, artifact, device, threads)
             except ResourceUnavailable as e:
@@ -311,7 +303,6 @@ def open_runner(
     )
 
 
-def parity_summary(artifact: dict[str, Any]) -> str:
-    parity = artifact["parity"]
-    failures = parity.get("failures") or []
-    return "; ".join(failures) if failures else f"metrics {parity.get('metrics')}"
+def parity_summary(artifact: Artifact) -> str:
+    failures = artifact.parity.get("failures") or []
+    return "; ".join(failures) if failures else f"metrics {artifact.parity.get('metrics')}"

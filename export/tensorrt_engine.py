@@ -20,7 +20,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .manifest import ExportError, ResourceUnavailable, atomic_path
+from models.osutil import atomic_path
+
+from .manifest import ExportError, ResourceUnavailable
 
 INSTALL_HINT = (
     "To get it: on a machine with an NVIDIA GPU and driver, `pip install -e '.[trt]'` (NVIDIA's `tensorrt` "

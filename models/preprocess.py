@@ -1,6 +1,6 @@
 """The preprocessing spec: the one source of truth for resize, crop, interpolation, mean and std.
 
-It travels with the checkpoint (`ckpt["preprocess"]`) into the export manifest and the server, and
+It travels with the checkpoint (`Checkpoint.preprocess`) into the export manifest and the server, and
 `eval_resize_crop` + `normalize_batch` are the single implementation that training's validation,
 export's parity set, the TorchServe handler and `client --local` all call (per image through
 `eval_transform` / `EncodedImageTransform`, or per batch), so they can never disagree.

@@ -15,12 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import (
-    CheckpointError,
-    checkpoint_state_dict,
-    load_state_dict_strict,
-    read_weights_file,
-)
+from .checkpoint import Checkpoint, CheckpointError, load_state_dict_strict, read_weights_file
 from .labels import imagenet_class_names
 from .preprocess import PreprocessSpec
 from .resnet import head_parameter_names
@@ -88,10 +83,10 @@ def read_pretrained(source: str | os.PathLike, *, use_ema: bool = True) -> tuple
 
     raw = _read_any(info.path)
     if isinstance(raw, dict) and "arch" in raw and "model" in raw:  # one of our checkpoints
-        info.source = f"checkpoint ({raw['arch']})"
-        info.preprocess = PreprocessSpec.from_dict(raw["preprocess"]) if "preprocess" in raw else None
-        info.class_names = list(raw.get("class_names") or []) or None
-        return info, checkpoint_state_dict(raw, use_ema)
+        ckpt = Checkpoint.from_dict(raw, source=str(info.path))
+        info.source = f"checkpoint ({ckpt.arch})"
+        info.preprocess, info.class_names = ckpt.preprocess, list(ckpt.class_names)
+        return info, ckpt.deploy_state_dict(use_ema)
     return info, _unwrap_state_dict(raw, info.path, use_ema)
 
 

@@ -116,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_summary(checkpoint: Path, exports: Path, store: Path, images: Path, loadtests: Path, run_dir: Path,
                   seconds: float) -> None:  # fmt: skip
+    from export.manifest import read_manifest
     from models import load_checkpoint
 
-    metrics = load_checkpoint(checkpoint)["metrics"]
-    manifest = json.loads((exports / "manifest.json").read_text())
+    metrics = load_checkpoint(checkpoint).metrics
+    manifest = read_manifest(exports)
     report_dir = max(p for p in loadtests.iterdir() if p.is_dir())
     load = json.loads((report_dir / "summary.json").read_text())
 
@@ -127,11 +128,10 @@ def print_summary(checkpoint: Path, exports: Path, store: Path, images: Path, lo
     print(f"validation top-1   {metrics['top1']:.2f}%   (resnet20 on scikit-learn's digits)")
     print("\nparity against eager PyTorch:")
     print(f"  {'format':<12} {'top-1 agreement':>16} {'max |diff|':>12} {'min cosine':>12}  result")
-    for artifact in manifest["artifacts"]:
-        parity = artifact["parity"]
-        m = parity["metrics"]
-        print(f"  {artifact['format']:<12} {m['top1_agreement']:>16.2%} {m['max_abs_diff']:>12.2e} "
-              f"{m['min_cosine']:>12.6f}  {'pass' if parity['passed'] else 'FAIL'}")  # fmt: skip
+    for artifact in manifest.artifacts:
+        m = artifact.parity["metrics"]
+        print(f"  {artifact.format:<12} {m['top1_agreement']:>16.2%} {m['max_abs_diff']:>12.2e} "
+              f"{m['min_cosine']:>12.6f}  {'pass' if artifact.passed else 'FAIL'}")  # fmt: skip
     print(f"\nload test          {load['requests_per_s']:.1f} requests/s, p50 {load['p50_ms']:.0f} ms, "
           f"p95 {load['p95_ms']:.0f} ms, {load['failures']} failures of {load['requests']}")  # fmt: skip
     print("\nwhere everything is:")

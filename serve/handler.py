@@ -6,11 +6,11 @@ in each worker, so it only uses absolute imports of our installed packages.
 
 What it does per batch (TorchServe's dynamic batching hands it up to `batchSize` requests at once):
 - each request is a raw body (`curl -T cat.jpg`) or a multipart form with one image per part;
-- every image goes through `models.EncodedImageTransform` of the manifest's `preprocess`:
-  `decode_image`, then training's validation resize and crop to uint8 pixels (the same path as
-  `client --local`), on as many threads as the worker has (Pillow's decoder and PyTorch's resize
-  release the GIL); the batch's pixels are normalised together, in one vectorised pass;
-- all good images of the batch run through `export.runners` in one forward pass;
+- everything from bytes to labels is `export.classifier.Classifier` (the manifest's preprocessing,
+  the runner, softmax and top-k), the same object `client --local` and `train --predict` use; this
+  module only adds TorchServe's plumbing: per image `Classifier.pixels`, on as many threads as the
+  worker has (Pillow's decoder and PyTorch's resize release the GIL), then one
+  `Classifier.probabilities` for all good images of the batch;
 - a request whose image cannot be decoded gets its own HTTP 400 with a JSON message, through
   `context.set_response_status(code, phrase, idx)`; the other requests of the batch are answered
   normally. (Raising instead would make TorchServe fail the whole batch with 503.)
@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from export.runners import open_runner
-from models import EncodedImageTransform, top_k_labels
+from export.classifier import Classifier
 from models.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError
+from models.osutil import usable_cores
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +45,8 @@ class ImageClassifierHandler(BaseHandler):
 
     def initialize(self, context):
         properties = context.system_properties
-        config = (context.model_yaml_config or {}).get("handler", {})
+        model_config = context.model_yaml_config or {}
+        config = model_config.get("handler", {})
         self.context, self.manifest = context, context.manifest
         gpu_id = properties.get("gpu_id")
         if gpu_id is not None and torch.cuda.is_available():
@@ -54,27 +54,27 @@ class ImageClassifierHandler(BaseHandler):
             device = "cuda"
         else:
             device = "cpu"
-        threads = int(config.get("threads") or threads_per_worker(context.model_yaml_config or {}))
-        self.runner = open_runner(
+        threads = int(config.get("threads") or threads_per_worker(model_config))
+        self.classifier = Classifier.from_export(
             properties["model_dir"],
             fmt=config.get("backend"),
             device=device,
             threads=threads,
             allow_failed=bool(config.get("allow_failed", False)),
+            top_k=int(config.get("top_k", 5)),
+            max_pixels=int(config.get("max_pixels", DEFAULT_MAX_PIXELS)),
+            batch_size=int(model_config.get("batchSize") or 1),  # one forward pass never exceeds a batch
         )
+        self.runner = self.classifier.runner
         torch.set_num_threads(torch_threads(self.runner, threads))
         # A batch's images decode in parallel: one thread would leave the worker's other cores idle
-        # until the forward pass (a 2-core worker with batch 8: 25 -> 16 ms of a 160 ms batch).
+        # until the forward pass.
         self.decode_pool = ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads > 1 else None
-        self.class_names = self.runner.class_names
-        self.top_k = min(int(config.get("top_k", 5)), len(self.class_names))
-        self.to_input = EncodedImageTransform(
-            self.runner.preprocess, max_pixels=int(config.get("max_pixels", DEFAULT_MAX_PIXELS))
-        )
         self.initialized = True
         logger.info(
-            "serving %s on %s with %d thread(s) (PyTorch's: %d), %d classes, top-%d",
-            self.runner.format, device, threads, torch.get_num_threads(), len(self.class_names), self.top_k,
+            "serving %s on %s with %d thread(s) (PyTorch's: %d), %d classes, top-%d, forward passes of <= %s",
+            self.runner.format, device, threads, torch.get_num_threads(), len(self.classifier.class_names),
+            self.classifier.top_k, self.classifier.batch_size,
         )  # fmt: skip
 
     def handle(self, data, context):
@@ -91,11 +91,10 @@ class ImageClassifierHandler(BaseHandler):
         return output
 
     def preprocess(self, data):
-        """Decode every image of every request and normalise them as one batch.
+        """Decode, resize and crop every image of every request.
 
-        Returns (float32 NCHW batch of every good image, or None; image count per request; error message
-        or None per request). A request's images are consecutive in the batch; one bad image fails its
-        whole request.
+        Returns (uint8 pixels of every good image; image count per request; error message or None per
+        request). A request's images are consecutive; one bad image fails its whole request.
         """
         requests, errors = [], []
         for request in data:
@@ -114,8 +113,7 @@ class ImageClassifierHandler(BaseHandler):
                 results, errors[i] = [], str(failure)
             pixels += results
             counts.append(len(results))
-        batch = self.to_input.batch(pixels) if pixels else None
-        return batch, counts, errors
+        return pixels, counts, errors
 
     def map(self, fn, items):
         """`fn` over `items`, in order: on the decode threads where there are several items and threads."""
@@ -140,18 +138,13 @@ class ImageClassifierHandler(BaseHandler):
                 "it as text or JSON); send the file as the raw body (curl -T cat.jpg) or as a multipart file part"
             )
         try:
-            return self.to_input.pixels(bytes(value))
+            return self.classifier.pixels(bytes(value))
         except ImageDecodeError as e:
             raise ImageDecodeError(f"{where}{e}") from None
 
     def inference(self, data, *args, **kwargs):
-        batch, counts, errors = data
-        if batch is None:
-            return None, counts, errors
-        step = self.runner.max_batch_size or len(batch)
-        with torch.inference_mode():
-            logits = torch.cat([self.runner.predict(batch[i : i + step]) for i in range(0, len(batch), step)])
-        return logits.softmax(dim=1), counts, errors
+        pixels, counts, errors = data
+        return self.classifier.probabilities(pixels), counts, errors
 
     def postprocess(self, data):
         probabilities, counts, errors = data
@@ -162,10 +155,7 @@ class ImageClassifierHandler(BaseHandler):
                 self.context.set_response_content_type(idx, "application/json")
                 responses.append(json.dumps({"code": BAD_REQUEST, "type": "InvalidImage", "message": error}))
                 continue
-            results = [
-                {name: round(p, 6) for name, p in top_k_labels(probabilities[offset + i], self.class_names, self.top_k)}
-                for i in range(count)
-            ]
+            results = [dict(self.classifier.top_k_of(probabilities[offset + i])) for i in range(count)]
             offset += count
             responses.append(results[0] if len(results) == 1 else results)
         return responses
@@ -186,16 +176,14 @@ def torch_threads(runner, threads: int) -> int:
     """PyTorch's intra-op threads in a worker whose runner has `threads`: the same where the network runs
     in PyTorch or on a GPU, else 1.
 
-    Beside ONNX Runtime on the CPU, PyTorch only resizes and normalises, and its OpenMP threads spin for
-    ~10 ms after each parallel op, on the cores the session's run starts on next: one thread forms no
-    pool and never spins (measured on a 2-core Zen 4, resnet18 batch 1 in a 2-thread worker: the
-    session's run 27 -> 20 ms, the whole request 1.28x faster; batch 8 1.06x).
+    Beside ONNX Runtime on the CPU, PyTorch only resizes and normalises, and its OpenMP threads spin
+    after each parallel op on the cores the session's run starts on next: one thread forms no pool and
+    never spins (benchmarks/results hold the measurement).
     """
     return threads if runner.computes_in_torch or runner.device != "cpu" else 1
 
 
 def threads_per_worker(model_config: dict) -> int:
     """Intra-op threads for each worker so that workers x threads does not exceed the usable cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = int(model_config.get("maxWorkers") or model_config.get("minWorkers") or 1)
-    return max(1, cores // workers)
+    return max(1, usable_cores() // workers)

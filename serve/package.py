@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 # Only light imports here: `python -m serve status/stop/token` should not wait for torch to load.
-from export.manifest import ExportError, find_artifact, read_manifest, verify_artifact_file
+from export.manifest import Artifact, ExportError, Manifest, read_manifest, verify_artifact_file
 
 HANDLER_FILE = Path(__file__).with_name("handler.py")
 MODEL_CONFIG_NAME = "model-config.yaml"
@@ -51,7 +51,7 @@ def package(export_dir: str | os.PathLike, model_store: str | os.PathLike, name:
         manifest = read_manifest(export_dir)
     except ExportError as e:
         raise PackageError(str(e)) from None
-    name = check_model_name(name or manifest["name"])
+    name = check_model_name(name or manifest.name)
     artifacts = choose_artifacts(export_dir, manifest, options)
     try:
         files = [verify_artifact_file(export_dir, artifact) for artifact in artifacts]
@@ -69,28 +69,24 @@ def package(export_dir: str | os.PathLike, model_store: str | os.PathLike, name:
     return target
 
 
-def choose_artifacts(export_dir: Path, manifest: dict[str, Any], options: PackageOptions) -> list[dict[str, Any]]:
+def choose_artifacts(export_dir: Path, manifest: Manifest, options: PackageOptions) -> list[Artifact]:
     from export.runners import parity_summary
 
-    listed = ", ".join(
-        f"{a['format']} ({'passed' if a['parity']['passed'] else 'FAILED'})" for a in manifest["artifacts"]
-    )
+    listed = manifest.availability()
     if options.backend is not None:
-        artifact = find_artifact(manifest, options.backend)
+        artifact = manifest.find(options.backend)
         if artifact is None:
-            raise PackageError(
-                f"{export_dir}: no {options.backend} artifact in this export (it has: {listed or 'none'})"
-            )
-        if not artifact["parity"]["passed"] and not options.allow_failed:
+            raise PackageError(f"{export_dir}: no {options.backend} artifact in this export (it has: {listed})")
+        if not artifact.passed and not options.allow_failed:
             raise PackageError(
                 f"{export_dir}: the {options.backend} artifact FAILED its parity check ({parity_summary(artifact)}); "
                 "refusing to package it. Re-export, or pass --allow-failed if you accept the difference"
             )
         return [artifact]
-    passed = [a for a in manifest["artifacts"] if a["parity"]["passed"]]
+    passed = [a for a in manifest.artifacts if a.passed]
     if not passed:
         raise PackageError(
-            f"{export_dir}: no artifact passed its parity check (it has: {listed or 'none'}); re-export, or "
+            f"{export_dir}: no artifact passed its parity check (it has: {listed}); re-export, or "
             "choose one with --backend FORMAT --allow-failed"
         )
     return passed

@@ -1,7 +1,7 @@
 """Run directories, RNG state, and the checkpoint dict of contract 1 (shared/DESIGN.md).
 
 `last.pt` is written at the end of every epoch and when a run is interrupted, `best.pt` whenever the
-validation top-1 improves; both through `models.save_checkpoint` (atomic). A checkpoint holds all a
+validation top-1 improves; both through `models.Checkpoint.save` (atomic). A checkpoint holds all a
 resumed run needs to continue bit-for-bit on CPU: optimizer, scheduler, scaler, EMA, epoch and step
 within the epoch, and every rank's RNG states.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import CheckpointError, load_checkpoint
+from models import Checkpoint, CheckpointError, load_checkpoint
 
 class RunDirError(RuntimeError):
     """The run directory exists and the command did not say to resume or overwrite it."""
@@ -49,11 +49,12 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
     return path
 
 
-def load_resume_checkpoint(path: Path) -> dict[str, Any]:
+def load_resume_checkpoint(path: Path) -> Checkpoint:
     ckpt = load_checkpoint(path)
-    missing = [k for k in ("optimizer", "scheduler", "epoch", "step", "config") if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path}: cannot resume from it, it has no {missing} (was it written by train?)")
+    if not ckpt.resumable:
+        raise CheckpointError(
+            f"{path}: cannot resume from it, it has no optimizer, scheduler or config (was it written by train?)"
+        )
     return ckpt
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.transforms import v2
 
-from models import PreprocessSpec, create_model, load_pretrained, save_checkpoint
+from models import Checkpoint, PreprocessSpec, create_model, load_pretrained
 from models.checkpoint import load_state_dict_strict
 
 from . import data as datamod
@@ -80,7 +80,7 @@ def build_config(overrides: dict[str, Any], recipe: str | None = None) -> dict[s
 
 def _resumed_config(path: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     ckpt = load_resume_checkpoint(path)
-    config = dict(ckpt["config"])
+    config = dict(ckpt.config)
     changed = sorted(k for k, v in overrides.items() if k not in RESUMABLE_OVERRIDES + ("resume",) and config.get(k) != v)
     if changed:
         print(f"warning: resuming with changed {changed}; the run will not match an uninterrupted one", file=sys.stderr)
@@ -195,7 +195,7 @@ class _Run:
         network = create_model(cfg["arch"], num_classes=len(class_names), **self.arch_kwargs)
         pretrained_spec = None
         if self.resume is not None:
-            pretrained_spec = PreprocessSpec.from_dict(self.resume["preprocess"])
+            pretrained_spec = self.resume.preprocess
         elif cfg.get("pretrained"):
             info = load_pretrained(network, cfg["pretrained"])
             pretrained_spec = info.preprocess
@@ -274,20 +274,20 @@ class _Run:
         self.best_top1 = -1.0
         self.metrics: dict[str, float] = {}
 
-    def _restore(self, ckpt: dict[str, Any]) -> None:
-        load_state_dict_strict(self.network, ckpt["model"], source=self.config["resume"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if self.scaler is not None and ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        if self.ema is not None and ckpt.get("ema") is not None:
-            self.ema.module.load_state_dict(ckpt["ema"])
-            self.ema.n_averaged.fill_(int(ckpt.get("ema_updates", 1)))
-        self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
-        self.steps_into_epoch = int(ckpt.get("steps_into_epoch", 0))
-        self.best_top1 = float(ckpt.get("best_top1", -1.0))
-        self.metrics = dict(ckpt.get("metrics") or {})
-        states = ckpt.get("rng") or []
+    def _restore(self, ckpt: Checkpoint) -> None:
+        load_state_dict_strict(self.network, ckpt.model, source=self.config["resume"])
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        self.scheduler.load_state_dict(ckpt.scheduler)
+        if self.scaler is not None and ckpt.scaler:
+            self.scaler.load_state_dict(ckpt.scaler)
+        if self.ema is not None and ckpt.ema is not None:
+            self.ema.module.load_state_dict(ckpt.ema)
+            self.ema.n_averaged.fill_(max(ckpt.ema_updates, 1))
+        self.epoch, self.step = ckpt.epoch, ckpt.step
+        self.steps_into_epoch = ckpt.steps_into_epoch
+        self.best_top1 = ckpt.best_top1
+        self.metrics = dict(ckpt.metrics)
+        states = ckpt.rng
         if len(states) == self.dist.world_size:
             set_rng_state(states[self.dist.rank])
         else:
@@ -390,29 +390,27 @@ class _Run:
         rng = all_gather_objects(rng_state())
         if not self.dist.is_main:
             return
-        ckpt = {
-            "arch": self.config["arch"],
-            "arch_kwargs": self.arch_kwargs,
-            "num_classes": len(self.class_names),
-            "class_names": list(self.class_names),
-            "preprocess": self.preprocess.to_dict(),
-            "model": self.network.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-            "epoch": self.epoch,
-            "step": self.step,
-            "steps_into_epoch": self.steps_into_epoch,
-            "rng": rng,
-            "config": self.config,
-            "metrics": self.metrics,
-            "best_top1": self.best_top1,
-            "versions": {"torch": str(torch.__version__)},
-        }
-        if self.ema is not None:
-            ckpt["ema"] = self.ema.module.state_dict()
-            ckpt["ema_updates"] = int(self.ema.n_averaged)
-        save_checkpoint(ckpt, self.run_dir / file_name)
+        ckpt = Checkpoint(
+            arch=self.config["arch"],
+            arch_kwargs=self.arch_kwargs,
+            class_names=list(self.class_names),
+            preprocess=self.preprocess,
+            model=self.network.state_dict(),
+            ema=self.ema.module.state_dict() if self.ema is not None else None,
+            ema_updates=int(self.ema.n_averaged) if self.ema is not None else 0,
+            metrics=self.metrics,
+            config=self.config,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler is not None else {},
+            epoch=self.epoch,
+            step=self.step,
+            steps_into_epoch=self.steps_into_epoch,
+            best_top1=self.best_top1,
+            rng=rng,
+            versions={"torch": str(torch.__version__)},
+        )
+        ckpt.save(self.run_dir / file_name)
 
     def _result(self, started: float, interrupted_by: int | None = None) -> RunResult:
         return RunResult(

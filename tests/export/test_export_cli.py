@@ -37,18 +37,18 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def digit_batch(digits_checkpoint) -> torch.Tensor:
     """48 real validation digits, normalised with the checkpoint's preprocessing."""
-    from models import checkpoint_preprocess, normalize_batch
+    from models import normalize_batch
 
     images, _ = digits_split("val")
-    return normalize_batch(images[:48], checkpoint_preprocess(load_checkpoint(digits_checkpoint)))
+    return normalize_batch(images[:48], load_checkpoint(digits_checkpoint).preprocess)
 
 
 def test_export_writes_both_formats_and_passes_parity_on_real_digits(digits_export_run):
     out = digits_export_run.process.stdout
     manifest = read_manifest(digits_export_run.export_dir)
-    assert [a["format"] for a in manifest["artifacts"]] == ["torchscript", "onnx"]
-    for artifact in manifest["artifacts"]:
-        parity = artifact["parity"]
+    assert [a.format for a in manifest.artifacts] == ["torchscript", "onnx"]
+    for artifact in manifest.artifacts:
+        parity = artifact.parity
         assert parity["passed"] and parity["failures"] == [], parity
         assert parity["data"].startswith("validation split of 'digits'"), parity["data"]
         by_batch = parity["metrics"]["by_batch_size"]
@@ -74,16 +74,16 @@ def test_manifest_is_complete_and_its_sha256s_match(digits_export_run, digits_ch
     manifest = json.loads((export_dir / "manifest.json").read_text())
     ckpt = load_checkpoint(digits_checkpoint)
     assert manifest["schema_version"] == 1 and manifest["name"] == "digits"
-    assert manifest["arch"] == ckpt["arch"] == "resnet20"
-    assert manifest["arch_kwargs"] == ckpt["arch_kwargs"]
-    assert manifest["num_classes"] == 10 and manifest["class_names"] == ckpt["class_names"]
-    assert manifest["preprocess"] == ckpt["preprocess"]
+    assert manifest["arch"] == ckpt.arch == "resnet20"
+    assert manifest["arch_kwargs"] == ckpt.arch_kwargs
+    assert manifest["num_classes"] == 10 and manifest["class_names"] == ckpt.class_names
+    assert manifest["preprocess"] == ckpt.preprocess.to_dict()
     assert manifest["input"] == {"name": "input", "dtype": "float32", "layout": "NCHW", "shape": [-1, 3, 32, 32]}
     assert manifest["output"]["name"] == "logits" and manifest["output"]["shape"] == [-1, 10]
     source = manifest["source_checkpoint"]
     assert source["path"] == str(digits_checkpoint.resolve())
     assert source["sha256"] == sha256_file(digits_checkpoint)
-    assert source["metrics"] == ckpt["metrics"]
+    assert source["metrics"] == ckpt.metrics
     assert {"python", "torch", "torchvision", "onnx", "onnxruntime"} <= set(manifest["versions"])
     assert manifest["versions"]["torch"] == torch.__version__
     for artifact in manifest["artifacts"]:
@@ -160,11 +160,11 @@ def test_a_perturbed_artifact_fails_parity_and_the_command_exits_nonzero(digits_
     assert code == 1, out
     assert "changed since it was exported" in out
     manifest = read_manifest(export_dir)
-    ts, onnx_entry = manifest["artifacts"]
-    assert ts["parity"]["passed"] is True
-    assert onnx_entry["parity"]["passed"] is False
-    assert any("not allclose" in f for f in onnx_entry["parity"]["failures"]), onnx_entry["parity"]
-    assert onnx_entry["sha256"] == sha256_file(export_dir / "model.onnx")
+    ts, onnx_entry = manifest.artifacts
+    assert ts.passed is True
+    assert onnx_entry.passed is False
+    assert any("not allclose" in f for f in onnx_entry.parity["failures"]), onnx_entry.parity
+    assert onnx_entry.sha256 == sha256_file(export_dir / "model.onnx")
     assert "onnx FAILED parity" in out
     assert any(line.startswith("onnx ") and line.endswith("FAILED") for line in out.splitlines())
 
@@ -193,13 +193,13 @@ def test_to_all_without_tensorrt_exports_the_rest_from_the_newest_run(digits_che
     assert code == 0, out
     assert f"using the newest best.pt under runs/: {newest.relative_to(tmp_path)}" in out
     manifest = read_manifest(tmp_path / "exports" / "resnet20")
-    assert manifest["name"] == "resnet20"
-    assert [a["format"] for a in manifest["artifacts"]] == ["torchscript", "onnx", "onnx-int8"]
-    for artifact in manifest["artifacts"]:
-        assert artifact["parity"]["passed"]
-        assert artifact["parity"]["data"] == f"image folder {folder}: 40 images"
-        assert set(artifact["parity"]["metrics"]["by_batch_size"]) == {"1", "8"}
-    assert manifest["artifacts"][2]["calibration"]["data"].startswith("training split of 'digits'")
+    assert manifest.name == "resnet20"
+    assert [a.format for a in manifest.artifacts] == ["torchscript", "onnx", "onnx-int8"]
+    for artifact in manifest.artifacts:
+        assert artifact.passed
+        assert artifact.parity["data"] == f"image folder {folder}: 40 images"
+        assert set(artifact.parity["metrics"]["by_batch_size"]) == {"1", "8"}
+    assert manifest.find("onnx-int8").details["calibration"]["data"].startswith("training split of 'digits'")
     assert "trt  " in out and "skipped" in out and "trt skipped: TensorRT export is not possible" in out
 
 
@@ -255,13 +255,13 @@ def test_exporting_one_format_into_an_existing_export_keeps_the_others(digits_ex
     """How a TensorRT engine gets added on a GPU machine to an export made on a CPU one."""
     export_dir = tmp_path / "digits"
     shutil.copytree(digits_export, export_dir)
-    onnx_before = read_manifest(export_dir)["artifacts"][1]
+    onnx_before = read_manifest(export_dir).find("onnx")
     code, out, _ = run_cli(capsys, "--to", "torchscript", "--checkpoint", digits_checkpoint, "--out", export_dir, "--name", "digits")
     assert code == 0, out
     assert "keeping the existing onnx artifact(s) of the same checkpoint" in out
     manifest = read_manifest(export_dir)
-    assert [a["format"] for a in manifest["artifacts"]] == ["torchscript", "onnx"]
-    assert manifest["artifacts"][1] == onnx_before
+    assert [a.format for a in manifest.artifacts] == ["torchscript", "onnx"]
+    assert manifest.find("onnx") == onnx_before
 
 
 def test_verify_without_the_source_checkpoint_says_how_to_proceed(digits_export, tmp_path, capsys):

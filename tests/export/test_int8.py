@@ -16,9 +16,9 @@ import torch
 from onnx import TensorProto
 
 from export.cli import main as export_main
-from export.manifest import ExportError, find_artifact, read_manifest
+from export.manifest import ExportError, read_manifest
 from export.runners import open_runner, runner_for_artifact, runner_from_checkpoint
-from models import checkpoint_preprocess, load_checkpoint, normalize_batch, save_checkpoint
+from models import load_checkpoint, normalize_batch
 from serve.package import package
 from train.data import digits_split, write_digits_folder
 
@@ -42,13 +42,13 @@ def int8_export(digits_checkpoint, tmp_path_factory):
 
 def test_int8_artifact_is_quantized_calibrated_on_training_data_and_passes_its_gate(int8_export):
     manifest = read_manifest(int8_export)
-    assert [a["format"] for a in manifest["artifacts"]] == ["onnx", "onnx-int8"]
-    fp32, int8 = manifest["artifacts"]
-    assert int8["file"] == "model.int8.onnx" and int8["precision"] == "int8" and int8["device"] == "cpu"
-    assert int8["built_from"] == "model.onnx"
-    calibration = int8["calibration"]
+    assert [a.format for a in manifest.artifacts] == ["onnx", "onnx-int8"]
+    fp32, int8 = manifest.artifacts
+    assert int8.file == "model.int8.onnx" and int8.precision == "int8" and int8.device == "cpu"
+    assert int8.details["built_from"] == "model.onnx"
+    calibration = int8.details["calibration"]
     assert calibration["data"].startswith("training split of 'digits'") and calibration["samples"] == 256
-    parity = int8["parity"]
+    parity = int8.parity
     assert parity["passed"], parity["failures"]
     assert parity["thresholds"] == {"min_top1_agreement": 0.95, "rtol": None, "atol": None, "min_cosine": 0.98}
     # judged on the validation split, which calibration never saw
@@ -57,7 +57,7 @@ def test_int8_artifact_is_quantized_calibrated_on_training_data_and_passes_its_g
     assert by_batch["16"]["artifact_top1"] >= by_batch["16"]["reference_top1"] - 0.02
     # int8 really changes the numbers (a copy of the fp32 file would be exact)
     assert parity["metrics"]["max_abs_diff"] > 1e-3 > fp32["parity"]["metrics"]["max_abs_diff"]
-    assert int8["size_bytes"] < 0.5 * fp32["size_bytes"]
+    assert int8.details["size_bytes"] < 0.5 * fp32.details["size_bytes"]
 
 
 def test_int8_graph_is_qdq_with_int8_conv_weights_and_runs_in_a_plain_session(int8_export, digits_checkpoint):
@@ -72,7 +72,7 @@ def test_int8_graph_is_qdq_with_int8_conv_weights_and_runs_in_a_plain_session(in
     assert max(abs(onnx.numpy_helper.to_array(t).astype(int)).max() for t in int8_weights) == 64
 
     images, labels = digits_split("val")
-    batch = normalize_batch(images[:64], checkpoint_preprocess(load_checkpoint(digits_checkpoint)))
+    batch = normalize_batch(images[:64], load_checkpoint(digits_checkpoint).preprocess)
     session = ort.InferenceSession(str(int8_export / "model.int8.onnx"), providers=["CPUExecutionProvider"])
     (logits,) = session.run(["logits"], {"input": batch.numpy()})
     expected = runner_from_checkpoint(digits_checkpoint).predict(batch)
@@ -83,17 +83,17 @@ def test_int8_graph_is_qdq_with_int8_conv_weights_and_runs_in_a_plain_session(in
 
 def test_open_runner_prefers_int8_on_cpu_and_falls_back_when_it_failed_its_gate(int8_export, tmp_path, capsys):
     runner = open_runner(int8_export, threads=1)
-    assert runner.format == "onnx-int8" and runner.artifact["precision"] == "int8"
+    assert runner.format == "onnx-int8" and runner.artifact.precision == "int8"
 
     # An impossible cosine bound fails the int8 artifact: the export exits 1, the manifest says so,
     # and neither open_runner nor packaging picks the failed artifact.
     strict = tmp_path / "strict"
-    checkpoint = read_manifest(int8_export)["source_checkpoint"]["path"]
+    checkpoint = read_manifest(int8_export).source_checkpoint["path"]
     code, out, _ = run_cli(capsys, "--checkpoint", checkpoint, "--to", "onnx-int8", "--out", strict,
                            "--int8-min-cosine", "0.999999")  # fmt: skip
     assert code == 1
     assert "onnx-int8 FAILED parity" in out and "cosine similarity" in out
-    assert not find_artifact(read_manifest(strict), "onnx-int8")["parity"]["passed"]
+    assert not read_manifest(strict).find("onnx-int8").passed
     assert open_runner(strict, threads=1).format == "onnx"
     mar = package(strict, tmp_path / "store", name="digits")
     assert "model.int8.onnx" not in zipfile.ZipFile(mar).namelist()
@@ -103,7 +103,7 @@ def test_int8_is_refused_on_cuda_and_not_picked_there(int8_export):
     """Its parity was checked on ONNX Runtime's CPU kernels only (the manifest says device "cpu")."""
     with pytest.raises(ExportError, match="the onnx-int8 artifact runs on cpu only"):
         runner_for_artifact(int8_export, read_manifest(int8_export),
-                            find_artifact(read_manifest(int8_export), "onnx-int8"), "cuda", None)  # fmt: skip
+                            read_manifest(int8_export).find("onnx-int8"), "cuda", None)  # fmt: skip
 
 
 def test_int8_is_packaged_and_the_archive_serves_it_by_default(int8_export, tmp_path):
@@ -121,17 +121,17 @@ def test_calibration_data_folder_is_used_and_reusing_the_parity_folder_is_warned
     assert code == 0, out
     assert "WARNING: --calibration-data is --parity-data" in out
     assert "top-1 accuracy on the 40 labelled parity images: eager " in out and ", onnx-int8 " in out
-    int8 = find_artifact(read_manifest(tmp_path / "x"), "onnx-int8")
-    assert int8["calibration"]["data"] == f"image folder {folder}: 40 images" and int8["calibration"]["samples"] == 40
+    calibration = read_manifest(tmp_path / "x").find("onnx-int8").details["calibration"]
+    assert calibration["data"] == f"image folder {folder}: 40 images" and calibration["samples"] == 40
 
 
 @pytest.fixture
 def checkpoint_without_data(digits_checkpoint, tmp_path):
     """The digits checkpoint, claiming it was trained on an image folder that is not on this machine."""
     ckpt = load_checkpoint(digits_checkpoint)
-    ckpt["config"] = dict(ckpt["config"], data="folder", data_dir=str(tmp_path / "gone"))
+    ckpt.config = dict(ckpt.config, data="folder", data_dir=str(tmp_path / "gone"))
     path = tmp_path / "moved.pt"
-    save_checkpoint(ckpt, path)
+    ckpt.save(path)
     return path
 
 
@@ -148,7 +148,7 @@ def test_without_calibration_data_int8_is_refused_and_all_skips_it(checkpoint_wi
                            "--parity-data", folder, "--parity-batch", "4")  # fmt: skip
     assert code == 0, out
     assert "onnx-int8 skipped: onnx-int8 needs calibration images" in out
-    assert [a["format"] for a in read_manifest(tmp_path / "b")["artifacts"]] == ["torchscript", "onnx"]
+    assert [a.format for a in read_manifest(tmp_path / "b").artifacts] == ["torchscript", "onnx"]
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["artifacts"][1]["parity"]["passed"]
 
 
@@ -159,5 +159,5 @@ def test_verify_rechecks_the_int8_artifact(int8_export, tmp_path, capsys):
     code, out, _ = run_cli(capsys, "--verify", copy)
     assert code == 0, out
     assert "onnx-int8: model.int8.onnx" in out
-    verified = find_artifact(read_manifest(copy), "onnx-int8")
-    assert verified["parity"]["passed"] and verified["calibration"]["samples"] == 256
+    verified = read_manifest(copy).find("onnx-int8")
+    assert verified.passed and verified.details["calibration"]["samples"] == 256

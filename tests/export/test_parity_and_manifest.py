@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from export.manifest import ManifestError, atomic_path, find_artifact, read_manifest, verify_artifact_file, write_manifest
+from export.manifest import Manifest, ManifestError, read_manifest, verify_artifact_file, write_manifest
 from export.parity import (
     FP16_THRESHOLDS,
     FP32_THRESHOLDS,
@@ -17,7 +17,8 @@ from export.parity import (
     load_parity_set,
 )
 from export.runners import onnxruntime_session_options, open_runner, runner_from_checkpoint
-from models import checkpoint_preprocess, load_checkpoint
+from models import load_checkpoint
+from models.osutil import atomic_path
 
 
 def logits(seed: int = 0, n: int = 64, classes: int = 10, scale: float = 5.0) -> torch.Tensor:
@@ -67,9 +68,9 @@ def test_evenly_spaced_covers_the_whole_dataset():
 
 def test_parity_set_falls_back_to_random_inputs_loudly(digits_checkpoint):
     ckpt = load_checkpoint(digits_checkpoint)
-    ckpt["config"] = dict(ckpt["config"], data="folder", data_dir="/nonexistent/images")
+    ckpt.config = dict(ckpt.config, data="folder", data_dir="/nonexistent/images")
     messages = []
-    parity_set = load_parity_set(ckpt, checkpoint_preprocess(ckpt), count=8, log=messages.append)
+    parity_set = load_parity_set(ckpt, count=8, log=messages.append)
     assert parity_set.random and parity_set.labels is None and parity_set.images.shape == (8, 3, 32, 32)
     assert parity_set.description.startswith("RANDOM")
     assert any("cannot load the checkpoint's validation data" in m and "/nonexistent/images" in m for m in messages)
@@ -78,7 +79,7 @@ def test_parity_set_falls_back_to_random_inputs_loudly(digits_checkpoint):
 
 def test_parity_set_is_the_checkpoints_validation_data(digits_checkpoint):
     ckpt = load_checkpoint(digits_checkpoint)
-    parity_set = load_parity_set(ckpt, checkpoint_preprocess(ckpt), count=256)
+    parity_set = load_parity_set(ckpt, count=256)
     assert not parity_set.random and len(parity_set.images) == 256
     assert set(parity_set.labels.tolist()) == set(range(10)), "evenly spaced picks cover every class"
     accuracy = (runner_from_checkpoint(ckpt).predict(parity_set.images).argmax(1) == parity_set.labels).float().mean()
@@ -104,10 +105,27 @@ def test_manifest_roundtrip_and_artifact_checks(digits_export, tmp_path):
     assert read_manifest(copy) == manifest and read_manifest(copy / "manifest.json") == manifest
     assert [p.name for p in copy.iterdir()] == ["manifest.json"], "no temporary files left behind"
     with pytest.raises(ManifestError, match="the file is missing"):
-        verify_artifact_file(copy, manifest["artifacts"][0])
-    broken = dict(manifest, artifacts=[dict(manifest["artifacts"][0], format="tflite")])
+        verify_artifact_file(copy, manifest.artifacts[0])
+    as_json = manifest.to_dict()
+    broken = dict(as_json, artifacts=[dict(as_json["artifacts"][0], format="tflite")])
     with pytest.raises(ManifestError, match="unknown format 'tflite'"):
-        write_manifest(copy, broken)
+        Manifest.from_dict(broken, copy / "manifest.json")
+    for outside in ("/etc/passwd", "../model.onnx", "sub/model.onnx", ".."):
+        escaping = dict(as_json, artifacts=[dict(as_json["artifacts"][0], file=outside)])
+        with pytest.raises(ManifestError, match="not a bare file name"):
+            Manifest.from_dict(escaping, copy / "manifest.json")
+
+
+def test_manifest_json_of_the_earlier_dict_format_loads_and_round_trips(digits_export, tmp_path):
+    """A manifest.json as earlier versions wrote it (plus keys this version does not know) reads into
+    `Manifest` and is written back with every key and value it had."""
+    on_disk = json.loads((digits_export / "manifest.json").read_text())
+    on_disk["future_key"] = {"from": "a newer version"}
+    on_disk["artifacts"][0]["future_artifact_key"] = 7
+    manifest = Manifest.from_dict(on_disk, "manifest.json")
+    assert manifest.find("onnx").details["exporter"] in ("dynamo", "torchscript")
+    assert manifest.extra["future_key"] == {"from": "a newer version"}
+    assert manifest.to_dict() == on_disk
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -151,7 +169,7 @@ def test_onnx_runtime_pool_stops_spinning_at_the_end_of_each_run(digits_export):
     assert after < 0.2 * run + 0.005
     # ONNX Runtime's default, which the benchmark's ablation keeps: this measurement does see it spin
     spinning = open_runner(digits_export, "onnx", threads=2)
-    onnx_path = digits_export / find_artifact(read_manifest(digits_export), "onnx")["file"]
+    onnx_path = digits_export / read_manifest(digits_export).find("onnx").file
     options = onnxruntime_session_options(2, idle="spin")
     spinning.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     run, after = cpu_seconds_of_a_run_and_after(spinning)

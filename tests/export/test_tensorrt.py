@@ -23,7 +23,7 @@ from export.tensorrt_engine import (
     tensorrt_missing_reason,
     uses_strong_typing,
 )
-from models import checkpoint_preprocess, load_checkpoint
+from models import load_checkpoint
 
 TENSORRT_MISSING = tensorrt_missing_reason()
 
@@ -31,7 +31,7 @@ TENSORRT_MISSING = tensorrt_missing_reason()
 @pytest.fixture(scope="module")
 def digits_parity(digits_checkpoint):
     ckpt = load_checkpoint(digits_checkpoint)
-    return runner_from_checkpoint(ckpt), load_parity_set(ckpt, checkpoint_preprocess(ckpt), count=128)
+    return runner_from_checkpoint(ckpt), load_parity_set(ckpt, count=128)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision
 
-from models import CheckpointError, PreprocessSpec, create_model, load_pretrained, save_checkpoint
+from models import Checkpoint, CheckpointError, PreprocessSpec, create_model, load_pretrained
 from models.checkpoint import load_checkpoint, model_from_checkpoint
 
 IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
@@ -168,7 +168,7 @@ def _checkpoint(model, **extra):
 
 def test_own_checkpoint_round_trip_prefers_ema(tmp_path):
     raw, ema = create_model("resnet20").eval(), create_model("resnet20").eval()
-    path = save_checkpoint(_checkpoint(raw, ema=ema.state_dict()), tmp_path / "run" / "best.pt")
+    path = Checkpoint.from_dict(_checkpoint(raw, ema=ema.state_dict())).save(tmp_path / "run" / "best.pt")
     assert not list(path.parent.glob(".*.tmp"))  # the atomic write left no temporary file
     model, ckpt = model_from_checkpoint(path)
     x = torch.randn(2, 3, 32, 32)
@@ -186,11 +186,39 @@ def test_checkpoint_errors_are_specific(tmp_path):
     with pytest.raises(CheckpointError, match="not a resnet-deploy checkpoint"):
         load_checkpoint(state_only)
     wrong_arch = tmp_path / "wrong.pt"
-    save_checkpoint({**_checkpoint(create_model("resnet20")), "arch": "resnet32"}, wrong_arch)
+    torch.save({**_checkpoint(create_model("resnet20")), "arch": "resnet32"}, wrong_arch)
     with pytest.raises(CheckpointError, match="do not fit"):
         model_from_checkpoint(wrong_arch)
     incomplete = dict(_checkpoint(create_model("resnet20")))
     del incomplete["preprocess"]
-    save_checkpoint(incomplete, tmp_path / "incomplete.pt")
+    torch.save(incomplete, tmp_path / "incomplete.pt")
     with pytest.raises(CheckpointError, match=r"missing keys \['preprocess'\]"):
         load_checkpoint(tmp_path / "incomplete.pt")
+
+
+def test_checkpoint_files_of_the_earlier_dict_format_load_and_keep_unknown_keys(tmp_path):
+    """A checkpoint written as a plain dict by an earlier version (every key train wrote then, plus a key
+    this version does not know) loads into `Checkpoint`, and re-saving it loses nothing."""
+    model = create_model("resnet20")
+    old = _checkpoint(model, optimizer={"state": {}, "param_groups": []}, scheduler={"last_epoch": 3}, scaler={},
+                      epoch=3, step=30, steps_into_epoch=0, rng=[], config={"data": "digits"},
+                      metrics={"top1": 91.5}, best_top1=91.5, versions={"torch": "2.11.0"},
+                      future_field={"written by": "a newer version"})  # fmt: skip
+    torch.save(old, tmp_path / "old.pt")
+    ckpt = load_checkpoint(tmp_path / "old.pt")
+    assert ckpt.arch == "resnet20" and ckpt.num_classes == 10 and ckpt.epoch == 3 and ckpt.resumable
+    assert ckpt.preprocess == PreprocessSpec(input_size=32, resize_size=32) and ckpt.metrics == {"top1": 91.5}
+    assert ckpt.extra == {"future_field": {"written by": "a newer version"}}
+    ckpt.save(tmp_path / "again.pt")
+    again = torch.load(tmp_path / "again.pt", weights_only=True)
+    assert set(again) >= set(old) and again["future_field"] == old["future_field"]
+    assert all(torch.equal(again["model"][k], v) for k, v in old["model"].items())
+
+
+def test_checkpoint_validation_names_the_file_and_the_field(tmp_path):
+    bad_names = dict(_checkpoint(create_model("resnet20")), class_names=[str(i) for i in range(9)])
+    with pytest.raises(CheckpointError, match=r"x\.pt: 9 class names for num_classes=10"):
+        Checkpoint.from_dict(bad_names, source="x.pt")
+    bad_preprocess = dict(_checkpoint(create_model("resnet20")), preprocess={"input_size": 32, "crop": 1})
+    with pytest.raises(CheckpointError, match="invalid preprocess block"):
+        Checkpoint.from_dict(bad_preprocess, source="x.pt")

@@ -82,7 +82,7 @@ def test_one_bad_image_fails_only_its_own_request(handler, valid_images, invalid
 def test_answers_are_top_k_labels_highest_first(handler, valid_images):
     [(status, answer)] = handle(handler, [{"body": valid_images["png"]}])
     assert status == 200
-    assert len(answer) == 5 and set(answer) <= set(handler.class_names)
+    assert len(answer) == 5 and set(answer) <= set(handler.classifier.class_names)
     probabilities = list(answer.values())
     assert probabilities == sorted(probabilities, reverse=True)
     assert 0 < sum(probabilities) <= 1.0 + 1e-5
@@ -121,7 +121,7 @@ def test_top_k_is_capped_by_the_number_of_classes(archive_dir, valid_images):
     config = {**config, "handler": {**config["handler"], "top_k": 50}}
     handler = make_handler(model_dir, manifest, config)
     [(status, answer)] = handle(handler, [{"body": valid_images["jpeg"]}])
-    assert status == 200 and len(answer) == len(handler.class_names) == manifest_classes(model_dir)
+    assert status == 200 and len(answer) == len(handler.classifier.class_names) == manifest_classes(model_dir)
 
 
 def manifest_classes(model_dir) -> int:

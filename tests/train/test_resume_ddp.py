@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from models import checkpoint_preprocess, load_checkpoint, model_from_checkpoint
+from models import load_checkpoint, model_from_checkpoint
 from tests.fixtures.trained import run_train, train_command
 from train.data import build_val_loader, build_validation_set
 from train.engine import StepParts, evaluate
@@ -39,16 +39,16 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, cifar_root):
     assert proc.returncode == 128 + signal.SIGTERM, f"{proc.returncode}\n{out}\n{err}"
     assert "stopped by SIGTERM" in out
     interrupted = load_checkpoint(last)
-    assert interrupted["epoch"] == 1 and interrupted["step"] < 30
+    assert interrupted.epoch == 1 and interrupted.step < 30
 
     resumed = run_train(train_command(tmp_path, "ignored", "--resume", str(last)))
     assert resumed.returncode == 0, resumed.stderr
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(last)
-    assert a["step"] == b["step"] == 30
+    assert a.step == b.step == 30
     for part in ("model", "ema"):
-        for key, value in a[part].items():
-            assert torch.equal(value, b[part][key]), f"{part}.{key}"
-    assert a["metrics"] == b["metrics"]
+        for key, value in getattr(a, part).items():
+            assert torch.equal(value, getattr(b, part)[key]), f"{part}.{key}"
+    assert a.metrics == b.metrics
 
 
 def test_ddp_two_gloo_processes_equal_one_process(tmp_path):
@@ -64,20 +64,20 @@ def test_ddp_two_gloo_processes_equal_one_process(tmp_path):
     assert single.returncode == 0, single.stderr
 
     a, b = load_checkpoint(tmp_path / "ddp" / "last.pt"), load_checkpoint(tmp_path / "single" / "last.pt")
-    assert a["step"] == b["step"] == 6
-    assert len(a["rng"]) == 2  # every rank's RNG state, for an exact resume
+    assert a.step == b.step == 6
+    assert len(a.rng) == 2  # every rank's RNG state, for an exact resume
     model_a, _ = model_from_checkpoint(a)
     params_b = dict(model_from_checkpoint(b)[0].named_parameters())
     for name, param in model_a.named_parameters():
         torch.testing.assert_close(param, params_b[name], rtol=1e-4, atol=1e-5, msg=name)
 
     # validation over the 9 (odd) val images, split over 2 ranks, counted each exactly once
-    spec = checkpoint_preprocess(a)
-    loader = build_val_loader(build_validation_set(a["config"], spec), a["config"], 4, 1, 0, False)
+    spec = a.preprocess
+    loader = build_val_loader(build_validation_set(a.config, spec), a.config, 4, 1, 0, False)
     metrics = evaluate(model_a, loader, StepParts(model=model_a, optimizer=torch.optim.SGD(model_a.parameters()),
                        criterion=torch.nn.CrossEntropyLoss(), preprocess=spec, device=torch.device("cpu")))  # fmt: skip
     assert metrics["images"] == 9
-    assert metrics["top1"] == a["metrics"]["top1"]
-    assert abs(metrics["loss"] - a["metrics"]["loss"]) < 1e-4
+    assert metrics["top1"] == a.metrics["top1"]
+    assert abs(metrics["loss"] - a.metrics["loss"]) < 1e-4
     assert not (tmp_path / "ddp" / "metrics.csv.1").exists()
     assert Path(tmp_path / "ddp" / "metrics.csv").read_text().count("\n") == 3  # header + 2 epochs, once

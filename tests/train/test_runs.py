@@ -21,14 +21,15 @@ def test_every_data_kind_trains_and_writes_a_checkpoint(tmp_path, kind, jpeg_fol
     data_dir = {"folder": jpeg_folder, "imagenet": jpeg_folder, "cifar10": cifar_root, "cifar100": cifar_root}.get(kind)
     extra = {"num_classes": 4, "synthetic_size": 32} if kind == "synthetic" else {}
     result = train_in_process(tmp_path, kind, arch="resnet20", data=kind, data_dir=str(data_dir) if data_dir else None, **extra)
+    on_disk = torch.load(result.run_dir / "best.pt", weights_only=True)  # contract 1: plain containers only
+    assert set(REQUIRED_KEYS) <= set(on_disk)
+    assert {"optimizer", "scheduler", "scaler", "epoch", "step", "rng", "config", "metrics"} <= set(on_disk)
     ckpt = load_checkpoint(result.run_dir / "best.pt")
-    assert set(REQUIRED_KEYS) <= set(ckpt)
-    assert {"optimizer", "scheduler", "scaler", "epoch", "step", "rng", "config", "metrics"} <= set(ckpt)
-    assert ckpt["config"]["data"] == kind and ckpt["epoch"] == 1
-    assert {"data", "data_dir", "val_split", "seed"} <= set(ckpt["config"])
-    assert set(ckpt["metrics"]) == {"top1", "top5", "loss"}
+    assert ckpt.config["data"] == kind and ckpt.epoch == 1
+    assert {"data", "data_dir", "val_split", "seed"} <= set(ckpt.config)
+    assert set(ckpt.metrics) == {"top1", "top5", "loss"}
     expected = {"folder": 4, "imagenet": 4, "cifar10": 10, "cifar100": 100, "synthetic": 4}[kind]
-    assert ckpt["num_classes"] == len(ckpt["class_names"]) == expected
+    assert ckpt.num_classes == len(ckpt.class_names) == expected
     model, _ = model_from_checkpoint(result.run_dir / "last.pt")
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, expected)
     assert (result.run_dir / "config.yaml").is_file()
@@ -58,11 +59,11 @@ def test_run_dir_is_not_overwritten_without_asking(tmp_path, cifar_root):
     with pytest.raises(RunDirError, match="--resume auto"):
         train_in_process(tmp_path, "r", **common)
     result = train_in_process(tmp_path, "r", resume="auto", epochs=2, **common)  # continue for one more epoch
-    assert load_checkpoint(result.run_dir / "last.pt")["epoch"] == 2
+    assert load_checkpoint(result.run_dir / "last.pt").epoch == 2
     with open(result.run_dir / "metrics.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
     result = train_in_process(tmp_path, "r", overwrite=True, **common)
-    assert load_checkpoint(result.run_dir / "last.pt")["epoch"] == 1
+    assert load_checkpoint(result.run_dir / "last.pt").epoch == 1
 
 
 def test_ema_weights_are_saved_and_deployed(tmp_path, cifar_root):
@@ -72,10 +73,10 @@ def test_ema_weights_are_saved_and_deployed(tmp_path, cifar_root):
         no_wd_norm_bias=True, warmup_epochs=0.5, grad_clip=1.0,
     )  # fmt: skip
     ckpt = load_checkpoint(result.run_dir / "last.pt")
-    assert ckpt["ema_updates"] == ckpt["step"] == 5
-    assert not torch.equal(ckpt["ema"]["fc.weight"], ckpt["model"]["fc.weight"])
+    assert ckpt.ema_updates == ckpt.step == 5
+    assert not torch.equal(ckpt.ema["fc.weight"], ckpt.model["fc.weight"])
     model, _ = model_from_checkpoint(ckpt)
-    assert torch.equal(model.state_dict()["fc.weight"], ckpt["ema"]["fc.weight"])
+    assert torch.equal(model.state_dict()["fc.weight"], ckpt.ema["fc.weight"])
     config = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     assert config["mixup"] == 0.2 and config["ema"] is True
 
@@ -85,5 +86,5 @@ def test_folder_class_names_and_accumulation(tmp_path, jpeg_folder):
         tmp_path, "acc", arch="resnet20", data="folder", data_dir=str(jpeg_folder), batch_size=16, accum_steps=2
     )
     ckpt = load_checkpoint(result.run_dir / "best.pt")
-    assert ckpt["class_names"] == sorted(DIGIT_NAMES[:4])
-    assert ckpt["step"] == 3  # 48 images / 16 per step
+    assert ckpt.class_names == sorted(DIGIT_NAMES[:4])
+    assert ckpt.step == 3  # 48 images / 16 per step
