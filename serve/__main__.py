@@ -1,4 +1,5 @@
-"""`python -m serve {package,start,stop,status,token}`: model archives and the TorchServe process.
+"""`python -m serve {package,start,stop,status,token,manifests}`: model archives, the TorchServe process
+and its Kubernetes manifests.
 
 Exit codes: 0 success; 1 a clear error (message on stderr); for `status`, 3 when no server is running
 and 1 when it runs but a model has no ready worker.
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from export.manifest import FORMATS
 
+from .kubernetes import ManifestError, ManifestOptions, generate
 from .package import PackageError, PackageOptions, package
 from .server import ServerError, ServerSettings, read_state, run_in_foreground, start, status, stop
 
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (PackageError, ServerError) as e:
+    except (PackageError, ServerError, ManifestError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
@@ -172,8 +174,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="stay in the foreground with TorchServe's log on stdout until SIGTERM/Ctrl-C, then stop it "
         "(containers); exit 1 if TorchServe dies by itself",
     )
+    p.add_argument(
+        "--in-cluster",
+        action="store_true",
+        help="Kubernetes replicas behind one Service (what `python -m serve manifests` runs): --foreground, "
+        "token authorization off (TorchServe's keys are per process, so no key works across replicas) with "
+        "--allow-no-auth-on-network, metrics on --host for Prometheus, management on 127.0.0.1. The "
+        "generated NetworkPolicy admits only the ingress controller, which authenticates",
+    )
     add_run_dir(p)
     p.set_defaults(run=run_start)
+
+    manifest_defaults = ManifestOptions(model_store=Path("model_store"), models=[], image="", out=Path())
+    p = commands.add_parser(
+        "manifests",
+        help="write a kustomize folder: N replicas of the serving image behind one Service",
+        description="Write a kustomize folder (kubectl apply -k OUT): Deployment (in-cluster `serve start`, sized "
+        "from each archive's workers x threads), Service, HorizontalPodAutoscaler, PodDisruptionBudget, "
+        "NetworkPolicy and an Ingress with TLS and basic auth. Inside the pods TorchServe runs without keys; "
+        "the NetworkPolicy admits only the ingress controller, and the Ingress authenticates.",
+    )
+    p.add_argument("--model-store", type=Path, default=Path("model_store"),
+                   help="directory of the .mar files the image serves (default: %(default)s)")  # fmt: skip
+    p.add_argument("--models", nargs="+", required=True, metavar="NAME", help="models to serve: <model-store>/NAME.mar")
+    p.add_argument("--image", required=True, help="the serving image, as the cluster pulls it (registry/name:tag)")
+    p.add_argument("--out", type=Path, required=True, help="folder to write (replaced if this command wrote it)")
+    p.add_argument("--replicas", type=int, default=manifest_defaults.replicas,
+                   help="replicas, and the autoscaler's minimum (default: %(default)s)")  # fmt: skip
+    p.add_argument("--max-replicas", type=int, help="the autoscaler's maximum (default: 3 x --replicas)")
+    p.add_argument("--threads-per-worker", type=int, default=manifest_defaults.threads_per_worker,
+                   help="CPU per worker for archives that do not pin the handler's threads (default: %(default)s)")  # fmt: skip
+    p.add_argument("--name", default=manifest_defaults.name, help="object names and labels (default: %(default)s)")
+    p.add_argument("--host", default=manifest_defaults.host, help="the Ingress host name (default: %(default)s)")
+    p.add_argument("--ingress-namespace", default=manifest_defaults.ingress_namespace,
+                   help="the ingress controller's namespace, the only one admitted to inference (default: %(default)s)")  # fmt: skip
+    p.add_argument("--monitoring-namespace", default=manifest_defaults.monitoring_namespace,
+                   help="Prometheus's namespace, the only one admitted to metrics (default: %(default)s)")  # fmt: skip
+    p.add_argument("--store-claim", metavar="PVC",
+                   help="mount the .mar files from this PersistentVolumeClaim (read-only) instead of the image's")  # fmt: skip
+    p.add_argument("--kserve", action="store_true",
+                   help="also write kserve/: the storage layout and InferenceServices (TorchServe runtime, and this "
+                   "image as a custom predictor)")  # fmt: skip
+    p.add_argument("--storage-uri", default=manifest_defaults.storage_uri,
+                   help="with --kserve: where kserve/storage/ is uploaded (default: %(default)s)")  # fmt: skip
+    p.set_defaults(run=run_manifests)
 
     p = commands.add_parser("stop", help="stop the server started from --run-dir")
     add_run_dir(p)
@@ -220,13 +264,15 @@ def run_package(args) -> int:
 
 
 def run_start(args) -> int:
+    if args.in_cluster:
+        args.token_auth, args.allow_no_auth_on_network, args.foreground = False, True, True
     settings = ServerSettings(
         model_store=args.model_store, models=args.models, run_dir=args.run_dir, host=args.host, port=args.port,
         management_port=args.management_port, metrics_port=args.metrics_port,
         grpc_inference_port=args.grpc_ports[0], grpc_management_port=args.grpc_ports[1],
         token_auth=args.token_auth, token_expiration_min=args.token_expiration_min, startup_timeout_s=args.timeout,
         log_to_console=args.foreground, allow_no_auth_on_network=args.allow_no_auth_on_network,
-        frontend_heap=args.frontend_heap,
+        frontend_heap=args.frontend_heap, metrics_host=args.host if args.in_cluster else "127.0.0.1",
     )  # fmt: skip
     info = start(settings)
     auth = "token required" if info.token_auth else "NO token authorization"
@@ -251,6 +297,21 @@ def run_start(args) -> int:
             print(f"error: TorchServe exited by itself; logs in {Path(info.run_dir) / 'logs'}", file=sys.stderr)
         return exit_code
     print(f"stop it:      python -m serve stop --run-dir {args.run_dir}")
+    return 0
+
+
+def run_manifests(args) -> int:
+    options = ManifestOptions(
+        model_store=args.model_store, models=args.models, image=args.image, out=args.out, replicas=args.replicas,
+        max_replicas=args.max_replicas, threads_per_worker=args.threads_per_worker, name=args.name, host=args.host,
+        ingress_namespace=args.ingress_namespace, monitoring_namespace=args.monitoring_namespace,
+        store_claim=args.store_claim, kserve=args.kserve, storage_uri=args.storage_uri,
+    )  # fmt: skip
+    files = generate(options)
+    print(f"wrote {len(files)} files to {args.out}: " + ", ".join(str(f.relative_to(args.out)) for f in files
+                                                                   if f.parent.name != "model-store"))  # fmt: skip
+    print(f"apply: kubectl apply -k {args.out}   (create the {options.auth_secret} and {options.tls_secret} "
+          "secrets first; README, 'Running on Kubernetes')")  # fmt: skip
     return 0
 
 

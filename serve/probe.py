@@ -1,0 +1,71 @@
+"""`python -m serve.probe --port 8080 --model NAME...`: exit 0 when every model answers a real image.
+
+The readiness probe of the Kubernetes manifests (an exec probe in the serving container). TorchServe's
+`/ping` says "Healthy" while a model has no working worker (a hung worker, or none left), so only a
+prediction proves that a replica can take traffic. It asks the inference API on the pod's loopback
+interface, which the in-cluster mode serves without a key, with a tiny gray PNG made here: the
+standard library only, so each probe costs an interpreter start and no torch, Pillow or requests.
+
+Exit status: 0 every model answered 200 with a JSON object of class -> probability; 1 otherwise (the
+reason on stderr, which the kubelet records in the pod's events).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import sys
+import urllib.error
+import urllib.request
+import zlib
+
+
+def gray_png(size: int = 32) -> bytes:
+    """A valid size x size 8-bit gray PNG."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", size, size, 8, 0, 0, 0, 0)
+    rows = b"".join(b"\0" + b"\x80" * size for _ in range(size))  # filter byte 0, then mid-gray pixels
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def model_answers(url: str, model: str, timeout_s: float) -> str | None:
+    """None when `model` answered a prediction at `url`, else why not."""
+    request = urllib.request.Request(f"{url}/predictions/{model}", data=gray_png(), method="PUT",
+                                     headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            body = response.read()
+    except urllib.error.HTTPError as e:
+        return f"{model}: HTTP {e.code} {e.read()[:200].decode(errors='replace')}"
+    except (urllib.error.URLError, OSError) as e:
+        return f"{model}: no answer from {url} ({getattr(e, 'reason', e)})"
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or not answer:
+        return f"{model}: expected a JSON object of class -> probability, got {body[:200]!r}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serve.probe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--port", type=int, default=8080, help="inference API port (default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1", help="inference API address (default: %(default)s)")
+    parser.add_argument("--model", nargs="+", required=True, metavar="NAME", help="models that must answer")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per model (default: %(default)s)")
+    args = parser.parse_args(argv)
+    url = f"http://{args.host}:{args.port}"
+    problems = [p for p in (model_answers(url, name, args.timeout) for name in args.model) if p]
+    for problem in problems:
+        print(f"not ready: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,382 @@
+"""`python -m serve manifests` and `serve start --in-cluster`, checked without a cluster.
+
+Offline: every generated core object validates against the Kubernetes schema of a named version
+(kubernetes-validate), the InferenceServices carry the fields KServe requires, every file loads and the
+kustomization lists exactly the folder's objects; the archive's model-config.yaml is read as untrusted.
+
+A local stand-in for the cluster: two replicas run the Deployment's own command line (only ports and
+paths changed) behind a round-robin TCP proxy playing the Service (kube-proxy balances connections the
+same way and skips endpoints that are gone). The client and a locust run use the one proxy address and
+no key; stopping one replica mid-run fails only the requests it had in flight. The manifests' probes
+run against a replica: readiness passes while the model answers and fails when it does not.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import kubernetes_validate
+import psutil
+import pytest
+import requests
+import yaml
+
+from serve.__main__ import main as serve_main
+from serve.kubernetes import CORE_FILES, MARKER, ManifestError, ManifestOptions, generate, max_request_bytes, read_archive
+from serve.package import package
+from serve.server import free_ports, read_state, stop
+from tests.fixtures.served import SERVED_PACKAGE_OPTIONS
+from train.data import write_digits_folder
+
+KUBERNETES_VERSION = "1.33.0"  # a recent release whose schema kubernetes-validate ships
+REPO = Path(__file__).parents[2]
+IMAGE = "registry.example.com/resnet-deploy:1.0"
+
+
+@pytest.fixture(scope="module")
+def store(digits_export, tmp_path_factory) -> Path:
+    store = tmp_path_factory.mktemp("k8s_store")
+    package(digits_export, store, name="digits", options=SERVED_PACKAGE_OPTIONS)
+    return store
+
+
+@pytest.fixture(scope="module")
+def manifests(store, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("k8s") / "deploy"
+    status = serve_main(["manifests", "--model-store", str(store), "--models", "digits", "--image", IMAGE,
+                         "--out", str(out), "--replicas", "2", "--kserve"])  # fmt: skip
+    assert status == 0
+    return out
+
+
+def load(path: Path) -> dict:
+    (document,) = list(yaml.safe_load_all(path.read_text()))
+    return document
+
+
+def container(manifests: Path) -> dict:
+    (c,) = load(manifests / "deployment.yaml")["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def test_core_objects_validate_and_the_kustomization_lists_exactly_them(manifests):
+    kustomization = load(manifests / "kustomization.yaml")
+    assert kustomization["kind"] == "Kustomization"
+    top_level = {p.name for p in manifests.glob("*.yaml")} - {"kustomization.yaml"}
+    assert sorted(kustomization["resources"]) == sorted(top_level) == sorted(CORE_FILES)
+    kinds = {}
+    for name in kustomization["resources"]:
+        document = load(manifests / name)
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)  # raises on any unknown field
+        kinds[document["kind"]] = document
+    assert set(kinds) == {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+                          "NetworkPolicy", "Ingress"}  # fmt: skip
+    for path in manifests.rglob("*.yaml"):  # the kserve/ ones too
+        assert list(yaml.safe_load_all(path.read_text())), path
+
+
+def test_deployment_sizing_security_and_probes(manifests):
+    spec = load(manifests / "deployment.yaml")["spec"]
+    c = container(manifests)
+    assert spec["replicas"] == 2 and spec["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert c["image"] == IMAGE and "--in-cluster" in c["command"]
+    # SERVED_PACKAGE_OPTIONS: 1 worker; threads not pinned -> 1 per worker
+    assert c["resources"]["requests"]["cpu"] == c["resources"]["limits"]["cpu"] == "1"
+    assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["runAsNonRoot"]
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    scratch = {m["mountPath"] for m in c["volumeMounts"]}
+    run_dir = c["command"][c["command"].index("--run-dir") + 1]
+    assert any(run_dir.startswith(m) for m in scratch), "the run dir must be on a writable volume"
+    assert spec["template"]["spec"]["terminationGracePeriodSeconds"] > SERVED_PACKAGE_OPTIONS.response_timeout_s
+    assert c["readinessProbe"]["exec"]["command"][:3] == ["python", "-m", "serve.probe"]
+    assert c["livenessProbe"]["httpGet"]["path"] == c["startupProbe"]["httpGet"]["path"] == "/ping"
+    service = load(manifests / "service.yaml")
+    assert [p["name"] for p in service["spec"]["ports"]] == ["http"]  # inference only
+
+
+def test_network_policy_ingress_and_hpa(manifests):
+    rules = load(manifests / "networkpolicy.yaml")["spec"]["ingress"]
+    admitted = {(r["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], r["ports"][0]["port"])
+                for r in rules}  # fmt: skip
+    assert admitted == {("ingress-nginx", 8080), ("monitoring", 8082)}
+    ingress = load(manifests / "ingress.yaml")
+    notes = ingress["metadata"]["annotations"]
+    body_mb = int(re.fullmatch(r"(\d+)m", notes["nginx.ingress.kubernetes.io/proxy-body-size"]).group(1))
+    assert body_mb * 2**20 == max_request_bytes()  # the server's limit, in nginx's units
+    assert notes["nginx.ingress.kubernetes.io/auth-type"] == "basic" and ingress["spec"]["tls"]
+    hpa = load(manifests / "hpa.yaml")["spec"]
+    assert hpa["metrics"][0]["resource"]["name"] == "cpu" and hpa["minReplicas"] == 2
+
+
+def test_kserve_layout_and_inference_services(manifests, store):
+    storage = manifests / "kserve" / "storage"
+    assert (storage / "model-store" / "digits.mar").read_bytes() == (store / "digits.mar").read_bytes()
+    properties = dict(line.split("=", 1) for line in (storage / "config" / "config.properties").read_text().splitlines()
+                      if line and not line.startswith("#"))  # fmt: skip
+    assert properties["disable_token_authorization"] == "true"
+    assert properties["model_store"] == "/mnt/models/model-store"
+    assert json.loads(properties["model_snapshot"])["models"]["digits"]["1.0"]["marName"] == "digits.mar"
+    runtime = load(manifests / "kserve" / "inferenceservice-torchserve.yaml")
+    assert runtime["apiVersion"] == "serving.kserve.io/v1beta1" and runtime["kind"] == "InferenceService"
+    model = runtime["spec"]["predictor"]["model"]
+    assert model["modelFormat"]["name"] == "pytorch" and model["protocolVersion"] in ("v1", "v2")
+    assert model["storageUri"] and model["runtime"] == "kserve-torchserve"
+    custom = load(manifests / "kserve" / "inferenceservice.yaml")
+    (predictor,) = custom["spec"]["predictor"]["containers"]
+    assert predictor["image"] == IMAGE and predictor["command"] == container(manifests)["command"]
+
+
+def fake_archive(path: Path, config: str, manifest: dict | None = None) -> Path:
+    manifest = manifest if manifest is not None else {"model": {"modelName": path.stem, "configFile": "model-config.yaml"}}
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("MAR-INF/MANIFEST.json", json.dumps(manifest))
+        archive.writestr("model-config.yaml", config)
+        archive.writestr("model.onnx", b"\0" * 1000)
+    return path
+
+
+def test_archive_metadata_is_read_as_untrusted(tmp_path):
+    good = read_archive(fake_archive(tmp_path / "pinned.mar", "maxWorkers: 3\nhandler: {threads: 2}\n"))
+    assert (good.workers, good.threads, good.model_bytes) == (3, 2, 1000)
+    bad = {
+        "many.mar": "maxWorkers: many\n",
+        "negative.mar": "maxWorkers: -1\n",
+        "python.mar": "maxWorkers: !!python/object/apply:os.system ['true']\n",
+        "list.mar": "- 1\n",
+        "threads.mar": "handler: {threads: true}\n",
+    }
+    for name, config in bad.items():
+        with pytest.raises(ManifestError, match=name):
+            read_archive(fake_archive(tmp_path / name, config))
+    with pytest.raises(ManifestError, match="names no model-config"):
+        read_archive(fake_archive(tmp_path / "noconfig.mar", "", manifest={"model": {}}))
+    (tmp_path / "text.mar").write_text("not a zip")
+    with pytest.raises(ManifestError, match="not a readable model archive"):
+        read_archive(tmp_path / "text.mar")
+    # workers x pinned threads sizes the pod
+    out = tmp_path / "out"
+    generate(ManifestOptions(model_store=tmp_path, models=["pinned"], image=IMAGE, out=out))
+    assert container(out)["resources"]["limits"]["cpu"] == "6"
+
+
+def test_out_folder_is_replaced_only_when_ours(tmp_path):
+    fake_archive(tmp_path / "m.mar", "maxWorkers: 1\n")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    with pytest.raises(ManifestError, match="holds other files"):
+        generate(ManifestOptions(model_store=tmp_path, models=["m"], image=IMAGE, out=foreign))
+    assert (foreign / "keep.txt").read_text() == "mine"
+    ours = tmp_path / "ours"
+    generate(ManifestOptions(model_store=tmp_path, models=["m"], image=IMAGE, out=ours, kserve=True))
+    generate(ManifestOptions(model_store=tmp_path, models=["m"], image=IMAGE, out=ours))
+    assert (ours / MARKER).is_file() and not (ours / "kserve").exists()
+    with pytest.raises(ManifestError, match="nope.mar not found"):
+        generate(ManifestOptions(model_store=tmp_path, models=["nope"], image=IMAGE, out=tmp_path / "x"))
+
+
+# --- the local stand-in for the cluster -------------------------------------------------------------
+
+
+class RoundRobinProxy:
+    """A TCP load balancer like a Service's kube-proxy: each new connection goes to the next endpoint
+    that accepts it; bytes are copied both ways until either side closes."""
+
+    def __init__(self, backends: list[int]):
+        self.backends = list(backends)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.turn = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.connect, args=(client,), daemon=True).start()
+
+    def connect(self, client: socket.socket) -> None:
+        with self.lock:
+            order = self.backends[self.turn :] + self.backends[: self.turn]
+            self.turn = (self.turn + 1) % len(self.backends)
+        for port in order:
+            try:
+                upstream = socket.create_connection(("127.0.0.1", port))
+                break
+            except OSError:
+                continue
+        else:
+            client.close()
+            return
+        threading.Thread(target=self.pipe, args=(upstream, client), daemon=True).start()
+        self.pipe(client, upstream)
+
+    @staticmethod
+    def pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+class Replica:
+    """The Deployment's container command, run here: only its ports, model store and run dir differ."""
+
+    def __init__(self, command: list[str], store: Path, run_dir: Path):
+        self.port, self.metrics_port, management, grpc_inference, grpc_management = free_ports(5)
+        self.run_dir = run_dir
+        local = ["--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port),
+                 "--management-port", str(management), "--grpc-ports", str(grpc_inference), str(grpc_management),
+                 "--model-store", str(store), "--run-dir", str(run_dir)]  # fmt: skip
+        assert command[:3] == ["python", "-m", "serve"]
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+        self.log = open(run_dir.parent / f"{run_dir.name}.out", "wb")
+        self.process = subprocess.Popen([sys.executable, *command[1:], *local], cwd=REPO, env=env,
+                                        stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip
+
+    def probe_command(self, readiness: list[str]) -> list[str]:
+        command = [sys.executable, *readiness[1:]]
+        command[command.index("--port") + 1] = str(self.port)
+        return command
+
+    def ready(self, readiness: list[str]) -> bool:
+        return subprocess.run(self.probe_command(readiness), cwd=REPO, capture_output=True, timeout=60).returncode == 0
+
+    def requests_served(self) -> float:
+        text = requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).text
+        return sum(float(m) for m in re.findall(r'^ts_inference_requests_total\{model_name="digits".*\} (\S+)$',
+                                                   text, re.MULTILINE))  # fmt: skip
+
+    def terminate(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # what the kubelet sends
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        stop(self.run_dir)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(manifests, store, tmp_path_factory):
+    command = container(manifests)["command"]
+    readiness = container(manifests)["readinessProbe"]["exec"]["command"]
+    root = tmp_path_factory.mktemp("pods")
+    replicas = [Replica(command, store, root / name) for name in ("a", "b")]
+    try:
+        deadline = time.monotonic() + 240
+        for replica in replicas:
+            while not replica.ready(readiness):
+                assert replica.process.poll() is None, (replica.run_dir.parent / f"{replica.run_dir.name}.out").read_text()
+                assert time.monotonic() < deadline, "replica not ready in 240 s"
+                time.sleep(1)
+        proxy = RoundRobinProxy([r.port for r in replicas])
+        yield replicas, proxy, readiness
+        proxy.close()
+    finally:
+        for replica in replicas:
+            replica.terminate()
+
+
+@pytest.fixture(scope="module")
+def digit_folder(tmp_path_factory) -> Path:
+    return write_digits_folder(tmp_path_factory.mktemp("k8s_digits"), split="val", limit_per_class=2)
+
+
+def test_in_cluster_replicas_need_no_key_and_expose_metrics_not_management(cluster):
+    replicas, _, _ = cluster
+    info = read_state(replicas[0].run_dir.resolve())
+    assert info is not None and not info.token_auth and not info.key_file.exists()
+    config = (replicas[0].run_dir / "config.properties").read_text()
+    assert "management_address=http://127.0.0.1:" in config
+    assert f"metrics_address=http://127.0.0.1:{replicas[0].metrics_port}" in config  # --host's address
+    assert requests.get(f"http://127.0.0.1:{replicas[0].port}/ping", timeout=10).status_code == 200  # no key
+
+
+def run_loadtest(proxy: RoundRobinProxy, images: Path, out: Path, duration: str, users: int = 4, **popen):
+    command = [sys.executable, "-m", "client", "loadtest", "--host", f"http://127.0.0.1:{proxy.port}",
+               "--model", "digits", "--users", str(users), "--duration", duration, "--images", str(images),
+               "--method", "PUT", "--output-root", str(out), "--max-failure-ratio", "1"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "TORCHSERVE_TOKEN"}  # one configuration, no key
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+
+
+def summary_of(out: Path) -> dict:
+    (run,) = out.iterdir()
+    return json.loads((run / "summary.json").read_text())
+
+
+def test_client_and_locust_spread_over_both_replicas(cluster, digit_folder, tmp_path):
+    replicas, proxy, _ = cluster
+    before = [r.requests_served() for r in replicas]
+    env = {k: v for k, v in os.environ.items() if k != "TORCHSERVE_TOKEN"}
+    result = subprocess.run([sys.executable, "-m", "client", str(digit_folder), "--url", f"http://127.0.0.1:{proxy.port}",
+                             "--model", "digits", "--json", "--concurrency", "4"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    process = run_loadtest(proxy, digit_folder, tmp_path, "4s")
+    output = process.communicate(timeout=180)[0].decode()
+    assert process.returncode == 0, output
+    summary = summary_of(tmp_path)
+    assert summary["failures"] == 0 and summary["requests"] > 0
+    served = [r.requests_served() - b for r, b in zip(replicas, before)]
+    assert all(n > 0 for n in served), f"requests per replica: {served}"
+
+
+def test_probes_follow_whether_the_model_answers(cluster):
+    replicas, _, readiness = cluster
+    replica = replicas[0]
+    assert replica.ready(readiness)
+    java = psutil.Process(read_state(replica.run_dir.resolve()).pid)
+    (worker,) = [p for p in java.children(recursive=True) if "model_service_worker" in " ".join(p.cmdline())]
+    worker.suspend()  # a hung worker: TorchServe's /ping still says Healthy, no prediction comes back
+    try:
+        assert requests.get(f"http://127.0.0.1:{replica.port}/ping", timeout=10).status_code == 200
+        assert not replica.ready(readiness)
+    finally:
+        worker.resume()
+    deadline = time.monotonic() + 60
+    while not replica.ready(readiness):
+        assert time.monotonic() < deadline
+        time.sleep(1)
+
+
+def test_stopping_one_replica_fails_only_its_in_flight_requests(cluster, digit_folder, tmp_path):
+    replicas, proxy, readiness = cluster
+    users = 4
+    process = run_loadtest(proxy, digit_folder, tmp_path, "10s", users=users)
+    time.sleep(4)
+    survivor_at_stop = replicas[0].requests_served()
+    replicas[1].terminate()  # SIGTERM, as when the pod is deleted
+    assert not replicas[1].ready(readiness)
+    output = process.communicate(timeout=180)[0].decode()
+    summary = summary_of(tmp_path)
+    # At most one failed request per connection the stopped replica held (a user's request in flight there).
+    assert summary["failures"] <= users, output
+    assert replicas[0].requests_served() > survivor_at_stop, "the run went on, on the other replica"
+    assert summary["requests"] > 4 * summary["failures"], output
