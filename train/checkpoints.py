@@ -9,7 +9,6 @@ within the epoch, and every rank's RNG states.
 from __future__ import annotations
 
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,60 @@ import numpy as np
 import torch
 
 from models import Checkpoint, CheckpointError, load_checkpoint
+from models.osutil import (
+    MARKER_NAME,
+    NotOwnedError,
+    first_line,
+    is_owned,
+    mark_owned,
+    remove_owned_tree,
+    sweep_stale_temporaries,
+)
+
+
+RUN_KIND = "run"  # the marker kind of a run directory (models.osutil.mark_owned)
+
 
 class RunDirError(RuntimeError):
-    """The run directory exists and the command did not say to resume or overwrite it."""
+    """The run directory cannot be used as asked (it holds a run, is not ours, or --resume would rewrite it)."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (disk full, file size limit, permissions); the previous one is intact."""
+
+
+def check_run_name(name: str) -> str:
+    """A run name is one plain folder name inside --out: never `..`, an absolute path or a nested path."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or name.startswith("~"):
+        raise RunDirError(
+            f"--name {name!r}: a run name is one folder name inside --out (letters, digits, '-', '_', '.'), "
+            "not a path; use --out to choose where runs go"
+        )
+    return name
 
 
 def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Create `run_dir`; refuse to clobber a previous run unless told to (rank 0 only)."""
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+    """Create and mark `run_dir`; refuse to clobber a previous run unless told to (rank 0 only).
+
+    Our own temporaries left by a killed writer are swept first, so they never make a directory
+    look in use; `--overwrite` deletes only a folder carrying the run marker, never through a symlink.
+    """
+    if run_dir.is_symlink():
+        raise RunDirError(f"{run_dir} is a symlink; a run directory must be a real folder (choose another --name or --out)")
+    sweep_stale_temporaries(run_dir)
+    if run_dir.exists() and not resume and any(p.name != MARKER_NAME for p in run_dir.iterdir()):
         if not overwrite:
             raise RunDirError(
                 f"{run_dir} already holds a run; pass --resume auto to continue it, --overwrite to start "
                 "over, or another --name"
             )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            remove_owned_tree(run_dir, RUN_KIND)
+        except NotOwnedError as e:
+            raise RunDirError(f"--overwrite: {e}") from None
+    if resume and run_dir.is_dir() and not is_owned(run_dir, RUN_KIND):
+        return  # a run from before markers existed: continue it, but do not claim it for --overwrite
+    mark_owned(run_dir, RUN_KIND)
 
 
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
@@ -49,6 +87,22 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
     return path
 
 
+def continues_its_run(path: Path) -> bool:
+    """True when `path` is a run's own newest checkpoint: `last.pt` in a folder marked as a run."""
+    return path.name == "last.pt" and not path.is_symlink() and is_owned(path.parent, RUN_KIND)
+
+
+def fork_refusal(path: Path) -> RunDirError:
+    why = (
+        f"{path} is not a run's newest last.pt" if path.name != "last.pt"
+        else f"{path.parent} is not a run directory made by `python -m train`"
+    )
+    return RunDirError(
+        f"--resume {path}: {why}; continuing in its folder would rewrite that run's history. To start a new run "
+        f"from it, fork: add --name NEW_NAME (the new run goes to OUT/NEW_NAME and records forked_from)"
+    )
+
+
 def load_resume_checkpoint(path: Path) -> Checkpoint:
     ckpt = load_checkpoint(path)
     if not ckpt.resumable:
@@ -56,6 +110,18 @@ def load_resume_checkpoint(path: Path) -> Checkpoint:
             f"{path}: cannot resume from it, it has no optimizer, scheduler or config (was it written by train?)"
         )
     return ckpt
+
+
+def save_checkpoint_file(ckpt: Checkpoint, path: Path) -> None:
+    """`ckpt.save(path)` (atomic); a failed write raises CheckpointSaveError naming the intact previous file."""
+    try:
+        ckpt.save(path)
+    except OSError as e:
+        kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
+        raise CheckpointSaveError(
+            f"could not write {path}: {e.strerror or first_line(e)} (errno {e.errno}); {kept}. Free disk space "
+            f"(or raise the file size limit) and continue with --resume {path.parent / 'last.pt'}"
+        ) from e
 
 
 def rng_state() -> dict[str, Any]:

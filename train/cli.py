@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 from models import CheckpointError
 
-from .checkpoints import RunDirError
+from .checkpoints import CheckpointSaveError, RunDirError
 from .config import CHOICES, DEFAULTS, ConfigError, list_recipes
 from .data import DATA_KINDS, DataError
 
@@ -23,6 +23,7 @@ examples:
   python -m train --arch resnet18 --data folder --data-dir my_photos --val-split 0.2 \\
       --pretrained torchvision:resnet18.IMAGENET1K_V1 --recipe finetune
   python -m train --resume runs/resnet20-digits/last.pt
+  python -m train --resume runs/resnet20-digits/best.pt --name resnet20-digits-from-best   # a fork
   python -m train --predict cat.jpg dog.png --checkpoint runs/resnet20-digits/best.pt
 """
 
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--data", f"dataset kind: {', '.join(DATA_KINDS)}", choices=DATA_KINDS)
     _flag(g, "--data-dir", "dataset root (imagenet/folder: train/ and val/ class folders; cifar: the folder holding cifar-10-batches-py/)")
     _flag(g, "--val-split", "folder data without val/: hold out this fraction of each class for validation", type=float)
+    _flag(g, "--max-unreadable-images", "folder data: training images that fail to decode are skipped and "
+          "reported at the end of each epoch; more than this many in one epoch stops the run", type=int)
     _flag(g, "--num-classes", "classes of synthetic data (other kinds count their class folders)", type=int)
     _flag(g, "--synthetic-size", "training images of synthetic data", type=int)
     _flag(g, "--out", "directory holding the runs")
@@ -120,8 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--deterministic", "deterministic algorithms (slower)")
 
     g = p.add_argument_group("checkpoints and logs")
-    _flag(g, "--resume", "continue from a checkpoint path, a run directory, or 'auto' (OUT/NAME/last.pt when it exists)")
-    _flag(g, "--overwrite", "replace an existing run directory")
+    _flag(g, "--resume", "continue a run from its own last.pt (a path, its run directory, or 'auto' for "
+          "OUT/NAME/last.pt when it exists); from any other checkpoint (best.pt, a copy) add --name NEW to fork a "
+          "new run from it (recorded as forked_from). batch-size and accum-steps cannot change on resume; a run "
+          "stopped mid-epoch resumes with its own number of processes")
+    _flag(g, "--overwrite", "replace an existing run directory (only one made by `python -m train`)")
     _flag(g, "--log-every", "steps between progress updates", type=int)
     _flag(g, "--tensorboard", "write TensorBoard event files")
     _flag(g, "--plots", "write curves.png every epoch")
@@ -161,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         config = build_config(options, recipe)
         result = run(config)
-    except (ConfigError, DataError, CheckpointError, RunDirError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, DataError, CheckpointError, CheckpointSaveError, RunDirError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, (ConfigError, RunDirError)) else EXIT_ERROR
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, without the checkpoint the first one asked for

@@ -22,6 +22,7 @@ DEFAULTS: dict[str, Any] = {
     "data": None,
     "data_dir": None,
     "val_split": None,
+    "max_unreadable_images": 100,  # training images that fail to decode, skipped per epoch before the run stops
     "num_classes": None,  # synthetic data only; other kinds count their classes
     "synthetic_size": 1024,
     "out": "runs",
@@ -100,7 +101,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Keys a resumed run may change (more epochs, other loader settings); the rest come from the checkpoint.
 RESUMABLE_OVERRIDES = (
     "epochs", "workers", "log_every", "tensorboard", "plots", "log_internals", "val_batch_size", "device",
+    "max_unreadable_images",
 )  # fmt: skip
+
+# Keys a resume may not change: they fix the batches and the per-step LR schedule in the checkpoint.
+TOPOLOGY_KEYS = ("batch_size", "accum_steps")
 
 
 class ConfigError(ValueError):

@@ -22,17 +22,22 @@ from torchvision.transforms import v2
 
 from models import Checkpoint, PreprocessSpec, create_model, load_pretrained
 from models.checkpoint import load_state_dict_strict
+from models.osutil import sha256_file
 
 from . import data as datamod
 from .checkpoints import (
+    check_run_name,
+    continues_its_run,
+    fork_refusal,
     load_resume_checkpoint,
     prepare_run_dir,
     resolve_resume,
     rng_state,
+    save_checkpoint_file,
     seed_everything,
     set_rng_state,
 )
-from .config import RESUMABLE_OVERRIDES, ConfigError, arch_kwargs, resolve_config, validate, write_config
+from .config import RESUMABLE_OVERRIDES, TOPOLOGY_KEYS, ConfigError, arch_kwargs, resolve_config, validate, write_config
 from .distributed import (
     DistInfo,
     all_gather_objects,
@@ -61,33 +66,68 @@ class RunResult:
 
 
 def run_dir_of(config: dict[str, Any]) -> Path:
-    return Path(config["out"]) / (config.get("name") or f"{config['arch']}-{config['data']}")
+    return Path(config["out"]) / check_run_name(config.get("name") or f"{config['arch']}-{config['data']}")
 
 
 def build_config(overrides: dict[str, Any], recipe: str | None = None) -> dict[str, Any]:
-    """The run's config. With `--resume`, the checkpoint's config plus the flags given now."""
+    """The run's config. With `--resume`, the checkpoint's config plus the flags given now.
+
+    Resuming continues a run only from its own newest `last.pt`; from any other checkpoint (best.pt,
+    a copy in /tmp) it forks a new run directory (`--name NEW`), or is refused: history is never rewritten.
+    """
     resume = overrides.get("resume")
     if resume and resume != "auto":
         path = resolve_resume(resume, Path("."))
-        return _resumed_config(path, overrides)
+        ckpt = load_resume_checkpoint(path)
+        config = _resumed_config(path, ckpt, overrides)
+        if continues_its_run(path) and run_dir_of(config).resolve() == path.parent.resolve():
+            return config
+        if "name" not in overrides:
+            raise fork_refusal(path)
+        config["forked_from"] = {"path": str(path.resolve()), "sha256": sha256_file(path),
+                                 "epoch": ckpt.epoch, "step": ckpt.step}  # fmt: skip
+        return config
     config = resolve_config(overrides, recipe)
     if resume == "auto":
         path = resolve_resume("auto", run_dir_of(config))
         if path is not None:
-            return _resumed_config(path, overrides)
+            return _resumed_config(path, load_resume_checkpoint(path), overrides)
     return config
 
 
-def _resumed_config(path: Path, overrides: dict[str, Any]) -> dict[str, Any]:
-    ckpt = load_resume_checkpoint(path)
+def _resumed_config(path: Path, ckpt: Checkpoint, overrides: dict[str, Any]) -> dict[str, Any]:
     config = dict(ckpt.config)
-    changed = sorted(k for k, v in overrides.items() if k not in RESUMABLE_OVERRIDES + ("resume",) and config.get(k) != v)
+    config.pop("forked_from", None)  # set again below when this is a fork of a fork
+    fixed = [k for k in TOPOLOGY_KEYS if k in overrides and int(overrides[k]) != int(config.get(k) or 1)]
+    if fixed:
+        raise ConfigError(
+            f"--resume {path}: {', '.join(f'{k} {config.get(k)} -> {overrides[k]}' for k in fixed)} would change "
+            "the batches and the LR schedule the checkpoint was made with; resume with the same values, or start "
+            "a new run (--pretrained with the checkpoint) to train with others"
+        )
+    ignored = RESUMABLE_OVERRIDES + ("resume", "name", "out", "overwrite")
+    changed = sorted(k for k, v in overrides.items() if k not in ignored and config.get(k) != v)
     if changed:
         print(f"warning: resuming with changed {changed}; the run will not match an uninterrupted one", file=sys.stderr)
     config.update(overrides)
-    config.update(resume=str(path), out=str(path.parent.parent), name=path.parent.name)
+    config.update(resume=str(path))
+    config.setdefault("out", str(path.parent.parent))
+    if "out" not in overrides and "name" not in overrides:  # continuing in the checkpoint's own folder
+        config.update(out=str(path.parent.parent), name=path.parent.name)
     validate(config)
     return config
+
+
+def check_topology(ckpt: Checkpoint, path: Path, world_size: int) -> None:
+    """A run stopped mid-epoch resumes only with its process count: each process's place in the epoch's
+    shuffled order depends on it, so another count would repeat or skip samples. At an epoch boundary
+    any count continues exactly (the next epoch is a fresh shuffle); only the RNG states are not restored."""
+    saved = len(ckpt.rng)
+    if ckpt.steps_into_epoch and saved and saved != world_size:
+        raise ConfigError(
+            f"--resume {path}: stopped mid-epoch (step {ckpt.steps_into_epoch} of epoch {ckpt.epoch + 1}) with "
+            f"{saved} process(es); resume it with {saved} (torchrun --nproc_per_node {saved}), not {world_size}"
+        )
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -164,8 +204,12 @@ class _Run:
         self.run_dir = run_dir_of(config)
         resume_path = resolve_resume(config.get("resume"), self.run_dir)
         self.resume = load_resume_checkpoint(resume_path) if resume_path else None
+        # Continuing: the run's own last.pt. A fork (config["forked_from"]) starts a fresh run directory.
+        continuing = resume_path is not None and resume_path.resolve() == (self.run_dir / "last.pt").resolve()
+        if self.resume is not None:
+            check_topology(self.resume, resume_path, dist_info.world_size)
         if dist_info.is_main:
-            prepare_run_dir(self.run_dir, resume=self.resume is not None, overwrite=bool(config.get("overwrite")))
+            prepare_run_dir(self.run_dir, resume=continuing, overwrite=bool(config.get("overwrite")))
         barrier()
         self._setup_determinism()
         self._setup_model_and_data()
@@ -410,7 +454,7 @@ class _Run:
             rng=rng,
             versions={"torch": str(torch.__version__)},
         )
-        ckpt.save(self.run_dir / file_name)
+        save_checkpoint_file(ckpt, self.run_dir / file_name)
 
     def _result(self, started: float, interrupted_by: int | None = None) -> RunResult:
         return RunResult(
