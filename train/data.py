@@ -16,11 +16,13 @@ import pickle
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+from PIL import Image
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler, Subset
+from torch.utils.data import default_collate
 from torchvision import datasets
 from torchvision.transforms import v2
 
@@ -190,15 +192,62 @@ def read_cifar(kind: str, data_dir: str | Path, train: bool) -> tuple[torch.Tens
             labels.extend(int(v) for v in entry[label_key])
         except (KeyError, ValueError) as e:
             raise DataError(f"{folder / name}: not a {kind} batch ({e!r}); expected 'data' Nx3072 and {label_key!r}")
-    class_names = [str(n) for n in _unpickle(folder / meta_file)[names_key]]
+    meta = _unpickle(folder / meta_file)
+    if names_key not in meta:
+        raise DataError(f"{folder / meta_file}: not a {kind} meta file (no {names_key!r})")
+    class_names = [str(n) for n in meta[names_key]]
     return torch.from_numpy(np.concatenate(arrays)), labels, class_names
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR batches hold: dicts, lists, strings, numbers and numpy arrays.
+
+    Plain `pickle.load` would run any callable a file names (a crafted batch next to a downloaded
+    checkpoint would run code during export); here every global outside this list is refused.
+    """
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),  # the official files (numpy 1.x pickles)
+        ("numpy._core.multiarray", "_reconstruct"),  # files pickled by numpy 2.x
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("_codecs", "encode"):  # how protocol 2 stores bytes written by Python 3
+            return _latin1_bytes
+        if (module, name) in self.ALLOWED:
+            return _plain_dtype if name == "dtype" else super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR batch holds only arrays, lists and strings")
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refused codec {encoding!r}")
+    return text.encode("latin1")
+
+
+def _plain_dtype(spec: Any, *args: Any) -> np.dtype:
+    dtype = np.dtype(spec, *args)
+    if dtype.hasobject:  # object arrays would unpickle arbitrary objects element by element
+        raise pickle.UnpicklingError(f"refused an object array (dtype {dtype})")
+    return dtype
 
 
 def _unpickle(path: Path) -> dict:
     if not path.is_file():
         raise DataError(f"{path}: missing CIFAR file (torchvision's pickled format is expected)")
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            entry = _CifarUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, MemoryError) as e:
+        raise DataError(
+            f"{path}: not a readable CIFAR batch ({type(e).__name__}: {e}); the file is corrupt, truncated or not "
+            "from the python version archive. Replace it with the original file"
+        ) from None
+    if not isinstance(entry, dict):
+        raise DataError(f"{path}: not a CIFAR batch (holds a {type(entry).__name__}, expected a dict)")
+    return entry
 
 
 # --------------------------------------------------------------------------------------------------
@@ -428,6 +477,80 @@ def _loader_options(config: dict[str, Any], in_memory: bool, pin_memory: bool) -
     return options
 
 
+@dataclass(frozen=True)
+class UnreadableImage:
+    """Stands in for a training image that failed to decode; `collate_skipping` drops it from its batch."""
+
+    path: str
+    reason: str
+
+
+class SkipUnreadable(Dataset):
+    """A file-backed training set where an image that cannot be decoded becomes an `UnreadableImage`
+    instead of an exception that would end the epoch (and the run) part-way."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # what PIL raises on bad files
+            return UnreadableImage(_sample_path(self.dataset, index), f"{type(e).__name__}: {e}")
+
+
+def _sample_path(dataset: Dataset, index: int) -> str:
+    if isinstance(dataset, Subset):
+        return _sample_path(dataset.dataset, dataset.indices[index])
+    samples = getattr(dataset, "samples", None)
+    return str(samples[index][0]) if samples is not None else f"image #{index}"
+
+
+def collate_skipping(samples: list[Any]) -> tuple[torch.Tensor | None, torch.Tensor | None, list[UnreadableImage]]:
+    """(images, labels, unreadable): the batch without its unreadable images (None, None when none was read)."""
+    kept = [s for s in samples if not isinstance(s, UnreadableImage)]
+    skipped = [s for s in samples if isinstance(s, UnreadableImage)]
+    if not kept:
+        return None, None, skipped
+    images, labels = default_collate(kept)
+    return images, labels, skipped
+
+
+class UnreadableImages:
+    """Counts the images `collate_skipping` dropped in one epoch; more than `cap` stops the run."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.skipped: list[UnreadableImage] = []
+
+    def batches(self, loader: Iterable) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.skipped = []
+        for batch in loader:
+            if len(batch) == 2:  # in-memory data: nothing to skip
+                yield batch
+                continue
+            images, labels, skipped = batch
+            self.skipped += skipped
+            if len(self.skipped) > self.cap:
+                raise DataError(
+                    f"{len(self.skipped)} training images could not be read this epoch (more than "
+                    f"--max-unreadable-images {self.cap}); the first: {self.skipped[0].path} "
+                    f"({self.skipped[0].reason}). Fix or remove them, or raise the limit"
+                )
+            if images is not None:
+                yield images, labels
+
+    def report(self) -> str | None:
+        if not self.skipped:
+            return None
+        shown = "; ".join(f"{s.path} ({s.reason})" for s in self.skipped[:5])
+        more = f" and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
+        return f"warning: skipped {len(self.skipped)} unreadable training image(s) this epoch: {shown}{more}"
+
+
 def is_in_memory(dataset: Dataset) -> bool:
     base = dataset.dataset if isinstance(dataset, Subset) else dataset
     return isinstance(base, TensorImages)
@@ -447,8 +570,12 @@ def build_train_loader(
     # The loader draws its workers' base seed from its own generator, reseeded every epoch
     # (`start_epoch`), never from the global RNG: a resumed run must not see one draw more or less.
     generator = torch.Generator()
+    in_memory = is_in_memory(dataset)
+    if not in_memory:  # files can be unreadable: skip and count them instead of ending the run
+        dataset = SkipUnreadable(dataset)
     return DataLoader(
-        dataset, batch_sampler=batches, generator=generator, **_loader_options(config, is_in_memory(dataset), pin_memory)
+        dataset, batch_sampler=batches, generator=generator, collate_fn=None if in_memory else collate_skipping,
+        **_loader_options(config, in_memory, pin_memory),
     )
 
 

@@ -354,6 +354,7 @@ class _Run:
         stop = StopRequest()
         stop.install()
         log_every = max(int(cfg.get("log_every") or 10), 1)
+        unreadable = datamod.UnreadableImages(int(cfg.get("max_unreadable_images", 100)))
         started = time.perf_counter()
         try:
             while self.epoch < epochs:
@@ -372,10 +373,12 @@ class _Run:
                     return any_rank(stop.signum is not None, self.device)
 
                 result = train_one_epoch(
-                    self.parts, self.train_loader, set_train_mode=lambda: set_train_mode(self.network, self.frozen_norms),
+                    self.parts, unreadable.batches(self.train_loader), set_train_mode=lambda: set_train_mode(self.network, self.frozen_norms),
                     on_log=on_log, should_stop=should_stop, log_every=log_every,
                 )  # fmt: skip
                 self.step += result.steps
+                if note := unreadable.report():
+                    self.log(note)
                 if result.interrupted:
                     self.steps_into_epoch = skip + result.steps
                     self.save("last.pt")

@@ -41,7 +41,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, cifar_root):
     interrupted = load_checkpoint(last)
     assert interrupted.epoch == 1 and interrupted.step < 30
 
-    resumed = run_train(train_command(tmp_path, "ignored", "--resume", str(last)))
+    resumed = run_train(train_command(tmp_path, "killed", "--resume", str(last)))  # its own run: continued
     assert resumed.returncode == 0, resumed.stderr
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(last)
     assert a.step == b.step == 30
