@@ -31,14 +31,16 @@ RUN apt-get update \
 RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin serve
 
 WORKDIR /opt/resnet-deploy
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY models ./models
 COPY train ./train
 COPY export ./export
 COPY serve ./serve
 COPY client ./client
 COPY benchmarks ./benchmarks
-RUN if [ -n "${EXTRAS}" ]; then pip install --no-cache-dir ".[${EXTRAS}]"; else pip install --no-cache-dir .; fi
+# The serving runtime only (the base install), at the versions the last green CI ran.
+RUN if [ -n "${EXTRAS}" ]; then spec=".[${EXTRAS}]"; else spec="."; fi \
+    && pip install --no-cache-dir -c constraints.txt "${spec}"
 
 COPY --chown=10001:10001 ${MODEL_STORE} /home/serve/model_store
 

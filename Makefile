@@ -1,10 +1,22 @@
-# Short names for the README's commands.
+# The README's commands. Inside an active virtual or conda environment they use it; otherwise the
+# project's own .venv (made by ./install.sh) comes first on PATH, so no `source` step is needed.
+ifeq ($(VIRTUAL_ENV)$(CONDA_PREFIX),)
+ifneq ($(wildcard .venv/bin/python),)
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+endif
+endif
 PYTHON ?= python3
 
-.PHONY: install test demo
+.PHONY: install test lint demo constraints
 install:
 	./install.sh
 test:
 	$(PYTHON) -m pytest
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 demo:
 	$(PYTHON) scripts/demo.py
+# Rewrite constraints.txt with the exact versions installed here (run after a green `make test`).
+constraints:
+	$(PYTHON) -m pip freeze --exclude-editable --all | grep -v -E '^(pip|setuptools|wheel)==' > constraints.txt

@@ -1,18 +1,79 @@
 #!/usr/bin/env bash
-# One-command install on a fresh machine: Java 17 for TorchServe (from Debian's packages when
-# `java` is missing), then this project and its test dependencies in editable mode.
+# One-command install on a fresh Debian 12 / Ubuntu 22.04+ machine, or into the active environment.
+#
+#   ./install.sh                 everything (train, export, serve, load tests, the test suite)
+#   ./install.sh --serving-only  only the serving runtime (what a TorchServe worker needs)
+#   ./install.sh --latest        newest allowed versions instead of constraints.txt's
+#
+# - Java 17 for TorchServe's frontend, from Debian's packages when `java` is missing.
+# - Python packages go into the active virtual environment or conda environment when there is one;
+#   otherwise into `.venv` here (a fresh Debian/Ubuntu python3 refuses system-wide installs, PEP 668),
+#   installing Debian's python3-venv first when the system Python cannot make one.
+# - Versions come from constraints.txt, the exact set the last green CI ran (`make constraints`
+#   rewrites it from this environment).
 set -euo pipefail
 cd "$(dirname "$0")"
 
+EXTRAS="dev"
+CONSTRAINTS=(-c constraints.txt)
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --latest) CONSTRAINTS=() ;;
+        --serving-only) EXTRAS="" ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        *) echo "install.sh: unknown option $1 (see ./install.sh --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+APT_UPDATED=""
+apt_install() {
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "[install] $* is needed and this is not a Debian/Ubuntu machine: install it, then run ./install.sh again" >&2
+        exit 1
+    fi
+    if [ -z "$APT_UPDATED" ]; then
+        $SUDO apt-get update -qq
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@"
+}
+
 if ! command -v java >/dev/null 2>&1; then
     echo "[install] java not found: installing openjdk-17-jre-headless (TorchServe needs Java 17)"
-    SUDO=""
-    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openjdk-17-jre-headless
+    apt_install openjdk-17-jre-headless
 fi
 
-PYTHON="${PYTHON:-python3}"
-"$PYTHON" -m pip install --upgrade --quiet pip
-"$PYTHON" -m pip install --quiet -e ".[dev]"
+if [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; then
+    PYTHON="python"
+    WHERE="the active environment (${VIRTUAL_ENV:-${CONDA_PREFIX}})"
+else
+    BASE_PYTHON="${PYTHON:-python3}"
+    if [ ! -x .venv/bin/python ]; then
+        echo "[install] creating .venv with $(command -v "$BASE_PYTHON") ($("$BASE_PYTHON" --version 2>&1))"
+        if ! "$BASE_PYTHON" -m venv .venv >/dev/null 2>&1; then
+            rm -rf .venv
+            echo "[install] $BASE_PYTHON cannot make a virtual environment: installing python3-venv"
+            apt_install python3-venv
+            "$BASE_PYTHON" -m venv .venv
+        fi
+    fi
+    PYTHON=".venv/bin/python"
+    WHERE=".venv"
+fi
+
+SPEC="."
+[ -n "$EXTRAS" ] && SPEC=".[$EXTRAS]"
+echo "[install] installing resnet-deploy ($SPEC) into $WHERE${CONSTRAINTS:+ with constraints.txt}"
+"$PYTHON" -m pip install --quiet --upgrade pip
+"$PYTHON" -m pip install --quiet "${CONSTRAINTS[@]}" -e "$SPEC"
 echo "[install] done: $("$PYTHON" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)')"
+echo
+echo "Next:"
+echo "  make test     # the test suite"
+echo "  make demo     # the whole pipeline on real data"
+if [ "$WHERE" = ".venv" ]; then
+    echo "  . .venv/bin/activate   # to type python -m train / export / serve / client yourself"
+fi
