@@ -114,7 +114,8 @@ for _depth in _CIFAR_PAPER_DEPTHS:
 
 _BLOCKS = {"BasicBlock": BasicBlock, "Bottleneck": Bottleneck}
 _OPTIONS = {
-    "pre_activation", "zero_init_residual", "drop_path_rate", "dropout", "shortcut", "stem", "in_chans",
+    "pre_activation", "zero_init_residual", "drop_path_rate", "dropout", "shortcut", "stem", "in_chans", "norm",
+    "residual",
 }  # fmt: skip
 
 
@@ -147,7 +148,7 @@ def create_model(name: str, num_classes: int | None = None, **options: Any) -> R
     """Build a registered ResNet.
 
     Options: pre_activation, zero_init_residual, drop_path_rate, dropout, shortcut ("A"/"B"/"D"),
-    stem ("imagenet"/"deep"/"cifar"), in_chans.
+    stem ("imagenet"/"deep"/"cifar"), in_chans, norm ("batch"/"none"), residual (False: plain network).
     """
     spec = get_model_spec(name)
     unknown = sorted(set(options) - _OPTIONS)

@@ -9,7 +9,8 @@ One `ResNet` class covers every family:
   (parameter-free: subsample and zero-pad channels) or B (1x1 conv + BN projection).
 
 `pre_activation=True` turns any of them into ResNet v2 (BN -> ReLU -> conv inside each block, nothing
-after the addition, one final BN + ReLU before pooling). The ResNet-D tweaks (deep stem, average-pool
+after the addition, one final BN + ReLU before pooling). For the write-ups' ablations, `norm="none"`
+removes every BatchNorm and `residual=False` makes the paper's plain network (no shortcut, no addition). The ResNet-D tweaks (deep stem, average-pool
 downsample) use timm's key names so timm's `resnet50d` weights load too.
 """
 
@@ -32,6 +33,18 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
+NORMS = ("batch", "none")
+
+
+def make_norm(norm: str, channels: int) -> nn.Module:
+    """BatchNorm (the default), or nothing for the norm-free ablation."""
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+
+
 class ZeroPadShortcut(nn.Module):
     """Shortcut option A of He et al. (2015), section 4.2: subsample, then zero-pad the new channels."""
 
@@ -47,7 +60,7 @@ class ZeroPadShortcut(nn.Module):
 
 
 def make_shortcut(
-    in_planes: int, out_planes: int, stride: int, *, kind: str, pre_activation: bool
+    in_planes: int, out_planes: int, stride: int, *, kind: str, pre_activation: bool, norm: str = "batch"
 ) -> nn.Module | None:
     """The shortcut of a block whose input and output shapes differ (None when they match)."""
     if stride == 1 and in_planes == out_planes:
@@ -57,14 +70,14 @@ def make_shortcut(
     if kind == "B":
         if pre_activation:  # the projection sees the block's already normalised input
             return nn.Sequential(conv1x1(in_planes, out_planes, stride))
-        return nn.Sequential(conv1x1(in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
+        return nn.Sequential(conv1x1(in_planes, out_planes, stride), make_norm(norm, out_planes))
     if kind == "D":  # ResNet-D: average-pool, then a stride-1 projection (timm's key layout)
         pool = (
             nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
         )
         layers = [pool, conv1x1(in_planes, out_planes)]
         if not pre_activation:
-            layers.append(nn.BatchNorm2d(out_planes))
+            layers.append(make_norm(norm, out_planes))
         return nn.Sequential(*layers)
     raise ValueError(f"unknown shortcut kind {kind!r}; expected 'A', 'B' or 'D'")
 
@@ -82,20 +95,23 @@ class BasicBlock(nn.Module):
         shortcut: nn.Module | None = None,
         pre_activation: bool = False,
         drop_path: float = 0.0,
+        norm: str = "batch",
+        residual: bool = True,
     ) -> None:
         super().__init__()
         self.pre_activation = pre_activation
+        self.residual = residual  # False: a plain block, F(x) alone (models.inspect reads this)
         self.conv1 = conv3x3(in_planes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(in_planes if pre_activation else planes)  # v2 normalises the input
+        self.bn1 = make_norm(norm, in_planes if pre_activation else planes)  # v2 normalises the input
         self.conv2 = conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = make_norm(norm, planes)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = shortcut
         self.drop_path = StochasticDepth(drop_path, "row") if drop_path > 0 else nn.Identity()
 
     def last_norm_or_conv(self) -> nn.Module:
         """The layer whose zero init makes the residual branch output zero."""
-        return self.conv2 if self.pre_activation else self.bn2
+        return self.conv2 if self.pre_activation or isinstance(self.bn2, nn.Identity) else self.bn2
 
     def forward(self, x: Tensor) -> Tensor:
         if self.pre_activation:
@@ -103,12 +119,12 @@ class BasicBlock(nn.Module):
             identity = x if self.downsample is None else self.downsample(out)
             out = self.conv1(out)
             out = self.conv2(self.relu(self.bn2(out)))
-            return self.drop_path(out) + identity
+            return self.drop_path(out) + identity if self.residual else out
 
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(self.drop_path(out) + identity)
+        return self.relu(self.drop_path(out) + identity if self.residual else out)
 
 
 class Bottleneck(nn.Module):
@@ -124,22 +140,25 @@ class Bottleneck(nn.Module):
         shortcut: nn.Module | None = None,
         pre_activation: bool = False,
         drop_path: float = 0.0,
+        norm: str = "batch",
+        residual: bool = True,
     ) -> None:
         super().__init__()
         out_planes = planes * self.expansion
         self.pre_activation = pre_activation
+        self.residual = residual  # False: a plain block, F(x) alone (models.inspect reads this)
         self.conv1 = conv1x1(in_planes, planes)
-        self.bn1 = nn.BatchNorm2d(in_planes if pre_activation else planes)  # v2 normalises the input
+        self.bn1 = make_norm(norm, in_planes if pre_activation else planes)  # v2 normalises the input
         self.conv2 = conv3x3(planes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = make_norm(norm, planes)
         self.conv3 = conv1x1(planes, out_planes)
-        self.bn3 = nn.BatchNorm2d(planes if pre_activation else out_planes)
+        self.bn3 = make_norm(norm, planes if pre_activation else out_planes)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = shortcut
         self.drop_path = StochasticDepth(drop_path, "row") if drop_path > 0 else nn.Identity()
 
     def last_norm_or_conv(self) -> nn.Module:
-        return self.conv3 if self.pre_activation else self.bn3
+        return self.conv3 if self.pre_activation or isinstance(self.bn3, nn.Identity) else self.bn3
 
     def forward(self, x: Tensor) -> Tensor:
         if self.pre_activation:
@@ -148,13 +167,13 @@ class Bottleneck(nn.Module):
             out = self.conv1(out)
             out = self.conv2(self.relu(self.bn2(out)))
             out = self.conv3(self.relu(self.bn3(out)))
-            return self.drop_path(out) + identity
+            return self.drop_path(out) + identity if self.residual else out
 
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(self.drop_path(out) + identity)
+        return self.relu(self.drop_path(out) + identity if self.residual else out)
 
 
 Block = type[BasicBlock] | type[Bottleneck]
@@ -177,6 +196,8 @@ class ResNet(nn.Module):
             so that each block starts as the identity.
         drop_path_rate: stochastic depth; block i of n drops its branch with rate * i / (n - 1).
         dropout: dropout probability before the classifier.
+        norm: "batch" (BatchNorm everywhere) or "none" (no normalisation: the norm-free ablation).
+        residual: False builds the plain network of the same depth (no shortcuts, no additions).
     """
 
     def __init__(
@@ -192,6 +213,8 @@ class ResNet(nn.Module):
         drop_path_rate: float = 0.0,
         dropout: float = 0.0,
         in_chans: int = 3,
+        norm: str = "batch",
+        residual: bool = True,
     ) -> None:
         super().__init__()
         if len(layers) != len(widths) or not 1 <= len(layers) <= 4:
@@ -218,7 +241,7 @@ class ResNet(nn.Module):
             self.conv1 = conv3x3(in_chans, stem_width)
         else:
             raise ValueError(f"unknown stem {stem!r}; expected 'imagenet', 'deep' or 'cifar'")
-        self.bn1 = nn.BatchNorm2d(stem_width) if stem_norm else nn.Identity()
+        self.bn1 = make_norm(norm, stem_width) if stem_norm else nn.Identity()
         self.relu = nn.ReLU(inplace=True) if stem_norm else nn.Identity()
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem != "cifar" else nn.Identity()
 
@@ -237,10 +260,14 @@ class ResNet(nn.Module):
                         width,
                         stride=stride,
                         shortcut=make_shortcut(
-                            in_planes, out_planes, stride, kind=shortcut, pre_activation=pre_activation
-                        ),
+                            in_planes, out_planes, stride, kind=shortcut, pre_activation=pre_activation, norm=norm
+                        )
+                        if residual
+                        else None,
                         pre_activation=pre_activation,
                         drop_path=rate,
+                        norm=norm,
+                        residual=residual,
                     )
                 )
                 in_planes = out_planes
@@ -251,7 +278,7 @@ class ResNet(nn.Module):
             self.add_module(f"layer{stage}", nn.Identity())
         self.num_features = in_planes
 
-        self.final_bn = nn.BatchNorm2d(in_planes) if pre_activation else nn.Identity()
+        self.final_bn = make_norm(norm, in_planes) if pre_activation else nn.Identity()
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(in_planes, num_classes)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any, Sequence
+
+import yaml
 
 from models import CheckpointError
 
@@ -13,9 +16,12 @@ from .config import CHOICES, DEFAULTS, ConfigError, list_recipes
 from .data import DATA_KINDS, DataError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+DATA_FLAGS = ("data", "data_dir", "val_split", "num_classes", "synthetic_size", "seed", "workers")
 
 EPILOG = """\
 examples:
+  python -m train --arch resnet50 --data imagenet --data-dir /data/imagenet   # the ImageNet recipe by default
+  python -m train --arch resnet20 --data cifar10 --dry-run                    # the resolved config, nothing run
   python -m train --arch resnet20 --data digits --epochs 10
   python -m train --recipe cifar_paper --data-dir data/cifar
   python -m train --arch resnet50 --data imagenet --data-dir /data/imagenet --recipe imagenet_original
@@ -25,6 +31,9 @@ examples:
   python -m train --resume runs/resnet20-digits/last.pt
   python -m train --resume runs/resnet20-digits/best.pt --name resnet20-digits-from-best   # a fork
   python -m train --predict cat.jpg dog.png --checkpoint runs/resnet20-digits/best.pt
+  python -m train --predict cat.jpg --checkpoint resnet50-11ad3fa6.pth --arch resnet50   # torchvision weights
+  python -m train --evaluate --checkpoint runs/resnet20-digits/best.pt         # its own validation split
+  python -m train --evaluate --checkpoint resnet50-11ad3fa6.pth --arch resnet50 --data imagenet --data-dir /data/imagenet
 """
 
 
@@ -49,7 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("what to train")
-    g.add_argument("--recipe", help="a recipe name from train/recipes (see --list-recipes) or a YAML file path")
+    g.add_argument("--recipe", help="a recipe name from train/recipes (see --list-recipes) or a YAML file path "
+                   "(default: the recipe for the data and the network: imagenet_original for ImageNet nets on "
+                   "imagenet, cifar_paper for the paper's resnet20-110 on CIFAR, cifar_modern for the CIFAR "
+                   "ResNet-18..101, digits for digits)")
+    g.add_argument("--dry-run", action="store_true", help="print the fully resolved config as YAML and exit; "
+                   "nothing is written")
     g.add_argument("--list-recipes", action="store_true", help="list the recipes and exit")
     _flag(g, "--arch", "network name (`python -m models` lists them), e.g. resnet20, resnet50, cifar_preact_resnet18")
     _flag(g, "--data", f"dataset kind: {', '.join(DATA_KINDS)}", choices=DATA_KINDS)
@@ -72,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--drop-path-rate", "stochastic depth rate", type=float)
     _flag(g, "--dropout", "dropout before the classifier", type=float)
     _flag(g, "--zero-init-residual", "start every residual branch at zero (last BN gamma = 0)", boolean=True)
+    _flag(g, "--norm", "normalisation layers: batch (default) or none (the no-BatchNorm ablation; train it with "
+          "a lower --lr, e.g. 0.01)")
+    _flag(g, "--plain", "no shortcuts: the plain network of the same depth (the CIFAR paper's comparison)")
+    _flag(g, "--shortcut", "projection of shape-changing shortcuts: A zero-pad, B 1x1 conv + BN, D avg-pool + 1x1 "
+          "(default: the architecture's own: A for resnet20-110, B for the others)")
 
     g = p.add_argument_group("optimisation")
     _flag(g, "--epochs", "epochs to train", type=int)
@@ -134,9 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--log-internals", "per epoch, log each layer's gradient norm and each block's residual ratio "
           "(||F(x)|| / ||identity||) on a fixed validation batch to TensorBoard (one extra forward/backward)")
 
-    g = p.add_argument_group("prediction")
+    g = p.add_argument_group("prediction and evaluation")
     g.add_argument("--predict", nargs="+", metavar="IMG", help="classify images with --checkpoint and exit")
-    g.add_argument("--checkpoint", help="checkpoint for --predict")
+    g.add_argument("--evaluate", action="store_true", help="measure --checkpoint on the validation split of "
+                   "--data/--data-dir (default: the checkpoint's own) and exit: top-1/top-5, per-class accuracy, "
+                   "a confusion matrix; writes EVAL_OUT/evaluation.json and confusion.png")
+    g.add_argument("--checkpoint", help="for --predict/--evaluate: one of our checkpoints, or a torchvision/timm "
+                   "weight file (or cache name such as torchvision:resnet50.IMAGENET1K_V2) with --arch")
+    g.add_argument("--eval-out", default="evaluation", help="where --evaluate writes (default: %(default)s)")
     g.add_argument("--topk", type=int, default=5, help="classes to print per image with --predict (default: 5)")
     return p
 
@@ -157,15 +181,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:22s} {description}")
         return EXIT_OK
     try:
-        if predict:
+        if predict or args.evaluate:
             if not checkpoint:
-                parser.error("--predict needs --checkpoint PATH")
-            from .predict import predict_images
+                parser.error("--predict and --evaluate need --checkpoint PATH")
+            if predict:
+                from .predict import predict_images
 
-            return predict_images(predict, checkpoint, topk=topk)
+                return predict_images(predict, checkpoint, topk=topk, arch=options.get("arch"))
+            from .evaluate import evaluate_weights
+
+            data_flags = {k: v for k, v in options.items() if k in DATA_FLAGS}
+            evaluate_weights(checkpoint, options.get("arch"), data_flags, Path(args.eval_out))
+            return EXIT_OK
         from .run import build_config, run
 
         config = build_config(options, recipe)
+        if args.dry_run:
+            print(yaml.safe_dump(config, sort_keys=False), end="")
+            return EXIT_OK
+        if config.get("recipe"):
+            print(f"recipe: {config['recipe']} ({config.get('recipe_source', '--recipe')})", flush=True)
         result = run(config)
     except (ConfigError, DataError, CheckpointError, CheckpointSaveError, RunDirError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -31,6 +31,9 @@ DEFAULTS: dict[str, Any] = {
     "drop_path_rate": None,
     "dropout": None,
     "zero_init_residual": None,
+    "norm": None,  # None: BatchNorm; "none": the norm-free ablation
+    "plain": False,  # no shortcuts: the CIFAR paper's plain networks
+    "shortcut": None,  # None: the architecture's own (A for the paper's nets, B otherwise)
     "pretrained": None,
     "freeze_backbone": False,
     "freeze_until": None,
@@ -96,6 +99,20 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "auto_augment": ("none", "randaugment", "trivialaugment", "autoaugment"),
     "train_crop": ("random-resized-crop", "random-crop", "center"),
     "interpolation": ("bilinear", "bicubic", "nearest"),
+    "norm": ("batch", "none"),
+    "shortcut": ("A", "B", "D"),
+}
+
+# The recipe a run gets when no --recipe is given: by data kind and the architecture's family
+# (models.registry.ModelSpec.family). Folder and synthetic data have no recipe of their own.
+DEFAULT_RECIPES: dict[tuple[str, str], str] = {
+    ("imagenet", "imagenet"): "imagenet_original",
+    ("cifar10", "cifar-paper"): "cifar_paper",
+    ("cifar100", "cifar-paper"): "cifar_paper",
+    ("cifar10", "cifar"): "cifar_modern",
+    ("cifar100", "cifar"): "cifar_modern",
+    ("digits", "cifar-paper"): "digits",
+    ("digits", "cifar"): "digits",
 }
 
 # Keys a resumed run may change (more epochs, other loader settings); the rest come from the checkpoint.
@@ -141,12 +158,31 @@ def load_recipe(name_or_path: str | os.PathLike) -> dict[str, Any]:
     return recipe
 
 
+def default_recipe(arch: str | None, data: str | None) -> str | None:
+    """The recipe for `--arch ARCH --data DATA` without --recipe (None: the plain DEFAULTS)."""
+    if not arch or not data:
+        return None
+    try:
+        family = get_model_spec(arch).family
+    except ValueError:
+        return None  # validate() names the unknown architecture
+    return DEFAULT_RECIPES.get((data, family))
+
+
 def resolve_config(overrides: dict[str, Any], recipe: str | None = None) -> dict[str, Any]:
-    """DEFAULTS < recipe < overrides, validated."""
+    """DEFAULTS < recipe (given, or the default for the data and architecture) < overrides, validated.
+
+    `recipe_source` says where the recipe came from, for the line every run prints at start.
+    """
     config = dict(DEFAULTS)
+    source = "--recipe"
+    if not recipe:
+        recipe = default_recipe(overrides.get("arch"), overrides.get("data"))
+        source = f"default for --data {overrides.get('data')} and {overrides.get('arch')}"
     if recipe:
         config.update(load_recipe(recipe))
         config["recipe"] = str(recipe)
+        config["recipe_source"] = source
     config.update(overrides)
     validate(config)
     return config
@@ -177,8 +213,11 @@ def validate(config: dict[str, Any]) -> None:
 
 def arch_kwargs(config: dict[str, Any]) -> dict[str, Any]:
     """The `create_model` options this config sets (stored in the checkpoint as `arch_kwargs`)."""
-    keys = ("drop_path_rate", "dropout", "zero_init_residual")
-    return {k: config[k] for k in keys if config.get(k) is not None}
+    keys = ("drop_path_rate", "dropout", "zero_init_residual", "norm", "shortcut")
+    kwargs = {k: config[k] for k in keys if config.get(k) is not None}
+    if config.get("plain"):
+        kwargs["residual"] = False
+    return kwargs
 
 
 def write_config(config: dict[str, Any], path: Path) -> None:

@@ -1,7 +1,8 @@
-"""`python -m train --predict IMG... --checkpoint PATH`: top-k classes per image.
+"""`python -m train --predict IMG... --checkpoint PATH [--arch A]`: top-k classes per image.
 
-Images go through `export.classifier.Classifier` with the checkpoint's own preprocessing: the server's
-prediction path with the eager model, so what validation measured is what you get.
+Images go through `export.classifier.Classifier` with the model's own preprocessing (the checkpoint's,
+or a torchvision/timm weight file's with `--arch`): the server's prediction path with the eager model,
+so what validation measured is what you get.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from export.classifier import Classifier
 from models.imageio import ImageDecodeError
 
 
-def predict_images(paths: Sequence[str], checkpoint: str, topk: int = 5) -> int:
+def predict_images(paths: Sequence[str], checkpoint: str, topk: int = 5, arch: str | None = None) -> int:
     """Print the top-k classes of each image; returns the exit code (1 if any image failed)."""
-    classifier = Classifier.from_checkpoint(checkpoint, top_k=max(1, topk))
+    from .evaluate import open_model
+
+    model, _, _ = open_model(checkpoint, arch, {})
+    classifier = Classifier(model.runner, top_k=max(1, topk))
     failed = 0
     for path in paths:
         try:
