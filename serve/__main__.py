@@ -92,7 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=defaults.max_pixels,
         help="refuse images with more pixels, read from the header before decoding "
-        "(default: models.imageio.DEFAULT_MAX_PIXELS, 64 million)",
+        "(default: models.imageio.DEFAULT_MAX_PIXELS, 64 million; PNG, WebP, GIF and BMP stop at 16.7 million)",
+    )
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=defaults.max_images,
+        help="most images (multipart parts) in one request; more get HTTP 413 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-request-pixels",
+        type=int,
+        default=defaults.max_request_pixels,
+        help="most decoded pixels of one request's images together, read from their headers before decoding "
+        "(a JPEG counts after its reduced-scale decode); more get HTTP 413 (default: %(default)s)",
     )
     p.add_argument(
         "--version", default=defaults.version, help="model version recorded in the archive (default: %(default)s)"
@@ -249,10 +262,12 @@ def run_package(args) -> int:
     options = PackageOptions(
         backend=args.backend, allow_failed=args.allow_failed, workers=args.workers, batch_size=args.batch_size,
         max_batch_delay_ms=args.max_batch_delay, response_timeout_s=args.response_timeout, top_k=args.top_k,
-        max_pixels=args.max_pixels, version=args.version,
+        max_pixels=args.max_pixels, max_images=args.max_images, max_request_pixels=args.max_request_pixels,
+        version=args.version,
     )  # fmt: skip
     for name, value in [("--workers", args.workers), ("--batch-size", args.batch_size), ("--top-k", args.top_k),
-                        ("--response-timeout", args.response_timeout), ("--max-pixels", args.max_pixels)]:  # fmt: skip
+                        ("--response-timeout", args.response_timeout), ("--max-pixels", args.max_pixels),
+                        ("--max-images", args.max_images), ("--max-request-pixels", args.max_request_pixels)]:  # fmt: skip
         if value is not None and value < 1:
             raise PackageError(f"{name} must be at least 1, got {value}")
     if args.allow_failed and args.backend is None:

@@ -11,13 +11,21 @@ What it does per batch (TorchServe's dynamic batching hands it up to `batchSize`
   module only adds TorchServe's plumbing: per image `Classifier.pixels`, on as many threads as the
   worker has (Pillow's decoder and PyTorch's resize release the GIL), then one
   `Classifier.probabilities` for all good images of the batch;
-- a request whose image cannot be decoded gets its own HTTP 400 with a JSON message, through
-  `context.set_response_status(code, phrase, idx)`; the other requests of the batch are answered
-  normally. (Raising instead would make TorchServe fail the whole batch with 503.)
+- work per request is bounded before any pixel is decoded: a request with more than `max_images`
+  images, or whose images would decode to more than `max_request_pixels` pixels in all (read from the
+  headers by `models.imageio.decoded_pixels`, JPEG after its draft-mode reduction), gets HTTP 413;
+  the forward pass runs in chunks of the configured batch size (`Classifier.logits`);
+- every failure is its own request's: a bad image gets HTTP 400, any other exception on an image's
+  way (decode, resize, MemoryError) HTTP 500, a forward pass that fails for a batch is retried one
+  request at a time and only the requests that fail again get HTTP 500. Each is a JSON
+  `{"code", "type", "message"}` set through `context.set_response_status(code, phrase, idx)`; raising
+  instead would make TorchServe fail every request of the batch with 503. Messages and the part names
+  they echo are cut to a bounded length.
 
 Model-config keys read from `handler:` in model-config.yaml (all optional): `backend` (an artifact format,
-else the fastest that passed parity on the device), `allow_failed`, `top_k`, `max_pixels`, `threads` (the
-runner's intra-op threads; default: the usable cores / the workers).
+else the fastest that passed parity on the device), `allow_failed`, `top_k`, `max_pixels` (per image),
+`max_images` and `max_request_pixels` (per request; defaults in serve/package.py), `threads` (the runner's
+intra-op threads; default: the usable cores / the workers).
 """
 
 from __future__ import annotations
@@ -31,13 +39,29 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from export.classifier import Classifier
-from models.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError
-from models.osutil import usable_cores
+from models.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decoded_pixels
+from models.osutil import first_line, usable_cores
+from serve.package import DEFAULT_MAX_IMAGES, DEFAULT_MAX_REQUEST_PIXELS
 
 logger = logging.getLogger(__name__)
 
-BAD_REQUEST = 400
 RAW_BODY_NAMES = ("body", "data")  # TorchServe's parameter names for a request's raw body
+MAX_MESSAGE_CHARS = 500  # an error message sent back, whatever exception text it quotes
+MAX_NAME_CHARS = 60  # a multipart part name echoed in a message
+PHRASES = {400: "Bad Request", 413: "Payload Too Large", 500: "Internal Server Error"}
+HOW_TO_CHANGE = ("the archive's model-config.yaml, handler.{key}; python -m serve package --{flag} N")
+
+
+class Refused(Exception):
+    """One request's failure, answered as its own HTTP `code` with a JSON `{"code", "type", "message"}`."""
+
+    def __init__(self, code: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.kind = code, kind
+        self.message = message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 3] + "..."
+
+    def body(self) -> str:
+        return json.dumps({"code": self.code, "type": self.kind, "message": self.message})
 
 
 class ImageClassifierHandler(BaseHandler):
@@ -65,6 +89,8 @@ class ImageClassifierHandler(BaseHandler):
             max_pixels=int(config.get("max_pixels", DEFAULT_MAX_PIXELS)),
             batch_size=int(model_config.get("batchSize") or 1),  # one forward pass never exceeds a batch
         )
+        self.max_images = int(config.get("max_images", DEFAULT_MAX_IMAGES))
+        self.max_request_pixels = int(config.get("max_request_pixels", DEFAULT_MAX_REQUEST_PIXELS))
         self.runner = self.classifier.runner
         torch.set_num_threads(torch_threads(self.runner, threads))
         # A batch's images decode in parallel: one thread would leave the worker's other cores idle
@@ -72,9 +98,10 @@ class ImageClassifierHandler(BaseHandler):
         self.decode_pool = ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads > 1 else None
         self.initialized = True
         logger.info(
-            "serving %s on %s with %d thread(s) (PyTorch's: %d), %d classes, top-%d, forward passes of <= %s",
+            "serving %s on %s with %d thread(s) (PyTorch's: %d), %d classes, top-%d, forward passes of <= %s, "
+            "requests of <= %d images and <= %d decoded pixels",
             self.runner.format, device, threads, torch.get_num_threads(), len(self.classifier.class_names),
-            self.classifier.top_k, self.classifier.batch_size,
+            self.classifier.top_k, self.classifier.batch_size, self.max_images, self.max_request_pixels,
         )  # fmt: skip
 
     def handle(self, data, context):
@@ -91,29 +118,64 @@ class ImageClassifierHandler(BaseHandler):
         return output
 
     def preprocess(self, data):
-        """Decode, resize and crop every image of every request.
+        """Check every request's bounds, then decode, resize and crop the images of those within them.
 
-        Returns (uint8 pixels of every good image; image count per request; error message or None per
-        request). A request's images are consecutive; one bad image fails its whole request.
+        Returns (uint8 pixels of every good image; image count per request; `Refused` or None per
+        request). A request's images are consecutive; one failed image fails its whole request.
         """
         requests, errors = [], []
         for request in data:
             try:
-                requests.append(request_images(request))
+                requests.append(self.admit(request))
                 errors.append(None)
-            except ImageDecodeError as e:
+            except Refused as e:
                 requests.append([])
-                errors.append(str(e))
+                errors.append(e)
         decoded = list(self.map(self.try_decode, [part for images in requests for part in images]))
         pixels, counts, start = [], [], 0
         for i, images in enumerate(requests):
             results, start = decoded[start : start + len(images)], start + len(images)
-            failure = next((r for r in results if isinstance(r, ImageDecodeError)), None)
+            failure = next((r for r in results if isinstance(r, Refused)), None)
             if failure is not None:
-                results, errors[i] = [], str(failure)
+                results, errors[i] = [], failure
             pixels += results
             counts.append(len(results))
         return pixels, counts, errors
+
+    def admit(self, request: dict) -> list[tuple[str, bytes]]:
+        """The request's (name, image bytes) parts, or `Refused` when it is over a bound or not images;
+        judged from the headers alone, before any pixel is decoded."""
+        if not request:
+            raise Refused(400, "InvalidImage", "empty request: no body and no multipart parts")
+        if len(request) > self.max_images:
+            raise Refused(413, "TooManyImages", (
+                f"{len(request)} images in one request, above this model's limit of {self.max_images}; send them "
+                f"in several requests (the limit is set in {HOW_TO_CHANGE.format(key='max_images', flag='max-images')})"
+            ))  # fmt: skip
+        parts, total = [], 0
+        for name, value in request.items():
+            where = part_label(name)
+            if not isinstance(value, (bytes, bytearray)):
+                # TorchServe decodes text/* and application/json bodies when decode_input_request is on.
+                raise Refused(400, "InvalidImage", (
+                    f"{where}expected image bytes, got {type(value).__name__} (the Content-Type made TorchServe "
+                    "decode it as text or JSON); send the file as the raw body (curl -T cat.jpg) or as a "
+                    "multipart file part"
+                ))  # fmt: skip
+            transform = self.classifier.transform
+            try:
+                total += decoded_pixels(bytes(value), max_pixels=transform.max_pixels, draft_size=transform.spec.resize_size)
+            except ImageDecodeError as e:
+                raise Refused(400, "InvalidImage", f"{where}{e}") from None
+            if total > self.max_request_pixels:
+                raise Refused(413, "TooManyPixels", (
+                    f"the images of this request decode to more than {self.max_request_pixels:,} pixels in all "
+                    f"({total:,} after {len(parts) + 1} of {len(request)}), this model's limit; send smaller images "
+                    f"or fewer per request (the limit is set in "
+                    f"{HOW_TO_CHANGE.format(key='max_request_pixels', flag='max-request-pixels')})"
+                ))  # fmt: skip
+            parts.append((name, bytes(value)))
+        return parts
 
     def map(self, fn, items):
         """`fn` over `items`, in order: on the decode threads where there are several items and threads."""
@@ -121,55 +183,79 @@ class ImageClassifierHandler(BaseHandler):
             return map(fn, items)
         return self.decode_pool.map(fn, items)
 
-    def try_decode(self, part: tuple[str, object]) -> torch.Tensor | ImageDecodeError:
-        """`decode` of one (name, value) part, returning the error instead of raising it (for `map`)."""
+    def try_decode(self, part: tuple[str, bytes]) -> torch.Tensor | Refused:
+        """One image's uint8 CHW pixels, resized and cropped, or its failure as a `Refused` (returned, for `map`):
+        400 for a bad image, 500 for any other exception on its way (logged with its traceback)."""
+        name, data = part
         try:
-            return self.decode(*part)
+            return self.classifier.pixels(data)
         except ImageDecodeError as e:
-            return e
-
-    def decode(self, name: str, value) -> torch.Tensor:
-        """One image of a request -> uint8 CHW pixels, resized and cropped; errors name the multipart part."""
-        where = "" if name in RAW_BODY_NAMES else f"part {name!r}: "
-        if not isinstance(value, (bytes, bytearray)):
-            # TorchServe decodes text/* bodies to str and application/json bodies to objects.
-            raise ImageDecodeError(
-                f"{where}expected image bytes, got {type(value).__name__} (the Content-Type made TorchServe decode "
-                "it as text or JSON); send the file as the raw body (curl -T cat.jpg) or as a multipart file part"
-            )
-        try:
-            return self.classifier.pixels(bytes(value))
-        except ImageDecodeError as e:
-            raise ImageDecodeError(f"{where}{e}") from None
+            return Refused(400, "InvalidImage", f"{part_label(name)}{e}")
+        except Exception as e:  # MemoryError included: the batch's other requests must still be answered
+            logger.exception("processing %s failed", part_label(name) or "the body")
+            return Refused(500, "ImageProcessingFailed", f"{part_label(name)}processing the image failed: {first_line(e)}")
 
     def inference(self, data, *args, **kwargs):
+        """Per request: its images' probabilities, or its `Refused`.
+
+        One pass over all good images (in chunks of the batch size); if that fails, each request again on
+        its own, so that an input that breaks the forward pass fails only its own request."""
         pixels, counts, errors = data
-        return self.classifier.probabilities(pixels), counts, errors
+        try:
+            return split(self.classifier.probabilities(pixels), counts, errors)
+        except Exception as e:
+            if sum(error is None for error in errors) < 2:
+                return self.failed(e, counts, errors)
+            logger.exception("the forward pass of %d requests failed; retrying them one at a time", len(counts))
+        results, start = [], 0
+        for count, error in zip(counts, errors):
+            images, start = pixels[start : start + count], start + count
+            if error is not None:
+                results.append(error)
+                continue
+            try:
+                results.append(self.classifier.probabilities(images))
+            except Exception as e:
+                results += self.failed(e, [count], [None])
+        return results
+
+    def failed(self, error: Exception, counts: list[int], errors: list[Refused | None]) -> list[Refused]:
+        logger.error("inference failed", exc_info=error)
+        refusal = Refused(500, "InferenceFailed", (
+            f"the model failed on this request ({first_line(error)}); the server logs have the details; "
+            "sending the same images again will fail the same way"
+        ))  # fmt: skip
+        return [e if e is not None else refusal for e in errors]
 
     def postprocess(self, data):
-        probabilities, counts, errors = data
-        responses, offset = [], 0
-        for idx, (error, count) in enumerate(zip(errors, counts)):
-            if error is not None:
-                self.context.set_response_status(BAD_REQUEST, "Bad Request", idx)
+        responses = []
+        for idx, result in enumerate(data):
+            if isinstance(result, Refused):
+                self.context.set_response_status(result.code, PHRASES.get(result.code, ""), idx)
                 self.context.set_response_content_type(idx, "application/json")
-                responses.append(json.dumps({"code": BAD_REQUEST, "type": "InvalidImage", "message": error}))
+                responses.append(result.body())
                 continue
-            results = [dict(self.classifier.top_k_of(probabilities[offset + i])) for i in range(count)]
-            offset += count
-            responses.append(results[0] if len(results) == 1 else results)
+            answers = [dict(self.classifier.top_k_of(row)) for row in result]
+            responses.append(answers[0] if len(answers) == 1 else answers)
         return responses
 
 
-def request_images(request: dict) -> list[tuple[str, object]]:
-    """The images of one request, in order: the raw body, or every part of a multipart form.
+def split(probabilities: torch.Tensor, counts: list[int], errors: list[Refused | None]) -> list:
+    """The batch's probability rows -> per request: its rows, or its `Refused`."""
+    results, start = [], 0
+    for count, error in zip(counts, errors):
+        results.append(error if error is not None else probabilities[start : start + count])
+        start += count
+    return results
 
-    TorchServe gives a raw body as {"body": bytes} and a multipart form as
-    {field name: value}, in the order of the parts; parts must have distinct names.
-    """
-    if not request:
-        raise ImageDecodeError("empty request: no body and no multipart parts")
-    return list(request.items())
+
+def part_label(name: str) -> str:
+    """"part 'NAME': " for a multipart part (the name cut short), "" for a raw body."""
+    if name in RAW_BODY_NAMES:
+        return ""
+    if len(name) > MAX_NAME_CHARS:
+        name = name[: MAX_NAME_CHARS - 3] + "..."
+    return f"part {name!r}: "
 
 
 def torch_threads(runner, threads: int) -> int:

@@ -22,6 +22,12 @@ from export.manifest import Artifact, ExportError, Manifest, read_manifest, veri
 
 HANDLER_FILE = Path(__file__).with_name("handler.py")
 MODEL_CONFIG_NAME = "model-config.yaml"
+# The handler's bounds on one request (413 above them, judged from the headers before decoding): enough
+# images for a client's batch, and the decoded pixels of two full-size lossless images
+# (models.imageio.DEFAULT_MAX_FULL_PIXELS each) or dozens of phone photos, which JPEG's draft mode
+# decodes at a fraction of their size. A batch holds up to batchSize such requests.
+DEFAULT_MAX_IMAGES = 32
+DEFAULT_MAX_REQUEST_PIXELS = 2 * 4096 * 4096
 
 
 class PackageError(RuntimeError):
@@ -39,7 +45,9 @@ class PackageOptions:
     max_batch_delay_ms: int = 20
     response_timeout_s: int = 60
     top_k: int = 5
-    max_pixels: int | None = None  # None: models.imageio.DEFAULT_MAX_PIXELS
+    max_pixels: int | None = None  # per image; None: models.imageio.DEFAULT_MAX_PIXELS
+    max_images: int = DEFAULT_MAX_IMAGES  # per request
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS  # decoded pixels per request
     version: str = "1.0"
 
 
@@ -52,6 +60,7 @@ def package(export_dir: str | os.PathLike, model_store: str | os.PathLike, name:
     except ExportError as e:
         raise PackageError(str(e)) from None
     name = check_model_name(name or manifest.name)
+    check_class_names(export_dir, manifest.class_names)
     artifacts = choose_artifacts(export_dir, manifest, options)
     try:
         files = [verify_artifact_file(export_dir, artifact) for artifact in artifacts]
@@ -94,7 +103,7 @@ def choose_artifacts(export_dir: Path, manifest: Manifest, options: PackageOptio
 
 def model_config(options: PackageOptions) -> dict[str, Any]:
     """TorchServe's model-config YAML (camelCase keys are TorchServe's own) plus our handler's block."""
-    handler = {"top_k": options.top_k}
+    handler = {"top_k": options.top_k, "max_images": options.max_images, "max_request_pixels": options.max_request_pixels}
     if options.max_pixels is not None:
         handler["max_pixels"] = options.max_pixels
     if options.backend is not None:
@@ -124,6 +133,22 @@ def archive(name: str, version: str, extra_files: list[Path], config_file: Path,
             force=True,
         )
     )
+
+
+def check_class_names(export_dir: Path, names: list[str]) -> None:
+    """Answers are JSON objects keyed by class name: two classes of one name would merge into one key."""
+    seen, duplicates = set(), []
+    for name in names:
+        if name in seen and name not in duplicates:
+            duplicates.append(name)
+        seen.add(name)
+    if duplicates:
+        shown = ", ".join(repr(n) for n in duplicates[:10]) + (" ..." if len(duplicates) > 10 else "")
+        raise PackageError(
+            f"{export_dir / 'manifest.json'}: class names must be unique (the server answers {{name: probability}}, "
+            f"so equal names would merge), but {len(duplicates)} repeat: {shown}. Rename the classes in the "
+            "dataset (or the checkpoint's class_names) and export again"
+        )
 
 
 def check_model_name(name: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import zipfile
 
 import pytest
@@ -182,3 +183,68 @@ def test_decoding_on_several_threads_answers_as_one_thread_does(archive_dir, val
     assert [status for status, _ in answers[2]] == [200, 400, 200, 200, 400, 200]
     assert answers[2] == answers[1]
     assert json.loads(answers[2][1][1])["message"].startswith("part 'second': truncated or corrupt JPEG")
+
+
+def test_requests_over_the_bounds_get_413_before_decoding(archive_dir, valid_images, monkeypatch):
+    """1,000 parts, or more decoded pixels than the model config allows, get 413 with the limit and how to
+    change it; the batch's other requests are answered, and no image of a refused request is decoded."""
+    model_dir, manifest, config = archive_dir
+    handler = make_handler(model_dir, manifest, {**config, "handler": {**config["handler"], "max_request_pixels": 300_000}})
+    decoded = []
+    pixels = handler.classifier.pixels
+    monkeypatch.setattr(handler.classifier, "pixels", lambda data: decoded.append(len(data)) or pixels(data))
+    flood = {f"part{i}": valid_images["png_1x1"] for i in range(1000)}
+    big = {"a": valid_images["png"], "b": valid_images["png"], "c": valid_images["png"]}  # 3 x 451x300 PNG
+    started = time.perf_counter()
+    answers = handle(handler, [flood, {"body": valid_images["jpeg"]}, big])
+    elapsed = time.perf_counter() - started
+    assert [status for status, _ in answers] == [413, 200, 413]
+    assert decoded == [len(valid_images["jpeg"])]
+    assert elapsed < 5  # header reads only (generous for a loaded 2-core machine)
+    flood_error, pixel_error = json.loads(answers[0][1]), json.loads(answers[2][1])
+    assert flood_error["type"] == "TooManyImages" and "1000 images" in flood_error["message"]
+    assert "limit of 32" in flood_error["message"] and "--max-images" in flood_error["message"]
+    assert pixel_error["type"] == "TooManyPixels" and "300,000" in pixel_error["message"]
+    assert "handler.max_request_pixels" in pixel_error["message"]
+
+
+def test_any_failure_on_an_images_way_fails_only_its_request(handler, valid_images, monkeypatch):
+    """Not only decode errors: a MemoryError or a bug in the resize of one image is that request's 500."""
+    pixels = handler.classifier.pixels
+
+    def failing(data):
+        if data == valid_images["png_gray"]:
+            raise MemoryError()
+        if data == valid_images["gif_palette"]:
+            raise RuntimeError("resize exploded\n" + "x" * 5000)
+        return pixels(data)
+
+    monkeypatch.setattr(handler.classifier, "pixels", failing)
+    batch = [{"body": valid_images["jpeg"]}, {"body": valid_images["png_gray"]},
+             {"x" * 5000: valid_images["gif_palette"]}, {"body": valid_images["png"]}]  # fmt: skip
+    answers = handle(handler, batch)
+    assert [status for status, _ in answers] == [200, 500, 500, 200]
+    memory, resize = json.loads(answers[1][1]), json.loads(answers[2][1])
+    assert memory["type"] == "ImageProcessingFailed" and "MemoryError" in memory["message"]
+    assert "resize exploded" in resize["message"] and len(resize["message"]) < 200  # name and text cut short
+
+
+def test_a_failed_forward_pass_is_retried_per_request(handler, valid_images, monkeypatch):
+    """A forward pass that fails for the batch fails only the request that breaks it (500 InferenceFailed,
+    not TorchServe's 503 for all); the others are answered as on their own."""
+    alone = {name: handle(handler, [{"body": valid_images[name]}])[0][1] for name in ("jpeg", "png")}
+    predict = handler.runner.predict
+    poison = handler.classifier.transform.batch([handler.classifier.pixels(valid_images["png_gray"])])
+
+    def failing(batch):
+        if any(torch.equal(image, poison[0]) for image in batch):
+            raise RuntimeError("the runtime failed")
+        return predict(batch)
+
+    monkeypatch.setattr(handler.runner, "predict", failing)
+    answers = handle(handler, [{"body": valid_images["jpeg"]}, {"body": valid_images["png_gray"]},
+                               {"body": valid_images["png"]}])  # fmt: skip
+    assert [status for status, _ in answers] == [200, 500, 200]
+    assert answers[0][1] == alone["jpeg"] and answers[2][1] == alone["png"]
+    error = json.loads(answers[1][1])
+    assert error["type"] == "InferenceFailed" and "the runtime failed" in error["message"]

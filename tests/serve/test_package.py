@@ -41,7 +41,8 @@ def fail_parity(fmt):
 
 def test_archive_holds_handler_manifest_artifacts_and_model_config(capsys, digits_export, tmp_path):
     status, out, err = package_cli(capsys, "--export-dir", digits_export, "--model-store", tmp_path, "--name", "digits",
-                                   "--workers", 3, "--batch-size", 4, "--max-batch-delay", 7, "--top-k", 3)  # fmt: skip
+                                   "--workers", 3, "--batch-size", 4, "--max-batch-delay", 7, "--top-k", 3,
+                                   "--max-images", 5, "--max-request-pixels", 1000000)  # fmt: skip
     assert status == 0, err
     mar = tmp_path / "digits.mar"
     assert f"wrote {mar}" in out and "python -m serve start" in out
@@ -53,7 +54,7 @@ def test_archive_holds_handler_manifest_artifacts_and_model_config(capsys, digit
     files = {a["file"] for a in json.loads((digits_export / "manifest.json").read_text())["artifacts"]}
     assert {"handler.py", "manifest.json", "model-config.yaml", *files} <= names
     assert config == {"minWorkers": 3, "maxWorkers": 3, "batchSize": 4, "maxBatchDelay": 7, "responseTimeout": 60,
-                      "handler": {"top_k": 3}}  # fmt: skip
+                      "handler": {"top_k": 3, "max_images": 5, "max_request_pixels": 1000000}}  # fmt: skip
     assert mar_manifest["model"]["modelName"] == "digits" and mar_manifest["model"]["handler"] == "handler.py"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.mar"]  # no staging leftovers
 
@@ -112,3 +113,16 @@ def test_bad_options_are_refused(capsys, digits_export, tmp_path):
     assert status == 1 and "--workers must be at least 1" in err
     status, _, err = package_cli(capsys, "--export-dir", digits_export, "--model-store", tmp_path, "--name", "../evil")
     assert status == 1 and "model name '../evil'" in err
+
+
+def test_duplicate_class_names_are_refused(capsys, export_copy, tmp_path):
+    """The answer is {class name: probability}: two classes of one name would silently merge."""
+
+    def duplicate(manifest):
+        manifest["class_names"][3] = manifest["class_names"][1]
+
+    edit_manifest(export_copy, duplicate)
+    status, _, err = package_cli(capsys, "--export-dir", export_copy, "--model-store", tmp_path / "store")
+    assert status == 1
+    assert "class names must be unique" in err and "'1'" in err and "export again" in err
+    assert not (tmp_path / "store").exists() or not list((tmp_path / "store").glob("*.mar"))
