@@ -7,21 +7,36 @@ existing export directory (after copying it, or to catch a modified artifact).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 from models import Checkpoint, load_checkpoint
-from models.osutil import first_line, sha256_file
+from models.osutil import (
+    MARKER_NAME,
+    first_line,
+    fsync_directory,
+    is_owned,
+    mark_owned,
+    remove_owned_tree,
+    sha256_file,
+    sweep_stale_temporaries,
+)
 
 from .formats import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_onnx, export_torchscript, onnx_io_names
 from .manifest import (
     FORMATS,
+    MANIFEST_NAME,
     Artifact,
     ExportError,
     Manifest,
@@ -56,7 +71,17 @@ ARTIFACT_FILES = {
 PRECISIONS = {"torchscript": "fp32", "onnx": "fp32", "onnx-int8": "int8", "trt": "fp16"}
 BUILT_FROM_ONNX = ("onnx-int8", "trt")  # made from model.onnx, so `onnx` is exported first
 
+EXPORT_KIND = "export"  # the marker kind of an export directory (models.osutil.mark_owned)
+
 Log = Callable[[str], None]
+
+
+class ExportDirError(ExportError):
+    """The export directory may not be written as asked (another checkpoint's export, not ours, a symlink)."""
+
+
+class ChangedArtifactError(ExportError):
+    """An artifact's file no longer matches the manifest's sha256 (and was not explicitly accepted)."""
 
 
 @dataclass
@@ -225,20 +250,101 @@ def checkpoint_summary(path: Path, ckpt: Checkpoint) -> dict[str, Any]:
     }
 
 
-def previous_artifacts(export_dir: Path, source_sha256: str, replacing: list[str], log: Log) -> list[Artifact]:
-    """Artifacts of an earlier export of the same checkpoint into this directory that are not rebuilt now
-    (e.g. a TensorRT engine added on a GPU machine to an export made on a CPU one)."""
+def previous_export(export_dir: Path, source_sha256: str, overwrite: bool) -> Manifest | None:
+    """The export already at `export_dir` (None when there is none). Replacing an export of another
+    checkpoint needs `overwrite`; a folder that is not one of our exports is never replaced."""
+    if export_dir.is_symlink():
+        raise ExportDirError(f"{export_dir} is a symlink; export into a real folder (--out)")
+    sweep_stale_temporaries(export_dir)
+    if not export_dir.exists() or not any(export_dir.iterdir()):
+        return None
+    if not is_owned(export_dir, EXPORT_KIND):
+        raise ExportDirError(
+            f"{export_dir} exists and was not made by `python -m export` (no {MARKER_NAME} file); it is left "
+            "as it is. Choose another --out, or move that folder away"
+        )
     try:
         old = read_manifest(export_dir)
     except ExportError:
-        return []
-    if old.source_checkpoint.get("sha256") != source_sha256:
-        log(f"{export_dir} held an export of another checkpoint; its manifest entries are replaced")
+        return None  # an export that never got its manifest (an older crash): nothing in it to keep
+    if old.source_checkpoint.get("sha256") != source_sha256 and not overwrite:
+        raise ExportDirError(
+            f"{export_dir} holds the export of another checkpoint ({old.source_checkpoint.get('path')}); pass "
+            "--overwrite to replace it, or choose another --out/--name"
+        )
+    return old
+
+
+def carry_over(old: Manifest | None, export_dir: Path, staging: Path, source_sha256: str, replacing: list[str],
+               log: Log) -> list[Artifact]:  # fmt: skip
+    """Artifacts of an earlier export of the same checkpoint that are not rebuilt now (e.g. a TensorRT
+    engine added on a GPU machine to an export made on a CPU one), linked into the new export."""
+    if old is None or old.source_checkpoint.get("sha256") != source_sha256:
         return []
     kept = [a for a in old.artifacts if a.format not in replacing and (export_dir / a.file).is_file()]
+    for artifact in kept:
+        try:
+            os.link(export_dir / artifact.file, staging / artifact.file)  # files are never changed in place
+        except OSError:
+            shutil.copy2(export_dir / artifact.file, staging / artifact.file)
     if kept:
         log(f"keeping the existing {', '.join(a.format for a in kept)} artifact(s) of the same checkpoint")
     return kept
+
+
+@contextlib.contextmanager
+def staged_export(export_dir: Path) -> Iterator[Path]:
+    """A marked temporary folder beside `export_dir` to write the whole export into. The caller swaps it
+    in with `swap_in`; if the export fails (or the process dies) the previous export is untouched and
+    the temporary folder is removed (or swept by the next export)."""
+    export_dir.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temporaries(export_dir.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.", suffix=".tmp", dir=export_dir.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would become the export's mode
+        mark_owned(staging, EXPORT_KIND)
+        yield staging
+    finally:
+        if staging.exists():
+            remove_owned_tree(staging, EXPORT_KIND)
+
+
+def swap_in(staging: Path, export_dir: Path) -> None:
+    """Make `staging` the export at `export_dir` in one step; the previous export (if any) is deleted after."""
+    for path in staging.iterdir():  # the data must be on disk before the rename makes it the export
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    if not export_dir.exists():
+        os.rename(staging, export_dir)
+    elif exchange(staging, export_dir):  # now `staging` holds the previous export
+        remove_previous(staging)
+    else:  # no atomic exchange on this filesystem: two renames; the old export keeps a name nobody sweeps
+        replaced = export_dir.with_name(f".{export_dir.name}.replaced-{os.getpid()}")
+        os.rename(export_dir, replaced)
+        os.rename(staging, export_dir)
+        remove_previous(replaced)
+    fsync_directory(export_dir.parent)
+
+
+def remove_previous(folder: Path) -> None:
+    """The replaced export: ours (marked), or the empty folder `previous_export` let through."""
+    if is_owned(folder, EXPORT_KIND):
+        remove_owned_tree(folder, EXPORT_KIND)
+    else:
+        folder.rmdir()  # fails, and so deletes nothing, unless it is empty
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def calibration_for(
@@ -265,10 +371,16 @@ def calibration_for(
 
 
 def export_checkpoint(
-    checkpoint_path: Path, export_dir: Path, name: str | None, options: ExportOptions, log: Log = print
+    checkpoint_path: Path, export_dir: Path, name: str | None, options: ExportOptions, log: Log = print,
+    overwrite: bool = False,
 ) -> ExportResult:
+    """Build the export in a temporary folder beside `export_dir` and swap it in as a whole: a crash or
+    a failure part-way leaves the previous export as it was. Replacing another checkpoint's export
+    needs `overwrite`."""
     formats, skipped = resolve_formats(options.formats)
     ckpt = load_checkpoint(checkpoint_path)
+    source = checkpoint_summary(checkpoint_path, ckpt)
+    old = previous_export(export_dir, source["sha256"], overwrite)  # before any work: it may refuse
     calibration = calibration_for(formats, skipped, ckpt, options, log)  # first: it can rule out onnx-int8
     steps = 2 + len(formats) + 1
     step = iter(range(1, steps + 1))
@@ -287,54 +399,88 @@ def export_checkpoint(
     if calibration is not None:
         log(f"    int8 calibration set: {calibration.description}")
 
-    export_dir.mkdir(parents=True, exist_ok=True)
     references = ReferenceRunners(ckpt, options.threads)
     artifacts, errors = [], {}
-    for fmt in formats:
-        log(f"[{next(step)}/{steps}] {fmt}: writing {export_dir / ARTIFACT_FILES[fmt]}")
-        if fmt in BUILT_FROM_ONNX and "onnx" in errors:
-            errors[fmt] = "not built: it is built from the ONNX file, whose export failed"
-            log(f"    {errors[fmt]}")
-            continue
-        started = time.perf_counter()
-        try:
-            artifact = write_artifact(fmt, model, export_dir, options, preprocess.input_size, calibration, log)
-        except TensorRTUnavailable:
-            raise
-        except Exception as e:  # one format failing must not cost the others; the exit status reports it
-            errors[fmt] = f"{type(e).__name__}: {first_line(e)}"
-            log(f"    FAILED: {errors[fmt]}")
-            continue
-        seconds = artifact.details["export_seconds"] = round(time.perf_counter() - started, 2)
-        log(f"    written in {seconds:.1f} s" + (
-            f" ({artifact.details['exporter']} exporter, opset {artifact.details['opset']}, onnx.checker passed)"
-            if fmt == "onnx" else ""))  # fmt: skip
-        artifact.parity = run_parity(artifact, export_dir, references, parity_set, options, log)
-        artifacts.append(artifact)
+    with staged_export(export_dir) as staging:
+        for fmt in formats:
+            log(f"[{next(step)}/{steps}] {fmt}: writing {ARTIFACT_FILES[fmt]}")
+            if fmt in BUILT_FROM_ONNX and "onnx" in errors:
+                errors[fmt] = "not built: it is built from the ONNX file, whose export failed"
+                log(f"    {errors[fmt]}")
+                continue
+            started = time.perf_counter()
+            try:
+                artifact = write_artifact(fmt, model, staging, options, preprocess.input_size, calibration, log)
+            except TensorRTUnavailable:
+                raise
+            except Exception as e:  # one format failing must not cost the others; the exit status reports it
+                errors[fmt] = f"{type(e).__name__}: {first_line(e)}"
+                log(f"    FAILED: {errors[fmt]}")
+                continue
+            seconds = artifact.details["export_seconds"] = round(time.perf_counter() - started, 2)
+            log(f"    written in {seconds:.1f} s" + (
+                f" ({artifact.details['exporter']} exporter, opset {artifact.details['opset']}, onnx.checker passed)"
+                if fmt == "onnx" else ""))  # fmt: skip
+            artifact.parity = run_parity(artifact, staging, references, parity_set, options, log)
+            artifacts.append(artifact)
 
-    log(f"[{next(step)}/{steps}] manifest")
-    source = checkpoint_summary(checkpoint_path, ckpt)
-    manifest = Manifest(
-        name=name,
-        arch=ckpt.arch,
-        arch_kwargs=ckpt.arch_kwargs,
-        class_names=list(ckpt.class_names),
-        preprocess=preprocess,
-        input={"name": INPUT_NAME, "dtype": "float32", "layout": "NCHW",
-               "shape": [-1, 3, preprocess.input_size, preprocess.input_size]},  # fmt: skip
-        output={"name": OUTPUT_NAME, "dtype": "float32", "shape": [-1, ckpt.num_classes]},
-        source_checkpoint=source,
-        versions=library_versions(),
-        artifacts=previous_artifacts(export_dir, source["sha256"], formats, log) + artifacts,
-        extra={"created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
-    )
-    log(f"    {write_manifest(export_dir, manifest)}")
+        log(f"[{next(step)}/{steps}] manifest")
+        manifest = Manifest(
+            name=name,
+            arch=ckpt.arch,
+            arch_kwargs=ckpt.arch_kwargs,
+            class_names=list(ckpt.class_names),
+            preprocess=preprocess,
+            input={"name": INPUT_NAME, "dtype": "float32", "layout": "NCHW",
+                   "shape": [-1, 3, preprocess.input_size, preprocess.input_size]},  # fmt: skip
+            output={"name": OUTPUT_NAME, "dtype": "float32", "shape": [-1, ckpt.num_classes]},
+            source_checkpoint=source,
+            versions=library_versions(),
+            artifacts=carry_over(old, export_dir, staging, source["sha256"], formats, log) + artifacts,
+            extra={"created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        )
+        if not artifacts:
+            log(f"    nothing was built: {export_dir} is left as it was")
+            return ExportResult(manifest, export_dir, skipped, errors)
+        write_manifest(staging, manifest)
+        swap_in(staging, export_dir)
+        log(f"    {export_dir / MANIFEST_NAME} (the export was written beside it and swapped in whole)")
     return ExportResult(manifest, export_dir, skipped, errors)
 
 
-def verify_export(export_dir: Path, checkpoint_path: Path | None, options: ExportOptions, log: Log = print) -> ExportResult:
-    """Re-check every artifact of an export directory against its source checkpoint; rewrite the manifest."""
+def verify_export(
+    export_dir: Path, checkpoint_path: Path | None, options: ExportOptions, log: Log = print,
+    accept_changed: list[str] | None = None,
+) -> ExportResult:
+    """Re-check every artifact of an export directory against its source checkpoint; rewrite the manifest.
+
+    An artifact whose sha256 differs from the manifest is never loaded (TorchScript is a program) and
+    fails the verification with the manifest left as it was, unless its format is in `accept_changed`:
+    then its new hash is recorded, with when and what it replaced, and its parity is checked again.
+    """
     manifest = read_manifest(export_dir)
+    accept_changed = list(accept_changed or [])
+    unknown = [f for f in accept_changed if manifest.find(f) is None]
+    if unknown:
+        raise ManifestError(f"--accept-changed {', '.join(unknown)}: {export_dir} has no such artifact "
+                            f"(it has: {manifest.availability()})")  # fmt: skip
+    changed = {}
+    for artifact in manifest.artifacts:
+        path = export_dir / artifact.file
+        if not path.is_file():
+            raise ExportError(f"{path}: listed in the manifest but missing")
+        sha256 = sha256_file(path)
+        if sha256 != artifact.sha256:
+            changed[artifact.format] = sha256
+    refused = [fmt for fmt in changed if fmt not in accept_changed]
+    if refused:
+        files = ", ".join(f"{manifest.find(f).file} ({f})" for f in refused)
+        raise ChangedArtifactError(
+            f"{export_dir}: {files} changed since export (sha256 differs from the manifest); not loaded, and the "
+            "manifest is unchanged. Re-export, or if you replaced the file on purpose accept it explicitly with "
+            f"`python -m export --verify {export_dir} --accept-changed {refused[0]}` (its parity is checked again "
+            "and the acceptance recorded)"
+        )
     if checkpoint_path is None:
         checkpoint_path = Path(manifest.source_checkpoint["path"])
         if not checkpoint_path.is_file():
@@ -350,21 +496,22 @@ def verify_export(export_dir: Path, checkpoint_path: Path | None, options: Expor
     log(f"    parity set: {parity_set.description}")
     references = ReferenceRunners(ckpt, options.threads)
     skipped = {}
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for artifact in manifest.artifacts:
         fmt, path = artifact.format, export_dir / artifact.file
-        if not path.is_file():
-            raise ExportError(f"{path}: listed in the manifest but missing")
+        if fmt in changed:
+            log(f"{fmt}: {path.name} changed since export; accepted as asked (--accept-changed {fmt})")
+            artifact.details.setdefault("accepted_changes", []).append(
+                {"at": now, "previous_sha256": artifact.sha256, "sha256": changed[fmt]}
+            )
+            artifact.sha256, artifact.details["size_bytes"] = changed[fmt], path.stat().st_size
         if fmt == "trt" and (reason := tensorrt_missing_reason()):
             skipped[fmt] = reason
             log(f"{fmt}: not checked here: {reason}")
             continue
-        sha256 = sha256_file(path)
-        if sha256 != artifact.sha256:
-            log(f"{fmt}: WARNING: {path.name} changed since it was exported (sha256 differs)")
-            artifact.sha256, artifact.details["size_bytes"] = sha256, path.stat().st_size
         log(f"{fmt}: {path.name}")
         artifact.parity = run_parity(artifact, export_dir, references, parity_set, options, log)
-    manifest.extra["verified"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest.extra["verified"] = now
     write_manifest(export_dir, manifest)
     return ExportResult(manifest, export_dir, skipped)
 

@@ -6,6 +6,10 @@ Examples:
   python -m export --to onnx-int8                   # + ONNX INT8 for CPU serving, calibrated on the training split
   python -m export --to trt --min-batch 1 --opt-batch 16 --max-batch 64
   python -m export --verify exports/digits          # re-check an existing export directory
+  python -m export --verify exports/digits --accept-changed onnx   # you replaced model.onnx on purpose
+
+An export is written into a temporary folder beside --out and swapped in whole: a crash or a failure
+part-way leaves the previous export as it was. Replacing an export of another checkpoint needs --overwrite.
 
 Exit status: 0 every artifact written and within its parity gate (TensorRT skipped under `--to all` when
 it cannot run here, ONNX INT8 when there are no calibration images); 1 an artifact failed to export or
@@ -22,8 +26,8 @@ from pathlib import Path
 
 from models import CheckpointError
 
-from .build import ExportOptions, ExportResult, export_checkpoint, verify_export, with_overrides
-from .manifest import ExportError, ManifestError, ResourceUnavailable
+from .build import ExportDirError, ExportOptions, ExportResult, export_checkpoint, verify_export, with_overrides
+from .manifest import FORMATS, ExportError, ManifestError, ResourceUnavailable
 from .parity import DEFAULT_PARITY_SAMPLES, FP16_THRESHOLDS, FP32_THRESHOLDS, INT8_THRESHOLDS
 from .quantize import DEFAULT_CALIBRATION_SAMPLES, CalibrationUnavailable
 from .runners import check_device
@@ -50,8 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where to look for best.pt when --checkpoint is not given (default: runs)")
     parser.add_argument("--name", help="model name the server will use (default: the checkpoint's arch)")
     parser.add_argument("--out", type=Path, help="export directory (default: exports/<name>/)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an export of a different checkpoint at --out (an export of the same "
+                             "checkpoint is updated without it, keeping the formats not rebuilt)")
     parser.add_argument("--verify", type=Path, metavar="EXPORT_DIR",
-                        help="re-run the parity checks of an existing export directory and update its manifest")
+                        help="re-run the parity checks of an existing export directory and update its manifest; "
+                             "fails, without loading it or touching the manifest, when any artifact's sha256 "
+                             "differs from the manifest")
+    parser.add_argument("--accept-changed", action="append", choices=FORMATS, default=[], metavar="FORMAT",
+                        help="with --verify: accept this format's changed file (you replaced it on purpose); its "
+                             "new sha256 is recorded with the time and the hash it replaced, and its parity is "
+                             "checked again. Repeat for several formats")
 
     batch = parser.add_argument_group("batch sizes (the TensorRT optimization profile; recorded in the manifest)")
     batch.add_argument("--min-batch", type=int, default=BatchProfile.min, help="default: %(default)s")
@@ -174,9 +187,11 @@ def summary_table(result: ExportResult) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.accept_changed and args.verify is None:
+        raise UsageError("--accept-changed goes with --verify EXPORT_DIR")
     options = options_from_args(args)
     if args.verify is not None:
-        result = verify_export(args.verify, args.checkpoint, options, log=log)
+        result = verify_export(args.verify, args.checkpoint, options, log=log, accept_changed=args.accept_changed)
     else:
         checkpoint = args.checkpoint
         if checkpoint is None:
@@ -189,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
 
             name = name or load_checkpoint(checkpoint).arch
             out = Path("exports") / name
-        result = export_checkpoint(checkpoint, out, name, options, log=log)
+        result = export_checkpoint(checkpoint, out, name, options, log=log, overwrite=args.overwrite)
     log("")
     log(summary_table(result))
     return EXIT_OK if result.ok else EXIT_FAILED
@@ -205,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (UsageError, ManifestError, CalibrationUnavailable) as e:
+    except (UsageError, ManifestError, CalibrationUnavailable, ExportDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except ExportError as e:  # an exporter, the ONNX checker or the TensorRT builder failed

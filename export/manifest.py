@@ -225,6 +225,8 @@ def verify_artifact_file(export_dir: str | os.PathLike, artifact: Artifact) -> P
     if actual != artifact.sha256:
         raise ManifestError(
             f"{path}: sha256 {actual[:16]}... does not match the manifest's {artifact.sha256[:16]}...; "
-            "the file changed after export, so it is not loaded. Re-export it with `python -m export`"
+            "the file changed after export, so it is not loaded. Re-export it with `python -m export` (if you "
+            f"replaced it on purpose: `python -m export --verify {Path(export_dir)} --accept-changed {artifact.format}` "
+            "checks it and records the acceptance)"
         )
     return path

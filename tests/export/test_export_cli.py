@@ -156,15 +156,23 @@ def test_a_perturbed_artifact_fails_parity_and_the_command_exits_nonzero(digits_
     with pytest.raises(ManifestError, match="sha256"):
         open_runner(export_dir, "onnx")  # the changed file no longer matches the manifest
 
-    code, out, _ = run_cli(capsys, "--verify", export_dir)
-    assert code == 1, out
-    assert "changed since it was exported" in out
+    manifest_before = (export_dir / "manifest.json").read_bytes()
+    code, out, err = run_cli(capsys, "--verify", export_dir)
+    assert code == 1, out  # a changed file is never loaded nor re-accepted by --verify alone
+    assert "model.onnx (onnx) changed since export" in err and "--accept-changed onnx" in err
+    assert (export_dir / "manifest.json").read_bytes() == manifest_before
+
+    code, out, _ = run_cli(capsys, "--verify", export_dir, "--accept-changed", "onnx")
+    assert code == 1, out  # accepted, then checked: the nudged weights fail parity
+    assert "accepted as asked (--accept-changed onnx)" in out
     manifest = read_manifest(export_dir)
     ts, onnx_entry = manifest.artifacts
     assert ts.passed is True
     assert onnx_entry.passed is False
     assert any("not allclose" in f for f in onnx_entry.parity["failures"]), onnx_entry.parity
     assert onnx_entry.sha256 == sha256_file(export_dir / "model.onnx")
+    [accepted] = onnx_entry.details["accepted_changes"]
+    assert accepted["sha256"] == onnx_entry.sha256 and accepted["previous_sha256"] != onnx_entry.sha256 and accepted["at"]
     assert "onnx FAILED parity" in out
     assert any(line.startswith("onnx ") and line.endswith("FAILED") for line in out.splitlines())
 
