@@ -6,6 +6,10 @@ client -> a short locust load test -> stop the server -> print a summary and whe
 
 Every step runs the same command line a user would type (printed before it runs). A failing step
 stops the demo with its name and exit code, and the server is stopped whatever happens.
+
+A second run starts clean by deleting the work directory, which is why it deletes only a folder an
+earlier demo marked as its own, never through a symlink; a server an earlier demo left running (one
+killed with `kill -9`) is stopped from its state file first.
 """
 
 from __future__ import annotations
@@ -14,14 +18,16 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from models.osutil import MARKER_NAME, NotOwnedError, is_owned, mark_owned, remove_owned_tree
+
 MODEL_NAME = "digits"
+DEMO_KIND = "demo"  # the marker kind of a demo work directory (models.osutil.mark_owned)
 
 
 class StepFailed(RuntimeError):
@@ -50,6 +56,33 @@ def port_is_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
+def start_clean(work: Path) -> None:
+    """Empty the work directory of an earlier demo and mark it as the demo's. Only a real folder that an
+    earlier demo marked is deleted; an empty or missing one is used; anything else is refused."""
+    if work.is_symlink():
+        raise NotOwnedError(f"{work} is a symlink; the demo deletes its work directory on the next run, so it "
+                            "must be a real folder. Pass --workdir a new folder")  # fmt: skip
+    if work.exists() and any(work.iterdir()) and not is_owned(work, DEMO_KIND):
+        raise NotOwnedError(f"{work} holds files that no demo made (no {MARKER_NAME} file); the demo deletes its "
+                            "work directory on the next run, so pass --workdir a new or empty folder")  # fmt: skip
+    if is_owned(work, DEMO_KIND):
+        remove_owned_tree(work, DEMO_KIND)
+    mark_owned(work, DEMO_KIND)  # a missing or empty folder is used as it is
+
+
+def stop_leftover_server(run_dir: Path) -> None:
+    """Stop a TorchServe that an earlier demo started from `run_dir` and never stopped (killed with
+    `kill -9`): deleting its state file would leave `serve stop` unable to find it."""
+    if run_dir.is_symlink() or not is_owned(run_dir.parent, DEMO_KIND):
+        return  # not a demo's folder: its server, if any, is not ours to stop
+    from serve.server import read_state, stop
+
+    leftover = read_state(run_dir)
+    if leftover is not None:
+        print(f"demo: stopping the TorchServe an earlier demo left running (pid {leftover.pid}, port {leftover.port})")
+        stop(run_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python scripts/demo.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -59,15 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loadtest-duration", default="15s", help="locust run time (default: 15s)")
     args = parser.parse_args(argv)
 
+    work = Path(os.path.abspath(args.workdir))  # absolute, but a symlink stays a symlink (never resolved)
+    stop_leftover_server(work / "server")  # before the port check: a leftover server holds the ports
     ports = [args.port + i for i in range(5)]  # inference, management, metrics, gRPC x2
     busy = [p for p in ports if not port_is_free(p)]
     if busy:
         print(f"demo: port(s) {busy} on 127.0.0.1 are in use; stop what uses them or pass --port", file=sys.stderr)
         return 2
+    try:
+        start_clean(work)
+    except NotOwnedError as e:
+        print(f"demo: --workdir: {e}", file=sys.stderr)
+        return 2
 
-    work = args.workdir.resolve()
-    if work.exists():
-        shutil.rmtree(work)  # a second run starts clean
     runs, exports, store, images = work / "runs", work / "exports" / MODEL_NAME, work / "model_store", work / "images"
     run_dir, loadtests = work / "server", work / "loadtests"
     url = f"http://127.0.0.1:{args.port}"
