@@ -75,7 +75,7 @@ def export_model(arch: str, work_dir: Path, threads: int | None = None, log=prin
         pass
     command = [
         sys.executable, "-m", "export", "--checkpoint", str(checkpoint), "--out", str(export_dir),
-        "--name", arch, "--to", ",".join(EXPORTED_FORMATS),
+        "--name", arch, "--to", ",".join(EXPORTED_FORMATS), "--overwrite",  # our own stale export, if any
         "--parity-samples", str(PARITY_SAMPLES), "--parity-batch", str(PARITY_BATCH),
         # A random network's logits are near-ties, so int8 flips its top-1 on noise (81% agreement on
         # resnet20) while the logit vectors still agree (cosine 0.9996): keep only the cosine gate here.
