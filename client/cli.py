@@ -3,6 +3,8 @@
     python -m client cat.jpg photos/ --url http://localhost:8080 --model resnet50
     python -m client --local exports/resnet50 cat.jpg
     python -m client loadtest --host http://127.0.0.1:8080 --model resnet50 --users 8 --duration 60s
+    python -m client soak --run-dir .serve --duration 10m       # mixed valid and hostile traffic, pass/fail
+    python -m client evaluate --url http://localhost:8080 --model resnet50 --images /data/imagenet/val
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m client",
         description=__doc__,
-        epilog=EXIT_CODES + "\nLoad testing: `python -m client loadtest --help`.",
+        epilog=EXIT_CODES + "\nLoad testing: `python -m client loadtest --help`. Accuracy on labelled images: "
+        "`python -m client evaluate --help`.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files and/or folders (searched recursively)")
@@ -169,6 +172,14 @@ def main(argv: list[str] | None = None) -> int:
             from .loadtest import loadtest_main
 
             return loadtest_main(argv[1:])
+        if argv[:1] == ["soak"]:
+            from .soak import soak_main
+
+            return soak_main(argv[1:])
+        if argv[:1] == ["evaluate"]:
+            from .evaluate import evaluate_main
+
+            return evaluate_main(argv[1:])
         return predict_main(argv)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
