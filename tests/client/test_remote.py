@@ -236,6 +236,20 @@ def test_a_failed_prediction_503_is_not_retried(scripted_server, digit_images, r
     assert "HTTP 503: Prediction failed" in out
 
 
+INFERENCE_FAILED = {"code": 500, "type": "InferenceFailed", "message": "the model failed on this request (boom)"}
+
+
+@pytest.mark.parametrize("scripted_server", [[(500, INFERENCE_FAILED), (200, {"7": 1.0})]], indirect=True)
+def test_the_handlers_inference_failure_is_not_retried(scripted_server, digit_images, run_client):
+    """The handler answers a request whose forward pass failed with its own 500 (not a batch-wide 503):
+    the client reports it at once, and the next image (a new request) is still classified."""
+    images = sorted((digit_images / "7").iterdir())[:2]
+    url = f"http://127.0.0.1:{scripted_server.server_address[1]}"
+    status, out, _ = run_client(*images, "--url", url, "--model", "digits", "--retries", 4, "--concurrency", 1)
+    assert status == 1 and scripted_server.requests_seen == 2
+    assert "HTTP 500: the model failed on this request (boom)" in out
+
+
 FORM_ERROR = {"code": 500, "type": "ErrorDataDecoderException", "message": "Bad end of line"}
 
 
