@@ -33,7 +33,13 @@ BATCH = 64
 def open_model(weights: str, arch: str | None, config: dict[str, Any]) -> tuple[Classifier, dict[str, Any], str]:
     """(classifier, data config, what it is) for one of our checkpoints, or a bare torchvision/timm weight
     file (or cache name) with `arch`. `config` holds the data flags given (may be empty)."""
-    raw = read_weights_file(weights) if Path(weights).is_file() else None
+    cache_name = weights.startswith(("torchvision:", "timm:"))
+    if not cache_name and not Path(weights).is_file():
+        raise CheckpointError(
+            f"--checkpoint {weights}: no such file. Pass one of our checkpoints, or a torchvision/timm weight file "
+            "(or a cache name such as torchvision:resnet50.IMAGENET1K_V2) with --arch"
+        )
+    raw = None if cache_name else read_weights_file(weights)
     if isinstance(raw, dict) and "arch" in raw and "model" in raw:
         ckpt = Checkpoint.from_dict(raw, source=weights)
         data_config = {**(ckpt.config or {}), **config}
