@@ -153,7 +153,8 @@ def is_temporary_name(name: str) -> bool:
 
 def sweep_stale_temporaries(directory: str | os.PathLike, older_than: float | None = None) -> list[Path]:
     """Delete our temporaries in `directory` (not below it) last modified before `older_than`
-    (default: this process's start): what a writer killed with `kill -9` left behind. Returns them."""
+    (default: this process's start): what a writer killed with `kill -9` left behind. Returns them.
+    A folder of that name is deleted only when it carries our marker (staging folders are marked)."""
     directory = Path(directory)
     cutoff = PROCESS_START if older_than is None else older_than
     removed = []
@@ -166,6 +167,8 @@ def sweep_stale_temporaries(directory: str | os.PathLike, older_than: float | No
             if entry.lstat().st_mtime >= cutoff:
                 continue  # a live writer's file
             if entry.is_dir() and not entry.is_symlink():
+                if owned_kind(entry) is None:
+                    continue  # a folder we did not make, whatever its name
                 shutil.rmtree(entry)
             else:
                 entry.unlink()

@@ -19,9 +19,11 @@ import yaml
 
 # Only light imports here: `python -m serve status/stop/token` should not wait for torch to load.
 from export.manifest import Artifact, ExportError, Manifest, read_manifest, verify_artifact_file
+from models.osutil import mark_owned, sweep_stale_temporaries
 
 HANDLER_FILE = Path(__file__).with_name("handler.py")
 MODEL_CONFIG_NAME = "model-config.yaml"
+STAGING_KIND = "model-store-staging"  # marker kind of the folder an archive is built in
 # The handler's bounds on one request (413 above them, judged from the headers before decoding): enough
 # images for a client's batch, and the decoded pixels of two full-size lossless images
 # (models.imageio.DEFAULT_MAX_FULL_PIXELS each) or dozens of phone photos, which JPEG's draft mode
@@ -69,7 +71,9 @@ def package(export_dir: str | os.PathLike, model_store: str | os.PathLike, name:
 
     model_store = Path(model_store)
     model_store.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=model_store) as staging:
+    sweep_stale_temporaries(model_store)  # staging folders of a packager killed part-way (kill -9)
+    with tempfile.TemporaryDirectory(prefix=f".{name}.", suffix=".tmp", dir=model_store) as staging:
+        mark_owned(staging, STAGING_KIND)  # the sweep deletes only marked folders
         config_file = Path(staging) / MODEL_CONFIG_NAME
         config_file.write_text(yaml.safe_dump(model_config(options), sort_keys=False))
         archive(name, options.version, [export_dir / "manifest.json", *files], config_file, Path(staging))

@@ -18,7 +18,14 @@ import pytest
 import yaml
 
 from models import load_checkpoint
-from models.osutil import MARKER_NAME, NotOwnedError, is_owned, remove_owned_tree, sweep_stale_temporaries
+from models.osutil import (
+    MARKER_NAME,
+    NotOwnedError,
+    is_owned,
+    mark_owned,
+    remove_owned_tree,
+    sweep_stale_temporaries,
+)
 from tests.fixtures.trained import run_train, train_command
 from train.cli import main
 from train.data import DataError, build_dataset
@@ -174,6 +181,13 @@ def test_sweep_keeps_live_temporaries(tmp_path):
     os.utime(old, (time.time() - 3600, time.time() - 3600))
     assert sweep_stale_temporaries(tmp_path, older_than=time.time() - 60) == [old]
     assert new.exists() and other.exists()
+
+    staging, foreign = tmp_path / ".export.a1.tmp", tmp_path / ".photos.tmp"  # folders: only marked ones go
+    mark_owned(staging, "export")
+    (foreign / "keep.jpg").parent.mkdir()
+    (foreign / "keep.jpg").write_bytes(b"x")
+    assert sorted(sweep_stale_temporaries(tmp_path, older_than=time.time() + 60)) == [staging, new]
+    assert (foreign / "keep.jpg").is_file()
 
 
 def test_crafted_cifar_pickle_runs_no_code(tmp_path):
