@@ -1,8 +1,9 @@
 """`python -m serve {package,start,stop,status,token,manifests}`: model archives, the TorchServe process
 and its Kubernetes manifests.
 
-Exit codes: 0 success; 1 a clear error (message on stderr); for `status`, 3 when no server is running
-and 1 when it runs but a model has no ready worker.
+Exit codes: 0 success; 1 a clear error (message on stderr); for `status`, 3 when no server is running,
+4 when the server started from the run directory died (its frontend killed, or out of memory) without
+`stop`, and 1 when it runs but a model has no ready worker.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .package import PackageError, PackageOptions, package
 from .server import ServerError, ServerSettings, read_state, run_in_foreground, start, status, stop
 
 NOT_RUNNING = 3
+DIED = 4
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,7 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_dir(p)
     p.set_defaults(run=run_stop)
 
-    p = commands.add_parser("status", help="is it running, which models, how many ready workers (exit 3: not running)")
+    p = commands.add_parser(
+        "status", help="is it running, which models, how many ready workers (exit 3: not running, 4: died, 1: a model "
+        "has workers not ready)"
+    )
     add_run_dir(p)
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.set_defaults(run=run_status)
@@ -309,7 +314,8 @@ def run_start(args) -> int:
         print("running in the foreground: SIGTERM or Ctrl-C stops it", flush=True)
         exit_code = run_in_foreground(info)
         if exit_code:
-            print(f"error: TorchServe exited by itself; logs in {Path(info.run_dir) / 'logs'}", file=sys.stderr)
+            print(f"error: TorchServe's frontend (pid {info.pid}) exited by itself (killed, or out of memory: see "
+                  f"--frontend-heap); logs in {Path(info.run_dir) / 'logs'}", file=sys.stderr)  # fmt: skip
         return exit_code
     print(f"stop it:      python -m serve stop --run-dir {args.run_dir}")
     return 0
@@ -343,13 +349,24 @@ def run_status(args) -> int:
     if report is None:
         print(json.dumps(None) if args.json else f"no TorchServe running from {args.run_dir}")
         return NOT_RUNNING
+    if report["state"] == "died":
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            leftovers = report["leftover_workers"]
+            print(f"TorchServe from {args.run_dir} DIED: its frontend (pid {report['pid']}) is gone, but it was never "
+                  "stopped (killed, or exited on OutOfMemoryError; see --frontend-heap)"
+                  + (f"; {len(leftovers)} worker process(es) left behind: {leftovers}" if leftovers else ""))  # fmt: skip
+            print(f"end of its logs:\n{report['log_tail']}")
+            print(f"clean up with python -m serve stop --run-dir {args.run_dir}, then start it again")
+        return DIED
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(f"TorchServe running (pid {report['pid']}): inference {report['inference']}, "
               f"management {report['management']}, metrics {report['metrics']}")  # fmt: skip
         for name, model in report["models"].items():
-            state = model.get("error") or f"{model['ready']}/{model['workers']} workers ready"
+            state = model.get("error") or f"{model['ready']}/{model['workers']} workers ready (pids {model['pids']})"
             print(f"  {name}: {state}")
     healthy = all(m.get("workers") and m["ready"] == m["workers"] for m in report["models"].values())
     return 0 if healthy else 1

@@ -30,7 +30,6 @@ intra-op threads; default: the usable cores / the workers).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,27 +41,9 @@ from export.classifier import Classifier
 from models.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decoded_pixels
 from models.osutil import first_line, usable_cores
 from serve.package import DEFAULT_MAX_IMAGES, DEFAULT_MAX_REQUEST_PIXELS
+from serve.refusal import HOW_TO_CHANGE, PHRASES, Refused, part_label
 
 logger = logging.getLogger(__name__)
-
-RAW_BODY_NAMES = ("body", "data")  # TorchServe's parameter names for a request's raw body
-MAX_MESSAGE_CHARS = 500  # an error message sent back, whatever exception text it quotes
-MAX_NAME_CHARS = 60  # a multipart part name echoed in a message
-PHRASES = {400: "Bad Request", 413: "Payload Too Large", 500: "Internal Server Error"}
-HOW_TO_CHANGE = ("the archive's model-config.yaml, handler.{key}; python -m serve package --{flag} N")
-
-
-class Refused(Exception):
-    """One request's failure, answered as its own HTTP `code` with a JSON `{"code", "type", "message"}`."""
-
-    def __init__(self, code: int, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.kind = code, kind
-        self.message = message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 3] + "..."
-
-    def body(self) -> str:
-        return json.dumps({"code": self.code, "type": self.kind, "message": self.message})
-
 
 class ImageClassifierHandler(BaseHandler):
     """Classifies images with an export directory's artifact; one bad image fails only its own request."""
@@ -247,15 +228,6 @@ def split(probabilities: torch.Tensor, counts: list[int], errors: list[Refused |
         results.append(error if error is not None else probabilities[start : start + count])
         start += count
     return results
-
-
-def part_label(name: str) -> str:
-    """"part 'NAME': " for a multipart part (the name cut short), "" for a raw body."""
-    if name in RAW_BODY_NAMES:
-        return ""
-    if len(name) > MAX_NAME_CHARS:
-        name = name[: MAX_NAME_CHARS - 3] + "..."
-    return f"part {name!r}: "
 
 
 def torch_threads(runner, threads: int) -> int:

@@ -238,13 +238,37 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def read_state(run_dir: Path) -> ServerInfo | None:
-    """The server recorded in `run_dir`, or None when there is none or its process is gone."""
+def recorded_state(run_dir: Path) -> ServerInfo | None:
+    """The server `start` recorded in `run_dir` (alive or not), or None when there is no record."""
     try:
-        info = ServerInfo(**json.loads((run_dir / STATE_FILE).read_text()))
+        return ServerInfo(**json.loads((Path(run_dir) / STATE_FILE).read_text()))
     except (OSError, ValueError, TypeError):
         return None
-    return info if is_torchserve(info.pid) else None
+
+
+def read_state(run_dir: Path) -> ServerInfo | None:
+    """The server recorded in `run_dir`, or None when there is none or its process is gone."""
+    info = recorded_state(run_dir)
+    return info if info is not None and is_torchserve(info.pid) else None
+
+
+def dead_server(run_dir: Path) -> ServerInfo | None:
+    """The server recorded in `run_dir` whose frontend is gone without `stop` (killed, or exited on an
+    OutOfMemoryError), or None when one runs or none was recorded."""
+    info = recorded_state(Path(run_dir).resolve())
+    return info if info is not None and not is_torchserve(info.pid) else None
+
+
+def worker_processes(run_dir: Path) -> list[psutil.Process]:
+    """Python workers listening on a socket of `run_dir` (TorchServe's temp dir), whether or not their
+    frontend still runs: a frontend killed with -9 leaves its workers behind."""
+    prefix = str(Path(run_dir).resolve() / ".ts.sock.")
+    workers = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if any(arg.startswith(prefix) for arg in cmdline) and any("model_service_worker" in a for a in cmdline):
+            workers.append(process)
+    return workers
 
 
 def is_torchserve(pid: int) -> bool:
@@ -340,10 +364,21 @@ def probe_image() -> bytes:
 
 
 def stop(run_dir: Path, timeout_s: float = 30.0) -> bool:
-    """Stop the server recorded in `run_dir` and its workers; False when none was running."""
+    """Stop the server recorded in `run_dir` and its workers (also those a dead frontend left behind);
+    False when none was running."""
     run_dir = Path(run_dir).resolve()
     info = read_state(run_dir)
     stopped = False
+    if info is None and recorded_state(run_dir) is not None:
+        # The frontend died: its workers have nothing left to finish.
+        leftovers = worker_processes(run_dir)
+        for process in leftovers:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(leftovers, timeout=10)
+        stopped = bool(leftovers)
     if info is not None:
         java = psutil.Process(info.pid)
         processes = [java, *java.children(recursive=True)]
@@ -383,11 +418,18 @@ def run_in_foreground(info: ServerInfo) -> int:
 
 
 def status(run_dir: Path) -> dict | None:
-    """None when no server runs from `run_dir`; else its ports and, per model, workers and their states."""
-    info = read_state(Path(run_dir).resolve())
+    """None when no server was started from `run_dir` (or it was stopped). Else `state` "running", with its
+    ports and, per model, its workers, how many are ready and their pids; or `state` "died" when the
+    frontend is gone without `stop`, with the workers it left behind and the end of its logs."""
+    run_dir = Path(run_dir).resolve()
+    dead = dead_server(run_dir)
+    if dead is not None:
+        return {"state": "died", "pid": dead.pid, "run_dir": str(run_dir),
+                "leftover_workers": [p.pid for p in worker_processes(run_dir)], "log_tail": log_tail(run_dir, 10)}  # fmt: skip
+    info = read_state(run_dir)
     if info is None:
         return None
-    report = {"pid": info.pid, "inference": info.inference_url, "management": info.management_url,
+    report = {"state": "running", "pid": info.pid, "inference": info.inference_url, "management": info.management_url,
               "metrics": info.metrics_url, "token_auth": info.token_auth,
               "key_file": str(info.key_file) if info.token_auth else None, "models": {}}  # fmt: skip
     for name in info.models:
@@ -396,8 +438,9 @@ def status(run_dir: Path) -> dict | None:
             response = requests.get(url, headers=info.headers("management"), timeout=10)
             response.raise_for_status()
             workers = response.json()[0]["workers"]
-            report["models"][name] = {"workers": len(workers), "ready": sum(w["status"] == "READY" for w in workers)}
-        except (requests.RequestException, ValueError, KeyError, IndexError, ServerError) as e:
+            report["models"][name] = {"workers": len(workers), "ready": sum(w["status"] == "READY" for w in workers),
+                                      "pids": sorted(int(w["pid"]) for w in workers if w.get("pid"))}  # fmt: skip
+        except (requests.RequestException, ValueError, KeyError, IndexError, TypeError, ServerError) as e:
             report["models"][name] = {"error": str(e)}
     return report
 
