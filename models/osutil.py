@@ -154,7 +154,7 @@ def is_temporary_name(name: str) -> bool:
 def sweep_stale_temporaries(directory: str | os.PathLike, older_than: float | None = None) -> list[Path]:
     """Delete our temporaries in `directory` (not below it) last modified before `older_than`
     (default: this process's start): what a writer killed with `kill -9` left behind. Returns them.
-    A folder of that name is deleted only when it carries our marker (staging folders are marked)."""
+    A folder of that name is deleted only when it carries our marker (staging folders are marked) or is empty."""
     directory = Path(directory)
     cutoff = PROCESS_START if older_than is None else older_than
     removed = []
@@ -167,9 +167,12 @@ def sweep_stale_temporaries(directory: str | os.PathLike, older_than: float | No
             if entry.lstat().st_mtime >= cutoff:
                 continue  # a live writer's file
             if entry.is_dir() and not entry.is_symlink():
-                if owned_kind(entry) is None:
+                if owned_kind(entry) is not None:
+                    shutil.rmtree(entry)
+                elif not any(entry.iterdir()):
+                    entry.rmdir()  # a staging folder its maker died in before marking it
+                else:
                     continue  # a folder we did not make, whatever its name
-                shutil.rmtree(entry)
             else:
                 entry.unlink()
         except FileNotFoundError:
