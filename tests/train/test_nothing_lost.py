@@ -80,6 +80,11 @@ def test_resume_from_best_refuses_or_forks_and_keeps_the_run(finished_run, tmp_p
     rows = (fork / "metrics.csv").read_text().strip().splitlines()[1:]
     assert [r.split(",")[0] for r in rows] == [str(e) for e in range(best.epoch + 1, 5)]
 
+    # continuing the fork (its own last.pt) keeps its lineage
+    assert main(["--resume", str(fork / "last.pt"), "--epochs", "5", "--no-tensorboard", "--no-plots"]) == 0
+    assert yaml.safe_load((fork / "config.yaml").read_text())["forked_from"] == config["forked_from"]
+    assert snapshot(finished_run) == before
+
 
 def test_resume_with_another_batch_size_is_refused(finished_run, capsys):
     before = snapshot(finished_run)
@@ -186,7 +191,9 @@ def test_sweep_keeps_live_temporaries(tmp_path):
     mark_owned(staging, "export")
     (foreign / "keep.jpg").parent.mkdir()
     (foreign / "keep.jpg").write_bytes(b"x")
-    assert sorted(sweep_stale_temporaries(tmp_path, older_than=time.time() + 60)) == [staging, new]
+    (tmp_path / ".export.b2.tmp").mkdir()  # made, but its maker died before marking it
+    swept = sorted(sweep_stale_temporaries(tmp_path, older_than=time.time() + 60))
+    assert swept == [staging, tmp_path / ".export.b2.tmp", new]
     assert (foreign / "keep.jpg").is_file()
 
 
