@@ -97,7 +97,6 @@ def build_config(overrides: dict[str, Any], recipe: str | None = None) -> dict[s
 
 def _resumed_config(path: Path, ckpt: Checkpoint, overrides: dict[str, Any]) -> dict[str, Any]:
     config = dict(ckpt.config)
-    config.pop("forked_from", None)  # set again below when this is a fork of a fork
     fixed = [k for k in TOPOLOGY_KEYS if k in overrides and int(overrides[k]) != int(config.get(k) or 1)]
     if fixed:
         raise ConfigError(
@@ -111,7 +110,7 @@ def _resumed_config(path: Path, ckpt: Checkpoint, overrides: dict[str, Any]) -> 
         print(f"warning: resuming with changed {changed}; the run will not match an uninterrupted one", file=sys.stderr)
     config.update(overrides)
     config.update(resume=str(path))
-    config.setdefault("out", str(path.parent.parent))
+    config.setdefault("out", str(path.parent.parent))  # a fork's default --out
     if "out" not in overrides and "name" not in overrides:  # continuing in the checkpoint's own folder
         config.update(out=str(path.parent.parent), name=path.parent.name)
     validate(config)

@@ -183,9 +183,11 @@ def test_sweep_keeps_live_temporaries(tmp_path):
     old, new, other = tmp_path / ".last.pt.abc.tmp", tmp_path / ".last.pt.def.tmp", tmp_path / "notes.tmp"
     for p in (old, new, other):
         p.write_bytes(b"x")
-    os.utime(old, (time.time() - 3600, time.time() - 3600))
-    assert sweep_stale_temporaries(tmp_path, older_than=time.time() - 60) == [old]
-    assert new.exists() and other.exists()
+    hour_ago = time.time() - 3600
+    os.utime(old, (hour_ago, hour_ago))
+    removed = sweep_stale_temporaries(tmp_path, older_than=hour_ago + 60)
+    assert removed == [old], (removed, [(p.name, p.stat().st_mtime) for p in tmp_path.iterdir()])
+    assert new.exists() and other.exists() and not old.exists()
 
     staging, foreign = tmp_path / ".export.a1.tmp", tmp_path / ".photos.tmp"  # folders: only marked ones go
     mark_owned(staging, "export")
