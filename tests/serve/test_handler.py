@@ -248,3 +248,24 @@ def test_a_failed_forward_pass_is_retried_per_request(handler, valid_images, mon
     assert answers[0][1] == alone["jpeg"] and answers[2][1] == alone["png"]
     error = json.loads(answers[1][1])
     assert error["type"] == "InferenceFailed" and "the runtime failed" in error["message"]
+
+
+def test_an_allowed_large_request_runs_in_forward_passes_of_the_batch_size(handler, valid_images, monkeypatch):
+    """20 images in one request (within max_images) and a batch of several requests: every forward pass holds
+    at most the model config's batchSize images, and the answers are those of each image on its own."""
+    alone = {name: handle(handler, [{"body": valid_images[name]}])[0][1] for name in ("jpeg", "png")}
+    passes, predict = [], handler.runner.predict
+    monkeypatch.setattr(handler.runner, "predict", lambda batch: passes.append(len(batch)) or predict(batch))
+    names = ["jpeg", "png"] * 10
+    [(status, body)] = handle(handler, [{f"part{i}": valid_images[name] for i, name in enumerate(names)}])
+    assert status == 200 and handler.classifier.batch_size == 8
+    assert passes == [8, 8, 4]
+    answers = body  # one {label: probability} per image, in order (TorchServe serialises it)
+    assert len(answers) == 20
+    for name, answer in zip(names, answers):
+        assert list(answer) == list(alone[name])
+        assert answer == pytest.approx(alone[name], abs=1e-5)
+    passes.clear()
+    batch = [{f"p{i}": valid_images["jpeg"] for i in range(5)} for _ in range(3)]
+    assert [status for status, _ in handle(handler, batch)] == [200, 200, 200]
+    assert passes == [8, 7]
