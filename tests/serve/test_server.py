@@ -8,6 +8,7 @@ that TorchServe's dynamic batching mixes them, and the answers are compared with
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -322,10 +323,10 @@ def test_start_refuses_a_busy_port(torchserve, tmp_path):
     assert f"inference port 127.0.0.1:{torchserve.port} is not free" in result.stderr
 
 
-def test_foreground_server_stops_cleanly_on_sigterm(digits_export, tmp_path):
-    """What the container runs: `serve start --foreground`, TorchServe's log on stdout, `docker stop` = SIGTERM."""
+def start_foreground(digits_export, tmp_path) -> tuple[subprocess.Popen, list[str]]:
+    """`serve start --foreground` on the digits export, returned once it says it runs; its output (TorchServe's
+    log and our messages) keeps being collected into the returned list."""
     from serve.package import package
-    from serve.server import read_state
     from serve.server import free_ports
     from tests.fixtures.served import SERVED_PACKAGE_OPTIONS
 
@@ -336,15 +337,28 @@ def test_foreground_server_stops_cleanly_on_sigterm(digits_export, tmp_path):
                "--management-port", str(ports[1]), "--metrics-port", str(ports[2]),
                "--grpc-ports", str(ports[3]), str(ports[4])]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
     try:
-        lines = []
         for line in process.stdout:
             lines.append(line)
             if "running in the foreground" in line:
                 break
-        threading.Thread(target=process.stdout.read, daemon=True).start()  # keep draining TorchServe's log
-        output = "".join(lines)
-        assert "model digits is loaded and answering" in output, output
+        # Keep draining TorchServe's log (a full pipe would block it), and keep what comes for the asserts.
+        threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()
+        assert "model digits is loaded and answering" in "".join(lines), "".join(lines)
+    except BaseException:
+        process.kill()
+        stop(tmp_path / "run")
+        raise
+    return process, lines
+
+
+def test_foreground_server_stops_cleanly_on_sigterm(digits_export, tmp_path):
+    """What the container runs: `serve start --foreground`, TorchServe's log on stdout, `docker stop` = SIGTERM."""
+    from serve.server import read_state
+
+    process, _ = start_foreground(digits_export, tmp_path)
+    try:
         info = read_state(tmp_path / "run")
         assert info is not None
         assert requests.put(f"{info.inference_url}/predictions/digits", data=digits_png(), headers=info.headers(),
@@ -360,6 +374,30 @@ def test_foreground_server_stops_cleanly_on_sigterm(digits_export, tmp_path):
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
         assert read_state(tmp_path / "run") is None and not is_torchserve(info.pid)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        stop(tmp_path / "run")
+
+
+def test_foreground_mode_notices_a_dead_frontend(digits_export, tmp_path):
+    """The Java frontend killed (kill -9, or its exit on OutOfMemoryError): the foreground process exits 1 at
+    once with a message saying so (a container restarts), and takes the workers the frontend left with it."""
+    from serve.server import read_state, worker_processes
+
+    process, lines = start_foreground(digits_export, tmp_path)
+    try:
+        info = read_state(tmp_path / "run")
+        assert info is not None and worker_processes(tmp_path / "run")
+        killed = time.monotonic()
+        os.kill(info.pid, signal.SIGKILL)
+        assert process.wait(timeout=60) == 1
+        assert time.monotonic() - killed < 30  # polled every 0.5 s; the rest is stopping the workers
+        time.sleep(0.5)  # the drain thread's last lines
+        output = "".join(lines)
+        assert f"TorchServe's frontend (pid {info.pid}) exited by itself" in output, output[-2000:]
+        assert "--frontend-heap" in output
+        assert worker_processes(tmp_path / "run") == []
     finally:
         if process.poll() is None:
             process.kill()
