@@ -112,6 +112,10 @@ class ImageClassifierHandler(BaseHandler):
             except Refused as e:
                 requests.append([])
                 errors.append(e)
+            except Exception as e:  # reading headers must not fail the batch either
+                logger.exception("checking a request failed")
+                requests.append([])
+                errors.append(Refused(500, "ImageProcessingFailed", f"reading the request failed: {first_line(e)}"))
         decoded = list(self.map(self.try_decode, [part for images in requests for part in images]))
         pixels, counts, start = [], [], 0
         for i, images in enumerate(requests):
@@ -143,9 +147,9 @@ class ImageClassifierHandler(BaseHandler):
                     "decode it as text or JSON); send the file as the raw body (curl -T cat.jpg) or as a "
                     "multipart file part"
                 ))  # fmt: skip
-            transform = self.classifier.transform
+            data, transform = bytes(value), self.classifier.transform
             try:
-                total += decoded_pixels(bytes(value), max_pixels=transform.max_pixels, draft_size=transform.spec.resize_size)
+                total += decoded_pixels(data, max_pixels=transform.max_pixels, draft_size=transform.spec.resize_size)
             except ImageDecodeError as e:
                 raise Refused(400, "InvalidImage", f"{where}{e}") from None
             if total > self.max_request_pixels:
@@ -155,7 +159,7 @@ class ImageClassifierHandler(BaseHandler):
                     f"or fewer per request (the limit is set in "
                     f"{HOW_TO_CHANGE.format(key='max_request_pixels', flag='max-request-pixels')})"
                 ))  # fmt: skip
-            parts.append((name, bytes(value)))
+            parts.append((name, data))
         return parts
 
     def map(self, fn, items):
