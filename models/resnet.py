@@ -295,7 +295,8 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
         if zero_init_residual:
             for m in self.modules():
-                if isinstance(m, (BasicBlock, Bottleneck)):
+                # A plain block has no shortcut to carry the signal: zeroing its output would zero the network.
+                if isinstance(m, (BasicBlock, Bottleneck)) and m.residual:
                     nn.init.zeros_(m.last_norm_or_conv().weight)
 
     def residual_blocks(self) -> list[nn.Module]:

@@ -195,3 +195,64 @@ def test_python_m_models_prints_the_table():
     assert float(lines["resnet50"][3]) == pytest.approx(4.09, abs=0.01)  # GFLOPs, as torchvision reports
     assert lines["resnet50"][4] == "224x224"
     assert lines["resnet56"][4] == "32x32"
+
+
+# The write-ups' ablations: the norm-free network, the plain (shortcut-free) network, option B shortcuts.
+
+ABLATION_NETS = ["resnet20", "resnet50", "cifar_resnet18", "cifar_preact_resnet18"]
+
+
+@pytest.mark.parametrize("name", ABLATION_NETS)
+def test_norm_none_has_no_batchnorm_and_runs(name):
+    model = create_model(name, norm="none", num_classes=10).eval()
+    assert not [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert not [k for k in model.state_dict() if "running_mean" in k or k.endswith("num_batches_tracked")]
+    size = 32 if name != "resnet50" else 64
+    assert torch.isfinite(model(torch.randn(2, 3, size, size))).all()
+    with pytest.raises(ValueError, match="unknown norm 'group'"):
+        create_model(name, norm="group")
+
+
+@pytest.mark.parametrize("name", ABLATION_NETS)
+def test_default_nets_keep_their_batchnorm_and_keys(name):
+    default, explicit = create_model(name), create_model(name, norm="batch", residual=True)
+    assert list(default.state_dict()) == list(explicit.state_dict())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in default.modules())
+    assert all(block.residual is True for block in default.residual_blocks())
+
+
+@pytest.mark.parametrize("name", ABLATION_NETS)
+def test_plain_nets_have_no_shortcuts(name):
+    model = create_model(name, residual=False)
+    blocks = model.residual_blocks()
+    assert blocks and all(b.residual is False and b.downsample is None for b in blocks)
+    assert "downsample" not in " ".join(model.state_dict())
+
+
+def test_plain_net_differs_from_the_resnet_with_the_same_weights():
+    # resnet20's option A shortcuts have no parameters, so both nets hold exactly the same tensors.
+    torch.manual_seed(0)
+    resnet = create_model("resnet20").eval()
+    plain = create_model("resnet20", residual=False).eval()
+    plain.load_state_dict(resnet.state_dict(), strict=True)
+    x = torch.randn(4, 3, 32, 32)
+    assert not torch.allclose(resnet(x), plain(x), atol=1e-4)
+    # Without its shortcut each block is F(x) alone: block(x) = relu(bn2(conv2(relu(bn1(conv1(x)))))).
+    block = plain.layer1[0]
+    h = torch.randn(2, 16, 32, 32)
+    torch.testing.assert_close(block(h), torch.relu(block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(h)))))))
+
+
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_zero_init_residual_leaves_a_plain_net_alive(norm):
+    # A plain block has no shortcut: zeroing its last layer would make the whole network output a constant.
+    model = create_model("resnet20", residual=False, zero_init_residual=True, norm=norm).eval()
+    logits = model(torch.randn(4, 3, 32, 32))
+    assert logits.std(dim=0).max() > 1e-4
+
+
+def test_option_b_shortcut_on_the_paper_nets():
+    model = create_model("resnet20", shortcut="B")
+    assert isinstance(model.layer2[0].downsample[0], torch.nn.Conv2d)  # 1x1 projection + BN
+    assert isinstance(model.layer2[0].downsample[1], torch.nn.BatchNorm2d)
+    assert sum(p.numel() for p in model.parameters()) > sum(p.numel() for p in create_model("resnet20").parameters())
