@@ -366,10 +366,21 @@ def run_status(args) -> int:
         print(f"TorchServe running (pid {report['pid']}): inference {report['inference']}, "
               f"management {report['management']}, metrics {report['metrics']}")  # fmt: skip
         for name, model in report["models"].items():
-            state = model.get("error") or f"{model['ready']}/{model['workers']} workers ready (pids {model['pids']})"
-            print(f"  {name}: {state}")
+            print(f"  {name}: {model.get('error') or describe_workers(model, args.run_dir)}")
     healthy = all(m.get("workers") and m["ready"] == m["workers"] for m in report["models"].values())
     return 0 if healthy else 1
+
+
+def describe_workers(model: dict, run_dir: Path) -> str:
+    """"2/2 workers ready (pids [...])", plus what the others are doing: restarting after their process died,
+    or starting."""
+    text = f"{model['ready']}/{model['workers']} workers ready (pids {model['pids']})"
+    if model.get("restarting"):
+        text += (f"; RESTARTING: worker pid(s) {model['restarting']} died (killed or crashed) and TorchServe is "
+                 f"starting replacements; why it died is in {Path(run_dir) / 'logs' / 'model_log.log'}")  # fmt: skip
+    if model.get("starting"):
+        text += f"; {model['starting']} starting (loading the model)"
+    return text
 
 
 def run_token(args) -> int:

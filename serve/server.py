@@ -419,7 +419,7 @@ def run_in_foreground(info: ServerInfo) -> int:
 
 def status(run_dir: Path) -> dict | None:
     """None when no server was started from `run_dir` (or it was stopped). Else `state` "running", with its
-    ports and, per model, its workers, how many are ready and their pids; or `state` "died" when the
+    ports and, per model, its workers (`worker_report`); or `state` "died" when the
     frontend is gone without `stop`, with the workers it left behind and the end of its logs."""
     run_dir = Path(run_dir).resolve()
     dead = dead_server(run_dir)
@@ -437,12 +437,29 @@ def status(run_dir: Path) -> dict | None:
             url = f"{info.management_url}/models/{name}"
             response = requests.get(url, headers=info.headers("management"), timeout=10)
             response.raise_for_status()
-            workers = response.json()[0]["workers"]
-            report["models"][name] = {"workers": len(workers), "ready": sum(w["status"] == "READY" for w in workers),
-                                      "pids": sorted(int(w["pid"]) for w in workers if w.get("pid"))}  # fmt: skip
+            report["models"][name] = worker_report(response.json()[0]["workers"])
         except (requests.RequestException, ValueError, KeyError, IndexError, TypeError, ServerError) as e:
             report["models"][name] = {"error": str(e)}
     return report
+
+
+def worker_report(workers: list[dict]) -> dict:
+    """One model's workers from the management API: how many, how many READY, their pids, and why the others
+    are not ready. TorchServe calls every worker that is not ready "UNLOADING": one whose process is gone
+    died (killed, crashed) and is being replaced, which can take seconds of back-off before the new
+    process even appears; one whose process lives is starting (loading the model)."""
+    pids = sorted(int(w["pid"]) for w in workers if w.get("pid"))
+    waiting = [int(w["pid"]) if w.get("pid") else None for w in workers if w["status"] != "READY"]
+    dead = [pid for pid in waiting if pid is not None and not is_alive(pid)]
+    return {"workers": len(workers), "ready": len(workers) - len(waiting), "pids": pids,
+            "restarting": dead, "starting": len(waiting) - len(dead)}  # fmt: skip
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def log_tail(run_dir: Path, lines: int = 30) -> str:

@@ -449,3 +449,27 @@ def test_no_token_auth_serves_the_plain_curl_line(digits_export, tmp_path):
         assert status.returncode == 0, status.stdout + status.stderr
     finally:
         stop(run_dir)
+
+
+def test_status_tells_a_restarting_worker_from_a_starting_one(tmp_path):
+    """TorchServe lists every worker that is not ready as "UNLOADING": `serve status` says RESTARTING when that
+    worker's process is gone (killed or crashed: a replacement is on its way) and "starting" when it lives."""
+    from serve.__main__ import describe_workers
+    from serve.server import worker_report
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        report = worker_report([{"pid": os.getpid(), "status": "READY"}, {"pid": gone.pid, "status": "UNLOADING"},
+                                {"pid": alive.pid, "status": "UNLOADING"}])  # fmt: skip
+    finally:
+        alive.kill()
+        alive.wait()
+    assert report == {"workers": 3, "ready": 1, "pids": sorted([os.getpid(), gone.pid, alive.pid]),
+                      "restarting": [gone.pid], "starting": 1}  # fmt: skip
+    text = describe_workers(report, tmp_path)
+    assert text.startswith("1/3 workers ready") and f"RESTARTING: worker pid(s) [{gone.pid}] died" in text
+    assert "1 starting" in text and str(tmp_path / "logs" / "model_log.log") in text
+    ready = worker_report([{"pid": os.getpid(), "status": "READY"}])
+    assert describe_workers(ready, tmp_path) == f"1/1 workers ready (pids [{os.getpid()}])"
