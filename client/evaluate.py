@@ -118,7 +118,8 @@ def labelled_images(args: argparse.Namespace) -> Iterator[LabelledImages]:
     if not args.digits:
         yield folder_images(args.images)
         return
-    from train.data import write_digits_folder  # the digits come from the training data code (scikit-learn)
+    # The digits come from the training data code (scikit-learn): imported only for --digits.
+    from train.data import write_digits_folder
 
     with tempfile.TemporaryDirectory(prefix="digits-val-") as tmp:
         root = write_digits_folder(tmp, split="val", image_size=32)
@@ -220,7 +221,7 @@ def evaluate_main(argv: list[str], log: Callable[[str], None] = print) -> int:
     if args.concurrency < 1:
         parser.error(f"--concurrency must be at least 1, got {args.concurrency}")
 
-    from export.evaluation import EvaluationError, evaluate_predictions  # noqa: PLC0415  (no torch in it)
+    from export.evaluation import EvaluationError, evaluate_predictions
 
     try:
         with labelled_images(args) as images:

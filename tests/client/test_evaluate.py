@@ -55,7 +55,7 @@ def test_checkpoint_onnx_artifact_and_served_model_agree_on_the_digits(
 def test_a_bad_image_fails_alone_and_is_listed(digits_export, digit_images, run_client, tmp_path):
     images = shutil.copytree(digit_images, tmp_path / "images")
     (images / "3" / "broken.png").write_bytes(b"not a png at all")
-    status, out, err = run_client("evaluate", "--local", digits_export, "--images", images, "--out", tmp_path / "o")
+    status, _, err = run_client("evaluate", "--local", digits_export, "--images", images, "--out", tmp_path / "o")
     assert status == 1 and "1 of 21 images could not be classified" in err
     report = report_in(tmp_path / "o")
     assert report["samples"] == 20

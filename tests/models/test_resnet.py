@@ -9,7 +9,10 @@ import pytest
 import torch
 import torchvision
 
-from models import BasicBlock, Bottleneck, create_model, list_models
+from export.manifest import read_manifest
+from models import BasicBlock, Bottleneck, create_model, list_models, load_checkpoint
+from tests.fixtures.exported import run_export
+from tests.fixtures.trained import run_train, train_command
 
 IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
 
@@ -256,3 +259,30 @@ def test_option_b_shortcut_on_the_paper_nets():
     assert isinstance(model.layer2[0].downsample[0], torch.nn.Conv2d)  # 1x1 projection + BN
     assert isinstance(model.layer2[0].downsample[1], torch.nn.BatchNorm2d)
     assert sum(p.numel() for p in model.parameters()) > sum(p.numel() for p in create_model("resnet20").parameters())
+
+
+@pytest.mark.parametrize(
+    "flags, arch_kwargs",
+    [(["--norm", "none", "--lr", "0.01"], {"norm": "none"}), (["--plain"], {"residual": False})],
+    ids=["norm-none", "plain"],
+)
+def test_ablation_nets_train_and_export_to_onnx_with_parity(flags, arch_kwargs, tmp_path):
+    # A few steps on small synthetic images: what is tested is the path (CLI flag -> checkpoint -> rebuilt
+    # network -> ONNX within its parity gate), not the accuracy.
+
+    cmd = train_command(tmp_path, "net", "--arch", "resnet20", "--data", "synthetic", "--synthetic-size", "128",
+                        "--num-classes", "10", "--epochs", "1", "--batch-size", "32", "--workers", "0", *flags)  # fmt: skip
+    proc = run_train(cmd)
+    assert proc.returncode == 0, proc.stderr
+    checkpoint = load_checkpoint(tmp_path / "net" / "best.pt")
+    assert checkpoint.arch_kwargs == arch_kwargs and checkpoint.step == 4
+    model = checkpoint.build_model()
+    if arch_kwargs.get("norm") == "none":
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    else:
+        assert all(b.residual is False for b in model.residual_blocks())
+    proc = run_export("--checkpoint", str(tmp_path / "net" / "best.pt"), "--to", "onnx", "--name", "net",
+                      "--out", str(tmp_path / "export"))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    manifest = read_manifest(tmp_path / "export")
+    assert manifest.arch_kwargs == arch_kwargs and manifest.find("onnx").passed
