@@ -133,7 +133,8 @@ def markdown_summary(title: str, source: str, outcomes: list[Outcome], extra: Se
         return format(v, fmt) if v is not None else "-"
 
     def reported(r: PlannedRun) -> str:
-        return " / ".join(num(r.reported.get(k), ".1f") for k in ("best", "final")) if r.reported else "-"
+        # "g": the figures as the write-ups give them (91.25, not 91.2)
+        return " / ".join(num(r.reported.get(k), "g") for k in ("best", "final")) if r.reported else "-"
 
     lines = [
         f"# Experiments: {title}",

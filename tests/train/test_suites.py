@@ -8,7 +8,7 @@ import re
 import pytest
 import yaml
 
-from train.experiments import list_suites, load_suite, main
+from train.experiments import Outcome, list_suites, load_suite, main, markdown_summary
 
 SMOKE = ["--data", "digits", "--arch", "resnet20", "--epochs", "1", "--batch-size", "128", "--workers", "0",
          "--no-tensorboard", "--no-plots", "--log-every", "1000"]  # fmt: skip
@@ -17,6 +17,7 @@ SMOKE = ["--data", "digits", "--arch", "resnet20", "--epochs", "1", "--batch-siz
 def test_the_write_ups_suites_are_there():
     assert {"cumulative", "ablations100", "paper"} <= set(list_suites())
     _, source, runs = load_suite("cumulative")
+    assert "cumulative" in source
     assert [r.name for r in runs][:5] == ["baseline", "+cosine", "+mixup", "+label-smoothing", "+pre-activation"]
     assert runs[0].reported == {"best": 89.2} and runs[4].reported == {"best": 93.8}
     _, _, runs = load_suite("ablations100")
@@ -24,6 +25,8 @@ def test_the_write_ups_suites_are_there():
     assert "--norm" in no_bn.flags and no_bn.reported == {"best": 87.0, "final": 86.7}
     _, _, runs = load_suite("paper")
     assert any("--plain" in r.flags for r in runs) and any("B" in r.flags for r in runs)
+    # The summary shows the figures as published (91.25% = 100 - 8.75% error), not rounded to 91.2.
+    assert "| - / 91.25 |" in markdown_summary("paper", "", [Outcome(runs[0], "r", [])], [])
 
 
 @pytest.mark.parametrize("suite", sorted(list_suites()))
@@ -66,7 +69,7 @@ def test_a_digits_scale_cumulative_chain_runs_into_its_summary(tmp_path, capsys)
             for line in summary.splitlines() if re.match(r"\| (baseline|\+cosine|\+mixup) ", line)}  # fmt: skip
     assert list(rows) == ["baseline", "+cosine", "+mixup"]
     for name, reported in (("baseline", "89.2"), ("+cosine", "90.5"), ("+mixup", "92.3")):
-        setup, status, epochs, best, final, train, reported_cell, seconds = rows[name]
+        _, status, epochs, best, final, train, reported_cell, seconds = rows[name]
         assert (status, epochs, reported_cell) == ("ok", "1", f"{reported} / -")
         assert all(0.0 <= float(v) <= 100.0 for v in (best, final, train)) and float(seconds) > 0
     assert rows["+mixup"][0] == "`cifar_baseline --scheduler cosine --mixup 0.2`"
