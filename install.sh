@@ -4,6 +4,7 @@
 #   ./install.sh                 everything (train, export, serve, load tests, the test suite)
 #   ./install.sh --serving-only  only the serving runtime (what a TorchServe worker needs)
 #   ./install.sh --latest        newest allowed versions instead of constraints.txt's
+#   PYTHON=python3.12 ./install.sh   make .venv with that interpreter instead of python3
 #
 # - Java 17 for TorchServe's frontend, from Debian's packages when `java` is missing.
 # - Python packages go into the active virtual environment or conda environment when there is one;
@@ -51,13 +52,26 @@ if [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; then
     WHERE="the active environment (${VIRTUAL_ENV:-${CONDA_PREFIX}})"
 else
     BASE_PYTHON="${PYTHON:-python3}"
-    if [ ! -x .venv/bin/python ]; then
+    if ! command -v "$BASE_PYTHON" >/dev/null 2>&1; then
+        echo "[install] $BASE_PYTHON not found: installing Debian's python3"
+        apt_install python3 python3-venv
+    fi
+    if ! "$BASE_PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+        echo "[install] $(command -v "$BASE_PYTHON") is $("$BASE_PYTHON" --version 2>&1); this project needs Python 3.10 or newer:" \
+             "run PYTHON=/path/to/python3.X ./install.sh" >&2
+        exit 1
+    fi
+    if [ -e .venv ] && [ ! -f .venv/pyvenv.cfg ]; then
+        echo "[install] .venv exists but is not a virtual environment: move it away, then run ./install.sh again" >&2
+        exit 1
+    fi
+    # A .venv that a stopped run left without pip is made again (--clear empties only a virtual environment).
+    if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
         echo "[install] creating .venv with $(command -v "$BASE_PYTHON") ($("$BASE_PYTHON" --version 2>&1))"
-        if ! "$BASE_PYTHON" -m venv .venv >/dev/null 2>&1; then
-            rm -rf .venv
-            echo "[install] $BASE_PYTHON cannot make a virtual environment: installing python3-venv"
+        if ! "$BASE_PYTHON" -m venv --clear .venv >/dev/null 2>&1; then
+            echo "[install] $BASE_PYTHON cannot make a virtual environment (no ensurepip): installing python3-venv"
             apt_install python3-venv
-            "$BASE_PYTHON" -m venv .venv
+            "$BASE_PYTHON" -m venv --clear .venv
         fi
     fi
     PYTHON=".venv/bin/python"
