@@ -19,7 +19,7 @@ traffic only ever goes to that server on 127.0.0.1. Each thread sends valid phot
 It fails (exit 1) on any of: a valid request that failed or got a different answer than its first one;
 a hostile request answered otherwise than above; a worker restart (a worker pid that changed); worker
 memory (RSS, summed over the model's workers) that grew more than --max-rss-growth between the end of
---warmup and the end of the run. Exit 2: bad arguments or no server in --run-dir.
+the warm-up (--warmup, and every case sent once, which the first thread does first) and the end of the run. Exit 2: bad arguments or no server in --run-dir.
 """
 
 from __future__ import annotations
@@ -169,6 +169,7 @@ class Soak:
         self.timeout_s, self.seed = timeout_s, seed
         self.first_answers: dict[str, list[tuple[str, float]]] = {}
         self.lock = threading.Lock()
+        self.primed = threading.Event()  # every case sent once (the warm-up ends after it)
         self.report = Report()
 
     def worker_pids(self) -> list[int]:
@@ -212,6 +213,13 @@ class Soak:
     def client_thread(self, index: int, deadline: float) -> None:
         rng = random.Random(self.seed * 1000 + index)
         with requests.Session() as session:
+            if index == 0:
+                # Every kind of request once first, so that the warm-up has seen each one's allocations
+                # (a rare case's first large decode would otherwise read as growth after it).
+                for case in [*self.valid, *self.hostile]:
+                    if time.monotonic() < deadline:
+                        self.send(session, case)
+                self.primed.set()
             while time.monotonic() < deadline:
                 hostile = rng.random() < self.hostile_fraction
                 self.send(session, rng.choice(self.hostile if hostile else self.valid))
@@ -247,7 +255,7 @@ class Soak:
             now = time.monotonic()
             if rss is not None:
                 report.rss_max_mb = max(report.rss_max_mb or 0.0, rss)
-                if now - started >= warmup_s and report.rss_after_warmup_mb is None:
+                if now - started >= warmup_s and self.primed.is_set() and report.rss_after_warmup_mb is None:
                     report.rss_after_warmup_mb = round(rss, 1)
                 if now < deadline:
                     report.rss_end_mb = round(rss, 1)
