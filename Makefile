@@ -17,6 +17,7 @@ lint:
 	$(PYTHON) -m ruff format --check .
 demo:
 	$(PYTHON) scripts/demo.py
-# Rewrite constraints.txt with the exact versions installed here (run after a green `make test`).
+# Rewrite constraints.txt with the exact versions of the project's dependencies installed here
+# (run after a green `make test`).
 constraints:
-	$(PYTHON) -m pip freeze --exclude-editable --all | grep -v -E '^(pip|setuptools|wheel)==' > constraints.txt
+	$(PYTHON) scripts/constraints.py

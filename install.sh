@@ -86,8 +86,12 @@ echo "[install] installing resnet-deploy ($SPEC) into $WHERE${CONSTRAINTS:+ with
 echo "[install] done: $("$PYTHON" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)')"
 echo
 echo "Next:"
-echo "  make test     # the test suite"
-echo "  make demo     # the whole pipeline on real data"
+if [ -n "$EXTRAS" ]; then
+    echo "  make test     # the test suite"
+    echo "  make demo     # the whole pipeline on real data"
+else
+    echo "  $PYTHON -m serve --help   # the serving runtime only: package, start, stop (no training, export or tests)"
+fi
 if [ "$WHERE" = ".venv" ]; then
     echo "  . .venv/bin/activate   # to type python -m train / export / serve / client yourself"
 fi

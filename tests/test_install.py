@@ -12,60 +12,19 @@ import json
 import re
 import subprocess
 import sys
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
-from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from scripts.constraints import PROJECT, installed_closure, project_requirements
 from serve.package import package
 from tests.fixtures.served import SERVED_PACKAGE_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 # Every environment pip made has these; the slim Python image does too.
 ALWAYS_PRESENT = {"pip", "setuptools", "wheel"}
 OUR_PACKAGES = {"models", "train", "export", "serve", "client", "benchmarks", "tests", "scripts"}
-
-
-def project_requirements(extras: set[str]) -> list[Requirement]:
-    """The project's own requirements with `extras`, its self-references (`resnet-deploy[all]`) resolved."""
-    requirements, todo, seen = [Requirement(r) for r in PROJECT["dependencies"]], set(extras), set()
-    while todo:
-        extra = todo.pop()
-        seen.add(extra)
-        for line in PROJECT["optional-dependencies"][extra]:
-            requirement = Requirement(line)
-            if canonicalize_name(requirement.name) == canonicalize_name(PROJECT["name"]):
-                todo |= requirement.extras - seen
-            else:
-                requirements.append(requirement)
-    return requirements
-
-
-def installed_closure(requirements: list[Requirement]) -> set[str]:
-    """The installed distributions these requirements pull in, transitively (canonical names)."""
-    found: set[str] = set()
-    todo = [(r, "") for r in requirements]
-    while todo:
-        requirement, extra = todo.pop()
-        if requirement.marker and not requirement.marker.evaluate({"extra": extra}):
-            continue
-        name = canonicalize_name(requirement.name)
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            continue  # e.g. a platform-specific dependency absent here
-        wanted = sorted(requirement.extras)
-        if name in found and not wanted:
-            continue
-        found.add(name)
-        for line in dist.requires or []:
-            child = Requirement(line)
-            for child_extra in wanted or [""]:
-                todo.append((child, child_extra))
-    return found
 
 
 def modules_outside_the_serving_group() -> list[str]:
