@@ -8,10 +8,9 @@ fuses each pair into an int8 kernel, and any ONNX runtime can still read it.
 
 Why 7-bit weights (`reduce_range`): on x86 CPUs without VNNI (AVX2, and AVX-512 before Cascade Lake
 or Zen 4), ONNX Runtime's u8 x s8 kernels add pairs of products in int16 (`vpmaddubsw`), which
-saturates with full-range weights: on a Zen 3 EPYC the digits model's worst logit cosine fell to
-0.75-0.87 and the gate failed. With weights in [-64, 64] a pair (at most 2 x 255 x 64) always fits, so
-the artifact computes the same numbers on every x86 server, VNNI or not, at the same speed
-(ResNet-50, batch 8, that Zen 3: 24.0 against 24.8 img/s full-range; cosine 0.996).
+saturates with full-range weights: on an AVX2 CPU the digits model's logit cosine fell below the
+parity gate. With weights in [-64, 64] a pair (at most 2 x 255 x 64) always fits, so the artifact
+computes the same numbers on every x86 server, VNNI or not, at about the same speed.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from typing import Any, Callable
 import torch
 
 from models import Checkpoint, eval_resize_crop
-from models.osutil import atomic_path, first_line
+from models.osutil import atomic_path, cpu_flags, first_line
 
 from .manifest import ExportError
 from .parity import folder_dataset, stack_dataset
@@ -84,28 +83,6 @@ class BatchReader:
     def get_next(self) -> dict[str, Any] | None:
         batch = next(self.batches, None)
         return None if batch is None else {self.input_name: batch.contiguous().numpy()}
-
-
-def cpuinfo() -> dict[str, str]:
-    """The first processor's fields in /proc/cpuinfo ("model name", "cpu family", "flags", ...); empty
-    where there is no such file (not Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            break  # the end of the first processor's block
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    return fields
-
-
-def cpu_flags() -> set[str] | None:
-    """The CPU's feature flags from /proc/cpuinfo (None where it does not say: not Linux, or no flags line)."""
-    line = cpuinfo().get("flags")
-    return set(line.split()) if line is not None else None
 
 
 def cpu_has_vnni() -> bool | None:

@@ -124,29 +124,19 @@ def onnxruntime_providers(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-# What a session's idle intra-op threads do, as session config entries. ONNX Runtime's default spins them
-# for ~40 ms after every run, on the cores the caller's next decode and resize (and, served, TorchServe's
-# frontend) need. Blocking instead makes every operator of a run wake the pool again, which on a virtual
-# machine after an idle spell made a lone resnet18 batch-1 run up to 2x slower. The runners spin within a
-# run and stop at its end: `infer`'s ablation table measures all three.
-IDLE_THREADS = {
-    "spin": {"session.intra_op.allow_spinning": "1"},
-    "block": {"session.intra_op.allow_spinning": "0"},
-    "spin within a run": {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"},
-}
-RUNNER_IDLE_THREADS = "spin within a run"
-
-
-def onnxruntime_session_options(threads: int | None, level: str = "ORT_ENABLE_ALL", *, idle: str = RUNNER_IDLE_THREADS):
-    """The session options every ONNX Runtime runner uses (`level`: a GraphOptimizationLevel name; `idle`:
-    an `IDLE_THREADS` policy, other than the runners' only for the benchmark that shows what they cost)."""
+def onnxruntime_session_options(threads: int | None):
+    """The session options every ONNX Runtime runner uses: all graph optimizations, errors-only logging,
+    `threads` intra-op threads (one inter-op), and idle threads that spin within a run but stop at its
+    end. ONNX Runtime's default keeps them spinning after every run, on the cores the caller's next
+    decode and resize (and, served, TorchServe's frontend) need; blocking instead makes every operator
+    of a run wake the pool again, which slows a lone request on a virtual machine."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise
-    for key, value in IDLE_THREADS[idle].items():
-        options.add_session_config_entry(key, value)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

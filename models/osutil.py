@@ -93,6 +93,28 @@ def cgroup_cpu_quota(cpu_max: Path = CGROUP_CPU_MAX) -> float | None:
         return None
 
 
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ("model name", "cpu family", "flags", ...); empty
+    where there is no such file (not Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the end of the first processor's block
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (None where it does not say: not Linux, or no flags line)."""
+    line = cpuinfo().get("flags")
+    return set(line.split()) if line is not None else None
+
+
 # -- Folders we own: a marker file says "this project made it", and only such folders are ever deleted --
 
 MARKER_NAME = ".resnet-deploy-owned"
