@@ -33,6 +33,8 @@ from models.osutil import (
     sweep_stale_temporaries,
 )
 
+from .aoti import AOTI_ARTIFACTS, capture, unusable_reason, write_aoti
+from .aoti import missing_reason as aoti_missing_reason
 from .formats import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_onnx, export_torchscript, onnx_io_names
 from .manifest import (
     FORMATS,
@@ -41,6 +43,7 @@ from .manifest import (
     ExportError,
     Manifest,
     ManifestError,
+    ResourceUnavailable,
     library_versions,
     read_manifest,
     write_manifest,
@@ -67,8 +70,10 @@ from .tensorrt_engine import BatchProfile, TensorRTUnavailable, build_engine, te
 
 ARTIFACT_FILES = {
     "torchscript": "model.ts", "onnx": "model.onnx", "onnx-int8": "model.int8.onnx", "trt": "model.fp16.engine",
+    **{fmt: file for fmt, (file, _, _) in AOTI_ARTIFACTS.items()},
 }  # fmt: skip
-PRECISIONS = {"torchscript": "fp32", "onnx": "fp32", "onnx-int8": "int8", "trt": "fp16"}
+PRECISIONS = {"torchscript": "fp32", "onnx": "fp32", "onnx-int8": "int8", "trt": "fp16",
+              **{fmt: precision for fmt, (_, precision, _) in AOTI_ARTIFACTS.items()}}  # fmt: skip
 BUILT_FROM_ONNX = ("onnx-int8", "trt")  # made from model.onnx, so `onnx` is exported first
 
 EXPORT_KIND = "export"  # the marker kind of an export directory (models.osutil.mark_owned)
@@ -102,7 +107,8 @@ class ExportOptions:
     threads: int | None = None
 
     def thresholds(self, fmt: str) -> Thresholds:
-        return {"fp32": self.fp32_thresholds, "fp16": self.fp16_thresholds, "int8": self.int8_thresholds}[PRECISIONS[fmt]]
+        return {"fp32": self.fp32_thresholds, "fp16": self.fp16_thresholds, "bf16": self.fp16_thresholds,
+                "int8": self.int8_thresholds}[PRECISIONS[fmt]]  # fmt: skip
 
 
 @dataclass
@@ -121,9 +127,9 @@ class ExportResult:
         return not self.failed and not self.errors
 
 
-def resolve_formats(requested: list[str]) -> tuple[list[str], dict[str, str]]:
-    """(formats to build, {format: skip reason}). `all` skips TensorRT where it cannot run; naming
-    `trt` explicitly where it cannot run is an error (TensorRTUnavailable). (`all` skipping onnx-int8
+def resolve_formats(requested: list[str], device: str = "cpu") -> tuple[list[str], dict[str, str]]:
+    """(formats to build, {format: skip reason}). `all` skips TensorRT, aoti-bf16 and aoti-fp16 where
+    they cannot run; naming one explicitly where it cannot run is an error (ResourceUnavailable). (`all` skipping onnx-int8
     without calibration data is decided once the checkpoint is read: `calibration_for`.)"""
     wants_all = "all" in requested
     formats = list(FORMATS) if wants_all else list(dict.fromkeys(requested))
@@ -138,6 +144,11 @@ def resolve_formats(requested: list[str]) -> tuple[list[str], dict[str, str]]:
                 raise TensorRTUnavailable(reason)
             formats.remove("trt")
             skipped["trt"] = reason
+    for fmt in [f for f in formats if aoti_missing_reason(f, device)]:
+        if not wants_all:
+            raise ResourceUnavailable(aoti_missing_reason(fmt, device))
+        formats.remove(fmt)
+        skipped[fmt] = aoti_missing_reason(fmt, device)
     for fmt in BUILT_FROM_ONNX:
         if fmt in formats and "onnx" not in formats:
             formats.insert(formats.index(fmt), "onnx")
@@ -147,8 +158,10 @@ def resolve_formats(requested: list[str]) -> tuple[list[str], dict[str, str]]:
 def parity_device(fmt: str, options: ExportOptions, log: Log) -> str:
     if fmt == "trt":
         return "cuda"
-    if fmt == "onnx-int8":
-        return "cpu"  # quantized for ONNX Runtime's CPU int8 kernels
+    if fmt in ("onnx-int8", "aoti-bf16"):
+        return "cpu"  # quantized for ONNX Runtime's CPU int8 kernels; bf16 for CPUs that compute it
+    if fmt == "aoti-fp16":
+        return "cuda"
     if fmt == "onnx" and options.device == "cuda":
         try:
             onnxruntime_providers("cuda")
@@ -188,10 +201,12 @@ def write_artifact(
     if fmt == "torchscript":
         details = export_torchscript(model, example, path)
     elif fmt == "onnx":
-        details = export_onnx(model, example, path, opset=options.opset, log=log)
+        details = export_onnx(model, example, path, opset=options.opset, log=log, program=capture(model, example))
         details["input_name"], details["output_name"] = onnx_io_names(path)
     elif fmt == "onnx-int8":
         details = quantize_onnx(export_dir / ARTIFACT_FILES["onnx"], path, INPUT_NAME, calibration, log=log)
+    elif fmt in AOTI_ARTIFACTS:
+        details = write_aoti(fmt, model, example, path, options.device)
     else:
         details = build_engine(
             export_dir / ARTIFACT_FILES["onnx"], path, input_name=INPUT_NAME, input_size=input_size,
@@ -202,7 +217,7 @@ def write_artifact(
         file=path.name,
         sha256=sha256_file(path),
         precision=PRECISIONS[fmt],
-        device={"trt": "cuda", "onnx-int8": "cpu"}.get(fmt, "any"),
+        device=details.pop("runs_on", None) or {"trt": "cuda", "onnx-int8": "cpu"}.get(fmt, "any"),
         # TorchScript and ONNX take any batch size (max None); an engine only its profile's range.
         batch_sizes=options.batch.to_dict() if fmt == "trt" else {"min": 1, "opt": options.batch.opt, "max": None},
         parity={},  # filled in by run_parity
@@ -377,7 +392,7 @@ def export_checkpoint(
     """Build the export in a temporary folder beside `export_dir` and swap it in as a whole: a crash or
     a failure part-way leaves the previous export as it was. Replacing another checkpoint's export
     needs `overwrite`."""
-    formats, skipped = resolve_formats(options.formats)
+    formats, skipped = resolve_formats(options.formats, options.device)
     ckpt = load_checkpoint(checkpoint_path)
     source = checkpoint_summary(checkpoint_path, ckpt)
     old = previous_export(export_dir, source["sha256"], overwrite)  # before any work: it may refuse
@@ -505,7 +520,9 @@ def verify_export(
                 {"at": now, "previous_sha256": artifact.sha256, "sha256": changed[fmt]}
             )
             artifact.sha256, artifact.details["size_bytes"] = changed[fmt], path.stat().st_size
-        if fmt == "trt" and (reason := tensorrt_missing_reason()):
+        if (fmt == "trt" and (reason := tensorrt_missing_reason())) or (
+            fmt in AOTI_ARTIFACTS and (reason := unusable_reason(path, artifact.device))
+        ):
             skipped[fmt] = reason
             log(f"{fmt}: not checked here: {reason}")
             continue

@@ -1,9 +1,12 @@
-"""`python -m export`: a checkpoint -> TorchScript / ONNX / ONNX INT8 / TensorRT FP16 artifacts, each gated by parity.
+"""`python -m export`: a checkpoint -> TorchScript / ONNX / ONNX INT8 / AOTInductor (fp32, bf16, fp16) / TensorRT
+FP16 artifacts, each gated by parity.
 
 Examples:
   python -m export                                  # newest runs/*/best.pt -> exports/<arch>/ (torchscript,onnx)
   python -m export --to all --name digits           # + TensorRT FP16 where TensorRT and CUDA exist
   python -m export --to onnx-int8                   # + ONNX INT8 for CPU serving, calibrated on the training split
+  python -m export --to aoti,aoti-bf16              # AOTInductor .pt2 packages (bf16: CPUs with AVX512-BF16/AMX)
+  python -m export --to aoti,aoti-fp16 --device cuda   # the CUDA packages, fp32 and fp16
   python -m export --to trt --min-batch 1 --opt-batch 16 --max-batch 64
   python -m export --verify exports/digits          # re-check an existing export directory
   python -m export --verify exports/digits --accept-changed onnx   # you replaced model.onnx on purpose
@@ -15,7 +18,8 @@ Exit status: 0 every artifact written and within its parity gate (TensorRT skipp
 it cannot run here, ONNX INT8 when there are no calibration images); 1 an artifact failed to export or
 failed parity (it is marked failed in the manifest); 2 bad arguments or input (no checkpoint, unreadable
 file, no calibration images for onnx-int8); 3 something asked for does not exist on this machine
-(TensorRT without the `tensorrt` package or without CUDA; --device cuda without CUDA).
+(TensorRT without the `tensorrt` package or without CUDA; --device cuda without CUDA; aoti-bf16 on a
+CPU without AVX512-BF16 or AMX; aoti-fp16 without CUDA).
 """
 
 from __future__ import annotations
@@ -45,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--to", default="torchscript,onnx", metavar="FORMATS",
-                        help="torchscript, onnx, onnx-int8, trt, all, or a comma list (default: torchscript,onnx). "
-                             "`all` skips TensorRT where it cannot run, and onnx-int8 without calibration images, "
-                             "with a note")
+                        help="torchscript, onnx, onnx-int8, aoti, aoti-bf16, aoti-fp16, trt, all, or a comma list "
+                             "(default: torchscript,onnx). aoti is compiled for --device; aoti-bf16 needs a CPU with "
+                             "AVX512-BF16 or AMX, aoti-fp16 CUDA. `all` skips what cannot run here (TensorRT, "
+                             "aoti-bf16, aoti-fp16), and onnx-int8 without calibration images, with a note")
     parser.add_argument("--checkpoint", type=Path,
                         help="checkpoint to export (default: the newest best.pt under runs/)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"),
@@ -88,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--int8-min-agreement", type=float,
                         help=f"top-1 agreement, 0..1 (default: {INT8_THRESHOLDS.min_top1_agreement:g})")
     parity.add_argument("--int8-min-cosine", type=float, help=f"default: {INT8_THRESHOLDS.min_cosine:g}")
+    parity.add_argument("--max-top1-drop", type=float, metavar="POINTS",
+                        help="reduced precision (int8, bf16, fp16) is picked by default only when its labelled top-1 "
+                             "is at most this many points below fp32's, on at least "
+                             f"{INT8_THRESHOLDS.min_labelled} labelled images; more is a parity failure (default: "
+                             f"{INT8_THRESHOLDS.max_top1_drop * 100:g})")
 
     int8 = parser.add_argument_group("int8 calibration (onnx-int8)")
     int8.add_argument("--calibration-data", type=Path, metavar="DIR",
@@ -139,6 +149,7 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
     if args.calibration_samples < 1:
         raise UsageError(f"--calibration-samples must be at least 1, got {args.calibration_samples}")
     check_device(args.device)
+    max_drop = None if args.max_top1_drop is None else args.max_top1_drop / 100
     return ExportOptions(
         formats=[f.strip() for f in args.to.split(",") if f.strip()],
         batch=batch,
@@ -148,9 +159,9 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
         fp32_thresholds=with_overrides(FP32_THRESHOLDS, rtol=args.fp32_rtol, atol=args.fp32_atol,
                                        min_top1_agreement=args.fp32_min_agreement),
         fp16_thresholds=with_overrides(FP16_THRESHOLDS, min_top1_agreement=args.fp16_min_agreement,
-                                       min_cosine=args.fp16_min_cosine),
+                                       min_cosine=args.fp16_min_cosine, max_top1_drop=max_drop),
         int8_thresholds=with_overrides(INT8_THRESHOLDS, min_top1_agreement=args.int8_min_agreement,
-                                       min_cosine=args.int8_min_cosine),
+                                       min_cosine=args.int8_min_cosine, max_top1_drop=max_drop),
         calibration_data=args.calibration_data,
         calibration_samples=args.calibration_samples,
         opset=args.opset,

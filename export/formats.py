@@ -33,16 +33,20 @@ def export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: str 
         frozen = torch.jit.freeze(torch.jit.trace(model.eval(), example, check_trace=False))
         with atomic_path(path) as tmp:
             torch.jit.save(frozen, str(tmp))
-    return {"method": "torch.jit.trace + torch.jit.freeze", "optimize_for_inference": "at load time"}
+    return {"method": "torch.jit.trace + torch.jit.freeze", "optimize_for_inference": "at load time",
+            "versions": {"torch": torch.__version__}}  # fmt: skip
 
 
 def export_onnx(
-    model: torch.nn.Module, example: torch.Tensor, path: str | os.PathLike, opset: int = ONNX_OPSET, log: Any = print
-) -> dict[str, Any]:
+    model: torch.nn.Module, example: torch.Tensor, path: str | os.PathLike, opset: int = ONNX_OPSET, log: Any = print,
+    program: torch.export.ExportedProgram | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """`torch.onnx.export` with the dynamo exporter, else the TorchScript-based one; checked with onnx.checker.
 
-    `example` must have a batch of 2 or more: a batch of 1 lets the exporter specialise the batch
-    dimension to a constant.
+    `program`: the model already captured by `torch.export` (export/aoti.py's `capture`), which the
+    dynamo exporter then converts instead of capturing again, so ONNX and AOTInductor share one graph.
+    The weights are inside the .onnx file (no external data file). `example` must have a batch of 2 or
+    more: a batch of 1 lets the exporter specialise the batch dimension to a constant.
     """
     if example.shape[0] < 2:
         raise ValueError("export ONNX with an example batch of 2 or more, or the batch dimension gets fixed")
@@ -50,7 +54,7 @@ def export_onnx(
     with atomic_path(path) as tmp:
         fallback_reason = None
         try:
-            run_exporter(model, example, tmp, opset, dynamo=True)
+            run_exporter(model if program is None else program, example, tmp, opset, dynamo=True)
             exporter = "dynamo"
         except Exception as e:  # the dynamo exporter fails in many ways on unusual models; the old one may not
             fallback_reason = first_line(e)
@@ -58,11 +62,31 @@ def export_onnx(
             run_exporter(model, example, tmp, opset, dynamo=False)
             exporter = "torchscript"
         check_onnx(tmp)
-    return {"exporter": exporter, "opset": opset, **({"dynamo_failure": fallback_reason} if fallback_reason else {})}
+    versions = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript_version()}
+    return {
+        "exporter": exporter, "opset": opset, "external_data": False, "versions": versions,
+        "graph": "the torch.export program the aoti formats compile" if program is not None and not fallback_reason
+        else "captured by the exporter",
+        **({"dynamo_failure": fallback_reason} if fallback_reason else {}),
+    }  # fmt: skip
 
 
-def run_exporter(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, dynamo: bool) -> None:
-    if dynamo:
+def onnxscript_version() -> str | None:
+    """The dynamo exporter's graph builder, whose version changes the graph it writes."""
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        return version("onnxscript")
+    except PackageNotFoundError:  # not installed: the TorchScript-based exporter was the only one
+        return None
+
+
+def run_exporter(
+    model: torch.nn.Module | torch.export.ExportedProgram, example: torch.Tensor, path: Path, opset: int, dynamo: bool
+) -> None:
+    if isinstance(model, torch.export.ExportedProgram):  # its batch dimension is already dynamic
+        batch_options = dict(external_data=False)
+    elif dynamo:
         batch_options = dict(dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False)
     else:
         batch_options = dict(dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})

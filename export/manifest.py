@@ -21,7 +21,7 @@ from models.osutil import atomic_write_text, sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-FORMATS = ("torchscript", "onnx", "onnx-int8", "trt")
+FORMATS = ("torchscript", "onnx", "onnx-int8", "aoti", "aoti-bf16", "aoti-fp16", "trt")
 
 REQUIRED_KEYS = (
     "schema_version", "name", "arch", "arch_kwargs", "num_classes", "class_names", "preprocess",
@@ -61,6 +61,16 @@ class Artifact:
     @property
     def passed(self) -> bool:
         return bool(self.parity.get("passed"))
+
+    @property
+    def default_ok(self) -> bool:
+        """Whether runners and archives may pick it without being asked: it passed parity and, in reduced
+        precision, its accuracy cost was measured on enough labelled images (export.parity's
+        `default_use`). A reduced-precision entry from before that gate, or checked on random inputs, is not."""
+        if not self.passed:
+            return False
+        default_use = self.parity.get("default_use")
+        return self.precision == "fp32" if default_use is None else bool(default_use.get("qualified"))
 
     @property
     def max_batch_size(self) -> int | None:

@@ -4,6 +4,11 @@ Each artifact's logits are compared with eager PyTorch's on a parity set of real
 checkpoint's own validation data, or `--parity-data DIR`), at batch 1 and at a larger batch, since
 kernels, padding and fusions differ with the batch size. Random inputs are the last resort: a
 classifier's logits on noise say little about its logits on images.
+
+Reduced-precision artifacts (int8, bf16, fp16) pass a second gate before anything picks them by default:
+their labelled top-1 accuracy may be at most `max_top1_drop` below eager fp32's, measured on at least
+`min_labelled` labelled images. Checked on random inputs or too few labelled images, such an artifact
+can still pass parity (and be served when named), but its `default_use` says it is not qualified.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from models.osutil import first_line
 from .manifest import ExportError
 from .runners import Runner
 
-DEFAULT_PARITY_SAMPLES = 256
+DEFAULT_PARITY_SAMPLES = 512  # >= REDUCED_PRECISION_MIN_LABELLED, so the accuracy gate can be judged
 BATCH1_SAMPLES = 32  # batch 1 runs one forward pass per image; 32 of them cover the batch-1 kernels
 
 
@@ -34,6 +39,10 @@ class Thresholds:
     rtol: float | None = None  # allclose(candidate, reference, rtol, atol) on every logit
     atol: float | None = None
     min_cosine: float | None = None  # worst per-image cosine similarity of the logit vectors
+    # Reduced precision: labelled top-1 at most this far (a fraction) below eager fp32's, judged on at
+    # least `min_labelled` labelled images; fewer, or random inputs, and it is not fit for default use.
+    max_top1_drop: float | None = None
+    min_labelled: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -46,15 +55,27 @@ class Thresholds:
 # With atol=1e-4 the worst was 0.25x. (resnet20 on digits: 0.16x even at 1e-5.) A real bug moves
 # logits by 1e-2 and more, so the gate stays sharp.
 FP32_THRESHOLDS = Thresholds(min_top1_agreement=1.0, rtol=1e-3, atol=1e-4)
-# FP16 engines: Polygraphy's style of gate, on the decision and on the direction of the logit vector.
-FP16_THRESHOLDS = Thresholds(min_top1_agreement=0.99, min_cosine=0.997)
+# What reduced precision may cost before it is used without being asked for: half a point of top-1,
+# on enough labelled images (300) that half a point is more than one or two images' luck.
+REDUCED_PRECISION_MAX_TOP1_DROP = 0.005
+REDUCED_PRECISION_MIN_LABELLED = 300
+# FP16 engines and bf16/fp16 packages: Polygraphy's style of gate, on the decision and on the direction
+# of the logit vector, plus the accuracy gate.
+FP16_THRESHOLDS = Thresholds(
+    min_top1_agreement=0.99, min_cosine=0.997,
+    max_top1_drop=REDUCED_PRECISION_MAX_TOP1_DROP, min_labelled=REDUCED_PRECISION_MIN_LABELLED,
+)  # fmt: skip
 # INT8 artifacts: quantization moves logits by a few percent, so the gate is on decisions and direction
 # and looser than FP16's. Measured on CPU, resnet20 on digits, 360 validation images, 7-bit weights
 # (export/quantize.py) on an AVX2 Zen 3: trained to 52% and 99.7% top-1, int8 agreed on 95.8% and 100%
 # (worst cosine 0.995, 0.992); a barely trained model (19%), all near-ties, failed it (84% at batch 1).
 # Full-range weights on a Zen 4 with VNNI: 77%, 91%, 99.7% top-1 -> 98.9%, 99.4%, 100% (cosine >= 0.993).
-# 0.95 agreement lets one of the 32 batch-1 images flip.
-INT8_THRESHOLDS = Thresholds(min_top1_agreement=0.95, min_cosine=0.98)
+# The gate asks for 99% agreement (no flip among the 32 batch-1 images) and the accuracy gate: an int8
+# model that flips one prediction in twenty is not served unless someone chose it.
+INT8_THRESHOLDS = Thresholds(
+    min_top1_agreement=0.99, min_cosine=0.98,
+    max_top1_drop=REDUCED_PRECISION_MAX_TOP1_DROP, min_labelled=REDUCED_PRECISION_MIN_LABELLED,
+)  # fmt: skip
 
 
 @dataclass
@@ -201,14 +222,46 @@ def check_parity(
             runs[str(size)]["reference_top1"] = (expected.argmax(1) == labels).double().mean().item()
             runs[str(size)]["artifact_top1"] = (actual.argmax(1) == labels).double().mean().item()
     failures = [f"batch {size}: {failure}" for size, m in runs.items() for failure in gate_failures(m, thresholds)]
+    default_use = accuracy_gate(runs[str(batch_size)], parity_set, thresholds)
+    if default_use.get("top1_drop") is not None and default_use["top1_drop"] > thresholds.max_top1_drop:
+        failures.append(default_use["reason"])
+    default_use["qualified"] = default_use["qualified"] and not failures
     return {
         "passed": not failures,
         "failures": failures,
         "metrics": {**worst_case(list(runs.values())), "by_batch_size": runs},
+        "default_use": default_use,
         "thresholds": thresholds.to_dict(),
         "data": parity_set.description,
         "device": candidate.device,
     }
+
+
+def accuracy_gate(run: dict[str, Any], parity_set: ParitySet, thresholds: Thresholds) -> dict[str, Any]:
+    """The `default_use` block: whether the artifact may be picked without being asked for, and why.
+
+    fp32 gates (no `max_top1_drop`) qualify with parity. Reduced precision qualifies only on enough
+    labelled images, with top-1 at most `max_top1_drop` below eager fp32's on all of them.
+    """
+    if thresholds.max_top1_drop is None:
+        return {"qualified": True, "reason": "fp32: parity is the gate"}
+    if parity_set.random or parity_set.labels is None or "artifact_top1" not in run:
+        return {"qualified": False, "top1_drop": None, "reason": "checked without labelled images (random inputs "
+                "prove nothing about accuracy); pass --parity-data DIR of labelled images to qualify it"}  # fmt: skip
+    drop = run["reference_top1"] - run["artifact_top1"]
+    measured = {"labelled_samples": run["samples"], "reference_top1": run["reference_top1"],
+                "artifact_top1": run["artifact_top1"], "top1_drop": drop}  # fmt: skip
+    if drop > thresholds.max_top1_drop:
+        reason = (f"labelled top-1 {run['artifact_top1']:.2%} is {drop * 100:.2f} points below fp32's "
+                  f"{run['reference_top1']:.2%} (at most {thresholds.max_top1_drop * 100:g} allowed)")  # fmt: skip
+        return {**measured, "qualified": False, "reason": reason}
+    if run["samples"] < thresholds.min_labelled:
+        return {**measured, "qualified": False, "reason": f"only {run['samples']} labelled images, "
+                f"{thresholds.min_labelled} are needed to judge its accuracy cost; pass --parity-data DIR "
+                f"with more, or --parity-samples {thresholds.min_labelled}"}  # fmt: skip
+    return {**measured, "qualified": True,
+            "reason": f"top-1 {run['artifact_top1']:.2%} against fp32's {run['reference_top1']:.2%} on "
+                      f"{run['samples']} labelled images"}  # fmt: skip
 
 
 def worst_case(runs: list[dict[str, Any]]) -> dict[str, Any]:

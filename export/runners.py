@@ -1,6 +1,7 @@
-"""Runners (shared/DESIGN.md, contract 3): one interface over eager PyTorch, TorchScript, ONNX Runtime, TensorRT.
+"""Runners (shared/DESIGN.md, contract 3): one interface over eager PyTorch, TorchScript, ONNX Runtime,
+AOTInductor and TensorRT.
 
-    runner = open_runner("exports/digits")            # fastest artifact that passed parity on CPU
+    runner = open_runner("exports/digits")            # fastest artifact fit for default use on CPU
     logits = runner.predict(batch)                    # float32 NCHW on CPU in, float32 logits on CPU out
 
 Parity checks, the TorchServe handler, `client --local` and the benchmarks all go through here, so
@@ -21,16 +22,20 @@ from models import Checkpoint, PreprocessSpec, model_from_checkpoint
 from .manifest import Artifact, ExportError, Manifest, ResourceUnavailable, read_manifest, verify_artifact_file
 from .torchscript import quiet_torchscript_deprecation
 
-# Fastest first. TensorRT needs CUDA; on CPU ONNX Runtime beats TorchScript on these convnets, and its
-# int8 kernels beat its fp32 ones. An int8 or FP16 artifact exists only when asked for at export, and is
-# picked only when it passed its own parity gate.
-PREFERENCE = {"cpu": ("onnx-int8", "onnx", "torchscript"), "cuda": ("trt", "onnx", "torchscript")}
+# Fastest first. TensorRT needs CUDA; on CPU bf16 (where the CPU computes it natively) and ONNX Runtime's
+# int8 kernels beat fp32, and ONNX Runtime beats AOTInductor and TorchScript on these convnets. A
+# reduced-precision artifact (int8, bf16, fp16) exists only when asked for at export, and is picked by
+# default only when it passed its gate on enough labelled images (Artifact.default_ok).
+PREFERENCE = {
+    "cpu": ("aoti-bf16", "onnx-int8", "onnx", "aoti", "torchscript"),
+    "cuda": ("trt", "aoti-fp16", "onnx", "aoti", "torchscript"),
+}
 
 
 class Runner(abc.ABC):
     """float32 NCHW batch (CPU) -> float32 logits (CPU), whatever runs underneath."""
 
-    format: str  # "eager", "torchscript", "onnx", "onnx-int8" or "trt"
+    format: str  # "eager", "torchscript", "onnx", "onnx-int8", "aoti", "aoti-bf16", "aoti-fp16" or "trt"
     computes_in_torch: bool  # whether the network runs on PyTorch's intra-op threads
 
     def __init__(self, *, device: str, preprocess: PreprocessSpec, class_names: list[str]) -> None:
@@ -170,6 +175,37 @@ class OnnxRuntimeInt8Runner(OnnxRuntimeRunner):
     format = "onnx-int8"
 
 
+class AotiRunner(Runner):
+    """An AOTInductor package (`.pt2`, export/aoti.py), refused before loading when it was compiled by
+    another torch version or for another CPU instruction set or device."""
+
+    format = "aoti"
+    computes_in_torch = True
+
+    def __init__(self, path: str | os.PathLike, *, device: str = "cpu", threads: int | None = None, **meta: Any):
+        from .aoti import load_package  # noqa: PLC0415  (imports torch._inductor: only when used)
+
+        super().__init__(device=check_device(device), **meta)
+        limit_torch_threads(threads)
+        self.model = load_package(path, device)
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(batch.to(self.device))
+
+
+class AotiBf16Runner(AotiRunner):
+    """The bf16 package: float32 in and out, bfloat16 inside (CPUs with AVX512-BF16 or AMX)."""
+
+    format = "aoti-bf16"
+
+
+class AotiFp16Runner(AotiRunner):
+    """The CUDA fp16 package: float32 in and out, float16 inside."""
+
+    format = "aoti-fp16"
+
+
 class TensorRTRunner(Runner):
     """A serialized TensorRT engine, run with `execute_async_v3` on PyTorch-allocated CUDA memory."""
 
@@ -218,6 +254,9 @@ RUNNER_CLASSES: dict[str, type[Runner]] = {
     "torchscript": TorchScriptRunner,
     "onnx": OnnxRuntimeRunner,
     "onnx-int8": OnnxRuntimeInt8Runner,
+    "aoti": AotiRunner,
+    "aoti-bf16": AotiBf16Runner,
+    "aoti-fp16": AotiFp16Runner,
     "trt": TensorRTRunner,
 }
 
@@ -257,8 +296,9 @@ def open_runner(
 ) -> Runner:
     """A runner for an export directory.
 
-    `fmt=None` picks the fastest artifact for `device` that passed parity (CPU: onnx-int8 > onnx >
-    torchscript; CUDA: trt > onnx > torchscript). An artifact that failed parity raises unless `allow_failed`.
+    `fmt=None` picks the fastest artifact for `device` fit for default use (`PREFERENCE`): fp32 ones
+    that passed parity, reduced-precision ones only when they also passed the accuracy gate on enough
+    labelled images. A named `fmt` that failed parity raises unless `allow_failed`.
     `threads` caps the intra-op threads (ONNX Runtime session option; PyTorch's per-process pool).
     """
     check_device(device)
@@ -278,17 +318,17 @@ def open_runner(
             )
         return runner_for_artifact(where, manifest, artifact, device, threads)
 
-    skipped = []  # faster formats whose runtime is missing here (TensorRT, onnxruntime-gpu)
+    skipped = []  # faster formats whose runtime is missing here (TensorRT, onnxruntime-gpu, another torch)
     for candidate in PREFERENCE[device]:
         artifact = manifest.find(candidate)
-        if artifact is not None and (artifact.passed or allow_failed):
+        if artifact is not None and (artifact.default_ok or allow_failed):
             try:
                 return runner_for_artifact(where, manifest, artifact, device, threads)
             except ResourceUnavailable as e:
                 skipped.append(f"{candidate}: {e}")
     why = f"; skipped because their runtime is missing: {'; '.join(skipped)}" if skipped else ""
     raise ExportError(
-        f"{where}: no artifact usable on {device} that passed parity (it has: {available}); "
+        f"{where}: no artifact usable on {device} that is fit for default use (it has: {available}); "
         f"formats that run on {device}: {', '.join(PREFERENCE[device])}{why}"
     )
 
