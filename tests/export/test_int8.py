@@ -59,7 +59,7 @@ def test_int8_artifact_is_quantized_calibrated_on_training_data_and_passes_its_g
     by_batch = parity["metrics"]["by_batch_size"]
     assert by_batch["16"]["artifact_top1"] >= by_batch["16"]["reference_top1"] - 0.02
     # int8 really changes the numbers (a copy of the fp32 file would be exact)
-    assert parity["metrics"]["max_abs_diff"] > 1e-3 > fp32["parity"]["metrics"]["max_abs_diff"]
+    assert parity["metrics"]["max_abs_diff"] > 1e-3 > fp32.parity["metrics"]["max_abs_diff"]
     assert int8.details["size_bytes"] < 0.5 * fp32.details["size_bytes"]
 
 
@@ -164,3 +164,59 @@ def test_verify_rechecks_the_int8_artifact(int8_export, tmp_path, capsys):
     assert "onnx-int8: model.int8.onnx" in out
     verified = read_manifest(copy).find("onnx-int8")
     assert verified.passed and verified.details["calibration"]["samples"] == 256
+
+
+def damage_int8_weights(path) -> None:
+    """Negate the int8 weights of the first convolution: a file that still loads and runs, wrongly."""
+    model = onnx.load(str(path))
+    weight = next(t for t in model.graph.initializer if t.data_type == TensorProto.INT8 and len(t.dims) == 4)
+    weight.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(weight), weight.name))
+    onnx.save(model, str(path))
+
+
+def test_a_damaged_int8_file_fails_the_gate_and_is_neither_picked_nor_packaged(int8_export, tmp_path, capsys):
+    from export.manifest import write_manifest
+    from models.osutil import sha256_file
+
+    copy = tmp_path / "digits"
+    shutil.copytree(int8_export, copy)
+    damage_int8_weights(copy / "model.int8.onnx")
+    # as if the damaged file had been accepted into the manifest: the gate is what must catch it now
+    manifest = read_manifest(copy)
+    manifest.find("onnx-int8").sha256 = sha256_file(copy / "model.int8.onnx")
+    write_manifest(copy, manifest)
+
+    code, out, _ = run_cli(capsys, "--verify", copy)
+    assert code == 1, out
+    int8 = read_manifest(copy).find("onnx-int8")
+    assert not int8.passed and not int8.default_ok
+    assert any("top-1 agreement" in f for f in int8.parity["failures"]), int8.parity["failures"]
+    assert open_runner(copy, threads=1).format == "onnx"
+    lines = []
+    mar = package(copy, tmp_path / "store", name="digits", log=lines.append)
+    assert "model.int8.onnx" not in zipfile.ZipFile(mar).namelist()
+    assert lines[0] == "on cpu: onnx (fp32) by default"
+
+
+def test_int8_judged_without_labels_is_not_qualified_for_default_use(int8_export, tmp_path):
+    """Random-input parity never qualifies reduced precision: an entry whose gate had no labelled images
+    (or came from before the accuracy gate) is served only when asked for."""
+    from export.manifest import write_manifest
+    from export.parity import INT8_THRESHOLDS, ParitySet, accuracy_gate
+
+    random_set = ParitySet(torch.zeros(1, 3, 32, 32), None, "RANDOM pixels", random=True)
+    verdict = accuracy_gate({"samples": 512, "top1_agreement": 1.0}, random_set, INT8_THRESHOLDS)
+    assert not verdict["qualified"] and "random inputs" in verdict["reason"]
+
+    copy = tmp_path / "digits"
+    shutil.copytree(int8_export, copy)
+    manifest = read_manifest(copy)
+    manifest.find("onnx-int8").parity["default_use"] = verdict
+    write_manifest(copy, manifest)
+    assert read_manifest(copy).find("onnx-int8").passed
+    assert open_runner(copy, threads=1).format == "onnx"
+    lines = []
+    mar = package(copy, tmp_path / "store", name="digits", log=lines.append)
+    assert "model.int8.onnx" not in zipfile.ZipFile(mar).namelist()
+    assert any(line.startswith("not packaged: onnx-int8 (int8): checked without labelled images") for line in lines)
+    assert open_runner(copy, "onnx-int8", threads=1).format == "onnx-int8", "named, it is still served"
