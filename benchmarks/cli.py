@@ -4,6 +4,7 @@
   python -m benchmarks infer       resnet18/resnet50 at batch 1, 8, 32 through every runner, vs eager
   python -m benchmarks train       our training step vs a bare PyTorch loop (fp32, bf16, channels_last, compile)
   python -m benchmarks serve       TorchServe + our handler under locust vs the raw runner and the stock handler
+  python -m benchmarks gpu --out DIR   ResNet-50 AMP training, FP16 inference per runtime, parity, memory (one GPU)
 
 Each warms up, repeats, reports medians, states its thread count and writes
 benchmarks/results/<machine>/<name>.md and .json, then prints the markdown. `--quick` runs tiny sizes
@@ -23,13 +24,16 @@ from pathlib import Path
 
 from .artifacts import DEFAULT_WORK_DIR
 from .errors import BenchmarkError, BenchmarkUsageError, positive_int
-from .report import RESULTS_ROOT, usable_cores
+from models.osutil import usable_cores
+
+from .report import RESULTS_ROOT
 
 BENCHMARKS = {
     "ceiling": "benchmarks.ceiling",
     "infer": "benchmarks.infer",
     "train": "benchmarks.training",
     "serve": "benchmarks.serving",
+    "gpu": "benchmarks.gpu",
 }
 EXIT_OK, EXIT_MISSED, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
 
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    md_path, json_path = report.write(results_dir)
+    out = getattr(args, "out", None)
+    md_path, json_path = report.write(out, flat=True) if out else report.write(results_dir)
     print(report.markdown())
     log(f"wrote {md_path} and {json_path}")
     missed = [v for v in report.verdicts if v.met is False]

@@ -17,7 +17,7 @@ and int8: the fastest kernel and size of a probe run before the timings joins ev
 batch) group as one more interleaved candidate, and each row is compared with its own group's ceiling
 of its own precision.
 
-Two ablations explain the CPU result (`--no-ablation` skips them): ONNX Runtime's graph optimization
+Two opt-in ablations (`--ablations`) explain the CPU result: ONNX Runtime's graph optimization
 levels and thread counts against eager, and what the session's idle threads should do: spin (ONNX
 Runtime's default: the pool burns the cores after each run and slows whatever is timed next), block
 (a lone run wakes the pool at every operator) or spin within a run only (the runners'); this one needs
@@ -37,17 +37,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from export.manifest import read_manifest
-from export.runners import IDLE_THREADS, RUNNER_IDLE_THREADS, Runner, open_runner, runner_from_checkpoint
+from export.runners import Runner, open_runner, runner_from_checkpoint
 
-from .artifacts import export_model, random_checkpoint
+from .artifacts import digits_accuracy, digits_export, export_model, random_checkpoint
 from .ceiling import CeilingProbe
+from .plots import throughput_vs_batch
 from .errors import BenchmarkError, check_archs, positive_int
-from .report import Report, Table, Verdict
+from .report import Report, Table
 from .timing import PRIME_S, Budget, interleaved
-from .variants import channels_last_runner, fp16_channels_last_runner, with_onnx_session
-
-ONNX_TARGET = 2.0  # ONNX Runtime images/s over eager PyTorch images/s, on CPU
-
+from .ablations import IDLE_THREADS, LEVELS, RUNNERS_IDLE_THREADS, OnnxSession
 
 @dataclass
 class Candidate:
@@ -58,6 +56,10 @@ class Candidate:
 
     def effective_precision(self) -> str:
         return self.precision or (self.runner.artifact.precision if self.runner.artifact else "fp32")
+
+
+# runner label -> the digits export's artifact whose accuracy stands for it
+DIGITS_FORMAT_OF = {"torchscript": "torchscript", "onnxruntime": "onnx", "onnxruntime int8": "onnx-int8"}
 
 
 def forward_flops(model: torch.nn.Module, input_size: int) -> int:
@@ -76,7 +78,6 @@ def build_candidates(checkpoint: Path, export_dir: Path, threads: int, devices: 
     if "cpu" in devices:
         candidates += [
             Candidate("eager", runner_from_checkpoint(checkpoint, threads=threads), "cpu"),
-            Candidate("eager channels_last", channels_last_runner(checkpoint, "cpu", threads), "cpu"),
             Candidate("torchscript", open_runner(export_dir, "torchscript", threads=threads), "cpu"),
             Candidate("onnxruntime", open_runner(export_dir, "onnx", threads=threads), "cpu"),
             Candidate("onnxruntime int8", open_runner(export_dir, "onnx-int8", threads=threads), "cpu"),
@@ -88,8 +89,6 @@ def build_candidates(checkpoint: Path, export_dir: Path, threads: int, devices: 
         return candidates, skipped
     candidates += [
         Candidate("cuda eager", runner_from_checkpoint(checkpoint, device="cuda"), "cuda"),
-        Candidate("cuda eager channels_last", channels_last_runner(checkpoint, "cuda", threads), "cuda"),
-        Candidate("cuda eager fp16 channels_last", fp16_channels_last_runner(checkpoint, "cuda", threads), "cuda", "fp16"),
         Candidate("cuda torchscript", open_runner(export_dir, "torchscript", device="cuda"), "cuda"),
     ]
     for label, fmt in (("cuda onnxruntime", "onnx"), ("tensorrt fp16", "trt")):
@@ -114,20 +113,18 @@ def onnx_ablation(arch: str, checkpoint: Path, export_dir: Path, batch: int, thr
     EXTENDED adds Conv+Add+Relu fusions; ALL adds the NCHWc layout (weights reordered once into the
     blocked format MLAS's convolution kernels use, instead of per call)."""
     thread_counts = sorted({1, threads})
-    candidates: dict[str, tuple[Runner, int]] = {}
+    candidates: dict[str, tuple] = {}
     for t in thread_counts:
         candidates[f"eager, {t} thread(s)"] = (runner_from_checkpoint(checkpoint, threads=t), t)
-    levels = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
-    for level in levels:
-        candidates[f"onnxruntime {level}, {threads} thread(s)"] = (
-            with_onnx_session(open_runner(export_dir, "onnx", threads=threads), onnx_file(export_dir), level=level), threads)
+    for level in LEVELS:
+        candidates[f"onnxruntime {level}, {threads} thread(s)"] = (OnnxSession(onnx_file(export_dir), threads, level), threads)
     for t in thread_counts:
         if t != threads:
-            candidates[f"onnxruntime ORT_ENABLE_ALL, {t} thread(s)"] = (open_runner(export_dir, "onnx", threads=t), t)
-    size = next(iter(candidates.values()))[0].preprocess.input_size
+            candidates[f"onnxruntime ORT_ENABLE_ALL, {t} thread(s)"] = (OnnxSession(onnx_file(export_dir), t), t)
+    size = candidates[f"eager, {threads} thread(s)"][0].preprocess.input_size
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
 
-    def call(runner: Runner, t: int) -> None:
+    def call(runner, t: int) -> None:
         torch.set_num_threads(t)  # PyTorch's pool is per process: set it for each eager call
         runner.predict(x)
 
@@ -144,7 +141,7 @@ def onnx_ablation(arch: str, checkpoint: Path, export_dir: Path, batch: int, thr
     return table, rows
 
 
-def cpu_ms_after_a_run(runner: Runner, x: torch.Tensor, window_s: float = 0.3, repeats: int = 3) -> float:
+def cpu_ms_after_a_run(runner, x: torch.Tensor, window_s: float = 0.3, repeats: int = 3) -> float:
     """Median CPU ms this process burns in the `window_s` after one of `runner`'s calls (its idle threads)."""
     burnt = []
     for _ in range(repeats):
@@ -163,8 +160,7 @@ def idle_threads_ablation(arch: str, checkpoint: Path, export_dir: Path, threads
     has been woken lately); eager PyTorch's call right after the session's (the next runner of a
     benchmark round, a server worker's next decode); the CPU the session burns in the 0.3 s after a call."""
     eager = runner_from_checkpoint(checkpoint, threads=threads)
-    sessions = {idle: with_onnx_session(open_runner(export_dir, "onnx", threads=threads), onnx_file(export_dir), idle=idle)
-                for idle in IDLE_THREADS}  # fmt: skip
+    sessions = {idle: OnnxSession(onnx_file(export_dir), threads, idle=idle) for idle in IDLE_THREADS}
     size = eager.preprocess.input_size
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
 
@@ -182,7 +178,7 @@ def idle_threads_ablation(arch: str, checkpoint: Path, export_dir: Path, threads
                    "eager right after / after a pause", "CPU ms burnt in the 0.3 s after a call"])  # fmt: skip
     rows = []
     for idle, runner in sessions.items():
-        row = {"idle_threads": idle, "runner_default": idle == RUNNER_IDLE_THREADS, "config": IDLE_THREADS[idle],
+        row = {"idle_threads": idle, "runner_default": idle == RUNNERS_IDLE_THREADS, "config": IDLE_THREADS[idle],
                "own_call_after_pause_ms": lone[idle].percentile_ms(50), "eager_right_after_ms": after[idle].percentile_ms(50),
                "eager_after_pause_ms": eager_ms, "eager_slowdown": after[idle].percentile_ms(50) / eager_ms,
                "cpu_ms_after_call": cpu_ms_after_a_run(runner, x)}  # fmt: skip
@@ -200,8 +196,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "`--devices cuda` times the GPU runners alone, against CUDA eager")  # fmt: skip
     parser.add_argument("--seconds", type=float, default=10.0,
                         help="time budget per (architecture, batch), shared by all runners (default: %(default)s)")
-    parser.add_argument("--no-ablation", action="store_true",
-                        help="skip the ONNX Runtime graph-optimization / threads and idle-threads tables")  # fmt: skip
+    parser.add_argument("--no-accuracy", action="store_true",
+                        help="skip the digits model (trained and exported here once) whose per-artifact top-1 is shown "
+                             "beside each runner's speed")
+    parser.add_argument("--ablations", action="store_true",
+                        help="also time ONNX Runtime's graph-optimization levels / threads and its idle-thread policies "
+                             "(sessions built here with one setting changed from the runners')")
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -248,24 +248,28 @@ def run(args: argparse.Namespace) -> Report:
                              "precision": c.effective_precision(), **s.to_dict(), "vs_eager": s.items_per_s / eager,
                              "gflops": gflops, "ceiling_gflops": cpu_ceiling,
                              "ceiling_fraction": gflops / cpu_ceiling if cpu_ceiling else None})  # fmt: skip
-            for label, name in (("onnxruntime", "ONNX Runtime"), ("onnxruntime int8", "ONNX Runtime INT8")):
-                if label not in samples:  # --devices cuda
-                    continue
-                ratio = samples[label].items_per_s / eager
-                report.verdicts.append(
-                    Verdict(f"CPU: {name} >= {ONNX_TARGET:g}x eager ({arch}, batch {batch})", f"{ratio:.2f}x", ratio >= ONNX_TARGET)
-                )
     if ceiling:
         report.data["ceiling"] = ceiling.to_dict()
-    table = Table("Inference", ["model", "batch", "runner", "images/s", "p50 ms", "p99 ms", "calls",
+    table = Table("Inference", ["model", "batch", "runner", "images/s", "p50 ms", "p99 ms", "calls", "spread (IQR/median)",
                                 "x eager" if "cpu" in devices else "x cuda eager", "GEMM ceiling GFLOP/s (same rounds)",
                                 "% of GEMM ceiling (its precision)"])  # fmt: skip
     for row in rows:
-        table.add(row["model"], row["batch"], row["runner"], row["items_per_s"], row["p50_ms"], row["p99_ms"], row["calls"],
+        table.add(row["model"], row["batch"], row["runner"], row["items_per_s"], row["p50_ms"], row["p99_ms"], row["calls"], f"{row['iqr_over_median']:.1%}",
                   f"{row['vs_eager']:.2f}x", row["ceiling_gflops"],
                   None if row["ceiling_fraction"] is None else f"{100 * row['ceiling_fraction']:.0f}%")  # fmt: skip
     report.tables.append(table)
     report.data["rows"] = rows
+    accuracy: dict[str, float | None] = {}
+    if not args.no_accuracy:
+        digits = digits_export(args.work_dir, epochs=1 if args.quick else 4, log=log)
+        for label, fmt in DIGITS_FORMAT_OF.items():
+            log(f"digits model: top-1 of its {fmt} artifact")
+            accuracy[label] = accuracy[f"cuda {label}"] = digits_accuracy(digits, fmt, args.work_dir / "evaluations" / fmt)
+        accuracy["eager"] = accuracy["cuda eager"] = accuracy["torchscript"]  # the same fp32 network
+        report.tables.append(Table("Labelled accuracy on the digits model (resnet20, scikit-learn digits validation split)",
+                                   ["artifact", "top-1 %"], [[fmt, accuracy[label]] for label, fmt in DIGITS_FORMAT_OF.items()]))
+        report.data["digits_top1"] = {fmt: accuracy[label] for label, fmt in DIGITS_FORMAT_OF.items()}
+    report.figures["infer_throughput_vs_batch.png"] = throughput_vs_batch(rows, accuracy)
     report.method = [
         "Random-init weights (seeded) saved with `models.Checkpoint.save`, exported with `python -m export` "
         "(TorchScript, ONNX, ONNX INT8; parity checked on random pixels, which is all random weights allow). "
@@ -287,7 +291,7 @@ def run(args: argparse.Namespace) -> Report:
         f"ONNX Runtime: CPU provider, graph optimization ORT_ENABLE_ALL, intra-op threads {threads}, inter-op 1; "
         f"PyTorch: torch.set_num_threads({threads}).",
     ]
-    if not args.no_ablation and "cpu" in devices:
+    if args.ablations and "cpu" in devices:
         arch, batch = archs[-1], batches[len(batches) // 2]
         log(f"{arch} batch {batch}: ONNX Runtime graph optimization levels and threads vs eager")
         ablation, ablation_rows = onnx_ablation(arch, random_checkpoint(arch, args.work_dir), export_model(arch, args.work_dir),
@@ -319,8 +323,8 @@ def run(args: argparse.Namespace) -> Report:
                 f"{by_idle['spin']['cpu_ms_after_call']:.0f} CPU ms after each call and the eager call right after it takes "
                 f"{by_idle['spin']['eager_slowdown']:.2f}x as long as after a pause; blocking makes a lone call take "
                 f"{by_idle['block']['own_call_after_pause_ms']:.1f} ms against {by_idle['spin']['own_call_after_pause_ms']:.1f} ms; "
-                f"spinning within a run (the runners') takes {by_idle[RUNNER_IDLE_THREADS]['own_call_after_pause_ms']:.1f} ms, "
-                f"burns {by_idle[RUNNER_IDLE_THREADS]['cpu_ms_after_call']:.1f} CPU ms after it, and the eager call right after it "
-                f"takes {by_idle[RUNNER_IDLE_THREADS]['eager_slowdown']:.2f}x as long as after a pause."
+                f"spinning within a run (the runners') takes {by_idle[RUNNERS_IDLE_THREADS]['own_call_after_pause_ms']:.1f} ms, "
+                f"burns {by_idle[RUNNERS_IDLE_THREADS]['cpu_ms_after_call']:.1f} CPU ms after it, and the eager call right after it "
+                f"takes {by_idle[RUNNERS_IDLE_THREADS]['eager_slowdown']:.2f}x as long as after a pause."
             )
     return report

@@ -20,13 +20,9 @@ from typing import Any
 
 import torch
 
-from export.quantize import cpu_flags, cpuinfo
+from models.osutil import atomic_save_figure, atomic_write_text, cpu_flags, cpuinfo, usable_cores
 
 RESULTS_ROOT = Path(__file__).with_name("results")
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def cpu_model() -> str:
@@ -90,6 +86,22 @@ def machine_slug() -> str:
     return slug
 
 
+def git_commit() -> str | None:
+    """The checkout's commit, with "+dirty" when tracked files differ from it (None outside a git checkout)."""
+    import subprocess  # noqa: PLC0415
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=30)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if commit.returncode != 0:
+        return None
+    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def environment(threads: int) -> dict[str, Any]:
     """What the numbers depend on, recorded next to them."""
     versions = {"python": platform.python_version(), "torch": torch.__version__}
@@ -102,6 +114,8 @@ def environment(threads: int) -> dict[str, Any]:
         "machine": machine_slug(),
         "cpu": cpu_model(),
         "cpu_features": cpu_features(),
+        "cpu_flags": sorted(cpu_flags() or []),
+        "git_commit": git_commit(),
         "usable_cores": usable_cores(),
         "threads": threads,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
@@ -157,6 +171,7 @@ class Report:
     notes: list[str] = field(default_factory=list)  # findings: why a target was missed, what was changed
     data: dict[str, Any] = field(default_factory=dict)  # raw measurements for the JSON
     quick: bool = False
+    figures: dict[str, Any] = field(default_factory=dict)  # file name (.png) -> matplotlib Figure
 
     def __post_init__(self) -> None:
         self.env = environment(self.threads)
@@ -174,7 +189,7 @@ class Report:
             + (f", GPU {env['gpu']}" if env.get("gpu") else "")
             + f"; **{self.threads} thread(s)**; load average at the end {load}.  ",
             f"{versions}.  ",
-            f"{env['date_utc']}, `{env['command']}`.",
+            f"{env['date_utc']}, commit `{env.get('git_commit')}`, `{env['command']}`.",
         ]
         if self.method:
             parts += ["", *[f"- {line}" for line in self.method]]
@@ -185,6 +200,7 @@ class Report:
             parts += [v.markdown() for v in self.verdicts]
         if self.notes:
             parts += ["", "### Findings", "", *[f"- {line}" for line in self.notes]]
+        parts += [f"\n![{name}]({name})" for name in self.figures]
         return "\n".join(parts) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
@@ -199,23 +215,25 @@ class Report:
             "verdicts": [{"target": v.target, "measured": v.measured, "met": v.met} for v in self.verdicts],
             "notes": self.notes,
             "data": self.data,
+            "figures": list(self.figures),
         }
 
-    def write(self, results_root: Path) -> tuple[Path, Path]:
-        """`<results_root>/<machine>/<name>.md` and `.json`; returns both paths."""
-        out = Path(results_root) / self.env["machine"]
+    def write(self, results_root: Path, *, flat: bool = False) -> tuple[Path, Path]:
+        """`<results_root>/<machine>/<name>.md` and `.json` (`flat`: directly in `results_root`), and the
+        figures beside them; returns the two paths."""
+        out = Path(results_root) if flat else Path(results_root) / self.env["machine"]
         out.mkdir(parents=True, exist_ok=True)
         as_dict = self.to_dict()  # refreshes the load average first
         md_path, json_path = out / f"{self.name}.md", out / f"{self.name}.json"
         write_atomic(json_path, json.dumps(as_dict, indent=2, default=str) + "\n")
         write_atomic(md_path, self.markdown())
+        for name, figure in self.figures.items():
+            atomic_save_figure(figure, out / name)
         return md_path, json_path
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def format_cell(value: Any) -> str:

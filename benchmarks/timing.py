@@ -54,6 +54,8 @@ class Samples:
             "median_s": self.median_s,
             "p50_ms": self.percentile_ms(50),
             "p99_ms": self.percentile_ms(99),
+            # spread of the median's samples: interquartile range over the median
+            "iqr_over_median": (self.percentile_ms(75) - self.percentile_ms(25)) / (1e3 * self.median_s),
             "items_per_s": self.items_per_s,
         }
 
