@@ -120,3 +120,42 @@ def test_fp16_package_on_cuda(digits_checkpoint, tmp_path):
     manifest = read_manifest(out)
     assert manifest.find("aoti").device == "cuda" and manifest.find("aoti-fp16").passed
     assert open_runner(out, device="cuda").format == "aoti-fp16"
+
+
+def test_a_real_torchserve_serves_the_aoti_package(aoti_export, tmp_path):
+    """`serve package --backend aoti`: the worker loads the .pt2 through the handler's Classifier and answers
+    as the local runner does."""
+    import dataclasses
+
+    import requests
+    from PIL import Image
+
+    from export.classifier import Classifier
+    from serve.package import PackageOptions
+    from serve.server import ServerSettings, free_ports, start, stop
+    from tests.fixtures.served import SERVED_PACKAGE_OPTIONS, encode
+    from train.data import digits_split
+
+    options = dataclasses.replace(SERVED_PACKAGE_OPTIONS, backend="aoti")
+    assert isinstance(options, PackageOptions)
+    mar = package(aoti_export, tmp_path / "store", name="digits", options=options)
+    assert {"model.pt2", "manifest.json"} <= set(zipfile.ZipFile(mar).namelist())
+    images, _ = digits_split("val")
+    body = encode(Image.fromarray(images[0].permute(1, 2, 0).numpy()), "PNG")
+    expected = Classifier.from_export(aoti_export, fmt="aoti", threads=1).classify([body])[0]
+
+    port, management, metrics, grpc_inference, grpc_management = free_ports(5)
+    run_dir = tmp_path / "ts"
+    settings = ServerSettings(model_store=mar.parent, models=["digits"], run_dir=run_dir, port=port,
+                              management_port=management, metrics_port=metrics, grpc_inference_port=grpc_inference,
+                              grpc_management_port=grpc_management, startup_timeout_s=240)  # fmt: skip
+    try:
+        info = start(settings, log=lambda message: None)
+        response = requests.post(f"{info.inference_url}/predictions/digits", data=body, timeout=60,
+                                 headers={"Authorization": f"Bearer {info.key('inference')}"})  # fmt: skip
+    finally:
+        stop(run_dir)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert list(answer)[0] == expected[0][0]
+    assert answer[expected[0][0]] == pytest.approx(expected[0][1], abs=1e-4)
