@@ -103,8 +103,9 @@ def choose_artifacts(export_dir: Path, manifest: Manifest, options: PackageOptio
     # images (Artifact.default_ok): nobody gets a cheaper, less accurate model without choosing it.
     chosen = [a for a in manifest.artifacts if a.default_ok]
     if not chosen:
+        what = "fit for default use" if any(a.passed for a in manifest.artifacts) else "passed its parity check"
         raise PackageError(
-            f"{export_dir}: no artifact fit for default use (it has: {listed}); re-export, or "
+            f"{export_dir}: no artifact {what} (it has: {listed}); re-export, or "
             "choose one with --backend FORMAT (--allow-failed for one that failed parity)"
         )
     return chosen
