@@ -225,15 +225,11 @@ class Report:
         out.mkdir(parents=True, exist_ok=True)
         as_dict = self.to_dict()  # refreshes the load average first
         md_path, json_path = out / f"{self.name}.md", out / f"{self.name}.json"
-        write_atomic(json_path, json.dumps(as_dict, indent=2, default=str) + "\n")
-        write_atomic(md_path, self.markdown())
+        atomic_write_text(json_path, json.dumps(as_dict, indent=2, default=str) + "\n")
+        atomic_write_text(md_path, self.markdown())
         for name, figure in self.figures.items():
             atomic_save_figure(figure, out / name)
         return md_path, json_path
-
-
-def write_atomic(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
 
 
 def format_cell(value: Any) -> str:

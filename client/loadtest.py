@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from models.osutil import atomic_save_figure, atomic_write_text
+
 from .images import images_in_folder
 from .remote import TOKEN_ENV
 
@@ -203,10 +205,8 @@ def plot_history(history_csv: Path, png: Path) -> None:
     bottom.legend(loc="upper left")
     for axis in (top, bottom):
         axis.grid(alpha=0.3)
-    tmp = png.with_name(png.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=100)
+    atomic_save_figure(fig, png)
     plt.close(fig)
-    os.replace(tmp, png)
 
 
 def make_run_dir(root: Path) -> Path:
@@ -242,9 +242,7 @@ def locust_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def verdict(summary: Summary, args: argparse.Namespace) -> list[str]:

@@ -1,15 +1,31 @@
-"""ResNets written from scratch with torchvision's key names, their weights, preprocessing and labels."""
+"""ResNets written from scratch with torchvision's key names, their weights, preprocessing and labels.
 
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, model_from_checkpoint
-from .labels import imagenet_class_names, top_k_labels
-from .preprocess import EncodedImageTransform, PreprocessSpec, eval_resize_crop, eval_transform, normalize_batch
-from .pretrained import PretrainedWeights, load_pretrained
-from .registry import create_model, get_model_spec, list_models
-from .resnet import BasicBlock, Bottleneck, ResNet
+The names below are imported on first use (PEP 562), so `models.osutil`, the ground-floor helpers,
+can be used by the remote client and the load tests without importing torch.
+"""
 
-__all__ = [
-    "BasicBlock", "Bottleneck", "Checkpoint", "CheckpointError", "EncodedImageTransform", "PreprocessSpec", "PretrainedWeights", "ResNet",
-    "create_model", "eval_resize_crop", "eval_transform", "get_model_spec",
-    "imagenet_class_names", "list_models", "load_checkpoint", "load_pretrained", "model_from_checkpoint",
-    "normalize_batch", "top_k_labels",
-]  # fmt: skip
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "checkpoint": ("Checkpoint", "CheckpointError", "load_checkpoint", "model_from_checkpoint"),
+    "labels": ("imagenet_class_names", "top_k_labels"),
+    "preprocess": ("EncodedImageTransform", "PreprocessSpec", "eval_resize_crop", "eval_transform", "normalize_batch"),
+    "pretrained": ("PretrainedWeights", "load_pretrained"),
+    "registry": ("create_model", "get_model_spec", "list_models"),
+    "resnet": ("BasicBlock", "Bottleneck", "ResNet"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+

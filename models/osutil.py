@@ -62,6 +62,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_save_figure(figure, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """`figure.savefig` as a PNG through `atomic_path` (a matplotlib Figure; matplotlib is not imported here)."""
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi)
+    return Path(path)
+
+
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -89,7 +96,7 @@ def cgroup_cpu_quota(cpu_max: Path = CGROUP_CPU_MAX) -> float | None:
     try:
         quota, period = cpu_max.read_text().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
+    except (OSError, ValueError, ZeroDivisionError):
         return None
 
 

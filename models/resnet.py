@@ -119,12 +119,14 @@ class BasicBlock(nn.Module):
             identity = x if self.downsample is None else self.downsample(out)
             out = self.conv1(out)
             out = self.conv2(self.relu(self.bn2(out)))
-            return self.drop_path(out) + identity if self.residual else out
+            out = self.drop_path(out)
+            return out + identity if self.residual else out
 
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(self.drop_path(out) + identity if self.residual else out)
+        out = self.drop_path(out)
+        return self.relu(out + identity if self.residual else out)
 
 
 class Bottleneck(nn.Module):
@@ -167,13 +169,15 @@ class Bottleneck(nn.Module):
             out = self.conv1(out)
             out = self.conv2(self.relu(self.bn2(out)))
             out = self.conv3(self.relu(self.bn3(out)))
-            return self.drop_path(out) + identity if self.residual else out
+            out = self.drop_path(out)
+            return out + identity if self.residual else out
 
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(self.drop_path(out) + identity if self.residual else out)
+        out = self.drop_path(out)
+        return self.relu(out + identity if self.residual else out)
 
 
 Block = type[BasicBlock] | type[Bottleneck]

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from models import get_model_spec
+from models.osutil import atomic_write_text
 
 DEFAULTS: dict[str, Any] = {
     # what and where
@@ -221,6 +222,4 @@ def arch_kwargs(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_config(config: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))

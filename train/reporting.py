@@ -4,13 +4,14 @@ TensorBoard event files and `curves.png` (loss and accuracy, train and val), all
 from __future__ import annotations
 
 import csv
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
+
+from models.osutil import atomic_path, atomic_save_figure
 
 METRIC_FIELDS = (
     "epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
@@ -101,12 +102,10 @@ class RunReporter:
             self.writer.close()
 
     def _write_csv(self) -> None:
-        tmp = self.csv_path.with_name(".metrics.csv.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
             writer.writeheader()
             writer.writerows(self.rows)
-        os.replace(tmp, self.csv_path)
 
 
 def measure_internals(network: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -129,7 +128,7 @@ def _fmt(value: Any) -> str:
 
 
 def write_curves(rows: list[dict[str, str]], path: Path) -> None:
-    """Loss and top-1/top-5 per epoch, train and val, as one PNG (replaced atomically)."""
+    """Loss, top-1/top-5 (train and val) and the learning rate per epoch, as one PNG (replaced atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,7 +138,7 @@ def write_curves(rows: list[dict[str, str]], path: Path) -> None:
         points = [(int(r["epoch"]), float(r[key])) for r in rows if r.get(key)]
         return [p[0] for p in points], [p[1] for p in points]
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(15, 4))
     for key, label in (("train_loss", "train"), ("val_loss", "val")):
         ax_loss.plot(*series(key), marker=".", label=label)
     for key, label in (("train_top1", "train top-1"), ("val_top1", "val top-1"), ("val_top5", "val top-5"),
@@ -150,11 +149,11 @@ def write_curves(rows: list[dict[str, str]], path: Path) -> None:
     # Log scale: an early spike (BN statistics still settling) would otherwise flatten the rest.
     ax_loss.set(xlabel="epoch", ylabel="loss (log scale)", title="loss", yscale="log")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    for ax in (ax_loss, ax_acc):
+    ax_lr.plot(*series("lr"), marker=".", label="learning rate (end of epoch)")
+    ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate")
+    for ax in (ax_loss, ax_acc, ax_lr):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(".curves.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_save_figure(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)

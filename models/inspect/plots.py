@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from torch import Tensor
+
+from ..osutil import atomic_save_figure
 
 from .probes import BlockFlow, LayerGradient, StageActivity
 
@@ -28,11 +29,9 @@ def save(fig, path: str | Path, dpi: int = 80) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=dpi)
+    atomic_save_figure(fig, path, dpi=dpi)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

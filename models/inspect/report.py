@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..preprocess import PreprocessSpec, normalize_batch
+from ..osutil import atomic_write_text
 from . import plots
 from .gradcam import grad_cam, save_overlay
 from .probes import first_conv, feature_maps, gradient_flow, layer_table, relu_activity, residual_flow, stage_names
@@ -44,9 +45,7 @@ class InspectionResult:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return path
 
 

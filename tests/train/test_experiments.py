@@ -17,12 +17,13 @@ def test_two_recipes_run_in_turn_and_are_summarised(tmp_path, cifar_root, capsys
                  "--data-dir", str(cifar_root), "--epochs", "1", "--batch-size", "16", "--workers", "0",
                  "--no-tensorboard", "--no-plots"])  # fmt: skip
     assert code == 0, capsys.readouterr()
-    summary = (tmp_path / "experiments.md").read_text()
+    summary = (tmp_path / "experiments-recipes.md").read_text()
     rows = [line for line in summary.splitlines() if line.startswith("| cifar_")]
     assert len(rows) == 2 and all("| ok | 1 |" in row for row in rows)
-    assert (tmp_path / "exp-cifar_modern" / "best.pt").is_file()
+    assert (tmp_path / "exp-recipes-02-cifar_modern" / "best.pt").is_file()
 
 
 def test_unknown_recipe(capsys):
     assert main(["--configs", "nope"]) == 2
-    assert "unknown recipes ['nope']" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "recipe 'nope' not found" in err and "known recipes: " in err and "cifar_paper" in err
