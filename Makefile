@@ -10,7 +10,7 @@ PYTHON ?= python3
 .PHONY: install test lint demo constraints
 install:
 	./install.sh
-test:
+test: lint
 	$(PYTHON) -m pytest
 lint:
 	$(PYTHON) -m ruff check .

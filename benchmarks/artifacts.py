@@ -51,9 +51,15 @@ def random_checkpoint(arch: str, work_dir: Path, seed: int = 0) -> Path:
         preprocess=spec.preprocess,
         model=model.state_dict(),
         # train.data's synthetic data set (seeded random pixels): what export's parity checks on.
-        config={"arch": arch, "data": "synthetic", "synthetic_size": 4 * PARITY_SAMPLES, "data_dir": None,
-                "val_split": 0.0, "seed": seed},
-    ).save(path)  # fmt: skip
+        config={
+            "arch": arch,
+            "data": "synthetic",
+            "synthetic_size": 4 * PARITY_SAMPLES,
+            "data_dir": None,
+            "val_split": 0.0,
+            "seed": seed,
+        },
+    ).save(path)
     return path
 
 
@@ -74,13 +80,27 @@ def export_model(arch: str, work_dir: Path, threads: int | None = None, log=prin
     except (ExportError, KeyError):
         pass
     command = [
-        sys.executable, "-m", "export", "--checkpoint", str(checkpoint), "--out", str(export_dir),
-        "--name", arch, "--to", ",".join(EXPORTED_FORMATS), "--overwrite",  # our own stale export, if any
-        "--parity-samples", str(PARITY_SAMPLES), "--parity-batch", str(PARITY_BATCH),
+        sys.executable,
+        "-m",
+        "export",
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(export_dir),
+        "--name",
+        arch,
+        "--to",
+        ",".join(EXPORTED_FORMATS),
+        "--overwrite",  # our own stale export, if any
+        "--parity-samples",
+        str(PARITY_SAMPLES),
+        "--parity-batch",
+        str(PARITY_BATCH),
         # A random network's logits are near-ties, so int8 flips its top-1 on noise (81% agreement on
         # resnet20) while the logit vectors still agree (cosine 0.9996): keep only the cosine gate here.
-        "--int8-min-agreement", "0",
-    ]  # fmt: skip
+        "--int8-min-agreement",
+        "0",
+    ]
     if threads:
         command += ["--threads", str(threads)]
     log(f"exporting {arch} (random init) with: {' '.join(command[1:])}")
@@ -106,11 +126,37 @@ def digits_export(work_dir: Path, epochs: int = 4, log=print) -> Path:
         pass
     runs = Path(work_dir) / "runs"
     steps = [
-        [sys.executable, "-m", "train", "--arch", "resnet20", "--data", "digits", "--epochs", str(epochs),
-         "--out", str(runs), "--name", "resnet20-digits", "--overwrite"],
-        [sys.executable, "-m", "export", "--checkpoint", str(runs / "resnet20-digits" / "best.pt"), "--out",
-         str(export_dir), "--name", "digits", "--to", ",".join(DIGITS_FORMATS), "--overwrite"],
-    ]  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "train",
+            "--arch",
+            "resnet20",
+            "--data",
+            "digits",
+            "--epochs",
+            str(epochs),
+            "--out",
+            str(runs),
+            "--name",
+            "resnet20-digits",
+            "--overwrite",
+        ],
+        [
+            sys.executable,
+            "-m",
+            "export",
+            "--checkpoint",
+            str(runs / "resnet20-digits" / "best.pt"),
+            "--out",
+            str(export_dir),
+            "--name",
+            "digits",
+            "--to",
+            ",".join(DIGITS_FORMATS),
+            "--overwrite",
+        ],
+    ]
     for command in steps:
         log(f"digits model: {' '.join(command[1:])}")
         process = subprocess.run(command, capture_output=True, text=True)
@@ -122,8 +168,19 @@ def digits_export(work_dir: Path, epochs: int = 4, log=print) -> Path:
 
 def digits_accuracy(export_dir: Path, fmt: str, out: Path) -> float | None:
     """Top-1 % of one artifact on the digits validation split, from `python -m client evaluate --local`."""
-    command = [sys.executable, "-m", "client", "evaluate", "--local", str(export_dir), "--format", fmt, "--digits",
-               "--out", str(out)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "client",
+        "evaluate",
+        "--local",
+        str(export_dir),
+        "--format",
+        fmt,
+        "--digits",
+        "--out",
+        str(out),
+    ]
     process = subprocess.run(command, capture_output=True, text=True)
     result = Path(out) / "evaluation.json"
     if process.returncode != 0 or not result.is_file():

@@ -15,7 +15,7 @@ convention `infer` and `train` use for the networks, so the int8 "GFLOP/s" are i
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -47,10 +47,12 @@ def onnxruntime_matmul(size: int, dtype_name: str, threads: int) -> Callable[[],
         op, a_type, y_type = "MatMul", TensorProto.FLOAT, TensorProto.FLOAT
         a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
     graph = helper.make_graph(
-        [helper.make_node(op, ["A", "B"], ["Y"])], f"{dtype_name}_gemm",
+        [helper.make_node(op, ["A", "B"], ["Y"])],
+        f"{dtype_name}_gemm",
         [helper.make_tensor_value_info("A", a_type, [size, size])],
-        [helper.make_tensor_value_info("Y", y_type, [size, size])], [numpy_helper.from_array(b, "B")],
-    )  # fmt: skip
+        [helper.make_tensor_value_info("Y", y_type, [size, size])],
+        [numpy_helper.from_array(b, "B")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     onnx.checker.check_model(model)
     # The runners' own options (threads, idle threads), so the ceiling is measured as the networks run.
@@ -79,7 +81,12 @@ def gemm_gflops(size: int, dtype_name: str, kernel: str, budget: Budget) -> dict
     """Median GFLOP/s of a size x size x size matmul (threads: whatever torch is set to now)."""
     samples = interleaved({"gemm": gemm_call(size, dtype_name, kernel, torch.get_num_threads())}, budget)["gemm"]
     flops = 2.0 * size**3
-    return {"size": size, "median_s": samples.median_s, "calls": len(samples.seconds), "gflops": flops / samples.median_s / 1e9}
+    return {
+        "size": size,
+        "median_s": samples.median_s,
+        "calls": len(samples.seconds),
+        "gflops": flops / samples.median_s / 1e9,
+    }
 
 
 # A call slower than this means a fallback kernel (bf16 without AVX512_BF16 runs at ~1 GFLOP/s): larger
@@ -102,14 +109,23 @@ def measure_kernel(dtype_name: str, kernel: str, threads: int, sizes: list[int],
         torch.set_num_threads(previous)
     best = max(per_size, key=lambda r: r["gflops"])
     skipped = [size for size in sizes if size > per_size[-1]["size"]]
-    return {"dtype": dtype_name, "kernel": kernel, "threads": threads, "gflops": best["gflops"], "best_size": best["size"],
-            "sizes": per_size, "skipped_sizes": skipped}  # fmt: skip
+    return {
+        "dtype": dtype_name,
+        "kernel": kernel,
+        "threads": threads,
+        "gflops": best["gflops"],
+        "best_size": best["size"],
+        "sizes": per_size,
+        "skipped_sizes": skipped,
+    }
 
 
 def fastest_kernel(dtype_name: str, threads: int, sizes: list[int], budget: Budget) -> dict:
     """`measure_kernel`'s result for the dtype's fastest kernel: its ceiling."""
-    return max((measure_kernel(dtype_name, kernel, threads, sizes, budget) for kernel in KERNELS[dtype_name]),
-               key=lambda r: r["gflops"])  # fmt: skip
+    return max(
+        (measure_kernel(dtype_name, kernel, threads, sizes, budget) for kernel in KERNELS[dtype_name]),
+        key=lambda r: r["gflops"],
+    )
 
 
 class CeilingProbe:
@@ -147,8 +163,11 @@ class CeilingProbe:
 
     def ceilings(self, samples: dict) -> dict[str, float]:
         """GFLOP/s of each GEMM timed in one group's `samples` (and kept for `describe`)."""
-        group = {d: 2.0 * sel["size"] ** 3 / samples[self.label(d)].median_s / 1e9
-                 for d, sel in self.selected.items() if self.label(d) in samples}  # fmt: skip
+        group = {
+            d: 2.0 * sel["size"] ** 3 / samples[self.label(d)].median_s / 1e9
+            for d, sel in self.selected.items()
+            if self.label(d) in samples
+        }
         self.groups.append(group)
         return group
 
@@ -156,13 +175,18 @@ class CeilingProbe:
         return {"selected": self.selected, "groups": self.groups}
 
     def describe(self) -> str:
-        picked = "; ".join(f"{d}: {s['kernel']} at N={s['size']} ({s['probe_gflops']:.0f} GFLOP/s)" for d, s in self.selected.items())
-        spread = ", ".join(f"{d} {min(v):.0f}-{max(v):.0f}" for d in self.dtypes
-                           if (v := [g[d] for g in self.groups if d in g]))  # fmt: skip
-        return (f"GEMM ceiling at {self.threads} thread(s): each precision's fastest kernel and size in a probe before the "
-                f"timings (N = {', '.join(map(str, self.sizes))}; {picked}), then timed (primed like the networks) as one "
-                f"more candidate in the same rounds as the networks, so each fraction's two sides are measured side by "
-                f"side ({spread} GFLOP/s over the groups); each row's fraction is of its own group's ceiling")  # fmt: skip
+        picked = "; ".join(
+            f"{d}: {s['kernel']} at N={s['size']} ({s['probe_gflops']:.0f} GFLOP/s)" for d, s in self.selected.items()
+        )
+        spread = ", ".join(
+            f"{d} {min(v):.0f}-{max(v):.0f}" for d in self.dtypes if (v := [g[d] for g in self.groups if d in g])
+        )
+        return (
+            f"GEMM ceiling at {self.threads} thread(s): each precision's fastest kernel and size in a probe before the "
+            f"timings (N = {', '.join(map(str, self.sizes))}; {picked}), then timed (primed like the networks) as one "
+            f"more candidate in the same rounds as the networks, so each fraction's two sides are measured side by "
+            f"side ({spread} GFLOP/s over the groups); each row's fraction is of its own group's ceiling"
+        )
 
 
 def default_sizes(quick: bool) -> list[int]:
@@ -170,11 +194,17 @@ def default_sizes(quick: bool) -> list[int]:
 
 
 def default_budget(quick: bool) -> Budget:
-    return Budget(warmup=1, min_rounds=2, max_rounds=3, seconds=0.0) if quick else Budget(warmup=2, min_rounds=5, seconds=4.0)
+    return (
+        Budget(warmup=1, min_rounds=2, max_rounds=3, seconds=0.0)
+        if quick
+        else Budget(warmup=2, min_rounds=5, seconds=4.0)
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sizes", type=positive_int, nargs="+", help="square GEMM sizes (default: 1024 2048 3072; --quick: 128 256)")
+    parser.add_argument(
+        "--sizes", type=positive_int, nargs="+", help="square GEMM sizes (default: 1024 2048 3072; --quick: 128 256)"
+    )
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -182,7 +212,12 @@ def run(args: argparse.Namespace) -> Report:
     sizes = sorted(args.sizes or default_sizes(args.quick))
     budget = default_budget(args.quick)
     thread_counts = sorted({1, threads})
-    report = Report("ceiling", "GEMM ceiling (torch.matmul and ONNX Runtime MatMul / MatMulInteger)", threads=threads, quick=args.quick)
+    report = Report(
+        "ceiling",
+        "GEMM ceiling (torch.matmul and ONNX Runtime MatMul / MatMulInteger)",
+        threads=threads,
+        quick=args.quick,
+    )
     report.method = [
         f"Square matmul C = A·B at sizes {', '.join(map(str, sizes))}; FLOPs = 2·N³ (one multiply and one add "
         "per multiply-accumulate). Median of the timed calls after warm-up.",
@@ -209,12 +244,14 @@ def run(args: argparse.Namespace) -> Report:
                         f"{dtype_name} {kernel}, {count} thread(s): N={', '.join(map(str, result['skipped_sizes']))} not "
                         f"timed: one call at N={slowest['size']} took {slowest['median_s']:.1f} s ({slowest['gflops']:.1f} "
                         "GFLOP/s), a fallback kernel on this CPU (larger sizes would take minutes and cannot raise the ceiling)"
-                    )  # fmt: skip
+                    )
     report.tables.append(table)
     report.data["ceilings"] = results
 
     def ceiling(dtype_name: str, count: int) -> dict:
-        return max((r for r in results if r["dtype"] == dtype_name and r["threads"] == count), key=lambda r: r["gflops"])
+        return max(
+            (r for r in results if r["dtype"] == dtype_name and r["threads"] == count), key=lambda r: r["gflops"]
+        )
 
     fp32, bf16, int8 = (ceiling(d, threads) for d in ("fp32", "bf16", "int8"))
     report.data["ceiling_gflops"] = {"fp32": fp32["gflops"], "bf16": bf16["gflops"], "int8": int8["gflops"]}

@@ -22,10 +22,10 @@ import importlib
 import sys
 from pathlib import Path
 
-from .artifacts import DEFAULT_WORK_DIR
-from .errors import BenchmarkError, BenchmarkUsageError, positive_int
 from models.osutil import usable_cores
 
+from .artifacts import DEFAULT_WORK_DIR
+from .errors import BenchmarkError, BenchmarkUsageError, positive_int
 from .report import RESULTS_ROOT
 
 BENCHMARKS = {
@@ -50,21 +50,36 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module_name in BENCHMARKS.items():
         module = importlib.import_module(module_name)
         sub = commands.add_parser(
-            name, help=module.__doc__.splitlines()[0].split(": ", 1)[-1], description=module.__doc__,
+            name,
+            help=module.__doc__.splitlines()[0].split(": ", 1)[-1],
+            description=module.__doc__,
             formatter_class=argparse.RawDescriptionHelpFormatter,
-        )  # fmt: skip
-        sub.add_argument("--quick", action="store_true", help="tiny sizes and few repeats: checks that it runs, measures nothing")
-        sub.add_argument("--threads", type=positive_int, default=usable_cores(),
-                         help="intra-op threads for PyTorch and ONNX Runtime (default: the usable cores, %(default)s)")
-        sub.add_argument("--results-dir", type=Path,
-                         help=f"where <machine>/{name}.md and .json go (default: {RESULTS_ROOT.relative_to(Path(__file__).parent.parent)}; "
-                              "--quick: <work-dir>/results)")
-        sub.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
-                         help="checkpoints, exports, model archives and server logs (default: %(default)s)")
+        )
+        sub.add_argument(
+            "--quick", action="store_true", help="tiny sizes and few repeats: checks that it runs, measures nothing"
+        )
+        sub.add_argument(
+            "--threads",
+            type=positive_int,
+            default=usable_cores(),
+            help="intra-op threads for PyTorch and ONNX Runtime (default: the usable cores, %(default)s)",
+        )
+        sub.add_argument(
+            "--results-dir",
+            type=Path,
+            help=f"where <machine>/{name}.md and .json go (default: {RESULTS_ROOT.relative_to(Path(__file__).parent.parent)}; "
+            "--quick: <work-dir>/results)",
+        )
+        sub.add_argument(
+            "--work-dir",
+            type=Path,
+            default=DEFAULT_WORK_DIR,
+            help="checkpoints, exports, model archives and server logs (default: %(default)s)",
+        )
         sub.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
         module.add_arguments(sub)
         sub.set_defaults(module=module)
-    return parser  # fmt: skip
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,9 @@ def check_archs(archs: list[str]) -> None:
     known = list_models()
     unknown = [a for a in archs if a not in known]
     if unknown:
-        raise BenchmarkUsageError(f"unknown architecture(s) {unknown}; `python -m models` lists them (e.g. resnet18, resnet50)")
+        raise BenchmarkUsageError(
+            f"unknown architecture(s) {unknown}; `python -m models` lists them (e.g. resnet18, resnet50)"
+        )
 
 
 def positive_int(text: str) -> int:

@@ -111,10 +111,17 @@ def training_rate(arch: str, batch: int, size: int, device: torch.device, budget
     torch.manual_seed(0)
     network = create_model(arch, num_classes=spec.default_num_classes).to(device).to(memory_format=torch.channels_last)
     optimizer = build_optimizer(network, config)
-    parts = StepParts(model=network, network=network, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
-                      preprocess=spec.preprocess, device=device,
-                      scheduler=build_scheduler(optimizer, config, steps_per_epoch=1000),
-                      amp_dtype=torch.bfloat16, channels_last=True)  # fmt: skip
+    parts = StepParts(
+        model=network,
+        network=network,
+        optimizer=optimizer,
+        criterion=nn.CrossEntropyLoss(),
+        preprocess=spec.preprocess,
+        device=device,
+        scheduler=build_scheduler(optimizer, config, steps_per_epoch=1000),
+        amp_dtype=torch.bfloat16,
+        channels_last=True,
+    )
     network.train()
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
@@ -132,10 +139,16 @@ def training_rate(arch: str, batch: int, size: int, device: torch.device, budget
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
-                        help="default: %(default)s (`--device cpu --quick` checks the whole run on the CPU)")
+    parser.add_argument(
+        "--device",
+        choices=["cuda", "cpu"],
+        default="cuda",
+        help="default: %(default)s (`--device cpu --quick` checks the whole run on the CPU)",
+    )
     parser.add_argument("--arch", default=None, help="network (default: resnet50; --quick: resnet18)")
-    parser.add_argument("--batches", type=positive_int, nargs="+", help="inference batches (default: 1 64 256; --quick: 1 2)")
+    parser.add_argument(
+        "--batches", type=positive_int, nargs="+", help="inference batches (default: 1 64 256; --quick: 1 2)"
+    )
     parser.add_argument("--train-batch", type=positive_int, help="training batch (default: 256; --quick: 2)")
     parser.add_argument("--image-size", type=positive_int, help="input size (default: 224; --quick: 32)")
     parser.add_argument("--seconds", type=float, default=4.0, help="time budget per timed group (default: %(default)s)")
@@ -146,21 +159,36 @@ def run(args: argparse.Namespace) -> Report:
     log = args.log
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise BenchmarkError("--device cuda: PyTorch sees no CUDA device here (`--device cpu --quick` checks the run on the CPU)")
+        raise BenchmarkError(
+            "--device cuda: PyTorch sees no CUDA device here (`--device cpu --quick` checks the run on the CPU)"
+        )
     arch = args.arch or ("resnet18" if args.quick else "resnet50")
     check_archs([arch])
     batches = args.batches or ([1, 2] if args.quick else [1, 64, 256])
     train_batch = args.train_batch or (2 if args.quick else 256)
     size = args.image_size or (32 if args.quick else 224)
-    budget = (Budget(warmup=1, min_rounds=2, max_rounds=2, seconds=0) if args.quick
-              else Budget(warmup=3, min_rounds=10, max_rounds=500, seconds=args.seconds))  # fmt: skip
+    budget = (
+        Budget(warmup=1, min_rounds=2, max_rounds=2, seconds=0)
+        if args.quick
+        else Budget(warmup=3, min_rounds=10, max_rounds=500, seconds=args.seconds)
+    )
     torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    report = Report("gpu", f"{arch} on {device.type}: AMP training, FP16 inference per runtime, parity, memory",
-                    threads=args.threads, quick=args.quick)  # fmt: skip
-    data: dict = {"arch": arch, "device": device.type, "image_size": size, "batches": batches, "train_batch": train_batch}
+    report = Report(
+        "gpu",
+        f"{arch} on {device.type}: AMP training, FP16 inference per runtime, parity, memory",
+        threads=args.threads,
+        quick=args.quick,
+    )
+    data: dict = {
+        "arch": arch,
+        "device": device.type,
+        "image_size": size,
+        "batches": batches,
+        "train_batch": train_batch,
+    }
     report.data = data
 
     log(f"training: {arch}, batch {train_batch}, bf16 autocast, channels_last")
@@ -182,7 +210,12 @@ def run(args: argparse.Namespace) -> Report:
         started = time.perf_counter()
         aoti = aoti_fp16(half, example, max(batches), Path(scratch))
         builds["AOTInductor fp16 compile + load s"] = time.perf_counter() - started
-        runners = {"eager fp32": fp32, "eager fp16 channels_last": half, "TorchScript fp16": ts, "AOTInductor fp16": aoti}
+        runners = {
+            "eager fp32": fp32,
+            "eager fp16 channels_last": half,
+            "TorchScript fp16": ts,
+            "AOTInductor fp16": aoti,
+        }
 
         rows, parity_rows = [], []
         for batch in batches:
@@ -200,7 +233,9 @@ def run(args: argparse.Namespace) -> Report:
 
             log(f"inference at batch {batch}: {', '.join(runners)}")
             reset_peak(device)
-            samples = interleaved({label: (lambda fn=fn: call(fn)) for label, fn in runners.items()}, budget, items=batch)
+            samples = interleaved(
+                {label: (lambda fn=fn: call(fn)) for label, fn in runners.items()}, budget, items=batch
+            )
             peak = peak_memory_mb(device)
             for label, s in samples.items():
                 rows.append({"batch": batch, "runner": label, **s.to_dict(), "peak_memory_mb_all_runners": peak})
@@ -210,36 +245,108 @@ def run(args: argparse.Namespace) -> Report:
     train = data["train"]
     report.method = [
         f"{arch} with seeded random weights, {size}x{size} inputs, {device.type}"
-        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f", {args.threads} thread(s)") + ".",
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f", {args.threads} thread(s)")
+        + ".",
         f"Training: `train.engine.train_step`, bf16 autocast + channels_last, batch {train_batch} of synthetic uint8 "
         f"images; {train['calls']} timed steps after warm-up, images/s = batch / median step.",
         "Inference: device-resident float32 batches; all four runners of a batch timed in the same interleaved rounds "
         "(images/s = batch / median call); fp16 runners take and return float32.",
         "Parity: fp16 runner logits against eager fp32 on the same random batch. Peak memory: "
-        + ("torch.cuda.max_memory_allocated per phase." if device.type == "cuda" else "the process's peak RSS (ru_maxrss)."),
+        + (
+            "torch.cuda.max_memory_allocated per phase."
+            if device.type == "cuda"
+            else "the process's peak RSS (ru_maxrss)."
+        ),
     ]
-    report.tables.append(Table("Training (bf16 autocast, channels_last)",
-                               ["batch", "images/s", "ms/step", "steps", "spread (IQR/median)", "peak memory MiB"],
-                               [[train_batch, train["items_per_s"], 1e3 * train["median_s"], train["calls"],
-                                 f"{train['iqr_over_median']:.1%}", train["peak_memory_mb"]]]))  # fmt: skip
-    report.tables.append(Table("Inference", ["runner", "batch", "images/s", "p50 ms", "calls", "spread (IQR/median)",
-                                             "peak memory MiB (batch, all runners)"],
-                               [[r["runner"], r["batch"], r["items_per_s"], r["p50_ms"], r["calls"], f"{r['iqr_over_median']:.1%}",
-                                 r["peak_memory_mb_all_runners"]] for r in rows]))  # fmt: skip
-    report.tables.append(Table("FP16 parity against eager fp32", ["runner", "batch", "min cosine", "max |diff|", "top-1 agreement"],
-                               [[p["runner"], p["batch"], f"{p['min_cosine']:.5f}", f"{p['max_abs_diff']:.2e}", f"{p['top1_agreement']:.1%}"]
-                                for p in parity_rows]))  # fmt: skip
+    report.tables.append(
+        Table(
+            "Training (bf16 autocast, channels_last)",
+            ["batch", "images/s", "ms/step", "steps", "spread (IQR/median)", "peak memory MiB"],
+            [
+                [
+                    train_batch,
+                    train["items_per_s"],
+                    1e3 * train["median_s"],
+                    train["calls"],
+                    f"{train['iqr_over_median']:.1%}",
+                    train["peak_memory_mb"],
+                ]
+            ],
+        )
+    )
+    report.tables.append(
+        Table(
+            "Inference",
+            [
+                "runner",
+                "batch",
+                "images/s",
+                "p50 ms",
+                "calls",
+                "spread (IQR/median)",
+                "peak memory MiB (batch, all runners)",
+            ],
+            [
+                [
+                    r["runner"],
+                    r["batch"],
+                    r["items_per_s"],
+                    r["p50_ms"],
+                    r["calls"],
+                    f"{r['iqr_over_median']:.1%}",
+                    r["peak_memory_mb_all_runners"],
+                ]
+                for r in rows
+            ],
+        )
+    )
+    report.tables.append(
+        Table(
+            "FP16 parity against eager fp32",
+            ["runner", "batch", "min cosine", "max |diff|", "top-1 agreement"],
+            [
+                [
+                    p["runner"],
+                    p["batch"],
+                    f"{p['min_cosine']:.5f}",
+                    f"{p['max_abs_diff']:.2e}",
+                    f"{p['top1_agreement']:.1%}",
+                ]
+                for p in parity_rows
+            ],
+        )
+    )
     report.tables.append(Table("Build times", ["step", "seconds"], [[k, v] for k, v in builds.items()]))
     if device.type == "cuda" and not args.quick and arch == "resnet50":
-        report.verdicts.append(Verdict(f"AMP training >= {TRAIN_TARGET:,.0f} img/s (H100-class)",
-                                       f"{train['items_per_s']:,.0f} img/s", train["items_per_s"] >= TRAIN_TARGET))
-        best = max((r for r in rows if r["batch"] == 256 and "fp16" in r["runner"]), key=lambda r: r["items_per_s"], default=None)
+        report.verdicts.append(
+            Verdict(
+                f"AMP training >= {TRAIN_TARGET:,.0f} img/s (H100-class)",
+                f"{train['items_per_s']:,.0f} img/s",
+                train["items_per_s"] >= TRAIN_TARGET,
+            )
+        )
+        best = max(
+            (r for r in rows if r["batch"] == 256 and "fp16" in r["runner"]),
+            key=lambda r: r["items_per_s"],
+            default=None,
+        )
         if best:
-            report.verdicts.append(Verdict(f"FP16 inference >= {INFER_TARGET:,.0f} img/s at batch 256 (H100-class)",
-                                           f"{best['items_per_s']:,.0f} img/s ({best['runner']})", best["items_per_s"] >= INFER_TARGET))
+            report.verdicts.append(
+                Verdict(
+                    f"FP16 inference >= {INFER_TARGET:,.0f} img/s at batch 256 (H100-class)",
+                    f"{best['items_per_s']:,.0f} img/s ({best['runner']})",
+                    best["items_per_s"] >= INFER_TARGET,
+                )
+            )
     top = max(batches)
-    report.figures["gpu_inference.png"] = bars(f"{arch} inference at batch {top} ({device.type})",
-                                               {r["runner"]: r["items_per_s"] for r in rows if r["batch"] == top}, "images/s")
-    report.figures["gpu_inference_by_batch.png"] = bars(f"{arch} inference images/s by runner and batch ({device.type})",
-                                                        {f"{r['runner']}, b{r['batch']}": r["items_per_s"] for r in rows}, "images/s")
+    report.figures["gpu_inference.png"] = bars(
+        f"{arch} inference at batch {top} ({device.type})",
+        {r["runner"]: r["items_per_s"] for r in rows if r["batch"] == top},
+        "images/s",
+    )
+    report.figures["gpu_inference_by_batch.png"] = bars(
+        f"{arch} inference images/s by runner and batch ({device.type})",
+        {f"{r['runner']}, b{r['batch']}": r["items_per_s"] for r in rows},
+        "images/s",
+    )
     return report

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -39,13 +39,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from export.manifest import read_manifest
 from export.runners import Runner, open_runner, runner_from_checkpoint
 
+from .ablations import IDLE_THREADS, LEVELS, RUNNERS_IDLE_THREADS, OnnxSession
 from .artifacts import digits_accuracy, digits_export, export_model, random_checkpoint
 from .ceiling import CeilingProbe
-from .plots import throughput_vs_batch
 from .errors import BenchmarkError, check_archs, positive_int
+from .plots import throughput_vs_batch
 from .report import Report, Table
 from .timing import PRIME_S, Budget, interleaved
-from .ablations import IDLE_THREADS, LEVELS, RUNNERS_IDLE_THREADS, OnnxSession
+
 
 @dataclass
 class Candidate:
@@ -70,8 +71,9 @@ def forward_flops(model: torch.nn.Module, input_size: int) -> int:
     return counter.get_total_flops()
 
 
-def build_candidates(checkpoint: Path, export_dir: Path, threads: int, devices: list[str],
-                     log: Callable[[str], None]) -> tuple[list[Candidate], list[str]]:  # fmt: skip
+def build_candidates(
+    checkpoint: Path, export_dir: Path, threads: int, devices: list[str], log: Callable[[str], None]
+) -> tuple[list[Candidate], list[str]]:
     """Every runner this machine can run for one model on `devices`, and a note for each it cannot.
     The first candidate is the baseline of the ratios: eager on the CPU, else eager on CUDA."""
     candidates = []
@@ -85,7 +87,9 @@ def build_candidates(checkpoint: Path, export_dir: Path, threads: int, devices: 
     skipped = []
     if "cuda" not in devices:
         if not torch.cuda.is_available():
-            skipped.append("CUDA runners (eager fp32 and fp16, TorchScript, ONNX Runtime CUDA, TensorRT): no CUDA device on this machine")
+            skipped.append(
+                "CUDA runners (eager fp32 and fp16, TorchScript, ONNX Runtime CUDA, TensorRT): no CUDA device on this machine"
+            )
         return candidates, skipped
     candidates += [
         Candidate("cuda eager", runner_from_checkpoint(checkpoint, device="cuda"), "cuda"),
@@ -94,7 +98,9 @@ def build_candidates(checkpoint: Path, export_dir: Path, threads: int, devices: 
     for label, fmt in (("cuda onnxruntime", "onnx"), ("tensorrt fp16", "trt")):
         try:
             if fmt == "trt" and read_manifest(export_dir).find("trt") is None:
-                raise RuntimeError("the export has no TensorRT engine (`python -m export --to all` on this machine adds one)")
+                raise RuntimeError(
+                    "the export has no TensorRT engine (`python -m export --to all` on this machine adds one)"
+                )
             candidates.append(Candidate(label, open_runner(export_dir, fmt, device="cuda"), "cuda"))
         except Exception as e:  # a missing optional runtime: report it, run the rest
             skipped.append(f"{label}: {e}")
@@ -106,7 +112,9 @@ def onnx_file(export_dir: Path) -> Path:
     return Path(export_dir) / read_manifest(export_dir).find("onnx").file
 
 
-def onnx_ablation(arch: str, checkpoint: Path, export_dir: Path, batch: int, threads: int, budget: Budget) -> tuple[Table, list[dict]]:
+def onnx_ablation(
+    arch: str, checkpoint: Path, export_dir: Path, batch: int, threads: int, budget: Budget
+) -> tuple[Table, list[dict]]:
     """Where ONNX Runtime's lead over eager comes from: its graph optimization levels and the thread count.
 
     ORT_DISABLE_ALL runs the exported graph as is; BASIC adds constant folding and simple fusions;
@@ -117,7 +125,10 @@ def onnx_ablation(arch: str, checkpoint: Path, export_dir: Path, batch: int, thr
     for t in thread_counts:
         candidates[f"eager, {t} thread(s)"] = (runner_from_checkpoint(checkpoint, threads=t), t)
     for level in LEVELS:
-        candidates[f"onnxruntime {level}, {threads} thread(s)"] = (OnnxSession(onnx_file(export_dir), threads, level), threads)
+        candidates[f"onnxruntime {level}, {threads} thread(s)"] = (
+            OnnxSession(onnx_file(export_dir), threads, level),
+            threads,
+        )
     for t in thread_counts:
         if t != threads:
             candidates[f"onnxruntime ORT_ENABLE_ALL, {t} thread(s)"] = (OnnxSession(onnx_file(export_dir), t), t)
@@ -128,11 +139,17 @@ def onnx_ablation(arch: str, checkpoint: Path, export_dir: Path, batch: int, thr
         torch.set_num_threads(t)  # PyTorch's pool is per process: set it for each eager call
         runner.predict(x)
 
-    samples = interleaved({name: (lambda r=r, t=t: call(r, t)) for name, (r, t) in candidates.items()}, budget, items=batch,
-                          prime_s=PRIME_S)  # fmt: skip
+    samples = interleaved(
+        {name: (lambda r=r, t=t: call(r, t)) for name, (r, t) in candidates.items()},
+        budget,
+        items=batch,
+        prime_s=PRIME_S,
+    )
     torch.set_num_threads(threads)
-    table = Table(f"ONNX Runtime vs eager by graph optimization level and threads ({arch}, batch {batch})",
-                  ["runner", "images/s", "x eager at the same threads"])  # fmt: skip
+    table = Table(
+        f"ONNX Runtime vs eager by graph optimization level and threads ({arch}, batch {batch})",
+        ["runner", "images/s", "x eager at the same threads"],
+    )
     rows = []
     for name, (_, t) in candidates.items():
         ratio = samples[name].items_per_s / samples[f"eager, {t} thread(s)"].items_per_s
@@ -152,8 +169,9 @@ def cpu_ms_after_a_run(runner, x: torch.Tensor, window_s: float = 0.3, repeats: 
     return 1e3 * float(np.median(burnt))
 
 
-def idle_threads_ablation(arch: str, checkpoint: Path, export_dir: Path, threads: int, budget: Budget,
-                          consecutive: int) -> tuple[Table, list[dict]]:  # fmt: skip
+def idle_threads_ablation(
+    arch: str, checkpoint: Path, export_dir: Path, threads: int, budget: Budget, consecutive: int
+) -> tuple[Table, list[dict]]:
     """What an ONNX Runtime session's idle threads should do (`export.runners.IDLE_THREADS`), at batch 1
     where it matters most. For each policy: the session's own call after a 0.1 s idle pause, `consecutive`
     such calls in a row (lone requests: how fast the host wakes an idle virtual CPU depends on how it
@@ -168,40 +186,85 @@ def idle_threads_ablation(arch: str, checkpoint: Path, export_dir: Path, threads
         time.sleep(0.1)
 
     runners = {"eager": eager, **sessions}
-    lone = interleaved({name: (lambda r=r: r.predict(x)) for name, r in runners.items()}, budget,
-                       before={name: pause for name in runners}, consecutive=consecutive)  # fmt: skip
-    after = interleaved({idle: (lambda: eager.predict(x)) for idle in sessions}, budget,
-                        before={idle: (lambda r=r: r.predict(x)) for idle, r in sessions.items()})  # fmt: skip
+    lone = interleaved(
+        {name: (lambda r=r: r.predict(x)) for name, r in runners.items()},
+        budget,
+        before={name: pause for name in runners},
+        consecutive=consecutive,
+    )
+    after = interleaved(
+        {idle: (lambda: eager.predict(x)) for idle in sessions},
+        budget,
+        before={idle: (lambda r=r: r.predict(x)) for idle, r in sessions.items()},
+    )
     eager_ms = lone["eager"].percentile_ms(50)
-    table = Table(f"ONNX Runtime's idle threads ({arch}, batch 1, {threads} thread(s); eager after a 0.1 s pause: {eager_ms:.1f} ms)",
-                  ["idle threads", "own call after a 0.1 s pause, p50 ms", "eager right after its call, p50 ms",
-                   "eager right after / after a pause", "CPU ms burnt in the 0.3 s after a call"])  # fmt: skip
+    table = Table(
+        f"ONNX Runtime's idle threads ({arch}, batch 1, {threads} thread(s); eager after a 0.1 s pause: {eager_ms:.1f} ms)",
+        [
+            "idle threads",
+            "own call after a 0.1 s pause, p50 ms",
+            "eager right after its call, p50 ms",
+            "eager right after / after a pause",
+            "CPU ms burnt in the 0.3 s after a call",
+        ],
+    )
     rows = []
     for idle, runner in sessions.items():
-        row = {"idle_threads": idle, "runner_default": idle == RUNNERS_IDLE_THREADS, "config": IDLE_THREADS[idle],
-               "own_call_after_pause_ms": lone[idle].percentile_ms(50), "eager_right_after_ms": after[idle].percentile_ms(50),
-               "eager_after_pause_ms": eager_ms, "eager_slowdown": after[idle].percentile_ms(50) / eager_ms,
-               "cpu_ms_after_call": cpu_ms_after_a_run(runner, x)}  # fmt: skip
+        row = {
+            "idle_threads": idle,
+            "runner_default": idle == RUNNERS_IDLE_THREADS,
+            "config": IDLE_THREADS[idle],
+            "own_call_after_pause_ms": lone[idle].percentile_ms(50),
+            "eager_right_after_ms": after[idle].percentile_ms(50),
+            "eager_after_pause_ms": eager_ms,
+            "eager_slowdown": after[idle].percentile_ms(50) / eager_ms,
+            "cpu_ms_after_call": cpu_ms_after_a_run(runner, x),
+        }
         rows.append(row)
         label = f"{idle} (the runners')" if row["runner_default"] else idle
-        table.add(label, row["own_call_after_pause_ms"], row["eager_right_after_ms"], f"{row['eager_slowdown']:.2f}x", row["cpu_ms_after_call"])
+        table.add(
+            label,
+            row["own_call_after_pause_ms"],
+            row["eager_right_after_ms"],
+            f"{row['eager_slowdown']:.2f}x",
+            row["cpu_ms_after_call"],
+        )
     return table, rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--archs", nargs="+", help="architectures (default: resnet18 resnet50; --quick: resnet20)")
-    parser.add_argument("--batches", type=positive_int, nargs="+", help="batch sizes (default: 1 8 32, and 64 256 where CUDA is timed; --quick: 1 2)")
-    parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"],
-                        help="whose runners to time (default: cpu, and cuda where PyTorch sees a CUDA device); "
-                             "`--devices cuda` times the GPU runners alone, against CUDA eager")  # fmt: skip
-    parser.add_argument("--seconds", type=float, default=10.0,
-                        help="time budget per (architecture, batch), shared by all runners (default: %(default)s)")
-    parser.add_argument("--no-accuracy", action="store_true",
-                        help="skip the digits model (trained and exported here once) whose per-artifact top-1 is shown "
-                             "beside each runner's speed")
-    parser.add_argument("--ablations", action="store_true",
-                        help="also time ONNX Runtime's graph-optimization levels / threads and its idle-thread policies "
-                             "(sessions built here with one setting changed from the runners')")
+    parser.add_argument(
+        "--batches",
+        type=positive_int,
+        nargs="+",
+        help="batch sizes (default: 1 8 32, and 64 256 where CUDA is timed; --quick: 1 2)",
+    )
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        choices=["cpu", "cuda"],
+        help="whose runners to time (default: cpu, and cuda where PyTorch sees a CUDA device); "
+        "`--devices cuda` times the GPU runners alone, against CUDA eager",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=10.0,
+        help="time budget per (architecture, batch), shared by all runners (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-accuracy",
+        action="store_true",
+        help="skip the digits model (trained and exported here once) whose per-artifact top-1 is shown "
+        "beside each runner's speed",
+    )
+    parser.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also time ONNX Runtime's graph-optimization levels / threads and its idle-thread policies "
+        "(sessions built here with one setting changed from the runners')",
+    )
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -212,7 +275,11 @@ def run(args: argparse.Namespace) -> Report:
     if "cuda" in devices and not torch.cuda.is_available():
         raise BenchmarkError("--devices cuda: PyTorch sees no CUDA device on this machine")
     batches = args.batches or ([1, 2] if args.quick else [1, 8, 32, 64, 256] if "cuda" in devices else [1, 8, 32])
-    budget = Budget(warmup=1, min_rounds=2, max_rounds=3, seconds=0) if args.quick else Budget(warmup=2, min_rounds=5, seconds=args.seconds)
+    budget = (
+        Budget(warmup=1, min_rounds=2, max_rounds=3, seconds=0)
+        if args.quick
+        else Budget(warmup=2, min_rounds=5, seconds=args.seconds)
+    )
     log = args.log
 
     report = Report("infer", "Inference throughput per runner", threads=threads, quick=args.quick)
@@ -227,36 +294,74 @@ def run(args: argparse.Namespace) -> Report:
         checkpoint = random_checkpoint(arch, args.work_dir)
         candidates, skipped = build_candidates(checkpoint, export_dir, threads, devices, log)
         baseline = candidates[0].label
-        report.notes += [f"{arch}: not measured: {s}" for s in skipped if f"{arch}: not measured: {s}" not in report.notes]
+        report.notes += [
+            f"{arch}: not measured: {s}" for s in skipped if f"{arch}: not measured: {s}" not in report.notes
+        ]
         input_size = candidates[0].runner.preprocess.input_size
         flops = forward_flops(candidates[0].runner.model, input_size)
         report.data.setdefault("flops_per_image", {})[arch] = flops
         for batch in batches:
             x = torch.randn(batch, 3, input_size, input_size, generator=torch.Generator().manual_seed(batch))
-            if "cuda" in devices:  # page-locked: the copy to the GPU runs at DMA speed instead of staging through a bounce buffer
+            # Page-locked: the copy to the GPU runs at DMA speed instead of staging through a bounce buffer.
+            if "cuda" in devices:
                 x = x.pin_memory()
             log(f"{arch} batch {batch}: timing {', '.join(c.label for c in candidates)}")
-            timed = {c.label: (lambda r=c.runner: r.predict(x)) for c in candidates}
-            samples = interleaved({**timed, **(ceiling.candidates() if ceiling else {})}, budget, items=batch, prime_s=PRIME_S)
+            timed = {c.label: (lambda r=c.runner, x=x: r.predict(x)) for c in candidates}
+            samples = interleaved(
+                {**timed, **(ceiling.candidates() if ceiling else {})}, budget, items=batch, prime_s=PRIME_S
+            )
             group_ceilings = ceiling.ceilings(samples) if ceiling else {}
             eager = samples[baseline].items_per_s
             for c in candidates:
                 s = samples[c.label]
                 gflops = flops * s.items_per_s / 1e9
                 cpu_ceiling = group_ceilings.get(c.effective_precision()) if c.device == "cpu" else None
-                rows.append({"model": arch, "batch": batch, "runner": c.label, "device": c.device,
-                             "precision": c.effective_precision(), **s.to_dict(), "vs_eager": s.items_per_s / eager,
-                             "gflops": gflops, "ceiling_gflops": cpu_ceiling,
-                             "ceiling_fraction": gflops / cpu_ceiling if cpu_ceiling else None})  # fmt: skip
+                rows.append(
+                    {
+                        "model": arch,
+                        "batch": batch,
+                        "runner": c.label,
+                        "device": c.device,
+                        "precision": c.effective_precision(),
+                        **s.to_dict(),
+                        "vs_eager": s.items_per_s / eager,
+                        "gflops": gflops,
+                        "ceiling_gflops": cpu_ceiling,
+                        "ceiling_fraction": gflops / cpu_ceiling if cpu_ceiling else None,
+                    }
+                )
     if ceiling:
         report.data["ceiling"] = ceiling.to_dict()
-    table = Table("Inference", ["model", "batch", "runner", "images/s", "p50 ms", "p99 ms", "calls", "spread (IQR/median)",
-                                "x eager" if "cpu" in devices else "x cuda eager", "GEMM ceiling GFLOP/s (same rounds)",
-                                "% of GEMM ceiling (its precision)"])  # fmt: skip
+    table = Table(
+        "Inference",
+        [
+            "model",
+            "batch",
+            "runner",
+            "images/s",
+            "p50 ms",
+            "p99 ms",
+            "calls",
+            "spread (IQR/median)",
+            "x eager" if "cpu" in devices else "x cuda eager",
+            "GEMM ceiling GFLOP/s (same rounds)",
+            "% of GEMM ceiling (its precision)",
+        ],
+    )
     for row in rows:
-        table.add(row["model"], row["batch"], row["runner"], row["items_per_s"], row["p50_ms"], row["p99_ms"], row["calls"], f"{row['iqr_over_median']:.1%}",
-                  f"{row['vs_eager']:.2f}x", row["ceiling_gflops"],
-                  None if row["ceiling_fraction"] is None else f"{100 * row['ceiling_fraction']:.0f}%")  # fmt: skip
+        table.add(
+            row["model"],
+            row["batch"],
+            row["runner"],
+            row["items_per_s"],
+            row["p50_ms"],
+            row["p99_ms"],
+            row["calls"],
+            f"{row['iqr_over_median']:.1%}",
+            f"{row['vs_eager']:.2f}x",
+            row["ceiling_gflops"],
+            None if row["ceiling_fraction"] is None else f"{100 * row['ceiling_fraction']:.0f}%",
+        )
     report.tables.append(table)
     report.data["rows"] = rows
     accuracy: dict[str, float | None] = {}
@@ -264,10 +369,17 @@ def run(args: argparse.Namespace) -> Report:
         digits = digits_export(args.work_dir, epochs=1 if args.quick else 4, log=log)
         for label, fmt in DIGITS_FORMAT_OF.items():
             log(f"digits model: top-1 of its {fmt} artifact")
-            accuracy[label] = accuracy[f"cuda {label}"] = digits_accuracy(digits, fmt, args.work_dir / "evaluations" / fmt)
+            accuracy[label] = accuracy[f"cuda {label}"] = digits_accuracy(
+                digits, fmt, args.work_dir / "evaluations" / fmt
+            )
         accuracy["eager"] = accuracy["cuda eager"] = accuracy["torchscript"]  # the same fp32 network
-        report.tables.append(Table("Labelled accuracy on the digits model (resnet20, scikit-learn digits validation split)",
-                                   ["artifact", "top-1 %"], [[fmt, accuracy[label]] for label, fmt in DIGITS_FORMAT_OF.items()]))
+        report.tables.append(
+            Table(
+                "Labelled accuracy on the digits model (resnet20, scikit-learn digits validation split)",
+                ["artifact", "top-1 %"],
+                [[fmt, accuracy[label]] for label, fmt in DIGITS_FORMAT_OF.items()],
+            )
+        )
         report.data["digits_top1"] = {fmt: accuracy[label] for label, fmt in DIGITS_FORMAT_OF.items()}
     report.figures["infer_throughput_vs_batch.png"] = throughput_vs_batch(rows, accuracy)
     report.method = [
@@ -294,8 +406,9 @@ def run(args: argparse.Namespace) -> Report:
     if args.ablations and "cpu" in devices:
         arch, batch = archs[-1], batches[len(batches) // 2]
         log(f"{arch} batch {batch}: ONNX Runtime graph optimization levels and threads vs eager")
-        ablation, ablation_rows = onnx_ablation(arch, random_checkpoint(arch, args.work_dir), export_model(arch, args.work_dir),
-                                                batch, threads, budget)  # fmt: skip
+        ablation, ablation_rows = onnx_ablation(
+            arch, random_checkpoint(arch, args.work_dir), export_model(arch, args.work_dir), batch, threads, budget
+        )
         report.tables.append(ablation)
         report.data["onnx_ablation"] = ablation_rows
         by_name = {r["runner"]: r["vs_eager_same_threads"] for r in ablation_rows}
@@ -313,8 +426,14 @@ def run(args: argparse.Namespace) -> Report:
             )
         else:
             log(f"{arch} batch 1: ONNX Runtime's idle threads spinning, blocking, or spinning within a run")
-            idle_table, idle_rows = idle_threads_ablation(arch, random_checkpoint(arch, args.work_dir), export_model(arch, args.work_dir),
-                                                          threads, budget, consecutive=2 if args.quick else 8)  # fmt: skip
+            idle_table, idle_rows = idle_threads_ablation(
+                arch,
+                random_checkpoint(arch, args.work_dir),
+                export_model(arch, args.work_dir),
+                threads,
+                budget,
+                consecutive=2 if args.quick else 8,
+            )
             report.tables.append(idle_table)
             report.data["idle_threads_ablation"] = idle_rows
             by_idle = {r["idle_threads"]: r for r in idle_rows}

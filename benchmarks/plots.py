@@ -23,7 +23,9 @@ def throughput_vs_batch(rows: list[dict[str, Any]], accuracy: dict[str, float | 
     figure, axes = new_figure(len(models))
     for ax, model in zip(axes, models):
         for runner in dict.fromkeys(r["runner"] for r in rows if r["model"] == model):
-            points = sorted((r["batch"], r["items_per_s"]) for r in rows if r["model"] == model and r["runner"] == runner)
+            points = sorted(
+                (r["batch"], r["items_per_s"]) for r in rows if r["model"] == model and r["runner"] == runner
+            )
             top1 = accuracy.get(runner)
             label = f"{runner} (digits top-1 {top1:.1f}%)" if top1 is not None else f"{runner} (accuracy not measured)"
             ax.plot([b for b, _ in points], [v for _, v in points], marker="o", label=label)

@@ -82,7 +82,9 @@ def parse_layout(text: str) -> tuple[int, int]:
     try:
         workers, batch = (positive_int(part) for part in text.lower().split("x"))
     except (ValueError, argparse.ArgumentTypeError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not WORKERSxBATCH with two positive integers, e.g. 2x4") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not WORKERSxBATCH with two positive integers, e.g. 2x4"
+        ) from None
     return workers, batch
 
 
@@ -103,15 +105,25 @@ def write_photos(folder: Path, megapixels: float = 1.0) -> list[Path]:
 
 
 def model_config(layout: Layout) -> dict:
-    return {"minWorkers": layout.workers, "maxWorkers": layout.workers, "batchSize": layout.batch_size,
-            "maxBatchDelay": layout.max_batch_delay_ms, "responseTimeout": 120}  # fmt: skip
+    return {
+        "minWorkers": layout.workers,
+        "maxWorkers": layout.workers,
+        "batchSize": layout.batch_size,
+        "maxBatchDelay": layout.max_batch_delay_ms,
+        "responseTimeout": 120,
+    }
 
 
 def our_archive(export_dir: Path, store: Path, name: str, backend: str, layout: Layout) -> Path:
     from serve.package import PackageOptions, package  # noqa: PLC0415
 
-    options = PackageOptions(backend=backend, workers=layout.workers, batch_size=layout.batch_size,
-                             max_batch_delay_ms=layout.max_batch_delay_ms, response_timeout_s=120)  # fmt: skip
+    options = PackageOptions(
+        backend=backend,
+        workers=layout.workers,
+        batch_size=layout.batch_size,
+        max_batch_delay_ms=layout.max_batch_delay_ms,
+        response_timeout_s=120,
+    )
     return package(export_dir, store, name=name, options=options)
 
 
@@ -132,9 +144,16 @@ def stock_archive(export_dir: Path, store: Path, name: str, layout: Layout, stag
     config = staging / "model-config.yaml"
     config.write_text(yaml.safe_dump(model_config(layout)))
     generate_model_archive(
-        ModelArchiverConfig(model_name=name, handler="image_classifier", version="1.0",
-                            serialized_file=str(model_file), extra_files=str(labels),
-                            config_file=str(config), export_path=str(store), force=True)  # fmt: skip
+        ModelArchiverConfig(
+            model_name=name,
+            handler="image_classifier",
+            version="1.0",
+            serialized_file=str(model_file),
+            extra_files=str(labels),
+            config_file=str(config),
+            export_path=str(store),
+            force=True,
+        )
     )
     return store / f"{name}.mar"
 
@@ -156,9 +175,19 @@ def start_server(store: Path, models: list[str], run_dir: Path, log):
     from serve.server import ServerError, ServerSettings, free_ports, start  # noqa: PLC0415
 
     port, management, metrics, grpc_inference, grpc_management = free_ports(5)
-    settings = ServerSettings(model_store=store, models=models, run_dir=run_dir, host="127.0.0.1", port=port,
-                              management_port=management, metrics_port=metrics, grpc_inference_port=grpc_inference,
-                              grpc_management_port=grpc_management, startup_timeout_s=240, job_queue_size=1000)  # fmt: skip
+    settings = ServerSettings(
+        model_store=store,
+        models=models,
+        run_dir=run_dir,
+        host="127.0.0.1",
+        port=port,
+        management_port=management,
+        metrics_port=metrics,
+        grpc_inference_port=grpc_inference,
+        grpc_management_port=grpc_management,
+        startup_timeout_s=240,
+        job_queue_size=1000,
+    )
     try:
         began = time.perf_counter()
         info = start(settings, log=log)  # returns once every model has answered a real prediction
@@ -173,9 +202,23 @@ def load_level(info, model: str, users: int, seconds: int, images: Path, out_roo
 
     out_root.mkdir(parents=True, exist_ok=True)
     before = set(out_root.iterdir())
-    argv = ["--host", info.inference_url, "--model", model, "--users", str(users), "--duration", f"{seconds}s",
-            "--images", str(images), "--output-root", str(out_root), f"--token={info.key('inference')}",  # a key may start with "-"
-            "--max-failure-ratio", "1"]  # fmt: skip
+    argv = [
+        "--host",
+        info.inference_url,
+        "--model",
+        model,
+        "--users",
+        str(users),
+        "--duration",
+        f"{seconds}s",
+        "--images",
+        str(images),
+        "--output-root",
+        str(out_root),
+        f"--token={info.key('inference')}",  # a key may start with "-"
+        "--max-failure-ratio",
+        "1",
+    ]
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the final table
         code = loadtest_main(argv)
     created = sorted(set(out_root.iterdir()) - before)
@@ -192,8 +235,11 @@ def steady_throughput(history_csv: Path, summary: dict, seconds: int, skip_s: in
     """Completed requests per second once every user runs, from locust's once-a-second running totals
     (locust's own "Requests/s" divides by the span up to its last request, which misleads on short runs)."""
     with history_csv.open(newline="") as f:
-        rows = [(int(r["Timestamp"]), int(r["Total Request Count"])) for r in csv.DictReader(f)
-                if r["Name"] == "Aggregated" and int(r["User Count"]) == summary["users"]]  # fmt: skip
+        rows = [
+            (int(r["Timestamp"]), int(r["Total Request Count"]))
+            for r in csv.DictReader(f)
+            if r["Name"] == "Aggregated" and int(r["User Count"]) == summary["users"]
+        ]
     window = [row for row in rows if row[0] >= rows[0][0] + skip_s] if rows else []
     if len(window) >= 3 and window[-1][0] > window[0][0]:
         return (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])
@@ -249,8 +295,9 @@ class CpuMeter:
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         elapsed = self.elapsed = time.perf_counter() - self.began
         cores = {role: (server[role] - self.server_before[role]) / elapsed for role in server}
-        cores["load generator"] = (children.ru_utime + children.ru_stime - self.children_before.ru_utime
-                                   - self.children_before.ru_stime) / elapsed  # fmt: skip
+        cores["load generator"] = (
+            children.ru_utime + children.ru_stime - self.children_before.ru_utime - self.children_before.ru_stime
+        ) / elapsed
         return cores
 
 
@@ -282,7 +329,11 @@ class RawCapacity:
     def measure(self, batch: int) -> dict[str, float]:
         """{"batch", "one runner": img/s, "one per core": img/s, "best": img/s}, measured now."""
         x = self.images[:batch]
-        result = {"one runner": interleaved({"raw": lambda: self.single.predict(x)}, self.budget, items=batch)["raw"].items_per_s}
+        result = {
+            "one runner": interleaved({"raw": lambda: self.single.predict(x)}, self.budget, items=batch)[
+                "raw"
+            ].items_per_s
+        }
         if self.per_core:
             calls = [lambda runner=runner: runner.predict(x) for runner in self.per_core]
             result["one per core"] = concurrent_throughput(calls, batch, max(self.budget.seconds, 1.0))
@@ -352,15 +403,28 @@ def stock_preprocess_ms(jpeg: bytes, repeats: int) -> float | None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--archs", nargs="+", help="architectures (default: resnet50 resnet18; --quick: resnet20)")
-    parser.add_argument("--users", type=positive_int, nargs="+",
-                        help="concurrency levels, requests in flight (default: 1 4 8 16; --quick: 1 2)")
-    parser.add_argument("--duration", type=positive_int, default=15, help="seconds of load per level (default: %(default)s)")
-    parser.add_argument("--layouts", type=parse_layout, nargs="+", metavar="WORKERSxBATCH",
-                        help="worker layouts to compare: workers x TorchServe batch size, each worker with cores // workers "
-                             "threads (default: 1x8 2x4: one worker with every core and batch 8, then two workers "
-                             "with half the cores each and batch 4; --quick: 1x2 2x1)")
-    parser.add_argument("--max-batch-delay", type=int, default=10, help="TorchServe maxBatchDelay in ms (default: %(default)s)")
-    parser.add_argument("--no-stock", action="store_true", help="skip the stock image_classifier handler")  # fmt: skip
+    parser.add_argument(
+        "--users",
+        type=positive_int,
+        nargs="+",
+        help="concurrency levels, requests in flight (default: 1 4 8 16; --quick: 1 2)",
+    )
+    parser.add_argument(
+        "--duration", type=positive_int, default=15, help="seconds of load per level (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--layouts",
+        type=parse_layout,
+        nargs="+",
+        metavar="WORKERSxBATCH",
+        help="worker layouts to compare: workers x TorchServe batch size, each worker with cores // workers "
+        "threads (default: 1x8 2x4: one worker with every core and batch 8, then two workers "
+        "with half the cores each and batch 4; --quick: 1x2 2x1)",
+    )
+    parser.add_argument(
+        "--max-batch-delay", type=int, default=10, help="TorchServe maxBatchDelay in ms (default: %(default)s)"
+    )
+    parser.add_argument("--no-stock", action="store_true", help="skip the stock image_classifier handler")
 
 
 def default_layouts(quick: bool) -> list[tuple[int, int]]:
@@ -377,25 +441,37 @@ def run(args: argparse.Namespace) -> Report:
     levels = sorted(set(args.users or ([1, 2] if args.quick else [1, 4, 8, 16])))
     duration = 3 if args.quick else args.duration
     warmup_s = 5
-    layouts = list(dict.fromkeys(Layout(w, b, args.max_batch_delay) for w, b in (args.layouts or default_layouts(args.quick))))
+    layouts = list(
+        dict.fromkeys(Layout(w, b, args.max_batch_delay) for w, b in (args.layouts or default_layouts(args.quick)))
+    )
     cores = usable_cores()
     too_many = [layout.key for layout in layouts if layout.workers > cores]
     if too_many:
         raise BenchmarkUsageError(f"layouts {too_many} have more workers than the {cores} usable cores")
     if args.threads != cores:
-        log(f"note: TorchServe workers use cores // workers threads each (not --threads {args.threads}); "
-            "the raw runner uses every usable core")
-    budget = Budget(warmup=1, min_rounds=2, max_rounds=3, seconds=0) if args.quick else Budget(warmup=2, min_rounds=5, seconds=5)
+        log(
+            f"note: TorchServe workers use cores // workers threads each (not --threads {args.threads}); "
+            "the raw runner uses every usable core"
+        )
+    budget = (
+        Budget(warmup=1, min_rounds=2, max_rounds=3, seconds=0)
+        if args.quick
+        else Budget(warmup=2, min_rounds=5, seconds=5)
+    )
     repeats = 3 if args.quick else 30
     top = max(levels)
     work = Path(args.work_dir) / "serve"
     photos = write_photos(work / "photos")
     jpeg = photos[0].read_bytes()
     with Image.open(photos[0]) as probe:
-        photo_size = f"{probe.width}x{probe.height} ({probe.width * probe.height / 1e6:.2f} MP, {len(jpeg) / 1e3:.0f} kB)"
+        photo_size = (
+            f"{probe.width}x{probe.height} ({probe.width * probe.height / 1e6:.2f} MP, {len(jpeg) / 1e3:.0f} kB)"
+        )
     stock_missing = "skipped (--no-stock)" if args.no_stock else stock_handler_available()
 
-    report = Report("serve", "TorchServe: our handler vs the raw runner and the stock handler", threads=cores, quick=args.quick)
+    report = Report(
+        "serve", "TorchServe: our handler vs the raw runner and the stock handler", threads=cores, quick=args.quick
+    )
     report.method = [
         "One TorchServe 0.12 per architecture serving every layout: "
         + "; ".join(f"`{layout.key}` = {layout.label}" for layout in layouts)
@@ -418,18 +494,57 @@ def run(args: argparse.Namespace) -> Report:
         "targets are judged on fp32 ONNX; int8 is there to show what a user gains by exporting it (its accuracy gate "
         "is checked on a trained model in the tests, not on these random weights).",
     ]
-    levels_table = Table("Served throughput and latency (locust)", ["model", "layout", "served by", "users", "requests/s",
-                         "p50 ms", "p95 ms", "p99 ms", "failures", "CPU cores: workers / frontend / locust",
-                         "raw img/s (batch)", "served / raw", "worker CPU ms / image", "raw CPU ms / image (same batch)",
-                         "worker / raw CPU"])  # fmt: skip
-    compare_table = Table(f"Ours vs the stock image_classifier handler ({top} users)",
-                          ["model", "layout", "ours onnx req/s", "ours onnx-int8 req/s", "ours torchscript req/s",
-                           "stock torchscript req/s", "ours onnx / stock", "ours onnx-int8 / stock",
-                           "ours torchscript / stock"])  # fmt: skip
-    split_table = Table("Where a request's time goes (our handler in-process, one ~1 MP JPEG, batch 1)",
-                        ["model", "layout", "served by", "decode+preprocess ms", "inference ms", "top-k ms",
-                         "decode+preprocess share", "stock decode+preprocess ms", "ours / stock"])  # fmt: skip
-    report.data.update(levels=[], comparisons=[], splits=[], raw={}, photo=photo_size, layouts=[layout.__dict__ for layout in layouts])
+    levels_table = Table(
+        "Served throughput and latency (locust)",
+        [
+            "model",
+            "layout",
+            "served by",
+            "users",
+            "requests/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "failures",
+            "CPU cores: workers / frontend / locust",
+            "raw img/s (batch)",
+            "served / raw",
+            "worker CPU ms / image",
+            "raw CPU ms / image (same batch)",
+            "worker / raw CPU",
+        ],
+    )
+    compare_table = Table(
+        f"Ours vs the stock image_classifier handler ({top} users)",
+        [
+            "model",
+            "layout",
+            "ours onnx req/s",
+            "ours onnx-int8 req/s",
+            "ours torchscript req/s",
+            "stock torchscript req/s",
+            "ours onnx / stock",
+            "ours onnx-int8 / stock",
+            "ours torchscript / stock",
+        ],
+    )
+    split_table = Table(
+        "Where a request's time goes (our handler in-process, one ~1 MP JPEG, batch 1)",
+        [
+            "model",
+            "layout",
+            "served by",
+            "decode+preprocess ms",
+            "inference ms",
+            "top-k ms",
+            "decode+preprocess share",
+            "stock decode+preprocess ms",
+            "ours / stock",
+        ],
+    )
+    report.data.update(
+        levels=[], comparisons=[], splits=[], raw={}, photo=photo_size, layouts=[layout.__dict__ for layout in layouts]
+    )
 
     from serve.server import stop  # noqa: PLC0415
 
@@ -456,15 +571,36 @@ def run(args: argparse.Namespace) -> Report:
                 pre = split["decode+preprocess"]
                 share = pre / sum(split.values())
                 vs_stock = pre / stock_pre if stock_pre else None
-                split_table.add(arch, layout.key, label, pre, split["inference"], split["top-k"], f"{share:.1%}", stock_pre,
-                                vs_stock and f"{vs_stock:.2f}x")  # fmt: skip
-                report.data["splits"].append({"model": arch, "layout": layout.key, "served_by": label, **split,
-                                              "decode_preprocess_share": share, "stock_decode_preprocess_ms": stock_pre,
-                                              "ours_over_stock": vs_stock})  # fmt: skip
+                split_table.add(
+                    arch,
+                    layout.key,
+                    label,
+                    pre,
+                    split["inference"],
+                    split["top-k"],
+                    f"{share:.1%}",
+                    stock_pre,
+                    vs_stock and f"{vs_stock:.2f}x",
+                )
+                report.data["splits"].append(
+                    {
+                        "model": arch,
+                        "layout": layout.key,
+                        "served_by": label,
+                        **split,
+                        "decode_preprocess_share": share,
+                        "stock_decode_preprocess_ms": stock_pre,
+                        "ours_over_stock": vs_stock,
+                    }
+                )
                 if label == "ours onnx" and layout == layouts[0]:
-                    report.verdicts.append(Verdict(f"decode + preprocess <= {PRE_TARGET:g}x the stock handler's ({arch}, ~1 MP JPEG)",
-                                                   f"{vs_stock:.2f}x" if vs_stock else stock_missing or "not measured",
-                                                   vs_stock <= PRE_TARGET if vs_stock else None))  # fmt: skip
+                    report.verdicts.append(
+                        Verdict(
+                            f"decode + preprocess <= {PRE_TARGET:g}x the stock handler's ({arch}, ~1 MP JPEG)",
+                            f"{vs_stock:.2f}x" if vs_stock else stock_missing or "not measured",
+                            vs_stock <= PRE_TARGET if vs_stock else None,
+                        )
+                    )
         torch.set_num_threads(cores)  # the handler set its worker's count in this process
 
         raw = RawCapacity(export_dir, photos, max(layout.worker_batch(top) for layout in layouts), budget)
@@ -473,24 +609,37 @@ def run(args: argparse.Namespace) -> Report:
         info, start_s = start_server(store, list(served.values()), run_dir, log)
         meter = CpuMeter(info.pid)
         idle_rss = meter.worker_rss_mb()
-        report.data.setdefault("cold_start", []).append({"model": arch, "server_start_to_first_answers_s": start_s,
-                                                         "models_loaded": len(served), "session_s": session_seconds(export_dir)})
+        report.data.setdefault("cold_start", []).append(
+            {
+                "model": arch,
+                "server_start_to_first_answers_s": start_s,
+                "models_loaded": len(served),
+                "session_s": session_seconds(export_dir),
+            }
+        )
         report.data.setdefault("memory", []).append({"model": arch, "worker_rss_mb_idle": idle_rss})
         results: dict[tuple[str, str, int], dict] = {}
         served_over_raw: dict[tuple[str, int], float] = {}  # (layout, users) -> ratio, ours onnx
         cpu_over_raw: dict[tuple[str, int], float] = {}  # (layout, users) -> worker CPU ms / raw CPU ms per image
         try:
-            for model in served.values() if not args.quick else []:  # JIT profiling runs, ORT's first batch of each size
+            for model in (
+                served.values() if not args.quick else []
+            ):  # JIT profiling runs, ORT's first batch of each size
                 log(f"{arch}: warming up {model}")
                 load_level(info, model, top, warmup_s, photos[0].parent, work / "warmup")
             for layout in layouts:
                 runs = [("ours onnx", users) for users in levels]
-                runs += [(label, top) for label in ("ours onnx-int8", "ours torchscript", "stock torchscript")
-                         if (layout.key, label) in served]  # fmt: skip
+                runs += [
+                    (label, top)
+                    for label in ("ours onnx-int8", "ours torchscript", "stock torchscript")
+                    if (layout.key, label) in served
+                ]
                 for label, users in runs:
                     log(f"{arch}: layout {layout.key}, {label} at {users} user(s)")
                     meter.start()
-                    summary = load_level(info, served[(layout.key, label)], users, duration, photos[0].parent, work / "loadtests")
+                    summary = load_level(
+                        info, served[(layout.key, label)], users, duration, photos[0].parent, work / "loadtests"
+                    )
                     cpu = meter.stop()
                     summary["worker_rss_mb_after"] = meter.worker_rss_mb()
                     completed = summary["requests"] - summary["failures"]
@@ -501,70 +650,134 @@ def run(args: argparse.Namespace) -> Report:
                     if label == "ours onnx":
                         idle_wait_s = meter.wait_until_idle()
                         meter.start()
-                        capacity = {**raw.measure(batch), "idle_wait_s": idle_wait_s, "server_cores": meter.stop(),
-                                    "cpu_ms_per_image": raw.cpu_ms_per_image(batch, layout.threads_per_worker)}
+                        capacity = {
+                            **raw.measure(batch),
+                            "idle_wait_s": idle_wait_s,
+                            "server_cores": meter.stop(),
+                            "cpu_ms_per_image": raw.cpu_ms_per_image(batch, layout.threads_per_worker),
+                        }
                     ratio = summary["requests_per_s"] / capacity["best"] if capacity else None
                     cpu_ratio = worker_cpu_ms / capacity["cpu_ms_per_image"] if capacity and worker_cpu_ms else None
                     if cpu_ratio is not None:
                         cpu_over_raw[(layout.key, users)] = cpu_ratio
                     if ratio is not None:
                         served_over_raw[(layout.key, users)] = ratio
-                    report.data["levels"].append({"model": arch, "layout": layout.key, "served_by": label, "users": users,
-                                                  "summary": summary, "cpu_cores": cpu, "raw_batch": batch,
-                                                  "raw_images_per_s": capacity and capacity["best"], "raw": capacity, "served_over_raw": ratio,
-                                                  "worker_cpu_ms_per_image": worker_cpu_ms, "worker_cpu_over_raw_cpu": cpu_ratio})  # fmt: skip
-                    levels_table.add(arch, layout.key, label, users, summary["requests_per_s"], summary["p50_ms"], summary["p95_ms"],
-                                     summary["p99_ms"], summary["failures"],
-                                     " / ".join(f"{cpu[role]:.2f}" for role in ("workers", "frontend", "load generator")),
-                                     capacity and f"{capacity['best']:.1f} ({batch})", ratio and f"{ratio:.2f}",
-                                     worker_cpu_ms, capacity and capacity["cpu_ms_per_image"], cpu_ratio and f"{cpu_ratio:.2f}x")  # fmt: skip
+                    report.data["levels"].append(
+                        {
+                            "model": arch,
+                            "layout": layout.key,
+                            "served_by": label,
+                            "users": users,
+                            "summary": summary,
+                            "cpu_cores": cpu,
+                            "raw_batch": batch,
+                            "raw_images_per_s": capacity and capacity["best"],
+                            "raw": capacity,
+                            "served_over_raw": ratio,
+                            "worker_cpu_ms_per_image": worker_cpu_ms,
+                            "worker_cpu_over_raw_cpu": cpu_ratio,
+                        }
+                    )
+                    levels_table.add(
+                        arch,
+                        layout.key,
+                        label,
+                        users,
+                        summary["requests_per_s"],
+                        summary["p50_ms"],
+                        summary["p95_ms"],
+                        summary["p99_ms"],
+                        summary["failures"],
+                        " / ".join(f"{cpu[role]:.2f}" for role in ("workers", "frontend", "load generator")),
+                        capacity and f"{capacity['best']:.1f} ({batch})",
+                        ratio and f"{ratio:.2f}",
+                        worker_cpu_ms,
+                        capacity and capacity["cpu_ms_per_image"],
+                        cpu_ratio and f"{cpu_ratio:.2f}x",
+                    )
         finally:
             stop(run_dir)
         report.data["raw"][arch] = raw.measured
 
         for layout in layouts:
             cpu_ratio = cpu_over_raw.get((layout.key, top))
-            report.verdicts.append(Verdict(f"worker CPU ms per served image <= {CPU_TARGET:g}x the raw runner's ({arch}, onnx, "
-                                           f"layout {layout.key}, {top} users)", f"{cpu_ratio:.2f}x" if cpu_ratio else "not measured",
-                                           cpu_ratio <= CPU_TARGET if cpu_ratio else None))  # fmt: skip
+            report.verdicts.append(
+                Verdict(
+                    f"worker CPU ms per served image <= {CPU_TARGET:g}x the raw runner's ({arch}, onnx, "
+                    f"layout {layout.key}, {top} users)",
+                    f"{cpu_ratio:.2f}x" if cpu_ratio else "not measured",
+                    cpu_ratio <= CPU_TARGET if cpu_ratio else None,
+                )
+            )
             if stock_missing is not None:
                 continue
-            rps = {f"ours {backend}": results[(layout.key, f"ours {backend}", top)]["requests_per_s"] for backend in OUR_BACKENDS}
+            rps = {
+                f"ours {backend}": results[(layout.key, f"ours {backend}", top)]["requests_per_s"]
+                for backend in OUR_BACKENDS
+            }
             stock = results[(layout.key, "stock torchscript", top)]
             stock_rps = stock["requests_per_s"] if stock["failures"] < stock["requests"] else None
             times = {label: (value / stock_rps if stock_rps else None) for label, value in rps.items()}
             compare_table.add(arch, layout.key, *rps.values(), stock_rps, *[t and f"{t:.2f}x" for t in times.values()])
-            report.verdicts.append(Verdict(
-                f"ours >= {STOCK_TARGET:g}x the stock handler ({arch}, layout {layout.key}, {top} users)",
-                ", ".join(f"{t:.2f}x ({label})" for label, t in times.items()) if stock_rps else "the stock handler failed every request",
-                times["ours onnx"] >= STOCK_TARGET if stock_rps else None,
-            ))  # fmt: skip
+            report.verdicts.append(
+                Verdict(
+                    f"ours >= {STOCK_TARGET:g}x the stock handler ({arch}, layout {layout.key}, {top} users)",
+                    ", ".join(f"{t:.2f}x ({label})" for label, t in times.items())
+                    if stock_rps
+                    else "the stock handler failed every request",
+                    times["ours onnx"] >= STOCK_TARGET if stock_rps else None,
+                )
+            )
             report.data["comparisons"].append({"model": arch, "layout": layout.key, **rps, "stock": stock_rps})
         if stock_missing is not None:
-            report.verdicts.append(Verdict(f"ours >= {STOCK_TARGET:g}x the stock handler ({arch})", stock_missing, None))
+            report.verdicts.append(
+                Verdict(f"ours >= {STOCK_TARGET:g}x the stock handler ({arch})", stock_missing, None)
+            )
         elif len(layouts) > 1:
             # The stock handler never limits its threads, so it suffers from more workers than ours does:
             # also compare each at its own best layout.
-            ours_best = max((results[(layout.key, "ours onnx", top)]["requests_per_s"], layout.key) for layout in layouts)
-            stock_best = max((results[(layout.key, "stock torchscript", top)]["requests_per_s"], layout.key) for layout in layouts)
+            ours_best = max(
+                (results[(layout.key, "ours onnx", top)]["requests_per_s"], layout.key) for layout in layouts
+            )
+            stock_best = max(
+                (results[(layout.key, "stock torchscript", top)]["requests_per_s"], layout.key) for layout in layouts
+            )
             best_ratio = ours_best[0] / stock_best[0] if stock_best[0] else None
-            report.verdicts.append(Verdict(
-                f"ours >= {STOCK_TARGET:g}x the stock handler, each at its best layout ({arch}, {top} users)",
-                f"{best_ratio:.2f}x (ours {ours_best[0]:.1f} req/s at {ours_best[1]}, stock {stock_best[0]:.1f} at {stock_best[1]})"
-                if best_ratio else "the stock handler failed every request",
-                best_ratio >= STOCK_TARGET if best_ratio else None,
-            ))  # fmt: skip
+            report.verdicts.append(
+                Verdict(
+                    f"ours >= {STOCK_TARGET:g}x the stock handler, each at its best layout ({arch}, {top} users)",
+                    f"{best_ratio:.2f}x (ours {ours_best[0]:.1f} req/s at {ours_best[1]}, stock {stock_best[0]:.1f} at {stock_best[1]})"
+                    if best_ratio
+                    else "the stock handler failed every request",
+                    best_ratio >= STOCK_TARGET if best_ratio else None,
+                )
+            )
 
-    startup = Table("Cold start and memory", ["model", "server start to every model answering s", "models loaded",
-                                              "open_runner s per artifact", "workers' RSS idle MiB", "workers' RSS after the top level MiB"])
+    startup = Table(
+        "Cold start and memory",
+        [
+            "model",
+            "server start to every model answering s",
+            "models loaded",
+            "open_runner s per artifact",
+            "workers' RSS idle MiB",
+            "workers' RSS after the top level MiB",
+        ],
+    )
     for cold, memory in zip(report.data.get("cold_start", []), report.data.get("memory", [])):
         after = [lv["summary"]["worker_rss_mb_after"] for lv in report.data["levels"] if lv["model"] == cold["model"]]
-        startup.add(cold["model"], cold["server_start_to_first_answers_s"], cold["models_loaded"],
-                    ", ".join(f"{k} {v:.2f}" for k, v in cold["session_s"].items()), memory["worker_rss_mb_idle"],
-                    max(after) if after else None)  # fmt: skip
-    report.tables += [levels_table, compare_table, split_table] if stock_missing is None else [levels_table, split_table]
+        startup.add(
+            cold["model"],
+            cold["server_start_to_first_answers_s"],
+            cold["models_loaded"],
+            ", ".join(f"{k} {v:.2f}" for k, v in cold["session_s"].items()),
+            memory["worker_rss_mb_idle"],
+            max(after) if after else None,
+        )
+    report.tables += (
+        [levels_table, compare_table, split_table] if stock_missing is None else [levels_table, split_table]
+    )
     report.tables.append(startup)
     if stock_missing is not None:
         report.notes.append(f"Stock handler comparison not run: {stock_missing}.")
     return report
-

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -66,9 +66,14 @@ def time_call(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(candidates: dict[str, Callable[[], object]], budget: Budget, items: int = 1,
-                before: dict[str, Callable[[], object]] | None = None, consecutive: int = 1,
-                prime_s: float | None = None) -> dict[str, Samples]:  # fmt: skip
+def interleaved(
+    candidates: dict[str, Callable[[], object]],
+    budget: Budget,
+    items: int = 1,
+    before: dict[str, Callable[[], object]] | None = None,
+    consecutive: int = 1,
+    prime_s: float | None = None,
+) -> dict[str, Samples]:
     """Time every candidate (a no-argument callable that finishes its work before returning) in rotating
     rounds; returns each one's samples. `before[name]`, where given, runs untimed right before each of
     that candidate's calls (what the call is measured after). Each round times `consecutive` calls of a

@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -71,8 +71,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def our_step(network: nn.Module, variant: Variant, config: dict, device: torch.device,
-             images: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:  # fmt: skip
+def our_step(
+    network: nn.Module, variant: Variant, config: dict, device: torch.device, images: torch.Tensor, labels: torch.Tensor
+) -> Callable[[], None]:
     network = network.to(device)
     if variant.channels_last:
         network.to(memory_format=torch.channels_last)
@@ -97,8 +98,9 @@ def our_step(network: nn.Module, variant: Variant, config: dict, device: torch.d
     return step
 
 
-def bare_step(network: nn.Module, variant: Variant, config: dict, device: torch.device,
-              x: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:  # fmt: skip
+def bare_step(
+    network: nn.Module, variant: Variant, config: dict, device: torch.device, x: torch.Tensor, labels: torch.Tensor
+) -> Callable[[], None]:
     network = network.to(device)
     if variant.channels_last:
         network.to(memory_format=torch.channels_last)
@@ -136,13 +138,23 @@ def training_flops(arch: str, num_classes: int, input_size: int) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", help="network (default: resnet18; --quick: resnet20)")
     parser.add_argument("--batch", type=positive_int, help="images per step (default: 16; --quick: 4)")
-    parser.add_argument("--image-size", type=positive_int, help="input size (default: the architecture's, 224 for resnet18/50)")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
-                        help="configurations (default on CPU: fp32 bf16 channels_last compile; --quick: fp32 bf16; "
-                             "on CUDA also bf16_channels_last)")
+    parser.add_argument(
+        "--image-size", type=positive_int, help="input size (default: the architecture's, 224 for resnet18/50)"
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        help="configurations (default on CPU: fp32 bf16 channels_last compile; --quick: fp32 bf16; "
+        "on CUDA also bf16_channels_last)",
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: %(default)s")
-    parser.add_argument("--seconds", type=float, default=25.0,
-                        help="time budget per configuration, shared by both loops (default: %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=25.0,
+        help="time budget per configuration, shared by both loops (default: %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -163,7 +175,11 @@ def run(args: argparse.Namespace) -> Report:
     if device.type == "cpu" and not args.variants and cpu_emulates_bf16():
         emulated_bf16 = [n for n in names if VARIANTS[n].precision == "bf16"]
         names = [n for n in names if n not in emulated_bf16]
-    budget = Budget(warmup=1, min_rounds=2, max_rounds=3, seconds=0) if args.quick else Budget(warmup=2, min_rounds=5, seconds=args.seconds)
+    budget = (
+        Budget(warmup=1, min_rounds=2, max_rounds=3, seconds=0)
+        if args.quick
+        else Budget(warmup=2, min_rounds=5, seconds=args.seconds)
+    )
     config = resolve_config({"arch": arch, "data": "synthetic", "batch_size": batch})
 
     report = Report("train", "Training step: ours vs a bare PyTorch loop", threads=threads, quick=args.quick)
@@ -175,7 +191,9 @@ def run(args: argparse.Namespace) -> Report:
             "`--variants bf16` times it anyway."
         )
     precisions = tuple(dict.fromkeys(VARIANTS[n].precision for n in names))
-    ceiling = CeilingProbe(precisions, threads, args.quick) if device.type == "cpu" else None  # the ceilings are the CPU's
+    ceiling = (
+        CeilingProbe(precisions, threads, args.quick) if device.type == "cpu" else None
+    )  # the ceilings are the CPU's
     if ceiling:
         log(f"probing the {' and '.join(precisions)} GEMM kernels at {threads} thread(s) for the ceiling")
         ceiling.select()
@@ -193,9 +211,20 @@ def run(args: argparse.Namespace) -> Report:
         "torch.utils.flop_counter) x images/s over the GEMM ceiling of the same precision, timed in the "
         "same rounds as the two loops.",
     ]
-    table = Table("Training images/s", ["configuration", "ours img/s", "bare img/s", "ours / bare",
-                                        "ours ms/step", "bare ms/step", "steps each", "GEMM ceiling GFLOP/s (same rounds)",
-                                        "% of GEMM ceiling (ours)"])  # fmt: skip
+    table = Table(
+        "Training images/s",
+        [
+            "configuration",
+            "ours img/s",
+            "bare img/s",
+            "ours / bare",
+            "ours ms/step",
+            "bare ms/step",
+            "steps each",
+            "GEMM ceiling GFLOP/s (same rounds)",
+            "% of GEMM ceiling (ours)",
+        ],
+    )
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, spec.default_num_classes, (batch,), generator=generator)
@@ -214,22 +243,43 @@ def run(args: argparse.Namespace) -> Report:
         }
         gemm = ceiling.candidates((variant.precision,)) if ceiling else {}
         # Primed, see CeilingProbe; training steps are long and all in PyTorch, so only the GEMM needs it.
-        samples = interleaved({**candidates, **gemm}, budget, items=batch,
-                              before={name: primer(call) for name, call in gemm.items()})  # fmt: skip
+        samples = interleaved(
+            {**candidates, **gemm}, budget, items=batch, before={name: primer(call) for name, call in gemm.items()}
+        )
         ours, bare = samples["ours"], samples["bare"]
         ratio = ours.items_per_s / bare.items_per_s
         cpu_ceiling = ceiling.ceilings(samples)[variant.precision] if ceiling else None
-        rows.append({"configuration": variant.name, "precision": variant.precision, "ours": ours.to_dict(),
-                     "bare": bare.to_dict(), "ratio": ratio, "ceiling_gflops": cpu_ceiling,
-                     "ceiling_fraction": flops * ours.items_per_s / (cpu_ceiling * 1e9) if cpu_ceiling else None})  # fmt: skip
+        rows.append(
+            {
+                "configuration": variant.name,
+                "precision": variant.precision,
+                "ours": ours.to_dict(),
+                "bare": bare.to_dict(),
+                "ratio": ratio,
+                "ceiling_gflops": cpu_ceiling,
+                "ceiling_fraction": flops * ours.items_per_s / (cpu_ceiling * 1e9) if cpu_ceiling else None,
+            }
+        )
         report.verdicts.append(Verdict(f"ours >= {TARGET:g} x bare ({variant.name})", f"{ratio:.3f}", ratio >= TARGET))
     if ceiling:
         report.data["ceiling"] = ceiling.to_dict()
-    report.method = [*method, f"{ceiling.describe()}." if ceiling else "On CUDA, no fraction of a GEMM ceiling (the ceilings are the CPU's)."]
+    report.method = [
+        *method,
+        f"{ceiling.describe()}." if ceiling else "On CUDA, no fraction of a GEMM ceiling (the ceilings are the CPU's).",
+    ]
     for row in rows:
         ours, bare = row["ours"], row["bare"]
-        table.add(row["configuration"], ours["items_per_s"], bare["items_per_s"], f"{row['ratio']:.3f}", ours["median_s"] * 1e3,
-                  bare["median_s"] * 1e3, ours["calls"], row["ceiling_gflops"], None if row["ceiling_fraction"] is None else f"{100 * row['ceiling_fraction']:.0f}%")  # fmt: skip
+        table.add(
+            row["configuration"],
+            ours["items_per_s"],
+            bare["items_per_s"],
+            f"{row['ratio']:.3f}",
+            ours["median_s"] * 1e3,
+            bare["median_s"] * 1e3,
+            ours["calls"],
+            row["ceiling_gflops"],
+            None if row["ceiling_fraction"] is None else f"{100 * row['ceiling_fraction']:.0f}%",
+        )
     report.tables.append(table)
     report.data["rows"] = rows
     return report

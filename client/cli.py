@@ -1,10 +1,10 @@
 """`python -m client`: classify images with a TorchServe model (or an export, `--local`), or load-test it.
 
-    python -m client cat.jpg photos/ --url http://localhost:8080 --model resnet50
-    python -m client --local exports/resnet50 cat.jpg
-    python -m client loadtest --host http://127.0.0.1:8080 --model resnet50 --users 8 --duration 60s
-    python -m client soak --run-dir .serve --duration 10m       # mixed valid and hostile traffic, pass/fail
-    python -m client evaluate --url http://localhost:8080 --model resnet50 --images /data/imagenet/val
+python -m client cat.jpg photos/ --url http://localhost:8080 --model resnet50
+python -m client --local exports/resnet50 cat.jpg
+python -m client loadtest --host http://127.0.0.1:8080 --model resnet50 --users 8 --duration 60s
+python -m client soak --run-dir .serve --duration 10m       # mixed valid and hostile traffic, pass/fail
+python -m client evaluate --url http://localhost:8080 --model resnet50 --images /data/imagenet/val
 """
 
 from __future__ import annotations
@@ -51,11 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", default="resnet50", help="model name on the server (default: %(default)s)")
     parser.add_argument(
-        "--top-k", type=positive_int, default=5,
+        "--top-k",
+        type=positive_int,
+        default=5,
         help="classes shown per image (default: %(default)s); remote mode shows at most what the server returns",
     )
     parser.add_argument(
-        "--token", default=os.environ.get(TOKEN_ENV),
+        "--token",
+        default=os.environ.get(TOKEN_ENV),
         help=f"TorchServe inference key, sent as 'Authorization: Bearer' (default: ${TOKEN_ENV}); "
         "`python -m serve token` prints it",
     )
@@ -67,28 +70,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=60.0, help="seconds to wait for each answer (default: %(default)s)"
     )
     parser.add_argument(
-        "--retries", type=int, default=4,
+        "--retries",
+        type=int,
+        default=4,
         help="retries after HTTP 503 (server busy), with exponential backoff from 0.5 s (default: %(default)s)",
     )
     local = parser.add_argument_group("without a server")
     local.add_argument(
-        "--local", metavar="EXPORT_DIR", type=Path,
+        "--local",
+        metavar="EXPORT_DIR",
+        type=Path,
         help="predict in this process from an export directory (exports/NAME): same decoding, preprocessing "
         "and runner as the server; --url and --model are ignored",
     )
     local.add_argument(
-        "--format", metavar="FORMAT",
+        "--format",
+        metavar="FORMAT",
         help="--local artifact, a format the export holds: onnx, onnx-int8, torchscript, trt (default: the fastest "
         "that passed parity on --device)",
     )
     local.add_argument("--device", default="cpu", help="--local device: cpu or cuda (default: %(default)s)")
     local.add_argument(
-        "--explain", action="store_true",
+        "--explain",
+        action="store_true",
         help="--local: also write a Grad-CAM overlay per image (where the evidence for each top class lies), "
         "computed with the checkpoint the export was made from; its path is printed with the table",
     )
     local.add_argument(
-        "--explain-dir", type=Path, default=Path("explanations"), metavar="DIR",
+        "--explain-dir",
+        type=Path,
+        default=Path("explanations"),
+        metavar="DIR",
         help="where --explain writes <image>.gradcam.png (default: %(default)s)",
     )
     return parser
@@ -100,7 +112,11 @@ def open_predictor(args: argparse.Namespace):
         from .local import LocalPredictor  # torch is imported only here
 
         predictor = LocalPredictor(args.local, fmt=args.format, device=args.device, top_k=args.top_k)
-        return predictor, {"export": str(args.local), "format": predictor.classifier.runner.format, "device": args.device}
+        return predictor, {
+            "export": str(args.local),
+            "format": predictor.classifier.runner.format,
+            "device": args.device,
+        }
     client = PredictionClient(args.url, args.model, timeout_s=args.timeout, retries=args.retries, token=args.token)
     return client, {"url": client.url, "model": args.model}
 

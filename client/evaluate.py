@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--url", help="a TorchServe inference API, e.g. http://localhost:8080 (with --model)")
     model.add_argument("--model", help="--url: the model name on the server")
     model.add_argument(
-        "--format", metavar="FORMAT",
+        "--format",
+        metavar="FORMAT",
         help="--local: the artifact to evaluate (onnx, onnx-int8, torchscript, trt; default: the fastest that "
         "passed parity on --device)",
     )
@@ -83,12 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--digits", action="store_true", help="scikit-learn's digits validation split, as 32x32 PNG files"
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("evaluation"),
+        "--out",
+        type=Path,
+        default=Path("evaluation"),
         help="where evaluation.json and confusion.png are written (default: %(default)s)",
     )
     remote = parser.add_argument_group("server options (--url)")
     remote.add_argument(
-        "--token", default=os.environ.get(TOKEN_ENV),
+        "--token",
+        default=os.environ.get(TOKEN_ENV),
         help=f"TorchServe inference key (default: ${TOKEN_ENV}); `python -m serve token` prints it",
     )
     remote.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default: %(default)s)")
@@ -124,7 +128,9 @@ def labelled_images(args: argparse.Namespace) -> Iterator[LabelledImages]:
     with tempfile.TemporaryDirectory(prefix="digits-val-") as tmp:
         root = write_digits_folder(tmp, split="val", image_size=32)
         found = folder_images(root)
-        yield LabelledImages(found.paths, found.truth, f"digits validation split ({len(found.paths)} PNG images, 32x32)")
+        yield LabelledImages(
+            found.paths, found.truth, f"digits validation split ({len(found.paths)} PNG images, 32x32)"
+        )
 
 
 def collect_local(classifier, images: LabelledImages) -> Collected:
@@ -242,8 +248,11 @@ def evaluate_main(argv: list[str], log: Callable[[str], None] = print) -> int:
                 collected = collect_remote(client, images, args.concurrency)
                 class_names = remote_class_names(collected)
         if not collected.ranked:
-            print(f"error: none of the {len(images.paths)} images could be classified, e.g. "
-                  f"{next(iter(collected.failed.items()))}", file=sys.stderr)  # fmt: skip
+            print(
+                f"error: none of the {len(images.paths)} images could be classified, e.g. "
+                f"{next(iter(collected.failed.items()))}",
+                file=sys.stderr,
+            )
             return EXIT_FAILED_IMAGES
         report = evaluate_predictions(
             collected.ranked, collected.truth, class_names, source=source, data=images.description
@@ -269,13 +278,18 @@ def evaluate_main(argv: list[str], log: Callable[[str], None] = print) -> int:
     try:
         paths = report.write(args.out)
     except ImportError as e:  # matplotlib belongs to the train/loadtest extras, not the serving runtime
-        print(f"error: cannot draw confusion.png ({e}); install matplotlib (pip install 'resnet-deploy[train]')",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: cannot draw confusion.png ({e}); install matplotlib (pip install 'resnet-deploy[train]')",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     log(report.summary())
     log(f"wrote {paths['json']} and {paths['confusion']}")
     if collected.failed:
-        print(f"{len(collected.failed)} of {len(images.paths)} images could not be classified "
-              f"(listed in {paths['json']}), e.g. {next(iter(collected.failed.items()))}", file=sys.stderr)  # fmt: skip
+        print(
+            f"{len(collected.failed)} of {len(images.paths)} images could not be classified "
+            f"(listed in {paths['json']}), e.g. {next(iter(collected.failed.items()))}",
+            file=sys.stderr,
+        )
         return EXIT_FAILED_IMAGES
     return EXIT_OK

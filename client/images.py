@@ -15,9 +15,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 
 def images_in_folder(folder: Path) -> list[Path]:
     """Image files under `folder` (recursively), sorted so runs are reproducible."""
-    return sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def collect_images(paths: Iterable[str | Path]) -> list[Path]:

@@ -71,24 +71,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", type=Path, help="folder of images to send (default: scikit-image's sample photos)")
     parser.add_argument("--method", choices=["POST", "PUT"], default="POST", help="HTTP method (default: %(default)s)")
     parser.add_argument(
-        "--token", default=os.environ.get(TOKEN_ENV),
+        "--token",
+        default=os.environ.get(TOKEN_ENV),
         help=f"TorchServe inference key (default: ${TOKEN_ENV}); `python -m serve token` prints it",
     )
     parser.add_argument(
-        "--token-lifetime-min", type=float, default=60.0,
+        "--token-lifetime-min",
+        type=float,
+        default=60.0,
         help="minutes the --token stays valid: the server's `serve start --token-expiration-min` (default: "
         "%(default)s, TorchServe's). A run longer than that would fail part-way with expired-key errors, so it "
         "is refused; start the server with a longer lifetime and pass the same value here",
     )
     parser.add_argument(
-        "--max-failure-ratio", type=float, default=0.0,
+        "--max-failure-ratio",
+        type=float,
+        default=0.0,
         help="fail (exit 1) when failed/total requests exceeds this (default: %(default)s)",
     )
     parser.add_argument(
         "--p95-ms", type=float, help="fail (exit 1) when the 95th percentile latency exceeds this many ms"
     )
     parser.add_argument(
-        "--output-root", type=Path, default=Path("loadtests"),
+        "--output-root",
+        type=Path,
+        default=Path("loadtests"),
         help="where the run's folder is made (default: %(default)s)",
     )
     return parser
@@ -223,19 +230,35 @@ def make_run_dir(root: Path) -> Path:
 
 def locust_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
     command = [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE),
-        "--headless", "--only-summary",
-        "--host", args.host,
-        "--users", str(args.users),
-        "--spawn-rate", str(args.spawn_rate if args.spawn_rate else args.users),
-        "--run-time", f"{args.duration}s",
-        "--stop-timeout", str(STOP_TIMEOUT_S),
-        "--csv", str(run_dir / CSV_PREFIX), "--csv-full-history",
-        "--html", str(run_dir / "report.html"),
-        "--json-file", str(run_dir / FINAL_STATS),
-        "--model", args.model,
-        "--method", args.method,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--only-summary",
+        "--host",
+        args.host,
+        "--users",
+        str(args.users),
+        "--spawn-rate",
+        str(args.spawn_rate if args.spawn_rate else args.users),
+        "--run-time",
+        f"{args.duration}s",
+        "--stop-timeout",
+        str(STOP_TIMEOUT_S),
+        "--csv",
+        str(run_dir / CSV_PREFIX),
+        "--csv-full-history",
+        "--html",
+        str(run_dir / "report.html"),
+        "--json-file",
+        str(run_dir / FINAL_STATS),
+        "--model",
+        args.model,
+        "--method",
+        args.method,
+    ]
     if args.images:
         command += ["--images", str(args.images)]
     return command
@@ -292,9 +315,12 @@ def loadtest_main(argv: list[str]) -> int:
     with log_path.open("w") as log:
         try:
             process = subprocess.run(
-                locust_command(args, run_dir), stdout=log, stderr=subprocess.STDOUT, env=env,
+                locust_command(args, run_dir),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
                 timeout=args.duration + GRACE_S,
-            )  # fmt: skip
+            )
             returncode = process.returncode
         except subprocess.TimeoutExpired:
             returncode = None
@@ -312,12 +338,17 @@ def loadtest_main(argv: list[str]) -> int:
     write_json(
         run_dir / "summary.json",
         {
-            "host": args.host, "model": args.model, "users": args.users, "duration_s": args.duration,
-            **asdict(summary), "failure_ratio": summary.failure_ratio,
+            "host": args.host,
+            "model": args.model,
+            "users": args.users,
+            "duration_s": args.duration,
+            **asdict(summary),
+            "failure_ratio": summary.failure_ratio,
             "thresholds": {"max_failure_ratio": args.max_failure_ratio, "p95_ms": args.p95_ms},
-            "passed": not problems, "problems": problems,
+            "passed": not problems,
+            "problems": problems,
         },
-    )  # fmt: skip
+    )
 
     def ms(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.0f} ms"

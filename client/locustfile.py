@@ -37,15 +37,23 @@ IMAGES: list[tuple[str, bytes]] = []
 def add_arguments(parser) -> None:
     parser.add_argument("--model", env_var="LOCUST_MODEL", default="resnet50", help="model name on the server")
     parser.add_argument(
-        "--images", env_var="LOCUST_IMAGES", default="",
+        "--images",
+        env_var="LOCUST_IMAGES",
+        default="",
         help="folder of images to send (default: scikit-image's sample photos as JPEG and PNG)",
     )
     parser.add_argument(
-        "--method", env_var="LOCUST_METHOD", default="POST", choices=["POST", "PUT"],
+        "--method",
+        env_var="LOCUST_METHOD",
+        default="POST",
+        choices=["POST", "PUT"],
         help="HTTP method; the raw image is the body either way",
     )
     parser.add_argument(
-        "--token", env_var="TORCHSERVE_TOKEN", default="", is_secret=True,
+        "--token",
+        env_var="TORCHSERVE_TOKEN",
+        default="",
+        is_secret=True,
         help="TorchServe inference key, sent as 'Authorization: Bearer' (python -m serve token)",
     )
 

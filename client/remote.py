@@ -56,9 +56,13 @@ def parse_predictions(response: requests.Response) -> Predictions:
     try:
         body = json.loads(response.content)
     except ValueError as e:
-        raise HTTPError(response.status_code, f"server answered with invalid JSON ({e}): {response.text[:200]!r}")
-    if not isinstance(body, dict) or not body or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in body.values()
+        raise HTTPError(
+            response.status_code, f"server answered with invalid JSON ({e}): {response.text[:200]!r}"
+        ) from None
+    if (
+        not isinstance(body, dict)
+        or not body
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in body.values())
     ):
         raise HTTPError(
             response.status_code,
@@ -125,7 +129,9 @@ class PredictionClient:
                 size = f" while {len(image) / 2**20:.1f} MiB were being sent" if len(image) > 2**20 else ""
                 hint = (
                     " (a server closes the connection after answering 413 to a body over its request size "
-                    "limit, 20 MiB by default)" if size else ""
+                    "limit, 20 MiB by default)"
+                    if size
+                    else ""
                 )
                 raise HTTPError(0, f"request to {self.endpoint} failed{size}: {reason}{hint}") from None
             raise ServerUnreachable(
@@ -163,7 +169,7 @@ class PredictionClient:
         if response.status_code == 401 or kind == "InvalidKeyException":
             raise AuthorizationFailed(
                 f"HTTP {response.status_code} from {self.endpoint}: {message}. The server wants its inference key: "
-                f"pass --token (or set {TOKEN_ENV}), e.g. --token \"$(python -m serve token)\""
+                f'pass --token (or set {TOKEN_ENV}), e.g. --token "$(python -m serve token)"'
             )
         if is_busy(response):
             raise HTTPError(503, f"HTTP 503 from {self.endpoint} after {self.retries} retries: {message}")

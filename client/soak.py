@@ -139,30 +139,50 @@ class Report:
         if self.valid_failures:
             found.append(f"{len(self.valid_failures)} valid request(s) failed, e.g. {self.valid_failures[0]}")
         if self.hostile_unexpected:
-            found.append(f"{len(self.hostile_unexpected)} hostile request(s) answered unexpectedly, "
-                         f"e.g. {self.hostile_unexpected[0]}")  # fmt: skip
+            found.append(
+                f"{len(self.hostile_unexpected)} hostile request(s) answered unexpectedly, "
+                f"e.g. {self.hostile_unexpected[0]}"
+            )
         if self.worker_restarts:
-            found.append(f"{self.worker_restarts} worker restart(s): pids {self.worker_pids_start} at the start, "
-                         f"{sorted(set(self.worker_pids_seen))} seen")  # fmt: skip
+            found.append(
+                f"{self.worker_restarts} worker restart(s): pids {self.worker_pids_start} at the start, "
+                f"{sorted(set(self.worker_pids_seen))} seen"
+            )
         growth = self.rss_growth
         if growth is None:
             found.append("worker memory was not measured (no sample after the warm-up: make --duration longer)")
         elif growth > self.max_rss_growth:
-            found.append(f"worker RSS grew {growth:.1%} after the warm-up ({self.rss_after_warmup_mb:.0f} -> "
-                         f"{self.rss_end_mb:.0f} MB), above {self.max_rss_growth:.0%}")  # fmt: skip
+            found.append(
+                f"worker RSS grew {growth:.1%} after the warm-up ({self.rss_after_warmup_mb:.0f} -> "
+                f"{self.rss_end_mb:.0f} MB), above {self.max_rss_growth:.0%}"
+            )
         return found
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d |= {"requests": dict(self.requests), "worker_restarts": self.worker_restarts, "rss_growth": self.rss_growth,
-              "problems": self.problems(), "passed": not self.problems()}  # fmt: skip
+        d |= {
+            "requests": dict(self.requests),
+            "worker_restarts": self.worker_restarts,
+            "rss_growth": self.rss_growth,
+            "problems": self.problems(),
+            "passed": not self.problems(),
+        }
         d["valid_failures"], d["hostile_unexpected"] = d["valid_failures"][:20], d["hostile_unexpected"][:20]
         return d
 
 
 class Soak:
-    def __init__(self, server, model: str, *, valid: list[Case], hostile: list[Case], hostile_fraction: float,
-                 timeout_s: float, seed: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        server,
+        model: str,
+        *,
+        valid: list[Case],
+        hostile: list[Case],
+        hostile_fraction: float,
+        timeout_s: float,
+        seed: int,
+    ) -> None:
         self.server, self.model = server, model
         self.endpoint = f"{server.inference_url}/predictions/{model}"
         self.valid, self.hostile, self.hostile_fraction = valid, hostile, hostile_fraction
@@ -173,8 +193,9 @@ class Soak:
         self.report = Report()
 
     def worker_pids(self) -> list[int]:
-        response = requests.get(f"{self.server.management_url}/models/{self.model}",
-                                headers=self.server.headers("management"), timeout=10)  # fmt: skip
+        response = requests.get(
+            f"{self.server.management_url}/models/{self.model}", headers=self.server.headers("management"), timeout=10
+        )
         response.raise_for_status()
         return sorted(int(w["pid"]) for w in response.json()[0]["workers"] if w.get("pid"))
 
@@ -260,8 +281,10 @@ class Soak:
                 if now < deadline:
                     report.rss_end_mb = round(rss, 1)
             if now >= next_log:
-                log(f"  {now - started:.0f} s: {sum(report.requests.values())} requests, "
-                    f"{len(report.valid_failures)} valid failures, workers {pids}, RSS {rss or 0:.0f} MB")  # fmt: skip
+                log(
+                    f"  {now - started:.0f} s: {sum(report.requests.values())} requests, "
+                    f"{len(report.valid_failures)} valid failures, workers {pids}, RSS {rss or 0:.0f} MB"
+                )
                 next_log = now + 30
         for thread in pool:
             thread.join()
@@ -282,21 +305,40 @@ def same_answer(first: list[tuple[str, float]], answer: list[tuple[str, float]])
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m client soak", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--run-dir", type=Path, default=Path(".serve"),
-                        help="the server's run directory (python -m serve start --run-dir; default: %(default)s)")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m client soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path(".serve"),
+        help="the server's run directory (python -m serve start --run-dir; default: %(default)s)",
+    )
     parser.add_argument("--model", help="model to soak (default: the server's only model)")
-    parser.add_argument("--duration", type=parse_duration, default=parse_duration("5m"),
-                        help="how long, e.g. 90s, 10m (default: 5m)")  # fmt: skip
-    parser.add_argument("--warmup", type=parse_duration, default=None,
-                        help="memory growth is measured from this point on (default: a fifth of --duration)")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=4, help="client threads, each one request at a time (default: %(default)s)")
-    parser.add_argument("--hostile", type=float, default=0.10, help="fraction of hostile requests (default: %(default)s)")
-    parser.add_argument("--max-rss-growth", type=float, default=0.10,
-                        help="most growth of the workers' RSS after the warm-up, as a fraction (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--images", type=Path, nargs="+",
-                        help="valid images to send (default: four generated photo-sized JPEGs)")  # fmt: skip
+    parser.add_argument(
+        "--duration", type=parse_duration, default=parse_duration("5m"), help="how long, e.g. 90s, 10m (default: 5m)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=parse_duration,
+        default=None,
+        help="memory growth is measured from this point on (default: a fifth of --duration)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=4, help="client threads, each one request at a time (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--hostile", type=float, default=0.10, help="fraction of hostile requests (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-rss-growth",
+        type=float,
+        default=0.10,
+        help="most growth of the workers' RSS after the warm-up, as a fraction (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--images", type=Path, nargs="+", help="valid images to send (default: four generated photo-sized JPEGs)"
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON here")
@@ -312,27 +354,47 @@ def soak_main(argv: list[str]) -> int:
         return 2
     server = read_state(args.run_dir.resolve())
     if server is None:
-        print(f"error: no TorchServe running from {args.run_dir}; start one with python -m serve start "
-              f"--run-dir {args.run_dir}", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: no TorchServe running from {args.run_dir}; start one with python -m serve start "
+            f"--run-dir {args.run_dir}",
+            file=sys.stderr,
+        )
         return 2
     if args.model is None and len(server.models) != 1:
         print(f"error: the server has models {server.models}: choose one with --model", file=sys.stderr)
         return 2
     model = args.model or server.models[0]
     warmup = args.warmup if args.warmup is not None else args.duration / 5
-    soak = Soak(server, model, valid=valid_cases(args.images), hostile=hostile_cases(),
-                hostile_fraction=args.hostile, timeout_s=args.timeout, seed=args.seed)  # fmt: skip
+    soak = Soak(
+        server,
+        model,
+        valid=valid_cases(args.images),
+        hostile=hostile_cases(),
+        hostile_fraction=args.hostile,
+        timeout_s=args.timeout,
+        seed=args.seed,
+    )
     soak.report.max_rss_growth = args.max_rss_growth
-    print(f"soaking {model} at {server.inference_url} for {args.duration} s with {args.threads} thread(s), "
-          f"{args.hostile:.0%} hostile; memory measured after {warmup:.0f} s", flush=True)  # fmt: skip
+    print(
+        f"soaking {model} at {server.inference_url} for {args.duration} s with {args.threads} thread(s), "
+        f"{args.hostile:.0%} hostile; memory measured after {warmup:.0f} s",
+        flush=True,
+    )
     report = soak.run(args.duration, warmup, args.threads)
-    print(f"{sum(report.requests.values())} requests in {report.duration_s} s: "
-          + ", ".join(f"{name} {n} (max {report.latency_s[name]:.2f} s)" for name, n in sorted(report.requests.items())))
-    print(f"valid-request failures: {len(report.valid_failures)}; hostile answered unexpectedly: "
-          f"{len(report.hostile_unexpected)}; worker restarts: {report.worker_restarts}")  # fmt: skip
+    print(
+        f"{sum(report.requests.values())} requests in {report.duration_s} s: "
+        + ", ".join(f"{name} {n} (max {report.latency_s[name]:.2f} s)" for name, n in sorted(report.requests.items()))
+    )
+    print(
+        f"valid-request failures: {len(report.valid_failures)}; hostile answered unexpectedly: "
+        f"{len(report.hostile_unexpected)}; worker restarts: {report.worker_restarts}"
+    )
     growth = report.rss_growth
-    print(f"worker RSS: {report.rss_after_warmup_mb} MB after the warm-up, {report.rss_end_mb} MB at the end"
-          + (f" ({growth:+.1%})" if growth is not None else "") + f", {report.rss_max_mb and round(report.rss_max_mb)} MB at most")
+    print(
+        f"worker RSS: {report.rss_after_warmup_mb} MB after the warm-up, {report.rss_end_mb} MB at the end"
+        + (f" ({growth:+.1%})" if growth is not None else "")
+        + f", {report.rss_max_mb and round(report.rss_max_mb)} MB at most"
+    )
     if args.json:
         args.json.write_text(json.dumps(report.to_dict(), indent=2))
     problems = report.problems()

@@ -21,7 +21,6 @@ import os
 import time
 import weakref
 import zipfile
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,7 +40,7 @@ TORCH_VERSION_KEY = "torch_version"  # our entry in the package's metadata (AOTI
 # AOTInductor's AOTI_CPU_ISA words -> the /proc/cpuinfo flag a CPU needs to run the compiled kernels
 ISA_FLAGS = {"AVX512": "avx512f", "AVX2": "avx2", "AVX512_BF16": "avx512_bf16", "AMX_TILE": "amx_tile"}
 
-_captured: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[int, ...], torch.export.ExportedProgram]]"
+_captured: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[int, ...], torch.export.ExportedProgram]]
 _captured = weakref.WeakKeyDictionary()
 
 
@@ -114,7 +113,9 @@ def target_description(device: str) -> dict[str, Any]:
     return {"cpu": cpuinfo().get("model name", "unknown"), "cpu_bf16": sorted(flags & set(BF16_CPU_FLAGS))}
 
 
-def write_aoti(fmt: str, model: torch.nn.Module, example: torch.Tensor, path: str | os.PathLike, device: str) -> dict[str, Any]:
+def write_aoti(
+    fmt: str, model: torch.nn.Module, example: torch.Tensor, path: str | os.PathLike, device: str
+) -> dict[str, Any]:
     """Capture (or reuse the capture of) `model`, compile it with AOTInductor into the `.pt2` at `path`."""
     reason = missing_reason(fmt, device)
     if reason is not None:

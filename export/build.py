@@ -14,10 +14,11 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -69,11 +70,19 @@ from .runners import RUNNER_CLASSES, EagerRunner, Runner, onnxruntime_providers,
 from .tensorrt_engine import BatchProfile, TensorRTUnavailable, build_engine, tensorrt_missing_reason
 
 ARTIFACT_FILES = {
-    "torchscript": "model.ts", "onnx": "model.onnx", "onnx-int8": "model.int8.onnx", "trt": "model.fp16.engine",
+    "torchscript": "model.ts",
+    "onnx": "model.onnx",
+    "onnx-int8": "model.int8.onnx",
+    "trt": "model.fp16.engine",
     **{fmt: file for fmt, (file, _, _) in AOTI_ARTIFACTS.items()},
-}  # fmt: skip
-PRECISIONS = {"torchscript": "fp32", "onnx": "fp32", "onnx-int8": "int8", "trt": "fp16",
-              **{fmt: precision for fmt, (_, precision, _) in AOTI_ARTIFACTS.items()}}  # fmt: skip
+}
+PRECISIONS = {
+    "torchscript": "fp32",
+    "onnx": "fp32",
+    "onnx-int8": "int8",
+    "trt": "fp16",
+    **{fmt: precision for fmt, (_, precision, _) in AOTI_ARTIFACTS.items()},
+}
 BUILT_FROM_ONNX = ("onnx-int8", "trt")  # made from model.onnx, so `onnx` is exported first
 
 EXPORT_KIND = "export"  # the marker kind of an export directory (models.osutil.mark_owned)
@@ -107,8 +116,12 @@ class ExportOptions:
     threads: int | None = None
 
     def thresholds(self, fmt: str) -> Thresholds:
-        return {"fp32": self.fp32_thresholds, "fp16": self.fp16_thresholds, "bf16": self.fp16_thresholds,
-                "int8": self.int8_thresholds}[PRECISIONS[fmt]]  # fmt: skip
+        return {
+            "fp32": self.fp32_thresholds,
+            "fp16": self.fp16_thresholds,
+            "bf16": self.fp16_thresholds,
+            "int8": self.int8_thresholds,
+        }[PRECISIONS[fmt]]
 
 
 @dataclass
@@ -193,9 +206,14 @@ class ReferenceRunners:
 
 
 def write_artifact(
-    fmt: str, model: torch.nn.Module, export_dir: Path, options: ExportOptions, input_size: int,
-    calibration: CalibrationSet | None, log: Log,
-) -> Artifact:  # fmt: skip
+    fmt: str,
+    model: torch.nn.Module,
+    export_dir: Path,
+    options: ExportOptions,
+    input_size: int,
+    calibration: CalibrationSet | None,
+    log: Log,
+) -> Artifact:
     path = export_dir / ARTIFACT_FILES[fmt]
     example = torch.randn(max(2, options.batch.opt), 3, input_size, input_size)
     if fmt == "torchscript":
@@ -209,9 +227,14 @@ def write_artifact(
         details = write_aoti(fmt, model, example, path, options.device)
     else:
         details = build_engine(
-            export_dir / ARTIFACT_FILES["onnx"], path, input_name=INPUT_NAME, input_size=input_size,
-            batch=options.batch, workspace_bytes=options.workspace_bytes, log=log,
-        )  # fmt: skip
+            export_dir / ARTIFACT_FILES["onnx"],
+            path,
+            input_name=INPUT_NAME,
+            input_size=input_size,
+            batch=options.batch,
+            workspace_bytes=options.workspace_bytes,
+            log=log,
+        )
     return Artifact(
         format=fmt,
         file=path.name,
@@ -227,15 +250,22 @@ def write_artifact(
 
 def open_artifact(export_dir: Path, artifact: Artifact, reference: Runner, device: str, threads: int | None) -> Runner:
     return RUNNER_CLASSES[artifact.format](
-        export_dir / artifact.file, device=device, threads=threads,
-        preprocess=reference.preprocess, class_names=reference.class_names,
-    )  # fmt: skip
+        export_dir / artifact.file,
+        device=device,
+        threads=threads,
+        preprocess=reference.preprocess,
+        class_names=reference.class_names,
+    )
 
 
 def run_parity(
-    artifact: Artifact, export_dir: Path, references: ReferenceRunners, parity_set: ParitySet,
-    options: ExportOptions, log: Log,
-) -> dict[str, Any]:  # fmt: skip
+    artifact: Artifact,
+    export_dir: Path,
+    references: ReferenceRunners,
+    parity_set: ParitySet,
+    options: ExportOptions,
+    log: Log,
+) -> dict[str, Any]:
     fmt = artifact.format
     device = parity_device(fmt, options, log)
     reference = references[device]
@@ -250,8 +280,10 @@ def run_parity(
     )
     largest = metrics["by_batch_size"][str(batch_size)]
     if "artifact_top1" in largest:  # the parity images have labels: what the difference costs in accuracy
-        log(f"    top-1 accuracy on the {largest['samples']} labelled parity images: eager "
-            f"{largest['reference_top1']:.2%}, {fmt} {largest['artifact_top1']:.2%}")  # fmt: skip
+        log(
+            f"    top-1 accuracy on the {largest['samples']} labelled parity images: eager "
+            f"{largest['reference_top1']:.2%}, {fmt} {largest['artifact_top1']:.2%}"
+        )
     return parity
 
 
@@ -290,8 +322,9 @@ def previous_export(export_dir: Path, source_sha256: str, overwrite: bool) -> Ma
     return old
 
 
-def carry_over(old: Manifest | None, export_dir: Path, staging: Path, source_sha256: str, replacing: list[str],
-               log: Log) -> list[Artifact]:  # fmt: skip
+def carry_over(
+    old: Manifest | None, export_dir: Path, staging: Path, source_sha256: str, replacing: list[str], log: Log
+) -> list[Artifact]:
     """Artifacts of an earlier export of the same checkpoint that are not rebuilt now (e.g. a TensorRT
     engine added on a GPU machine to an export made on a CPU one), linked into the new export."""
     if old is None or old.source_checkpoint.get("sha256") != source_sha256:
@@ -377,16 +410,24 @@ def calibration_for(
         formats.remove("onnx-int8")
         skipped["onnx-int8"] = str(e)
         return None
-    if options.calibration_data is not None and options.parity_data is not None and (
-        options.calibration_data.resolve() == options.parity_data.resolve()
+    if (
+        options.calibration_data is not None
+        and options.parity_data is not None
+        and (options.calibration_data.resolve() == options.parity_data.resolve())
     ):
-        log("WARNING: --calibration-data is --parity-data: the int8 artifact is judged on its own calibration "
-            "images, which flatters it; use a separate folder")  # fmt: skip
+        log(
+            "WARNING: --calibration-data is --parity-data: the int8 artifact is judged on its own calibration "
+            "images, which flatters it; use a separate folder"
+        )
     return calibration
 
 
 def export_checkpoint(
-    checkpoint_path: Path, export_dir: Path, name: str | None, options: ExportOptions, log: Log = print,
+    checkpoint_path: Path,
+    export_dir: Path,
+    name: str | None,
+    options: ExportOptions,
+    log: Log = print,
     overwrite: bool = False,
 ) -> ExportResult:
     """Build the export in a temporary folder beside `export_dir` and swap it in as a whole: a crash or
@@ -405,8 +446,10 @@ def export_checkpoint(
     preprocess = ckpt.preprocess
     name = name or ckpt.arch
     weights = "EMA" if ckpt.has_ema else "raw (no EMA in the checkpoint)"
-    log(f"    {ckpt.arch}, {ckpt.num_classes} classes, {weights} weights, "
-        f"input {preprocess.input_size}px, validation metrics {ckpt.metrics}")  # fmt: skip
+    log(
+        f"    {ckpt.arch}, {ckpt.num_classes} classes, {weights} weights, "
+        f"input {preprocess.input_size}px, validation metrics {ckpt.metrics}"
+    )
 
     log(f"[{next(step)}/{steps}] parity set")
     parity_set = load_parity_set(ckpt, options.parity_data, options.parity_samples, log=log)
@@ -433,9 +476,14 @@ def export_checkpoint(
                 log(f"    FAILED: {errors[fmt]}")
                 continue
             seconds = artifact.details["export_seconds"] = round(time.perf_counter() - started, 2)
-            log(f"    written in {seconds:.1f} s" + (
-                f" ({artifact.details['exporter']} exporter, opset {artifact.details['opset']}, onnx.checker passed)"
-                if fmt == "onnx" else ""))  # fmt: skip
+            log(
+                f"    written in {seconds:.1f} s"
+                + (
+                    f" ({artifact.details['exporter']} exporter, opset {artifact.details['opset']}, onnx.checker passed)"
+                    if fmt == "onnx"
+                    else ""
+                )
+            )
             artifact.parity = run_parity(artifact, staging, references, parity_set, options, log)
             artifacts.append(artifact)
 
@@ -446,8 +494,12 @@ def export_checkpoint(
             arch_kwargs=ckpt.arch_kwargs,
             class_names=list(ckpt.class_names),
             preprocess=preprocess,
-            input={"name": INPUT_NAME, "dtype": "float32", "layout": "NCHW",
-                   "shape": [-1, 3, preprocess.input_size, preprocess.input_size]},  # fmt: skip
+            input={
+                "name": INPUT_NAME,
+                "dtype": "float32",
+                "layout": "NCHW",
+                "shape": [-1, 3, preprocess.input_size, preprocess.input_size],
+            },
             output={"name": OUTPUT_NAME, "dtype": "float32", "shape": [-1, ckpt.num_classes]},
             source_checkpoint=source,
             versions=library_versions(),
@@ -464,7 +516,10 @@ def export_checkpoint(
 
 
 def verify_export(
-    export_dir: Path, checkpoint_path: Path | None, options: ExportOptions, log: Log = print,
+    export_dir: Path,
+    checkpoint_path: Path | None,
+    options: ExportOptions,
+    log: Log = print,
     accept_changed: list[str] | None = None,
 ) -> ExportResult:
     """Re-check every artifact of an export directory against its source checkpoint; rewrite the manifest.
@@ -477,8 +532,10 @@ def verify_export(
     accept_changed = list(accept_changed or [])
     unknown = [f for f in accept_changed if manifest.find(f) is None]
     if unknown:
-        raise ManifestError(f"--accept-changed {', '.join(unknown)}: {export_dir} has no such artifact "
-                            f"(it has: {manifest.availability()})")  # fmt: skip
+        raise ManifestError(
+            f"--accept-changed {', '.join(unknown)}: {export_dir} has no such artifact "
+            f"(it has: {manifest.availability()})"
+        )
     changed = {}
     for artifact in manifest.artifacts:
         path = export_dir / artifact.file

@@ -58,7 +58,7 @@ class Classifier:
         threads: int | None = None,
         allow_failed: bool = False,
         **options,
-    ) -> "Classifier":
+    ) -> Classifier:
         """The artifact `fmt` of an export directory (None: the fastest that passed parity on `device`)."""
         runner = open_runner(export_dir, fmt=fmt, device=device, threads=threads, allow_failed=allow_failed)
         return cls(runner, **options)
@@ -66,7 +66,7 @@ class Classifier:
     @classmethod
     def from_checkpoint(
         cls, path: str | os.PathLike, *, device: str = "cpu", threads: int | None = None, **options
-    ) -> "Classifier":
+    ) -> Classifier:
         """Eager PyTorch from one of our checkpoints (EMA weights when it has them)."""
         return cls(runner_from_checkpoint(path, device=device, threads=threads), **options)
 

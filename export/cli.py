@@ -48,28 +48,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--to", default="torchscript,onnx", metavar="FORMATS",
-                        help="torchscript, onnx, onnx-int8, aoti, aoti-bf16, aoti-fp16, trt, all, or a comma list "
-                             "(default: torchscript,onnx). aoti is compiled for --device; aoti-bf16 needs a CPU with "
-                             "AVX512-BF16 or AMX, aoti-fp16 CUDA. `all` skips what cannot run here (TensorRT, "
-                             "aoti-bf16, aoti-fp16), and onnx-int8 without calibration images, with a note")
-    parser.add_argument("--checkpoint", type=Path,
-                        help="checkpoint to export (default: the newest best.pt under runs/)")
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs"),
-                        help="where to look for best.pt when --checkpoint is not given (default: runs)")
+    parser.add_argument(
+        "--to",
+        default="torchscript,onnx",
+        metavar="FORMATS",
+        help="torchscript, onnx, onnx-int8, aoti, aoti-bf16, aoti-fp16, trt, all, or a comma list "
+        "(default: torchscript,onnx). aoti is compiled for --device; aoti-bf16 needs a CPU with "
+        "AVX512-BF16 or AMX, aoti-fp16 CUDA. `all` skips what cannot run here (TensorRT, "
+        "aoti-bf16, aoti-fp16), and onnx-int8 without calibration images, with a note",
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, help="checkpoint to export (default: the newest best.pt under runs/)"
+    )
+    parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=Path("runs"),
+        help="where to look for best.pt when --checkpoint is not given (default: runs)",
+    )
     parser.add_argument("--name", help="model name the server will use (default: the checkpoint's arch)")
     parser.add_argument("--out", type=Path, help="export directory (default: exports/<name>/)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an export of a different checkpoint at --out (an export of the same "
-                             "checkpoint is updated without it, keeping the formats not rebuilt)")
-    parser.add_argument("--verify", type=Path, metavar="EXPORT_DIR",
-                        help="re-run the parity checks of an existing export directory and update its manifest; "
-                             "fails, without loading it or touching the manifest, when any artifact's sha256 "
-                             "differs from the manifest")
-    parser.add_argument("--accept-changed", action="append", choices=FORMATS, default=[], metavar="FORMAT",
-                        help="with --verify: accept this format's changed file (you replaced it on purpose); its "
-                             "new sha256 is recorded with the time and the hash it replaced, and its parity is "
-                             "checked again. Repeat for several formats")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an export of a different checkpoint at --out (an export of the same "
+        "checkpoint is updated without it, keeping the formats not rebuilt)",
+    )
+    parser.add_argument(
+        "--verify",
+        type=Path,
+        metavar="EXPORT_DIR",
+        help="re-run the parity checks of an existing export directory and update its manifest; "
+        "fails, without loading it or touching the manifest, when any artifact's sha256 "
+        "differs from the manifest",
+    )
+    parser.add_argument(
+        "--accept-changed",
+        action="append",
+        choices=FORMATS,
+        default=[],
+        metavar="FORMAT",
+        help="with --verify: accept this format's changed file (you replaced it on purpose); its "
+        "new sha256 is recorded with the time and the hash it replaced, and its parity is "
+        "checked again. Repeat for several formats",
+    )
 
     batch = parser.add_argument_group("batch sizes (the TensorRT optimization profile; recorded in the manifest)")
     batch.add_argument("--min-batch", type=int, default=BatchProfile.min, help="default: %(default)s")
@@ -77,43 +99,77 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--max-batch", type=int, default=BatchProfile.max, help="default: %(default)s")
 
     parity = parser.add_argument_group("parity (each artifact vs eager PyTorch)")
-    parity.add_argument("--parity-data", type=Path, metavar="DIR",
-                        help="ImageFolder tree (DIR/<class>/<image>) of real images to check on (default: the "
-                             "checkpoint's validation data; random pixels, with a warning, when neither exists)")
+    parity.add_argument(
+        "--parity-data",
+        type=Path,
+        metavar="DIR",
+        help="ImageFolder tree (DIR/<class>/<image>) of real images to check on (default: the "
+        "checkpoint's validation data; random pixels, with a warning, when neither exists)",
+    )
     parity.add_argument("--parity-samples", type=int, default=DEFAULT_PARITY_SAMPLES, help="default: %(default)s")
-    parity.add_argument("--parity-batch", type=int, default=16,
-                        help="the larger batch size checked besides batch 1 (default: %(default)s)")
+    parity.add_argument(
+        "--parity-batch",
+        type=int,
+        default=16,
+        help="the larger batch size checked besides batch 1 (default: %(default)s)",
+    )
     parity.add_argument("--fp32-rtol", type=float, help=f"default: {FP32_THRESHOLDS.rtol:g}")
     parity.add_argument("--fp32-atol", type=float, help=f"default: {FP32_THRESHOLDS.atol:g}")
-    parity.add_argument("--fp32-min-agreement", type=float,
-                        help=f"top-1 agreement, 0..1 (default: {FP32_THRESHOLDS.min_top1_agreement:g})")
-    parity.add_argument("--fp16-min-agreement", type=float,
-                        help=f"top-1 agreement, 0..1 (default: {FP16_THRESHOLDS.min_top1_agreement:g})")
+    parity.add_argument(
+        "--fp32-min-agreement",
+        type=float,
+        help=f"top-1 agreement, 0..1 (default: {FP32_THRESHOLDS.min_top1_agreement:g})",
+    )
+    parity.add_argument(
+        "--fp16-min-agreement",
+        type=float,
+        help=f"top-1 agreement, 0..1 (default: {FP16_THRESHOLDS.min_top1_agreement:g})",
+    )
     parity.add_argument("--fp16-min-cosine", type=float, help=f"default: {FP16_THRESHOLDS.min_cosine:g}")
-    parity.add_argument("--int8-min-agreement", type=float,
-                        help=f"top-1 agreement, 0..1 (default: {INT8_THRESHOLDS.min_top1_agreement:g})")
+    parity.add_argument(
+        "--int8-min-agreement",
+        type=float,
+        help=f"top-1 agreement, 0..1 (default: {INT8_THRESHOLDS.min_top1_agreement:g})",
+    )
     parity.add_argument("--int8-min-cosine", type=float, help=f"default: {INT8_THRESHOLDS.min_cosine:g}")
-    parity.add_argument("--max-top1-drop", type=float, metavar="POINTS",
-                        help="reduced precision (int8, bf16, fp16) is picked by default only when its labelled top-1 "
-                             "is at most this many points below fp32's, on at least "
-                             f"{INT8_THRESHOLDS.min_labelled} labelled images; more is a parity failure (default: "
-                             f"{INT8_THRESHOLDS.max_top1_drop * 100:g})")
+    parity.add_argument(
+        "--max-top1-drop",
+        type=float,
+        metavar="POINTS",
+        help="reduced precision (int8, bf16, fp16) is picked by default only when its labelled top-1 "
+        "is at most this many points below fp32's, on at least "
+        f"{INT8_THRESHOLDS.min_labelled} labelled images; more is a parity failure (default: "
+        f"{INT8_THRESHOLDS.max_top1_drop * 100:g})",
+    )
 
     int8 = parser.add_argument_group("int8 calibration (onnx-int8)")
-    int8.add_argument("--calibration-data", type=Path, metavar="DIR",
-                      help="ImageFolder tree of images like those the model will serve, to set activation ranges "
-                           "(default: the checkpoint's training split; keep it apart from --parity-data)")
-    int8.add_argument("--calibration-samples", type=int, default=DEFAULT_CALIBRATION_SAMPLES,
-                      help="images used, spread over the data set (default: %(default)s)")
+    int8.add_argument(
+        "--calibration-data",
+        type=Path,
+        metavar="DIR",
+        help="ImageFolder tree of images like those the model will serve, to set activation ranges "
+        "(default: the checkpoint's training split; keep it apart from --parity-data)",
+    )
+    int8.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=DEFAULT_CALIBRATION_SAMPLES,
+        help="images used, spread over the data set (default: %(default)s)",
+    )
 
     runtime = parser.add_argument_group("runtime")
-    runtime.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                         help="where TorchScript and ONNX parity runs (TensorRT always on CUDA; default: cpu)")
+    runtime.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where TorchScript and ONNX parity runs (TensorRT always on CUDA; default: cpu)",
+    )
     runtime.add_argument("--threads", type=int, help="intra-op threads for PyTorch and ONNX Runtime")
     runtime.add_argument("--opset", type=int, default=ExportOptions.opset, help="ONNX opset (default: %(default)s)")
-    runtime.add_argument("--workspace-gb", type=float, default=4.0,
-                         help="TensorRT builder workspace limit in GiB (default: %(default)s)")
-    return parser  # fmt: skip
+    runtime.add_argument(
+        "--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace limit in GiB (default: %(default)s)"
+    )
+    return parser
 
 
 def log(message: str) -> None:
@@ -138,10 +194,13 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
     except ValueError as e:
         raise UsageError(f"--min-batch/--opt-batch/--max-batch: {e}") from e
     if not batch.min <= args.parity_batch <= batch.max:
-        raise UsageError(f"--parity-batch {args.parity_batch} must lie within --min-batch..--max-batch "
-                          f"({batch.min}..{batch.max})")  # fmt: skip
+        raise UsageError(
+            f"--parity-batch {args.parity_batch} must lie within --min-batch..--max-batch ({batch.min}..{batch.max})"
+        )
     if args.parity_samples < args.parity_batch:
-        raise UsageError(f"--parity-samples ({args.parity_samples}) must be at least --parity-batch ({args.parity_batch})")
+        raise UsageError(
+            f"--parity-samples ({args.parity_samples}) must be at least --parity-batch ({args.parity_batch})"
+        )
     if args.parity_data is not None and not args.parity_data.is_dir():
         raise UsageError(f"--parity-data {args.parity_data}: no such directory")
     if args.calibration_data is not None and not args.calibration_data.is_dir():
@@ -156,19 +215,28 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
         parity_batch=args.parity_batch,
         parity_samples=args.parity_samples,
         parity_data=args.parity_data,
-        fp32_thresholds=with_overrides(FP32_THRESHOLDS, rtol=args.fp32_rtol, atol=args.fp32_atol,
-                                       min_top1_agreement=args.fp32_min_agreement),
-        fp16_thresholds=with_overrides(FP16_THRESHOLDS, min_top1_agreement=args.fp16_min_agreement,
-                                       min_cosine=args.fp16_min_cosine, max_top1_drop=max_drop),
-        int8_thresholds=with_overrides(INT8_THRESHOLDS, min_top1_agreement=args.int8_min_agreement,
-                                       min_cosine=args.int8_min_cosine, max_top1_drop=max_drop),
+        fp32_thresholds=with_overrides(
+            FP32_THRESHOLDS, rtol=args.fp32_rtol, atol=args.fp32_atol, min_top1_agreement=args.fp32_min_agreement
+        ),
+        fp16_thresholds=with_overrides(
+            FP16_THRESHOLDS,
+            min_top1_agreement=args.fp16_min_agreement,
+            min_cosine=args.fp16_min_cosine,
+            max_top1_drop=max_drop,
+        ),
+        int8_thresholds=with_overrides(
+            INT8_THRESHOLDS,
+            min_top1_agreement=args.int8_min_agreement,
+            min_cosine=args.int8_min_cosine,
+            max_top1_drop=max_drop,
+        ),
         calibration_data=args.calibration_data,
         calibration_samples=args.calibration_samples,
         opset=args.opset,
         workspace_bytes=int(args.workspace_gb * (1 << 30)),
         device=args.device,
         threads=args.threads,
-    )  # fmt: skip
+    )
 
 
 def summary_table(result: ExportResult) -> str:
@@ -176,11 +244,18 @@ def summary_table(result: ExportResult) -> str:
     rows = []
     for a in result.manifest.artifacts:
         m = a.parity["metrics"]
-        rows.append((
-            a.format, a.file, a.precision, f"{a.details.get('size_bytes', 0) / 1e6:.1f} MB",
-            f"{m['top1_agreement']:.2%}", f"{m['max_abs_diff']:.2e}", f"{m['min_cosine']:.6f}",
-            "passed" if a.passed else "FAILED",
-        ))  # fmt: skip
+        rows.append(
+            (
+                a.format,
+                a.file,
+                a.precision,
+                f"{a.details.get('size_bytes', 0) / 1e6:.1f} MB",
+                f"{m['top1_agreement']:.2%}",
+                f"{m['max_abs_diff']:.2e}",
+                f"{m['min_cosine']:.6f}",
+                "passed" if a.passed else "FAILED",
+            )
+        )
     for fmt in result.skipped:
         rows.append((fmt, "-", "-", "-", "-", "-", "-", "skipped"))
     for fmt in result.errors:
@@ -237,4 +312,3 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as e:  # an exporter, the ONNX checker or the TensorRT builder failed
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
-

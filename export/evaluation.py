@@ -89,9 +89,15 @@ def evaluate_predictions(
     per_class = {name: 100.0 * correct[name] / totals[name] if totals[name] else None for name in class_names}
     n = len(truth)
     return EvaluationReport(
-        source=source, data=data, class_names=list(class_names), samples=n, top1=100.0 * sum(correct.values()) / n,
-        top5=100.0 * hitsk / n, per_class=per_class, confusion=confusion,
-    )  # fmt: skip
+        source=source,
+        data=data,
+        class_names=list(class_names),
+        samples=n,
+        top1=100.0 * sum(correct.values()) / n,
+        top5=100.0 * hitsk / n,
+        per_class=per_class,
+        confusion=confusion,
+    )
 
 
 def plot_confusion(report: EvaluationReport, path: Path) -> None:
@@ -117,7 +123,9 @@ def plot_confusion(report: EvaluationReport, path: Path) -> None:
                 if counts[i, j]:
                     colour = "white" if normalised[i, j] > 0.5 else "black"
                     ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7, color=colour)
-    ax.set(xlabel="predicted", ylabel="true", title=f"{report.source}\ntop-1 {report.top1:.2f}% on {report.samples} images")
+    ax.set(
+        xlabel="predicted", ylabel="true", title=f"{report.source}\ntop-1 {report.top1:.2f}% on {report.samples} images"
+    )
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

@@ -33,14 +33,21 @@ def export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: str 
         frozen = torch.jit.freeze(torch.jit.trace(model.eval(), example, check_trace=False))
         with atomic_path(path) as tmp:
             torch.jit.save(frozen, str(tmp))
-    return {"method": "torch.jit.trace + torch.jit.freeze", "optimize_for_inference": "at load time",
-            "versions": {"torch": torch.__version__}}  # fmt: skip
+    return {
+        "method": "torch.jit.trace + torch.jit.freeze",
+        "optimize_for_inference": "at load time",
+        "versions": {"torch": torch.__version__},
+    }
 
 
 def export_onnx(
-    model: torch.nn.Module, example: torch.Tensor, path: str | os.PathLike, opset: int = ONNX_OPSET, log: Any = print,
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    path: str | os.PathLike,
+    opset: int = ONNX_OPSET,
+    log: Any = print,
     program: torch.export.ExportedProgram | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """`torch.onnx.export` with the dynamo exporter, else the TorchScript-based one; checked with onnx.checker.
 
     `program`: the model already captured by `torch.export` (export/aoti.py's `capture`), which the
@@ -64,11 +71,15 @@ def export_onnx(
         check_onnx(tmp)
     versions = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript_version()}
     return {
-        "exporter": exporter, "opset": opset, "external_data": False, "versions": versions,
-        "graph": "the torch.export program the aoti formats compile" if program is not None and not fallback_reason
+        "exporter": exporter,
+        "opset": opset,
+        "external_data": False,
+        "versions": versions,
+        "graph": "the torch.export program the aoti formats compile"
+        if program is not None and not fallback_reason
         else "captured by the exporter",
         **({"dynamo_failure": fallback_reason} if fallback_reason else {}),
-    }  # fmt: skip
+    }
 
 
 def onnxscript_version() -> str | None:
@@ -94,9 +105,15 @@ def run_exporter(
     try:
         with contextlib.redirect_stdout(chatter), quiet_torchscript_deprecation(), torch.no_grad():
             torch.onnx.export(
-                model, (example,), str(path), dynamo=dynamo, opset_version=opset,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], **batch_options,
-            )  # fmt: skip
+                model,
+                (example,),
+                str(path),
+                dynamo=dynamo,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                **batch_options,
+            )
     except Exception as e:
         e.add_note(f"exporter output:\n{chatter.getvalue()}")
         raise
@@ -119,5 +136,3 @@ def check_onnx(path: str | os.PathLike) -> None:
 def onnx_io_names(path: str | os.PathLike) -> tuple[str, str]:
     graph = onnx.load(str(path), load_external_data=False).graph
     return graph.input[0].name, graph.output[0].name
-
-

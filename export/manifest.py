@@ -24,10 +24,21 @@ MANIFEST_NAME = "manifest.json"
 FORMATS = ("torchscript", "onnx", "onnx-int8", "aoti", "aoti-bf16", "aoti-fp16", "trt")
 
 REQUIRED_KEYS = (
-    "schema_version", "name", "arch", "arch_kwargs", "num_classes", "class_names", "preprocess",
-    "input", "output", "source_checkpoint", "versions", "artifacts",
-)  # fmt: skip
+    "schema_version",
+    "name",
+    "arch",
+    "arch_kwargs",
+    "num_classes",
+    "class_names",
+    "preprocess",
+    "input",
+    "output",
+    "source_checkpoint",
+    "versions",
+    "artifacts",
+)
 REQUIRED_ARTIFACT_KEYS = ("format", "file", "sha256", "precision", "device", "batch_sizes", "parity")
+
 
 class ExportError(RuntimeError):
     """Something about an export (its inputs, its directory, an artifact) is wrong; the message says what."""
@@ -81,7 +92,7 @@ class Artifact:
         return {**common, **self.details}
 
     @classmethod
-    def from_dict(cls, d: Any, where: str) -> "Artifact":
+    def from_dict(cls, d: Any, where: str) -> Artifact:
         if not isinstance(d, dict):
             raise ManifestError(f"{where}: expected a JSON object, found {type(d).__name__}")
         missing = [k for k in REQUIRED_ARTIFACT_KEYS if k not in d]
@@ -133,18 +144,24 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         d = {
-            "schema_version": self.schema_version, "name": self.name, "arch": self.arch,
-            "arch_kwargs": dict(self.arch_kwargs), "num_classes": self.num_classes,
-            "class_names": list(self.class_names), "preprocess": self.preprocess.to_dict(),
-            "input": self.input, "output": self.output, "source_checkpoint": self.source_checkpoint,
+            "schema_version": self.schema_version,
+            "name": self.name,
+            "arch": self.arch,
+            "arch_kwargs": dict(self.arch_kwargs),
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "preprocess": self.preprocess.to_dict(),
+            "input": self.input,
+            "output": self.output,
+            "source_checkpoint": self.source_checkpoint,
             "versions": self.versions,
-        }  # fmt: skip
+        }
         d.update(self.extra)
         d["artifacts"] = [a.to_dict() for a in sorted(self.artifacts, key=lambda a: FORMATS.index(a.format))]
         return d
 
     @classmethod
-    def from_dict(cls, d: Any, path: str | os.PathLike) -> "Manifest":
+    def from_dict(cls, d: Any, path: str | os.PathLike) -> Manifest:
         """Validate a manifest read from `path` (the path only names the file in errors)."""
         if not isinstance(d, dict):
             raise ManifestError(f"{path}: expected a JSON object, found {type(d).__name__}")
@@ -173,9 +190,12 @@ class Manifest:
             raise ManifestError(f"{path}: more than one artifact per format: {formats}")
         fields = ("name", "arch", "arch_kwargs", "input", "output", "source_checkpoint", "versions", "schema_version")
         return cls(
-            **{k: d[k] for k in fields}, class_names=list(names), preprocess=preprocess, artifacts=artifacts,
+            **{k: d[k] for k in fields},
+            class_names=list(names),
+            preprocess=preprocess,
+            artifacts=artifacts,
             extra={k: v for k, v in d.items() if k not in REQUIRED_KEYS},
-        )  # fmt: skip
+        )
 
 
 def library_versions() -> dict[str, str]:

@@ -14,9 +14,10 @@ can still pass parity (and be served when named), but its `default_use` says it 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -62,9 +63,11 @@ REDUCED_PRECISION_MIN_LABELLED = 300
 # FP16 engines and bf16/fp16 packages: Polygraphy's style of gate, on the decision and on the direction
 # of the logit vector, plus the accuracy gate.
 FP16_THRESHOLDS = Thresholds(
-    min_top1_agreement=0.99, min_cosine=0.997,
-    max_top1_drop=REDUCED_PRECISION_MAX_TOP1_DROP, min_labelled=REDUCED_PRECISION_MIN_LABELLED,
-)  # fmt: skip
+    min_top1_agreement=0.99,
+    min_cosine=0.997,
+    max_top1_drop=REDUCED_PRECISION_MAX_TOP1_DROP,
+    min_labelled=REDUCED_PRECISION_MIN_LABELLED,
+)
 # INT8 artifacts: quantization moves logits by a few percent, so the gate is on decisions and direction
 # and looser than FP16's. Measured on CPU, resnet20 on digits, 360 validation images, 7-bit weights
 # (export/quantize.py) on an AVX2 Zen 3: trained to 52% and 99.7% top-1, int8 agreed on 95.8% and 100%
@@ -73,9 +76,11 @@ FP16_THRESHOLDS = Thresholds(
 # The gate asks for 99% agreement (no flip among the 32 batch-1 images) and the accuracy gate: an int8
 # model that flips one prediction in twenty is not served unless someone chose it.
 INT8_THRESHOLDS = Thresholds(
-    min_top1_agreement=0.99, min_cosine=0.98,
-    max_top1_drop=REDUCED_PRECISION_MAX_TOP1_DROP, min_labelled=REDUCED_PRECISION_MIN_LABELLED,
-)  # fmt: skip
+    min_top1_agreement=0.99,
+    min_cosine=0.98,
+    max_top1_drop=REDUCED_PRECISION_MAX_TOP1_DROP,
+    min_labelled=REDUCED_PRECISION_MIN_LABELLED,
+)
 
 
 @dataclass
@@ -246,22 +251,39 @@ def accuracy_gate(run: dict[str, Any], parity_set: ParitySet, thresholds: Thresh
     if thresholds.max_top1_drop is None:
         return {"qualified": True, "reason": "fp32: parity is the gate"}
     if parity_set.random or parity_set.labels is None or "artifact_top1" not in run:
-        return {"qualified": False, "top1_drop": None, "reason": "checked without labelled images (random inputs "
-                "prove nothing about accuracy); pass --parity-data DIR of labelled images to qualify it"}  # fmt: skip
+        return {
+            "qualified": False,
+            "top1_drop": None,
+            "reason": "checked without labelled images (random inputs "
+            "prove nothing about accuracy); pass --parity-data DIR of labelled images to qualify it",
+        }
     drop = run["reference_top1"] - run["artifact_top1"]
-    measured = {"labelled_samples": run["samples"], "reference_top1": run["reference_top1"],
-                "artifact_top1": run["artifact_top1"], "top1_drop": drop}  # fmt: skip
+    measured = {
+        "labelled_samples": run["samples"],
+        "reference_top1": run["reference_top1"],
+        "artifact_top1": run["artifact_top1"],
+        "top1_drop": drop,
+    }
     if drop > thresholds.max_top1_drop:
-        reason = (f"labelled top-1 {run['artifact_top1']:.2%} is {drop * 100:.2f} points below fp32's "
-                  f"{run['reference_top1']:.2%} (at most {thresholds.max_top1_drop * 100:g} allowed)")  # fmt: skip
+        reason = (
+            f"labelled top-1 {run['artifact_top1']:.2%} is {drop * 100:.2f} points below fp32's "
+            f"{run['reference_top1']:.2%} (at most {thresholds.max_top1_drop * 100:g} allowed)"
+        )
         return {**measured, "qualified": False, "reason": reason}
     if run["samples"] < thresholds.min_labelled:
-        return {**measured, "qualified": False, "reason": f"only {run['samples']} labelled images, "
-                f"{thresholds.min_labelled} are needed to judge its accuracy cost; pass --parity-data DIR "
-                f"with more, or --parity-samples {thresholds.min_labelled}"}  # fmt: skip
-    return {**measured, "qualified": True,
-            "reason": f"top-1 {run['artifact_top1']:.2%} against fp32's {run['reference_top1']:.2%} on "
-                      f"{run['samples']} labelled images"}  # fmt: skip
+        return {
+            **measured,
+            "qualified": False,
+            "reason": f"only {run['samples']} labelled images, "
+            f"{thresholds.min_labelled} are needed to judge its accuracy cost; pass --parity-data DIR "
+            f"with more, or --parity-samples {thresholds.min_labelled}",
+        }
+    return {
+        **measured,
+        "qualified": True,
+        "reason": f"top-1 {run['artifact_top1']:.2%} against fp32's {run['reference_top1']:.2%} on "
+        f"{run['samples']} labelled images",
+    }
 
 
 def worst_case(runs: list[dict[str, Any]]) -> dict[str, Any]:

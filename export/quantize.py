@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -111,11 +112,16 @@ def quantize_onnx(
         with atomic_path(int8_path) as tmp:
             try:
                 quantize_static(
-                    str(prepared), str(tmp), BatchReader(input_name, calibration.images),
-                    quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True,
+                    str(prepared),
+                    str(tmp),
+                    BatchReader(input_name, calibration.images),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    reduce_range=True,
                     calibrate_method=CalibrationMethod.MinMax,
-                )  # fmt: skip
+                )
             except Exception as e:
                 raise ExportError(f"{fp32_path}: ONNX Runtime's quantize_static failed: {first_line(e)}") from e
     return {

@@ -241,7 +241,9 @@ class TensorRTRunner(Runner):
         with torch.cuda.stream(self.stream):
             inputs = batch.to("cuda", non_blocking=True)
             self.context.set_input_shape(self.input_name, tuple(inputs.shape))
-            logits = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=torch.float32, device="cuda")
+            logits = torch.empty(
+                tuple(self.context.get_tensor_shape(self.output_name)), dtype=torch.float32, device="cuda"
+            )
             self.context.set_tensor_address(self.input_name, inputs.data_ptr())
             self.context.set_tensor_address(self.output_name, logits.data_ptr())
             if not self.context.execute_async_v3(self.stream.cuda_stream):

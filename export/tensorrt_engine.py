@@ -99,8 +99,9 @@ def convert_onnx_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     converted = onnx.ModelProto()
     converted.CopyFrom(model)
     graph = converted.graph
-    if converted.functions or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                                  for n in graph.node for a in n.attribute):  # fmt: skip
+    if converted.functions or any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute
+    ):
         raise ExportError("FP16 conversion handles flat graphs only (no local functions or control-flow subgraphs)")
 
     for i, init in enumerate(graph.initializer):
@@ -123,8 +124,11 @@ def convert_onnx_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         internal = f"{graph_input.name}_fp16"
         for node in graph.node:
             node.input[:] = [internal if name == graph_input.name else name for name in node.input]
-        cast_inputs.append(helper.make_node("Cast", [graph_input.name], [internal], to=TensorProto.FLOAT16,
-                                            name=f"cast_{graph_input.name}_to_fp16"))  # fmt: skip
+        cast_inputs.append(
+            helper.make_node(
+                "Cast", [graph_input.name], [internal], to=TensorProto.FLOAT16, name=f"cast_{graph_input.name}_to_fp16"
+            )
+        )
     cast_outputs = []
     for graph_output in graph.output:
         if graph_output.type.tensor_type.elem_type != TensorProto.FLOAT:
@@ -133,8 +137,11 @@ def convert_onnx_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         for node in graph.node:
             node.output[:] = [internal if name == graph_output.name else name for name in node.output]
             node.input[:] = [internal if name == graph_output.name else name for name in node.input]
-        cast_outputs.append(helper.make_node("Cast", [internal], [graph_output.name], to=TensorProto.FLOAT,
-                                             name=f"cast_{graph_output.name}_to_fp32"))  # fmt: skip
+        cast_outputs.append(
+            helper.make_node(
+                "Cast", [internal], [graph_output.name], to=TensorProto.FLOAT, name=f"cast_{graph_output.name}_to_fp32"
+            )
+        )
     nodes = cast_inputs + list(graph.node) + cast_outputs
     del graph.node[:]
     graph.node.extend(nodes)

@@ -83,11 +83,21 @@ class Checkpoint:
         """The on-disk form: plain containers only (loadable with weights_only=True)."""
         d = dict(self.extra)
         d.update(
-            arch=self.arch, arch_kwargs=dict(self.arch_kwargs), num_classes=self.num_classes,
-            class_names=list(self.class_names), preprocess=self.preprocess.to_dict(), model=self.model,
-            metrics=dict(self.metrics), epoch=self.epoch, step=self.step, steps_into_epoch=self.steps_into_epoch,
-            best_top1=self.best_top1, rng=list(self.rng), scaler=dict(self.scaler), versions=dict(self.versions),
-        )  # fmt: skip
+            arch=self.arch,
+            arch_kwargs=dict(self.arch_kwargs),
+            num_classes=self.num_classes,
+            class_names=list(self.class_names),
+            preprocess=self.preprocess.to_dict(),
+            model=self.model,
+            metrics=dict(self.metrics),
+            epoch=self.epoch,
+            step=self.step,
+            steps_into_epoch=self.steps_into_epoch,
+            best_top1=self.best_top1,
+            rng=list(self.rng),
+            scaler=dict(self.scaler),
+            versions=dict(self.versions),
+        )
         for key in ("config", "optimizer", "scheduler"):
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
@@ -96,7 +106,7 @@ class Checkpoint:
         return d
 
     @classmethod
-    def from_dict(cls, d: Any, source: str = "checkpoint") -> "Checkpoint":
+    def from_dict(cls, d: Any, source: str = "checkpoint") -> Checkpoint:
         """Validate an on-disk dict (ours, of any version) and build the Checkpoint; errors name `source`."""
         if not isinstance(d, dict) or "model" not in d:
             raise CheckpointError(
@@ -119,11 +129,15 @@ class Checkpoint:
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{source}: invalid preprocess block ({e})") from None
         known = {f.name for f in dataclasses.fields(cls)} | {"num_classes"}
-        values = {k: d[k] for k in known - {"extra", "num_classes", "preprocess", "class_names"} if d.get(k) is not None}
+        values = {
+            k: d[k] for k in known - {"extra", "num_classes", "preprocess", "class_names"} if d.get(k) is not None
+        }
         return cls(
-            **values, preprocess=preprocess, class_names=list(class_names),
+            **values,
+            preprocess=preprocess,
+            class_names=list(class_names),
             extra={k: v for k, v in d.items() if k not in known},
-        )  # fmt: skip
+        )
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically: temporary file beside `path`, fsync, rename, fsync the directory.

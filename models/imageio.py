@@ -49,7 +49,6 @@ DRAFT_FORMATS = ("JPEG", "MPO")  # libjpeg decodes at 1/2, 1/4 or 1/8 scale
 BACKGROUND = (255, 255, 255)
 
 
-
 class ImageDecodeError(ValueError):
     """The bytes are not an image we can (or will) decode; the message says why."""
 
@@ -77,7 +76,9 @@ def decode_image(
     except Exception as e:
         # Pillow reports damaged data as OSError, SyntaxError, ValueError, EOFError, zlib or struct
         # errors depending on the format; whichever it is, the request's image is what is broken.
-        raise ImageDecodeError(f"truncated or corrupt {fmt} image ({width}x{height}): {type(e).__name__}: {e}") from None
+        raise ImageDecodeError(
+            f"truncated or corrupt {fmt} image ({width}x{height}): {type(e).__name__}: {e}"
+        ) from None
 
 
 def decoded_pixels(
@@ -94,9 +95,7 @@ def decoded_pixels(
     return width * height
 
 
-def open_image(
-    data: bytes, *, max_pixels: int, draft_size: int | None, max_full_pixels: int
-) -> Image.Image:
+def open_image(data: bytes, *, max_pixels: int, draft_size: int | None, max_full_pixels: int) -> Image.Image:
     """The image opened lazily (header read, no pixel decoded), checked against the limits and, for a
     JPEG with `draft_size`, set to decode at reduced scale (its `size` is then the decoded size)."""
     if not data:
@@ -153,4 +152,3 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image.convert("RGB") if image.mode != "RGB" else image
-

@@ -15,8 +15,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 from .imageio import DEFAULT_MAX_PIXELS, decode_image
 
@@ -52,13 +51,9 @@ class PreprocessSpec:
 
     def __post_init__(self) -> None:
         if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(
-                f"preprocess interpolation {self.interpolation!r} is not one of {sorted(_INTERPOLATIONS)}"
-            )
+            raise ValueError(f"preprocess interpolation {self.interpolation!r} is not one of {sorted(_INTERPOLATIONS)}")
         if self.resize_size < self.input_size:
-            raise ValueError(
-                f"preprocess resize_size ({self.resize_size}) must be >= input_size ({self.input_size})"
-            )
+            raise ValueError(f"preprocess resize_size ({self.resize_size}) must be >= input_size ({self.input_size})")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError("preprocess mean and std need three values (R, G, B)")
         if self.channel_order != "RGB" or self.layout != "NCHW":
@@ -76,14 +71,14 @@ class PreprocessSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PreprocessSpec":
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown preprocess keys {unknown}; expected a subset of {sorted(known)}")
         return cls(**d)
 
-    def with_input_size(self, input_size: int) -> "PreprocessSpec":
+    def with_input_size(self, input_size: int) -> PreprocessSpec:
         """The same crop ratio at another resolution (e.g. 288 instead of 224)."""
         resize = int(round(input_size / self.crop_pct))
         return dataclasses.replace(self, input_size=input_size, resize_size=max(resize, input_size))

@@ -114,9 +114,16 @@ for _depth in _CIFAR_PAPER_DEPTHS:
 
 _BLOCKS = {"BasicBlock": BasicBlock, "Bottleneck": Bottleneck}
 _OPTIONS = {
-    "pre_activation", "zero_init_residual", "drop_path_rate", "dropout", "shortcut", "stem", "in_chans", "norm",
+    "pre_activation",
+    "zero_init_residual",
+    "drop_path_rate",
+    "dropout",
+    "shortcut",
+    "stem",
+    "in_chans",
+    "norm",
     "residual",
-}  # fmt: skip
+}
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -158,4 +165,3 @@ def create_model(name: str, num_classes: int | None = None, **options: Any) -> R
     kwargs.update({k: v for k, v in options.items() if v is not None})
     kwargs["block"] = _BLOCKS[kwargs["block"]]
     return ResNet(num_classes=num_classes or spec.default_num_classes, **kwargs)
-

@@ -16,7 +16,7 @@ downsample) use timm's key names so timm's `resnet50d` weights load too.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -72,9 +72,7 @@ def make_shortcut(
             return nn.Sequential(conv1x1(in_planes, out_planes, stride))
         return nn.Sequential(conv1x1(in_planes, out_planes, stride), make_norm(norm, out_planes))
     if kind == "D":  # ResNet-D: average-pool, then a stride-1 projection (timm's key layout)
-        pool = (
-            nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
-        )
+        pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
         layers = [pool, conv1x1(in_planes, out_planes)]
         if not pre_activation:
             layers.append(make_norm(norm, out_planes))
@@ -237,10 +235,14 @@ class ResNet(nn.Module):
         elif stem == "deep":
             half = stem_width // 2
             self.conv1 = nn.Sequential(
-                conv3x3(in_chans, half, stride=2), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
-                conv3x3(half, half), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
+                conv3x3(in_chans, half, stride=2),
+                nn.BatchNorm2d(half),
+                nn.ReLU(inplace=True),
+                conv3x3(half, half),
+                nn.BatchNorm2d(half),
+                nn.ReLU(inplace=True),
                 conv3x3(half, stem_width),
-            )  # fmt: skip
+            )
         elif stem == "cifar":
             self.conv1 = conv3x3(in_chans, stem_width)
         else:

@@ -9,10 +9,10 @@ Only the project's requirement closure is written, not whatever else this enviro
 from __future__ import annotations
 
 import sys
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -73,8 +73,10 @@ def installed_extras() -> set[str]:
     """`dev` (what ./install.sh installs) plus every other extra that is fully installed here (gpu, bench, ...)."""
     missing = [str(r) for r in project_requirements({"dev"}) if not installed(r)]
     if missing:
-        sys.exit(f"constraints: this environment lacks part of the dev install ({', '.join(missing)}); "
-                 "run ./install.sh and a green `make test` first")  # fmt: skip
+        sys.exit(
+            f"constraints: this environment lacks part of the dev install ({', '.join(missing)}); "
+            "run ./install.sh and a green `make test` first"
+        )
     extras = {"dev"}
     for extra in PROJECT["optional-dependencies"]:
         if all(installed(r) for r in project_requirements({extra})):

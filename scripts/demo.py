@@ -42,8 +42,9 @@ def run(step: str, cmd: list[str], *, capture: bool = False, env: dict[str, str]
     for secret in SECRETS:
         shown = shown.replace(secret, "<secret>")
     print(f"\n==> {step}\n$ {shown}", flush=True)
-    result = subprocess.run(cmd, text=True, stdout=subprocess.PIPE if capture else None,
-                            env=None if env is None else {**os.environ, **env})  # fmt: skip
+    result = subprocess.run(
+        cmd, text=True, stdout=subprocess.PIPE if capture else None, env=None if env is None else {**os.environ, **env}
+    )
     if result.returncode != 0:
         raise StepFailed(f"step '{step}' failed with exit code {result.returncode}: {shown}")
     if capture:
@@ -60,11 +61,15 @@ def start_clean(work: Path) -> None:
     """Empty the work directory of an earlier demo and mark it as the demo's. Only a real folder that an
     earlier demo marked is deleted; an empty or missing one is used; anything else is refused."""
     if work.is_symlink():
-        raise NotOwnedError(f"{work} is a symlink; the demo deletes its work directory on the next run, so it "
-                            "must be a real folder. Pass --workdir a new folder")  # fmt: skip
+        raise NotOwnedError(
+            f"{work} is a symlink; the demo deletes its work directory on the next run, so it "
+            "must be a real folder. Pass --workdir a new folder"
+        )
     if work.exists() and any(work.iterdir()) and not is_owned(work, DEMO_KIND):
-        raise NotOwnedError(f"{work} holds files that no demo made (no {MARKER_NAME} file); the demo deletes its "
-                            "work directory on the next run, so pass --workdir a new or empty folder")  # fmt: skip
+        raise NotOwnedError(
+            f"{work} holds files that no demo made (no {MARKER_NAME} file); the demo deletes its "
+            "work directory on the next run, so pass --workdir a new or empty folder"
+        )
     if is_owned(work, DEMO_KIND):
         remove_owned_tree(work, DEMO_KIND)
     mark_owned(work, DEMO_KIND)  # a missing or empty folder is used as it is
@@ -84,11 +89,14 @@ def stop_leftover_server(run_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python scripts/demo.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python scripts/demo.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workdir", type=Path, default=Path("demo"), help="where everything goes (default: demo/)")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs (default: 10)")
-    parser.add_argument("--port", type=int, default=8080, help="inference port; +1, +2, +3, +4 are used too (default: 8080)")
+    parser.add_argument(
+        "--port", type=int, default=8080, help="inference port; +1, +2, +3, +4 are used too (default: 8080)"
+    )
     parser.add_argument("--loadtest-duration", default="15s", help="locust run time (default: 15s)")
     args = parser.parse_args(argv)
 
@@ -112,33 +120,140 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     server_started = False
     try:
-        run("1/8 train resnet20 on the digits", [py, "-m", "train", "--arch", "resnet20", "--data", "digits",
-            "--epochs", str(args.epochs), "--out", str(runs), "--name", "resnet20-digits"])  # fmt: skip
+        run(
+            "1/8 train resnet20 on the digits",
+            [
+                py,
+                "-m",
+                "train",
+                "--arch",
+                "resnet20",
+                "--data",
+                "digits",
+                "--epochs",
+                str(args.epochs),
+                "--out",
+                str(runs),
+                "--name",
+                "resnet20-digits",
+            ],
+        )
         checkpoint = runs / "resnet20-digits" / "best.pt"
-        run("2/8 export TorchScript and ONNX, with parity", [py, "-m", "export", "--checkpoint", str(checkpoint),
-            "--to", "torchscript,onnx", "--name", MODEL_NAME, "--out", str(exports)])  # fmt: skip
-        run("3/8 package the model archive", [py, "-m", "serve", "package", "--export-dir", str(exports),
-            "--model-store", str(store)])  # fmt: skip
-        run("4/8 write real digit images to send", [py, "-c",
-            f"from train.data import write_digits_folder; write_digits_folder({str(images)!r}, split='val', "
-            "limit_per_class=3, image_size=64)"])  # fmt: skip
-        run("   look inside the model", [py, "-m", "models.inspect", "--checkpoint", str(checkpoint), "--data",
-            str(images), "--gradcam", "--out", str(work / "inspect")])  # fmt: skip
+        run(
+            "2/8 export TorchScript and ONNX, with parity",
+            [
+                py,
+                "-m",
+                "export",
+                "--checkpoint",
+                str(checkpoint),
+                "--to",
+                "torchscript,onnx",
+                "--name",
+                MODEL_NAME,
+                "--out",
+                str(exports),
+            ],
+        )
+        run(
+            "3/8 package the model archive",
+            [py, "-m", "serve", "package", "--export-dir", str(exports), "--model-store", str(store)],
+        )
+        run(
+            "4/8 write real digit images to send",
+            [
+                py,
+                "-c",
+                f"from train.data import write_digits_folder; write_digits_folder({str(images)!r}, split='val', "
+                "limit_per_class=3, image_size=64)",
+            ],
+        )
+        run(
+            "   look inside the model",
+            [
+                py,
+                "-m",
+                "models.inspect",
+                "--checkpoint",
+                str(checkpoint),
+                "--data",
+                str(images),
+                "--gradcam",
+                "--out",
+                str(work / "inspect"),
+            ],
+        )
         server_started = True
-        run("5/8 start TorchServe", [py, "-m", "serve", "start", "--model-store", str(store), "--models", MODEL_NAME,
-            "--port", str(ports[0]), "--management-port", str(ports[1]), "--metrics-port", str(ports[2]),
-            "--grpc-ports", str(ports[3]), str(ports[4]), "--run-dir", str(run_dir)])  # fmt: skip
-        token = run("   the inference key", [py, "-m", "serve", "token", "--run-dir", str(run_dir)], capture=True).strip()
+        run(
+            "5/8 start TorchServe",
+            [
+                py,
+                "-m",
+                "serve",
+                "start",
+                "--model-store",
+                str(store),
+                "--models",
+                MODEL_NAME,
+                "--port",
+                str(ports[0]),
+                "--management-port",
+                str(ports[1]),
+                "--metrics-port",
+                str(ports[2]),
+                "--grpc-ports",
+                str(ports[3]),
+                str(ports[4]),
+                "--run-dir",
+                str(run_dir),
+            ],
+        )
+        token = run(
+            "   the inference key", [py, "-m", "serve", "token", "--run-dir", str(run_dir)], capture=True
+        ).strip()
         SECRETS.append(token)
         sample = sorted((images / "7").glob("*.png"))[0]
-        run("6/8 curl -T a real handwritten 7", ["curl", "-sS", "--fail-with-body", "-T", str(sample),
-            "-H", f"Authorization: Bearer {token}", f"{url}/predictions/{MODEL_NAME}"])  # fmt: skip
+        run(
+            "6/8 curl -T a real handwritten 7",
+            [
+                "curl",
+                "-sS",
+                "--fail-with-body",
+                "-T",
+                str(sample),
+                "-H",
+                f"Authorization: Bearer {token}",
+                f"{url}/predictions/{MODEL_NAME}",
+            ],
+        )
         key = {"TORCHSERVE_TOKEN": token}  # the client and locust read the key from there
-        run("7/8 the client on every image (TORCHSERVE_TOKEN set)", [py, "-m", "client", str(images), "--url", url,
-            "--model", MODEL_NAME, "--top-k", "3"], env=key)  # fmt: skip
-        run("8/8 a short locust load test", [py, "-m", "client", "loadtest", "--host", url, "--model", MODEL_NAME,
-            "--users", "4", "--duration", args.loadtest_duration, "--images", str(images),
-            "--output-root", str(loadtests)], env=key)  # fmt: skip
+        run(
+            "7/8 the client on every image (TORCHSERVE_TOKEN set)",
+            [py, "-m", "client", str(images), "--url", url, "--model", MODEL_NAME, "--top-k", "3"],
+            env=key,
+        )
+        run(
+            "8/8 a short locust load test",
+            [
+                py,
+                "-m",
+                "client",
+                "loadtest",
+                "--host",
+                url,
+                "--model",
+                MODEL_NAME,
+                "--users",
+                "4",
+                "--duration",
+                args.loadtest_duration,
+                "--images",
+                str(images),
+                "--output-root",
+                str(loadtests),
+            ],
+            env=key,
+        )
     except StepFailed as e:
         print(f"\ndemo: {e}", file=sys.stderr)
         return 1
@@ -151,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_summary(checkpoint: Path, exports: Path, store: Path, images: Path, loadtests: Path, run_dir: Path,
-                  seconds: float) -> None:  # fmt: skip
+def print_summary(
+    checkpoint: Path, exports: Path, store: Path, images: Path, loadtests: Path, run_dir: Path, seconds: float
+) -> None:
     from export.manifest import read_manifest
     from models import load_checkpoint
 
@@ -167,17 +283,25 @@ def print_summary(checkpoint: Path, exports: Path, store: Path, images: Path, lo
     print(f"  {'format':<12} {'top-1 agreement':>16} {'max |diff|':>12} {'min cosine':>12}  result")
     for artifact in manifest.artifacts:
         m = artifact.parity["metrics"]
-        print(f"  {artifact.format:<12} {m['top1_agreement']:>16.2%} {m['max_abs_diff']:>12.2e} "
-              f"{m['min_cosine']:>12.6f}  {'pass' if artifact.passed else 'FAIL'}")  # fmt: skip
-    print(f"\nload test          {load['requests_per_s']:.1f} requests/s, p50 {load['p50_ms']:.0f} ms, "
-          f"p95 {load['p95_ms']:.0f} ms, {load['failures']} failures of {load['requests']}")  # fmt: skip
+        print(
+            f"  {artifact.format:<12} {m['top1_agreement']:>16.2%} {m['max_abs_diff']:>12.2e} "
+            f"{m['min_cosine']:>12.6f}  {'pass' if artifact.passed else 'FAIL'}"
+        )
+    print(
+        f"\nload test          {load['requests_per_s']:.1f} requests/s, p50 {load['p50_ms']:.0f} ms, "
+        f"p95 {load['p95_ms']:.0f} ms, {load['failures']} failures of {load['requests']}"
+    )
     print("\nwhere everything is:")
-    for label, path in [("checkpoint", checkpoint), ("training curves", checkpoint.parent / "curves.png"),
-                        ("export + manifest", exports), ("model archive", store / f"{MODEL_NAME}.mar"),
-                        ("images sent", images), ("load-test report", report_dir / "report.html"),
-                        ("server logs", run_dir)]:  # fmt: skip
+    for label, path in [
+        ("checkpoint", checkpoint),
+        ("training curves", checkpoint.parent / "curves.png"),
+        ("export + manifest", exports),
+        ("model archive", store / f"{MODEL_NAME}.mar"),
+        ("images sent", images),
+        ("load-test report", report_dir / "report.html"),
+        ("server logs", run_dir),
+    ]:
         print(f"  {label:<18} {path}")
-
 
 
 def print_inspection(inspection: Path) -> None:

@@ -209,29 +209,56 @@ def build_parser() -> argparse.ArgumentParser:
         "NetworkPolicy and an Ingress with TLS and basic auth. Inside the pods TorchServe runs without keys; "
         "the NetworkPolicy admits only the ingress controller, and the Ingress authenticates.",
     )
-    p.add_argument("--model-store", type=Path, default=Path("model_store"),
-                   help="directory of the .mar files the image serves (default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--model-store",
+        type=Path,
+        default=Path("model_store"),
+        help="directory of the .mar files the image serves (default: %(default)s)",
+    )
     p.add_argument("--models", nargs="+", required=True, metavar="NAME", help="models to serve: <model-store>/NAME.mar")
     p.add_argument("--image", required=True, help="the serving image, as the cluster pulls it (registry/name:tag)")
     p.add_argument("--out", type=Path, required=True, help="folder to write (replaced if this command wrote it)")
-    p.add_argument("--replicas", type=int, default=manifest_defaults.replicas,
-                   help="replicas, and the autoscaler's minimum (default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=manifest_defaults.replicas,
+        help="replicas, and the autoscaler's minimum (default: %(default)s)",
+    )
     p.add_argument("--max-replicas", type=int, help="the autoscaler's maximum (default: 3 x --replicas)")
-    p.add_argument("--threads-per-worker", type=int, default=manifest_defaults.threads_per_worker,
-                   help="CPU per worker for archives that do not pin the handler's threads (default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=manifest_defaults.threads_per_worker,
+        help="CPU per worker for archives that do not pin the handler's threads (default: %(default)s)",
+    )
     p.add_argument("--name", default=manifest_defaults.name, help="object names and labels (default: %(default)s)")
     p.add_argument("--host", default=manifest_defaults.host, help="the Ingress host name (default: %(default)s)")
-    p.add_argument("--ingress-namespace", default=manifest_defaults.ingress_namespace,
-                   help="the ingress controller's namespace, the only one admitted to inference (default: %(default)s)")  # fmt: skip
-    p.add_argument("--monitoring-namespace", default=manifest_defaults.monitoring_namespace,
-                   help="Prometheus's namespace, the only one admitted to metrics (default: %(default)s)")  # fmt: skip
-    p.add_argument("--store-claim", metavar="PVC",
-                   help="mount the .mar files from this PersistentVolumeClaim (read-only) instead of the image's")  # fmt: skip
-    p.add_argument("--kserve", action="store_true",
-                   help="also write kserve/: the storage layout and InferenceServices (TorchServe runtime, and this "
-                   "image as a custom predictor)")  # fmt: skip
-    p.add_argument("--storage-uri", default=manifest_defaults.storage_uri,
-                   help="with --kserve: where kserve/storage/ is uploaded (default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--ingress-namespace",
+        default=manifest_defaults.ingress_namespace,
+        help="the ingress controller's namespace, the only one admitted to inference (default: %(default)s)",
+    )
+    p.add_argument(
+        "--monitoring-namespace",
+        default=manifest_defaults.monitoring_namespace,
+        help="Prometheus's namespace, the only one admitted to metrics (default: %(default)s)",
+    )
+    p.add_argument(
+        "--store-claim",
+        metavar="PVC",
+        help="mount the .mar files from this PersistentVolumeClaim (read-only) instead of the image's",
+    )
+    p.add_argument(
+        "--kserve",
+        action="store_true",
+        help="also write kserve/: the storage layout and InferenceServices (TorchServe runtime, and this "
+        "image as a custom predictor)",
+    )
+    p.add_argument(
+        "--storage-uri",
+        default=manifest_defaults.storage_uri,
+        help="with --kserve: where kserve/storage/ is uploaded (default: %(default)s)",
+    )
     p.set_defaults(run=run_manifests)
 
     p = commands.add_parser("stop", help="stop the server started from --run-dir")
@@ -239,8 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=run_stop)
 
     p = commands.add_parser(
-        "status", help="is it running, which models, how many ready workers (exit 3: not running, 4: died, 1: a model "
-        "has workers not ready)"
+        "status",
+        help="is it running, which models, how many ready workers (exit 3: not running, 4: died, 1: a model "
+        "has workers not ready)",
     )
     add_run_dir(p)
     p.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -259,20 +287,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_run_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-dir", type=Path, default=ServerSettings().run_dir,
-                   help="the server's config, keys, logs and state (default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        default=ServerSettings().run_dir,
+        help="the server's config, keys, logs and state (default: %(default)s)",
+    )
 
 
 def run_package(args) -> int:
     options = PackageOptions(
-        backend=args.backend, allow_failed=args.allow_failed, workers=args.workers, batch_size=args.batch_size,
-        max_batch_delay_ms=args.max_batch_delay, response_timeout_s=args.response_timeout, top_k=args.top_k,
-        max_pixels=args.max_pixels, max_images=args.max_images, max_request_pixels=args.max_request_pixels,
+        backend=args.backend,
+        allow_failed=args.allow_failed,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        max_batch_delay_ms=args.max_batch_delay,
+        response_timeout_s=args.response_timeout,
+        top_k=args.top_k,
+        max_pixels=args.max_pixels,
+        max_images=args.max_images,
+        max_request_pixels=args.max_request_pixels,
         version=args.version,
-    )  # fmt: skip
-    for name, value in [("--workers", args.workers), ("--batch-size", args.batch_size), ("--top-k", args.top_k),
-                        ("--response-timeout", args.response_timeout), ("--max-pixels", args.max_pixels),
-                        ("--max-images", args.max_images), ("--max-request-pixels", args.max_request_pixels)]:  # fmt: skip
+    )
+    for name, value in [
+        ("--workers", args.workers),
+        ("--batch-size", args.batch_size),
+        ("--top-k", args.top_k),
+        ("--response-timeout", args.response_timeout),
+        ("--max-pixels", args.max_pixels),
+        ("--max-images", args.max_images),
+        ("--max-request-pixels", args.max_request_pixels),
+    ]:
         if value is not None and value < 1:
             raise PackageError(f"{name} must be at least 1, got {value}")
     if args.allow_failed and args.backend is None:
@@ -287,13 +332,23 @@ def run_start(args) -> int:
     if args.in_cluster:
         args.token_auth, args.allow_no_auth_on_network, args.foreground = False, True, True
     settings = ServerSettings(
-        model_store=args.model_store, models=args.models, run_dir=args.run_dir, host=args.host, port=args.port,
-        management_port=args.management_port, metrics_port=args.metrics_port,
-        grpc_inference_port=args.grpc_ports[0], grpc_management_port=args.grpc_ports[1],
-        token_auth=args.token_auth, token_expiration_min=args.token_expiration_min, startup_timeout_s=args.timeout,
-        log_to_console=args.foreground, allow_no_auth_on_network=args.allow_no_auth_on_network,
-        frontend_heap=args.frontend_heap, metrics_host=args.host if args.in_cluster else "127.0.0.1",
-    )  # fmt: skip
+        model_store=args.model_store,
+        models=args.models,
+        run_dir=args.run_dir,
+        host=args.host,
+        port=args.port,
+        management_port=args.management_port,
+        metrics_port=args.metrics_port,
+        grpc_inference_port=args.grpc_ports[0],
+        grpc_management_port=args.grpc_ports[1],
+        token_auth=args.token_auth,
+        token_expiration_min=args.token_expiration_min,
+        startup_timeout_s=args.timeout,
+        log_to_console=args.foreground,
+        allow_no_auth_on_network=args.allow_no_auth_on_network,
+        frontend_heap=args.frontend_heap,
+        metrics_host=args.host if args.in_cluster else "127.0.0.1",
+    )
     info = start(settings)
     auth = "token required" if info.token_auth else "NO token authorization"
     print(f"TorchServe is running (pid {info.pid}), serving {', '.join(info.models)}")
@@ -314,8 +369,11 @@ def run_start(args) -> int:
         print("running in the foreground: SIGTERM or Ctrl-C stops it", flush=True)
         exit_code = run_in_foreground(info)
         if exit_code:
-            print(f"error: TorchServe's frontend (pid {info.pid}) exited by itself (killed, or out of memory: see "
-                  f"--frontend-heap); logs in {Path(info.run_dir) / 'logs'}", file=sys.stderr)  # fmt: skip
+            print(
+                f"error: TorchServe's frontend (pid {info.pid}) exited by itself (killed, or out of memory: see "
+                f"--frontend-heap); logs in {Path(info.run_dir) / 'logs'}",
+                file=sys.stderr,
+            )
         return exit_code
     print(f"stop it:      python -m serve stop --run-dir {args.run_dir}")
     return 0
@@ -323,16 +381,30 @@ def run_start(args) -> int:
 
 def run_manifests(args) -> int:
     options = ManifestOptions(
-        model_store=args.model_store, models=args.models, image=args.image, out=args.out, replicas=args.replicas,
-        max_replicas=args.max_replicas, threads_per_worker=args.threads_per_worker, name=args.name, host=args.host,
-        ingress_namespace=args.ingress_namespace, monitoring_namespace=args.monitoring_namespace,
-        store_claim=args.store_claim, kserve=args.kserve, storage_uri=args.storage_uri,
-    )  # fmt: skip
+        model_store=args.model_store,
+        models=args.models,
+        image=args.image,
+        out=args.out,
+        replicas=args.replicas,
+        max_replicas=args.max_replicas,
+        threads_per_worker=args.threads_per_worker,
+        name=args.name,
+        host=args.host,
+        ingress_namespace=args.ingress_namespace,
+        monitoring_namespace=args.monitoring_namespace,
+        store_claim=args.store_claim,
+        kserve=args.kserve,
+        storage_uri=args.storage_uri,
+    )
     files = generate(options)
-    print(f"wrote {len(files)} files to {args.out}: " + ", ".join(str(f.relative_to(args.out)) for f in files
-                                                                   if f.parent.name != "model-store"))  # fmt: skip
-    print(f"apply: kubectl apply -k {args.out}   (create the {options.auth_secret} and {options.tls_secret} "
-          "secrets first; README, 'Running on Kubernetes')")  # fmt: skip
+    print(
+        f"wrote {len(files)} files to {args.out}: "
+        + ", ".join(str(f.relative_to(args.out)) for f in files if f.parent.name != "model-store")
+    )
+    print(
+        f"apply: kubectl apply -k {args.out}   (create the {options.auth_secret} and {options.tls_secret} "
+        "secrets first; README, 'Running on Kubernetes')"
+    )
     return 0
 
 
@@ -354,17 +426,21 @@ def run_status(args) -> int:
             print(json.dumps(report, indent=2))
         else:
             leftovers = report["leftover_workers"]
-            print(f"TorchServe from {args.run_dir} DIED: its frontend (pid {report['pid']}) is gone, but it was never "
-                  "stopped (killed, or exited on OutOfMemoryError; see --frontend-heap)"
-                  + (f"; {len(leftovers)} worker process(es) left behind: {leftovers}" if leftovers else ""))  # fmt: skip
+            print(
+                f"TorchServe from {args.run_dir} DIED: its frontend (pid {report['pid']}) is gone, but it was never "
+                "stopped (killed, or exited on OutOfMemoryError; see --frontend-heap)"
+                + (f"; {len(leftovers)} worker process(es) left behind: {leftovers}" if leftovers else "")
+            )
             print(f"end of its logs:\n{report['log_tail']}")
             print(f"clean up with python -m serve stop --run-dir {args.run_dir}, then start it again")
         return DIED
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"TorchServe running (pid {report['pid']}): inference {report['inference']}, "
-              f"management {report['management']}, metrics {report['metrics']}")  # fmt: skip
+        print(
+            f"TorchServe running (pid {report['pid']}): inference {report['inference']}, "
+            f"management {report['management']}, metrics {report['metrics']}"
+        )
         for name, model in report["models"].items():
             print(f"  {name}: {model.get('error') or describe_workers(model, args.run_dir)}")
     healthy = all(m.get("workers") and m["ready"] == m["workers"] for m in report["models"].values())
@@ -372,12 +448,14 @@ def run_status(args) -> int:
 
 
 def describe_workers(model: dict, run_dir: Path) -> str:
-    """"2/2 workers ready (pids [...])", plus what the others are doing: restarting after their process died,
+    """ "2/2 workers ready (pids [...])", plus what the others are doing: restarting after their process died,
     or starting."""
     text = f"{model['ready']}/{model['workers']} workers ready (pids {model['pids']})"
     if model.get("restarting"):
-        text += (f"; RESTARTING: worker pid(s) {model['restarting']} died (killed or crashed) and TorchServe is "
-                 f"starting replacements; why it died is in {Path(run_dir) / 'logs' / 'model_log.log'}")  # fmt: skip
+        text += (
+            f"; RESTARTING: worker pid(s) {model['restarting']} died (killed or crashed) and TorchServe is "
+            f"starting replacements; why it died is in {Path(run_dir) / 'logs' / 'model_log.log'}"
+        )
     if model.get("starting"):
         text += f"; {model['starting']} starting (loading the model)"
     return text

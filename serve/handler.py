@@ -45,6 +45,7 @@ from serve.refusal import HOW_TO_CHANGE, PHRASES, Refused, part_label
 
 logger = logging.getLogger(__name__)
 
+
 class ImageClassifierHandler(BaseHandler):
     """Classifies images with an export directory's artifact; one bad image fails only its own request."""
 
@@ -81,9 +82,16 @@ class ImageClassifierHandler(BaseHandler):
         logger.info(
             "serving %s on %s with %d thread(s) (PyTorch's: %d), %d classes, top-%d, forward passes of <= %s, "
             "requests of <= %d images and <= %d decoded pixels",
-            self.runner.format, device, threads, torch.get_num_threads(), len(self.classifier.class_names),
-            self.classifier.top_k, self.classifier.batch_size, self.max_images, self.max_request_pixels,
-        )  # fmt: skip
+            self.runner.format,
+            device,
+            threads,
+            torch.get_num_threads(),
+            len(self.classifier.class_names),
+            self.classifier.top_k,
+            self.classifier.batch_size,
+            self.max_images,
+            self.max_request_pixels,
+        )
 
     def handle(self, data, context):
         """preprocess -> inference -> postprocess, one answer per request, in order.
@@ -133,32 +141,44 @@ class ImageClassifierHandler(BaseHandler):
         if not request:
             raise Refused(400, "InvalidImage", "empty request: no body and no multipart parts")
         if len(request) > self.max_images:
-            raise Refused(413, "TooManyImages", (
-                f"{len(request)} images in one request, above this model's limit of {self.max_images}; send them "
-                f"in several requests (the limit is set in {HOW_TO_CHANGE.format(key='max_images', flag='max-images')})"
-            ))  # fmt: skip
+            raise Refused(
+                413,
+                "TooManyImages",
+                (
+                    f"{len(request)} images in one request, above this model's limit of {self.max_images}; send them "
+                    f"in several requests (the limit is set in {HOW_TO_CHANGE.format(key='max_images', flag='max-images')})"
+                ),
+            )
         parts, total = [], 0
         for name, value in request.items():
             where = part_label(name)
             if not isinstance(value, (bytes, bytearray)):
                 # TorchServe decodes text/* and application/json bodies when decode_input_request is on.
-                raise Refused(400, "InvalidImage", (
-                    f"{where}expected image bytes, got {type(value).__name__} (the Content-Type made TorchServe "
-                    "decode it as text or JSON); send the file as the raw body (curl -T cat.jpg) or as a "
-                    "multipart file part"
-                ))  # fmt: skip
+                raise Refused(
+                    400,
+                    "InvalidImage",
+                    (
+                        f"{where}expected image bytes, got {type(value).__name__} (the Content-Type made TorchServe "
+                        "decode it as text or JSON); send the file as the raw body (curl -T cat.jpg) or as a "
+                        "multipart file part"
+                    ),
+                )
             data, transform = bytes(value), self.classifier.transform
             try:
                 total += decoded_pixels(data, max_pixels=transform.max_pixels, draft_size=transform.spec.resize_size)
             except ImageDecodeError as e:
                 raise Refused(400, "InvalidImage", f"{where}{e}") from None
             if total > self.max_request_pixels:
-                raise Refused(413, "TooManyPixels", (
-                    f"the images of this request decode to more than {self.max_request_pixels:,} pixels in all "
-                    f"({total:,} after {len(parts) + 1} of {len(request)}), this model's limit; send smaller images "
-                    f"or fewer per request (the limit is set in "
-                    f"{HOW_TO_CHANGE.format(key='max_request_pixels', flag='max-request-pixels')})"
-                ))  # fmt: skip
+                raise Refused(
+                    413,
+                    "TooManyPixels",
+                    (
+                        f"the images of this request decode to more than {self.max_request_pixels:,} pixels in all "
+                        f"({total:,} after {len(parts) + 1} of {len(request)}), this model's limit; send smaller images "
+                        f"or fewer per request (the limit is set in "
+                        f"{HOW_TO_CHANGE.format(key='max_request_pixels', flag='max-request-pixels')})"
+                    ),
+                )
             parts.append((name, data))
         return parts
 
@@ -178,7 +198,9 @@ class ImageClassifierHandler(BaseHandler):
             return Refused(400, "InvalidImage", f"{part_label(name)}{e}")
         except Exception as e:  # MemoryError included: the batch's other requests must still be answered
             logger.exception("processing %s failed", part_label(name) or "the body")
-            return Refused(500, "ImageProcessingFailed", f"{part_label(name)}processing the image failed: {first_line(e)}")
+            return Refused(
+                500, "ImageProcessingFailed", f"{part_label(name)}processing the image failed: {first_line(e)}"
+            )
 
     def inference(self, data, *args, **kwargs):
         """Per request: its images' probabilities, or its `Refused`.
@@ -206,10 +228,14 @@ class ImageClassifierHandler(BaseHandler):
 
     def failed(self, error: Exception, counts: list[int], errors: list[Refused | None]) -> list[Refused]:
         logger.error("inference failed", exc_info=error)
-        refusal = Refused(500, "InferenceFailed", (
-            f"the model failed on this request ({first_line(error)}); the server logs have the details; "
-            "sending the same images again will fail the same way"
-        ))  # fmt: skip
+        refusal = Refused(
+            500,
+            "InferenceFailed",
+            (
+                f"the model failed on this request ({first_line(error)}); the server logs have the details; "
+                "sending the same images again will fail the same way"
+            ),
+        )
         return [e if e is not None else refusal for e in errors]
 
     def postprocess(self, data):

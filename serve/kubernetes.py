@@ -163,9 +163,7 @@ def cpu_cores(options: ManifestOptions) -> int:
 
 
 def memory_mi(options: ManifestOptions) -> int:
-    workers = sum(
-        a.workers * (WORKER_BASE_MEMORY_MI + math.ceil(2 * a.model_bytes / 2**20)) for a in options.archives
-    )
+    workers = sum(a.workers * (WORKER_BASE_MEMORY_MI + math.ceil(2 * a.model_bytes / 2**20)) for a in options.archives)
     return FRONTEND_MEMORY_MI + workers
 
 
@@ -181,15 +179,41 @@ def model_store_path(options: ManifestOptions) -> str:
 
 def server_args(options: ManifestOptions) -> list[str]:
     """`serve start` in its in-cluster mode: what the container runs (and what the tests run locally)."""
-    return ["python", "-m", "serve", "start", "--in-cluster", "--host", "0.0.0.0",
-            "--port", str(CONTAINER_PORTS["http"]), "--metrics-port", str(CONTAINER_PORTS["metrics"]),
-            "--model-store", model_store_path(options), "--models", *(a.name for a in options.archives),
-            "--run-dir", RUN_DIR, "--timeout", str(STARTUP_TIMEOUT_S)]  # fmt: skip
+    return [
+        "python",
+        "-m",
+        "serve",
+        "start",
+        "--in-cluster",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(CONTAINER_PORTS["http"]),
+        "--metrics-port",
+        str(CONTAINER_PORTS["metrics"]),
+        "--model-store",
+        model_store_path(options),
+        "--models",
+        *(a.name for a in options.archives),
+        "--run-dir",
+        RUN_DIR,
+        "--timeout",
+        str(STARTUP_TIMEOUT_S),
+    ]
 
 
 def readiness_command(options: ManifestOptions) -> list[str]:
-    return ["python", "-m", "serve.probe", "--port", str(CONTAINER_PORTS["http"]), "--timeout", "5",
-            "--model", *(a.name for a in options.archives)]  # fmt: skip
+    return [
+        "python",
+        "-m",
+        "serve.probe",
+        "--port",
+        str(CONTAINER_PORTS["http"]),
+        "--timeout",
+        "5",
+        "--model",
+        *(a.name for a in options.archives),
+    ]
 
 
 def ping() -> dict:
@@ -206,8 +230,9 @@ def deployment(options: ManifestOptions) -> dict:
     volumes = [{"name": "scratch", "emptyDir": {"sizeLimit": f"{scratch_mi(options)}Mi"}}]
     mounts = [{"name": "scratch", "mountPath": SCRATCH}]
     if options.store_claim:
-        volumes.append({"name": "model-store",
-                        "persistentVolumeClaim": {"claimName": options.store_claim, "readOnly": True}})  # fmt: skip
+        volumes.append(
+            {"name": "model-store", "persistentVolumeClaim": {"claimName": options.store_claim, "readOnly": True}}
+        )
         mounts.append({"name": "model-store", "mountPath": VOLUME_MODEL_STORE, "readOnly": True})
     container = {
         "name": "torchserve",
@@ -216,18 +241,29 @@ def deployment(options: ManifestOptions) -> dict:
         "ports": [{"name": name, "containerPort": port, "protocol": "TCP"} for name, port in CONTAINER_PORTS.items()],
         # HOME on the scratch volume: the image's home directory is read-only here.
         "env": [{"name": "HOME", "value": SCRATCH}, {"name": "TMPDIR", "value": SCRATCH}],
-        "resources": {"requests": {"cpu": str(cores), "memory": memory},
-                      "limits": {"cpu": str(cores), "memory": memory}},  # fmt: skip
+        "resources": {
+            "requests": {"cpu": str(cores), "memory": memory},
+            "limits": {"cpu": str(cores), "memory": memory},
+        },
         # The frontend answering: /ping needs no key in the in-cluster mode.
         "startupProbe": {**ping(), "periodSeconds": 5, "failureThreshold": STARTUP_TIMEOUT_S // 5},
         "livenessProbe": {**ping(), "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
         # Every model answers a real image (/ping stays "Healthy" while a worker hangs).
-        "readinessProbe": {"exec": {"command": readiness_command(options)}, "periodSeconds": 10,
-                           "timeoutSeconds": 5 * len(options.archives) + 3, "failureThreshold": 3},  # fmt: skip
+        "readinessProbe": {
+            "exec": {"command": readiness_command(options)},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5 * len(options.archives) + 3,
+            "failureThreshold": 3,
+        },
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_S}}},
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
-                            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                            "capabilities": {"drop": ["ALL"]}},  # fmt: skip
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
         "volumeMounts": mounts,
     }
     metrics_port = str(CONTAINER_PORTS["metrics"])
@@ -243,17 +279,28 @@ def deployment(options: ManifestOptions) -> dict:
             "template": {
                 "metadata": {
                     "labels": labels(options),
-                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": metrics_port,
-                                    "prometheus.io/path": "/metrics"},  # fmt: skip
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": metrics_port,
+                        "prometheus.io/path": "/metrics",
+                    },
                 },
                 "spec": {
                     "automountServiceAccountToken": False,
                     "terminationGracePeriodSeconds": termination_grace_s(options),
-                    "securityContext": {"runAsNonRoot": True, "fsGroup": 10001,
-                                        "seccompProfile": {"type": "RuntimeDefault"}},  # fmt: skip
-                    "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
-                                                   "whenUnsatisfiable": "ScheduleAnyway",
-                                                   "labelSelector": {"matchLabels": labels(options)}}],  # fmt: skip
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "fsGroup": 10001,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": "kubernetes.io/hostname",
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                            "labelSelector": {"matchLabels": labels(options)},
+                        }
+                    ],
                     "containers": [container],
                     "volumes": volumes,
                 },
@@ -284,12 +331,16 @@ def autoscaler(options: ManifestOptions) -> dict:
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": options.name},
             "minReplicas": options.replicas,
             "maxReplicas": options.max_replicas or 3 * options.replicas,
-            "metrics": [{"type": "Resource",
-                         "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}],
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+                }
+            ],
             # Scale down slowly: a replica's workers take seconds to load a model.
             "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
         },
-    }  # fmt: skip
+    }
 
 
 def disruption_budget(options: ManifestOptions) -> dict:
@@ -303,8 +354,10 @@ def disruption_budget(options: ManifestOptions) -> dict:
 
 def network_policy(options: ManifestOptions) -> dict:
     def from_namespace(namespace: str, port: str) -> dict:
-        return {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}],
-                "ports": [{"protocol": "TCP", "port": CONTAINER_PORTS[port]}]}  # fmt: skip
+        return {
+            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}],
+            "ports": [{"protocol": "TCP", "port": CONTAINER_PORTS[port]}],
+        }
 
     return {
         "apiVersion": "networking.k8s.io/v1",
@@ -313,8 +366,10 @@ def network_policy(options: ManifestOptions) -> dict:
         "spec": {
             "podSelector": {"matchLabels": labels(options)},
             "policyTypes": ["Ingress"],
-            "ingress": [from_namespace(options.ingress_namespace, "http"),
-                        from_namespace(options.monitoring_namespace, "metrics")],  # fmt: skip
+            "ingress": [
+                from_namespace(options.ingress_namespace, "http"),
+                from_namespace(options.monitoring_namespace, "metrics"),
+            ],
         },
     }
 
@@ -341,20 +396,44 @@ def ingress(options: ManifestOptions) -> dict:
         "spec": {
             "ingressClassName": "nginx",
             "tls": [{"hosts": [options.host], "secretName": options.tls_secret}],
-            "rules": [{"host": options.host, "http": {"paths": [{
-                "path": "/predictions", "pathType": "Prefix",
-                "backend": {"service": {"name": options.name, "port": {"name": "http"}}},
-            }]}}],
+            "rules": [
+                {
+                    "host": options.host,
+                    "http": {
+                        "paths": [
+                            {
+                                "path": "/predictions",
+                                "pathType": "Prefix",
+                                "backend": {"service": {"name": options.name, "port": {"name": "http"}}},
+                            }
+                        ]
+                    },
+                }
+            ],
         },
-    }  # fmt: skip
+    }
 
 
 def kserve_config(options: ManifestOptions) -> str:
     """config/config.properties of KServe's TorchServe storage layout (/mnt/models in the predictor)."""
-    snapshot = {"name": "startup.cfg", "modelCount": len(options.archives), "models": {
-        a.name: {"1.0": {"defaultVersion": True, "marName": f"{a.name}.mar", "minWorkers": a.workers,
-                         "maxWorkers": a.workers, "batchSize": a.batch_size, "maxBatchDelay": a.max_batch_delay_ms,
-                         "responseTimeout": a.response_timeout_s}} for a in options.archives}}  # fmt: skip
+    snapshot = {
+        "name": "startup.cfg",
+        "modelCount": len(options.archives),
+        "models": {
+            a.name: {
+                "1.0": {
+                    "defaultVersion": True,
+                    "marName": f"{a.name}.mar",
+                    "minWorkers": a.workers,
+                    "maxWorkers": a.workers,
+                    "batchSize": a.batch_size,
+                    "maxBatchDelay": a.max_batch_delay_ms,
+                    "responseTimeout": a.response_timeout_s,
+                }
+            }
+            for a in options.archives
+        },
+    }
     lines = [
         "# TorchServe behind KServe's wrapper (it listens on 8080 in the same container and forwards here).",
         f"inference_address=http://127.0.0.1:{KSERVE_INFERENCE_PORT}",
@@ -385,32 +464,48 @@ def inference_service(options: ManifestOptions) -> dict:
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
         "metadata": {"name": f"{options.name}-torchserve", "labels": labels(options)},
-        "spec": {"predictor": {
-            "minReplicas": options.replicas,
-            "maxReplicas": options.max_replicas or 3 * options.replicas,
-            "model": {"modelFormat": {"name": "pytorch"}, "runtime": "kserve-torchserve", "protocolVersion": "v1",
-                      "storageUri": options.storage_uri, "resources": kserve_resources(options)},
-        }},
-    }  # fmt: skip
+        "spec": {
+            "predictor": {
+                "minReplicas": options.replicas,
+                "maxReplicas": options.max_replicas or 3 * options.replicas,
+                "model": {
+                    "modelFormat": {"name": "pytorch"},
+                    "runtime": "kserve-torchserve",
+                    "protocolVersion": "v1",
+                    "storageUri": options.storage_uri,
+                    "resources": kserve_resources(options),
+                },
+            }
+        },
+    }
 
 
 def custom_inference_service(options: ManifestOptions) -> dict:
     """The way off the deprecated runtime: this project's image as KServe's predictor container."""
     container = deployment(options)["spec"]["template"]["spec"]["containers"][0]
-    predictor_container = {key: container[key] for key in
-                           ("image", "command", "env", "resources", "readinessProbe", "securityContext", "volumeMounts")}
+    predictor_container = {
+        key: container[key]
+        for key in ("image", "command", "env", "resources", "readinessProbe", "securityContext", "volumeMounts")
+    }
     return {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
         "metadata": {"name": options.name, "labels": labels(options)},
-        "spec": {"predictor": {
-            "minReplicas": options.replicas,
-            "maxReplicas": options.max_replicas or 3 * options.replicas,
-            "containers": [{"name": "kserve-container", **predictor_container,
-                            "ports": [{"containerPort": CONTAINER_PORTS["http"], "protocol": "TCP"}]}],
-            "volumes": deployment(options)["spec"]["template"]["spec"]["volumes"],
-        }},
-    }  # fmt: skip
+        "spec": {
+            "predictor": {
+                "minReplicas": options.replicas,
+                "maxReplicas": options.max_replicas or 3 * options.replicas,
+                "containers": [
+                    {
+                        "name": "kserve-container",
+                        **predictor_container,
+                        "ports": [{"containerPort": CONTAINER_PORTS["http"], "protocol": "TCP"}],
+                    }
+                ],
+                "volumes": deployment(options)["spec"]["template"]["spec"]["volumes"],
+            }
+        },
+    }
 
 
 CORE_FILES = {

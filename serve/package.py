@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -53,8 +54,13 @@ class PackageOptions:
     version: str = "1.0"
 
 
-def package(export_dir: str | os.PathLike, model_store: str | os.PathLike, name: str | None = None,
-            options: PackageOptions = PackageOptions(), log: Callable[[str], None] = print) -> Path:  # fmt: skip
+def package(
+    export_dir: str | os.PathLike,
+    model_store: str | os.PathLike,
+    name: str | None = None,
+    options: PackageOptions = PackageOptions(),
+    log: Callable[[str], None] = print,
+) -> Path:
     """Write `<model_store>/<name>.mar` (atomically) and return its path. `name` defaults to the manifest's.
     `log` gets which backend will serve by default and what its precision costs in accuracy."""
     export_dir = Path(export_dir)
@@ -132,14 +138,20 @@ def describe_choice(manifest: Manifest, chosen: list[Artifact], options: Package
         lines.append(f"on {device}: {served.format} ({served.precision}) {how}{cost}")
     for artifact in manifest.artifacts if options.backend is None else []:
         if artifact not in chosen and artifact.passed and artifact.precision != "fp32":
-            lines.append(f"not packaged: {artifact.format} ({artifact.precision}): {accuracy_cost(artifact)}; "
-                         f"--backend {artifact.format} ships it anyway")  # fmt: skip
+            lines.append(
+                f"not packaged: {artifact.format} ({artifact.precision}): {accuracy_cost(artifact)}; "
+                f"--backend {artifact.format} ships it anyway"
+            )
     return lines
 
 
 def model_config(options: PackageOptions) -> dict[str, Any]:
     """TorchServe's model-config YAML (camelCase keys are TorchServe's own) plus our handler's block."""
-    handler = {"top_k": options.top_k, "max_images": options.max_images, "max_request_pixels": options.max_request_pixels}
+    handler = {
+        "top_k": options.top_k,
+        "max_images": options.max_images,
+        "max_request_pixels": options.max_request_pixels,
+    }
     if options.max_pixels is not None:
         handler["max_pixels"] = options.max_pixels
     if options.backend is not None:

@@ -34,8 +34,12 @@ def gray_png(size: int = 32) -> bytes:
 
 def model_answers(url: str, model: str, timeout_s: float) -> str | None:
     """None when `model` answered a prediction at `url`, else why not."""
-    request = urllib.request.Request(f"{url}/predictions/{model}", data=gray_png(), method="PUT",
-                                     headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+    request = urllib.request.Request(
+        f"{url}/predictions/{model}",
+        data=gray_png(),
+        method="PUT",
+        headers={"Content-Type": "application/octet-stream"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             body = response.read()
@@ -53,8 +57,9 @@ def model_answers(url: str, model: str, timeout_s: float) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serve.probe", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m serve.probe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--port", type=int, default=8080, help="inference API port (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="inference API address (default: %(default)s)")
     parser.add_argument("--model", nargs="+", required=True, metavar="NAME", help="models that must answer")

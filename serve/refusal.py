@@ -28,7 +28,7 @@ class Refused(Exception):
 
 
 def part_label(name: str) -> str:
-    """"part 'NAME': " for a multipart part (the name cut short), "" for a raw body."""
+    """ "part 'NAME': " for a multipart part (the name cut short), "" for a raw body."""
     if name in RAW_BODY_NAMES:
         return ""
     if len(name) > MAX_NAME_CHARS:

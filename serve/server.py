@@ -116,8 +116,12 @@ class ServerInfo:
     def renew(self, kind: str) -> None:
         """Have TorchServe issue a new inference or management key (authorized by the API key)."""
         api_key = self.keys()["API"]["key"]
-        response = requests.get(f"{self.management_url}/token", params={"type": kind},
-                                headers={"Authorization": f"Bearer {api_key}"}, timeout=10)  # fmt: skip
+        response = requests.get(
+            f"{self.management_url}/token",
+            params={"type": kind},
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=10,
+        )
         if response.status_code != 200:
             raise ServerError(f"TorchServe refused to renew the {kind} key: {response.status_code} {response.text}")
 
@@ -302,20 +306,50 @@ def start(settings: ServerSettings, log=print) -> ServerInfo:
     log_config.write_text(render_log_config(settings))
     rotate_if_large(run_dir / "torchserve.out")
 
-    env = dict(os.environ, TMPDIR=str(run_dir), TEMP=str(run_dir), LOG_LOCATION=str(run_dir / "logs"),
-               METRICS_LOCATION=str(run_dir / "logs"))  # fmt: skip
-    command = [sys.executable, "-m", "ts.model_server", "--start", "--ncs", "--ts-config", str(config),
-               "--log-config", str(log_config), "--model-store", str(settings.model_store.resolve())]  # fmt: skip
+    env = dict(
+        os.environ,
+        TMPDIR=str(run_dir),
+        TEMP=str(run_dir),
+        LOG_LOCATION=str(run_dir / "logs"),
+        METRICS_LOCATION=str(run_dir / "logs"),
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "ts.model_server",
+        "--start",
+        "--ncs",
+        "--ts-config",
+        str(config),
+        "--log-config",
+        str(log_config),
+        "--model-store",
+        str(settings.model_store.resolve()),
+    ]
     with open(run_dir / "torchserve.out", "ab") as out:
         # A new session: the server outlives this command and ignores the terminal's Ctrl-C.
-        launcher = subprocess.run(command, cwd=run_dir, env=env, stdout=None if settings.log_to_console else out,
-                                  stderr=subprocess.STDOUT, start_new_session=True, timeout=60)  # fmt: skip
+        launcher = subprocess.run(
+            command,
+            cwd=run_dir,
+            env=env,
+            stdout=None if settings.log_to_console else out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            timeout=60,
+        )
     pid_file = run_dir / ".model_server.pid"
     if launcher.returncode != 0 or not pid_file.is_file():
         raise ServerError(f"TorchServe's launcher failed (exit {launcher.returncode}):\n{log_tail(run_dir)}")
-    info = ServerInfo(pid=int(pid_file.read_text().strip()), run_dir=str(run_dir), models=models, host=settings.host,
-                      port=settings.port, management_port=settings.management_port,
-                      metrics_port=settings.metrics_port, token_auth=settings.token_auth)  # fmt: skip
+    info = ServerInfo(
+        pid=int(pid_file.read_text().strip()),
+        run_dir=str(run_dir),
+        models=models,
+        host=settings.host,
+        port=settings.port,
+        management_port=settings.management_port,
+        metrics_port=settings.metrics_port,
+        token_auth=settings.token_auth,
+    )
     (run_dir / STATE_FILE).write_text(json.dumps(asdict(info), indent=2))
     try:
         wait_until_ready(info, settings.startup_timeout_s, log)
@@ -332,9 +366,7 @@ def wait_until_ready(info: ServerInfo, timeout_s: float, log=print) -> None:
         if not is_torchserve(info.pid):
             raise ServerError(f"TorchServe exited while starting:\n{log_tail(Path(info.run_dir))}")
         if time.monotonic() > deadline:
-            raise ServerError(
-                f"models {pending} not ready after {timeout_s:.0f} s:\n{log_tail(Path(info.run_dir))}"
-            )
+            raise ServerError(f"models {pending} not ready after {timeout_s:.0f} s:\n{log_tail(Path(info.run_dir))}")
         name = pending[0]
         if model_answers(info, name):
             log(f"model {name} is loaded and answering")
@@ -346,8 +378,12 @@ def wait_until_ready(info: ServerInfo, timeout_s: float, log=print) -> None:
 def model_answers(info: ServerInfo, name: str) -> bool:
     """True once the model's workers are up and a real image gets a 200 with a prediction."""
     try:
-        response = requests.put(f"{info.inference_url}/predictions/{name}", data=probe_image(),
-                                headers=info.headers("inference"), timeout=30)  # fmt: skip
+        response = requests.put(
+            f"{info.inference_url}/predictions/{name}",
+            data=probe_image(),
+            headers=info.headers("inference"),
+            timeout=30,
+        )
     except (requests.ConnectionError, requests.Timeout, ServerError):
         return False
     return response.status_code == 200 and bool(response.json())
@@ -424,14 +460,26 @@ def status(run_dir: Path) -> dict | None:
     run_dir = Path(run_dir).resolve()
     dead = dead_server(run_dir)
     if dead is not None:
-        return {"state": "died", "pid": dead.pid, "run_dir": str(run_dir),
-                "leftover_workers": [p.pid for p in worker_processes(run_dir)], "log_tail": log_tail(run_dir, 10)}  # fmt: skip
+        return {
+            "state": "died",
+            "pid": dead.pid,
+            "run_dir": str(run_dir),
+            "leftover_workers": [p.pid for p in worker_processes(run_dir)],
+            "log_tail": log_tail(run_dir, 10),
+        }
     info = read_state(run_dir)
     if info is None:
         return None
-    report = {"state": "running", "pid": info.pid, "inference": info.inference_url, "management": info.management_url,
-              "metrics": info.metrics_url, "token_auth": info.token_auth,
-              "key_file": str(info.key_file) if info.token_auth else None, "models": {}}  # fmt: skip
+    report = {
+        "state": "running",
+        "pid": info.pid,
+        "inference": info.inference_url,
+        "management": info.management_url,
+        "metrics": info.metrics_url,
+        "token_auth": info.token_auth,
+        "key_file": str(info.key_file) if info.token_auth else None,
+        "models": {},
+    }
     for name in info.models:
         try:
             url = f"{info.management_url}/models/{name}"
@@ -451,8 +499,13 @@ def worker_report(workers: list[dict]) -> dict:
     pids = sorted(int(w["pid"]) for w in workers if w.get("pid"))
     waiting = [int(w["pid"]) if w.get("pid") else None for w in workers if w["status"] != "READY"]
     dead = [pid for pid in waiting if pid is not None and not is_alive(pid)]
-    return {"workers": len(workers), "ready": len(workers) - len(waiting), "pids": pids,
-            "restarting": dead, "starting": len(waiting) - len(dead)}  # fmt: skip
+    return {
+        "workers": len(workers),
+        "ready": len(workers) - len(waiting),
+        "pids": pids,
+        "restarting": dead,
+        "starting": len(waiting) - len(dead),
+    }
 
 
 def is_alive(pid: int) -> bool:

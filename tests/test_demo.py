@@ -11,10 +11,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_demo(workdir: Path, port: int, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--workdir", str(workdir), "--port", str(port),
-         "--epochs", "3", *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "demo.py"),
+            "--workdir",
+            str(workdir),
+            "--port",
+            str(port),
+            "--epochs",
+            "3",
+            *extra,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def consecutive_free_port(span: int = 5) -> int:
@@ -45,8 +57,15 @@ def test_demo_runs_end_to_end_and_a_failing_step_leaves_no_server(tmp_path):
     done = run_demo(workdir, port, "--loadtest-duration", "5s")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
-    for step in ("1/8 train", "2/8 export", "3/8 package", "5/8 start TorchServe", "6/8 curl -T", "7/8 the client",
-                 "8/8 a short locust load test"):  # fmt: skip
+    for step in (
+        "1/8 train",
+        "2/8 export",
+        "3/8 package",
+        "5/8 start TorchServe",
+        "6/8 curl -T",
+        "7/8 the client",
+        "8/8 a short locust load test",
+    ):
         assert f"==> {step}" in out
     assert '"7":' in out.split("==> 6/8", 1)[1].split("==> 7/8", 1)[0]  # curl's JSON answer names classes
     summary = out.split("resnet-deploy demo: done", 1)[1]
@@ -57,7 +76,9 @@ def test_demo_runs_end_to_end_and_a_failing_step_leaves_no_server(tmp_path):
     assert read_state(workdir / "server") is None, "the demo left TorchServe running"
 
     # A second run starts clean; a step that fails after the server started stops it and says which step.
-    failed = run_demo(workdir, port, "--loadtest-duration", "not-a-duration", "--epochs", "1")  # accuracy is not judged here
+    failed = run_demo(
+        workdir, port, "--loadtest-duration", "not-a-duration", "--epochs", "1"
+    )  # accuracy is not judged here
     assert failed.returncode == 1
     assert "step '8/8 a short locust load test' failed" in failed.stderr
     assert "TorchServe from" in failed.stdout and "stopped" in failed.stdout

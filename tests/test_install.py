@@ -93,16 +93,23 @@ def test_the_blocked_modules_are_the_optional_groups():
 
 def test_the_serving_group_suffices_for_the_handler(digits_export, tmp_path, valid_images):
     mars = [
-        package(digits_export, tmp_path / "store", name=f"digits-{backend}",
-                options=dataclasses.replace(SERVED_PACKAGE_OPTIONS, backend=backend))
+        package(
+            digits_export,
+            tmp_path / "store",
+            name=f"digits-{backend}",
+            options=dataclasses.replace(SERVED_PACKAGE_OPTIONS, backend=backend),
+        )
         for backend in ("onnx", "torchscript")
-    ]  # fmt: skip
+    ]
     (tmp_path / "image.jpg").write_bytes(valid_images["jpeg"])
     blocked = modules_outside_the_serving_group()
     result = subprocess.run(
         [sys.executable, "-c", HANDLER_IN_A_SUBPROCESS, json.dumps(blocked), str(tmp_path), *map(str, mars)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(found["answers"]) == {"onnx", "torchscript"}

@@ -26,7 +26,6 @@ from models.osutil import (
     sweep_stale_temporaries,
 )
 
-
 RUN_KIND = "run"  # the marker kind of a run directory (models.osutil.mark_owned)
 
 
@@ -55,7 +54,9 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     look in use; `--overwrite` deletes only a folder carrying the run marker, never through a symlink.
     """
     if run_dir.is_symlink():
-        raise RunDirError(f"{run_dir} is a symlink; a run directory must be a real folder (choose another --name or --out)")
+        raise RunDirError(
+            f"{run_dir} is a symlink; a run directory must be a real folder (choose another --name or --out)"
+        )
     sweep_stale_temporaries(run_dir)
     if run_dir.exists() and not resume and any(p.name != MARKER_NAME for p in run_dir.iterdir()):
         if not overwrite:
@@ -94,7 +95,8 @@ def continues_its_run(path: Path) -> bool:
 
 def fork_refusal(path: Path) -> RunDirError:
     why = (
-        f"{path} is not a run's newest last.pt" if path.name != "last.pt"
+        f"{path} is not a run's newest last.pt"
+        if path.name != "last.pt"
         else f"{path.parent} is not a run directory made by `python -m train`"
     )
     return RunDirError(
@@ -131,10 +133,14 @@ def rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "numpy": {
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
         "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
-    }  # fmt: skip
+    }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -58,45 +59,75 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("what to train")
-    g.add_argument("--recipe", help="a recipe name from train/recipes (see --list-recipes) or a YAML file path "
-                   "(default: the recipe for the data and the network: imagenet_original for ImageNet nets on "
-                   "imagenet, cifar_paper for the paper's resnet20-110 on CIFAR, cifar_modern for the CIFAR "
-                   "ResNet-18..101, digits for digits)")
-    g.add_argument("--dry-run", action="store_true", help="print the fully resolved config as YAML and exit; "
-                   "nothing is written")
+    g.add_argument(
+        "--recipe",
+        help="a recipe name from train/recipes (see --list-recipes) or a YAML file path "
+        "(default: the recipe for the data and the network: imagenet_original for ImageNet nets on "
+        "imagenet, cifar_paper for the paper's resnet20-110 on CIFAR, cifar_modern for the CIFAR "
+        "ResNet-18..101, digits for digits)",
+    )
+    g.add_argument(
+        "--dry-run", action="store_true", help="print the fully resolved config as YAML and exit; nothing is written"
+    )
     g.add_argument("--list-recipes", action="store_true", help="list the recipes and exit")
     _flag(g, "--arch", "network name (`python -m models` lists them), e.g. resnet20, resnet50, cifar_preact_resnet18")
     _flag(g, "--data", f"dataset kind: {', '.join(DATA_KINDS)}", choices=DATA_KINDS)
-    _flag(g, "--data-dir", "dataset root (imagenet/folder: train/ and val/ class folders; cifar: the folder holding cifar-10-batches-py/)")
+    _flag(
+        g,
+        "--data-dir",
+        "dataset root (imagenet/folder: train/ and val/ class folders; cifar: the folder holding cifar-10-batches-py/)",
+    )
     _flag(g, "--val-split", "folder data without val/: hold out this fraction of each class for validation", type=float)
-    _flag(g, "--max-unreadable-images", "folder data: training images that fail to decode are skipped and "
-          "reported at the end of each epoch; more than this many in one epoch stops the run", type=int)
+    _flag(
+        g,
+        "--max-unreadable-images",
+        "folder data: training images that fail to decode are skipped and "
+        "reported at the end of each epoch; more than this many in one epoch stops the run",
+        type=int,
+    )
     _flag(g, "--num-classes", "classes of synthetic data (other kinds count their class folders)", type=int)
     _flag(g, "--synthetic-size", "training images of synthetic data", type=int)
     _flag(g, "--out", "directory holding the runs")
     _flag(g, "--name", "run name: outputs go to OUT/NAME (default: ARCH-DATA)")
 
     g = p.add_argument_group("network and fine-tuning")
-    _flag(g, "--pretrained", "start from weights: a .pth/.safetensors file, one of our checkpoints, or "
-          "torchvision:resnet50.IMAGENET1K_V2 / timm:resnet50.a1_in1k from the local cache; the head is "
-          "re-initialised when the classes differ and the weights' own preprocessing is used")  # fmt: skip
+    _flag(
+        g,
+        "--pretrained",
+        "start from weights: a .pth/.safetensors file, one of our checkpoints, or "
+        "torchvision:resnet50.IMAGENET1K_V2 / timm:resnet50.a1_in1k from the local cache; the head is "
+        "re-initialised when the classes differ and the weights' own preprocessing is used",
+    )
     _flag(g, "--freeze-backbone", "train only the classifier")
     _flag(g, "--freeze-until", "freeze the stem and the stages up to this one (stem, layer1..layer4)")
     _flag(g, "--head-lr", "learning rate of the classifier (default: the base LR)", type=float)
     _flag(g, "--drop-path-rate", "stochastic depth rate", type=float)
     _flag(g, "--dropout", "dropout before the classifier", type=float)
     _flag(g, "--zero-init-residual", "start every residual branch at zero (last BN gamma = 0)", boolean=True)
-    _flag(g, "--norm", "normalisation layers: batch (default) or none (the no-BatchNorm ablation; train it with "
-          "a lower --lr, e.g. 0.01)")
+    _flag(
+        g,
+        "--norm",
+        "normalisation layers: batch (default) or none (the no-BatchNorm ablation; train it with "
+        "a lower --lr, e.g. 0.01)",
+    )
     _flag(g, "--plain", "no shortcuts: the plain network of the same depth (the CIFAR paper's comparison)")
-    _flag(g, "--shortcut", "projection of shape-changing shortcuts: A zero-pad, B 1x1 conv + BN, D avg-pool + 1x1 "
-          "(default: the architecture's own: A for resnet20-110, B for the others)")
+    _flag(
+        g,
+        "--shortcut",
+        "projection of shape-changing shortcuts: A zero-pad, B 1x1 conv + BN, D avg-pool + 1x1 "
+        "(default: the architecture's own: A for resnet20-110, B for the others)",
+    )
 
     g = p.add_argument_group("optimisation")
     _flag(g, "--epochs", "epochs to train", type=int)
     _flag(g, "--batch-size", "global batch per optimizer step (split over processes and accumulation steps)", type=int)
     _flag(g, "--lr", "base learning rate", type=float)
-    _flag(g, "--lr-base-batch", "scale --lr linearly by batch-size / this (e.g. 256 for 'lr 0.1 per 256 images')", type=int)
+    _flag(
+        g,
+        "--lr-base-batch",
+        "scale --lr linearly by batch-size / this (e.g. 256 for 'lr 0.1 per 256 images')",
+        type=int,
+    )
     _flag(g, "--optimizer", "optimizer")
     _flag(g, "--momentum", "SGD momentum", type=float)
     _flag(g, "--nesterov", "Nesterov momentum")
@@ -142,24 +173,39 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--deterministic", "deterministic algorithms (slower)")
 
     g = p.add_argument_group("checkpoints and logs")
-    _flag(g, "--resume", "continue a run from its own last.pt (a path, its run directory, or 'auto' for "
-          "OUT/NAME/last.pt when it exists); from any other checkpoint (best.pt, a copy) add --name NEW to fork a "
-          "new run from it (recorded as forked_from). batch-size and accum-steps cannot change on resume; a run "
-          "stopped mid-epoch resumes with its own number of processes")
+    _flag(
+        g,
+        "--resume",
+        "continue a run from its own last.pt (a path, its run directory, or 'auto' for "
+        "OUT/NAME/last.pt when it exists); from any other checkpoint (best.pt, a copy) add --name NEW to fork a "
+        "new run from it (recorded as forked_from). batch-size and accum-steps cannot change on resume; a run "
+        "stopped mid-epoch resumes with its own number of processes",
+    )
     _flag(g, "--overwrite", "replace an existing run directory (only one made by `python -m train`)")
     _flag(g, "--log-every", "steps between progress updates", type=int)
     _flag(g, "--tensorboard", "write TensorBoard event files")
     _flag(g, "--plots", "write curves.png every epoch")
-    _flag(g, "--log-internals", "per epoch, log each layer's gradient norm and each block's residual ratio "
-          "(||F(x)|| / ||identity||) on a fixed validation batch to TensorBoard (one extra forward/backward)")
+    _flag(
+        g,
+        "--log-internals",
+        "per epoch, log each layer's gradient norm and each block's residual ratio "
+        "(||F(x)|| / ||identity||) on a fixed validation batch to TensorBoard (one extra forward/backward)",
+    )
 
     g = p.add_argument_group("prediction and evaluation")
     g.add_argument("--predict", nargs="+", metavar="IMG", help="classify images with --checkpoint and exit")
-    g.add_argument("--evaluate", action="store_true", help="measure --checkpoint on the validation split of "
-                   "--data/--data-dir (default: the checkpoint's own) and exit: top-1/top-5, per-class accuracy, "
-                   "a confusion matrix; writes EVAL_OUT/evaluation.json and confusion.png")
-    g.add_argument("--checkpoint", help="for --predict/--evaluate: one of our checkpoints, or a torchvision/timm "
-                   "weight file (or cache name such as torchvision:resnet50.IMAGENET1K_V2) with --arch")
+    g.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="measure --checkpoint on the validation split of "
+        "--data/--data-dir (default: the checkpoint's own) and exit: top-1/top-5, per-class accuracy, "
+        "a confusion matrix; writes EVAL_OUT/evaluation.json and confusion.png",
+    )
+    g.add_argument(
+        "--checkpoint",
+        help="for --predict/--evaluate: one of our checkpoints, or a torchvision/timm "
+        "weight file (or cache name such as torchvision:resnet50.IMAGENET1K_V2) with --arch",
+    )
     g.add_argument("--eval-out", default="evaluation", help="where --evaluate writes (default: %(default)s)")
     g.add_argument("--topk", type=int, default=5, help="classes to print per image with --predict (default: 5)")
     return p
@@ -202,7 +248,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.get("recipe"):
             print(f"recipe: {config['recipe']} ({config.get('recipe_source', '--recipe')})", flush=True)
         result = run(config)
-    except (ConfigError, DataError, CheckpointError, CheckpointSaveError, RunDirError, ValueError, FileNotFoundError) as e:
+    except (
+        ConfigError,
+        DataError,
+        CheckpointError,
+        CheckpointSaveError,
+        RunDirError,
+        ValueError,
+        FileNotFoundError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, (ConfigError, RunDirError)) else EXIT_ERROR
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, without the checkpoint the first one asked for

@@ -118,9 +118,16 @@ DEFAULT_RECIPES: dict[tuple[str, str], str] = {
 
 # Keys a resumed run may change (more epochs, other loader settings); the rest come from the checkpoint.
 RESUMABLE_OVERRIDES = (
-    "epochs", "workers", "log_every", "tensorboard", "plots", "log_internals", "val_batch_size", "device",
+    "epochs",
+    "workers",
+    "log_every",
+    "tensorboard",
+    "plots",
+    "log_internals",
+    "val_batch_size",
+    "device",
     "max_unreadable_images",
-)  # fmt: skip
+)
 
 # Keys a resume may not change: they fix the batches and the per-step LR schedule in the checkpoint.
 TOPOLOGY_KEYS = ("batch_size", "accum_steps")
@@ -136,7 +143,10 @@ def recipes_dir() -> Path:
 
 def list_recipes() -> dict[str, str]:
     """Recipe name -> its one-line description."""
-    return {path.stem: str(yaml.safe_load(path.read_text()).get("description", "")) for path in sorted(recipes_dir().glob("*.yaml"))}
+    return {
+        path.stem: str(yaml.safe_load(path.read_text()).get("description", ""))
+        for path in sorted(recipes_dir().glob("*.yaml"))
+    }
 
 
 def load_recipe(name_or_path: str | os.PathLike) -> dict[str, Any]:

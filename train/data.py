@@ -13,16 +13,16 @@ same code the export parity check, the server and the client use.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
-from PIL import Image
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler, Subset
-from torch.utils.data import default_collate
+from PIL import Image
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler, Subset, default_collate
 from torchvision import datasets
 from torchvision.transforms import v2
 
@@ -159,10 +159,16 @@ def write_digits_folder(
 
 
 _CIFAR_FILES = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta",
-                "labels", "label_names"),
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        "batches.meta",
+        "labels",
+        "label_names",
+    ),
     "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", "fine_labels", "fine_label_names"),
-}  # fmt: skip
+}
 
 
 def cifar_dir(kind: str, data_dir: str | Path) -> Path:
@@ -191,7 +197,9 @@ def read_cifar(kind: str, data_dir: str | Path, train: bool) -> tuple[torch.Tens
             arrays.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels.extend(int(v) for v in entry[label_key])
         except (KeyError, ValueError) as e:
-            raise DataError(f"{folder / name}: not a {kind} batch ({e!r}); expected 'data' Nx3072 and {label_key!r}")
+            raise DataError(
+                f"{folder / name}: not a {kind} batch ({e!r}); expected 'data' Nx3072 and {label_key!r}"
+            ) from None
     meta = _unpickle(folder / meta_file)
     if names_key not in meta:
         raise DataError(f"{folder / meta_file}: not a {kind} meta file (no {names_key!r})")
@@ -218,7 +226,9 @@ class _CifarUnpickler(pickle.Unpickler):
             return _latin1_bytes
         if (module, name) in self.ALLOWED:
             return _plain_dtype if name == "dtype" else super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR batch holds only arrays, lists and strings")
+        raise pickle.UnpicklingError(
+            f"refused to load {module}.{name}: a CIFAR batch holds only arrays, lists and strings"
+        )
 
 
 def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
@@ -574,7 +584,10 @@ def build_train_loader(
     if not in_memory:  # files can be unreadable: skip and count them instead of ending the run
         dataset = SkipUnreadable(dataset)
     return DataLoader(
-        dataset, batch_sampler=batches, generator=generator, collate_fn=None if in_memory else collate_skipping,
+        dataset,
+        batch_sampler=batches,
+        generator=generator,
+        collate_fn=None if in_memory else collate_skipping,
         **_loader_options(config, in_memory, pin_memory),
     )
 

@@ -53,7 +53,9 @@ def open_model(weights: str, arch: str | None, config: dict[str, Any]) -> tuple[
     load_state_dict_strict(model, state, source=str(info.path))
     data_config = {**DEFAULTS, "arch": arch, **config}
     has_data = bool(config.get("data"))
-    preprocess = info.preprocess or (datamod.default_preprocess(data_config) if has_data else get_model_spec(arch).preprocess)
+    preprocess = info.preprocess or (
+        datamod.default_preprocess(data_config) if has_data else get_model_spec(arch).preprocess
+    )
     class_names = info.class_names or (datamod.class_names(data_config) if has_data else None)
     if class_names is None:
         class_names = [f"class {i}" for i in range(model.num_classes)]

@@ -23,10 +23,11 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -63,7 +64,9 @@ def suites_dir() -> Path:
 
 
 def list_suites() -> dict[str, str]:
-    return {p.stem: str(yaml.safe_load(p.read_text()).get("description", "")) for p in sorted(suites_dir().glob("*.yaml"))}
+    return {
+        p.stem: str(yaml.safe_load(p.read_text()).get("description", "")) for p in sorted(suites_dir().glob("*.yaml"))
+    }
 
 
 def load_suite(name_or_path: str) -> tuple[str, str, list[PlannedRun]]:
@@ -72,7 +75,9 @@ def load_suite(name_or_path: str) -> tuple[str, str, list[PlannedRun]]:
     if not path.suffix:
         path = suites_dir() / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise ConfigError(f"suite {name_or_path!r} not found (looked at {path}); known suites: {', '.join(list_suites())}")
+        raise ConfigError(
+            f"suite {name_or_path!r} not found (looked at {path}); known suites: {', '.join(list_suites())}"
+        )
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -193,8 +198,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     outcomes = []
     for i, run in enumerate(runs, start=1):
         run_name = f"{prefix}-{i:02d}-{slug(run.name)}"
-        command = [sys.executable, "-m", "train", "--recipe", run.recipe, *run.flags, "--out", str(out),
-                   "--name", run_name, *extra]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "train",
+            "--recipe",
+            run.recipe,
+            *run.flags,
+            "--out",
+            str(out),
+            "--name",
+            run_name,
+            *extra,
+        ]
         outcomes.append(Outcome(run, run_name, command))
 
     if args.dry_run:
@@ -207,8 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  cannot run as given: {e}")
                 failed += 1
                 continue
-            print(f"  {config['arch']} on {config['data']}: {config['epochs']} epochs, batch {config['batch_size']}, "
-                  f"lr {config['lr']} ({config['scheduler']}), {config['amp']} precision")  # fmt: skip
+            print(
+                f"  {config['arch']} on {config['data']}: {config['epochs']} epochs, batch {config['batch_size']}, "
+                f"lr {config['lr']} ({config['scheduler']}), {config['amp']} precision"
+            )
         return 1 if failed else 0
 
     summary = Path(args.summary) if args.summary else out / f"experiments-{slug(title)}.md"

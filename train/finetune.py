@@ -37,7 +37,8 @@ def frozen_norm_layers(model: nn.Module) -> list[nn.Module]:
     return [
         m
         for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters())
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and not any(p.requires_grad for p in m.parameters())
         and any(True for _ in m.parameters())
     ]
 

@@ -4,7 +4,8 @@ per-iteration learning-rate schedule (linear warmup, then cosine, step, multiste
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn

@@ -8,8 +8,8 @@ so what validation measured is what you get.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from export.classifier import Classifier
 from models.imageio import ImageDecodeError

@@ -14,9 +14,18 @@ from tqdm import tqdm
 from models.osutil import atomic_path, atomic_save_figure
 
 METRIC_FIELDS = (
-    "epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
-    "ema_val_top1", "epoch_seconds", "train_img_per_s",
-)  # fmt: skip
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "train_top1",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "ema_val_top1",
+    "epoch_seconds",
+    "train_img_per_s",
+)
 
 
 class RunReporter:
@@ -50,9 +59,15 @@ class RunReporter:
             self._bar_start, self._total, self._epoch_label = done_steps, total_steps, f"epoch {epoch}/{epochs}"
             self._last_tenth = done_steps * 10 // max(total_steps, 1)
             self.bar = tqdm(
-                total=total_steps, initial=done_steps, desc=f"epoch {epoch}/{epochs}", unit="step",
-                dynamic_ncols=True, leave=False, file=sys.stderr, disable=None,
-            )  # fmt: skip
+                total=total_steps,
+                initial=done_steps,
+                desc=f"epoch {epoch}/{epochs}",
+                unit="step",
+                dynamic_ncols=True,
+                leave=False,
+                file=sys.stderr,
+                disable=None,
+            )
 
     def log_steps(self, steps: int, loss: float, img_per_s: float, lr: float, global_step: int) -> None:
         if not self.enabled:
@@ -115,7 +130,9 @@ def measure_internals(network: torch.nn.Module, x: torch.Tensor, labels: torch.T
     from models.inspect import gradient_flow, residual_flow
 
     values = {f"internals/grad_norm/{g.layer}": g.grad_norm for g in gradient_flow(network, x, labels)}
-    values.update({f"internals/residual_ratio/{f.block}": f.ratio for f in residual_flow(network, x) if f.ratio is not None})
+    values.update(
+        {f"internals/residual_ratio/{f.block}": f.ratio for f in residual_flow(network, x) if f.ratio is not None}
+    )
     return values
 
 
@@ -141,8 +158,12 @@ def write_curves(rows: list[dict[str, str]], path: Path) -> None:
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(15, 4))
     for key, label in (("train_loss", "train"), ("val_loss", "val")):
         ax_loss.plot(*series(key), marker=".", label=label)
-    for key, label in (("train_top1", "train top-1"), ("val_top1", "val top-1"), ("val_top5", "val top-5"),
-                       ("ema_val_top1", "EMA val top-1")):  # fmt: skip
+    for key, label in (
+        ("train_top1", "train top-1"),
+        ("val_top1", "val top-1"),
+        ("val_top5", "val top-5"),
+        ("ema_val_top1", "EMA val top-1"),
+    ):
         xs, ys = series(key)
         if xs:
             ax_acc.plot(xs, ys, marker=".", label=label)

@@ -84,8 +84,12 @@ def build_config(overrides: dict[str, Any], recipe: str | None = None) -> dict[s
             return config
         if "name" not in overrides:
             raise fork_refusal(path)
-        config["forked_from"] = {"path": str(path.resolve()), "sha256": sha256_file(path),
-                                 "epoch": ckpt.epoch, "step": ckpt.step}  # fmt: skip
+        config["forked_from"] = {
+            "path": str(path.resolve()),
+            "sha256": sha256_file(path),
+            "epoch": ckpt.epoch,
+            "step": ckpt.step,
+        }
         return config
     config = resolve_config(overrides, recipe)
     if resume == "auto":
@@ -246,20 +250,22 @@ class _Run:
         self.preprocess = pretrained_spec if self.resume is not None else eval_preprocess(cfg, pretrained_spec)
         frozen = freeze(network, backbone=bool(cfg.get("freeze_backbone")), until=cfg.get("freeze_until"))
         if frozen:
-            self.log(f"frozen: {len(frozen)} parameter tensors ({'backbone' if cfg.get('freeze_backbone') else 'up to ' + cfg['freeze_until']})")
+            self.log(
+                f"frozen: {len(frozen)} parameter tensors ({'backbone' if cfg.get('freeze_backbone') else 'up to ' + cfg['freeze_until']})"
+            )
         self.frozen_norms = frozen_norm_layers(network)
 
         world, accum = self.dist.world_size, int(cfg["accum_steps"])
         batch = int(cfg["batch_size"])
         if batch % (world * accum):
-            raise ConfigError(
-                f"batch_size {batch} must be divisible by processes x accum_steps = {world} x {accum}"
-            )
+            raise ConfigError(f"batch_size {batch} must be divisible by processes x accum_steps = {world} x {accum}")
         self.per_process_batch = batch // world
         pin = self.device.type == "cuda"
         train_set, _ = datamod.build_dataset(cfg, "train", datamod.train_transform(cfg, self.preprocess))
         val_set = datamod.build_validation_set(cfg, self.preprocess)
-        self.train_loader = datamod.build_train_loader(train_set, cfg, self.per_process_batch, world, self.dist.rank, pin)
+        self.train_loader = datamod.build_train_loader(
+            train_set, cfg, self.per_process_batch, world, self.dist.rank, pin
+        )
         val_batch = int(cfg.get("val_batch_size") or max(self.per_process_batch, 64))
         self.val_loader = datamod.build_val_loader(val_set, cfg, val_batch, world, self.dist.rank, pin)
         self.steps_per_epoch = len(self.train_loader)
@@ -271,7 +277,9 @@ class _Run:
 
         if cfg.get("sync_bn") and world > 1:
             if self.device.type != "cuda":
-                raise ConfigError("--sync-bn needs CUDA (torch's SyncBatchNorm); on CPU each process keeps its own BN statistics")
+                raise ConfigError(
+                    "--sync-bn needs CUDA (torch's SyncBatchNorm); on CPU each process keeps its own BN statistics"
+                )
             network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
             self.frozen_norms = frozen_norm_layers(network)
         network.to(self.device)
@@ -280,7 +288,9 @@ class _Run:
         self.network = network
         self.ema = None
         if cfg.get("ema"):
-            self.ema = AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(float(cfg["ema_decay"])), use_buffers=True)
+            self.ema = AveragedModel(
+                network, multi_avg_fn=get_ema_multi_avg_fn(float(cfg["ema_decay"])), use_buffers=True
+            )
         model: nn.Module = network
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -334,7 +344,9 @@ class _Run:
         if len(states) == self.dist.world_size:
             set_rng_state(states[self.dist.rank])
         else:
-            self.log(f"warning: checkpoint has RNG states for {len(states)} processes, not {self.dist.world_size}; not restored")
+            self.log(
+                f"warning: checkpoint has RNG states for {len(states)} processes, not {self.dist.world_size}; not restored"
+            )
         self.log(f"resumed from {self.config['resume']} at epoch {self.epoch}, step {self.step}")
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -347,9 +359,13 @@ class _Run:
         cfg = self.config
         epochs = int(cfg["epochs"])
         reporter = RunReporter(
-            self.run_dir, enabled=self.dist.is_main, tensorboard=bool(cfg.get("tensorboard")),
-            plots=bool(cfg.get("plots")), resume_epoch=self.epoch, step=self.step,
-        )  # fmt: skip
+            self.run_dir,
+            enabled=self.dist.is_main,
+            tensorboard=bool(cfg.get("tensorboard")),
+            plots=bool(cfg.get("plots")),
+            resume_epoch=self.epoch,
+            step=self.step,
+        )
         stop = StopRequest()
         stop.install()
         log_every = max(int(cfg.get("log_every") or 10), 1)
@@ -363,8 +379,14 @@ class _Run:
                 reporter.start_epoch(epoch + 1, epochs, self.steps_per_epoch, skip)
                 step0 = self.step
 
-                def on_log(steps: int, loss: float, img_per_s: float) -> None:
-                    reporter.log_steps(steps, loss, img_per_s * self.dist.world_size, self.optimizer.param_groups[0]["lr"], step0 + steps)
+                def on_log(steps: int, loss: float, img_per_s: float, step0: int = step0) -> None:
+                    reporter.log_steps(
+                        steps,
+                        loss,
+                        img_per_s * self.dist.world_size,
+                        self.optimizer.param_groups[0]["lr"],
+                        step0 + steps,
+                    )
 
                 def should_stop(steps: int) -> bool:
                     if self.dist.enabled and steps % log_every:
@@ -372,9 +394,13 @@ class _Run:
                     return any_rank(stop.signum is not None, self.device)
 
                 result = train_one_epoch(
-                    self.parts, unreadable.batches(self.train_loader), set_train_mode=lambda: set_train_mode(self.network, self.frozen_norms),
-                    on_log=on_log, should_stop=should_stop, log_every=log_every,
-                )  # fmt: skip
+                    self.parts,
+                    unreadable.batches(self.train_loader),
+                    set_train_mode=lambda: set_train_mode(self.network, self.frozen_norms),
+                    on_log=on_log,
+                    should_stop=should_stop,
+                    log_every=log_every,
+                )
                 self.step += result.steps
                 if note := unreadable.report():
                     self.log(note)
@@ -382,8 +408,10 @@ class _Run:
                     self.steps_into_epoch = skip + result.steps
                     self.save("last.pt")
                     signum = stop.signum or signal.SIGTERM
-                    self.log(f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step {self.step}; "
-                             f"saved {self.run_dir / 'last.pt'} (continue with --resume {self.run_dir / 'last.pt'})")
+                    self.log(
+                        f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step {self.step}; "
+                        f"saved {self.run_dir / 'last.pt'} (continue with --resume {self.run_dir / 'last.pt'})"
+                    )
                     return self._result(started, interrupted_by=signum)
                 self.epoch, self.steps_into_epoch = epoch + 1, 0
                 row = self._validate_and_save(result)
@@ -414,13 +442,19 @@ class _Run:
         if is_best:
             self.save("best.pt")
         return {
-            "epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
-            "train_loss": result.loss, "train_top1": result.top1,
-            "val_loss": raw["loss"], "val_top1": raw["top1"], "val_top5": raw["top5"],
+            "epoch": self.epoch,
+            "step": self.step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": result.loss,
+            "train_top1": result.top1,
+            "val_loss": raw["loss"],
+            "val_top1": raw["top1"],
+            "val_top5": raw["top5"],
             "ema_val_top1": ema_metrics["top1"] if ema_metrics else None,
-            "epoch_seconds": result.seconds, "train_img_per_s": result.images / max(result.seconds, 1e-9),
+            "epoch_seconds": result.seconds,
+            "train_img_per_s": result.images / max(result.seconds, 1e-9),
             "is_best": is_best,
-        }  # fmt: skip
+        }
 
     def _summary_line(self, row: dict[str, Any], epochs: int) -> str:
         ema = f"  ema top1 {row['ema_val_top1']:.2f}" if row.get("ema_val_top1") is not None else ""
@@ -460,9 +494,10 @@ class _Run:
 
     def _result(self, started: float, interrupted_by: int | None = None) -> RunResult:
         return RunResult(
-            run_dir=self.run_dir, best_top1=self.best_top1, final_metrics=self.metrics, epochs_done=self.epoch,
-            interrupted_by=interrupted_by, seconds=time.perf_counter() - started,
-        )  # fmt: skip
-
-
-
+            run_dir=self.run_dir,
+            best_top1=self.best_top1,
+            final_metrics=self.metrics,
+            epochs_done=self.epoch,
+            interrupted_by=interrupted_by,
+            seconds=time.perf_counter() - started,
+        )

@@ -23,7 +23,21 @@ from .probes import (
 from .report import InspectionInputs, InspectionResult, inspect_model
 
 __all__ = [
-    "BlockFlow", "ClassMap", "InspectionInputs", "InspectionResult", "LayerGradient", "LayerRow", "StageActivity",
-    "feature_maps", "grad_cam", "gradient_flow", "inspect_model", "layer_table", "registered_hooks",
-    "relu_activity", "residual_flow", "save_overlay", "target_layer",
-]  # fmt: skip
+    "BlockFlow",
+    "ClassMap",
+    "InspectionInputs",
+    "InspectionResult",
+    "LayerGradient",
+    "LayerRow",
+    "StageActivity",
+    "feature_maps",
+    "grad_cam",
+    "gradient_flow",
+    "inspect_model",
+    "layer_table",
+    "registered_hooks",
+    "relu_activity",
+    "residual_flow",
+    "save_overlay",
+    "target_layer",
+]

@@ -34,23 +34,44 @@ class InspectError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m models.inspect", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m models.inspect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     model = p.add_argument_group("the model (one of)")
     model.add_argument("--checkpoint", type=Path, help="one of our checkpoints (runs/<name>/best.pt)")
-    model.add_argument("--arch", help="an architecture name (`python -m models` lists them), random init unless --weights")
-    model.add_argument("--weights", help="with --arch: a .pth/.safetensors file or torchvision:/timm: name from the local cache")
+    model.add_argument(
+        "--arch", help="an architecture name (`python -m models` lists them), random init unless --weights"
+    )
+    model.add_argument(
+        "--weights", help="with --arch: a .pth/.safetensors file or torchvision:/timm: name from the local cache"
+    )
     model.add_argument("--num-classes", type=int, help="with --arch: classifier size (default: the architecture's)")
     model.add_argument("--no-ema", action="store_true", help="with --checkpoint: the raw weights, not the EMA ones")
     data = p.add_argument_group("inputs (at least one)")
-    data.add_argument("--image", nargs="+", type=Path, default=[], metavar="IMG",
-                      help="images for predictions, feature maps and Grad-CAM (also the batch when there is no --data)")  # fmt: skip
-    data.add_argument("--data", type=Path, metavar="FOLDER",
-                      help="a labelled batch: an ImageFolder tree whose class folders are named as the model's classes")  # fmt: skip
-    data.add_argument("--batch-size", type=int, default=32, help="images taken from --data, spread over the classes (default: 32)")
+    data.add_argument(
+        "--image",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="IMG",
+        help="images for predictions, feature maps and Grad-CAM (also the batch when there is no --data)",
+    )
+    data.add_argument(
+        "--data",
+        type=Path,
+        metavar="FOLDER",
+        help="a labelled batch: an ImageFolder tree whose class folders are named as the model's classes",
+    )
+    data.add_argument(
+        "--batch-size", type=int, default=32, help="images taken from --data, spread over the classes (default: 32)"
+    )
     out = p.add_argument_group("what to write")
     out.add_argument("--out", type=Path, required=True, help="output directory (created; files in it are replaced)")
-    out.add_argument("--layers", nargs="+", help="modules whose feature maps to draw (default: maxpool, i.e. the stem, and every stage)")
+    out.add_argument(
+        "--layers",
+        nargs="+",
+        help="modules whose feature maps to draw (default: maxpool, i.e. the stem, and every stage)",
+    )
     out.add_argument("--gradcam", action="store_true", help="Grad-CAM overlays of the top-k classes for each image")
     out.add_argument("--top-k", type=int, default=3, help="classes per Grad-CAM overlay (default: 3)")
     out.add_argument("--no-graph", action="store_true", help="skip the autograd graph picture (large for deep nets)")
@@ -71,7 +92,9 @@ def load_model(args: argparse.Namespace):
         class_names, preprocess = info.class_names, info.preprocess or preprocess
         title = f"{args.arch} ({args.weights})"
     if class_names is None:
-        class_names = list(imagenet_class_names()) if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
+        class_names = (
+            list(imagenet_class_names()) if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
+        )
     return model.eval(), class_names, preprocess, title
 
 
@@ -98,14 +121,21 @@ def labelled_folder(root: Path, class_names: list[str], limit: int) -> list[tupl
             )
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         per_class.append([(p, index[folder.name]) for p in files])
-    picked = [item for rank in range(max(map(len, per_class), default=0)) for files in per_class
-              if rank < len(files) for item in [files[rank]]]  # fmt: skip
+    picked = [
+        item
+        for rank in range(max(map(len, per_class), default=0))
+        for files in per_class
+        if rank < len(files)
+        for item in [files[rank]]
+    ]
     if not picked:
         raise InspectError(f"--data {root}: no images ({', '.join(IMAGE_SUFFIXES)}) in class folders")
     return picked[:limit]
 
 
-def gather_inputs(args: argparse.Namespace, class_names: list[str], transform: EncodedImageTransform) -> InspectionInputs:
+def gather_inputs(
+    args: argparse.Namespace, class_names: list[str], transform: EncodedImageTransform
+) -> InspectionInputs:
     images = [(path.name, read_image(path, transform)) for path in args.image]
     if args.data is None:
         return InspectionInputs(images, torch.stack([p for _, p in images]), None, f"the {len(images)} --image files")
@@ -133,9 +163,16 @@ def main(argv: list[str] | None = None) -> int:
         model, class_names, preprocess, title = load_model(args)
         inputs = gather_inputs(args, class_names, EncodedImageTransform(preprocess))
         result = inspect_model(
-            model, class_names, preprocess, inputs, args.out, title=title, layers=args.layers,
-            gradcam_top_k=args.top_k if args.gradcam else 0, graph=not args.no_graph,
-        )  # fmt: skip
+            model,
+            class_names,
+            preprocess,
+            inputs,
+            args.out,
+            title=title,
+            layers=args.layers,
+            gradcam_top_k=args.top_k if args.gradcam else 0,
+            graph=not args.no_graph,
+        )
     except (CheckpointError, InspectError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

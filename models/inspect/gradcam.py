@@ -8,9 +8,9 @@ upsampled to the input and overlaid on the very pixels the network saw (the serv
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

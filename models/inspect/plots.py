@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from torch import Tensor
 
 from ..osutil import atomic_save_figure
-
 from .probes import BlockFlow, LayerGradient, StageActivity
 
 
@@ -63,9 +62,14 @@ def plot_filters(weight: Tensor, path: Path, limit: int = 64) -> Path:
         ax.axis("off")
     for ax, f in zip(axes, filters):
         f = (f - f.min()) / max(float(f.max() - f.min()), 1e-12)
-        ax.imshow(f.transpose(1, 2, 0) if f.shape[0] == 3 else f.mean(axis=0), cmap=None if f.shape[0] == 3 else "gray",
-                  interpolation="nearest")  # fmt: skip
-    fig.suptitle(f"first conv: {weight.shape[0]} filters of {weight.shape[1]}x{weight.shape[2]}x{weight.shape[3]}", fontsize=9)
+        ax.imshow(
+            f.transpose(1, 2, 0) if f.shape[0] == 3 else f.mean(axis=0),
+            cmap=None if f.shape[0] == 3 else "gray",
+            interpolation="nearest",
+        )
+    fig.suptitle(
+        f"first conv: {weight.shape[0]} filters of {weight.shape[1]}x{weight.shape[2]}x{weight.shape[3]}", fontsize=9
+    )
     return save(fig, path)
 
 

@@ -7,18 +7,19 @@ import math
 import os
 import shutil
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..preprocess import PreprocessSpec, normalize_batch
 from ..osutil import atomic_write_text
+from ..preprocess import PreprocessSpec, normalize_batch
 from . import plots
 from .gradcam import grad_cam, save_overlay
-from .probes import first_conv, feature_maps, gradient_flow, layer_table, relu_activity, residual_flow, stage_names
+from .probes import feature_maps, first_conv, gradient_flow, layer_table, relu_activity, residual_flow, stage_names
 
 GRAPH_HINT = "install Graphviz's `dot` (Debian/Ubuntu: apt-get install graphviz) and `pip install torchviz`"
 
@@ -99,10 +100,13 @@ def inspect_model(
     md += [
         f"{type(model).__name__} with {params:,} parameters, {total_flops / 1e9:.3f} GFLOPs per "
         f"{preprocess.input_size}x{preprocess.input_size} image ({total_flops / 2e9:.3f} GMACs), "
-        f"{len(class_names)} classes.", "",
+        f"{len(class_names)} classes.",
+        "",
         f"Labelled batch: {len(batch)} images, {inputs.batch_description or 'labels given'}"
-        + ("" if inputs.labels is not None else "; the model's own predictions serve as labels") + ".", "",
-    ]  # fmt: skip
+        + ("" if inputs.labels is not None else "; the model's own predictions serve as labels")
+        + ".",
+        "",
+    ]
 
     if images:
         md += ["## Predictions", "", "| image | top classes |", "|---|---|"]
@@ -110,13 +114,20 @@ def inspect_model(
             for name, x in images:
                 p = model(x).float().softmax(dim=1)[0]
                 top = p.topk(min(3, len(class_names)))
-                shown = ", ".join(f"{class_names[i]} {v:.1%}" for v, i in zip(top.values.tolist(), top.indices.tolist()))
+                shown = ", ".join(
+                    f"{class_names[i]} {v:.1%}" for v, i in zip(top.values.tolist(), top.indices.tolist())
+                )
                 md.append(f"| {name} | {shown} |")
         md.append("")
 
     if gradcam_top_k and images:
-        md += ["## Grad-CAM", "", f"Class activation maps of the top {gradcam_top_k} classes on the "
-               f"`{stage_names(model)[-1]}` output, over the image as the network saw it.", ""]  # fmt: skip
+        md += [
+            "## Grad-CAM",
+            "",
+            f"Class activation maps of the top {gradcam_top_k} classes on the "
+            f"`{stage_names(model)[-1]}` output, over the image as the network saw it.",
+            "",
+        ]
         for (name, x), (_, pixels) in zip(images, inputs.images):
             maps = grad_cam(model, x, class_names, top_k=gradcam_top_k)
             path = save_overlay(pixels, maps, out / f"gradcam_{_safe(Path(name).stem)}.png", title=name)
@@ -126,8 +137,13 @@ def inspect_model(
     if images:
         layers = list(layers) if layers else ["maxpool", *stage_names(model)]
         maps = feature_maps(model, images[0][1], layers)
-        md += ["## Feature maps", "", f"The first channels of each layer's output for {images[0][0]} "
-               "(`maxpool` is the stem's output, an identity in CIFAR stems).", ""]  # fmt: skip
+        md += [
+            "## Feature maps",
+            "",
+            f"The first channels of each layer's output for {images[0][0]} "
+            "(`maxpool` is the stem's output, an identity in CIFAR stems).",
+            "",
+        ]
         for layer in layers:
             if maps[layer].dim() != 4:
                 continue
@@ -143,9 +159,17 @@ def inspect_model(
     flows = residual_flow(model, batch)
     path = plots.plot_residual_flow(flows, out / "residual_flow.png")
     result.files.append(path)
-    md += ["## Residual flow", "", "Per block, the residual branch's output norm against the identity path's "
-           "(batch means). Near 0: the block is close to the identity; above 1: the branch dominates.", "",
-           f"![residual flow]({path.name})", "", "| block | ‖F(x)‖ | ‖identity‖ | ratio |", "|---|---:|---:|---:|"]  # fmt: skip
+    md += [
+        "## Residual flow",
+        "",
+        "Per block, the residual branch's output norm against the identity path's "
+        "(batch means). Near 0: the block is close to the identity; above 1: the branch dominates.",
+        "",
+        f"![residual flow]({path.name})",
+        "",
+        "| block | ‖F(x)‖ | ‖identity‖ | ratio |",
+        "|---|---:|---:|---:|",
+    ]
     for f in flows:
         ident = f"{f.identity_norm:.4g}" if f.identity_norm is not None else "no shortcut"
         ratio = f"{f.ratio:.4f}" if f.ratio is not None else "undefined"
@@ -158,17 +182,32 @@ def inspect_model(
     norms = [g.grad_norm for g in grads]
     vanished = [g.layer for g in grads if g.grad_norm == 0]
     broken = [g.layer for g in grads if not math.isfinite(g.grad_norm)]
-    md += ["## Gradient flow", "", "Cross-entropy gradient per layer on the labelled batch, in train mode "
-           "(BN statistics restored afterwards).", "", f"![gradient flow]({path.name})", "",
-           f"Smallest {min(norms):.3g}, median {statistics.median(norms):.3g}, largest {max(norms):.3g}; "
-           f"{len(vanished)} layers with a zero gradient{': ' + ', '.join(vanished) if vanished else ''}; "
-           f"{len(broken)} non-finite{': ' + ', '.join(broken) if broken else ''}.", ""]  # fmt: skip
+    md += [
+        "## Gradient flow",
+        "",
+        "Cross-entropy gradient per layer on the labelled batch, in train mode (BN statistics restored afterwards).",
+        "",
+        f"![gradient flow]({path.name})",
+        "",
+        f"Smallest {min(norms):.3g}, median {statistics.median(norms):.3g}, largest {max(norms):.3g}; "
+        f"{len(vanished)} layers with a zero gradient{': ' + ', '.join(vanished) if vanished else ''}; "
+        f"{len(broken)} non-finite{': ' + ', '.join(broken) if broken else ''}.",
+        "",
+    ]
 
     activity = relu_activity(model, batch)
     path = plots.plot_relu_activity(activity, out / "relu_activity.png")
     result.files.append(path)
-    md += ["## Dead ReLUs", "", "A channel is dead when no image of the batch makes it positive anywhere.", "",
-           f"![ReLU activity]({path.name})", "", "| stage | channels | dead | zero outputs |", "|---|---:|---:|---:|"]  # fmt: skip
+    md += [
+        "## Dead ReLUs",
+        "",
+        "A channel is dead when no image of the batch makes it positive anywhere.",
+        "",
+        f"![ReLU activity]({path.name})",
+        "",
+        "| stage | channels | dead | zero outputs |",
+        "|---|---:|---:|---:|",
+    ]
     md += [f"| {s.stage} | {s.channels} | {s.dead_fraction:.1%} | {s.zero_fraction:.1%} |" for s in activity]
     md.append("")
 
@@ -184,7 +223,9 @@ def inspect_model(
         md += ["Not asked for.", ""]
 
     md += ["## Layers", "", "| layer | type | output shape | parameters | FLOPs |", "|---|---|---|---:|---:|"]
-    md += [f"| {r.layer} | {r.kind} | {'x'.join(map(str, r.output_shape))} | {r.params:,} | {r.flops:,} |" for r in rows]
+    md += [
+        f"| {r.layer} | {r.kind} | {'x'.join(map(str, r.output_shape))} | {r.params:,} | {r.flops:,} |" for r in rows
+    ]
     md += [f"| **total** | | | {params:,} | {total_flops:,} |", ""]
 
     result.summary = {

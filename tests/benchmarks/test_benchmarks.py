@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.artifacts import random_checkpoint
 from benchmarks.cli import main
 from benchmarks.report import CPU_FEATURES, Report, Table, Verdict, cpu_generation, machine_slug
 from benchmarks.timing import Budget, concurrent_throughput, interleaved
@@ -32,8 +31,20 @@ def work_dir(tmp_path_factory) -> Path:
 def run_quick(name: str, work_dir: Path, *extra: str, threads: int = 1, timeout: int = 600) -> tuple[str, str, dict]:
     """`python -m benchmarks NAME --quick --threads THREADS`; returns (stdout, markdown file, parsed JSON)."""
     results = work_dir / "results"
-    command = [sys.executable, "-m", "benchmarks", name, "--quick", "--threads", str(threads),
-               "--work-dir", str(work_dir), "--results-dir", str(results), *extra]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks",
+        name,
+        "--quick",
+        "--threads",
+        str(threads),
+        "--work-dir",
+        str(work_dir),
+        "--results-dir",
+        str(results),
+        *extra,
+    ]
     process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert process.returncode == 0, f"exit {process.returncode}\n{process.stdout[-3000:]}\n{process.stderr[-3000:]}"
     out = results / machine_slug()
@@ -69,8 +80,11 @@ def test_ceiling_writes_fp32_bf16_and_int8_rows(work_dir):
     check_well_formed(stdout, markdown, data, "ceiling")
     ceilings = data["data"]["ceilings"]
     assert {(c["dtype"], c["kernel"], c["threads"]) for c in ceilings} == {
-        ("fp32", "torch.matmul", 1), ("fp32", "onnxruntime", 1), ("bf16", "torch.matmul", 1), ("int8", "onnxruntime", 1)
-    }  # fmt: skip
+        ("fp32", "torch.matmul", 1),
+        ("fp32", "onnxruntime", 1),
+        ("bf16", "torch.matmul", 1),
+        ("int8", "onnxruntime", 1),
+    }
     assert all(c["gflops"] > 0 for c in ceilings)
     # a dtype's ceiling is its fastest kernel
     fp32 = max(c["gflops"] for c in ceilings if c["dtype"] == "fp32")
@@ -115,7 +129,19 @@ def test_infer_ablations_are_opt_in(work_dir):
 
 def test_gpu_run_goes_end_to_end_on_the_cpu(tmp_path):
     out = tmp_path / "gpu"
-    command = [sys.executable, "-m", "benchmarks", "gpu", "--device", "cpu", "--quick", "--threads", "1", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks",
+        "gpu",
+        "--device",
+        "cpu",
+        "--quick",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert process.returncode == 0, process.stderr[-3000:]
     data = json.loads((out / "gpu.json").read_text())
@@ -193,7 +219,9 @@ def test_unknown_architecture_is_a_usage_error(capsys):
     assert "unknown architecture(s) ['resnet7']" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device: the refusal is for machines without one")
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="this machine has a CUDA device: the refusal is for machines without one"
+)
 def test_infer_on_cuda_alone_without_a_cuda_device_says_so(capsys, tmp_path):
     assert main(["infer", "--devices", "cuda", "--quick", "--work-dir", str(tmp_path)]) == 3
     assert "--devices cuda: PyTorch sees no CUDA device on this machine" in capsys.readouterr().err
@@ -209,8 +237,11 @@ def test_bad_numbers_are_refused_by_the_parser(capsys):
 
 def test_interleaved_rounds_time_every_candidate_equally():
     calls: list[str] = []
-    samples = interleaved({name: (lambda n=name: calls.append(n)) for name in "abc"},
-                          Budget(warmup=1, min_rounds=4, max_rounds=4, seconds=0), items=8)  # fmt: skip
+    samples = interleaved(
+        {name: (lambda n=name: calls.append(n)) for name in "abc"},
+        Budget(warmup=1, min_rounds=4, max_rounds=4, seconds=0),
+        items=8,
+    )
     assert calls[:3] == ["a", "b", "c"]  # warm-up
     assert calls[3:6] == ["a", "b", "c"] and calls[6:9] == ["b", "c", "a"]  # order rotates per round
     assert all(len(s.seconds) == 4 and s.items == 8 for s in samples.values())
@@ -218,14 +249,19 @@ def test_interleaved_rounds_time_every_candidate_equally():
 
 def test_interleaved_before_calls_and_consecutive_calls():
     calls: list[str] = []
-    samples = interleaved({name: (lambda n=name: calls.append(n)) for name in "ab"},
-                          Budget(warmup=0, min_rounds=2, max_rounds=2, seconds=0),
-                          before={"a": lambda: (calls.append("before a"), time.sleep(0.05))})  # fmt: skip
+    samples = interleaved(
+        {name: (lambda n=name: calls.append(n)) for name in "ab"},
+        Budget(warmup=0, min_rounds=2, max_rounds=2, seconds=0),
+        before={"a": lambda: (calls.append("before a"), time.sleep(0.05))},
+    )
     assert calls == ["before a", "a", "b", "b", "before a", "a"]
     assert max(samples["a"].seconds) < 0.05  # the 50 ms before-call is not in a's time
     calls.clear()
-    samples = interleaved({name: (lambda n=name: calls.append(n)) for name in "ab"},
-                          Budget(warmup=0, min_rounds=2, max_rounds=2, seconds=0), consecutive=3)  # fmt: skip
+    samples = interleaved(
+        {name: (lambda n=name: calls.append(n)) for name in "ab"},
+        Budget(warmup=0, min_rounds=2, max_rounds=2, seconds=0),
+        consecutive=3,
+    )
     assert calls == ["a"] * 3 + ["b"] * 6 + ["a"] * 3 and all(len(s.seconds) == 6 for s in samples.values())
 
 
@@ -237,8 +273,9 @@ def test_interleaved_primes_each_timed_call_with_untimed_calls_of_its_own():
         calls.append("a")
         time.sleep(0.05 if next(slow) else 0)
 
-    samples = interleaved({"a": a, "b": lambda: calls.append("b")}, Budget(warmup=0, min_rounds=2, max_rounds=2, seconds=0),
-                          prime_s=0.08)  # fmt: skip
+    samples = interleaved(
+        {"a": a, "b": lambda: calls.append("b")}, Budget(warmup=0, min_rounds=2, max_rounds=2, seconds=0), prime_s=0.08
+    )
     # a: untimed calls until 80 ms have passed (two of 50 ms), then the timed one; b: untimed calls for 80 ms, then its own
     assert calls.count("a") == 6 and len(samples["a"].seconds) == 2
     assert max(samples["a"].seconds) < 0.05  # only the fast third call of each round is timed
@@ -280,9 +317,15 @@ def test_report_markdown_and_json_agree(tmp_path):
 
 @pytest.mark.parametrize(
     "vendor, family, model, generation",
-    [("AuthenticAMD", 25, 0x01, "zen3"), ("AuthenticAMD", 25, 0x11, "zen4"), ("AuthenticAMD", 25, 0xA0, "zen4"),
-     ("AuthenticAMD", 26, 0x02, "zen5"), ("AuthenticAMD", 23, 0x31, "zen2"), ("GenuineIntel", 6, 0x8F, None)],
-)  # fmt: skip
+    [
+        ("AuthenticAMD", 25, 0x01, "zen3"),
+        ("AuthenticAMD", 25, 0x11, "zen4"),
+        ("AuthenticAMD", 25, 0xA0, "zen4"),
+        ("AuthenticAMD", 26, 0x02, "zen5"),
+        ("AuthenticAMD", 23, 0x31, "zen2"),
+        ("GenuineIntel", 6, 0x8F, None),
+    ],
+)
 def test_amd_generation_comes_from_family_and_model(vendor, family, model, generation):
     # Under KVM all three AMD machines here call themselves "AMD EPYC"; these numbers tell them apart.
     info = {"vendor_id": vendor, "cpu family": str(family), "model": str(model), "model name": "AMD EPYC"}

@@ -29,12 +29,14 @@ def test_checkpoint_onnx_artifact_and_served_model_agree_on_the_digits(
 ):
     assert train_main(["--evaluate", "--checkpoint", str(digits_checkpoint), "--eval-out", str(tmp_path / "ckpt")]) == 0
     capsys.readouterr()
-    status, out, err = run_client("evaluate", "--local", digits_export, "--format", "onnx", "--digits",
-                                  "--out", tmp_path / "onnx")  # fmt: skip
+    status, out, err = run_client(
+        "evaluate", "--local", digits_export, "--format", "onnx", "--digits", "--out", tmp_path / "onnx"
+    )
     assert status == 0, err
     assert "(onnx on cpu)" in out and "360 images, top-1" in out
-    status, out, err = run_client("evaluate", "--url", torchserve_url, "--model", "digits", "--digits",
-                                  "--out", tmp_path / "served")  # fmt: skip
+    status, out, err = run_client(
+        "evaluate", "--url", torchserve_url, "--model", "digits", "--digits", "--out", tmp_path / "served"
+    )
     assert status == 0, err
     assert f"model 'digits' at {torchserve_url}" in out and "warning" not in err
 
@@ -47,8 +49,11 @@ def test_checkpoint_onnx_artifact_and_served_model_agree_on_the_digits(
         assert abs(top1[name] - top1["ckpt"]) <= ONE_IMAGE + 1e-9, top1
         assert abs(reports[name]["top5"] - reports["ckpt"]["top5"]) <= ONE_IMAGE + 1e-9
     # The same images in the same classes: the confusion matrices differ by at most one moved image.
-    moved = sum(abs(a - b) for ra, rb in zip(reports["onnx"]["confusion"], reports["served"]["confusion"])
-                for a, b in zip(ra, rb))  # fmt: skip
+    moved = sum(
+        abs(a - b)
+        for ra, rb in zip(reports["onnx"]["confusion"], reports["served"]["confusion"])
+        for a, b in zip(ra, rb)
+    )
     assert moved <= 2, (reports["onnx"]["confusion"], reports["served"]["confusion"])
 
 
@@ -59,7 +64,7 @@ def test_a_bad_image_fails_alone_and_is_listed(digits_export, digit_images, run_
     assert status == 1 and "1 of 21 images could not be classified" in err
     report = report_in(tmp_path / "o")
     assert report["samples"] == 20
-    (failed_path, why), = report["extra"]["failed_images"].items()
+    ((failed_path, why),) = report["extra"]["failed_images"].items()
     assert failed_path.endswith("broken.png") and why
 
 
@@ -80,10 +85,28 @@ def test_bad_command_lines_and_unreachable_or_unknown_servers(torchserve_url, di
     status, _, err = run_client("evaluate", "--url", torchserve_url, "--model", "digits", "--images", tmp_path)
     assert status == 2 and "no labelled images" in err
     (port,) = free_ports(1)
-    status, _, err = run_client("evaluate", "--url", f"http://127.0.0.1:{port}", "--model", "digits",
-                                "--images", digit_images, "--out", tmp_path / "o")  # fmt: skip
+    status, _, err = run_client(
+        "evaluate",
+        "--url",
+        f"http://127.0.0.1:{port}",
+        "--model",
+        "digits",
+        "--images",
+        digit_images,
+        "--out",
+        tmp_path / "o",
+    )
     assert status == 3 and "cannot connect" in err
-    status, _, err = run_client("evaluate", "--url", torchserve_url, "--model", "no_such_model",
-                                "--images", digit_images, "--out", tmp_path / "o")  # fmt: skip
+    status, _, err = run_client(
+        "evaluate",
+        "--url",
+        torchserve_url,
+        "--model",
+        "no_such_model",
+        "--images",
+        digit_images,
+        "--out",
+        tmp_path / "o",
+    )
     assert status == 4 and "no_such_model" in err
     assert not (tmp_path / "o").exists()

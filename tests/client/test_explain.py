@@ -14,7 +14,9 @@ def test_explain_writes_one_overlay_per_image_next_to_the_table(digits_export, d
     twin.parent.mkdir()
     shutil.copy(images[0], twin)
     out = tmp_path / "explained"
-    status, stdout, err = run_client(*images, twin, "--local", digits_export, "--explain", "--explain-dir", out, "--json")
+    status, stdout, err = run_client(
+        *images, twin, "--local", digits_export, "--explain", "--explain-dir", out, "--json"
+    )
     assert status == 0, err
     results = json.loads(stdout)["results"]
     paths = [r["explanation"] for r in results]

@@ -20,8 +20,11 @@ REPO = Path(__file__).parents[2]
 def loadtest(*args, cwd=REPO) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "client", "loadtest", *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def only_run_dir(root: Path) -> Path:
@@ -32,13 +35,37 @@ def only_run_dir(root: Path) -> Path:
 def test_short_run_with_zero_failures_writes_reports(torchserve_url, digit_images, tmp_path):
     assert torchserve_url.startswith("http://127.0.0.1:")
     result = loadtest(
-        "--host", torchserve_url, "--model", "digits", "--users", 2, "--spawn-rate", 2, "--duration", "6s",
-        "--images", digit_images, "--method", "PUT", "--p95-ms", 60_000, "--output-root", tmp_path,
-    )  # fmt: skip
+        "--host",
+        torchserve_url,
+        "--model",
+        "digits",
+        "--users",
+        2,
+        "--spawn-rate",
+        2,
+        "--duration",
+        "6s",
+        "--images",
+        digit_images,
+        "--method",
+        "PUT",
+        "--p95-ms",
+        60_000,
+        "--output-root",
+        tmp_path,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     run_dir = only_run_dir(tmp_path)
-    for name in ("locust_stats.csv", "locust_stats_history.csv", "locust_failures.csv", "locust_final_stats.json",
-                 "report.html", "throughput_latency.png", "summary.json", "locust.log"):  # fmt: skip
+    for name in (
+        "locust_stats.csv",
+        "locust_stats_history.csv",
+        "locust_failures.csv",
+        "locust_final_stats.json",
+        "report.html",
+        "throughput_latency.png",
+        "summary.json",
+        "locust.log",
+    ):
         assert (run_dir / name).stat().st_size > 0, name
     assert (run_dir / "throughput_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<html" in (run_dir / "report.html").read_text().lower()
@@ -57,9 +84,17 @@ def test_short_run_with_zero_failures_writes_reports(torchserve_url, digit_image
 def test_failures_above_the_ratio_fail_the_run(torchserve_url, tmp_path):
     # An unknown model: every request is a 404, on TorchServe's default images (scikit-image photos).
     result = loadtest(
-        "--host", torchserve_url, "--model", "no_such_model", "--users", 1, "--duration", "3s",
-        "--output-root", tmp_path,
-    )  # fmt: skip
+        "--host",
+        torchserve_url,
+        "--model",
+        "no_such_model",
+        "--users",
+        1,
+        "--duration",
+        "3s",
+        "--output-root",
+        tmp_path,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "failure ratio 1.0000 exceeds --max-failure-ratio 0" in result.stderr
     assert "HTTP 404" in result.stdout  # the most frequent failure, as locust recorded it
@@ -68,9 +103,21 @@ def test_failures_above_the_ratio_fail_the_run(torchserve_url, tmp_path):
 
 def test_p95_above_the_limit_fails_the_run(torchserve_url, digit_images, tmp_path):
     result = loadtest(
-        "--host", torchserve_url, "--model", "digits", "--users", 1, "--duration", "3s",
-        "--images", digit_images, "--p95-ms", 0.01, "--output-root", tmp_path,
-    )  # fmt: skip
+        "--host",
+        torchserve_url,
+        "--model",
+        "digits",
+        "--users",
+        1,
+        "--duration",
+        "3s",
+        "--images",
+        digit_images,
+        "--p95-ms",
+        0.01,
+        "--output-root",
+        tmp_path,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "exceeds --p95-ms 0.01" in result.stderr and "failure ratio" not in result.stderr
 

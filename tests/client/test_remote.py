@@ -225,8 +225,11 @@ def scripted_server(request):
     server.server_close()
 
 
-@pytest.mark.parametrize("scripted_server", [[(503, {"code": 503, "type": "InternalServerException",
-                                                      "message": "Prediction failed"})]], indirect=True)  # fmt: skip
+@pytest.mark.parametrize(
+    "scripted_server",
+    [[(503, {"code": 503, "type": "InternalServerException", "message": "Prediction failed"})]],
+    indirect=True,
+)
 def test_a_failed_prediction_503_is_not_retried(scripted_server, digit_images, run_client):
     """Only TorchServe's "busy" 503 is worth retrying; resending an image whose batch failed fails again."""
     image = next((digit_images / "7").iterdir())
@@ -266,8 +269,7 @@ ODD_ANSWER = '{"cat\\nwith a newline": NaN, "' + "x" * 200 + '": 1.5, "neg": -0.
 
 
 @pytest.mark.parametrize("scripted_server", [[(200, ODD_ANSWER)]], indirect=True)
-def test_nan_and_odd_labels_from_a_server_do_not_crash_the_table_or_the_json(scripted_server, digit_images,
-                                                                             run_client):  # fmt: skip
+def test_nan_and_odd_labels_from_a_server_do_not_crash_the_table_or_the_json(scripted_server, digit_images, run_client):
     image = next((digit_images / "7").iterdir())
     url = f"http://127.0.0.1:{scripted_server.server_address[1]}"
     status, out, err = run_client(image, "--url", url, "--model", "digits")
@@ -293,8 +295,9 @@ def test_a_connection_closed_after_413_is_not_server_unreachable(digit_images, t
                 return
             with connection:
                 connection.recv(65536)  # the headers and the start of the body
-                connection.sendall(b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 0\r\n"
-                                   b"Connection: close\r\n\r\n")  # fmt: skip
+                connection.sendall(
+                    b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
                 connection.shutdown(socket.SHUT_RDWR)
 
     threading.Thread(target=serve, daemon=True).start()
@@ -302,8 +305,9 @@ def test_a_connection_closed_after_413_is_not_server_unreachable(digit_images, t
     big.write_bytes(bytes(30 * 2**20))
     small = next((digit_images / "7").iterdir())
     try:
-        status, out, err = run_client(big, small, "--url", f"http://127.0.0.1:{port}", "--model", "digits",
-                                      "--concurrency", 1, "--retries", 0)  # fmt: skip
+        status, out, err = run_client(
+            big, small, "--url", f"http://127.0.0.1:{port}", "--model", "digits", "--concurrency", 1, "--retries", 0
+        )
     finally:
         listener.close()
     assert status == 1, err  # images failed, but the server was reachable: not 3

@@ -15,8 +15,13 @@ def test_near_ties_may_swap_but_answers_may_not_change():
 
 
 def test_report_fails_on_each_kind_of_problem():
-    good = Report(requests=Counter(valid0=10), worker_pids_start=[1], worker_pids_seen=[1],
-                  rss_after_warmup_mb=100.0, rss_end_mb=105.0)  # fmt: skip
+    good = Report(
+        requests=Counter(valid0=10),
+        worker_pids_start=[1],
+        worker_pids_seen=[1],
+        rss_after_warmup_mb=100.0,
+        rss_end_mb=105.0,
+    )
     assert good.problems() == [] and good.to_dict()["passed"]
     restarted = Report(worker_pids_start=[1], worker_pids_seen=[1, 2], rss_after_warmup_mb=100.0, rss_end_mb=100.0)
     assert restarted.worker_restarts == 1 and "1 worker restart" in restarted.problems()[0]

@@ -26,8 +26,20 @@ def aoti_export(digits_checkpoint, tmp_path_factory):
     the same captured graph."""
     export_dir = tmp_path_factory.mktemp("aoti") / "digits"
     formats = "aoti,onnx" + ("" if BF16_MISSING else ",aoti-bf16")
-    code = export_main(["--checkpoint", str(digits_checkpoint), "--to", formats, "--out", str(export_dir),
-                        "--name", "digits", "--threads", "2"])  # fmt: skip
+    code = export_main(
+        [
+            "--checkpoint",
+            str(digits_checkpoint),
+            "--to",
+            formats,
+            "--out",
+            str(export_dir),
+            "--name",
+            "digits",
+            "--threads",
+            "2",
+        ]
+    )
     assert code == 0
     return export_dir
 
@@ -37,7 +49,11 @@ def test_aoti_package_is_recorded_with_its_torch_and_target_and_passes_fp32_pari
     aoti = manifest.find("aoti")
     assert aoti.file == "model.pt2" and aoti.precision == "fp32" and aoti.device == "cpu"
     assert aoti.passed and aoti.parity["metrics"]["allclose"] and aoti.parity["metrics"]["top1_agreement"] == 1.0
-    assert aoti.details["torch_version"] == torch.__version__ == package_metadata(aoti_export / "model.pt2")["torch_version"]
+    assert (
+        aoti.details["torch_version"]
+        == torch.__version__
+        == package_metadata(aoti_export / "model.pt2")["torch_version"]
+    )
     assert aoti.details["built_for"]["isa"] and aoti.details["compile_seconds"] > 0
     assert aoti.details["size_bytes"] == (aoti_export / "model.pt2").stat().st_size
     assert "freezing on" in aoti.details["method"]
@@ -58,8 +74,12 @@ def test_package_loads_in_a_fresh_interpreter_with_a_dynamic_batch(aoti_export, 
         "    torch.testing.assert_close(r.predict(x[:n]), ref[:n], rtol=1e-3, atol=1e-4)\n"
         "print('ok', type(r).__name__)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script, str(aoti_export), str(digits_checkpoint)],
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(aoti_export), str(digits_checkpoint)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ok AotiRunner" in result.stdout
 
@@ -114,8 +134,9 @@ def test_fp16_package_needs_cuda(digits_checkpoint, tmp_path, capsys):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the CUDA packages cannot be built here")
 def test_fp16_package_on_cuda(digits_checkpoint, tmp_path):
     out = tmp_path / "cuda"
-    code = export_main(["--checkpoint", str(digits_checkpoint), "--to", "aoti,aoti-fp16", "--device", "cuda",
-                        "--out", str(out)])  # fmt: skip
+    code = export_main(
+        ["--checkpoint", str(digits_checkpoint), "--to", "aoti,aoti-fp16", "--device", "cuda", "--out", str(out)]
+    )
     assert code == 0
     manifest = read_manifest(out)
     assert manifest.find("aoti").device == "cuda" and manifest.find("aoti-fp16").passed
@@ -146,13 +167,25 @@ def test_a_real_torchserve_serves_the_aoti_package(aoti_export, tmp_path):
 
     port, management, metrics, grpc_inference, grpc_management = free_ports(5)
     run_dir = tmp_path / "ts"
-    settings = ServerSettings(model_store=mar.parent, models=["digits"], run_dir=run_dir, port=port,
-                              management_port=management, metrics_port=metrics, grpc_inference_port=grpc_inference,
-                              grpc_management_port=grpc_management, startup_timeout_s=240)  # fmt: skip
+    settings = ServerSettings(
+        model_store=mar.parent,
+        models=["digits"],
+        run_dir=run_dir,
+        port=port,
+        management_port=management,
+        metrics_port=metrics,
+        grpc_inference_port=grpc_inference,
+        grpc_management_port=grpc_management,
+        startup_timeout_s=240,
+    )
     try:
         info = start(settings, log=lambda message: None)
-        response = requests.post(f"{info.inference_url}/predictions/digits", data=body, timeout=60,
-                                 headers={"Authorization": f"Bearer {info.key('inference')}"})  # fmt: skip
+        response = requests.post(
+            f"{info.inference_url}/predictions/digits",
+            data=body,
+            timeout=60,
+            headers={"Authorization": f"Bearer {info.key('inference')}"},
+        )
     finally:
         stop(run_dir)
     assert response.status_code == 200, response.text

@@ -61,10 +61,14 @@ def test_export_writes_both_formats_and_passes_parity_on_real_digits(digits_expo
         assert by_batch["16"]["artifact_top1"] == by_batch["16"]["reference_top1"]
     # one progress line per step, then the summary table
     assert [line.split("]")[0] for line in out.splitlines() if line.startswith("[")] == [
-        "[1/5", "[2/5", "[3/5", "[4/5", "[5/5"
+        "[1/5",
+        "[2/5",
+        "[3/5",
+        "[4/5",
+        "[5/5",
     ]
     assert "RANDOM" not in out and "dynamo exporter, opset 18" in out
-    table = out[out.index("format "):].splitlines()
+    table = out[out.index("format ") :].splitlines()
     assert table[2].startswith("torchscript") and table[2].endswith("passed")
     assert table[3].startswith("onnx") and table[3].endswith("passed")
 
@@ -112,7 +116,9 @@ def test_onnx_runs_in_a_fresh_onnxruntime_session_at_batch_1_3_16(digits_export,
         assert (torch.from_numpy(logits).argmax(1) == expected.argmax(1)).all()
 
 
-def test_torchscript_loads_with_plain_torch_jit_load_without_our_code(digits_export, digits_checkpoint, digit_batch, tmp_path):
+def test_torchscript_loads_with_plain_torch_jit_load_without_our_code(
+    digits_export, digits_checkpoint, digit_batch, tmp_path
+):
     """A fresh isolated interpreter (-I: no PYTHONPATH, no cwd on sys.path) that never imports our packages."""
     inputs = tmp_path / "batch.pt"
     torch.save(digit_batch[:5], inputs)
@@ -123,7 +129,9 @@ def test_torchscript_loads_with_plain_torch_jit_load_without_our_code(digits_exp
         "assert not any(m.split('.')[0] in ('models', 'export', 'train') for m in sys.modules), 'our code was imported'\n"
         f"torch.save(logits, {str(tmp_path / 'logits.pt')!r})\n"
     )
-    proc = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     expected = runner_from_checkpoint(digits_checkpoint).predict(digit_batch[:5])
     torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, rtol=1e-3, atol=1e-4)
@@ -150,7 +158,11 @@ def test_a_perturbed_artifact_fails_parity_and_the_command_exits_nonzero(digits_
     fc_weight = next(i for i in model.graph.initializer if tuple(i.dims) == (10, 64))
     weights = numpy_helper.to_array(fc_weight)
     rng = np.random.default_rng(0)
-    fc_weight.CopyFrom(numpy_helper.from_array(weights + 0.01 * weights.std() * rng.standard_normal(weights.shape).astype(np.float32), fc_weight.name))
+    fc_weight.CopyFrom(
+        numpy_helper.from_array(
+            weights + 0.01 * weights.std() * rng.standard_normal(weights.shape).astype(np.float32), fc_weight.name
+        )
+    )
     onnx.save(model, str(export_dir / "model.onnx"))
 
     with pytest.raises(ManifestError, match="sha256"):
@@ -172,7 +184,9 @@ def test_a_perturbed_artifact_fails_parity_and_the_command_exits_nonzero(digits_
     assert any("not allclose" in f for f in onnx_entry.parity["failures"]), onnx_entry.parity
     assert onnx_entry.sha256 == sha256_file(export_dir / "model.onnx")
     [accepted] = onnx_entry.details["accepted_changes"]
-    assert accepted["sha256"] == onnx_entry.sha256 and accepted["previous_sha256"] != onnx_entry.sha256 and accepted["at"]
+    assert (
+        accepted["sha256"] == onnx_entry.sha256 and accepted["previous_sha256"] != onnx_entry.sha256 and accepted["at"]
+    )
     assert "onnx FAILED parity" in out
     assert any(line.startswith("onnx ") and line.endswith("FAILED") for line in out.splitlines())
 
@@ -207,8 +221,10 @@ def test_to_all_without_tensorrt_exports_the_rest_from_the_newest_run(digits_che
     bf16 = [] if bf16_missing_reason() else ["aoti-bf16"]
     assert [a.format for a in manifest.artifacts] == ["torchscript", "onnx", "onnx-int8", "aoti", *bf16]
     # 40 labelled images cannot judge half a point of accuracy: reduced precision passes, but not for default use
-    assert not manifest.find("onnx-int8").default_ok and "only 40 labelled images" in (
-        manifest.find("onnx-int8").parity["default_use"]["reason"])
+    assert (
+        not manifest.find("onnx-int8").default_ok
+        and "only 40 labelled images" in (manifest.find("onnx-int8").parity["default_use"]["reason"])
+    )
     for artifact in manifest.artifacts:
         assert artifact.passed
         assert artifact.parity["data"] == f"image folder {folder}: 40 images"
@@ -245,7 +261,10 @@ def test_no_checkpoint_anywhere_is_a_clear_error(tmp_path, monkeypatch, capsys):
         (["--min-batch", "4", "--opt-batch", "2"], "1 <= min <= opt <= max"),
         (["--parity-batch", "64"], "--parity-batch 64 must lie within"),
         (["--parity-data", "no/such/dir"], "--parity-data no/such/dir: no such directory"),
-        (["--to", "onnx-int8", "--calibration-data", "no/such/dir"], "--calibration-data no/such/dir: no such directory"),
+        (
+            ["--to", "onnx-int8", "--calibration-data", "no/such/dir"],
+            "--calibration-data no/such/dir: no such directory",
+        ),
         (["--to", "onnx-int8", "--calibration-samples", "0"], "--calibration-samples must be at least 1"),
     ],
 )
@@ -265,12 +284,16 @@ def test_device_cuda_without_cuda_exits_3(digits_checkpoint, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_exporting_one_format_into_an_existing_export_keeps_the_others(digits_export, digits_checkpoint, tmp_path, capsys):
+def test_exporting_one_format_into_an_existing_export_keeps_the_others(
+    digits_export, digits_checkpoint, tmp_path, capsys
+):
     """How a TensorRT engine gets added on a GPU machine to an export made on a CPU one."""
     export_dir = tmp_path / "digits"
     shutil.copytree(digits_export, export_dir)
     onnx_before = read_manifest(export_dir).find("onnx")
-    code, out, _ = run_cli(capsys, "--to", "torchscript", "--checkpoint", digits_checkpoint, "--out", export_dir, "--name", "digits")
+    code, out, _ = run_cli(
+        capsys, "--to", "torchscript", "--checkpoint", digits_checkpoint, "--out", export_dir, "--name", "digits"
+    )
     assert code == 0, out
     assert "keeping the existing onnx artifact(s) of the same checkpoint" in out
     manifest = read_manifest(export_dir)

@@ -34,8 +34,20 @@ def int8_export(digits_checkpoint, tmp_path_factory):
     """`--to onnx-int8` alone: ONNX is exported first (the int8 file is made from it), calibrated on the
     checkpoint's own training split."""
     export_dir = tmp_path_factory.mktemp("int8") / "digits"
-    code = export_main(["--checkpoint", str(digits_checkpoint), "--to", "onnx-int8", "--out", str(export_dir),
-                        "--name", "digits", "--threads", "2"])  # fmt: skip
+    code = export_main(
+        [
+            "--checkpoint",
+            str(digits_checkpoint),
+            "--to",
+            "onnx-int8",
+            "--out",
+            str(export_dir),
+            "--name",
+            "digits",
+            "--threads",
+            "2",
+        ]
+    )
     assert code == 0
     return export_dir
 
@@ -50,8 +62,14 @@ def test_int8_artifact_is_quantized_calibrated_on_training_data_and_passes_its_g
     assert calibration["data"].startswith("training split of 'digits'") and calibration["samples"] == 256
     parity = int8.parity
     assert parity["passed"], parity["failures"]
-    assert parity["thresholds"] == {"min_top1_agreement": 0.99, "rtol": None, "atol": None, "min_cosine": 0.98,
-                                    "max_top1_drop": 0.005, "min_labelled": 300}  # fmt: skip
+    assert parity["thresholds"] == {
+        "min_top1_agreement": 0.99,
+        "rtol": None,
+        "atol": None,
+        "min_cosine": 0.98,
+        "max_top1_drop": 0.005,
+        "min_labelled": 300,
+    }
     default_use = parity["default_use"]
     assert default_use["qualified"] and default_use["labelled_samples"] == 360 and default_use["top1_drop"] <= 0.005
     # judged on the validation split, which calibration never saw
@@ -92,8 +110,9 @@ def test_open_runner_prefers_int8_on_cpu_and_falls_back_when_it_failed_its_gate(
     # and neither open_runner nor packaging picks the failed artifact.
     strict = tmp_path / "strict"
     checkpoint = read_manifest(int8_export).source_checkpoint["path"]
-    code, out, _ = run_cli(capsys, "--checkpoint", checkpoint, "--to", "onnx-int8", "--out", strict,
-                           "--int8-min-cosine", "0.999999")  # fmt: skip
+    code, out, _ = run_cli(
+        capsys, "--checkpoint", checkpoint, "--to", "onnx-int8", "--out", strict, "--int8-min-cosine", "0.999999"
+    )
     assert code == 1
     assert "onnx-int8 FAILED parity" in out and "cosine similarity" in out
     assert not read_manifest(strict).find("onnx-int8").passed
@@ -105,8 +124,9 @@ def test_open_runner_prefers_int8_on_cpu_and_falls_back_when_it_failed_its_gate(
 def test_int8_is_refused_on_cuda_and_not_picked_there(int8_export):
     """Its parity was checked on ONNX Runtime's CPU kernels only (the manifest says device "cpu")."""
     with pytest.raises(ExportError, match="the onnx-int8 artifact runs on cpu only"):
-        runner_for_artifact(int8_export, read_manifest(int8_export),
-                            read_manifest(int8_export).find("onnx-int8"), "cuda", None)  # fmt: skip
+        runner_for_artifact(
+            int8_export, read_manifest(int8_export), read_manifest(int8_export).find("onnx-int8"), "cuda", None
+        )
 
 
 def test_int8_is_packaged_and_the_archive_serves_it_by_default(int8_export, tmp_path):
@@ -117,10 +137,25 @@ def test_int8_is_packaged_and_the_archive_serves_it_by_default(int8_export, tmp_
     assert open_runner(tmp_path / "unpacked", threads=1).format == "onnx-int8"
 
 
-def test_calibration_data_folder_is_used_and_reusing_the_parity_folder_is_warned_about(digits_checkpoint, tmp_path, capsys):
+def test_calibration_data_folder_is_used_and_reusing_the_parity_folder_is_warned_about(
+    digits_checkpoint, tmp_path, capsys
+):
     folder = write_digits_folder(tmp_path / "digit_pngs", limit_per_class=4)
-    code, out, _ = run_cli(capsys, "--checkpoint", digits_checkpoint, "--to", "onnx-int8", "--out", tmp_path / "x",
-                           "--calibration-data", folder, "--parity-data", folder, "--parity-batch", "8")  # fmt: skip
+    code, out, _ = run_cli(
+        capsys,
+        "--checkpoint",
+        digits_checkpoint,
+        "--to",
+        "onnx-int8",
+        "--out",
+        tmp_path / "x",
+        "--calibration-data",
+        folder,
+        "--parity-data",
+        folder,
+        "--parity-batch",
+        "8",
+    )
     assert code == 0, out
     assert "WARNING: --calibration-data is --parity-data" in out
     assert "top-1 accuracy on the 40 labelled parity images: eager " in out and ", onnx-int8 " in out
@@ -140,15 +175,37 @@ def checkpoint_without_data(digits_checkpoint, tmp_path):
 
 def test_without_calibration_data_int8_is_refused_and_all_skips_it(checkpoint_without_data, tmp_path, capsys):
     folder = write_digits_folder(tmp_path / "digit_pngs", limit_per_class=2)
-    code, out, err = run_cli(capsys, "--checkpoint", checkpoint_without_data, "--to", "onnx-int8", "--out", tmp_path / "a",
-                             "--parity-data", folder, "--parity-batch", "4")  # fmt: skip
+    code, out, err = run_cli(
+        capsys,
+        "--checkpoint",
+        checkpoint_without_data,
+        "--to",
+        "onnx-int8",
+        "--out",
+        tmp_path / "a",
+        "--parity-data",
+        folder,
+        "--parity-batch",
+        "4",
+    )
     assert code == 2
     assert "onnx-int8 needs calibration images" in err and "pass --calibration-data DIR" in err
     assert str(tmp_path / "gone") in err, "the error names the missing training data"
     assert not (tmp_path / "a").exists(), "nothing is exported before the refusal"
 
-    code, out, _ = run_cli(capsys, "--checkpoint", checkpoint_without_data, "--to", "all", "--out", tmp_path / "b",
-                           "--parity-data", folder, "--parity-batch", "4")  # fmt: skip
+    code, out, _ = run_cli(
+        capsys,
+        "--checkpoint",
+        checkpoint_without_data,
+        "--to",
+        "all",
+        "--out",
+        tmp_path / "b",
+        "--parity-data",
+        folder,
+        "--parity-batch",
+        "4",
+    )
     assert code == 0, out
     assert "onnx-int8 skipped: onnx-int8 needs calibration images" in out
     assert [a.format for a in read_manifest(tmp_path / "b").artifacts][:2] == ["torchscript", "onnx"]

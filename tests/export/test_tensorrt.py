@@ -64,8 +64,9 @@ def test_fp16_onnx_passes_the_fp16_gate_on_real_digits(fp16_onnx, digits_export,
     assert parity["passed"], parity["failures"]
     assert parity["metrics"]["min_cosine"] >= 0.997 and parity["metrics"]["top1_agreement"] >= 0.99
     # really fp16: further from eager than the fp32 ONNX is, by far more than fp32 rounding
-    fp32 = OnnxRuntimeRunner(digits_export / "model.onnx", threads=1, preprocess=reference.preprocess,
-                             class_names=reference.class_names)  # fmt: skip
+    fp32 = OnnxRuntimeRunner(
+        digits_export / "model.onnx", threads=1, preprocess=reference.preprocess, class_names=reference.class_names
+    )
     fp32_parity = check_parity(reference, fp32, parity_set, FP32_THRESHOLDS, batch_size=16)
     assert parity["metrics"]["max_abs_diff"] > 10 * fp32_parity["metrics"]["max_abs_diff"]
 
@@ -99,8 +100,12 @@ def test_strong_typing_follows_the_tensorrt_major_version(version, has_fp16_flag
 def test_tensorrt_runner_refuses_cpu(digits_export, digits_parity):
     reference, _ = digits_parity
     with pytest.raises(ExportError, match="CUDA only"):
-        TensorRTRunner(digits_export / "model.onnx", device="cpu", preprocess=reference.preprocess,
-                       class_names=reference.class_names)  # fmt: skip
+        TensorRTRunner(
+            digits_export / "model.onnx",
+            device="cpu",
+            preprocess=reference.preprocess,
+            class_names=reference.class_names,
+        )
 
 
 @pytest.mark.skipif(TENSORRT_MISSING is not None, reason=f"engine build needs TensorRT and CUDA: {TENSORRT_MISSING}")
@@ -109,11 +114,17 @@ def test_engine_build_and_fp16_parity(digits_export, digits_parity, tmp_path):
 
     reference, parity_set = digits_parity
     details = build_engine(
-        digits_export / "model.onnx", tmp_path / "model.fp16.engine", input_name="input", input_size=32,
-        batch=BatchProfile(1, 8, 16), workspace_bytes=1 << 30,
-    )  # fmt: skip
+        digits_export / "model.onnx",
+        tmp_path / "model.fp16.engine",
+        input_name="input",
+        input_size=32,
+        batch=BatchProfile(1, 8, 16),
+        workspace_bytes=1 << 30,
+    )
     assert details["tensorrt_version"] == tensorrt.__version__ and details["gpu"] == torch.cuda.get_device_name()
-    runner = TensorRTRunner(tmp_path / "model.fp16.engine", preprocess=reference.preprocess, class_names=reference.class_names)
+    runner = TensorRTRunner(
+        tmp_path / "model.fp16.engine", preprocess=reference.preprocess, class_names=reference.class_names
+    )
     assert runner.max_batch_size == 16
     parity = check_parity(reference, runner, parity_set, FP16_THRESHOLDS, batch_size=16)  # vs fp32 eager on CPU
     assert parity["passed"], parity["failures"]

@@ -99,9 +99,21 @@ def test_a_full_disk_mid_export_leaves_the_previous_export(exported, digits_chec
         resource.setrlimit(resource.RLIMIT_FSIZE, (200 << 10, 200 << 10))
 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
-    args = [sys.executable, "-m", "export", "--checkpoint", str(digits_checkpoint), "--out", str(exported),
-            "--name", "digits", *FAST]  # fmt: skip
-    proc = subprocess.run(args, env=env, capture_output=True, text=True, cwd=REPO, preexec_fn=small_file_limit, timeout=600)
+    args = [
+        sys.executable,
+        "-m",
+        "export",
+        "--checkpoint",
+        str(digits_checkpoint),
+        "--out",
+        str(exported),
+        "--name",
+        "digits",
+        *FAST,
+    ]
+    proc = subprocess.run(
+        args, env=env, capture_output=True, text=True, cwd=REPO, preexec_fn=small_file_limit, timeout=600
+    )
     assert proc.returncode != 0, proc.stdout
     assert state(exported) == before
     assert open_runner(exported, "torchscript", threads=1).format == "torchscript"
@@ -112,8 +124,21 @@ def test_kill_9_mid_export_leaves_the_previous_export_usable(exported, digits_ch
     the dead one's staging folder."""
     before = state(exported)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    args = [sys.executable, "-m", "export", "--checkpoint", str(digits_checkpoint), "--out", str(exported),
-            "--name", "digits", "--to", "torchscript,onnx", "--threads", "1"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "export",
+        "--checkpoint",
+        str(digits_checkpoint),
+        "--out",
+        str(exported),
+        "--name",
+        "digits",
+        "--to",
+        "torchscript,onnx",
+        "--threads",
+        "1",
+    ]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     for line in proc.stdout:  # kill once an artifact is being written into the staging folder
         if "onnx: writing" in line:

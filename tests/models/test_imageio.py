@@ -128,8 +128,10 @@ def test_pixel_limit_is_checked_from_the_header_before_decoding():
 def test_formats_that_decode_every_pixel_have_a_lower_ceiling_than_jpeg():
     """An 8000 x 8000 PNG (or lossless WebP: 2.5 kB) costs seconds to decode whatever the model needs;
     a JPEG of that size decodes in draft mode, so it keeps the 64 MP limit."""
-    expected = (r"PNG image is 8000x8000 = 64,000,000 pixels, above the limit of 16,777,216 for PNG, which decodes "
-                r"every pixel \(JPEG may have 64,000,000\); refused before decoding")  # fmt: skip
+    expected = (
+        r"PNG image is 8000x8000 = 64,000,000 pixels, above the limit of 16,777,216 for PNG, which decodes "
+        r"every pixel \(JPEG may have 64,000,000\); refused before decoding"
+    )
     with pytest.raises(ImageDecodeError, match=expected):
         decode_image(png_claiming_size(8000, 8000), draft_size=256)
     webp = encode(Image.new("RGB", (4200, 4200)), "WEBP", lossless=True)

@@ -64,14 +64,27 @@ def test_random_resnet50_report_writes_every_file_and_leaves_the_model_untouched
         reference = model(x)
 
     result = inspect_model(
-        model, [f"c{i}" for i in range(10)], spec, InspectionInputs([("noise.png", pixels[0])], pixels, labels),
-        tmp_path, title="resnet50", gradcam_top_k=2, graph=False,
-    )  # fmt: skip
+        model,
+        [f"c{i}" for i in range(10)],
+        spec,
+        InspectionInputs([("noise.png", pixels[0])], pixels, labels),
+        tmp_path,
+        title="resnet50",
+        gradcam_top_k=2,
+        graph=False,
+    )
 
     report, summary = assert_report_complete(tmp_path)
-    assert {p.name for p in result.files} >= {"report.md", "inspection.json", "gradcam_noise.png", "filters_conv1.png",
-                                              "residual_flow.png", "gradient_flow.png", "relu_activity.png",
-                                              "features_layer4.png"}  # fmt: skip
+    assert {p.name for p in result.files} >= {
+        "report.md",
+        "inspection.json",
+        "gradcam_noise.png",
+        "filters_conv1.png",
+        "residual_flow.png",
+        "gradient_flow.png",
+        "relu_activity.png",
+        "features_layer4.png",
+    }
     assert len(summary["residual_flow"]) == 16 and all(b["ratio"] > 0 for b in summary["residual_flow"])
     grads = summary["gradient_flow"]
     assert [g["layer"] for g in grads] == [name for name, _ in trainable_layers(model)]
@@ -82,7 +95,9 @@ def test_random_resnet50_report_writes_every_file_and_leaves_the_model_untouched
     assert_model_untouched(model, state, x, reference)
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "preact_resnet18", "resnet20", "resnet50d", "cifar_preact_resnet18"])
+@pytest.mark.parametrize(
+    "arch", ["resnet18", "resnet50", "preact_resnet18", "resnet20", "resnet50d", "cifar_preact_resnet18"]
+)
 def test_residual_ratios_of_a_zero_init_residual_net_are_zero(arch):
     torch.manual_seed(0)
     model = create_model(arch, num_classes=10, zero_init_residual=True).eval()
@@ -163,8 +178,21 @@ def test_cli_on_the_demo_digits_model(digits_checkpoint, tmp_path):
 
     images = write_digits_folder(tmp_path / "digits", split="val", limit_per_class=2, image_size=32)
     out = tmp_path / "inspect"
-    code = inspect_main(["--checkpoint", str(digits_checkpoint), "--data", str(images), "--batch-size", "20",
-                         "--image", str(next((images / "7").glob("*.png"))), "--gradcam", "--out", str(out)])  # fmt: skip
+    code = inspect_main(
+        [
+            "--checkpoint",
+            str(digits_checkpoint),
+            "--data",
+            str(images),
+            "--batch-size",
+            "20",
+            "--image",
+            str(next((images / "7").glob("*.png"))),
+            "--gradcam",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     report, summary = assert_report_complete(out)
     assert summary["batch_size"] == 20 and "20 images" in report and "10 classes" in report
@@ -175,11 +203,16 @@ def test_cli_on_the_demo_digits_model(digits_checkpoint, tmp_path):
 
 def test_cli_errors_name_the_file_and_what_is_wrong(digits_checkpoint, tmp_path, capsys):
     (tmp_path / "cats").mkdir()
-    assert inspect_main(["--checkpoint", str(digits_checkpoint), "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    assert (
+        inspect_main(["--checkpoint", str(digits_checkpoint), "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+        == 1
+    )
     assert "folder 'cats' is not one of the model's 10 classes" in capsys.readouterr().err
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
-    assert inspect_main(["--checkpoint", str(digits_checkpoint), "--image", str(bad), "--out", str(tmp_path / "o")]) == 1
+    assert (
+        inspect_main(["--checkpoint", str(digits_checkpoint), "--image", str(bad), "--out", str(tmp_path / "o")]) == 1
+    )
     assert f"{bad}: not a supported image" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         inspect_main(["--arch", "resnet18", "--out", str(tmp_path / "o")])  # nothing to look at

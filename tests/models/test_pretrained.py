@@ -78,7 +78,9 @@ def test_wrong_architecture_lists_the_mismatched_keys(tmp_path):
     message = str(excinfo.value)
     assert str(path) in message
     assert "unexpected (" in message and "layer1.0.conv3.weight" in message
-    assert "wrong shape (" in message and "layer1.0.conv1.weight: file (64, 64, 1, 1) vs model (64, 64, 3, 3)" in message
+    assert (
+        "wrong shape (" in message and "layer1.0.conv1.weight: file (64, 64, 1, 1) vs model (64, 64, 3, 3)" in message
+    )
 
 
 def test_corrupted_file_gives_a_clear_error(tmp_path):
@@ -200,10 +202,21 @@ def test_checkpoint_files_of_the_earlier_dict_format_load_and_keep_unknown_keys(
     """A checkpoint written as a plain dict by an earlier version (every key train wrote then, plus a key
     this version does not know) loads into `Checkpoint`, and re-saving it loses nothing."""
     model = create_model("resnet20")
-    old = _checkpoint(model, optimizer={"state": {}, "param_groups": []}, scheduler={"last_epoch": 3}, scaler={},
-                      epoch=3, step=30, steps_into_epoch=0, rng=[], config={"data": "digits"},
-                      metrics={"top1": 91.5}, best_top1=91.5, versions={"torch": "2.11.0"},
-                      future_field={"written by": "a newer version"})  # fmt: skip
+    old = _checkpoint(
+        model,
+        optimizer={"state": {}, "param_groups": []},
+        scheduler={"last_epoch": 3},
+        scaler={},
+        epoch=3,
+        step=30,
+        steps_into_epoch=0,
+        rng=[],
+        config={"data": "digits"},
+        metrics={"top1": 91.5},
+        best_top1=91.5,
+        versions={"torch": "2.11.0"},
+        future_field={"written by": "a newer version"},
+    )
     torch.save(old, tmp_path / "old.pt")
     ckpt = load_checkpoint(tmp_path / "old.pt")
     assert ckpt.arch == "resnet20" and ckpt.num_classes == 10 and ckpt.epoch == 3 and ckpt.resumable

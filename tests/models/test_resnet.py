@@ -75,7 +75,9 @@ def test_pre_activation_block_structure():
     assert (v1.layer2[0](x) >= 0).all()  # v1 ends each block with a ReLU
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet20", "preact_resnet18", "preact_resnet50", "cifar_preact_resnet18"])
+@pytest.mark.parametrize(
+    "name", ["resnet18", "resnet50", "resnet20", "preact_resnet18", "preact_resnet50", "cifar_preact_resnet18"]
+)
 def test_zero_init_residual_makes_each_block_its_shortcut(name):
     model = create_model(name, zero_init_residual=True).train()
     blocks = model.residual_blocks()
@@ -129,7 +131,9 @@ def test_resnet_d_matches_timm_keys_and_outputs():
         assert (ours(x) - theirs(x)).abs().max().item() <= 1e-5
 
 
-@pytest.mark.parametrize("name, size", [("resnet50", 64), ("cifar_resnet18", 32), ("resnet20", 32), ("preact_resnet18", 64)])
+@pytest.mark.parametrize(
+    "name, size", [("resnet50", 64), ("cifar_resnet18", 32), ("resnet20", 32), ("preact_resnet18", 64)]
+)
 def test_forward_backward_and_channels_last(name, size):
     model = create_model(name, num_classes=7)
     x = torch.randn(2, 3, size, size)
@@ -142,9 +146,7 @@ def test_forward_backward_and_channels_last(name, size):
     cl_model.load_state_dict(model.state_dict())
     cl_model = cl_model.to(memory_format=torch.channels_last)
     with torch.no_grad():
-        torch.testing.assert_close(
-            cl_model(x.to(memory_format=torch.channels_last)), model(x), rtol=1e-4, atol=1e-4
-        )
+        torch.testing.assert_close(cl_model(x.to(memory_format=torch.channels_last)), model(x), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -161,8 +163,9 @@ def test_every_model_exports_to_torchscript_and_onnx(name, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # The TorchScript-based exporter: fast enough to smoke-test all architectures.
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"])  # fmt: skip
+        torch.onnx.export(
+            model, (x,), str(path), dynamo=False, opset_version=17, input_names=["input"], output_names=["logits"]
+        )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"input": x.numpy()})
     # Untrained deep nets have large logits: compare relative to their scale.
@@ -270,8 +273,25 @@ def test_ablation_nets_train_and_export_to_onnx_with_parity(flags, arch_kwargs, 
     # A few steps on small synthetic images: what is tested is the path (CLI flag -> checkpoint -> rebuilt
     # network -> ONNX within its parity gate), not the accuracy.
 
-    cmd = train_command(tmp_path, "net", "--arch", "resnet20", "--data", "synthetic", "--synthetic-size", "128",
-                        "--num-classes", "10", "--epochs", "1", "--batch-size", "32", "--workers", "0", *flags)  # fmt: skip
+    cmd = train_command(
+        tmp_path,
+        "net",
+        "--arch",
+        "resnet20",
+        "--data",
+        "synthetic",
+        "--synthetic-size",
+        "128",
+        "--num-classes",
+        "10",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--workers",
+        "0",
+        *flags,
+    )
     proc = run_train(cmd)
     assert proc.returncode == 0, proc.stderr
     checkpoint = load_checkpoint(tmp_path / "net" / "best.pt")
@@ -281,8 +301,16 @@ def test_ablation_nets_train_and_export_to_onnx_with_parity(flags, arch_kwargs, 
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     else:
         assert all(b.residual is False for b in model.residual_blocks())
-    proc = run_export("--checkpoint", str(tmp_path / "net" / "best.pt"), "--to", "onnx", "--name", "net",
-                      "--out", str(tmp_path / "export"))  # fmt: skip
+    proc = run_export(
+        "--checkpoint",
+        str(tmp_path / "net" / "best.pt"),
+        "--to",
+        "onnx",
+        "--name",
+        "net",
+        "--out",
+        str(tmp_path / "export"),
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     manifest = read_manifest(tmp_path / "export")
     assert manifest.arch_kwargs == arch_kwargs and manifest.find("onnx").passed

@@ -151,7 +151,9 @@ def test_pytorch_keeps_one_thread_beside_onnx_runtime(archive_dir, backend):
     model_dir, manifest, config = archive_dir
     previous = torch.get_num_threads()
     try:
-        handler = make_handler(model_dir, manifest, {**config, "handler": {**config["handler"], "backend": backend, "threads": 2}})
+        handler = make_handler(
+            model_dir, manifest, {**config, "handler": {**config["handler"], "backend": backend, "threads": 2}}
+        )
         assert handler.runner.format == backend
         assert torch.get_num_threads() == (1 if backend == "onnx" else 2)
     finally:
@@ -189,7 +191,9 @@ def test_requests_over_the_bounds_get_413_before_decoding(archive_dir, valid_ima
     """1,000 parts, or more decoded pixels than the model config allows, get 413 with the limit and how to
     change it; the batch's other requests are answered, and no image of a refused request is decoded."""
     model_dir, manifest, config = archive_dir
-    handler = make_handler(model_dir, manifest, {**config, "handler": {**config["handler"], "max_request_pixels": 300_000}})
+    handler = make_handler(
+        model_dir, manifest, {**config, "handler": {**config["handler"], "max_request_pixels": 300_000}}
+    )
     decoded = []
     pixels = handler.classifier.pixels
     monkeypatch.setattr(handler.classifier, "pixels", lambda data: decoded.append(len(data)) or pixels(data))
@@ -220,8 +224,12 @@ def test_any_failure_on_an_images_way_fails_only_its_request(handler, valid_imag
         return pixels(data)
 
     monkeypatch.setattr(handler.classifier, "pixels", failing)
-    batch = [{"body": valid_images["jpeg"]}, {"body": valid_images["png_gray"]},
-             {"x" * 5000: valid_images["gif_palette"]}, {"body": valid_images["png"]}]  # fmt: skip
+    batch = [
+        {"body": valid_images["jpeg"]},
+        {"body": valid_images["png_gray"]},
+        {"x" * 5000: valid_images["gif_palette"]},
+        {"body": valid_images["png"]},
+    ]
     answers = handle(handler, batch)
     assert [status for status, _ in answers] == [200, 500, 500, 200]
     memory, resize = json.loads(answers[1][1]), json.loads(answers[2][1])
@@ -242,8 +250,9 @@ def test_a_failed_forward_pass_is_retried_per_request(handler, valid_images, mon
         return predict(batch)
 
     monkeypatch.setattr(handler.runner, "predict", failing)
-    answers = handle(handler, [{"body": valid_images["jpeg"]}, {"body": valid_images["png_gray"]},
-                               {"body": valid_images["png"]}])  # fmt: skip
+    answers = handle(
+        handler, [{"body": valid_images["jpeg"]}, {"body": valid_images["png_gray"]}, {"body": valid_images["png"]}]
+    )
     assert [status for status, _ in answers] == [200, 500, 200]
     assert answers[0][1] == alone["jpeg"] and answers[2][1] == alone["png"]
     error = json.loads(answers[1][1])

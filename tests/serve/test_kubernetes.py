@@ -13,7 +13,6 @@ run against a replica: readiness passes while the model answers and fails when i
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -33,7 +32,15 @@ import requests
 import yaml
 
 from serve.__main__ import main as serve_main
-from serve.kubernetes import CORE_FILES, MARKER, ManifestError, ManifestOptions, generate, max_request_bytes, read_archive
+from serve.kubernetes import (
+    CORE_FILES,
+    MARKER,
+    ManifestError,
+    ManifestOptions,
+    generate,
+    max_request_bytes,
+    read_archive,
+)
 from serve.package import package
 from serve.server import free_ports, read_state, stop
 from tests.fixtures.served import SERVED_PACKAGE_OPTIONS
@@ -54,8 +61,22 @@ def store(digits_export, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def manifests(store, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("k8s") / "deploy"
-    status = serve_main(["manifests", "--model-store", str(store), "--models", "digits", "--image", IMAGE,
-                         "--out", str(out), "--replicas", "2", "--kserve"])  # fmt: skip
+    status = serve_main(
+        [
+            "manifests",
+            "--model-store",
+            str(store),
+            "--models",
+            "digits",
+            "--image",
+            IMAGE,
+            "--out",
+            str(out),
+            "--replicas",
+            "2",
+            "--kserve",
+        ]
+    )
     assert status == 0
     return out
 
@@ -80,8 +101,14 @@ def test_core_objects_validate_and_the_kustomization_lists_exactly_them(manifest
         document = load(manifests / name)
         kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)  # raises on any unknown field
         kinds[document["kind"]] = document
-    assert set(kinds) == {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-                          "NetworkPolicy", "Ingress"}  # fmt: skip
+    assert set(kinds) == {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "Ingress",
+    }
     for path in manifests.rglob("*.yaml"):  # the kserve/ ones too
         assert list(yaml.safe_load_all(path.read_text())), path
 
@@ -107,8 +134,10 @@ def test_deployment_sizing_security_and_probes(manifests):
 
 def test_network_policy_ingress_and_hpa(manifests):
     rules = load(manifests / "networkpolicy.yaml")["spec"]["ingress"]
-    admitted = {(r["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], r["ports"][0]["port"])
-                for r in rules}  # fmt: skip
+    admitted = {
+        (r["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], r["ports"][0]["port"])
+        for r in rules
+    }
     assert admitted == {("ingress-nginx", 8080), ("monitoring", 8082)}
     ingress = load(manifests / "ingress.yaml")
     notes = ingress["metadata"]["annotations"]
@@ -122,8 +151,11 @@ def test_network_policy_ingress_and_hpa(manifests):
 def test_kserve_layout_and_inference_services(manifests, store):
     storage = manifests / "kserve" / "storage"
     assert (storage / "model-store" / "digits.mar").read_bytes() == (store / "digits.mar").read_bytes()
-    properties = dict(line.split("=", 1) for line in (storage / "config" / "config.properties").read_text().splitlines()
-                      if line and not line.startswith("#"))  # fmt: skip
+    properties = dict(
+        line.split("=", 1)
+        for line in (storage / "config" / "config.properties").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     assert properties["disable_token_authorization"] == "true"
     assert properties["model_store"] == "/mnt/models/model-store"
     assert json.loads(properties["model_snapshot"])["models"]["digits"]["1.0"]["marName"] == "digits.mar"
@@ -138,7 +170,9 @@ def test_kserve_layout_and_inference_services(manifests, store):
 
 
 def fake_archive(path: Path, config: str, manifest: dict | None = None) -> Path:
-    manifest = manifest if manifest is not None else {"model": {"modelName": path.stem, "configFile": "model-config.yaml"}}
+    manifest = (
+        manifest if manifest is not None else {"model": {"modelName": path.stem, "configFile": "model-config.yaml"}}
+    )
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("MAR-INF/MANIFEST.json", json.dumps(manifest))
         archive.writestr("model-config.yaml", config)
@@ -249,14 +283,29 @@ class Replica:
     def __init__(self, command: list[str], store: Path, run_dir: Path):
         self.port, self.metrics_port, management, grpc_inference, grpc_management = free_ports(5)
         self.run_dir = run_dir
-        local = ["--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port),
-                 "--management-port", str(management), "--grpc-ports", str(grpc_inference), str(grpc_management),
-                 "--model-store", str(store), "--run-dir", str(run_dir)]  # fmt: skip
+        local = [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--management-port",
+            str(management),
+            "--grpc-ports",
+            str(grpc_inference),
+            str(grpc_management),
+            "--model-store",
+            str(store),
+            "--run-dir",
+            str(run_dir),
+        ]
         assert command[:3] == ["python", "-m", "serve"]
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
         self.log = open(run_dir.parent / f"{run_dir.name}.out", "wb")
-        self.process = subprocess.Popen([sys.executable, *command[1:], *local], cwd=REPO, env=env,
-                                        stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip
+        self.process = subprocess.Popen(
+            [sys.executable, *command[1:], *local], cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
 
     def probe_command(self, readiness: list[str]) -> list[str]:
         command = [sys.executable, *readiness[1:]]
@@ -268,8 +317,10 @@ class Replica:
 
     def requests_served(self) -> float:
         text = requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).text
-        return sum(float(m) for m in re.findall(r'^ts_inference_requests_total\{model_name="digits".*\} (\S+)$',
-                                                   text, re.MULTILINE))  # fmt: skip
+        return sum(
+            float(m)
+            for m in re.findall(r'^ts_inference_requests_total\{model_name="digits".*\} (\S+)$', text, re.MULTILINE)
+        )
 
     def terminate(self) -> None:
         if self.process.poll() is None:
@@ -292,7 +343,9 @@ def cluster(manifests, store, tmp_path_factory):
         deadline = time.monotonic() + 240
         for replica in replicas:
             while not replica.ready(readiness):
-                assert replica.process.poll() is None, (replica.run_dir.parent / f"{replica.run_dir.name}.out").read_text()
+                assert replica.process.poll() is None, (
+                    replica.run_dir.parent / f"{replica.run_dir.name}.out"
+                ).read_text()
                 assert time.monotonic() < deadline, "replica not ready in 240 s"
                 time.sleep(1)
         proxy = RoundRobinProxy([r.port for r in replicas])
@@ -319,9 +372,28 @@ def test_in_cluster_replicas_need_no_key_and_expose_metrics_not_management(clust
 
 
 def run_loadtest(proxy: RoundRobinProxy, images: Path, out: Path, duration: str, users: int = 4, **popen):
-    command = [sys.executable, "-m", "client", "loadtest", "--host", f"http://127.0.0.1:{proxy.port}",
-               "--model", "digits", "--users", str(users), "--duration", duration, "--images", str(images),
-               "--method", "PUT", "--output-root", str(out), "--max-failure-ratio", "1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "client",
+        "loadtest",
+        "--host",
+        f"http://127.0.0.1:{proxy.port}",
+        "--model",
+        "digits",
+        "--users",
+        str(users),
+        "--duration",
+        duration,
+        "--images",
+        str(images),
+        "--method",
+        "PUT",
+        "--output-root",
+        str(out),
+        "--max-failure-ratio",
+        "1",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "TORCHSERVE_TOKEN"}  # one configuration, no key
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
 
@@ -335,9 +407,26 @@ def test_client_and_locust_spread_over_both_replicas(cluster, digit_folder, tmp_
     replicas, proxy, _ = cluster
     before = [r.requests_served() for r in replicas]
     env = {k: v for k, v in os.environ.items() if k != "TORCHSERVE_TOKEN"}
-    result = subprocess.run([sys.executable, "-m", "client", str(digit_folder), "--url", f"http://127.0.0.1:{proxy.port}",
-                             "--model", "digits", "--json", "--concurrency", "4"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "client",
+            str(digit_folder),
+            "--url",
+            f"http://127.0.0.1:{proxy.port}",
+            "--model",
+            "digits",
+            "--json",
+            "--concurrency",
+            "4",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     process = run_loadtest(proxy, digit_folder, tmp_path, "4s")
     output = process.communicate(timeout=180)[0].decode()

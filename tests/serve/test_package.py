@@ -36,13 +36,32 @@ def fail_parity(fmt):
         for artifact in manifest["artifacts"]:
             if artifact["format"] == fmt:
                 artifact["parity"]["passed"] = False
+
     return edit
 
 
 def test_archive_holds_handler_manifest_artifacts_and_model_config(capsys, digits_export, tmp_path):
-    status, out, err = package_cli(capsys, "--export-dir", digits_export, "--model-store", tmp_path, "--name", "digits",
-                                   "--workers", 3, "--batch-size", 4, "--max-batch-delay", 7, "--top-k", 3,
-                                   "--max-images", 5, "--max-request-pixels", 1000000)  # fmt: skip
+    status, out, err = package_cli(
+        capsys,
+        "--export-dir",
+        digits_export,
+        "--model-store",
+        tmp_path,
+        "--name",
+        "digits",
+        "--workers",
+        3,
+        "--batch-size",
+        4,
+        "--max-batch-delay",
+        7,
+        "--top-k",
+        3,
+        "--max-images",
+        5,
+        "--max-request-pixels",
+        1000000,
+    )
     assert status == 0, err
     mar = tmp_path / "digits.mar"
     assert f"wrote {mar}" in out and "python -m serve start" in out
@@ -53,8 +72,14 @@ def test_archive_holds_handler_manifest_artifacts_and_model_config(capsys, digit
         assert archive.read("manifest.json") == (digits_export / "manifest.json").read_bytes()
     files = {a["file"] for a in json.loads((digits_export / "manifest.json").read_text())["artifacts"]}
     assert {"handler.py", "manifest.json", "model-config.yaml", *files} <= names
-    assert config == {"minWorkers": 3, "maxWorkers": 3, "batchSize": 4, "maxBatchDelay": 7, "responseTimeout": 60,
-                      "handler": {"top_k": 3, "max_images": 5, "max_request_pixels": 1000000}}  # fmt: skip
+    assert config == {
+        "minWorkers": 3,
+        "maxWorkers": 3,
+        "batchSize": 4,
+        "maxBatchDelay": 7,
+        "responseTimeout": 60,
+        "handler": {"top_k": 3, "max_images": 5, "max_request_pixels": 1000000},
+    }
     assert mar_manifest["model"]["modelName"] == "digits" and mar_manifest["model"]["handler"] == "handler.py"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.mar"]  # no staging leftovers
 
@@ -84,8 +109,9 @@ def test_failed_artifact_is_refused_unless_forced(capsys, export_copy, tmp_path)
     edit_manifest(export_copy, fail_parity("onnx"))
     status, _, err = package_cli(capsys, "--export-dir", export_copy, "--model-store", tmp_path, "--backend", "onnx")
     assert status == 1 and "FAILED its parity check" in err and "--allow-failed" in err
-    status, _, err = package_cli(capsys, "--export-dir", export_copy, "--model-store", tmp_path, "--backend", "onnx",
-                                 "--allow-failed")  # fmt: skip
+    status, _, err = package_cli(
+        capsys, "--export-dir", export_copy, "--model-store", tmp_path, "--backend", "onnx", "--allow-failed"
+    )
     assert status == 0, err
     # without --backend, only the artifacts that passed go in
     status, _, err = package_cli(capsys, "--export-dir", export_copy, "--model-store", tmp_path / "auto")

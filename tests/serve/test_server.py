@@ -58,8 +58,9 @@ def local_answers(digits_export, digit_files) -> dict[Path, dict[str, float]]:
     """What the server must answer, computed without it: same decoder, transform and runner."""
     runner = open_runner(digits_export)
     transform = eval_transform(runner.preprocess)
-    batch = torch.stack([transform(decode_image(p.read_bytes(), draft_size=runner.preprocess.resize_size))
-                         for p, _ in digit_files])  # fmt: skip
+    batch = torch.stack(
+        [transform(decode_image(p.read_bytes(), draft_size=runner.preprocess.resize_size)) for p, _ in digit_files]
+    )
     probabilities = runner.predict(batch).softmax(dim=1)
     answers = {}
     for (path, _), row in zip(digit_files, probabilities):
@@ -95,9 +96,21 @@ def test_raw_body_put_gives_labelled_top_k(predict_url, auth, digit_files, local
 def test_curl_upload_exactly_as_documented(torchserve, digit_files, local_answers):
     path, _ = digit_files[1]
     token = torchserve.key("inference")
-    out = subprocess.run(["curl", "-s", "-H", f"Authorization: Bearer {token}", "-T", str(path),
-                          f"http://localhost:{torchserve.port}/predictions/{MODEL}"],
-                         capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    out = subprocess.run(
+        [
+            "curl",
+            "-s",
+            "-H",
+            f"Authorization: Bearer {token}",
+            "-T",
+            str(path),
+            f"http://localhost:{torchserve.port}/predictions/{MODEL}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert_same_answer(json.loads(out.stdout), local_answers[path])
 
 
@@ -151,18 +164,27 @@ def test_bad_inputs_get_400_with_a_message(predict_url, auth, invalid_images, na
 @pytest.mark.parametrize(
     "name",
     [
-        "png_1x1", "jpeg_gray", "png_gray16", "png_rgba", "jpeg_cmyk", "gif_palette", "gif_animated", "webp", "bmp",
+        "png_1x1",
+        "jpeg_gray",
+        "png_gray16",
+        "png_rgba",
+        "jpeg_cmyk",
+        "gif_palette",
+        "gif_animated",
+        "webp",
+        "bmp",
         "jpeg_exif_rotated",
     ],
-)  # fmt: skip
+)
 def test_odd_valid_images_get_200(predict_url, auth, valid_images, name):
     response = requests.put(predict_url, data=valid_images[name], headers=auth, timeout=30)
     assert response.status_code == 200, response.text
     assert len(response.json()) == 5
 
 
-def test_mixed_good_and_bad_requests_each_get_their_own_answer(torchserve, predict_url, auth, digit_files,
-                                                                 local_answers, invalid_images):  # fmt: skip
+def test_mixed_good_and_bad_requests_each_get_their_own_answer(
+    torchserve, predict_url, auth, digit_files, local_answers, invalid_images
+):
     pids_before = worker_pids(torchserve)
     bad = [invalid_images[n] for n in ("random_bytes", "truncated_jpeg", "empty", "png_huge_dimensions")]
     good = [p for p, _ in digit_files[:12]]
@@ -209,8 +231,9 @@ def test_management_needs_its_key_and_cannot_register_models(torchserve):
     assert requests.get(models, timeout=10).status_code == 400  # no key
     response = requests.get(models, headers=torchserve.headers("management"), timeout=10)
     assert response.status_code == 200 and response.json()["models"][0]["modelName"] == MODEL
-    register = requests.post(models, params={"url": "https://example.com/evil.mar"},
-                             headers=torchserve.headers("management"), timeout=10)  # fmt: skip
+    register = requests.post(
+        models, params={"url": "https://example.com/evil.mar"}, headers=torchserve.headers("management"), timeout=10
+    )
     assert register.status_code == 405  # enable_model_api=false: the registration API is off
 
 
@@ -317,8 +340,17 @@ def test_status_and_start_without_a_server_or_archives(tmp_path):
 def test_start_refuses_a_busy_port(torchserve, tmp_path):
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / "digits.mar").write_bytes(b"never loaded: the port check comes first")
-    result = run_serve("start", "--run-dir", str(tmp_path / "run"), "--model-store", str(tmp_path / "store"),
-                       "--host", "127.0.0.1", "--port", str(torchserve.port))  # fmt: skip
+    result = run_serve(
+        "start",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--model-store",
+        str(tmp_path / "store"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(torchserve.port),
+    )
     assert result.returncode == 1
     assert f"inference port 127.0.0.1:{torchserve.port} is not free" in result.stderr
 
@@ -332,10 +364,28 @@ def start_foreground(digits_export, tmp_path) -> tuple[subprocess.Popen, list[st
 
     package(digits_export, tmp_path / "store", name="digits", options=SERVED_PACKAGE_OPTIONS)
     ports = free_ports(5)
-    command = [sys.executable, "-m", "serve", "start", "--foreground", "--model-store", str(tmp_path / "store"),
-               "--run-dir", str(tmp_path / "run"), "--host", "127.0.0.1", "--port", str(ports[0]),
-               "--management-port", str(ports[1]), "--metrics-port", str(ports[2]),
-               "--grpc-ports", str(ports[3]), str(ports[4])]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "serve",
+        "start",
+        "--foreground",
+        "--model-store",
+        str(tmp_path / "store"),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(ports[0]),
+        "--management-port",
+        str(ports[1]),
+        "--metrics-port",
+        str(ports[2]),
+        "--grpc-ports",
+        str(ports[3]),
+        str(ports[4]),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
@@ -361,8 +411,12 @@ def test_foreground_server_stops_cleanly_on_sigterm(digits_export, tmp_path):
     try:
         info = read_state(tmp_path / "run")
         assert info is not None
-        assert requests.put(f"{info.inference_url}/predictions/digits", data=digits_png(), headers=info.headers(),
-                            timeout=30).status_code == 200  # fmt: skip
+        assert (
+            requests.put(
+                f"{info.inference_url}/predictions/digits", data=digits_png(), headers=info.headers(), timeout=30
+            ).status_code
+            == 200
+        )
         old_key = info.key("inference")
         info.renew("inference")  # what `python -m serve token` does once the key has expired
         assert info.key("inference") != old_key
@@ -424,28 +478,59 @@ def test_no_token_auth_serves_the_plain_curl_line(digits_export, tmp_path):
     package(digits_export, tmp_path / "store", name="digits", options=SERVED_PACKAGE_OPTIONS)
     ports = free_ports(5)
     run_dir = tmp_path / "run"
-    start_cmd = [sys.executable, "-m", "serve", "start", "--no-token-auth", "--model-store", str(tmp_path / "store"),
-                 "--run-dir", str(run_dir), "--host", "127.0.0.1", "--port", str(ports[0]),
-                 "--management-port", str(ports[1]), "--metrics-port", str(ports[2]),
-                 "--grpc-ports", str(ports[3]), str(ports[4])]  # fmt: skip
+    start_cmd = [
+        sys.executable,
+        "-m",
+        "serve",
+        "start",
+        "--no-token-auth",
+        "--model-store",
+        str(tmp_path / "store"),
+        "--run-dir",
+        str(run_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(ports[0]),
+        "--management-port",
+        str(ports[1]),
+        "--metrics-port",
+        str(ports[2]),
+        "--grpc-ports",
+        str(ports[3]),
+        str(ports[4]),
+    ]
     try:
         started = subprocess.run(start_cmd, capture_output=True, text=True, timeout=240)
         assert started.returncode == 0, started.stdout + started.stderr
         assert "NO token authorization" in started.stdout
         assert f"curl -T cat.jpg http://localhost:{ports[0]}/predictions/digits" in started.stdout
         (tmp_path / "cat.jpg").write_bytes(encode(Image.fromarray(skdata.chelsea()), "JPEG"))
-        curl = subprocess.run(["curl", "-sS", "-T", "cat.jpg", f"localhost:{ports[0]}/predictions/digits"],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
+        curl = subprocess.run(
+            ["curl", "-sS", "-T", "cat.jpg", f"localhost:{ports[0]}/predictions/digits"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         answer = json.loads(curl.stdout)
         assert len(answer) == 5 and set(answer) <= {str(i) for i in range(10)}, curl.stdout
         assert list(answer.values()) == sorted(answer.values(), reverse=True)
         models = requests.get(f"http://127.0.0.1:{ports[1]}/models", timeout=10)
         assert models.status_code == 200 and models.json()["models"][0]["modelName"] == "digits"
-        token = subprocess.run([sys.executable, "-m", "serve", "token", "--run-dir", str(run_dir)],
-                               capture_output=True, text=True, timeout=60)  # fmt: skip
+        token = subprocess.run(
+            [sys.executable, "-m", "serve", "token", "--run-dir", str(run_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert token.returncode == 1 and "without token authorization" in token.stderr
-        status = subprocess.run([sys.executable, "-m", "serve", "status", "--run-dir", str(run_dir)],
-                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        status = subprocess.run(
+            [sys.executable, "-m", "serve", "status", "--run-dir", str(run_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert status.returncode == 0, status.stdout + status.stderr
     finally:
         stop(run_dir)
@@ -461,13 +546,23 @@ def test_status_tells_a_restarting_worker_from_a_starting_one(tmp_path):
     gone.wait()
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        report = worker_report([{"pid": os.getpid(), "status": "READY"}, {"pid": gone.pid, "status": "UNLOADING"},
-                                {"pid": alive.pid, "status": "UNLOADING"}])  # fmt: skip
+        report = worker_report(
+            [
+                {"pid": os.getpid(), "status": "READY"},
+                {"pid": gone.pid, "status": "UNLOADING"},
+                {"pid": alive.pid, "status": "UNLOADING"},
+            ]
+        )
     finally:
         alive.kill()
         alive.wait()
-    assert report == {"workers": 3, "ready": 1, "pids": sorted([os.getpid(), gone.pid, alive.pid]),
-                      "restarting": [gone.pid], "starting": 1}  # fmt: skip
+    assert report == {
+        "workers": 3,
+        "ready": 1,
+        "pids": sorted([os.getpid(), gone.pid, alive.pid]),
+        "restarting": [gone.pid],
+        "starting": 1,
+    }
     text = describe_workers(report, tmp_path)
     assert text.startswith("1/3 workers ready") and f"RESTARTING: worker pid(s) [{gone.pid}] died" in text
     assert "1 starting" in text and str(tmp_path / "logs" / "model_log.log") in text

@@ -53,15 +53,25 @@ def write_cifar(root: Path, kind: str, train_per_class: int = 8, test_per_class:
         folder.mkdir(parents=True)
         chunks = np.array_split(np.arange(len(train_labels)), 5)
         for i, idx in enumerate(chunks, start=1):
-            dump(folder / f"data_batch_{i}", {"batch_label": f"training batch {i} of 5",
-                 "data": train_data[idx], "labels": [train_labels[j] for j in idx], "filenames": []})  # fmt: skip
+            dump(
+                folder / f"data_batch_{i}",
+                {
+                    "batch_label": f"training batch {i} of 5",
+                    "data": train_data[idx],
+                    "labels": [train_labels[j] for j in idx],
+                    "filenames": [],
+                },
+            )
         dump(folder / "test_batch", {"batch_label": "testing batch 1 of 1", "data": test_data, "labels": test_labels})
         dump(folder / "batches.meta", {"label_names": DIGIT_NAMES, "num_cases_per_batch": 10000, "num_vis": 3072})
     else:
         folder = root / "cifar-100-python"
         folder.mkdir(parents=True)
         fine = [f"fine_{n}" for n in DIGIT_NAMES] + [f"unused_{i}" for i in range(90)]
-        dump(folder / "train", {"data": train_data, "fine_labels": train_labels, "coarse_labels": [0] * len(train_labels)})
+        dump(
+            folder / "train",
+            {"data": train_data, "fine_labels": train_labels, "coarse_labels": [0] * len(train_labels)},
+        )
         dump(folder / "test", {"data": test_data, "fine_labels": test_labels, "coarse_labels": [0] * len(test_labels)})
         dump(folder / "meta", {"fine_label_names": fine, "coarse_label_names": ["all"]})
     return root

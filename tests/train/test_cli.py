@@ -15,8 +15,16 @@ QUIET = ["--no-tensorboard", "--no-plots", "--workers", "0"]
 def test_list_recipes(capsys):
     assert main(["--list-recipes"]) == 0
     out = capsys.readouterr().out
-    for name in ("imagenet_original", "imagenet_modern", "cifar_standard", "cifar_paper", "cifar_modern",
-                 "cifar_baseline", "finetune", "digits"):  # fmt: skip
+    for name in (
+        "imagenet_original",
+        "imagenet_modern",
+        "cifar_standard",
+        "cifar_paper",
+        "cifar_modern",
+        "cifar_baseline",
+        "finetune",
+        "digits",
+    ):
         assert name in out
 
 
@@ -29,8 +37,25 @@ def test_every_recipe_resolves(name):
 
 
 def test_flags_override_the_recipe_and_the_config_is_written(tmp_path, cifar_root, capsys):
-    code = main(["--recipe", "cifar_paper", "--data-dir", str(cifar_root), "--epochs", "1", "--batch-size", "16",
-                 "--lr", "0.05", "--out", str(tmp_path), "--name", "p", *QUIET])  # fmt: skip
+    code = main(
+        [
+            "--recipe",
+            "cifar_paper",
+            "--data-dir",
+            str(cifar_root),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--lr",
+            "0.05",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "p",
+            *QUIET,
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     config = yaml.safe_load((tmp_path / "p" / "config.yaml").read_text())
     assert config["lr"] == 0.05 and config["epochs"] == 1  # flags
@@ -41,7 +66,9 @@ def test_flags_override_the_recipe_and_the_config_is_written(tmp_path, cifar_roo
 
 def test_missing_data_dir_names_the_path_and_layout(tmp_path, capsys):
     missing = tmp_path / "no-such-dir"
-    code = main(["--arch", "resnet20", "--data", "imagenet", "--data-dir", str(missing), "--out", str(tmp_path), *QUIET])
+    code = main(
+        ["--arch", "resnet20", "--data", "imagenet", "--data-dir", str(missing), "--out", str(tmp_path), *QUIET]
+    )
     err = capsys.readouterr().err
     assert code == 1 and str(missing) in err and "train/<wnid>" in err and "Traceback" not in err
 
@@ -53,8 +80,21 @@ def test_unknown_arch_suggests_names(tmp_path, capsys):
 
 
 def test_incompatible_checkpoint(tmp_path, jpeg_folder, torchvision_resnet18_file, capsys):
-    code = main(["--arch", "resnet20", "--data", "folder", "--data-dir", str(jpeg_folder), "--out", str(tmp_path),
-                 "--pretrained", str(torchvision_resnet18_file), *QUIET])  # fmt: skip
+    code = main(
+        [
+            "--arch",
+            "resnet20",
+            "--data",
+            "folder",
+            "--data-dir",
+            str(jpeg_folder),
+            "--out",
+            str(tmp_path),
+            "--pretrained",
+            str(torchvision_resnet18_file),
+            *QUIET,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "do not fit" in err and str(torchvision_resnet18_file) in err
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -43,7 +42,9 @@ def test_write_digits_folder_is_an_image_folder(tmp_path):
     assert len(files) == 3
     with Image.open(files[0]) as im:
         assert im.size == (32, 32) and im.mode == "RGB"
-    dataset = build_validation_set(cfg(data="folder", data_dir=str(root), val_split=0.5), default_preprocess(cfg(data="digits")))
+    dataset = build_validation_set(
+        cfg(data="folder", data_dir=str(root), val_split=0.5), default_preprocess(cfg(data="digits"))
+    )
     assert len(dataset) == 15  # half of each class
 
 
@@ -57,7 +58,9 @@ def test_validation_set_yields_uint8_chw_of_the_spec(kind):
 
 def test_jpeg_image_folder(jpeg_folder):
     spec = default_preprocess(cfg(data="folder"))
-    train, names = build_dataset(cfg(data="folder", data_dir=str(jpeg_folder)), "train", train_transform(cfg(data="folder"), spec))
+    train, names = build_dataset(
+        cfg(data="folder", data_dir=str(jpeg_folder)), "train", train_transform(cfg(data="folder"), spec)
+    )
     val = build_validation_set(cfg(data="folder", data_dir=str(jpeg_folder)), spec)
     assert names == sorted(DIGIT_NAMES[:4])
     assert len(train) == 48 and len(val) == 16
@@ -100,7 +103,9 @@ def test_folder_split_and_mismatched_classes(tmp_path, jpeg_folder):
 @pytest.mark.parametrize("kind,classes", [("cifar10", 10), ("cifar100", 100)])
 def test_cifar_pickled_batches(cifar_root, kind, classes):
     spec = default_preprocess(cfg(data=kind))
-    train, names = build_dataset(cfg(data=kind, data_dir=str(cifar_root)), "train", train_transform(cfg(data=kind), spec))
+    train, names = build_dataset(
+        cfg(data=kind, data_dir=str(cifar_root)), "train", train_transform(cfg(data=kind), spec)
+    )
     val = build_validation_set(cfg(data=kind, data_dir=str(cifar_root)), spec)
     assert len(names) == classes and len(train) == 80 and len(val) == 30
     # the rows are CIFAR's planar RGB: reading them back gives the digit images exactly

@@ -43,8 +43,9 @@ def test_a_bare_state_dict_evaluates_with_arch(tmp_path, capsys):
     torch.manual_seed(0)
     torch.save(create_model("resnet20", num_classes=10).state_dict(), weights)  # as torchvision publishes weights
     out = tmp_path / "eval"
-    code = main(["--evaluate", "--checkpoint", str(weights), "--arch", "resnet20", "--data", "digits",
-                 "--eval-out", str(out)])  # fmt: skip
+    code = main(
+        ["--evaluate", "--checkpoint", str(weights), "--arch", "resnet20", "--data", "digits", "--eval-out", str(out)]
+    )
     assert code == 0, capsys.readouterr().err
     report = read_report(out)
     assert report["samples"] == DIGITS_VAL_IMAGES and report["class_names"] == [str(i) for i in range(10)]

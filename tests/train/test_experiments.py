@@ -13,9 +13,27 @@ def test_dry_run_lists_every_recipe_without_running(tmp_path, capsys):
 
 
 def test_two_recipes_run_in_turn_and_are_summarised(tmp_path, cifar_root, capsys):
-    code = main(["--configs", "cifar_baseline", "cifar_modern", "--out", str(tmp_path), "--arch", "resnet20",
-                 "--data-dir", str(cifar_root), "--epochs", "1", "--batch-size", "16", "--workers", "0",
-                 "--no-tensorboard", "--no-plots"])  # fmt: skip
+    code = main(
+        [
+            "--configs",
+            "cifar_baseline",
+            "cifar_modern",
+            "--out",
+            str(tmp_path),
+            "--arch",
+            "resnet20",
+            "--data-dir",
+            str(cifar_root),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--workers",
+            "0",
+            "--no-tensorboard",
+            "--no-plots",
+        ]
+    )
     assert code == 0, capsys.readouterr()
     summary = (tmp_path / "experiments-recipes.md").read_text()
     rows = [line for line in summary.splitlines() if line.startswith("| cifar_")]

@@ -13,9 +13,16 @@ from .helpers import train_in_process
 def test_finetune_torchvision_weights_with_new_head(tmp_path, jpeg_folder, torchvision_resnet18_file):
     source = torch.load(torchvision_resnet18_file, weights_only=True)
     result = train_in_process(
-        tmp_path, "ft", arch="resnet18", data="folder", data_dir=str(jpeg_folder), image_size=32,
-        pretrained=str(torchvision_resnet18_file), head_lr=0.5, lr=0.01,
-    )  # fmt: skip
+        tmp_path,
+        "ft",
+        arch="resnet18",
+        data="folder",
+        data_dir=str(jpeg_folder),
+        image_size=32,
+        pretrained=str(torchvision_resnet18_file),
+        head_lr=0.5,
+        lr=0.01,
+    )
     ckpt = load_checkpoint(result.run_dir / "last.pt")
     assert ckpt.num_classes == 4 and tuple(ckpt.model["fc.weight"].shape) == (4, 512)
     assert not torch.equal(ckpt.model["layer1.0.conv1.weight"], source["layer1.0.conv1.weight"])
@@ -26,9 +33,16 @@ def test_finetune_torchvision_weights_with_new_head(tmp_path, jpeg_folder, torch
 def test_freeze_backbone_leaves_it_unchanged(tmp_path, jpeg_folder, torchvision_resnet18_file):
     source = torch.load(torchvision_resnet18_file, weights_only=True)
     result = train_in_process(
-        tmp_path, "frozen", arch="resnet18", data="folder", data_dir=str(jpeg_folder), image_size=32,
-        pretrained=str(torchvision_resnet18_file), freeze_backbone=True, epochs=2,
-    )  # fmt: skip
+        tmp_path,
+        "frozen",
+        arch="resnet18",
+        data="folder",
+        data_dir=str(jpeg_folder),
+        image_size=32,
+        pretrained=str(torchvision_resnet18_file),
+        freeze_backbone=True,
+        epochs=2,
+    )
     trained = load_checkpoint(result.run_dir / "last.pt").model
     backbone = [k for k in source if not k.startswith("fc.")]
     assert len(backbone) == 120
@@ -41,9 +55,14 @@ def test_finetune_uses_the_pretrained_preprocessing(tmp_path, jpeg_folder, cifar
     """Weights trained on CIFAR carry CIFAR's mean/std into the fine-tuned checkpoint."""
     first = train_in_process(tmp_path, "cifar", arch="resnet20", data="cifar10", data_dir=str(cifar_root))
     result = train_in_process(
-        tmp_path, "from-cifar", arch="resnet20", data="folder", data_dir=str(jpeg_folder),
-        pretrained=str(first.run_dir / "best.pt"), freeze_until="layer2",
-    )  # fmt: skip
+        tmp_path,
+        "from-cifar",
+        arch="resnet20",
+        data="folder",
+        data_dir=str(jpeg_folder),
+        pretrained=str(first.run_dir / "best.pt"),
+        freeze_until="layer2",
+    )
     ckpt = load_checkpoint(result.run_dir / "best.pt")
     assert ckpt.preprocess.mean == CIFAR10_MEAN
     source = load_checkpoint(first.run_dir / "best.pt").model

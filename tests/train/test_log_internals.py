@@ -11,8 +11,9 @@ from train.config import ConfigError
 
 from .helpers import train_in_process
 
-SYNTHETIC = dict(arch="resnet20", data="synthetic", num_classes=4, synthetic_size=32, epochs=2, seed=3,
-                 drop_path_rate=0.1)  # fmt: skip
+SYNTHETIC = dict(
+    arch="resnet20", data="synthetic", num_classes=4, synthetic_size=32, epochs=2, seed=3, drop_path_rate=0.1
+)
 
 
 def test_internals_are_logged_per_epoch_and_leave_training_unchanged(tmp_path):

@@ -67,8 +67,22 @@ def test_resume_from_best_refuses_or_forks_and_keeps_the_run(finished_run, tmp_p
     assert sorted(p.name for p in copy.parent.iterdir()) == ["last.pt"]
 
     out = str(tmp_path / "runs")
-    code = main(["--resume", str(finished_run / "best.pt"), "--name", "fork", "--out", out, "--epochs", "4",
-                 "--no-tensorboard", "--no-plots", "--workers", "0"])  # fmt: skip
+    code = main(
+        [
+            "--resume",
+            str(finished_run / "best.pt"),
+            "--name",
+            "fork",
+            "--out",
+            out,
+            "--epochs",
+            "4",
+            "--no-tensorboard",
+            "--no-plots",
+            "--workers",
+            "0",
+        ]
+    )
     assert code == 0
     assert snapshot(finished_run) == before  # metrics.csv, last.pt, best.pt byte-identical
     fork = tmp_path / "runs" / "fork"
@@ -136,12 +150,25 @@ while True:
 
 
 def test_kill_9_during_checkpoint_saves_then_resume_auto(tmp_path, cifar_root):
-    args = ["--arch", "resnet20", "--data", "cifar10", "--data-dir", str(cifar_root), "--batch-size", "16", "--workers", "0"]
+    args = [
+        "--arch",
+        "resnet20",
+        "--data",
+        "cifar10",
+        "--data-dir",
+        str(cifar_root),
+        "--batch-size",
+        "16",
+        "--workers",
+        "0",
+    ]
     assert run_train(train_command(tmp_path, "r", *args, "--epochs", "1")).returncode == 0
     run_dir, last = tmp_path / "r", tmp_path / "r" / "last.pt"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     for _ in range(10):  # until a kill lands mid-save and leaves a temporary behind
-        proc = subprocess.Popen([sys.executable, "-c", SAVE_LOOP, str(last)], env=env, stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SAVE_LOOP, str(last)], env=env, stdout=subprocess.PIPE, text=True
+        )
         assert proc.stdout.readline().strip() == "saving"
         deadline = time.monotonic() + 10
         while not temporaries(run_dir) and time.monotonic() < deadline:
@@ -160,7 +187,18 @@ def test_kill_9_during_checkpoint_saves_then_resume_auto(tmp_path, cifar_root):
 
 
 def test_full_disk_during_save_keeps_the_previous_last_pt(tmp_path, cifar_root):
-    args = ["--arch", "resnet20", "--data", "cifar10", "--data-dir", str(cifar_root), "--batch-size", "16", "--workers", "0"]
+    args = [
+        "--arch",
+        "resnet20",
+        "--data",
+        "cifar10",
+        "--data-dir",
+        str(cifar_root),
+        "--batch-size",
+        "16",
+        "--workers",
+        "0",
+    ]
     assert run_train(train_command(tmp_path, "r", *args, "--epochs", "1")).returncode == 0
     last = tmp_path / "r" / "last.pt"
     before = last.read_bytes()
@@ -170,8 +208,14 @@ def test_full_disk_during_save_keeps_the_previous_last_pt(tmp_path, cifar_root):
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
-    proc = subprocess.run(train_command(tmp_path, "r", *args, "--epochs", "2", "--resume", "auto"), env=env,
-                          capture_output=True, text=True, timeout=600, preexec_fn=small_file_limit)  # fmt: skip
+    proc = subprocess.run(
+        train_command(tmp_path, "r", *args, "--epochs", "2", "--resume", "auto"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=small_file_limit,
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"could not write {last}" in proc.stderr and "the previous last.pt is intact" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -22,16 +22,34 @@ def dry_run(capsys, *args: str) -> dict:
 
 def test_resnet50_on_imagenet_gets_the_imagenet_recipe_and_the_dry_run_writes_nothing(tmp_path):
     # As a user types it, from an empty working directory: a new process, no data on disk.
-    proc = subprocess.run([sys.executable, "-m", "train", "--arch", "resnet50", "--data", "imagenet", "--dry-run"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "train", "--arch", "resnet50", "--data", "imagenet", "--dry-run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     config = yaml.safe_load(proc.stdout)
     expected = {
-        "arch": "resnet50", "data": "imagenet", "recipe": "imagenet_original", "epochs": 90, "batch_size": 256,
-        "lr": 0.1, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "scheduler": "multistep",
-        "milestones": [30, 60], "lr_gamma": 0.1, "train_crop": "random-resized-crop", "hflip": True,
-        "image_size": 224, "val_resize": 256,
-    }  # fmt: skip
+        "arch": "resnet50",
+        "data": "imagenet",
+        "recipe": "imagenet_original",
+        "epochs": 90,
+        "batch_size": 256,
+        "lr": 0.1,
+        "optimizer": "sgd",
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "scheduler": "multistep",
+        "milestones": [30, 60],
+        "lr_gamma": 0.1,
+        "train_crop": "random-resized-crop",
+        "hflip": True,
+        "image_size": 224,
+        "val_resize": 256,
+    }
     assert {k: config[k] for k in expected} == expected
     assert "default for --data imagenet" in config["recipe_source"]
     assert list(tmp_path.iterdir()) == []  # no runs/, no config, no lock
@@ -41,10 +59,20 @@ def test_the_cifar_papers_nets_get_the_paper_recipe(capsys, tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     config = dry_run(capsys, "--arch", "resnet20", "--data", "cifar10")
     expected = {
-        "recipe": "cifar_paper", "arch": "resnet20", "epochs": 160, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
-        "weight_decay": 1e-4, "scheduler": "multistep", "milestones": [80, 120], "lr_gamma": 0.1,
-        "train_crop": "random-crop", "crop_padding": 4, "hflip": True,
-    }  # fmt: skip
+        "recipe": "cifar_paper",
+        "arch": "resnet20",
+        "epochs": 160,
+        "batch_size": 128,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "scheduler": "multistep",
+        "milestones": [80, 120],
+        "lr_gamma": 0.1,
+        "train_crop": "random-crop",
+        "crop_padding": 4,
+        "hflip": True,
+    }
     assert {k: config[k] for k in expected} == expected
     assert dry_run(capsys, "--arch", "resnet110", "--data", "cifar100")["recipe"] == "cifar_paper"
     assert not (tmp_path / "runs").exists()
@@ -54,11 +82,25 @@ def test_the_cifar_resnet18_gets_the_modern_recipe(capsys, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     config = dry_run(capsys, "--arch", "cifar_resnet18", "--data", "cifar10")
     expected = {
-        "recipe": "cifar_modern", "arch": "cifar_resnet18", "epochs": 200, "batch_size": 128, "lr": 0.1,
-        "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4, "scheduler": "cosine", "warmup_start_factor": 0.0,
-        "zero_init_residual": True, "label_smoothing": 0.1, "mixup": 0.2, "auto_augment": "randaugment",
-        "randaugment_magnitude": 14, "train_crop": "random-crop", "crop_padding": 4, "hflip": True,
-    }  # fmt: skip
+        "recipe": "cifar_modern",
+        "arch": "cifar_resnet18",
+        "epochs": 200,
+        "batch_size": 128,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 5e-4,
+        "scheduler": "cosine",
+        "warmup_start_factor": 0.0,
+        "zero_init_residual": True,
+        "label_smoothing": 0.1,
+        "mixup": 0.2,
+        "auto_augment": "randaugment",
+        "randaugment_magnitude": 14,
+        "train_crop": "random-crop",
+        "crop_padding": 4,
+        "hflip": True,
+    }
     assert {k: config[k] for k in expected} == expected
     assert config["warmup_epochs"] > 0  # a linear warmup (from 0, above) precedes the cosine
     assert not (tmp_path / "runs").exists()
@@ -66,9 +108,27 @@ def test_the_cifar_resnet18_gets_the_modern_recipe(capsys, tmp_path, monkeypatch
 
 def test_flags_override_the_default_recipe(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = dry_run(capsys, "--arch", "resnet50", "--data", "imagenet", "--epochs", "5", "--batch-size", "64",
-                     "--weight-decay", "5e-5", "--scheduler", "cosine")  # fmt: skip
-    assert (config["epochs"], config["batch_size"], config["weight_decay"], config["scheduler"]) == (5, 64, 5e-5, "cosine")
+    config = dry_run(
+        capsys,
+        "--arch",
+        "resnet50",
+        "--data",
+        "imagenet",
+        "--epochs",
+        "5",
+        "--batch-size",
+        "64",
+        "--weight-decay",
+        "5e-5",
+        "--scheduler",
+        "cosine",
+    )
+    assert (config["epochs"], config["batch_size"], config["weight_decay"], config["scheduler"]) == (
+        5,
+        64,
+        5e-5,
+        "cosine",
+    )
     assert config["recipe"] == "imagenet_original" and config["milestones"] == [30, 60]  # the rest still the recipe's
     # An explicit --recipe wins over the default one.
     assert dry_run(capsys, "--arch", "cifar_resnet18", "--data", "cifar10", "--recipe", "cifar_baseline")["recipe"] == (
@@ -83,8 +143,23 @@ def test_data_without_a_recipe_gets_the_plain_defaults(capsys, arch, data):
 
 
 def test_a_real_run_prints_its_recipe_first(tmp_path, capsys):
-    code = main(["--arch", "resnet20", "--data", "digits", "--epochs", "1", "--batch-size", "128", "--out", str(tmp_path),
-                 "--name", "r", *QUIET])  # fmt: skip
+    code = main(
+        [
+            "--arch",
+            "resnet20",
+            "--data",
+            "digits",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "128",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "r",
+            *QUIET,
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert out.splitlines()[0] == "recipe: digits (default for --data digits and resnet20)"

@@ -22,14 +22,40 @@ THREADS = {"OMP_NUM_THREADS": "1"}
 
 def test_killed_run_resumes_to_identical_weights(tmp_path, cifar_root):
     # mixup, dropout, random crops and flips all draw random numbers: the resume must restore them all
-    args = ["--arch", "resnet20", "--data", "cifar10", "--data-dir", str(cifar_root), "--epochs", "3",
-            "--batch-size", "8", "--seed", "7", "--workers", "0", "--mixup", "0.4", "--dropout", "0.2",
-            "--ema", "--ema-decay", "0.9", "--warmup-epochs", "1", "--log-every", "1"]  # fmt: skip
+    args = [
+        "--arch",
+        "resnet20",
+        "--data",
+        "cifar10",
+        "--data-dir",
+        str(cifar_root),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--seed",
+        "7",
+        "--workers",
+        "0",
+        "--mixup",
+        "0.4",
+        "--dropout",
+        "0.2",
+        "--ema",
+        "--ema-decay",
+        "0.9",
+        "--warmup-epochs",
+        "1",
+        "--log-every",
+        "1",
+    ]
     full = run_train(train_command(tmp_path, "full", *args))
     assert full.returncode == 0, full.stderr
 
     env = dict(os.environ, **THREADS)
-    proc = subprocess.Popen(train_command(tmp_path, "killed", *args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        train_command(tmp_path, "killed", *args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     last = tmp_path / "killed" / "last.pt"
     deadline = time.monotonic() + 300
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -53,9 +79,29 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, cifar_root):
 
 def test_ddp_two_gloo_processes_equal_one_process(tmp_path):
     """2 processes x 6 images = 1 process x 12 images in 2 accumulation steps (the same shards)."""
-    common = ["--arch", "resnet20", "--data", "synthetic", "--num-classes", "3", "--synthetic-size", "36",
-              "--batch-size", "12", "--epochs", "2", "--train-crop", "center", "--no-hflip", "--workers", "0",
-              "--seed", "1", "--lr", "0.05"]  # fmt: skip
+    common = [
+        "--arch",
+        "resnet20",
+        "--data",
+        "synthetic",
+        "--num-classes",
+        "3",
+        "--synthetic-size",
+        "36",
+        "--batch-size",
+        "12",
+        "--epochs",
+        "2",
+        "--train-crop",
+        "center",
+        "--no-hflip",
+        "--workers",
+        "0",
+        "--seed",
+        "1",
+        "--lr",
+        "0.05",
+    ]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train"]
     ddp = run_train([*torchrun, *train_command(tmp_path, "ddp", *common)[3:]])
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
@@ -74,8 +120,17 @@ def test_ddp_two_gloo_processes_equal_one_process(tmp_path):
     # validation over the 9 (odd) val images, split over 2 ranks, counted each exactly once
     spec = a.preprocess
     loader = build_val_loader(build_validation_set(a.config, spec), a.config, 4, 1, 0, False)
-    metrics = evaluate(model_a, loader, StepParts(model=model_a, optimizer=torch.optim.SGD(model_a.parameters()),
-                       criterion=torch.nn.CrossEntropyLoss(), preprocess=spec, device=torch.device("cpu")))  # fmt: skip
+    metrics = evaluate(
+        model_a,
+        loader,
+        StepParts(
+            model=model_a,
+            optimizer=torch.optim.SGD(model_a.parameters()),
+            criterion=torch.nn.CrossEntropyLoss(),
+            preprocess=spec,
+            device=torch.device("cpu"),
+        ),
+    )
     assert metrics["images"] == 9
     assert metrics["top1"] == a.metrics["top1"]
     assert abs(metrics["loss"] - a.metrics["loss"]) < 1e-4

@@ -20,7 +20,9 @@ from .helpers import DIGIT_NAMES, train_in_process
 def test_every_data_kind_trains_and_writes_a_checkpoint(tmp_path, kind, jpeg_folder, cifar_root):
     data_dir = {"folder": jpeg_folder, "imagenet": jpeg_folder, "cifar10": cifar_root, "cifar100": cifar_root}.get(kind)
     extra = {"num_classes": 4, "synthetic_size": 32} if kind == "synthetic" else {}
-    result = train_in_process(tmp_path, kind, arch="resnet20", data=kind, data_dir=str(data_dir) if data_dir else None, **extra)
+    result = train_in_process(
+        tmp_path, kind, arch="resnet20", data=kind, data_dir=str(data_dir) if data_dir else None, **extra
+    )
     on_disk = torch.load(result.run_dir / "best.pt", weights_only=True)  # contract 1: plain containers only
     assert set(REQUIRED_KEYS) <= set(on_disk)
     assert {"optimizer", "scheduler", "scaler", "epoch", "step", "rng", "config", "metrics"} <= set(on_disk)
@@ -41,9 +43,20 @@ def test_overfits_a_few_dozen_images(tmp_path, jpeg_folder):
     shutil.copytree(jpeg_folder / "train", data / "train")
     shutil.copytree(jpeg_folder / "train", data / "val")
     result = train_in_process(
-        tmp_path, "overfit", arch="resnet20", data="folder", data_dir=str(data), epochs=15, batch_size=16,
-        lr=0.05, weight_decay=0.0, train_crop="center", hflip=False, plots=True, tensorboard=True,
-    )  # fmt: skip
+        tmp_path,
+        "overfit",
+        arch="resnet20",
+        data="folder",
+        data_dir=str(data),
+        epochs=15,
+        batch_size=16,
+        lr=0.05,
+        weight_decay=0.0,
+        train_crop="center",
+        hflip=False,
+        plots=True,
+        tensorboard=True,
+    )
     with open(result.run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 15
@@ -68,10 +81,22 @@ def test_run_dir_is_not_overwritten_without_asking(tmp_path, cifar_root):
 
 def test_ema_weights_are_saved_and_deployed(tmp_path, cifar_root):
     result = train_in_process(
-        tmp_path, "ema", arch="resnet20", data="cifar10", data_dir=str(cifar_root), ema=True, ema_decay=0.5,
-        label_smoothing=0.1, mixup=0.2, cutmix=1.0, auto_augment="trivialaugment", random_erasing=0.25,
-        no_wd_norm_bias=True, warmup_epochs=0.5, grad_clip=1.0,
-    )  # fmt: skip
+        tmp_path,
+        "ema",
+        arch="resnet20",
+        data="cifar10",
+        data_dir=str(cifar_root),
+        ema=True,
+        ema_decay=0.5,
+        label_smoothing=0.1,
+        mixup=0.2,
+        cutmix=1.0,
+        auto_augment="trivialaugment",
+        random_erasing=0.25,
+        no_wd_norm_bias=True,
+        warmup_epochs=0.5,
+        grad_clip=1.0,
+    )
     ckpt = load_checkpoint(result.run_dir / "last.pt")
     assert ckpt.ema_updates == ckpt.step == 5
     assert not torch.equal(ckpt.ema["fc.weight"], ckpt.model["fc.weight"])

@@ -10,8 +10,22 @@ import yaml
 
 from train.experiments import Outcome, list_suites, load_suite, main, markdown_summary
 
-SMOKE = ["--data", "digits", "--arch", "resnet20", "--epochs", "1", "--batch-size", "128", "--workers", "0",
-         "--no-tensorboard", "--no-plots", "--log-every", "1000"]  # fmt: skip
+SMOKE = [
+    "--data",
+    "digits",
+    "--arch",
+    "resnet20",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "128",
+    "--workers",
+    "0",
+    "--no-tensorboard",
+    "--no-plots",
+    "--log-every",
+    "1000",
+]
 
 
 def test_the_write_ups_suites_are_there():
@@ -50,23 +64,39 @@ def test_all_recipes_dry_run(tmp_path, capsys):
 
 def test_a_digits_scale_cumulative_chain_runs_into_its_summary(tmp_path, capsys):
     suite = tmp_path / "chain.yaml"
-    suite.write_text(yaml.safe_dump({
-        "description": "the first three steps of the cumulative chain, digits scale",
-        "source": "the CIFAR write-up's cumulative table",
-        "runs": [
-            {"name": "baseline", "recipe": "cifar_baseline", "reported": {"best": 89.2}},
-            {"name": "+cosine", "recipe": "cifar_baseline", "flags": ["--scheduler", "cosine"], "reported": {"best": 90.5}},
-            {"name": "+mixup", "recipe": "cifar_baseline", "flags": ["--scheduler", "cosine", "--mixup", "0.2"],
-             "reported": {"best": 92.3}},
-        ],
-    }))  # fmt: skip
+    suite.write_text(
+        yaml.safe_dump(
+            {
+                "description": "the first three steps of the cumulative chain, digits scale",
+                "source": "the CIFAR write-up's cumulative table",
+                "runs": [
+                    {"name": "baseline", "recipe": "cifar_baseline", "reported": {"best": 89.2}},
+                    {
+                        "name": "+cosine",
+                        "recipe": "cifar_baseline",
+                        "flags": ["--scheduler", "cosine"],
+                        "reported": {"best": 90.5},
+                    },
+                    {
+                        "name": "+mixup",
+                        "recipe": "cifar_baseline",
+                        "flags": ["--scheduler", "cosine", "--mixup", "0.2"],
+                        "reported": {"best": 92.3},
+                    },
+                ],
+            }
+        )
+    )
     out = tmp_path / "runs"
     code = main(["--suite", str(suite), "--out", str(out), *SMOKE])
     assert code == 0, capsys.readouterr()
     summary = (out / "experiments-chain.md").read_text()
     assert "Reported figures: the CIFAR write-up's cumulative table" in summary
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in summary.splitlines() if re.match(r"\| (baseline|\+cosine|\+mixup) ", line)}  # fmt: skip
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in summary.splitlines()
+        if re.match(r"\| (baseline|\+cosine|\+mixup) ", line)
+    }
     assert list(rows) == ["baseline", "+cosine", "+mixup"]
     for name, reported in (("baseline", "89.2"), ("+cosine", "90.5"), ("+mixup", "92.3")):
         _, status, epochs, best, final, train, reported_cell, seconds = rows[name]
@@ -74,8 +104,10 @@ def test_a_digits_scale_cumulative_chain_runs_into_its_summary(tmp_path, capsys)
         assert all(0.0 <= float(v) <= 100.0 for v in (best, final, train)) and float(seconds) > 0
     assert rows["+mixup"][0] == "`cifar_baseline --scheduler cosine --mixup 0.2`"
     # Same recipe, different flags: distinct runs, each with its own resolved config.
-    configs = [yaml.safe_load((out / f"exp-chain-{i:02d}-{n}" / "config.yaml").read_text())
-               for i, n in ((1, "baseline"), (2, "cosine"), (3, "mixup"))]  # fmt: skip
+    configs = [
+        yaml.safe_load((out / f"exp-chain-{i:02d}-{n}" / "config.yaml").read_text())
+        for i, n in ((1, "baseline"), (2, "cosine"), (3, "mixup"))
+    ]
     assert [c["scheduler"] for c in configs] == ["multistep", "cosine", "cosine"]
     assert [c["mixup"] for c in configs] == [0.0, 0.0, 0.2]
     assert all(c["arch"] == "resnet20" and c["data"] == "digits" for c in configs)

@@ -14,8 +14,19 @@ from train.engine import StepParts, train_step
 from train.finetune import freeze, frozen_norm_layers, set_train_mode
 from train.optim import build_optimizer, build_scheduler, lr_factor_fn, parameter_groups
 
-BASE = {"lr": 0.1, "batch_size": 64, "epochs": 10, "weight_decay": 1e-4, "optimizer": "sgd", "momentum": 0.9,
-        "nesterov": False, "scheduler": "cosine", "warmup_epochs": 0, "milestones": [], "min_lr": 0.0}  # fmt: skip
+BASE = {
+    "lr": 0.1,
+    "batch_size": 64,
+    "epochs": 10,
+    "weight_decay": 1e-4,
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "nesterov": False,
+    "scheduler": "cosine",
+    "warmup_epochs": 0,
+    "milestones": [],
+    "min_lr": 0.0,
+}
 
 
 def test_warmup_then_cosine_per_iteration():
@@ -53,10 +64,16 @@ def test_no_weight_decay_on_norms_and_biases_and_head_lr():
 
 def _parts(model, amp_dtype=None, scaler=None, grad_clip=None, accum=1):
     return StepParts(
-        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
-        criterion=nn.CrossEntropyLoss(), preprocess=default_preprocess({"data": "digits"}),
-        device=torch.device("cpu"), scaler=scaler, amp_dtype=amp_dtype, grad_clip=grad_clip, accum_steps=accum,
-    )  # fmt: skip
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+        criterion=nn.CrossEntropyLoss(),
+        preprocess=default_preprocess({"data": "digits"}),
+        device=torch.device("cpu"),
+        scaler=scaler,
+        amp_dtype=amp_dtype,
+        grad_clip=grad_clip,
+        accum_steps=accum,
+    )
 
 
 def _batch(n=8):
