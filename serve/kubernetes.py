@@ -27,9 +27,11 @@ from typing import Any
 
 import yaml
 
+from models.osutil import MARKER_NAME, is_owned, mark_owned, remove_owned_tree
+
 from .server import CONFIG_TEMPLATE
 
-MARKER = ".resnet-deploy-manifests"  # a folder holding it was written here and may be replaced
+MANIFESTS_KIND = "manifests"  # the marker kind of a generated folder (models.osutil.mark_owned)
 APP = "resnet-deploy"
 CONTAINER_PORTS = {"http": 8080, "metrics": 8082}  # management (8081) stays on the pod's loopback
 IMAGE_MODEL_STORE = "/home/serve/model_store"  # where the Dockerfile copies MODEL_STORE
@@ -543,8 +545,11 @@ def generate(options: ManifestOptions) -> list[Path]:
     out = options.out
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise ManifestError(f"--out {out}: not a directory; choose a new folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise ManifestError(f"--out {out}: the folder holds other files (no {MARKER}); choose a new or empty folder")
+    if out.is_dir() and any(out.iterdir()) and not is_owned(out, MANIFESTS_KIND):
+        raise ManifestError(
+            f"--out {out}: the folder holds files `serve manifests` did not write (no {MARKER_NAME}); "
+            "choose a new or empty folder"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp's 0700 would hide the folder from the rest of a CI job or team
@@ -564,11 +569,13 @@ def generate(options: ManifestOptions) -> list[Path]:
             (storage / "model-store").mkdir()
             for archive in options.archives:
                 shutil.copyfile(archive.path, storage / "model-store" / archive.path.name)
-        (staging / MARKER).write_text("written by python -m serve manifests; the folder is replaced on regeneration\n")
-        if out.is_dir():
-            shutil.rmtree(out)
+        mark_owned(staging, MANIFESTS_KIND)
+        if is_owned(out, MANIFESTS_KIND):
+            remove_owned_tree(out, MANIFESTS_KIND)
+        elif out.is_dir():
+            out.rmdir()  # empty: checked above
         os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return sorted(p for p in out.rglob("*") if p.is_file() and p.name != MARKER)
+    return sorted(p for p in out.rglob("*") if p.is_file() and p.name != MARKER_NAME)

@@ -31,10 +31,10 @@ import pytest
 import requests
 import yaml
 
+from models.osutil import MARKER_NAME
 from serve.__main__ import main as serve_main
 from serve.kubernetes import (
     CORE_FILES,
-    MARKER,
     ManifestError,
     ManifestOptions,
     generate,
@@ -209,13 +209,13 @@ def test_out_folder_is_replaced_only_when_ours(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
-    with pytest.raises(ManifestError, match="holds other files"):
+    with pytest.raises(ManifestError, match="holds files `serve manifests` did not write"):
         generate(ManifestOptions(model_store=tmp_path, models=["m"], image=IMAGE, out=foreign))
     assert (foreign / "keep.txt").read_text() == "mine"
     ours = tmp_path / "ours"
     generate(ManifestOptions(model_store=tmp_path, models=["m"], image=IMAGE, out=ours, kserve=True))
     generate(ManifestOptions(model_store=tmp_path, models=["m"], image=IMAGE, out=ours))
-    assert (ours / MARKER).is_file() and not (ours / "kserve").exists()
+    assert (ours / MARKER_NAME).is_file() and not (ours / "kserve").exists()
     with pytest.raises(ManifestError, match="nope.mar not found"):
         generate(ManifestOptions(model_store=tmp_path, models=["nope"], image=IMAGE, out=tmp_path / "x"))
 
