@@ -8,7 +8,12 @@ normalises it itself. The bare loop is the textbook one:
 `zero_grad`, forward under the same autocast, cross-entropy, `backward`, `SGD.step`, on the same
 batch already normalised to float (so it does strictly less work). Both networks start from the same
 weights and run the same precision and memory format; each configuration times both in the same
-interleaved rounds.
+interleaved rounds, at least `--steps` of each.
+
+Peak memory is each side's alone: after the timings, each side of a configuration is rebuilt in a fresh
+(spawned, not forked) Python process that runs a few steps and reports its own peak RSS (VmHWM) and,
+on CUDA, `torch.cuda.max_memory_allocated`. Both children import the same modules, so the
+difference between the two is the difference between the two steps.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ import argparse
 import contextlib
 import copy
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 
+import psutil
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -33,7 +41,10 @@ from .errors import BenchmarkError, check_archs, positive_int
 from .report import Report, Table, Verdict, cpu_features
 from .timing import Budget, interleaved, primer
 
-TARGET = 0.95  # ours / bare images per second
+TARGET = 0.97  # ours / bare images per second ...
+TARGET_STEPS = 30  # ... over at least this many timed steps per side
+MEMORY_STEPS = 3  # the first step allocates gradients and momentum buffers; later ones hold them with the activations
+SIDES = ("ours", "bare")
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,82 @@ def cpu_emulates_bf16() -> bool:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What both loops of a run share. Picklable, so that a child process can rebuild one side from it."""
+
+    arch: str
+    batch: int
+    size: int
+    device_name: str
+    config: dict
+    threads: int
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.device_name)
+
+    def data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The seeded uint8 batch and its labels, as a loader yields them (pinned on CUDA, as train's loaders pin it)."""
+        generator = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (self.batch, 3, self.size, self.size), dtype=torch.uint8, generator=generator)
+        labels = torch.randint(0, get_model_spec(self.arch).default_num_classes, (self.batch,), generator=generator)
+        if self.device.type == "cuda":  # ours copies them asynchronously, as in training
+            images, labels = images.pin_memory(), labels.pin_memory()
+        return images, labels
+
+    def network(self) -> nn.Module:
+        torch.manual_seed(0)
+        return create_model(self.arch, num_classes=get_model_spec(self.arch).default_num_classes)
+
+    def step(
+        self, side: str, variant: Variant, network: nn.Module, images: torch.Tensor, labels: torch.Tensor
+    ) -> Callable[[], None]:
+        """One side's step, on its own copy of the network."""
+        if side == "ours":
+            return our_step(network, variant, self.config, self.device, images, labels)
+        floats = normalize_batch(images, get_model_spec(self.arch).preprocess)
+        return bare_step(network, variant, self.config, self.device, floats, labels)
+
+
+def peak_rss_mb() -> float:
+    """This process image's peak resident set (Linux's VmHWM). Not `ru_maxrss`: in a child started by
+    fork + exec that also counts the forked copy of the parent, so it is at least the parent's RSS."""
+    try:
+        with open("/proc/self/status") as status:
+            line = next(line for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        raise BenchmarkError("peak memory needs Linux's /proc/self/status (VmHWM)") from None
+    return int(line.split()[1]) / 1024  # kB
+
+
+def side_peak_memory(setup: Setup, variant: Variant, side: str) -> dict:
+    """Runs in a fresh process: builds one side alone, runs MEMORY_STEPS steps, returns its peak memory in MiB."""
+    torch.set_num_threads(setup.threads)
+    images, labels = setup.data()
+    step = setup.step(side, variant, setup.network(), images, labels)
+    before = psutil.Process().memory_info().rss
+    for _ in range(MEMORY_STEPS):
+        step()
+    result = {
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_steps_mb": before / 2**20,
+        "memory_steps": MEMORY_STEPS,
+    }
+    if setup.device.type == "cuda":
+        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated(setup.device) / 2**20
+    return result
+
+
+def peak_memory(setup: Setup, variant: Variant) -> dict[str, dict]:
+    """Each side's `side_peak_memory`, in a process of its own (spawned: a forked child starts with the
+    parent's peak RSS). The two run at the same time: it costs their speed, not their memory."""
+    with contextlib.ExitStack() as stack:
+        pools = {side: stack.enter_context(ProcessPoolExecutor(1, mp_context=get_context("spawn"))) for side in SIDES}
+        futures = {side: pool.submit(side_peak_memory, setup, variant, side) for side, pool in pools.items()}
+        return {side: future.result() for side, future in futures.items()}
 
 
 def our_step(
@@ -150,10 +237,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: %(default)s")
     parser.add_argument(
+        "--steps",
+        type=positive_int,
+        help=f"timed steps of each loop per configuration, at least (default: {TARGET_STEPS}, what the target "
+        "asks for; --quick: 2)",
+    )
+    parser.add_argument(
         "--seconds",
         type=float,
         default=25.0,
-        help="time budget per configuration, shared by both loops (default: %(default)s)",
+        help="time budget per configuration, shared by both loops; more steps are timed while it lasts, never "
+        "fewer than --steps (default: %(default)s)",
     )
 
 
@@ -175,12 +269,14 @@ def run(args: argparse.Namespace) -> Report:
     if device.type == "cpu" and not args.variants and cpu_emulates_bf16():
         emulated_bf16 = [n for n in names if VARIANTS[n].precision == "bf16"]
         names = [n for n in names if n not in emulated_bf16]
+    steps = args.steps or (2 if args.quick else TARGET_STEPS)
     budget = (
-        Budget(warmup=1, min_rounds=2, max_rounds=3, seconds=0)
+        Budget(warmup=1, min_rounds=steps, max_rounds=steps, seconds=0)
         if args.quick
-        else Budget(warmup=2, min_rounds=5, seconds=args.seconds)
+        else Budget(warmup=2, min_rounds=steps, max_rounds=max(steps, Budget.max_rounds), seconds=args.seconds)
     )
     config = resolve_config({"arch": arch, "data": "synthetic", "batch_size": batch})
+    setup = Setup(arch, batch, size, device.type, config, threads)
 
     report = Report("train", "Training step: ours vs a bare PyTorch loop", threads=threads, quick=args.quick)
     if emulated_bf16:
@@ -198,7 +294,7 @@ def run(args: argparse.Namespace) -> Report:
         log(f"probing the {' and '.join(precisions)} GEMM kernels at {threads} thread(s) for the ceiling")
         ceiling.select()
     flops = training_flops(arch, spec.default_num_classes, size)
-    report.data.update(flops_per_image=flops, arch=arch, batch=batch, image_size=size)
+    report.data.update(flops_per_image=flops, arch=arch, batch=batch, image_size=size, steps=steps)
     method = [
         f"{arch}, {spec.default_num_classes} classes, batch {batch}, {size}x{size} synthetic images (seeded random "
         f"uint8), {device.type}, {threads} thread(s).",
@@ -206,10 +302,15 @@ def run(args: argparse.Namespace) -> Report:
         "train.optim's parameter groups, per-step cosine LR). Bare: zero_grad / forward / cross-entropy / "
         "backward / SGD.step on the pre-normalised float batch. Same initial weights.",
         "Both loops of a configuration are timed in the same interleaved rounds after warm-up (for torch.compile "
-        "the warm-up includes compilation); images/s = batch / median step time.",
+        f"the warm-up includes compilation), at least {steps} steps each; images/s = batch / median step time; "
+        "spread = interquartile range / median of the step times.",
         f"Fraction of ceiling: forward + backward FLOPs ({flops / 1e9:.1f} GFLOP per image, 2 x MACs, "
         "torch.utils.flop_counter) x images/s over the GEMM ceiling of the same precision, timed in the "
         "same rounds as the two loops.",
+        f"Peak memory: after the timings, each side alone in a fresh spawned Python process (same imports, same "
+        f"batch and weights) runs {MEMORY_STEPS} steps; peak RSS is that process's VmHWM (interpreter, "
+        "libraries, model, optimizer state and steps included; the two children run at the same time)"
+        + (", peak CUDA memory its torch.cuda.max_memory_allocated." if device.type == "cuda" else "."),
     ]
     table = Table(
         "Training images/s",
@@ -220,27 +321,25 @@ def run(args: argparse.Namespace) -> Report:
             "ours / bare",
             "ours ms/step",
             "bare ms/step",
+            "spread ours / bare",
             "steps each",
             "GEMM ceiling GFLOP/s (same rounds)",
             "% of GEMM ceiling (ours)",
         ],
     )
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
-    labels = torch.randint(0, spec.default_num_classes, (batch,), generator=generator)
-    if device.type == "cuda":  # what train's loaders yield there (pin_memory=True): ours copies them asynchronously
-        images, labels = images.pin_memory(), labels.pin_memory()
-    floats = normalize_batch(images, spec.preprocess)
-    torch.manual_seed(0)
-    initial = create_model(arch, num_classes=spec.default_num_classes)
+    memory_columns = ["ours peak RSS MiB", "bare peak RSS MiB", "ours / bare RSS", "RSS before the steps ours / bare"]
+    if device.type == "cuda":
+        memory_columns += ["ours peak CUDA MiB", "bare peak CUDA MiB"]
+    memory_table = Table(
+        "Training peak memory (each side alone in a fresh process)", ["configuration", *memory_columns]
+    )
+    images, labels = setup.data()
+    initial = setup.network()
     rows = []
     for name in names:
         variant = VARIANTS[name]
         log(f"{variant.name}: building both loops{' (compiling during warm-up)' if variant.compile else ''}")
-        candidates = {
-            "ours": our_step(copy.deepcopy(initial), variant, config, device, images, labels),
-            "bare": bare_step(copy.deepcopy(initial), variant, config, device, floats, labels),
-        }
+        candidates = {side: setup.step(side, variant, copy.deepcopy(initial), images, labels) for side in SIDES}
         gemm = ceiling.candidates((variant.precision,)) if ceiling else {}
         # Primed, see CeilingProbe; training steps are long and all in PyTorch, so only the GEMM needs it.
         samples = interleaved(
@@ -249,18 +348,28 @@ def run(args: argparse.Namespace) -> Report:
         ours, bare = samples["ours"], samples["bare"]
         ratio = ours.items_per_s / bare.items_per_s
         cpu_ceiling = ceiling.ceilings(samples)[variant.precision] if ceiling else None
+        del candidates  # free this configuration's networks before the memory children start
+        log(f"{variant.name}: peak memory of each loop alone, in two fresh processes")
+        memory = peak_memory(setup, variant)
         rows.append(
             {
                 "configuration": variant.name,
                 "precision": variant.precision,
-                "ours": ours.to_dict(),
-                "bare": bare.to_dict(),
+                "ours": {**ours.to_dict(), **memory["ours"]},
+                "bare": {**bare.to_dict(), **memory["bare"]},
                 "ratio": ratio,
                 "ceiling_gflops": cpu_ceiling,
                 "ceiling_fraction": flops * ours.items_per_s / (cpu_ceiling * 1e9) if cpu_ceiling else None,
             }
         )
-        report.verdicts.append(Verdict(f"ours >= {TARGET:g} x bare ({variant.name})", f"{ratio:.3f}", ratio >= TARGET))
+        timed = min(len(ours.seconds), len(bare.seconds))
+        report.verdicts.append(
+            Verdict(
+                f"ours >= {TARGET:g} x bare over >= {TARGET_STEPS} steps each ({variant.name})",
+                f"{ratio:.3f} over {timed} steps each",
+                ratio >= TARGET and timed >= TARGET_STEPS,
+            )
+        )
     if ceiling:
         report.data["ceiling"] = ceiling.to_dict()
     report.method = [
@@ -276,10 +385,15 @@ def run(args: argparse.Namespace) -> Report:
             f"{row['ratio']:.3f}",
             ours["median_s"] * 1e3,
             bare["median_s"] * 1e3,
+            f"{100 * ours['iqr_over_median']:.1f}% / {100 * bare['iqr_over_median']:.1f}%",
             ours["calls"],
             row["ceiling_gflops"],
             None if row["ceiling_fraction"] is None else f"{100 * row['ceiling_fraction']:.0f}%",
         )
-    report.tables.append(table)
+        cuda = [ours["peak_cuda_mb"], bare["peak_cuda_mb"]] if device.type == "cuda" else []
+        ratio_rss = f"{ours['peak_rss_mb'] / bare['peak_rss_mb']:.3f}"
+        before = f"{ours['rss_before_steps_mb']:,.0f} / {bare['rss_before_steps_mb']:,.0f}"
+        memory_table.add(row["configuration"], ours["peak_rss_mb"], bare["peak_rss_mb"], ratio_rss, before, *cuda)
+    report.tables += [table, memory_table]
     report.data["rows"] = rows
     return report

@@ -158,8 +158,15 @@ def test_gpu_run_goes_end_to_end_on_the_cpu(tmp_path):
 
 
 def test_train_compares_our_step_with_a_bare_loop(work_dir):
-    stdout, markdown, data = run_quick("train", work_dir)
+    stdout, markdown, data = run_quick("train", work_dir, "--steps", "3")
     check_well_formed(stdout, markdown, data, "train")
+    # each median's samples are recorded: at least the configured steps per side
+    assert data["data"]["steps"] == 3
+    assert all(r[side]["calls"] >= 3 for r in data["data"]["rows"] for side in ("ours", "bare"))
+    # each side's peak memory, measured alone in its own process (a CUDA peak only on CUDA)
+    for side in (r[s] for r in data["data"]["rows"] for s in ("ours", "bare")):
+        assert side["peak_rss_mb"] >= side["rss_before_steps_mb"] > 0 and "peak_cuda_mb" not in side
+    assert "### Training peak memory" in markdown
     rows = data["data"]["rows"]
     # bf16 is timed where the CPU has bf16 instructions, and said to be left out where it would be emulated
     emulated = cpu_emulates_bf16()
