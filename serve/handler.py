@@ -5,7 +5,9 @@
 in each worker, so it only uses absolute imports of our installed packages.
 
 What it does per batch (TorchServe's dynamic batching hands it up to `batchSize` requests at once):
-- each request is a raw body (`curl -T cat.jpg`) or a multipart form with one image per part;
+- each request is a raw body (`curl -T cat.jpg`) or a multipart form with one image per part; under
+  KServe's envelopes (serve/envelope.py) the batch is one request's base64 instances, answered as one
+  list (`{"predictions": [...]}`, or v2 `outputs`) or, when one fails, as its error with its status;
 - everything from bytes to labels is `export.classifier.Classifier` (the manifest's preprocessing,
   the runner, softmax and top-k), the same object `client --local` and `train --predict` use; this
   module only adds TorchServe's plumbing: per image `Classifier.pixels`, on as many threads as the
@@ -30,6 +32,7 @@ intra-op threads; default: the usable cores / the workers).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +43,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from export.classifier import Classifier
 from models.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decoded_pixels
 from models.osutil import first_line, usable_cores
+from serve.envelope import as_request, enveloped, image_bytes
 from serve.package import DEFAULT_MAX_IMAGES, DEFAULT_MAX_REQUEST_PIXELS
 from serve.refusal import HOW_TO_CHANGE, PHRASES, Refused, part_label
 
@@ -101,6 +105,9 @@ class ImageClassifierHandler(BaseHandler):
         """
         start = time.perf_counter()
         self.context = context
+        self.enveloped = enveloped(data, len(context.request_ids or ()))
+        if self.enveloped:
+            data = [as_request(data)]
         output = self.postprocess(self.inference(self.preprocess(data)))
         if context.metrics is not None:
             context.metrics.add_time("HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms")
@@ -152,7 +159,9 @@ class ImageClassifierHandler(BaseHandler):
         parts, total = [], 0
         for name, value in request.items():
             where = part_label(name)
-            if not isinstance(value, (bytes, bytearray)):
+            if self.enveloped:
+                value = image_bytes(value, where)
+            elif not isinstance(value, (bytes, bytearray)):
                 # TorchServe decodes text/* and application/json bodies when decode_input_request is on.
                 raise Refused(
                     400,
@@ -239,6 +248,12 @@ class ImageClassifierHandler(BaseHandler):
         return [e if e is not None else refusal for e in errors]
 
     def postprocess(self, data):
+        if self.enveloped:  # the envelope wraps the list as one request's answer
+            [result] = data
+            if isinstance(result, Refused):
+                self.context.set_response_status(result.code, PHRASES.get(result.code, ""), 0)
+                return [json.loads(result.body())]
+            return [dict(self.classifier.top_k_of(row)) for row in result]
         responses = []
         for idx, result in enumerate(data):
             if isinstance(result, Refused):

@@ -6,6 +6,7 @@ batch, so "one bad image fails only its own request" is checked deterministicall
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -16,6 +17,8 @@ import torch
 import ts
 import yaml
 from ts.context import Context, RequestProcessor
+from ts.torch_handler.request_envelope.kserve import KServeEnvelope
+from ts.torch_handler.request_envelope.kservev2 import KServev2Envelope
 
 from serve.handler import ImageClassifierHandler, threads_per_worker
 from serve.package import package
@@ -107,6 +110,48 @@ def test_text_and_json_bodies_are_refused_with_a_hint(handler):
     assert "expected image bytes, got str" in json.loads(answers[0][1])["message"]
     assert "expected image bytes, got dict" in json.loads(answers[1][1])["message"]
     assert "empty request" in json.loads(answers[2][1])["message"]
+
+
+def through_envelope(handler, envelope, body: dict):
+    """One request through TorchServe's own envelope around handler.handle, as a worker does with
+    service_envelope=kserve / kservev2; returns (status, the envelope's response)."""
+    context = handler.context
+    context.request_processor = [RequestProcessor({})]
+    context.request_ids = {0: "request-0"}
+    [response] = envelope(handler.handle).handle([{"body": json.dumps(body).encode()}], context)
+    return context.get_response_status(0)[0], response
+
+
+def test_kserve_envelopes_hand_one_requests_base64_instances(handler, valid_images):
+    """KServe v1 instances (base64 strings, {"b64": ...}) and v2 BYTES inputs answer as the raw body does;
+    bad base64, a non-BYTES tensor or too many instances fail the request with its own status."""
+    cat, gray = valid_images["jpeg"], valid_images["png_gray"]
+    plain = [handle(handler, [{"body": image}])[0][1] for image in (cat, gray)]
+    b64 = [base64.b64encode(image).decode() for image in (cat, gray)]
+
+    v1 = {"instances": [{"data": b64[0]}, {"data": {"b64": b64[1]}}]}
+    assert through_envelope(handler, KServeEnvelope, v1) == (200, {"predictions": plain})
+    assert through_envelope(handler, KServeEnvelope, {"instances": [b64[1]]}) == (200, {"predictions": plain[1:]})
+    status, response = through_envelope(handler, KServeEnvelope, {"instances": [{"data": b64[0]}, {"data": "c@t"}]})
+    [error] = response["predictions"]
+    assert status == 400 and error["message"].startswith("part 'instances[1]': malformed base64")
+    status, response = through_envelope(handler, KServeEnvelope, {"instances": [{"data": b64[0][:-8]}]})
+    assert status == 400 and "truncated" in response["predictions"][0]["message"]
+    flood = {"instances": [{"data": b64[0]}] * (handler.max_images + 1)}
+    status, response = through_envelope(handler, KServeEnvelope, flood)
+    assert status == 413 and response["predictions"][0]["type"] == "TooManyImages"
+    status, response = through_envelope(handler, KServeEnvelope, {"inputs": [{"data": b64[0]}]})
+    assert status == 400 and "no base64 image" in response["predictions"][0]["message"]
+
+    def v2_input(name, datatype, data):
+        return {"name": name, "shape": [len(data)], "datatype": datatype, "data": data}
+
+    v2 = {"id": "r1", "inputs": [v2_input("cat", "BYTES", [b64[0]]), v2_input("gray", "BYTES", [b64[1]])]}
+    status, response = through_envelope(handler, KServev2Envelope, v2)
+    assert status == 200 and response["id"] == "r1"
+    assert [(o["name"], o["data"]) for o in response["outputs"]] == [("cat", [plain[0]]), ("gray", [plain[1]])]
+    status, response = through_envelope(handler, KServev2Envelope, {"inputs": [v2_input("x", "FP32", [0.5])]})
+    assert status == 400 and "a FP32 tensor, not image bytes" in response["outputs"][0]["data"][0]["message"]
 
 
 def test_explain_and_describe_headers_do_not_change_the_answer(handler, valid_images):
