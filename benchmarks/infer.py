@@ -2,7 +2,8 @@
 
 For each architecture the random-init checkpoint is exported with `python -m export`; the runners
 are the project's own (`export.runners`): eager PyTorch from the checkpoint (NCHW, and the same
-module converted to channels_last), the TorchScript, ONNX Runtime and ONNX Runtime INT8 artifacts, and on a CUDA
+module converted to channels_last), the TorchScript, ONNX Runtime, AOTInductor (fp32, and bf16 on CPUs
+with AVX512-BF16 or AMX) and ONNX Runtime INT8 artifacts, and on a CUDA
 machine the same on the GPU plus TensorRT where the export has an engine (`--devices` picks the CPU or
 the GPU runners alone; on the GPU alone, ratios are to CUDA eager). All runners of one (architecture,
 batch) are timed in the same interleaved rounds, each timed call right after untimed calls of its own
@@ -15,7 +16,9 @@ FLOPs: 2 x the multiply-accumulates of the convolutions and the classifier, coun
 convention as the GEMM ceiling (2*M*N*K), re-measured in this run at the same thread count for fp32
 and int8: the fastest kernel and size of a probe run before the timings joins every (architecture,
 batch) group as one more interleaved candidate, and each row is compared with its own group's ceiling
-of its own precision.
+of its own precision. Each runner's labelled top-1 on the digits model (resnet20 trained here) and
+its top-1 agreement with eager (the export's own parity check on the labelled validation split) are
+reported beside the speeds.
 
 Two opt-in ablations (`--ablations`) explain the CPU result: ONNX Runtime's graph optimization
 levels and thread counts against eager, and what the session's idle threads should do: spin (ONNX
@@ -36,6 +39,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from export.aoti import bf16_missing_reason
 from export.manifest import read_manifest
 from export.runners import Runner, open_runner, runner_from_checkpoint
 
@@ -59,8 +63,44 @@ class Candidate:
         return self.precision or (self.runner.artifact.precision if self.runner.artifact else "fp32")
 
 
-# runner label -> the digits export's artifact whose accuracy stands for it
-DIGITS_FORMAT_OF = {"torchscript": "torchscript", "onnxruntime": "onnx", "onnxruntime int8": "onnx-int8"}
+# CPU runner label -> the export format it runs (None: eager PyTorch from the checkpoint itself)
+CPU_RUNNERS = {
+    "eager": None,
+    "eager channels_last": None,
+    "torchscript": "torchscript",
+    "onnxruntime": "onnx",
+    "aoti": "aoti",
+    "aoti bf16": "aoti-bf16",
+    "onnxruntime int8": "onnx-int8",
+}
+# AOTInductor compiles each package (tens of seconds even for resnet20): --quick times them only when named.
+COMPILED_RUNNERS = ("aoti", "aoti bf16")
+
+
+def select_runners(named: list[str] | None, quick: bool) -> tuple[list[str], list[str]]:
+    """The CPU runners to time (eager first: the baseline) and a note for each left out."""
+    notes = []
+    if named:
+        runners = ["eager", *named]
+    else:
+        runners = [r for r in CPU_RUNNERS if not (quick and r in COMPILED_RUNNERS)]
+        if quick:
+            notes.append(
+                "aoti, aoti bf16: not timed in --quick (each compiles for tens of seconds); name them with --runners"
+            )
+    why_no_bf16 = bf16_missing_reason()
+    if "aoti bf16" in runners and why_no_bf16:
+        runners.remove("aoti bf16")
+        notes.append(f"aoti bf16: not measured: {why_no_bf16}")
+    return list(dict.fromkeys(runners)), notes
+
+
+def channels_last_runner(checkpoint: Path, threads: int) -> Runner:
+    """Eager PyTorch with the network's weights (and so its activations) in channels_last, the layout
+    oneDNN's convolutions prefer; the NCHW input batch is converted by the first convolution."""
+    runner = runner_from_checkpoint(checkpoint, threads=threads)
+    runner.model = runner.model.to(memory_format=torch.channels_last)
+    return runner
 
 
 def forward_flops(model: torch.nn.Module, input_size: int) -> int:
@@ -72,18 +112,25 @@ def forward_flops(model: torch.nn.Module, input_size: int) -> int:
 
 
 def build_candidates(
-    checkpoint: Path, export_dir: Path, threads: int, devices: list[str], log: Callable[[str], None]
+    checkpoint: Path,
+    export_dir: Path,
+    threads: int,
+    devices: list[str],
+    cpu_runners: list[str],
+    log: Callable[[str], None],
 ) -> tuple[list[Candidate], list[str]]:
     """Every runner this machine can run for one model on `devices`, and a note for each it cannot.
     The first candidate is the baseline of the ratios: eager on the CPU, else eager on CUDA."""
     candidates = []
     if "cpu" in devices:
-        candidates += [
-            Candidate("eager", runner_from_checkpoint(checkpoint, threads=threads), "cpu"),
-            Candidate("torchscript", open_runner(export_dir, "torchscript", threads=threads), "cpu"),
-            Candidate("onnxruntime", open_runner(export_dir, "onnx", threads=threads), "cpu"),
-            Candidate("onnxruntime int8", open_runner(export_dir, "onnx-int8", threads=threads), "cpu"),
-        ]
+        for label in cpu_runners:
+            if label == "eager":
+                runner = runner_from_checkpoint(checkpoint, threads=threads)
+            elif label == "eager channels_last":
+                runner = channels_last_runner(checkpoint, threads)
+            else:
+                runner = open_runner(export_dir, CPU_RUNNERS[label], threads=threads)
+            candidates.append(Candidate(label, runner, "cpu"))
     skipped = []
     if "cuda" not in devices:
         if not torch.cuda.is_available():
@@ -248,6 +295,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "`--devices cuda` times the GPU runners alone, against CUDA eager",
     )
     parser.add_argument(
+        "--runners",
+        nargs="+",
+        choices=[r for r in CPU_RUNNERS if r != "eager"],
+        metavar="RUNNER",
+        help="CPU runners to time beside eager (default: every one this CPU runs; --quick leaves out the "
+        f"compiled ones). One of: {', '.join(r for r in CPU_RUNNERS if r != 'eager')}",
+    )
+    parser.add_argument(
         "--seconds",
         type=float,
         default=10.0,
@@ -284,15 +339,19 @@ def run(args: argparse.Namespace) -> Report:
 
     report = Report("infer", "Inference throughput per runner", threads=threads, quick=args.quick)
     # The ceilings are the CPU's: the CUDA rows have no fraction.
-    ceiling = CeilingProbe(("fp32", "int8"), threads, args.quick) if "cpu" in devices else None
+    cpu_runners, runner_notes = select_runners(args.runners, args.quick) if "cpu" in devices else ([], [])
+    report.notes += runner_notes
+    formats = tuple(CPU_RUNNERS[r] for r in cpu_runners if CPU_RUNNERS[r])
+    precisions = ("fp32", "int8") + (("bf16",) if "aoti bf16" in cpu_runners else ())
+    ceiling = CeilingProbe(precisions, threads, args.quick) if "cpu" in devices else None
     if ceiling:
-        log(f"probing the fp32 and int8 GEMM kernels at {threads} thread(s) for the ceiling")
+        log(f"probing the {', '.join(precisions)} GEMM kernels at {threads} thread(s) for the ceiling")
         ceiling.select()
     rows = []
     for arch in archs:
-        export_dir = export_model(arch, args.work_dir, threads=threads, log=log)
+        export_dir = export_model(arch, args.work_dir, threads=threads, formats=formats, log=log)
         checkpoint = random_checkpoint(arch, args.work_dir)
-        candidates, skipped = build_candidates(checkpoint, export_dir, threads, devices, log)
+        candidates, skipped = build_candidates(checkpoint, export_dir, threads, devices, cpu_runners, log)
         baseline = candidates[0].label
         report.notes += [
             f"{arch}: not measured: {s}" for s in skipped if f"{arch}: not measured: {s}" not in report.notes
@@ -366,26 +425,39 @@ def run(args: argparse.Namespace) -> Report:
     report.data["rows"] = rows
     accuracy: dict[str, float | None] = {}
     if not args.no_accuracy:
-        digits = digits_export(args.work_dir, epochs=1 if args.quick else 4, log=log)
-        for label, fmt in DIGITS_FORMAT_OF.items():
+        # torchscript always: the fp32 network whose accuracy eager's rows show
+        digits_formats = tuple(dict.fromkeys(["torchscript"] + [CPU_RUNNERS[r] for r in cpu_runners if CPU_RUNNERS[r]]))
+        digits = digits_export(args.work_dir, formats=digits_formats, epochs=1 if args.quick else 4, log=log)
+        manifest = read_manifest(digits)
+        by_format, agreement = {}, {}
+        for fmt in digits_formats:
             log(f"digits model: top-1 of its {fmt} artifact")
-            accuracy[label] = accuracy[f"cuda {label}"] = digits_accuracy(
-                digits, fmt, args.work_dir / "evaluations" / fmt
-            )
-        accuracy["eager"] = accuracy["cuda eager"] = accuracy["torchscript"]  # the same fp32 network
+            by_format[fmt] = digits_accuracy(digits, fmt, args.work_dir / "evaluations" / fmt)
+            artifact = manifest.find(fmt)
+            agreement[fmt] = artifact.parity.get("metrics", {}).get("top1_agreement") if artifact else None
+        for label in [c.label for c in candidates]:
+            runner = label.removeprefix("cuda ")
+            if runner in CPU_RUNNERS:  # eager: the same fp32 network as the TorchScript artifact
+                accuracy[label] = by_format.get(CPU_RUNNERS[runner] or "torchscript")
         report.tables.append(
             Table(
                 "Labelled accuracy on the digits model (resnet20, scikit-learn digits validation split)",
-                ["artifact", "top-1 %"],
-                [[fmt, accuracy[label]] for label, fmt in DIGITS_FORMAT_OF.items()],
+                ["artifact", "top-1 %", "top-1 agreement with eager (export's parity check)"],
+                [
+                    [fmt, by_format[fmt], None if agreement[fmt] is None else f"{100 * agreement[fmt]:.2f}%"]
+                    for fmt in digits_formats
+                ],
             )
         )
-        report.data["digits_top1"] = {fmt: accuracy[label] for label, fmt in DIGITS_FORMAT_OF.items()}
+        report.data["digits_top1"] = by_format
+        report.data["digits_top1_agreement_with_eager"] = agreement
     report.figures["infer_throughput_vs_batch.png"] = throughput_vs_batch(rows, accuracy)
     report.method = [
         "Random-init weights (seeded) saved with `models.Checkpoint.save`, exported with `python -m export` "
-        "(TorchScript, ONNX, ONNX INT8; parity checked on random pixels, which is all random weights allow). "
-        "Input: one fixed random float32 NCHW batch.",
+        f"({', '.join(formats)}; parity checked on random pixels, which is all random weights allow). "
+        "Input: one fixed random float32 NCHW batch. `eager channels_last` is the same module with its weights "
+        "converted to channels_last; `aoti` and `aoti bf16` are the AOTInductor packages (frozen weights, bf16 "
+        "computed inside a float32-in, float32-out package).",
         "ONNX Runtime INT8 is the export's `onnx-int8` artifact (static QDQ quantization, int8 weights per channel, "
         "uint8 activations, calibrated on the synthetic training split). Its speed does not depend on the weights, "
         "but its accuracy does: with random weights only its cosine gate is kept (their near-tied logits flip top-1 "

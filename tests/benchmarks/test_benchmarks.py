@@ -96,8 +96,16 @@ def test_infer_times_every_cpu_runner_with_its_accuracy_and_opt_in_ablations(wor
     stdout, markdown, data = run_quick("infer", work_dir, "--ablations", threads=2)
     check_well_formed(stdout, markdown, data, "infer", threads=2)
     rows = data["data"]["rows"]
-    assert {r["runner"] for r in rows} >= {"eager", "torchscript", "onnxruntime", "onnxruntime int8"}
+    assert {r["runner"] for r in rows} >= {
+        "eager",
+        "eager channels_last",
+        "torchscript",
+        "onnxruntime",
+        "onnxruntime int8",
+    }
     assert {r["batch"] for r in rows} == {1, 2}
+    # --quick leaves out the AOTInductor runners (each package compiles for tens of seconds) and says so
+    assert not {r["runner"] for r in rows} & {"aoti", "aoti bf16"} and any("--runners" in n for n in data["notes"])
     assert all(r["items_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 and r["iqr_over_median"] >= 0 for r in rows)
     assert all(r["vs_eager"] == 1.0 for r in rows if r["runner"] == "eager")
     assert {r["runner"]: r["precision"] for r in rows}["onnxruntime int8"] == "int8"
@@ -106,6 +114,9 @@ def test_infer_times_every_cpu_runner_with_its_accuracy_and_opt_in_ablations(wor
     # each artifact's labelled accuracy on the digits model (trained and exported by the project's commands)
     top1 = data["data"]["digits_top1"]
     assert set(top1) == {"torchscript", "onnx", "onnx-int8"} and all(0 <= v <= 100 for v in top1.values())
+    agreement = data["data"]["digits_top1_agreement_with_eager"]
+    assert set(agreement) == set(top1) and all(0 <= v <= 1 for v in agreement.values())
+    assert agreement["torchscript"] == 1.0  # fp32: the export's parity gate asks for every decision the same
     png = work_dir / "results" / machine_slug() / "infer_throughput_vs_batch.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "infer_throughput_vs_batch.png" in markdown
     # the idle-threads ablation (sessions built by the benchmark) times every policy, the runners' among them
@@ -118,6 +129,19 @@ def test_infer_times_every_cpu_runner_with_its_accuracy_and_opt_in_ablations(wor
     manifest = json.loads((work_dir / "exports" / "resnet20" / "manifest.json").read_text())
     assert {a["format"] for a in manifest["artifacts"]} >= {"torchscript", "onnx", "onnx-int8"}
     assert all(a["parity"]["passed"] for a in manifest["artifacts"])
+
+
+def test_infer_runner_selection(monkeypatch):
+    from benchmarks import infer
+
+    quick, notes = infer.select_runners(None, quick=True)
+    assert quick[0] == "eager" and not set(quick) & set(infer.COMPILED_RUNNERS) and notes
+    named, _ = infer.select_runners(["aoti", "onnxruntime"], quick=True)
+    assert named[:3] == ["eager", "aoti", "onnxruntime"]  # named runners are timed even in --quick; eager leads
+    monkeypatch.setattr(infer, "bf16_missing_reason", lambda: "this CPU has neither AVX512-BF16 nor AMX")
+    full, notes = infer.select_runners(None, quick=False)
+    assert "aoti" in full and "aoti bf16" not in full
+    assert any("aoti bf16: not measured: this CPU has neither" in n for n in notes)
 
 
 def test_infer_ablations_are_opt_in(work_dir):
