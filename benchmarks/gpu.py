@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from .errors import BenchmarkError, check_archs, positive_int
 from .plots import bars
 from .report import Report, Table, Verdict
 from .timing import Budget, interleaved
+from .training import peak_rss_mb
 
 TRAIN_TARGET = 3000.0  # ResNet-50 AMP training images/s on an H100-class GPU
 INFER_TARGET = 10000.0  # FP16 inference images/s at batch 256, H100-class
@@ -58,7 +58,7 @@ def peak_memory_mb(device: torch.device) -> float:
     """CUDA's peak allocation since the last reset on a GPU; the process's peak RSS (ever) on the CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mb()
 
 
 class Half(nn.Module):
@@ -253,9 +253,7 @@ def run(args: argparse.Namespace) -> Report:
         "(images/s = batch / median call); fp16 runners take and return float32.",
         "Parity: fp16 runner logits against eager fp32 on the same random batch. Peak memory: "
         + (
-            "torch.cuda.max_memory_allocated per phase."
-            if device.type == "cuda"
-            else "the process's peak RSS (ru_maxrss)."
+            "torch.cuda.max_memory_allocated per phase." if device.type == "cuda" else "the process's peak RSS (VmHWM)."
         ),
     ]
     report.tables.append(
