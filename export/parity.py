@@ -49,12 +49,9 @@ class Thresholds:
         return dataclasses.asdict(self)
 
 
-# fp32 artifacts: the same arithmetic up to summation order. atol is 1e-4, not 1e-5: measured on CPU,
-# ResNet-50 (logits up to ~80) vs eager PyTorch over 32 photos x 1000 logits, the worst logit used
-# 1.5x (ONNX Runtime) and 2.3x (TorchScript + MKLDNN, batch 1) of an rtol=1e-3, atol=1e-5 tolerance:
-# logits that sit near 0 get no help from rtol, and reordered fp32 sums differ by a few 1e-5 there.
-# With atol=1e-4 the worst was 0.25x. (resnet20 on digits: 0.16x even at 1e-5.) A real bug moves
-# logits by 1e-2 and more, so the gate stays sharp.
+# fp32 artifacts: the same arithmetic up to summation order. atol is 1e-4, not 1e-5: logits near 0 get
+# no help from rtol, and reordered fp32 sums (ONNX Runtime, TorchScript + MKLDNN) differ by a few 1e-5
+# there on ImageNet-sized models; a real bug moves logits by 1e-2 and more, so the gate stays sharp.
 FP32_THRESHOLDS = Thresholds(min_top1_agreement=1.0, rtol=1e-3, atol=1e-4)
 # What reduced precision may cost before it is used without being asked for: half a point of top-1,
 # on enough labelled images (300) that half a point is more than one or two images' luck.
@@ -68,13 +65,10 @@ FP16_THRESHOLDS = Thresholds(
     max_top1_drop=REDUCED_PRECISION_MAX_TOP1_DROP,
     min_labelled=REDUCED_PRECISION_MIN_LABELLED,
 )
-# INT8 artifacts: quantization moves logits by a few percent, so the gate is on decisions and direction
-# and looser than FP16's. Measured on CPU, resnet20 on digits, 360 validation images, 7-bit weights
-# (export/quantize.py) on an AVX2 Zen 3: trained to 52% and 99.7% top-1, int8 agreed on 95.8% and 100%
-# (worst cosine 0.995, 0.992); a barely trained model (19%), all near-ties, failed it (84% at batch 1).
-# Full-range weights on a Zen 4 with VNNI: 77%, 91%, 99.7% top-1 -> 98.9%, 99.4%, 100% (cosine >= 0.993).
-# The gate asks for 99% agreement (no flip among the 32 batch-1 images) and the accuracy gate: an int8
-# model that flips one prediction in twenty is not served unless someone chose it.
+# INT8 artifacts: quantization moves logits by a few percent, so the cosine bound is looser than FP16's;
+# the decision gate is not: 99% agreement (no flip among the 32 batch-1 images) and the accuracy gate, so
+# an int8 model that flips one prediction in twenty is not served unless someone chose it. A barely
+# trained model, all near-ties, fails it.
 INT8_THRESHOLDS = Thresholds(
     min_top1_agreement=0.99,
     min_cosine=0.98,

@@ -100,6 +100,8 @@ def quantize_onnx(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """fp32 ONNX file -> QDQ int8 ONNX file, calibrated on `calibration`; returns the manifest details."""
+    import onnx  # noqa: PLC0415
+    import onnxruntime  # noqa: PLC0415
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # noqa: PLC0415
     from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: PLC0415
 
@@ -131,4 +133,6 @@ def quantize_onnx(
         "calibration": {"method": "minmax", "data": calibration.description, "samples": len(calibration.images)},
         "built_from": Path(fp32_path).name,
         "exporting_cpu_has_vnni": cpu_has_vnni(),
+        # the quantizer's version decides the graph; the fp32 file it starts from records its own
+        "versions": {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__},
     }

@@ -207,6 +207,7 @@ def build_engine(
         tmp.write_bytes(bytes(serialized))
     return {
         "tensorrt_version": trt.__version__,
+        "versions": {"tensorrt": trt.__version__, "onnx": onnx.__version__},
         "gpu": cuda_device_name(),
         "strongly_typed": strongly_typed,
         "built_from": source.name,

@@ -41,8 +41,9 @@ class PackageError(RuntimeError):
 class PackageOptions:
     backend: str | None = None  # None: every artifact that passed parity; the handler picks per device
     allow_failed: bool = False  # package (and serve) an artifact that failed its parity check
-    # Two workers with half the cores each, batching 4: of the layouts measured in benchmarks/results
-    # (serve.md), the one with the best served/raw ratio at 8-16 requests in flight.
+    # Two workers with half the cores each, batching 4: of the layouts `python -m benchmarks serve`
+    # compares, the one that keeps the cores busiest at 8-16 requests in flight (decoding in one worker
+    # overlaps inference in the other).
     workers: int = 2
     batch_size: int = 4
     max_batch_delay_ms: int = 20

@@ -58,6 +58,9 @@ def test_int8_artifact_is_quantized_calibrated_on_training_data_and_passes_its_g
     fp32, int8 = manifest.artifacts
     assert int8.file == "model.int8.onnx" and int8.precision == "int8" and int8.device == "cpu"
     assert int8.details["built_from"] == "model.onnx"
+    # the libraries that made each file, per artifact (the fp32 file's exporter, the int8 file's quantizer)
+    assert int8.details["versions"] == {"onnxruntime": ort.__version__, "onnx": onnx.__version__}
+    assert fp32.details["versions"]["torch"] == torch.__version__
     calibration = int8.details["calibration"]
     assert calibration["data"].startswith("training split of 'digits'") and calibration["samples"] == 256
     parity = int8.parity
