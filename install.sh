@@ -4,6 +4,7 @@
 #   ./install.sh                 everything (train, export, serve, load tests, the test suite)
 #   ./install.sh --serving-only  only the serving runtime (what a TorchServe worker needs)
 #   ./install.sh --latest        newest allowed versions instead of constraints.txt's
+#   ./install.sh --bench-tools   also ApacheBench (Debian's apache2-utils), for `python -m benchmarks serve`
 #   PYTHON=python3.12 ./install.sh   make .venv with that interpreter instead of python3
 #
 # - Java 17 for TorchServe's frontend, from Debian's packages when `java` is missing.
@@ -17,11 +18,13 @@ cd "$(dirname "$0")"
 
 EXTRAS="dev"
 CONSTRAINTS=(-c constraints.txt)
+BENCH_TOOLS=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --latest) CONSTRAINTS=() ;;
         --serving-only) EXTRAS="" ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --bench-tools) BENCH_TOOLS=1 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown option $1 (see ./install.sh --help)" >&2; exit 2 ;;
     esac
     shift
@@ -45,6 +48,11 @@ apt_install() {
 if ! command -v java >/dev/null 2>&1; then
     echo "[install] java not found: installing openjdk-17-jre-headless (TorchServe needs Java 17)"
     apt_install openjdk-17-jre-headless
+fi
+
+if [ -n "$BENCH_TOOLS" ] && ! command -v ab >/dev/null 2>&1; then
+    echo "[install] installing apache2-utils (ApacheBench, the serving benchmark's cross-check of locust)"
+    apt_install apache2-utils
 fi
 
 if [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; then

@@ -14,6 +14,12 @@ measured right after that level, once TorchServe's processes are idle (the machi
 The request-time split runs our handler in-process on the unpacked archive of each layout with
 TorchServe's `Context`: decode (`models.imageio.decode_image`), preprocess (resize, crop, normalise),
 inference (the runner) and postprocess (softmax, top-k, labels), on one 1-megapixel JPEG per request.
+
+Latency under load (`benchmarks.latency`): at the layout with the highest closed-loop capacity, an
+open loop (`python -m client openloop`, Poisson arrivals at fixed fractions of that capacity, latency
+from each request's scheduled send time) finds the highest rate whose p99 stays within --p99-bound-ms;
+and ApacheBench (`ab -k`, when installed) runs beside locust at --cross-check-users on the same JPEG,
+so that each capacity figure names its load generator and that generator's own CPU.
 """
 
 from __future__ import annotations
@@ -36,11 +42,14 @@ import torch
 import yaml
 from PIL import Image
 
+from client.openloop import DEFAULT_CONNECTIONS
 from export.manifest import read_manifest
 from export.runners import open_runner
 
+from . import latency
 from .artifacts import export_model
 from .errors import BenchmarkError, BenchmarkUsageError, check_archs, positive_int
+from .plots import latency_vs_load
 from .report import Report, Table, Verdict, usable_cores
 from .timing import Budget, concurrent_throughput, interleaved
 
@@ -301,6 +310,70 @@ class CpuMeter:
         return cores
 
 
+def cross_check(
+    info, meter: CpuMeter, model: str, arch: str, layout: str, jpeg: Path, users: int, seconds: int, work: Path, table
+) -> list[dict]:
+    """locust, then ApacheBench, at `users` requests in flight on the one file `jpeg`: each one's capacity,
+    latency and its own CPU (a finished child process's counters), as rows of `table` and dicts."""
+    rows = []
+    meter.wait_until_idle()
+    meter.start()
+    summary = load_level(info, model, users, seconds, jpeg.parent, work / "cross-check")
+    cpu = meter.stop()
+    generator_s = cpu["load generator"] * meter.elapsed
+    rows.append(
+        {
+            "generator": "locust (python -m client loadtest)",
+            "requests_per_s": summary["requests_per_s"],
+            "p50_ms": summary["p50_ms"],
+            "p99_ms": summary["p99_ms"],
+            "failures": summary["failures"],
+            "generator_cpu_cores": cpu["load generator"],
+            "generator_cpu_ms_per_request": 1e3 * generator_s / summary["requests"] if summary["requests"] else None,
+            "worker_cpu_cores": cpu["workers"],
+            "run_dir": summary["run_dir"],
+        }
+    )
+    meter.wait_until_idle()
+    meter.start()
+    ab = latency.ab_cross_check(
+        info.inference_url, info.key("inference"), model, jpeg, users, seconds, work / "ab" / arch
+    )
+    cpu = meter.stop()
+    if "missing" in ab:
+        rows.append({"generator": "ApacheBench (ab -k)", "missing": ab["missing"]})
+    else:
+        generator_s = cpu["load generator"] * meter.elapsed
+        rows.append(
+            {
+                "generator": "ApacheBench (ab -k)",
+                **ab,
+                "failures": ab["failed"],
+                "generator_cpu_cores": cpu["load generator"],
+                "generator_cpu_ms_per_request": 1e3 * generator_s / ab["complete"] if ab["complete"] else None,
+                "worker_cpu_cores": cpu["workers"],
+            }
+        )
+    for row in rows:
+        row.update(model=arch, layout=layout, users=users)
+        if "missing" in row:
+            table.add(arch, layout, row["generator"], row["missing"], None, None, None, None, None, None)
+            continue
+        table.add(
+            arch,
+            layout,
+            row["generator"],
+            row["requests_per_s"],
+            row["p50_ms"],
+            row["p99_ms"],
+            row["failures"],
+            row["generator_cpu_cores"],
+            row["generator_cpu_ms_per_request"],
+            row["worker_cpu_cores"],
+        )
+    return rows
+
+
 class RawCapacity:
     """The raw runner on the served ONNX artifact, without HTTP or decoding: at a batch size, the best
     of one runner with every usable core and one single-threaded runner per core running at once."""
@@ -407,7 +480,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--users",
         type=positive_int,
         nargs="+",
-        help="concurrency levels, requests in flight (default: 1 4 8 16; --quick: 1 2)",
+        help="concurrency levels, requests in flight (default: 1 2 4 8 16; --quick: 1 2)",
     )
     parser.add_argument(
         "--duration", type=positive_int, default=15, help="seconds of load per level (default: %(default)s)"
@@ -425,6 +498,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-batch-delay", type=int, default=10, help="TorchServe maxBatchDelay in ms (default: %(default)s)"
     )
     parser.add_argument("--no-stock", action="store_true", help="skip the stock image_classifier handler")
+    parser.add_argument(
+        "--no-open-loop", action="store_true", help="skip the open-loop ladder of Poisson arrival rates"
+    )
+    parser.add_argument(
+        "--p99-bound-ms",
+        type=float,
+        default=latency.P99_BOUND_MS,
+        help="the open loop reports the highest rate whose p99 latency stays within this (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--load-fractions",
+        type=float,
+        nargs="+",
+        metavar="FRACTION",
+        help="open-loop arrival rates as fractions of the closed-loop capacity (default: "
+        f"{' '.join(map(str, latency.LOAD_FRACTIONS))}; --quick: {' '.join(map(str, latency.QUICK_FRACTIONS))})",
+    )
+    parser.add_argument(
+        "--cross-check-users",
+        type=positive_int,
+        default=4,
+        help="requests in flight for the ApacheBench-vs-locust capacity cross-check (default: %(default)s)",
+    )
 
 
 def default_layouts(quick: bool) -> list[tuple[int, int]]:
@@ -438,7 +534,12 @@ def run(args: argparse.Namespace) -> Report:
     log = args.log
     archs = args.archs or (["resnet20"] if args.quick else ["resnet50", "resnet18"])
     check_archs(archs)
-    levels = sorted(set(args.users or ([1, 2] if args.quick else [1, 4, 8, 16])))
+    levels = sorted(set(args.users or ([1, 2] if args.quick else [1, 2, 4, 8, 16])))
+    fractions = args.load_fractions or (latency.QUICK_FRACTIONS if args.quick else latency.LOAD_FRACTIONS)
+    if not all(0 < f <= 10 for f in fractions):
+        raise BenchmarkUsageError(f"--load-fractions must lie in (0, 10], got {fractions}")
+    if not args.p99_bound_ms > 0:
+        raise BenchmarkUsageError(f"--p99-bound-ms must be positive, got {args.p99_bound_ms:g}")
     duration = 3 if args.quick else args.duration
     warmup_s = 5
     layouts = list(
@@ -482,7 +583,8 @@ def run(args: argparse.Namespace) -> Report:
         f"(chelsea: {photo_size}). Each model first gets {warmup_s} s of discarded load at {top} users; "
         "requests/s is the completion rate once all users run (locust's per-second totals, first 2 s skipped); "
         "latency percentiles are locust's over the whole level. CPU: cores busy on average during the level "
-        "(TorchServe's Python workers, its Java frontend, the locust process).",
+        "(TorchServe's Python workers, its Java frontend, the locust process: the load generator shares the "
+        "cores with the server, so its own CPU is in every row).",
         "Raw runner: `open_runner` on the served ONNX artifact, timed on decoded images at the batch one worker "
         "forms at that level (min(ceil(users / workers), batch size)): the better of one runner with all "
         f"{cores} cores and {cores} single-threaded runners running at once, measured right after each level, "
@@ -507,6 +609,7 @@ def run(args: argparse.Namespace) -> Report:
             "p99 ms",
             "failures",
             "CPU cores: workers / frontend / locust",
+            "locust CPU ms / request",
             "raw img/s (batch)",
             "served / raw",
             "worker CPU ms / image",
@@ -543,8 +646,23 @@ def run(args: argparse.Namespace) -> Report:
         ],
     )
     report.data.update(
-        levels=[], comparisons=[], splits=[], raw={}, photo=photo_size, layouts=[layout.__dict__ for layout in layouts]
+        levels=[],
+        comparisons=[],
+        splits=[],
+        raw={},
+        photo=photo_size,
+        layouts=[layout.__dict__ for layout in layouts],
+        open_loop=[],
+        cross_check=[],
+        p99_bound_ms=args.p99_bound_ms,
     )
+    open_table, bounded_table = latency.open_loop_table(args.p99_bound_ms), latency.bounded_table(args.p99_bound_ms)
+    cross_table = latency.cross_check_table(args.cross_check_users)
+    latency_points: list[dict] = []
+    # ab sends one file: locust gets a folder holding only that JPEG for the cross-check
+    one_jpeg = work / "photos-one" / photos[0].name
+    one_jpeg.parent.mkdir(parents=True, exist_ok=True)
+    one_jpeg.write_bytes(jpeg)
 
     from serve.server import stop  # noqa: PLC0415
 
@@ -644,6 +762,11 @@ def run(args: argparse.Namespace) -> Report:
                     summary["worker_rss_mb_after"] = meter.worker_rss_mb()
                     completed = summary["requests"] - summary["failures"]
                     worker_cpu_ms = 1e3 * cpu["workers"] * meter.elapsed / completed if completed else None
+                    generator_ms = (
+                        1e3 * cpu["load generator"] * meter.elapsed / summary["requests"]
+                        if summary["requests"]
+                        else None
+                    )
                     results[(layout.key, label, users)] = summary
                     batch = layout.worker_batch(users)
                     capacity = None
@@ -670,6 +793,8 @@ def run(args: argparse.Namespace) -> Report:
                             "users": users,
                             "summary": summary,
                             "cpu_cores": cpu,
+                            "generator": "locust (python -m client loadtest)",
+                            "generator_cpu_ms_per_request": generator_ms,
                             "raw_batch": batch,
                             "raw_images_per_s": capacity and capacity["best"],
                             "raw": capacity,
@@ -689,12 +814,56 @@ def run(args: argparse.Namespace) -> Report:
                         summary["p99_ms"],
                         summary["failures"],
                         " / ".join(f"{cpu[role]:.2f}" for role in ("workers", "frontend", "load generator")),
+                        generator_ms,
                         capacity and f"{capacity['best']:.1f} ({batch})",
                         ratio and f"{ratio:.2f}",
                         worker_cpu_ms,
                         capacity and capacity["cpu_ms_per_image"],
                         cpu_ratio and f"{cpu_ratio:.2f}x",
                     )
+            # Latency under load, where the closed loop served the most: our handler on fp32 ONNX.
+            capacity, best_layout, capacity_users = max(
+                (results[(layout.key, "ours onnx", users)]["requests_per_s"], layout.key, users)
+                for layout in layouts
+                for users in levels
+            )
+            model = served[(best_layout, "ours onnx")]
+            report.data["cross_check"] += cross_check(
+                info, meter, model, arch, best_layout, one_jpeg, args.cross_check_users, duration, work, cross_table
+            )
+            if not args.no_open_loop:
+                rates = latency.rate_ladder(capacity, fractions)
+                log(f"{arch}: open loop on {model} at {', '.join(f'{r:g}' for r in rates)} req/s")
+                summary = latency.open_loop(
+                    info.inference_url,
+                    info.key("inference"),
+                    model,
+                    rates,
+                    2 if args.quick else duration,
+                    photos[0].parent,
+                    args.p99_bound_ms,
+                    work / "openloop",
+                )
+                latency_points += latency.add_open_loop_rows(open_table, arch, best_layout, capacity, summary)
+                best_rate = summary["max_rate_under_p99_bound"]
+                bounded_table.add(
+                    arch,
+                    best_layout,
+                    best_rate if best_rate is not None else "none (the lowest rate missed it)",
+                    best_rate and f"{best_rate / capacity:.2f}",
+                    f"{capacity:.1f} ({capacity_users})",
+                )
+                report.data["open_loop"].append(
+                    {
+                        "model": arch,
+                        "layout": best_layout,
+                        "closed_loop_capacity_rps": capacity,
+                        "closed_loop_capacity_users": capacity_users,
+                        "fractions": list(fractions),
+                        "max_rate_under_p99_bound": best_rate,
+                        "summary": summary,
+                    }
+                )
         finally:
             stop(run_dir)
         report.data["raw"][arch] = raw.measured
@@ -776,6 +945,24 @@ def run(args: argparse.Namespace) -> Report:
         )
     report.tables += (
         [levels_table, compare_table, split_table] if stock_missing is None else [levels_table, split_table]
+    )
+    report.tables.append(cross_table)
+    if latency_points:
+        report.tables += [open_table, bounded_table]
+        report.figures["latency_vs_load.png"] = latency_vs_load(latency_points, args.p99_bound_ms)
+        report.method.append(
+            f"Open loop: {latency.OPEN_LOOP_GENERATOR}, at the layout with the highest closed-loop capacity, at "
+            f"{', '.join(f'{f:g}' for f in fractions)} x that capacity, {2 if args.quick else duration} s per rate, "
+            f"at most {DEFAULT_CONNECTIONS} connections (a request that finds them all busy waits, counted late). Latency runs from "
+            "each request's scheduled send time, so a server that falls behind cannot hide its tail by slowing the "
+            f"load down. Bound: p99 <= {args.p99_bound_ms:g} ms with no errors, at that rate and every lower one "
+            "(MLPerf's server scenario reports its throughput the same way)."
+        )
+    report.method.append(
+        f"Cross-check: at {args.cross_check_users} requests in flight on one JPEG (chelsea), locust and ApacheBench "
+        "(`ab -k`, C, keep-alive) against the same model; generator CPU from the finished child process's counters "
+        "(getrusage). ab's 'Length' failures (our JSON's length varies with the probabilities' digits) are not "
+        "counted as failures."
     )
     report.tables.append(startup)
     if stock_missing is not None:

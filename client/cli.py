@@ -3,6 +3,7 @@
 python -m client cat.jpg photos/ --url http://localhost:8080 --model resnet50
 python -m client --local exports/resnet50 cat.jpg
 python -m client loadtest --host http://127.0.0.1:8080 --model resnet50 --users 8 --duration 60s
+python -m client openloop --host http://127.0.0.1:8080 --model resnet50 --rate 10 20 40   # Poisson arrivals
 python -m client soak --run-dir .serve --duration 10m       # mixed valid and hostile traffic, pass/fail
 python -m client evaluate --url http://localhost:8080 --model resnet50 --images /data/imagenet/val
 """
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m client",
         description=__doc__,
-        epilog=EXIT_CODES + "\nLoad testing: `python -m client loadtest --help`. Accuracy on labelled images: "
+        epilog=EXIT_CODES + "\nLoad testing: `python -m client loadtest --help` (closed loop, locust), "
+        "`python -m client openloop --help` (fixed arrival rates). Accuracy on labelled images: "
         "`python -m client evaluate --help`.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -188,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
             from .loadtest import loadtest_main
 
             return loadtest_main(argv[1:])
+        if argv[:1] == ["openloop"]:
+            from .openloop import openloop_main
+
+            return openloop_main(argv[1:])
         if argv[:1] == ["soak"]:
             from .soak import soak_main
 

@@ -5,6 +5,7 @@ Kept free of torch and of the HTTP library, so the locustfile and the remote cli
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -40,3 +41,19 @@ def collect_images(paths: Iterable[str | Path]) -> list[Path]:
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
     return found
+
+
+def sample_photos() -> list[tuple[str, bytes]]:
+    """scikit-image's bundled photos (offline), colour and grayscale, each as JPEG and PNG: the load
+    tests' default images, as (name, encoded bytes)."""
+    import skimage.data  # the loadtest extra; imported only when no folder is given
+    from PIL import Image
+
+    encoded = []
+    for name in ("chelsea", "coffee", "astronaut", "rocket", "camera"):
+        picture = Image.fromarray(getattr(skimage.data, name)())
+        for fmt, suffix in (("JPEG", "jpg"), ("PNG", "png")):
+            buffer = io.BytesIO()
+            picture.save(buffer, format=fmt)
+            encoded.append((f"{name}.{suffix}", buffer.getvalue()))
+    return encoded

@@ -19,7 +19,6 @@ Users run a closed loop (no think time): each sends its next image as soon as th
 
 from __future__ import annotations
 
-import io
 import itertools
 import random
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import gevent
 from locust import FastHttpUser, constant, events, task
 
-from client.images import images_in_folder
+from client.images import images_in_folder, sample_photos
 
 # (name, encoded bytes), filled once per process by `load_images` before any user starts.
 IMAGES: list[tuple[str, bytes]] = []
@@ -56,21 +55,6 @@ def add_arguments(parser) -> None:
         is_secret=True,
         help="TorchServe inference key, sent as 'Authorization: Bearer' (python -m serve token)",
     )
-
-
-def sample_photos() -> list[tuple[str, bytes]]:
-    """scikit-image's bundled photos (offline), colour and grayscale, each as JPEG and PNG."""
-    import skimage.data
-    from PIL import Image
-
-    encoded = []
-    for name in ("chelsea", "coffee", "astronaut", "rocket", "camera"):
-        picture = Image.fromarray(getattr(skimage.data, name)())
-        for fmt, suffix in (("JPEG", "jpg"), ("PNG", "png")):
-            buffer = io.BytesIO()
-            picture.save(buffer, format=fmt)
-            encoded.append((f"{name}.{suffix}", buffer.getvalue()))
-    return encoded
 
 
 def read_folder(folder: str) -> list[tuple[str, bytes]]:
