@@ -259,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=manifest_defaults.storage_uri,
         help="with --kserve: where kserve/storage/ is uploaded (default: %(default)s)",
     )
+    p.add_argument(
+        "--frontend-heap",
+        default=manifest_defaults.frontend_heap,
+        help="serve start --frontend-heap in the pods; their memory is this heap, the JVM's non-heap allowance "
+        "and every worker's (default: %(default)s)",
+    )
     p.set_defaults(run=run_manifests)
 
     p = commands.add_parser("stop", help="stop the server started from --run-dir")
@@ -395,6 +401,7 @@ def run_manifests(args) -> int:
         store_claim=args.store_claim,
         kserve=args.kserve,
         storage_uri=args.storage_uri,
+        frontend_heap=args.frontend_heap,
     )
     files = generate(options)
     print(

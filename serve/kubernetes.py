@@ -29,7 +29,7 @@ import yaml
 
 from models.osutil import MARKER_NAME, is_owned, mark_owned, remove_owned_tree
 
-from .server import CONFIG_TEMPLATE
+from .server import CONFIG_TEMPLATE, ServerSettings
 
 MANIFESTS_KIND = "manifests"  # the marker kind of a generated folder (models.osutil.mark_owned)
 APP = "resnet-deploy"
@@ -41,8 +41,10 @@ RUN_DIR = f"{SCRATCH}/serve"
 PRESTOP_S = 5  # endpoints controllers and kube-proxy drop the pod before TorchServe gets SIGTERM
 STOP_WAIT_S = 30  # serve.server.stop's wait for TorchServe and its workers after SIGTERM
 STARTUP_TIMEOUT_S = 180  # serve start's wait for the models (its --timeout default)
-# The JVM frontend: its heap (serve start --frontend-heap, 1g) plus the JVM's own overhead.
-FRONTEND_MEMORY_MI = 1536
+# The JVM frontend beyond its heap (--frontend-heap): metaspace, code cache, the stacks of Netty's and
+# the workers' threads, and the direct buffers that hold request bodies on their way in.
+FRONTEND_NON_HEAP_MI = 512
+JVM_SIZE = re.compile(r"(\d+)([kmgt]?)", re.IGNORECASE)  # what -Xmx accepts: bytes, or a k/m/g/t suffix
 # A worker: the Python interpreter with torch and ONNX Runtime loaded, plus twice its artifact
 # (the file's bytes and the runtime's copy of the weights).
 WORKER_BASE_MEMORY_MI = 512
@@ -89,6 +91,7 @@ class ManifestOptions:
     store_claim: str | None = None  # a PersistentVolumeClaim holding the .mar files, instead of the image's
     kserve: bool = False
     storage_uri: str = f"pvc://{APP}-models/"
+    frontend_heap: str = ServerSettings.frontend_heap  # the JVM's -Xmx, as serve start --frontend-heap takes it
     archives: list[ArchiveSpec] = field(default_factory=list)  # filled by generate()
 
 
@@ -164,9 +167,21 @@ def cpu_cores(options: ManifestOptions) -> int:
     return sum(a.workers * (a.threads or options.threads_per_worker) for a in options.archives)
 
 
+def jvm_size_mi(size: str) -> int:
+    """A JVM -Xmx size ("1g", "1536m", "2147483648") in MiB, rounded up."""
+    match = JVM_SIZE.fullmatch(size.strip())
+    if match is None:
+        raise ManifestError(f"--frontend-heap {size!r}: not a JVM heap size; write e.g. 1g, 1536m or 2147483648")
+    size_bytes = int(match.group(1)) * 1024 ** " kmgt".index(match.group(2).lower() or " ")
+    if size_bytes == 0:
+        raise ManifestError(f"--frontend-heap {size!r}: the frontend needs a heap; write e.g. 1g")
+    return math.ceil(size_bytes / 2**20)
+
+
 def memory_mi(options: ManifestOptions) -> int:
+    """The pod's memory: the frontend's heap and its non-heap allowance, and every worker."""
     workers = sum(a.workers * (WORKER_BASE_MEMORY_MI + math.ceil(2 * a.model_bytes / 2**20)) for a in options.archives)
-    return FRONTEND_MEMORY_MI + workers
+    return jvm_size_mi(options.frontend_heap) + FRONTEND_NON_HEAP_MI + workers
 
 
 def scratch_mi(options: ManifestOptions) -> int:
@@ -199,6 +214,8 @@ def server_args(options: ManifestOptions) -> list[str]:
         *(a.name for a in options.archives),
         "--run-dir",
         RUN_DIR,
+        "--frontend-heap",
+        options.frontend_heap,
         "--timeout",
         str(STARTUP_TIMEOUT_S),
     ]
@@ -428,7 +445,8 @@ def kserve_config(options: ManifestOptions) -> str:
                     "marName": f"{a.name}.mar",
                     "minWorkers": a.workers,
                     "maxWorkers": a.workers,
-                    "batchSize": a.batch_size,
+                    # KServe's envelopes answer only a batch's first request (serve/envelope.py).
+                    "batchSize": 1,
                     "maxBatchDelay": a.max_batch_delay_ms,
                     "responseTimeout": a.response_timeout_s,
                 }
@@ -445,8 +463,10 @@ def kserve_config(options: ManifestOptions) -> str:
         "enable_metrics_api=true",
         "# The wrapper cannot send TorchServe's per-process keys (pytorch/serve#3260, #3301).",
         "disable_token_authorization=true",
+        f"vmargs=-Xmx{options.frontend_heap} -XX:+ExitOnOutOfMemoryError",
         "enable_model_api=false",
         "install_py_dep_per_model=false",
+        "# KServe's runtime sets TS_SERVICE_ENVELOPE (kserve for protocol v1, kservev2 for v2) in the environment.",
         "enable_envvars_config=true",
         f"max_request_size={max_request_bytes()}",
         f"model_store={KSERVE_MODEL_STORE}",
@@ -532,6 +552,7 @@ def generate(options: ManifestOptions) -> list[Path]:
         raise ManifestError(f"--max-replicas {options.max_replicas} is below --replicas {options.replicas}")
     if options.threads_per_worker < 1:
         raise ManifestError(f"--threads-per-worker must be at least 1, got {options.threads_per_worker}")
+    jvm_size_mi(options.frontend_heap)  # a malformed size fails here, before anything is written
     if not options.models:
         raise ManifestError("name at least one model (--models NAME...): <model-store>/NAME.mar")
     missing = [m for m in options.models if not (options.model_store / f"{m}.mar").is_file()]

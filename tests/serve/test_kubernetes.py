@@ -13,6 +13,8 @@ run against a replica: readiness passes while the model answers and fails when i
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
 import re
@@ -31,10 +33,13 @@ import pytest
 import requests
 import yaml
 
+from export.classifier import Classifier
 from models.osutil import MARKER_NAME
 from serve.__main__ import main as serve_main
 from serve.kubernetes import (
     CORE_FILES,
+    FRONTEND_NON_HEAP_MI,
+    WORKER_BASE_MEMORY_MI,
     ManifestError,
     ManifestOptions,
     generate,
@@ -158,7 +163,10 @@ def test_kserve_layout_and_inference_services(manifests, store):
     )
     assert properties["disable_token_authorization"] == "true"
     assert properties["model_store"] == "/mnt/models/model-store"
-    assert json.loads(properties["model_snapshot"])["models"]["digits"]["1.0"]["marName"] == "digits.mar"
+    snapshot = json.loads(properties["model_snapshot"])["models"]["digits"]["1.0"]
+    assert snapshot["marName"] == "digits.mar"
+    assert snapshot["batchSize"] == 1  # KServe's envelopes answer only a batch's first request
+    assert properties["enable_envvars_config"] == "true"  # how the runtime's TS_SERVICE_ENVELOPE gets in
     runtime = load(manifests / "kserve" / "inferenceservice-torchserve.yaml")
     assert runtime["apiVersion"] == "serving.kserve.io/v1beta1" and runtime["kind"] == "InferenceService"
     model = runtime["spec"]["predictor"]["model"]
@@ -202,6 +210,30 @@ def test_archive_metadata_is_read_as_untrusted(tmp_path):
     out = tmp_path / "out"
     generate(ManifestOptions(model_store=tmp_path, models=["pinned"], image=IMAGE, out=out))
     assert container(out)["resources"]["limits"]["cpu"] == "6"
+
+
+def test_pod_memory_follows_the_frontend_heap(tmp_path):
+    """Memory request = limit = the pods' --frontend-heap + the JVM's non-heap allowance + each worker's
+    interpreter and twice its model; KServe's TorchServe gets the same heap and the same memory."""
+    fake_archive(tmp_path / "m.mar", "maxWorkers: 2\n")
+    workers_mi = 2 * (WORKER_BASE_MEMORY_MI + 1)  # the 1,000-byte model.onnx, twice, rounded up to a MiB
+    for heap, heap_mi in (("1g", 1024), ("2560m", 2560), ("3221225472", 3072)):
+        out = tmp_path / heap
+        args = ["manifests", "--model-store", str(tmp_path), "--models", "m", "--image", IMAGE, "--out", str(out)]
+        assert serve_main([*args, "--kserve", "--frontend-heap", heap]) == 0
+        c = container(out)
+        memory = f"{heap_mi + FRONTEND_NON_HEAP_MI + workers_mi}Mi"
+        assert c["resources"]["requests"]["memory"] == c["resources"]["limits"]["memory"] == memory
+        assert c["command"][c["command"].index("--frontend-heap") + 1] == heap
+        runtime = load(out / "kserve" / "inferenceservice-torchserve.yaml")["spec"]["predictor"]["model"]
+        assert runtime["resources"]["limits"]["memory"] == memory
+        config = (out / "kserve" / "storage" / "config" / "config.properties").read_text()
+        assert f"vmargs=-Xmx{heap} -XX:+ExitOnOutOfMemoryError" in config.splitlines()
+    with pytest.raises(ManifestError, match="'1.5g': not a JVM heap size"):
+        generate(
+            ManifestOptions(model_store=tmp_path, models=["m"], image=IMAGE, out=tmp_path / "x", frontend_heap="1.5g")
+        )
+    assert not (tmp_path / "x").exists()
 
 
 def test_out_folder_is_replaced_only_when_ours(tmp_path):
@@ -469,3 +501,85 @@ def test_stopping_one_replica_fails_only_its_in_flight_requests(cluster, digit_f
     assert summary["failures"] <= users, output
     assert replicas[0].requests_served() > survivor_at_stop, "the run went on, on the other replica"
     assert summary["requests"] > 4 * summary["failures"], output
+
+
+# --- KServe's TorchServe runtime, locally -----------------------------------------------------------
+
+
+def test_torchserve_serves_the_kserve_layout_over_protocol_v1(manifests, digits_export, digit_folder, tmp_path):
+    """TorchServe started as the kserve-torchserve runtime starts it: the generated config/config.properties
+    (only its addresses and model store made local) and TS_SERVICE_ENVELOPE=kserve, which KServe sets for
+    protocol v1. Base64 instances get what the local Classifier answers, in order; a malformed one fails
+    its request with 400 naming it."""
+    storage = manifests / "kserve" / "storage"
+    port, metrics, grpc_inference, grpc_management = free_ports(4)
+    local = {
+        "inference_address": f"http://127.0.0.1:{port}",
+        "management_address": f"http://127.0.0.1:{port}",
+        "metrics_address": f"http://127.0.0.1:{metrics}",
+        "model_store": str(storage / "model-store"),
+        "grpc_inference_port": str(grpc_inference),
+        "grpc_management_port": str(grpc_management),
+    }
+    generated = (storage / "config" / "config.properties").read_text().splitlines()
+    config = tmp_path / "config.properties"
+    lines = [line for line in generated if line.split("=")[0] not in local] + [f"{k}={v}" for k, v in local.items()]
+    config.write_text("\n".join(lines) + "\n")
+    env = dict(
+        os.environ,
+        TS_SERVICE_ENVELOPE="kserve",
+        TMPDIR=str(tmp_path),  # TorchServe's pid file and worker sockets
+        LOG_LOCATION=str(tmp_path / "logs"),
+        METRICS_LOCATION=str(tmp_path / "logs"),
+        OMP_NUM_THREADS="1",
+    )
+    # The runtime's container args (kserve/kserve config/runtimes/kserve-torchserve.yaml), paths made local.
+    command = [sys.executable, "-m", "ts.model_server", "--start", f"--model-store={local['model_store']}"]
+    command.append(f"--ts-config={config}")
+    with open(tmp_path / "torchserve.out", "wb") as out:
+        subprocess.run(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=60, check=True)
+    java = psutil.Process(int((tmp_path / ".model_server.pid").read_text()))
+    images = [next((digit_folder / label).iterdir()).read_bytes() for label in ("3", "7")]
+    instances = {
+        "instances": [
+            {"data": base64.b64encode(images[0]).decode()},
+            {"data": {"b64": base64.b64encode(images[1]).decode()}},
+        ]
+    }
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                response = requests.post(
+                    f"http://127.0.0.1:{port}/v1/models/digits:predict", json=instances, timeout=30
+                )
+                if response.status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert java.is_running() and time.monotonic() < deadline, (tmp_path / "torchserve.out").read_text()
+            time.sleep(1)
+        predictions = response.json()["predictions"]
+        expected = Classifier.from_export(digits_export, top_k=SERVED_PACKAGE_OPTIONS.top_k).classify(images)
+        assert len(predictions) == 2
+        for served, answer in zip(predictions, expected):
+            assert list(served)[0] == answer[0][0]  # the same top class
+            assert all(abs(served[name] - p) < 1e-4 for name, p in answer if name in served)
+        bad = {"instances": [instances["instances"][0], {"data": "not base64!"}]}
+        response = requests.post(f"http://127.0.0.1:{port}/predictions/digits", json=bad, timeout=30)
+        assert response.status_code == 400, response.text
+        [error] = response.json()["predictions"]
+        assert error["message"].startswith("part 'instances[1]': malformed base64"), error
+        # The envelope reads every body as KServe JSON: a raw image is not served on this layout.
+        assert (
+            requests.put(f"http://127.0.0.1:{port}/predictions/digits", data=images[0], timeout=30).status_code == 503
+        )
+    finally:
+        processes = [java, *java.children(recursive=True)]
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.terminate()
+        _, alive = psutil.wait_procs(processes, timeout=30)
+        for process in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
