@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -236,6 +237,25 @@ def test_serve_loads_torchserve_with_locust(work_dir):
     assert "1226x816" in data["data"]["photo"]  # the ~1 MP upscaled photo
     # our handler also served the int8 artifact, in every layout, at the top level
     assert {lv["layout"] for lv in levels if lv["served_by"] == "ours onnx-int8"} == {"1x2", "2x1"}
+    # every closed-loop level names its generator and that generator's own CPU
+    assert all(lv["generator"].startswith("locust") and lv["generator_cpu_ms_per_request"] > 0 for lv in levels)
+    # open loop (Poisson arrivals) at fractions of the closed-loop capacity, with the latency-bounded rate
+    (open_loop,) = data["data"]["open_loop"]
+    capacity = open_loop["closed_loop_capacity_rps"]
+    rates = open_loop["summary"]["rates"]
+    assert [r["offered_rps"] for r in rates] == [round(0.5 * capacity, 2), round(capacity, 2)]
+    assert all(r["answered"] > 0 and r["generator_cpu_s"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in rates)
+    assert open_loop["summary"]["p99_bound_ms"] == data["data"]["p99_bound_ms"] == 100
+    assert "latency_vs_load.png" in data["figures"] and "Latency-bounded throughput (p99 <= 100 ms" in markdown
+    assert (work_dir / "results" / machine_slug() / "latency_vs_load.png").read_bytes()[:4] == b"\x89PNG"
+    # capacity cross-checked with ApacheBench beside locust, each row naming its generator
+    generators = {row["generator"].split()[0]: row for row in data["data"]["cross_check"]}
+    assert generators["locust"]["requests_per_s"] > 0 and generators["locust"]["generator_cpu_cores"] > 0
+    if shutil.which("ab"):
+        ab = generators["ApacheBench"]
+        assert ab["complete"] > 0 and ab["failed"] == 0 and ab["generator_cpu_ms_per_request"] > 0
+    else:
+        assert "not measured: ab not installed; `./install.sh --bench-tools`" in generators["ApacheBench"]["missing"]
 
 
 def test_serve_refuses_a_malformed_layout(capsys):
