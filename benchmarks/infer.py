@@ -48,7 +48,7 @@ from .artifacts import digits_accuracy, digits_export, export_model, random_chec
 from .ceiling import CeilingProbe
 from .errors import BenchmarkError, check_archs, positive_int
 from .plots import throughput_vs_batch
-from .report import Report, Table
+from .report import Report, Table, Verdict
 from .timing import PRIME_S, Budget, interleaved
 
 
@@ -75,6 +75,9 @@ CPU_RUNNERS = {
 }
 # AOTInductor compiles each package (tens of seconds even for resnet20): --quick times them only when named.
 COMPILED_RUNNERS = ("aoti", "aoti bf16")
+# Issue 23's targets for the AOTInductor fp32 package: at least eager channels_last's speed at every batch,
+# and at least this fraction of ONNX Runtime fp32's.
+AOTI_VS_ONNXRUNTIME = 0.8
 
 
 def select_runners(named: list[str] | None, quick: bool) -> tuple[list[str], list[str]]:
@@ -101,6 +104,41 @@ def channels_last_runner(checkpoint: Path, threads: int) -> Runner:
     runner = runner_from_checkpoint(checkpoint, threads=threads)
     runner.model = runner.model.to(memory_format=torch.channels_last)
     return runner
+
+
+def aoti_verdicts(rows: list[dict]) -> list[Verdict]:
+    """The AOTInductor fp32 targets, per model, over every batch where both sides were timed."""
+    verdicts = []
+    speed = {(r["model"], r["batch"], r["runner"]): r["items_per_s"] for r in rows}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for other, least, target in (
+            ("eager channels_last", 1.0, "AOTInductor fp32 >= eager channels_last"),
+            ("onnxruntime", AOTI_VS_ONNXRUNTIME, f"AOTInductor fp32 >= {AOTI_VS_ONNXRUNTIME:g} x ONNX Runtime fp32"),
+        ):
+            ratios = {
+                b: speed[(m, b, "aoti")] / speed[(m, b, other)]
+                for (m, b, runner) in speed
+                if m == model and runner == "aoti" and (m, b, other) in speed
+            }
+            if ratios:
+                measured = ", ".join(f"batch {b}: {ratio:.2f}x" for b, ratio in sorted(ratios.items()))
+                verdicts.append(Verdict(f"{target} ({model}, every batch)", measured, min(ratios.values()) >= least))
+    return verdicts
+
+
+def compile_table(exports: dict[str, Path], formats: tuple[str, ...]) -> Table:
+    """What each artifact cost to make: export seconds (compile, for AOTInductor) and file size."""
+    table = Table(
+        "Export time and file size (`python -m export`, this run's exports)", ["model", "artifact", "export s", "MB"]
+    )
+    for arch, export_dir in exports.items():
+        for fmt in formats:
+            artifact = read_manifest(export_dir).find(fmt)
+            if artifact is not None:
+                table.add(
+                    arch, fmt, artifact.details.get("export_seconds"), artifact.details.get("size_bytes", 0) / 1e6
+                )
+    return table
 
 
 def forward_flops(model: torch.nn.Module, input_size: int) -> int:
@@ -348,8 +386,9 @@ def run(args: argparse.Namespace) -> Report:
         log(f"probing the {', '.join(precisions)} GEMM kernels at {threads} thread(s) for the ceiling")
         ceiling.select()
     rows = []
+    exports = {}
     for arch in archs:
-        export_dir = export_model(arch, args.work_dir, threads=threads, formats=formats, log=log)
+        export_dir = exports[arch] = export_model(arch, args.work_dir, threads=threads, formats=formats, log=log)
         checkpoint = random_checkpoint(arch, args.work_dir)
         candidates, skipped = build_candidates(checkpoint, export_dir, threads, devices, cpu_runners, log)
         baseline = candidates[0].label
@@ -423,6 +462,9 @@ def run(args: argparse.Namespace) -> Report:
         )
     report.tables.append(table)
     report.data["rows"] = rows
+    report.verdicts += aoti_verdicts(rows)
+    if exports and formats:
+        report.tables.append(compile_table(exports, formats))
     accuracy: dict[str, float | None] = {}
     if not args.no_accuracy:
         # torchscript always: the fp32 network whose accuracy eager's rows show
