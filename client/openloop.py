@@ -426,7 +426,7 @@ def format_row(r: RateResult) -> str:
         return "n/a" if value is None else f"{value:.0f}"
 
     return (
-        f"{r.offered_rps:>9.2f} {r.throughput_rps:>9.2f} {ms(r.p50_ms):>6} {ms(r.p90_ms):>6} {ms(r.p99_ms):>6} "
+        f"{r.offered_rps:>9.2f} {r.scheduled:>8} {r.throughput_rps:>9.2f} {ms(r.p50_ms):>6} {ms(r.p90_ms):>6} {ms(r.p99_ms):>6} "
         f"{ms(r.max_ms):>6} {r.error_count:>6} {r.late_no_connection:>5} {r.generator_cores:>9.2f}"
     )
 
@@ -465,7 +465,7 @@ def openloop_main(argv: list[str]) -> int:
         f"open loop: {args.arrival} arrivals at {', '.join(f'{r:g}' for r in args.rate)} req/s, {args.duration}s each, "
         f"{args.method} {args.host}/predictions/{args.model}, at most {args.connections} connections\n"
         f"writing {run_dir}/summary.json\n"
-        f"{'offered/s':>9} {'served/s':>9} {'p50':>6} {'p90':>6} {'p99':>6} {'max':>6} {'errors':>6} {'late':>5} "
+        f"{'offered/s':>9} {'requests':>8} {'served/s':>9} {'p50':>6} {'p90':>6} {'p99':>6} {'max':>6} {'errors':>6} {'late':>5} "
         "gen cores",
         flush=True,
     )
