@@ -4,7 +4,8 @@
 #   ./install.sh                 everything (train, export, serve, load tests, the test suite)
 #   ./install.sh --serving-only  only the serving runtime (what a TorchServe worker needs)
 #   ./install.sh --latest        newest allowed versions instead of constraints.txt's
-#   ./install.sh --bench-tools   also ApacheBench (Debian's apache2-utils), for `python -m benchmarks serve`
+#   ./install.sh --bench-tools   also what `python -m benchmarks serve` compares with: ApacheBench (Debian's
+#                                apache2-utils) and captum (TorchServe's stock image handler imports it)
 #   PYTHON=python3.12 ./install.sh   make .venv with that interpreter instead of python3
 #
 # - Java 17 for TorchServe's frontend, from Debian's packages when `java` is missing.
@@ -24,11 +25,14 @@ while [ $# -gt 0 ]; do
         --latest) CONSTRAINTS=() ;;
         --serving-only) EXTRAS="" ;;
         --bench-tools) BENCH_TOOLS=1 ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown option $1 (see ./install.sh --help)" >&2; exit 2 ;;
     esac
     shift
 done
+if [ -n "$BENCH_TOOLS" ]; then
+    EXTRAS="${EXTRAS:+$EXTRAS,}bench"
+fi
 
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"

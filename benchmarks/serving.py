@@ -174,8 +174,8 @@ def stock_handler_available() -> str | None:
     except ImportError as e:
         return (
             f"TorchServe's stock image_classifier handler cannot be imported here ({e}); its base class "
-            "ts.torch_handler.vision_handler imports captum at module level. `pip install captum` "
-            "(the project's `bench` extra) to run this comparison"
+            "ts.torch_handler.vision_handler imports captum at module level. `./install.sh --bench-tools` "
+            "(the project's `bench` extra) installs it"
         )
     return None
 
