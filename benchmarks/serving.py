@@ -279,6 +279,9 @@ class CpuMeter:
                 total += process.memory_info().rss
         return total / 2**20
 
+    def worker_count(self) -> int:
+        return len(self.server.children(recursive=True))
+
     def start(self) -> None:
         self.began = time.perf_counter()
         self.server_before = self._server_seconds()
@@ -735,7 +738,9 @@ def run(args: argparse.Namespace) -> Report:
                 "session_s": session_seconds(export_dir),
             }
         )
-        report.data.setdefault("memory", []).append({"model": arch, "worker_rss_mb_idle": idle_rss})
+        report.data.setdefault("memory", []).append(
+            {"model": arch, "worker_rss_mb_idle": idle_rss, "workers": meter.worker_count()}
+        )
         results: dict[tuple[str, str, int], dict] = {}
         served_over_raw: dict[tuple[str, int], float] = {}  # (layout, users) -> ratio, ours onnx
         cpu_over_raw: dict[tuple[str, int], float] = {}  # (layout, users) -> worker CPU ms / raw CPU ms per image
@@ -929,7 +934,8 @@ def run(args: argparse.Namespace) -> Report:
             "server start to every model answering s",
             "models loaded",
             "open_runner s per artifact",
-            "workers' RSS idle MiB",
+            "workers (every model and layout)",
+            "workers' RSS idle MiB, all / per worker",
             "workers' RSS after the top level MiB",
         ],
     )
@@ -940,7 +946,8 @@ def run(args: argparse.Namespace) -> Report:
             cold["server_start_to_first_answers_s"],
             cold["models_loaded"],
             ", ".join(f"{k} {v:.2f}" for k, v in cold["session_s"].items()),
-            memory["worker_rss_mb_idle"],
+            memory["workers"],
+            f"{memory['worker_rss_mb_idle']:,.0f} / {memory['worker_rss_mb_idle'] / max(1, memory['workers']):,.0f}",
             max(after) if after else None,
         )
     report.tables += (
