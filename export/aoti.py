@@ -133,13 +133,18 @@ def write_aoti(
         # aoti_compile_and_package insists on a .pt2 name; atomic_path's temporary ends in .tmp
         compiled = tmp.with_name(tmp.name + ".pt2")
         try:
-            inductor.aoti_compile_and_package(
-                program,
-                package_path=str(compiled),
-                # freezing: weights become constants of the compiled graph, so BatchNorm folds into the
-                # convolutions and the weights get the layout the kernels want (ahead of time, not per call)
-                inductor_configs={"freezing": True, "aot_inductor.metadata": {TORCH_VERSION_KEY: torch.__version__}},
-            )
+            # without autograd: only then does Inductor prepack the oneDNN weights and fuse conv + ReLU
+            with torch.no_grad():
+                inductor.aoti_compile_and_package(
+                    program,
+                    package_path=str(compiled),
+                    # freezing: weights become constants of the compiled graph, so BatchNorm folds into the
+                    # convolutions and the weights get the layout the kernels want (ahead of time, not per call)
+                    inductor_configs={
+                        "freezing": True,
+                        "aot_inductor.metadata": {TORCH_VERSION_KEY: torch.__version__},
+                    },
+                )
             os.replace(compiled, tmp)
         finally:
             compiled.unlink(missing_ok=True)
