@@ -41,8 +41,14 @@ def is_instance(row) -> bool:
 
 def enveloped(rows, requests: int) -> bool:
     """Whether `rows` are one request's instances: their number differs from the batch's requests (an
-    envelope put them there), or they have an instance's shape."""
-    return not isinstance(rows, list) or len(rows) != requests or any(is_instance(row) for row in rows)
+    envelope put them there), or they have an instance's shape.
+
+    An envelope hands over one request only (the model runs with batchSize 1 under one), so a batch of
+    several requests is never read as one request's instances: a client whose form field merely looks
+    like an instance (a text part named "data") must fail its own request, not its batch neighbours'."""
+    if requests > 1:
+        return False
+    return not isinstance(rows, list) or len(rows) != max(requests, 1) or any(is_instance(row) for row in rows)
 
 
 def as_request(instances) -> dict:

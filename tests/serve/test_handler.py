@@ -104,6 +104,16 @@ def test_multipart_parts_get_one_answer_each_in_order(handler, valid_images, inv
     assert json.loads(error)["message"].startswith("part 'second': not a supported image")
 
 
+def test_a_part_shaped_like_a_kserve_instance_fails_only_its_own_request(handler, valid_images):
+    # Outside KServe's envelope, a text form field named "data" is one client's malformed request; reading
+    # the whole batch as one envelope's instances would answer once for three requests and fail all three.
+    batch = [{"body": valid_images["jpeg"]}, {"data": "hello"}, {"body": valid_images["png"]}]
+    answers = handle(handler, batch)
+    assert [status for status, _ in answers] == [200, 400, 200]
+    assert answers[0][1] == handle(handler, [batch[0]])[0][1]
+    assert "expected image bytes, got str" in json.loads(answers[1][1])["message"]
+
+
 def test_text_and_json_bodies_are_refused_with_a_hint(handler):
     answers = handle(handler, [{"body": "hello"}, {"body": {"url": "http://example.com/cat.jpg"}}, {}])
     assert [status for status, _ in answers] == [400, 400, 400]
