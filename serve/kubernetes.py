@@ -45,9 +45,11 @@ STARTUP_TIMEOUT_S = 180  # serve start's wait for the models (its --timeout defa
 # the workers' threads, and the direct buffers that hold request bodies on their way in.
 FRONTEND_NON_HEAP_MI = 512
 JVM_SIZE = re.compile(r"(\d+)([kmgt]?)", re.IGNORECASE)  # what -Xmx accepts: bytes, or a k/m/g/t suffix
-# A worker: the Python interpreter with torch and ONNX Runtime loaded, plus twice its artifact
-# (the file's bytes and the runtime's copy of the weights).
-WORKER_BASE_MEMORY_MI = 512
+# A worker: the Python interpreter with torch and ONNX Runtime resident (its private pages and its share
+# of the libraries, which a pod's cgroup charges once for all workers), plus twice its artifact (the
+# file's bytes and the runtime's copy of the weights). Checked against a served resnet50's workers in
+# benchmarks/results (the Zen 5 README's "Memory" finding).
+WORKER_BASE_MEMORY_MI = 640
 MAX_CONFIG_BYTES = 64 * 1024  # a model-config.yaml is a few lines; refuse anything that is not
 MODEL_FILE_SUFFIXES = (".ts", ".onnx", ".engine", ".pt2")
 
