@@ -24,6 +24,7 @@ from pathlib import Path
 
 from models.osutil import usable_cores
 
+from . import report as report_module
 from .artifacts import DEFAULT_WORK_DIR
 from .errors import BenchmarkError, BenchmarkUsageError, positive_int
 from .report import RESULTS_ROOT
@@ -77,9 +78,35 @@ def build_parser() -> argparse.ArgumentParser:
             help="checkpoints, exports, model archives and server logs (default: %(default)s)",
         )
         sub.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+        sub.add_argument(
+            "--allow-dirty",
+            action="store_true",
+            help="write into the committed results folder even from a checkout with uncommitted changes "
+            "(the files then record the commit as '<sha>+dirty')",
+        )
         module.add_arguments(sub)
         sub.set_defaults(module=module)
     return parser
+
+
+def uncommitted_results_source(results_dir: Path, allow_dirty: bool) -> str | None:
+    """Why results must not go into the committed results folder from this checkout (None: they may).
+
+    Figures committed under benchmarks/results/ must name the code that made them: a clean commit.
+    """
+    if allow_dirty or not results_dir.resolve().is_relative_to(RESULTS_ROOT.resolve()):
+        return None
+    commit = report_module.git_commit()
+    if commit is None:
+        return (
+            f"{RESULTS_ROOT} records results with their git commit, and this is not a git checkout; pass --results-dir"
+        )
+    if commit.endswith("+dirty"):
+        return (
+            f"the checkout has uncommitted changes to tracked files, so results written to {RESULTS_ROOT} would not name "
+            "the code that made them: commit first, write elsewhere with --results-dir, or pass --allow-dirty"
+        )
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.log = log
     results_dir = args.results_dir or (args.work_dir / "results" if args.quick else RESULTS_ROOT)
+    unclean = uncommitted_results_source(results_dir, args.allow_dirty)
+    if unclean:
+        print(f"error: {unclean}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         report = args.module.run(args)
     except BenchmarkUsageError as e:

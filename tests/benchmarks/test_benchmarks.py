@@ -422,3 +422,18 @@ def test_ceiling_stops_growing_the_size_after_a_fallback_kernels_slow_call(monke
     every = ceiling.measure_kernel("int8", ceiling.ONNXRUNTIME, 1, [64, 128], budget)
     assert [r["size"] for r in every["sizes"]] == [64, 128] and every["skipped_sizes"] == []
     assert every["gflops"] == max(r["gflops"] for r in every["sizes"]) > 0
+
+
+def test_committed_results_need_a_clean_commit(monkeypatch, tmp_path, capsys):
+    from benchmarks import cli
+    from benchmarks.report import RESULTS_ROOT
+
+    target = RESULTS_ROOT / "never-written"
+    monkeypatch.setattr(cli.report_module, "git_commit", lambda: "0123abc+dirty")
+    assert main(["ceiling", "--quick", "--results-dir", str(target)]) == 2
+    assert "uncommitted changes" in capsys.readouterr().err
+    assert not target.exists()
+    assert cli.uncommitted_results_source(target, allow_dirty=True) is None
+    assert cli.uncommitted_results_source(tmp_path, allow_dirty=False) is None
+    monkeypatch.setattr(cli.report_module, "git_commit", lambda: "0123abc")
+    assert cli.uncommitted_results_source(target, allow_dirty=False) is None
