@@ -361,75 +361,106 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> Report:
-    threads = args.threads
+    plan = plan_run(args)
+    report = Report("infer", "Inference throughput per runner", threads=args.threads, quick=args.quick)
+    cpu_runners, runner_notes = select_runners(args.runners, args.quick) if "cpu" in plan.devices else ([], [])
+    report.notes += runner_notes
+    formats = tuple(CPU_RUNNERS[r] for r in cpu_runners if CPU_RUNNERS[r])
+    precisions = ("fp32", "int8") + (("bf16",) if "aoti bf16" in cpu_runners else ())
+    # The ceilings are the CPU's: the CUDA rows have no fraction.
+    ceiling = CeilingProbe(precisions, args.threads, args.quick) if "cpu" in plan.devices else None
+    if ceiling:
+        args.log(f"probing the {', '.join(precisions)} GEMM kernels at {args.threads} thread(s) for the ceiling")
+        ceiling.select()
+    exports: dict[str, Path] = {}
+    rows: list[dict] = []
+    labels: list[str] = []
+    for arch in plan.archs:
+        exports[arch] = export_model(arch, args.work_dir, threads=args.threads, formats=formats, log=args.log)
+        arch_rows, labels = time_arch(args, plan, arch, exports[arch], cpu_runners, ceiling, report)
+        rows += arch_rows
+    if ceiling:
+        report.data["ceiling"] = ceiling.to_dict()
+    report.tables.append(inference_table(rows, plan.devices))
+    report.data["rows"] = rows
+    report.verdicts += aoti_verdicts(rows)
+    if exports and formats:
+        report.tables.append(compile_table(exports, formats))
+    accuracy = {} if args.no_accuracy else digits_accuracy_rows(args, cpu_runners, labels, report)
+    report.figures["infer_throughput_vs_batch.png"] = throughput_vs_batch(rows, accuracy)
+    report.method = method_lines(formats, args.threads, report, ceiling)
+    if args.ablations and "cpu" in plan.devices:
+        add_ablations(args, plan, report)
+    return report
+
+
+@dataclass(frozen=True)
+class Plan:
+    archs: list[str]
+    devices: list[str]
+    batches: list[int]
+    budget: Budget
+
+
+def budget_for(args: argparse.Namespace) -> Budget:
+    if args.quick:
+        return Budget(warmup=1, min_rounds=2, max_rounds=3, seconds=0)
+    return Budget(warmup=2, min_rounds=5, seconds=args.seconds)
+
+
+def plan_run(args: argparse.Namespace) -> Plan:
     archs = args.archs or (["resnet20"] if args.quick else ["resnet18", "resnet50"])
     check_archs(archs)
     devices = list(dict.fromkeys(args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])))
     if "cuda" in devices and not torch.cuda.is_available():
         raise BenchmarkError("--devices cuda: PyTorch sees no CUDA device on this machine")
     batches = args.batches or ([1, 2] if args.quick else [1, 8, 32, 64, 256] if "cuda" in devices else [1, 8, 32])
-    budget = (
-        Budget(warmup=1, min_rounds=2, max_rounds=3, seconds=0)
-        if args.quick
-        else Budget(warmup=2, min_rounds=5, seconds=args.seconds)
-    )
-    log = args.log
+    return Plan(archs, devices, batches, budget_for(args))
 
-    report = Report("infer", "Inference throughput per runner", threads=threads, quick=args.quick)
-    # The ceilings are the CPU's: the CUDA rows have no fraction.
-    cpu_runners, runner_notes = select_runners(args.runners, args.quick) if "cpu" in devices else ([], [])
-    report.notes += runner_notes
-    formats = tuple(CPU_RUNNERS[r] for r in cpu_runners if CPU_RUNNERS[r])
-    precisions = ("fp32", "int8") + (("bf16",) if "aoti bf16" in cpu_runners else ())
-    ceiling = CeilingProbe(precisions, threads, args.quick) if "cpu" in devices else None
-    if ceiling:
-        log(f"probing the {', '.join(precisions)} GEMM kernels at {threads} thread(s) for the ceiling")
-        ceiling.select()
+
+def time_arch(args, plan: Plan, arch: str, export_dir: Path, cpu_runners, ceiling, report: Report):
+    """Every runner of one architecture at every batch, interleaved per batch: its rows and runner labels."""
+    checkpoint = random_checkpoint(arch, args.work_dir)
+    candidates, skipped = build_candidates(checkpoint, export_dir, args.threads, plan.devices, cpu_runners, args.log)
+    report.notes += [f"{arch}: not measured: {s}" for s in skipped if f"{arch}: not measured: {s}" not in report.notes]
+    input_size = candidates[0].runner.preprocess.input_size
+    flops = forward_flops(candidates[0].runner.model, input_size)
+    report.data.setdefault("flops_per_image", {})[arch] = flops
     rows = []
-    exports = {}
-    for arch in archs:
-        export_dir = exports[arch] = export_model(arch, args.work_dir, threads=threads, formats=formats, log=log)
-        checkpoint = random_checkpoint(arch, args.work_dir)
-        candidates, skipped = build_candidates(checkpoint, export_dir, threads, devices, cpu_runners, log)
-        baseline = candidates[0].label
-        report.notes += [
-            f"{arch}: not measured: {s}" for s in skipped if f"{arch}: not measured: {s}" not in report.notes
-        ]
-        input_size = candidates[0].runner.preprocess.input_size
-        flops = forward_flops(candidates[0].runner.model, input_size)
-        report.data.setdefault("flops_per_image", {})[arch] = flops
-        for batch in batches:
-            x = torch.randn(batch, 3, input_size, input_size, generator=torch.Generator().manual_seed(batch))
-            # Page-locked: the copy to the GPU runs at DMA speed instead of staging through a bounce buffer.
-            if "cuda" in devices:
-                x = x.pin_memory()
-            log(f"{arch} batch {batch}: timing {', '.join(c.label for c in candidates)}")
-            timed = {c.label: (lambda r=c.runner, x=x: r.predict(x)) for c in candidates}
-            samples = interleaved(
-                {**timed, **(ceiling.candidates() if ceiling else {})}, budget, items=batch, prime_s=PRIME_S
+    for batch in plan.batches:
+        x = torch.randn(batch, 3, input_size, input_size, generator=torch.Generator().manual_seed(batch))
+        # Page-locked: the copy to the GPU runs at DMA speed instead of staging through a bounce buffer.
+        if "cuda" in plan.devices:
+            x = x.pin_memory()
+        args.log(f"{arch} batch {batch}: timing {', '.join(c.label for c in candidates)}")
+        timed = {c.label: (lambda r=c.runner, x=x: r.predict(x)) for c in candidates}
+        samples = interleaved(
+            {**timed, **(ceiling.candidates() if ceiling else {})}, plan.budget, items=batch, prime_s=PRIME_S
+        )
+        group_ceilings = ceiling.ceilings(samples) if ceiling else {}
+        eager = samples[candidates[0].label].items_per_s
+        for c in candidates:
+            s = samples[c.label]
+            gflops = flops * s.items_per_s / 1e9
+            cpu_ceiling = group_ceilings.get(c.effective_precision()) if c.device == "cpu" else None
+            rows.append(
+                {
+                    "model": arch,
+                    "batch": batch,
+                    "runner": c.label,
+                    "device": c.device,
+                    "precision": c.effective_precision(),
+                    **s.to_dict(),
+                    "vs_eager": s.items_per_s / eager,
+                    "gflops": gflops,
+                    "ceiling_gflops": cpu_ceiling,
+                    "ceiling_fraction": gflops / cpu_ceiling if cpu_ceiling else None,
+                }
             )
-            group_ceilings = ceiling.ceilings(samples) if ceiling else {}
-            eager = samples[baseline].items_per_s
-            for c in candidates:
-                s = samples[c.label]
-                gflops = flops * s.items_per_s / 1e9
-                cpu_ceiling = group_ceilings.get(c.effective_precision()) if c.device == "cpu" else None
-                rows.append(
-                    {
-                        "model": arch,
-                        "batch": batch,
-                        "runner": c.label,
-                        "device": c.device,
-                        "precision": c.effective_precision(),
-                        **s.to_dict(),
-                        "vs_eager": s.items_per_s / eager,
-                        "gflops": gflops,
-                        "ceiling_gflops": cpu_ceiling,
-                        "ceiling_fraction": gflops / cpu_ceiling if cpu_ceiling else None,
-                    }
-                )
-    if ceiling:
-        report.data["ceiling"] = ceiling.to_dict()
+    return rows, [c.label for c in candidates]
+
+
+def inference_table(rows: list[dict], devices: list[str]) -> Table:
     table = Table(
         "Inference",
         [
@@ -460,41 +491,43 @@ def run(args: argparse.Namespace) -> Report:
             row["ceiling_gflops"],
             None if row["ceiling_fraction"] is None else f"{100 * row['ceiling_fraction']:.0f}%",
         )
-    report.tables.append(table)
-    report.data["rows"] = rows
-    report.verdicts += aoti_verdicts(rows)
-    if exports and formats:
-        report.tables.append(compile_table(exports, formats))
+    return table
+
+
+def digits_accuracy_rows(args, cpu_runners, labels: list[str], report: Report) -> dict[str, float | None]:
+    """Each artifact's labelled top-1 on the trained digits model, keyed by runner label for the figure."""
+    # torchscript always: the fp32 network whose accuracy eager's rows show
+    digits_formats = tuple(dict.fromkeys(["torchscript"] + [CPU_RUNNERS[r] for r in cpu_runners if CPU_RUNNERS[r]]))
+    digits = digits_export(args.work_dir, formats=digits_formats, epochs=1 if args.quick else 4, log=args.log)
+    manifest = read_manifest(digits)
+    by_format, agreement = {}, {}
+    for fmt in digits_formats:
+        args.log(f"digits model: top-1 of its {fmt} artifact")
+        by_format[fmt] = digits_accuracy(digits, fmt, args.work_dir / "evaluations" / fmt)
+        artifact = manifest.find(fmt)
+        agreement[fmt] = artifact.parity.get("metrics", {}).get("top1_agreement") if artifact else None
     accuracy: dict[str, float | None] = {}
-    if not args.no_accuracy:
-        # torchscript always: the fp32 network whose accuracy eager's rows show
-        digits_formats = tuple(dict.fromkeys(["torchscript"] + [CPU_RUNNERS[r] for r in cpu_runners if CPU_RUNNERS[r]]))
-        digits = digits_export(args.work_dir, formats=digits_formats, epochs=1 if args.quick else 4, log=log)
-        manifest = read_manifest(digits)
-        by_format, agreement = {}, {}
-        for fmt in digits_formats:
-            log(f"digits model: top-1 of its {fmt} artifact")
-            by_format[fmt] = digits_accuracy(digits, fmt, args.work_dir / "evaluations" / fmt)
-            artifact = manifest.find(fmt)
-            agreement[fmt] = artifact.parity.get("metrics", {}).get("top1_agreement") if artifact else None
-        for label in [c.label for c in candidates]:
-            runner = label.removeprefix("cuda ")
-            if runner in CPU_RUNNERS:  # eager: the same fp32 network as the TorchScript artifact
-                accuracy[label] = by_format.get(CPU_RUNNERS[runner] or "torchscript")
-        report.tables.append(
-            Table(
-                "Labelled accuracy on the digits model (resnet20, scikit-learn digits validation split)",
-                ["artifact", "top-1 %", "top-1 agreement with eager (export's parity check)"],
-                [
-                    [fmt, by_format[fmt], None if agreement[fmt] is None else f"{100 * agreement[fmt]:.2f}%"]
-                    for fmt in digits_formats
-                ],
-            )
+    for label in labels:
+        runner = label.removeprefix("cuda ")
+        if runner in CPU_RUNNERS:  # eager: the same fp32 network as the TorchScript artifact
+            accuracy[label] = by_format.get(CPU_RUNNERS[runner] or "torchscript")
+    report.tables.append(
+        Table(
+            "Labelled accuracy on the digits model (resnet20, scikit-learn digits validation split)",
+            ["artifact", "top-1 %", "top-1 agreement with eager (export's parity check)"],
+            [
+                [fmt, by_format[fmt], None if agreement[fmt] is None else f"{100 * agreement[fmt]:.2f}%"]
+                for fmt in digits_formats
+            ],
         )
-        report.data["digits_top1"] = by_format
-        report.data["digits_top1_agreement_with_eager"] = agreement
-    report.figures["infer_throughput_vs_batch.png"] = throughput_vs_batch(rows, accuracy)
-    report.method = [
+    )
+    report.data["digits_top1"] = by_format
+    report.data["digits_top1_agreement_with_eager"] = agreement
+    return accuracy
+
+
+def method_lines(formats: tuple[str, ...], threads: int, report: Report, ceiling) -> list[str]:
+    return [
         "Random-init weights (seeded) saved with `models.Checkpoint.save`, exported with `python -m export` "
         f"({', '.join(formats)}; parity checked on random pixels, which is all random weights allow). "
         "Input: one fixed random float32 NCHW batch. `eager channels_last` is the same module with its weights "
@@ -517,47 +550,51 @@ def run(args: argparse.Namespace) -> Report:
         f"ONNX Runtime: CPU provider, graph optimization ORT_ENABLE_ALL, intra-op threads {threads}, inter-op 1; "
         f"PyTorch: torch.set_num_threads({threads}).",
     ]
-    if args.ablations and "cpu" in devices:
-        arch, batch = archs[-1], batches[len(batches) // 2]
-        log(f"{arch} batch {batch}: ONNX Runtime graph optimization levels and threads vs eager")
-        ablation, ablation_rows = onnx_ablation(
-            arch, random_checkpoint(arch, args.work_dir), export_model(arch, args.work_dir), batch, threads, budget
-        )
-        report.tables.append(ablation)
-        report.data["onnx_ablation"] = ablation_rows
-        by_name = {r["runner"]: r["vs_eager_same_threads"] for r in ablation_rows}
+
+
+def add_ablations(args, plan: Plan, report: Report) -> None:
+    """ONNX Runtime's optimisation levels, and its idle-thread policies (opt-in: --ablations)."""
+    threads, budget = args.threads, plan.budget
+    arch, batch = plan.archs[-1], plan.batches[len(plan.batches) // 2]
+    args.log(f"{arch} batch {batch}: ONNX Runtime graph optimization levels and threads vs eager")
+    ablation, ablation_rows = onnx_ablation(
+        arch, random_checkpoint(arch, args.work_dir), export_model(arch, args.work_dir), batch, threads, budget
+    )
+    report.tables.append(ablation)
+    report.data["onnx_ablation"] = ablation_rows
+    by_name = {r["runner"]: r["vs_eager_same_threads"] for r in ablation_rows}
+    report.notes.append(
+        f"{arch} batch {batch}, {threads} thread(s): ONNX Runtime / eager is {by_name[f'onnxruntime ORT_DISABLE_ALL, {threads} thread(s)']:.2f}x "
+        f"with graph optimizations off, {by_name[f'onnxruntime ORT_ENABLE_EXTENDED, {threads} thread(s)']:.2f}x with the fusions "
+        f"(EXTENDED) and {by_name[f'onnxruntime ORT_ENABLE_ALL, {threads} thread(s)']:.2f}x with the NCHWc layout (ALL, what the "
+        "runner uses)."
+    )
+    arch = plan.archs[0]
+    if threads == 1:
         report.notes.append(
-            f"{arch} batch {batch}, {threads} thread(s): ONNX Runtime / eager is {by_name[f'onnxruntime ORT_DISABLE_ALL, {threads} thread(s)']:.2f}x "
-            f"with graph optimizations off, {by_name[f'onnxruntime ORT_ENABLE_EXTENDED, {threads} thread(s)']:.2f}x with the fusions "
-            f"(EXTENDED) and {by_name[f'onnxruntime ORT_ENABLE_ALL, {threads} thread(s)']:.2f}x with the NCHWc layout (ALL, what the "
-            "runner uses)."
+            "ONNX Runtime's idle-threads table: not measured at 1 thread. A session with one intra-op thread runs "
+            "on the caller's thread and has no pool, so no thread idles; run with `--threads 2` or more."
         )
-        arch = archs[0]
-        if threads == 1:
-            report.notes.append(
-                "ONNX Runtime's idle-threads table: not measured at 1 thread. A session with one intra-op thread runs "
-                "on the caller's thread and has no pool, so no thread idles; run with `--threads 2` or more."
-            )
-        else:
-            log(f"{arch} batch 1: ONNX Runtime's idle threads spinning, blocking, or spinning within a run")
-            idle_table, idle_rows = idle_threads_ablation(
-                arch,
-                random_checkpoint(arch, args.work_dir),
-                export_model(arch, args.work_dir),
-                threads,
-                budget,
-                consecutive=2 if args.quick else 8,
-            )
-            report.tables.append(idle_table)
-            report.data["idle_threads_ablation"] = idle_rows
-            by_idle = {r["idle_threads"]: r for r in idle_rows}
-            report.notes.append(
-                f"{arch} batch 1, ONNX Runtime's idle threads: spinning (its default) burns "
-                f"{by_idle['spin']['cpu_ms_after_call']:.0f} CPU ms after each call and the eager call right after it takes "
-                f"{by_idle['spin']['eager_slowdown']:.2f}x as long as after a pause; blocking makes a lone call take "
-                f"{by_idle['block']['own_call_after_pause_ms']:.1f} ms against {by_idle['spin']['own_call_after_pause_ms']:.1f} ms; "
-                f"spinning within a run (the runners') takes {by_idle[RUNNERS_IDLE_THREADS]['own_call_after_pause_ms']:.1f} ms, "
-                f"burns {by_idle[RUNNERS_IDLE_THREADS]['cpu_ms_after_call']:.1f} CPU ms after it, and the eager call right after it "
-                f"takes {by_idle[RUNNERS_IDLE_THREADS]['eager_slowdown']:.2f}x as long as after a pause."
-            )
-    return report
+        return
+    args.log(f"{arch} batch 1: ONNX Runtime's idle threads spinning, blocking, or spinning within a run")
+    idle_table, idle_rows = idle_threads_ablation(
+        arch,
+        random_checkpoint(arch, args.work_dir),
+        export_model(arch, args.work_dir),
+        threads,
+        budget,
+        consecutive=2 if args.quick else 8,
+    )
+    report.tables.append(idle_table)
+    report.data["idle_threads_ablation"] = idle_rows
+    by_idle = {r["idle_threads"]: r for r in idle_rows}
+    spin, within = by_idle["spin"], by_idle[RUNNERS_IDLE_THREADS]
+    report.notes.append(
+        f"{arch} batch 1, ONNX Runtime's idle threads: spinning (its default) burns "
+        f"{spin['cpu_ms_after_call']:.0f} CPU ms after each call and the eager call right after it takes "
+        f"{spin['eager_slowdown']:.2f}x as long as after a pause; blocking makes a lone call take "
+        f"{by_idle['block']['own_call_after_pause_ms']:.1f} ms against {spin['own_call_after_pause_ms']:.1f} ms; "
+        f"spinning within a run (the runners') takes {within['own_call_after_pause_ms']:.1f} ms, "
+        f"burns {within['cpu_ms_after_call']:.1f} CPU ms after it, and the eager call right after it "
+        f"takes {within['eager_slowdown']:.2f}x as long as after a pause."
+    )
