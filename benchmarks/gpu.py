@@ -156,7 +156,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> Report:
-    log = args.log
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BenchmarkError(
@@ -190,12 +189,33 @@ def run(args: argparse.Namespace) -> Report:
         "train_batch": train_batch,
     }
     report.data = data
-
-    log(f"training: {arch}, batch {train_batch}, bf16 autocast, channels_last")
+    args.log(f"training: {arch}, batch {train_batch}, bf16 autocast, channels_last")
     data["train"] = training_rate(arch, train_batch, size, device, budget)
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    rows, parity_rows, builds = time_inference(arch, batches, size, device, budget, args.log)
+    data.update(inference=rows, parity=parity_rows, builds=builds)
 
+    report.method = method_lines(arch, size, device, args.threads, train_batch, data["train"])
+    report.tables += result_tables(train_batch, data["train"], rows, parity_rows, builds)
+    if device.type == "cuda" and not args.quick and arch == "resnet50":
+        report.verdicts += h100_verdicts(data["train"], rows)
+    top = max(batches)
+    report.figures["gpu_inference.png"] = bars(
+        f"{arch} inference at batch {top} ({device.type})",
+        {r["runner"]: r["items_per_s"] for r in rows if r["batch"] == top},
+        "images/s",
+    )
+    report.figures["gpu_inference_by_batch.png"] = bars(
+        f"{arch} inference images/s by runner and batch ({device.type})",
+        {f"{r['runner']}, b{r['batch']}": r["items_per_s"] for r in rows},
+        "images/s",
+    )
+    return report
+
+
+def time_inference(arch: str, batches: list[int], size: int, device: torch.device, budget: Budget, log):
+    """Every inference runner at every batch, interleaved, with FP16 parity: (rows, parity rows, build times)."""
     torch.manual_seed(0)
     spec = get_model_spec(arch)
     fp32 = create_model(arch, num_classes=spec.default_num_classes).eval().to(device)
@@ -205,6 +225,7 @@ def run(args: argparse.Namespace) -> Report:
     started = time.perf_counter()
     ts = torchscript_fp16(half, example)
     builds["TorchScript fp16 trace + freeze s"] = time.perf_counter() - started
+    rows, parity_rows = [], []
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-gpu-bench-") as scratch:
         log("compiling AOTInductor fp16 (dynamic batch)")
         started = time.perf_counter()
@@ -216,8 +237,6 @@ def run(args: argparse.Namespace) -> Report:
             "TorchScript fp16": ts,
             "AOTInductor fp16": aoti,
         }
-
-        rows, parity_rows = [], []
         for batch in batches:
             x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch)).to(device)
             with torch.inference_mode():
@@ -240,111 +259,104 @@ def run(args: argparse.Namespace) -> Report:
             for label, s in samples.items():
                 rows.append({"batch": batch, "runner": label, **s.to_dict(), "peak_memory_mb_all_runners": peak})
             del x
-    data.update(inference=rows, parity=parity_rows, builds=builds)
+    return rows, parity_rows, builds
 
-    train = data["train"]
-    report.method = [
-        f"{arch} with seeded random weights, {size}x{size} inputs, {device.type}"
-        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f", {args.threads} thread(s)")
-        + ".",
+
+def method_lines(arch: str, size: int, device: torch.device, threads: int, train_batch: int, train: dict) -> list[str]:
+    where = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f", {threads} thread(s)"
+    memory = (
+        "torch.cuda.max_memory_allocated per phase." if device.type == "cuda" else "the process's peak RSS (VmHWM)."
+    )
+    return [
+        f"{arch} with seeded random weights, {size}x{size} inputs, {device.type}{where}.",
         f"Training: `train.engine.train_step`, bf16 autocast + channels_last, batch {train_batch} of synthetic uint8 "
         f"images; {train['calls']} timed steps after warm-up, images/s = batch / median step.",
         "Inference: device-resident float32 batches; all four runners of a batch timed in the same interleaved rounds "
         "(images/s = batch / median call); fp16 runners take and return float32.",
-        "Parity: fp16 runner logits against eager fp32 on the same random batch. Peak memory: "
-        + (
-            "torch.cuda.max_memory_allocated per phase." if device.type == "cuda" else "the process's peak RSS (VmHWM)."
-        ),
+        "Parity: fp16 runner logits against eager fp32 on the same random batch. Peak memory: " + memory,
     ]
-    report.tables.append(
-        Table(
-            "Training (bf16 autocast, channels_last)",
-            ["batch", "images/s", "ms/step", "steps", "spread (IQR/median)", "peak memory MiB"],
+
+
+def result_tables(
+    train_batch: int, train: dict, rows: list[dict], parity_rows: list[dict], builds: dict
+) -> list[Table]:
+    training = Table(
+        "Training (bf16 autocast, channels_last)",
+        ["batch", "images/s", "ms/step", "steps", "spread (IQR/median)", "peak memory MiB"],
+        [
             [
-                [
-                    train_batch,
-                    train["items_per_s"],
-                    1e3 * train["median_s"],
-                    train["calls"],
-                    f"{train['iqr_over_median']:.1%}",
-                    train["peak_memory_mb"],
-                ]
-            ],
-        )
+                train_batch,
+                train["items_per_s"],
+                1e3 * train["median_s"],
+                train["calls"],
+                f"{train['iqr_over_median']:.1%}",
+                train["peak_memory_mb"],
+            ]
+        ],
     )
-    report.tables.append(
-        Table(
-            "Inference",
+    inference = Table(
+        "Inference",
+        [
+            "runner",
+            "batch",
+            "images/s",
+            "p50 ms",
+            "calls",
+            "spread (IQR/median)",
+            "peak memory MiB (batch, all runners)",
+        ],
+        [
             [
-                "runner",
-                "batch",
-                "images/s",
-                "p50 ms",
-                "calls",
-                "spread (IQR/median)",
-                "peak memory MiB (batch, all runners)",
-            ],
-            [
-                [
-                    r["runner"],
-                    r["batch"],
-                    r["items_per_s"],
-                    r["p50_ms"],
-                    r["calls"],
-                    f"{r['iqr_over_median']:.1%}",
-                    r["peak_memory_mb_all_runners"],
-                ]
-                for r in rows
-            ],
-        )
+                r["runner"],
+                r["batch"],
+                r["items_per_s"],
+                r["p50_ms"],
+                r["calls"],
+                f"{r['iqr_over_median']:.1%}",
+                r["peak_memory_mb_all_runners"],
+            ]
+            for r in rows
+        ],
     )
-    report.tables.append(
-        Table(
-            "FP16 parity against eager fp32",
-            ["runner", "batch", "min cosine", "max |diff|", "top-1 agreement"],
+    fp16_parity = Table(
+        "FP16 parity against eager fp32",
+        ["runner", "batch", "min cosine", "max |diff|", "top-1 agreement"],
+        [
             [
-                [
-                    p["runner"],
-                    p["batch"],
-                    f"{p['min_cosine']:.5f}",
-                    f"{p['max_abs_diff']:.2e}",
-                    f"{p['top1_agreement']:.1%}",
-                ]
-                for p in parity_rows
-            ],
-        )
+                p["runner"],
+                p["batch"],
+                f"{p['min_cosine']:.5f}",
+                f"{p['max_abs_diff']:.2e}",
+                f"{p['top1_agreement']:.1%}",
+            ]
+            for p in parity_rows
+        ],
     )
-    report.tables.append(Table("Build times", ["step", "seconds"], [[k, v] for k, v in builds.items()]))
-    if device.type == "cuda" and not args.quick and arch == "resnet50":
-        report.verdicts.append(
+    return [
+        training,
+        inference,
+        fp16_parity,
+        Table("Build times", ["step", "seconds"], [[k, v] for k, v in builds.items()]),
+    ]
+
+
+def h100_verdicts(train: dict, rows: list[dict]) -> list[Verdict]:
+    verdicts = [
+        Verdict(
+            f"AMP training >= {TRAIN_TARGET:,.0f} img/s (H100-class)",
+            f"{train['items_per_s']:,.0f} img/s",
+            train["items_per_s"] >= TRAIN_TARGET,
+        )
+    ]
+    best = max(
+        (r for r in rows if r["batch"] == 256 and "fp16" in r["runner"]), key=lambda r: r["items_per_s"], default=None
+    )
+    if best:
+        verdicts.append(
             Verdict(
-                f"AMP training >= {TRAIN_TARGET:,.0f} img/s (H100-class)",
-                f"{train['items_per_s']:,.0f} img/s",
-                train["items_per_s"] >= TRAIN_TARGET,
+                f"FP16 inference >= {INFER_TARGET:,.0f} img/s at batch 256 (H100-class)",
+                f"{best['items_per_s']:,.0f} img/s ({best['runner']})",
+                best["items_per_s"] >= INFER_TARGET,
             )
         )
-        best = max(
-            (r for r in rows if r["batch"] == 256 and "fp16" in r["runner"]),
-            key=lambda r: r["items_per_s"],
-            default=None,
-        )
-        if best:
-            report.verdicts.append(
-                Verdict(
-                    f"FP16 inference >= {INFER_TARGET:,.0f} img/s at batch 256 (H100-class)",
-                    f"{best['items_per_s']:,.0f} img/s ({best['runner']})",
-                    best["items_per_s"] >= INFER_TARGET,
-                )
-            )
-    top = max(batches)
-    report.figures["gpu_inference.png"] = bars(
-        f"{arch} inference at batch {top} ({device.type})",
-        {r["runner"]: r["items_per_s"] for r in rows if r["batch"] == top},
-        "images/s",
-    )
-    report.figures["gpu_inference_by_batch.png"] = bars(
-        f"{arch} inference images/s by runner and batch ({device.type})",
-        {f"{r['runner']}, b{r['batch']}": r["items_per_s"] for r in rows},
-        "images/s",
-    )
-    return report
+    return verdicts
