@@ -92,12 +92,13 @@ def inspect_model(
     with torch.no_grad():
         predicted = model.eval()(batch).argmax(dim=1)
     labels = inputs.labels.to(device) if inputs.labels is not None else predicted
-    md: list[str] = [f"# Inside {title}", ""]
 
     params = sum(p.numel() for p in model.parameters())
     rows = layer_table(model, batch)
     total_flops = sum(r.flops for r in rows)
-    md += [
+    md: list[str] = [
+        f"# Inside {title}",
+        "",
         f"{type(model).__name__} with {params:,} parameters, {total_flops / 1e9:.3f} GFLOPs per "
         f"{preprocess.input_size}x{preprocess.input_size} image ({total_flops / 2e9:.3f} GMACs), "
         f"{len(class_names)} classes.",
@@ -107,121 +108,22 @@ def inspect_model(
         + ".",
         "",
     ]
-
     if images:
-        md += ["## Predictions", "", "| image | top classes |", "|---|---|"]
-        with torch.no_grad():
-            for name, x in images:
-                p = model(x).float().softmax(dim=1)[0]
-                top = p.topk(min(3, len(class_names)))
-                shown = ", ".join(
-                    f"{class_names[i]} {v:.1%}" for v, i in zip(top.values.tolist(), top.indices.tolist())
-                )
-                md.append(f"| {name} | {shown} |")
-        md.append("")
-
+        md += _predictions_section(model, images, class_names)
     if gradcam_top_k and images:
-        md += [
-            "## Grad-CAM",
-            "",
-            f"Class activation maps of the top {gradcam_top_k} classes on the "
-            f"`{stage_names(model)[-1]}` output, over the image as the network saw it.",
-            "",
-        ]
-        for (name, x), (_, pixels) in zip(images, inputs.images):
-            maps = grad_cam(model, x, class_names, top_k=gradcam_top_k)
-            path = save_overlay(pixels, maps, out / f"gradcam_{_safe(Path(name).stem)}.png", title=name)
-            result.files.append(path)
-            md += [f"![Grad-CAM of {name}]({path.name})", ""]
-
+        md += _gradcam_section(model, images, inputs, class_names, gradcam_top_k, result)
     if images:
-        layers = list(layers) if layers else ["maxpool", *stage_names(model)]
-        maps = feature_maps(model, images[0][1], layers)
-        md += [
-            "## Feature maps",
-            "",
-            f"The first channels of each layer's output for {images[0][0]} "
-            "(`maxpool` is the stem's output, an identity in CIFAR stems).",
-            "",
-        ]
-        for layer in layers:
-            if maps[layer].dim() != 4:
-                continue
-            path = plots.plot_feature_maps(maps[layer][0], out / f"features_{_safe(layer)}.png", layer)
-            result.files.append(path)
-            md += [f"![feature maps of {layer}]({path.name})", ""]
-
-    conv = first_conv(model)
-    path = plots.plot_filters(conv.weight, out / "filters_conv1.png")
+        md += _feature_maps_section(model, images, layers, result)
+    path = plots.plot_filters(first_conv(model).weight, out / "filters_conv1.png")
     result.files.append(path)
     md += ["## First-layer filters", "", f"![first conv filters]({path.name})", ""]
-
     flows = residual_flow(model, batch)
-    path = plots.plot_residual_flow(flows, out / "residual_flow.png")
-    result.files.append(path)
-    md += [
-        "## Residual flow",
-        "",
-        "Per block, the residual branch's output norm against the identity path's "
-        "(batch means). Near 0: the block is close to the identity; above 1: the branch dominates.",
-        "",
-        f"![residual flow]({path.name})",
-        "",
-        "| block | ‖F(x)‖ | ‖identity‖ | ratio |",
-        "|---|---:|---:|---:|",
-    ]
-    for f in flows:
-        ident = f"{f.identity_norm:.4g}" if f.identity_norm is not None else "no shortcut"
-        ratio = f"{f.ratio:.4f}" if f.ratio is not None else "undefined"
-        md.append(f"| {f.block} | {f.branch_norm:.4g} | {ident} | {ratio} |")
-    md.append("")
-
+    md += _residual_flow_section(flows, result)
     grads = gradient_flow(model, batch, labels)
-    path = plots.plot_gradient_flow(grads, out / "gradient_flow.png")
-    result.files.append(path)
-    norms = [g.grad_norm for g in grads]
-    vanished = [g.layer for g in grads if g.grad_norm == 0]
-    broken = [g.layer for g in grads if not math.isfinite(g.grad_norm)]
-    md += [
-        "## Gradient flow",
-        "",
-        "Cross-entropy gradient per layer on the labelled batch, in train mode (BN statistics restored afterwards).",
-        "",
-        f"![gradient flow]({path.name})",
-        "",
-        f"Smallest {min(norms):.3g}, median {statistics.median(norms):.3g}, largest {max(norms):.3g}; "
-        f"{len(vanished)} layers with a zero gradient{': ' + ', '.join(vanished) if vanished else ''}; "
-        f"{len(broken)} non-finite{': ' + ', '.join(broken) if broken else ''}.",
-        "",
-    ]
-
+    md += _gradient_flow_section(grads, result)
     activity = relu_activity(model, batch)
-    path = plots.plot_relu_activity(activity, out / "relu_activity.png")
-    result.files.append(path)
-    md += [
-        "## Dead ReLUs",
-        "",
-        "A channel is dead when no image of the batch makes it positive anywhere.",
-        "",
-        f"![ReLU activity]({path.name})",
-        "",
-        "| stage | channels | dead | zero outputs |",
-        "|---|---:|---:|---:|",
-    ]
-    md += [f"| {s.stage} | {s.channels} | {s.dead_fraction:.1%} | {s.zero_fraction:.1%} |" for s in activity]
-    md.append("")
-
-    md += ["## Graph", ""]
-    if graph:
-        path, why = render_graph(model, batch, out)
-        if path is not None:
-            result.files.append(path)
-            md += [f"![autograd graph]({path.name})", ""]
-        else:
-            md += [f"Skipped: {why}.", ""]
-    else:
-        md += ["Not asked for.", ""]
-
+    md += _relu_section(activity, result)
+    md += _graph_section(model, batch, graph, result)
     md += ["## Layers", "", "| layer | type | output shape | parameters | FLOPs |", "|---|---|---|---:|---:|"]
     md += [
         f"| {r.layer} | {r.kind} | {'x'.join(map(str, r.output_shape))} | {r.params:,} | {r.flops:,} |" for r in rows
@@ -242,3 +144,117 @@ def inspect_model(
     result.files.append(_write_text(out / "report.md", "\n".join(md)))
     result.files.append(_write_text(out / "inspection.json", json.dumps(result.summary, indent=1) + "\n"))
     return result
+
+
+def _predictions_section(model: nn.Module, images, class_names: Sequence[str]) -> list[str]:
+    md = ["## Predictions", "", "| image | top classes |", "|---|---|"]
+    with torch.no_grad():
+        for name, x in images:
+            p = model(x).float().softmax(dim=1)[0]
+            top = p.topk(min(3, len(class_names)))
+            shown = ", ".join(f"{class_names[i]} {v:.1%}" for v, i in zip(top.values.tolist(), top.indices.tolist()))
+            md.append(f"| {name} | {shown} |")
+    return [*md, ""]
+
+
+def _gradcam_section(model: nn.Module, images, inputs: InspectionInputs, class_names, top_k: int, result) -> list[str]:
+    md = [
+        "## Grad-CAM",
+        "",
+        f"Class activation maps of the top {top_k} classes on the "
+        f"`{stage_names(model)[-1]}` output, over the image as the network saw it.",
+        "",
+    ]
+    for (name, x), (_, pixels) in zip(images, inputs.images):
+        maps = grad_cam(model, x, class_names, top_k=top_k)
+        path = save_overlay(pixels, maps, result.out_dir / f"gradcam_{_safe(Path(name).stem)}.png", title=name)
+        result.files.append(path)
+        md += [f"![Grad-CAM of {name}]({path.name})", ""]
+    return md
+
+
+def _feature_maps_section(model: nn.Module, images, layers: Sequence[str] | None, result) -> list[str]:
+    layers = list(layers) if layers else ["maxpool", *stage_names(model)]
+    maps = feature_maps(model, images[0][1], layers)
+    md = [
+        "## Feature maps",
+        "",
+        f"The first channels of each layer's output for {images[0][0]} "
+        "(`maxpool` is the stem's output, an identity in CIFAR stems).",
+        "",
+    ]
+    for layer in layers:
+        if maps[layer].dim() != 4:
+            continue
+        path = plots.plot_feature_maps(maps[layer][0], result.out_dir / f"features_{_safe(layer)}.png", layer)
+        result.files.append(path)
+        md += [f"![feature maps of {layer}]({path.name})", ""]
+    return md
+
+
+def _residual_flow_section(flows, result) -> list[str]:
+    path = plots.plot_residual_flow(flows, result.out_dir / "residual_flow.png")
+    result.files.append(path)
+    md = [
+        "## Residual flow",
+        "",
+        "Per block, the residual branch's output norm against the identity path's "
+        "(batch means). Near 0: the block is close to the identity; above 1: the branch dominates.",
+        "",
+        f"![residual flow]({path.name})",
+        "",
+        "| block | ‖F(x)‖ | ‖identity‖ | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for f in flows:
+        ident = f"{f.identity_norm:.4g}" if f.identity_norm is not None else "no shortcut"
+        ratio = f"{f.ratio:.4f}" if f.ratio is not None else "undefined"
+        md.append(f"| {f.block} | {f.branch_norm:.4g} | {ident} | {ratio} |")
+    return [*md, ""]
+
+
+def _gradient_flow_section(grads, result) -> list[str]:
+    path = plots.plot_gradient_flow(grads, result.out_dir / "gradient_flow.png")
+    result.files.append(path)
+    norms = [g.grad_norm for g in grads]
+    vanished = [g.layer for g in grads if g.grad_norm == 0]
+    broken = [g.layer for g in grads if not math.isfinite(g.grad_norm)]
+    return [
+        "## Gradient flow",
+        "",
+        "Cross-entropy gradient per layer on the labelled batch, in train mode (BN statistics restored afterwards).",
+        "",
+        f"![gradient flow]({path.name})",
+        "",
+        f"Smallest {min(norms):.3g}, median {statistics.median(norms):.3g}, largest {max(norms):.3g}; "
+        f"{len(vanished)} layers with a zero gradient{': ' + ', '.join(vanished) if vanished else ''}; "
+        f"{len(broken)} non-finite{': ' + ', '.join(broken) if broken else ''}.",
+        "",
+    ]
+
+
+def _relu_section(activity, result) -> list[str]:
+    path = plots.plot_relu_activity(activity, result.out_dir / "relu_activity.png")
+    result.files.append(path)
+    md = [
+        "## Dead ReLUs",
+        "",
+        "A channel is dead when no image of the batch makes it positive anywhere.",
+        "",
+        f"![ReLU activity]({path.name})",
+        "",
+        "| stage | channels | dead | zero outputs |",
+        "|---|---:|---:|---:|",
+    ]
+    md += [f"| {s.stage} | {s.channels} | {s.dead_fraction:.1%} | {s.zero_fraction:.1%} |" for s in activity]
+    return [*md, ""]
+
+
+def _graph_section(model: nn.Module, batch: torch.Tensor, graph: bool, result) -> list[str]:
+    if not graph:
+        return ["## Graph", "", "Not asked for.", ""]
+    path, why = render_graph(model, batch, result.out_dir)
+    if path is None:
+        return ["## Graph", "", f"Skipped: {why}.", ""]
+    result.files.append(path)
+    return ["## Graph", "", f"![autograd graph]({path.name})", ""]
