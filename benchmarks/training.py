@@ -252,7 +252,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> Report:
-    threads, log = args.threads, args.log
+    threads = args.threads
     torch.set_num_threads(threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -262,13 +262,7 @@ def run(args: argparse.Namespace) -> Report:
     batch = args.batch or (4 if args.quick else 16)
     spec = get_model_spec(arch)
     size = args.image_size or spec.preprocess.input_size
-    names = args.variants or (["fp32", "bf16"] if args.quick else ["fp32", "bf16", "channels_last", "compile"])
-    if device.type == "cuda" and not args.variants:
-        names += [n for n in CUDA_VARIANTS if n not in names]
-    emulated_bf16 = []
-    if device.type == "cpu" and not args.variants and cpu_emulates_bf16():
-        emulated_bf16 = [n for n in names if VARIANTS[n].precision == "bf16"]
-        names = [n for n in names if n not in emulated_bf16]
+    names, emulated_bf16 = variant_names(args, device)
     steps = args.steps or (2 if args.quick else TARGET_STEPS)
     budget = (
         Budget(warmup=1, min_rounds=steps, max_rounds=steps, seconds=0)
@@ -287,17 +281,78 @@ def run(args: argparse.Namespace) -> Report:
             "`--variants bf16` times it anyway."
         )
     precisions = tuple(dict.fromkeys(VARIANTS[n].precision for n in names))
-    ceiling = (
-        CeilingProbe(precisions, threads, args.quick) if device.type == "cpu" else None
-    )  # the ceilings are the CPU's
+    # The ceilings are the CPU's.
+    ceiling = CeilingProbe(precisions, threads, args.quick) if device.type == "cpu" else None
     if ceiling:
-        log(f"probing the {' and '.join(precisions)} GEMM kernels at {threads} thread(s) for the ceiling")
+        args.log(f"probing the {' and '.join(precisions)} GEMM kernels at {threads} thread(s) for the ceiling")
         ceiling.select()
     flops = training_flops(arch, spec.default_num_classes, size)
     report.data.update(flops_per_image=flops, arch=arch, batch=batch, image_size=size, steps=steps)
-    method = [
-        f"{arch}, {spec.default_num_classes} classes, batch {batch}, {size}x{size} synthetic images (seeded random "
-        f"uint8), {device.type}, {threads} thread(s).",
+    inputs = (*setup.data(), setup.network())
+    rows = [time_variant(setup, VARIANTS[name], inputs, budget, ceiling, flops, args.log) for name in names]
+    for row in rows:
+        report.verdicts.append(
+            Verdict(
+                f"ours >= {TARGET:g} x bare over >= {TARGET_STEPS} steps each ({row['configuration']})",
+                f"{row['ratio']:.3f} over {row['steps_timed']} steps each",
+                row["ratio"] >= TARGET and row["steps_timed"] >= TARGET_STEPS,
+            )
+        )
+    if ceiling:
+        report.data["ceiling"] = ceiling.to_dict()
+    report.method = method_lines(setup, spec.default_num_classes, steps, flops) + [
+        f"{ceiling.describe()}." if ceiling else "On CUDA, no fraction of a GEMM ceiling (the ceilings are the CPU's).",
+    ]
+    report.tables += result_tables(rows, device.type)
+    report.data["rows"] = rows
+    return report
+
+
+def variant_names(args: argparse.Namespace, device: torch.device) -> tuple[list[str], list[str]]:
+    """The configurations to time, and the bf16 ones left out because this CPU only emulates bf16."""
+    names = args.variants or (["fp32", "bf16"] if args.quick else ["fp32", "bf16", "channels_last", "compile"])
+    if device.type == "cuda" and not args.variants:
+        names += [n for n in CUDA_VARIANTS if n not in names]
+    emulated_bf16 = []
+    if device.type == "cpu" and not args.variants and cpu_emulates_bf16():
+        emulated_bf16 = [n for n in names if VARIANTS[n].precision == "bf16"]
+        names = [n for n in names if n not in emulated_bf16]
+    return names, emulated_bf16
+
+
+def time_variant(setup: Setup, variant, inputs: tuple, budget: Budget, ceiling, flops: float, log) -> dict:
+    """Our step and the bare loop of one configuration, interleaved, then each side's peak memory alone.
+
+    `inputs`: (images, labels, initial network), shared by every configuration so all start alike."""
+    images, labels, initial = inputs
+    log(f"{variant.name}: building both loops{' (compiling during warm-up)' if variant.compile else ''}")
+    candidates = {side: setup.step(side, variant, copy.deepcopy(initial), images, labels) for side in SIDES}
+    gemm = ceiling.candidates((variant.precision,)) if ceiling else {}
+    # Primed, see CeilingProbe; training steps are long and all in PyTorch, so only the GEMM needs it.
+    samples = interleaved(
+        {**candidates, **gemm}, budget, items=setup.batch, before={name: primer(call) for name, call in gemm.items()}
+    )
+    ours, bare = samples["ours"], samples["bare"]
+    cpu_ceiling = ceiling.ceilings(samples)[variant.precision] if ceiling else None
+    del candidates  # free this configuration's networks before the memory children start
+    log(f"{variant.name}: peak memory of each loop alone, in two fresh processes")
+    memory = peak_memory(setup, variant)
+    return {
+        "configuration": variant.name,
+        "precision": variant.precision,
+        "ours": {**ours.to_dict(), **memory["ours"]},
+        "bare": {**bare.to_dict(), **memory["bare"]},
+        "ratio": ours.items_per_s / bare.items_per_s,
+        "steps_timed": min(len(ours.seconds), len(bare.seconds)),
+        "ceiling_gflops": cpu_ceiling,
+        "ceiling_fraction": flops * ours.items_per_s / (cpu_ceiling * 1e9) if cpu_ceiling else None,
+    }
+
+
+def method_lines(setup: Setup, num_classes: int, steps: int, flops: float) -> list[str]:
+    return [
+        f"{setup.arch}, {num_classes} classes, batch {setup.batch}, {setup.size}x{setup.size} synthetic images "
+        f"(seeded random uint8), {setup.device_name}, {setup.threads} thread(s).",
         "Ours: `train.engine.train_step` (normalise on device, autocast, SGD momentum + weight decay with "
         "train.optim's parameter groups, per-step cosine LR). Bare: zero_grad / forward / cross-entropy / "
         "backward / SGD.step on the pre-normalised float batch. Same initial weights.",
@@ -310,8 +365,11 @@ def run(args: argparse.Namespace) -> Report:
         f"Peak memory: after the timings, each side alone in a fresh spawned Python process (same imports, same "
         f"batch and weights) runs {MEMORY_STEPS} steps; peak RSS is that process's VmHWM (interpreter, "
         "libraries, model, optimizer state and steps included; the two children run at the same time)"
-        + (", peak CUDA memory its torch.cuda.max_memory_allocated." if device.type == "cuda" else "."),
+        + (", peak CUDA memory its torch.cuda.max_memory_allocated." if setup.device_name == "cuda" else "."),
     ]
+
+
+def result_tables(rows: list[dict], device_type: str) -> list[Table]:
     table = Table(
         "Training images/s",
         [
@@ -328,54 +386,11 @@ def run(args: argparse.Namespace) -> Report:
         ],
     )
     memory_columns = ["ours peak RSS MiB", "bare peak RSS MiB", "ours / bare RSS", "RSS before the steps ours / bare"]
-    if device.type == "cuda":
+    if device_type == "cuda":
         memory_columns += ["ours peak CUDA MiB", "bare peak CUDA MiB"]
     memory_table = Table(
         "Training peak memory (each side alone in a fresh process)", ["configuration", *memory_columns]
     )
-    images, labels = setup.data()
-    initial = setup.network()
-    rows = []
-    for name in names:
-        variant = VARIANTS[name]
-        log(f"{variant.name}: building both loops{' (compiling during warm-up)' if variant.compile else ''}")
-        candidates = {side: setup.step(side, variant, copy.deepcopy(initial), images, labels) for side in SIDES}
-        gemm = ceiling.candidates((variant.precision,)) if ceiling else {}
-        # Primed, see CeilingProbe; training steps are long and all in PyTorch, so only the GEMM needs it.
-        samples = interleaved(
-            {**candidates, **gemm}, budget, items=batch, before={name: primer(call) for name, call in gemm.items()}
-        )
-        ours, bare = samples["ours"], samples["bare"]
-        ratio = ours.items_per_s / bare.items_per_s
-        cpu_ceiling = ceiling.ceilings(samples)[variant.precision] if ceiling else None
-        del candidates  # free this configuration's networks before the memory children start
-        log(f"{variant.name}: peak memory of each loop alone, in two fresh processes")
-        memory = peak_memory(setup, variant)
-        rows.append(
-            {
-                "configuration": variant.name,
-                "precision": variant.precision,
-                "ours": {**ours.to_dict(), **memory["ours"]},
-                "bare": {**bare.to_dict(), **memory["bare"]},
-                "ratio": ratio,
-                "ceiling_gflops": cpu_ceiling,
-                "ceiling_fraction": flops * ours.items_per_s / (cpu_ceiling * 1e9) if cpu_ceiling else None,
-            }
-        )
-        timed = min(len(ours.seconds), len(bare.seconds))
-        report.verdicts.append(
-            Verdict(
-                f"ours >= {TARGET:g} x bare over >= {TARGET_STEPS} steps each ({variant.name})",
-                f"{ratio:.3f} over {timed} steps each",
-                ratio >= TARGET and timed >= TARGET_STEPS,
-            )
-        )
-    if ceiling:
-        report.data["ceiling"] = ceiling.to_dict()
-    report.method = [
-        *method,
-        f"{ceiling.describe()}." if ceiling else "On CUDA, no fraction of a GEMM ceiling (the ceilings are the CPU's).",
-    ]
     for row in rows:
         ours, bare = row["ours"], row["bare"]
         table.add(
@@ -390,10 +405,8 @@ def run(args: argparse.Namespace) -> Report:
             row["ceiling_gflops"],
             None if row["ceiling_fraction"] is None else f"{100 * row['ceiling_fraction']:.0f}%",
         )
-        cuda = [ours["peak_cuda_mb"], bare["peak_cuda_mb"]] if device.type == "cuda" else []
+        cuda = [ours["peak_cuda_mb"], bare["peak_cuda_mb"]] if device_type == "cuda" else []
         ratio_rss = f"{ours['peak_rss_mb'] / bare['peak_rss_mb']:.3f}"
         before = f"{ours['rss_before_steps_mb']:,.0f} / {bare['rss_before_steps_mb']:,.0f}"
         memory_table.add(row["configuration"], ours["peak_rss_mb"], bare["peak_rss_mb"], ratio_rss, before, *cuda)
-    report.tables += [table, memory_table]
-    report.data["rows"] = rows
-    return report
+    return [table, memory_table]
