@@ -15,6 +15,7 @@ from models import CheckpointError
 from .checkpoints import CheckpointSaveError, RunDirError
 from .config import CHOICES, DEFAULTS, ConfigError, list_recipes
 from .data import DATA_KINDS, DataError
+from .distributed import launched_as_main
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 DATA_FLAGS = ("data", "data_dir", "val_split", "num_classes", "synthetic_size", "seed", "workers")
@@ -245,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             print(yaml.safe_dump(config, sort_keys=False), end="")
             return EXIT_OK
-        if config.get("recipe"):
+        if config.get("recipe") and launched_as_main():
             print(f"recipe: {config['recipe']} ({config.get('recipe_source', '--recipe')})", flush=True)
         result = run(config)
     except (
@@ -264,5 +265,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     if result.interrupted_by is not None:
         return 128 + int(result.interrupted_by)
-    print(f"done: best val top-1 {result.best_top1:.2f}% in {result.seconds:.0f}s; checkpoints in {result.run_dir}")
+    if launched_as_main():
+        print(f"done: best val top-1 {result.best_top1:.2f}% in {result.seconds:.0f}s; checkpoints in {result.run_dir}")
     return EXIT_OK

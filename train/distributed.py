@@ -1,12 +1,16 @@
-"""torchrun integration: process group setup (NCCL on GPU, gloo on CPU), rank helpers, reductions."""
+"""torchrun integration: process group setup (NCCL on GPU, gloo on CPU), rank helpers, reductions,
+threads per process, and elastic restarts (torchrun --max-restarts)."""
 
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from models.osutil import usable_cores
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,32 @@ def init_distributed(device_kind: str) -> DistInfo:
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend=backend)
     return info
+
+
+def launched_as_main() -> bool:
+    """True in a plain run and in torchrun's global rank 0 (readable before the process group exists)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def elastic_restart_count() -> int:
+    """How many times torchrun's elastic agent has restarted this worker group (0: the first attempt)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def set_threads_per_process(info: DistInfo) -> int:
+    """Under torchrun, give each process its host's usable cores (affinity, cgroup quota) / our processes on this host (unless OMP_NUM_THREADS
+    is set; torchrun sets it to 1 itself when it starts several processes per node).
+
+    Counting the processes per host, not per agent, makes two one-process agents on one machine compute
+    exactly what one two-process agent does: the intra-op thread count changes float summation order.
+    """
+    if not info.enabled or os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    host = socket.gethostname()
+    on_this_host = sum(1 for h in all_gather_objects(host) if h == host)
+    threads = max(1, usable_cores() // on_this_host)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def shutdown_distributed() -> None:

@@ -45,6 +45,7 @@ from .distributed import (
     barrier,
     broadcast_buffers,
     init_distributed,
+    set_threads_per_process,
     shutdown_distributed,
 )
 from .engine import StepParts, evaluate, prepare_batch, train_one_epoch
@@ -196,6 +197,7 @@ def run(config: dict[str, Any]) -> RunResult:
     device = pick_device(config["device"], int(os.environ.get("LOCAL_RANK", "0")))
     dist_info = init_distributed(device.type)
     try:
+        set_threads_per_process(dist_info)
         return _Run(config, device, dist_info).train()
     finally:
         shutdown_distributed()
@@ -272,7 +274,8 @@ class _Run:
         self.log(
             f"{cfg['arch']} on {cfg['data']}: {len(train_set)} train / {len(val_set)} val images, "
             f"{len(class_names)} classes, {self.steps_per_epoch} steps per epoch, input {self.preprocess.input_size}px, "
-            f"device {self.device}{f' x {world} processes' if world > 1 else ''}"
+            f"device {self.device}{f' x {world} processes' if world > 1 else ''}, "
+            f"{torch.get_num_threads()} CPU thread(s) per process"
         )
 
         if cfg.get("sync_bn") and world > 1:
