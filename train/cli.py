@@ -184,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(g, "--overwrite", "replace an existing run directory (only one made by `python -m train`)")
     _flag(g, "--log-every", "steps between progress updates", type=int)
+    _flag(
+        g,
+        "--save-every-steps",
+        "also write last.pt every this many optimizer steps within an epoch (0: only at epoch ends), which "
+        "bounds the work a crash loses; a worker group restarted by torchrun --max-restarts continues from "
+        "last.pt by itself",
+        type=int,
+    )
     _flag(g, "--tensorboard", "write TensorBoard event files")
     _flag(g, "--plots", "write curves.png every epoch")
     _flag(

@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from models.osutil import usable_cores
+
+# torchrun shares its rendezvous TCPStore with the workers unless told not to; a restarted group then
+# can read the previous attempt's keys (peer addresses) and fail to connect (pytorch/pytorch#135712).
+SHARED_STORE_WARNING = (
+    "warning: torchrun restarted the workers while sharing its rendezvous store with them; the new group may "
+    "read the old group's addresses and fail to connect. Launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+    "in its environment (docs/multinode.md)"
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,8 @@ def init_distributed(device_kind: str) -> DistInfo:
         world_size=int(os.environ["WORLD_SIZE"]),
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
     )
+    if elastic_restart_count() and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and info.rank == 0:
+        print(SHARED_STORE_WARNING, file=sys.stderr, flush=True)
     if not dist.is_initialized():
         backend = "nccl" if device_kind == "cuda" else "gloo"
         if device_kind == "cuda":
