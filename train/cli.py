@@ -35,6 +35,8 @@ examples:
   python -m train --predict cat.jpg dog.png --checkpoint runs/resnet20-digits/best.pt
   python -m train --predict cat.jpg --checkpoint resnet50-11ad3fa6.pth --arch resnet50   # torchvision weights
   python -m train --evaluate --checkpoint runs/resnet20-digits/best.pt         # its own validation split
+  python -m train manifests --arch resnet50 --data imagenet --nodes 2 --gpus-per-node 8 --image IMG --out k8s/job
+                                     # a Kubeflow PyTorchJob (python -m train manifests --help)
   python -m train --evaluate --checkpoint resnet50-11ad3fa6.pth --arch resnet50 --data imagenet --data-dir /data/imagenet
 """
 
@@ -227,6 +229,11 @@ def config_overrides(args: argparse.Namespace) -> tuple[dict[str, Any], str | No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["manifests"]:
+        from .kubeflow import main as manifests_main
+
+        return manifests_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     options, recipe = config_overrides(args)
