@@ -46,6 +46,7 @@ from .distributed import (
     broadcast_buffers,
     elastic_restart_count,
     init_distributed,
+    launched_as_main,
     set_threads_per_process,
     shutdown_distributed,
 )
@@ -119,7 +120,7 @@ def _resumed_config(path: Path, ckpt: Checkpoint, overrides: dict[str, Any]) -> 
         )
     ignored = RESUMABLE_OVERRIDES + ("resume", "name", "out", "overwrite")
     changed = sorted(k for k, v in overrides.items() if k not in ignored and config.get(k) != v)
-    if changed:
+    if changed and launched_as_main():
         print(f"warning: resuming with changed {changed}; the run will not match an uninterrupted one", file=sys.stderr)
     config.update(overrides)
     config.update(resume=str(path))
