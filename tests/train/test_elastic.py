@@ -84,6 +84,7 @@ def test_killed_worker_restarts_and_ends_like_an_uninterrupted_run(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group: the workers go with the agent if the test fails
     )
     try:
         workers, step = freeze_mid_epoch(agent, tmp_path / "killed" / "last.pt")
@@ -92,7 +93,8 @@ def test_killed_worker_restarts_and_ends_like_an_uninterrupted_run(tmp_path):
         os.kill(workers[1], signal.SIGCONT)
         out, err = agent.communicate(timeout=600)
     finally:
-        agent.kill()
+        if agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGKILL)
     assert agent.returncode == 0, f"exit {agent.returncode}\n{out}\n{err}"
     assert f"at epoch {(step - 1) // 6}, step {step}" in out, out  # resumed mid-epoch, from the frozen last.pt
 

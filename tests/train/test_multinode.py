@@ -4,6 +4,7 @@ rendezvous train exactly like one agent with two processes, and print the run's 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -50,18 +51,27 @@ def two_cores() -> None:
 def launch(cmd: list[str]) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     return subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=two_cores
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=two_cores,
+        start_new_session=True,  # its own process group, so its workers can be stopped with it
     )
 
 
-def finish(proc: subprocess.Popen) -> tuple[str, str]:
+def finish(*agents: subprocess.Popen) -> list[str]:
+    """The agents' stdout once all exited 0; whatever happens, none of their processes outlives the test."""
     try:
-        out, err = proc.communicate(timeout=600)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{out}\n{err}"
-    return out, err
+        results = [agent.communicate(timeout=600) for agent in agents]
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                os.killpg(agent.pid, signal.SIGKILL)
+    for agent, (out, err) in zip(agents, results):
+        assert agent.returncode == 0, f"exit {agent.returncode}\n{out}\n{err}"
+    return [out for out, _ in results]
 
 
 def test_two_single_process_nodes_equal_one_two_process_node(tmp_path, digits_folder):
@@ -78,8 +88,8 @@ def test_two_single_process_nodes_equal_one_two_process_node(tmp_path, digits_fo
         )
         for _ in range(2)
     ]
-    outputs = [finish(node)[0] for node in nodes]
-    single_out, _ = finish(
+    outputs = finish(*nodes)
+    (single_out,) = finish(
         launch(
             [
                 *TORCHRUN,
