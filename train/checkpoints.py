@@ -1,9 +1,11 @@
 """Run directories, RNG state, and the checkpoint dict of contract 1 (shared/DESIGN.md).
 
-`last.pt` is written at the end of every epoch and when a run is interrupted, `best.pt` whenever the
-validation top-1 improves; both through `models.Checkpoint.save` (atomic). A checkpoint holds all a
-resumed run needs to continue bit-for-bit on CPU: optimizer, scheduler, scaler, EMA, epoch and step
-within the epoch, and every rank's RNG states.
+`last.pt` is written at the end of every epoch, every --save-every-steps optimizer steps and when a run
+is interrupted, `best.pt` whenever the validation top-1 improves; both through `models.Checkpoint.save`
+(atomic). A checkpoint holds all a resumed run needs to continue bit-for-bit on CPU: optimizer,
+scheduler, scaler, EMA, epoch and step within the epoch, and every rank's RNG states. One tolerance:
+with data loader workers (--workers > 0) the rest of an epoch resumed mid-way sees the same images in
+the same order but other random augmentations (each worker's RNG stream restarts at the resume point).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from models.osutil import (
     remove_owned_tree,
     sweep_stale_temporaries,
 )
+
+from .distributed import elastic_restart_count
 
 RUN_KIND = "run"  # the marker kind of a run directory (models.osutil.mark_owned)
 
@@ -59,6 +63,12 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
         )
     sweep_stale_temporaries(run_dir)
     if run_dir.exists() and not resume and any(p.name != MARKER_NAME for p in run_dir.iterdir()):
+        if not overwrite and elastic_restart_count():
+            raise RunDirError(
+                f"{run_dir} holds a run but no last.pt: torchrun restarted the workers before the run's first "
+                "checkpoint (or the folder held another run already). Start the job again with --overwrite, and "
+                "pass --save-every-steps N so a restart has a checkpoint to continue from"
+            )
         if not overwrite:
             raise RunDirError(
                 f"{run_dir} already holds a run; pass --resume auto to continue it, --overwrite to start "

@@ -15,6 +15,7 @@ from models import CheckpointError
 from .checkpoints import CheckpointSaveError, RunDirError
 from .config import CHOICES, DEFAULTS, ConfigError, list_recipes
 from .data import DATA_KINDS, DataError
+from .distributed import launched_as_main
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 DATA_FLAGS = ("data", "data_dir", "val_split", "num_classes", "synthetic_size", "seed", "workers")
@@ -34,6 +35,8 @@ examples:
   python -m train --predict cat.jpg dog.png --checkpoint runs/resnet20-digits/best.pt
   python -m train --predict cat.jpg --checkpoint resnet50-11ad3fa6.pth --arch resnet50   # torchvision weights
   python -m train --evaluate --checkpoint runs/resnet20-digits/best.pt         # its own validation split
+  python -m train manifests --arch resnet50 --data imagenet --nodes 2 --gpus-per-node 8 --image IMG --out k8s/job
+                                     # a Kubeflow PyTorchJob (python -m train manifests --help)
   python -m train --evaluate --checkpoint resnet50-11ad3fa6.pth --arch resnet50 --data imagenet --data-dir /data/imagenet
 """
 
@@ -183,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(g, "--overwrite", "replace an existing run directory (only one made by `python -m train`)")
     _flag(g, "--log-every", "steps between progress updates", type=int)
+    _flag(
+        g,
+        "--save-every-steps",
+        "also write last.pt every this many optimizer steps within an epoch (0: only at epoch ends), which "
+        "bounds the work a crash loses; a worker group restarted by torchrun --max-restarts continues from "
+        "last.pt by itself",
+        type=int,
+    )
     _flag(g, "--tensorboard", "write TensorBoard event files")
     _flag(g, "--plots", "write curves.png every epoch")
     _flag(
@@ -218,6 +229,11 @@ def config_overrides(args: argparse.Namespace) -> tuple[dict[str, Any], str | No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["manifests"]:
+        from .kubeflow import main as manifests_main
+
+        return manifests_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     options, recipe = config_overrides(args)
@@ -245,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             print(yaml.safe_dump(config, sort_keys=False), end="")
             return EXIT_OK
-        if config.get("recipe"):
+        if config.get("recipe") and launched_as_main():
             print(f"recipe: {config['recipe']} ({config.get('recipe_source', '--recipe')})", flush=True)
         result = run(config)
     except (
@@ -264,5 +280,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     if result.interrupted_by is not None:
         return 128 + int(result.interrupted_by)
-    print(f"done: best val top-1 {result.best_top1:.2f}% in {result.seconds:.0f}s; checkpoints in {result.run_dir}")
+    if launched_as_main():
+        print(f"done: best val top-1 {result.best_top1:.2f}% in {result.seconds:.0f}s; checkpoints in {result.run_dir}")
     return EXIT_OK

@@ -86,6 +86,7 @@ DEFAULTS: dict[str, Any] = {
     "deterministic": False,
     # outputs
     "log_every": 10,
+    "save_every_steps": 0,
     "tensorboard": True,
     "plots": True,
     "log_internals": False,
@@ -121,6 +122,7 @@ RESUMABLE_OVERRIDES = (
     "epochs",
     "workers",
     "log_every",
+    "save_every_steps",
     "tensorboard",
     "plots",
     "log_internals",
@@ -214,6 +216,8 @@ def validate(config: dict[str, Any]) -> None:
     for key in ("epochs", "batch_size", "accum_steps"):
         if int(config[key]) < 1:
             raise ConfigError(f"{key} must be >= 1, got {config[key]}")
+    if int(config.get("save_every_steps") or 0) < 0:
+        raise ConfigError(f"save_every_steps must be >= 0 (0: only at epoch ends), got {config['save_every_steps']}")
     if config["freeze_backbone"] and config["freeze_until"]:
         raise ConfigError("--freeze-backbone and --freeze-until are exclusive: pick one")
     if config.get("log_internals") and not config.get("tensorboard"):

@@ -1,12 +1,25 @@
-"""torchrun integration: process group setup (NCCL on GPU, gloo on CPU), rank helpers, reductions."""
+"""torchrun integration: process group setup (NCCL on GPU, gloo on CPU), rank helpers, reductions,
+threads per process, and elastic restarts (torchrun --max-restarts)."""
 
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from models.osutil import usable_cores
+
+# torchrun shares its rendezvous TCPStore with the workers unless told not to; a restarted group then
+# can read the previous attempt's keys (peer addresses) and fail to connect (pytorch/pytorch#135712).
+SHARED_STORE_WARNING = (
+    "warning: torchrun restarted the workers while sharing its rendezvous store with them; the new group may "
+    "read the old group's addresses and fail to connect. Launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+    "in its environment (docs/multinode.md)"
+)
 
 
 @dataclass(frozen=True)
@@ -33,12 +46,40 @@ def init_distributed(device_kind: str) -> DistInfo:
         world_size=int(os.environ["WORLD_SIZE"]),
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
     )
+    if elastic_restart_count() and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and info.rank == 0:
+        print(SHARED_STORE_WARNING, file=sys.stderr, flush=True)
     if not dist.is_initialized():
         backend = "nccl" if device_kind == "cuda" else "gloo"
         if device_kind == "cuda":
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend=backend)
     return info
+
+
+def launched_as_main() -> bool:
+    """True in a plain run and in torchrun's global rank 0 (readable before the process group exists)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def elastic_restart_count() -> int:
+    """How many times torchrun's elastic agent has restarted this worker group (0: the first attempt)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def set_threads_per_process(info: DistInfo) -> int:
+    """Under torchrun, give each process its host's usable cores (affinity, cgroup quota) / our processes on this host (unless OMP_NUM_THREADS
+    is set; torchrun sets it to 1 itself when it starts several processes per node).
+
+    Counting the processes per host, not per agent, makes two one-process agents on one machine compute
+    exactly what one two-process agent does: the intra-op thread count changes float summation order.
+    """
+    if not info.enabled or os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    host = socket.gethostname()
+    on_this_host = sum(1 for h in all_gather_objects(host) if h == host)
+    threads = max(1, usable_cores() // on_this_host)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def shutdown_distributed() -> None:

@@ -44,7 +44,10 @@ from .distributed import (
     any_rank,
     barrier,
     broadcast_buffers,
+    elastic_restart_count,
     init_distributed,
+    launched_as_main,
+    set_threads_per_process,
     shutdown_distributed,
 )
 from .engine import StepParts, evaluate, prepare_batch, train_one_epoch
@@ -74,7 +77,11 @@ def build_config(overrides: dict[str, Any], recipe: str | None = None) -> dict[s
 
     Resuming continues a run only from its own newest `last.pt`; from any other checkpoint (best.pt,
     a copy in /tmp) it forks a new run directory (`--name NEW`), or is refused: history is never rewritten.
+    A worker group restarted by torchrun's elastic agent continues from the run's own `last.pt` by itself.
     """
+    restarted = elastic_restart_count() > 0
+    if restarted and not overrides.get("resume"):
+        overrides = {**overrides, "resume": "auto"}
     resume = overrides.get("resume")
     if resume and resume != "auto":
         path = resolve_resume(resume, Path("."))
@@ -84,6 +91,9 @@ def build_config(overrides: dict[str, Any], recipe: str | None = None) -> dict[s
             return config
         if "name" not in overrides:
             raise fork_refusal(path)
+        own_last = run_dir_of(config) / "last.pt"
+        if restarted and continues_its_run(own_last):  # the fork already has a checkpoint of its own
+            return _resumed_config(own_last, load_resume_checkpoint(own_last), overrides)
         config["forked_from"] = {
             "path": str(path.resolve()),
             "sha256": sha256_file(path),
@@ -110,7 +120,7 @@ def _resumed_config(path: Path, ckpt: Checkpoint, overrides: dict[str, Any]) -> 
         )
     ignored = RESUMABLE_OVERRIDES + ("resume", "name", "out", "overwrite")
     changed = sorted(k for k, v in overrides.items() if k not in ignored and config.get(k) != v)
-    if changed:
+    if changed and launched_as_main():
         print(f"warning: resuming with changed {changed}; the run will not match an uninterrupted one", file=sys.stderr)
     config.update(overrides)
     config.update(resume=str(path))
@@ -124,12 +134,14 @@ def _resumed_config(path: Path, ckpt: Checkpoint, overrides: dict[str, Any]) -> 
 def check_topology(ckpt: Checkpoint, path: Path, world_size: int) -> None:
     """A run stopped mid-epoch resumes only with its process count: each process's place in the epoch's
     shuffled order depends on it, so another count would repeat or skip samples. At an epoch boundary
-    any count continues exactly (the next epoch is a fresh shuffle); only the RNG states are not restored."""
+    any count continues exactly (the next epoch is a fresh shuffle); only the RNG states are not restored.
+    The same rule holds when torchrun's elastic agent restarts the group with more or fewer nodes."""
     saved = len(ckpt.rng)
     if ckpt.steps_into_epoch and saved and saved != world_size:
         raise ConfigError(
             f"--resume {path}: stopped mid-epoch (step {ckpt.steps_into_epoch} of epoch {ckpt.epoch + 1}) with "
-            f"{saved} process(es); resume it with {saved} (torchrun --nproc_per_node {saved}), not {world_size}"
+            f"{saved} process(es) in all; resume it with {saved} (torchrun --nnodes x --nproc-per-node = "
+            f"{saved}), not {world_size}; an elastic job (--nnodes MIN:MAX) may change its size only at an epoch end"
         )
 
 
@@ -196,6 +208,7 @@ def run(config: dict[str, Any]) -> RunResult:
     device = pick_device(config["device"], int(os.environ.get("LOCAL_RANK", "0")))
     dist_info = init_distributed(device.type)
     try:
+        set_threads_per_process(dist_info)
         return _Run(config, device, dist_info).train()
     finally:
         shutdown_distributed()
@@ -272,7 +285,8 @@ class _Run:
         self.log(
             f"{cfg['arch']} on {cfg['data']}: {len(train_set)} train / {len(val_set)} val images, "
             f"{len(class_names)} classes, {self.steps_per_epoch} steps per epoch, input {self.preprocess.input_size}px, "
-            f"device {self.device}{f' x {world} processes' if world > 1 else ''}"
+            f"device {self.device}{f' x {world} processes' if world > 1 else ''}, "
+            f"{torch.get_num_threads()} CPU thread(s) per process"
         )
 
         if cfg.get("sync_bn") and world > 1:
@@ -369,6 +383,7 @@ class _Run:
         stop = StopRequest()
         stop.install()
         log_every = max(int(cfg.get("log_every") or 10), 1)
+        save_every = int(cfg.get("save_every_steps") or 0)
         unreadable = datamod.UnreadableImages(int(cfg.get("max_unreadable_images", 100)))
         started = time.perf_counter()
         try:
@@ -388,7 +403,11 @@ class _Run:
                         step0 + steps,
                     )
 
-                def should_stop(steps: int) -> bool:
+                def should_stop(steps: int, step0: int = step0, skip: int = skip) -> bool:
+                    """Between two steps: write last.pt every --save-every-steps; stop on a signal."""
+                    if save_every and (step0 + steps) % save_every == 0 and skip + steps < self.steps_per_epoch:
+                        self.step, self.steps_into_epoch = step0 + steps, skip + steps
+                        self.save("last.pt")  # every rank: the RNG states are gathered
                     if self.dist.enabled and steps % log_every:
                         return False  # ranks agree on stopping only where they already synchronise
                     return any_rank(stop.signum is not None, self.device)
@@ -401,7 +420,7 @@ class _Run:
                     should_stop=should_stop,
                     log_every=log_every,
                 )
-                self.step += result.steps
+                self.step = step0 + result.steps
                 if note := unreadable.report():
                     self.log(note)
                 if result.interrupted:
@@ -414,8 +433,11 @@ class _Run:
                     )
                     return self._result(started, interrupted_by=signum)
                 self.epoch, self.steps_into_epoch = epoch + 1, 0
-                row = self._validate_and_save(result)
-                reporter.end_epoch(row)
+                row = self._validate(result)
+                reporter.end_epoch(row)  # before last.pt: a crash in between re-runs the epoch, never drops its row
+                self.save("last.pt")
+                if row["is_best"]:
+                    self.save("best.pt")
                 if cfg.get("log_internals"):  # every rank runs it: a SyncBatchNorm forward is collective
                     with torch.random.fork_rng(devices=[]):  # a loader's iterator draws its seed from the global RNG
                         images, labels = next(iter(self.val_loader))  # the same first batch every epoch
@@ -427,7 +449,7 @@ class _Run:
             reporter.close()
         return self._result(started)
 
-    def _validate_and_save(self, result) -> dict[str, Any]:
+    def _validate(self, result) -> dict[str, Any]:
         broadcast_buffers(self.network)  # evaluate (and save) rank 0's BN statistics on every rank
         if self.ema is not None:
             broadcast_buffers(self.ema)
@@ -438,9 +460,6 @@ class _Run:
         is_best = self.metrics["top1"] > self.best_top1
         if is_best:
             self.best_top1 = self.metrics["top1"]
-        self.save("last.pt")
-        if is_best:
-            self.save("best.pt")
         return {
             "epoch": self.epoch,
             "step": self.step,
