@@ -32,6 +32,8 @@ RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin ser
 
 WORKDIR /opt/resnet-deploy
 COPY pyproject.toml README.md constraints.txt ./
+COPY fsutil ./fsutil
+COPY hostinfo ./hostinfo
 COPY models ./models
 COPY train ./train
 COPY export ./export

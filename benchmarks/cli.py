@@ -22,7 +22,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from models.osutil import usable_cores
+from hostinfo import usable_cores
 
 from .artifacts import DEFAULT_WORK_DIR
 from .errors import BenchmarkError, BenchmarkUsageError, positive_int

@@ -25,7 +25,9 @@ from typing import Any
 
 import torch
 
-from models.osutil import atomic_path, cpu_flags, cpuinfo, first_line
+from fsutil.atomic import atomic_path
+from hostinfo import cpu_flags, cpuinfo
+from models.errors import first_line
 
 from .manifest import ExportError, ResourceUnavailable
 

@@ -22,17 +22,10 @@ from typing import Any
 
 import torch
 
+from fsutil.atomic import fsync_directory, sha256_file
+from fsutil.owned import MARKER_NAME, is_owned, mark_owned, remove_owned_tree, sweep_stale_temporaries
 from models import Checkpoint, load_checkpoint
-from models.osutil import (
-    MARKER_NAME,
-    first_line,
-    fsync_directory,
-    is_owned,
-    mark_owned,
-    remove_owned_tree,
-    sha256_file,
-    sweep_stale_temporaries,
-)
+from models.errors import first_line
 
 from .aoti import AOTI_ARTIFACTS, capture, unusable_reason, write_aoti
 from .aoti import missing_reason as aoti_missing_reason
@@ -85,7 +78,7 @@ PRECISIONS = {
 }
 BUILT_FROM_ONNX = ("onnx-int8", "trt")  # made from model.onnx, so `onnx` is exported first
 
-EXPORT_KIND = "export"  # the marker kind of an export directory (models.osutil.mark_owned)
+EXPORT_KIND = "export"  # the marker kind of an export directory (fsutil.owned.mark_owned)
 
 Log = Callable[[str], None]
 

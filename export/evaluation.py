@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.osutil import atomic_path, atomic_write_text
+from fsutil.atomic import atomic_path, atomic_write_text
 
 TOP_K = 5
 

@@ -11,7 +11,8 @@ from typing import Any
 import onnx
 import torch
 
-from models.osutil import atomic_path, first_line
+from fsutil.atomic import atomic_path
+from models.errors import first_line
 
 from .manifest import ExportError
 from .torchscript import quiet_torchscript_deprecation

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fsutil.atomic import atomic_write_text, sha256_file
 from models import PreprocessSpec
-from models.osutil import atomic_write_text, sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"

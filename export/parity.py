@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from models import Checkpoint, PreprocessSpec, eval_resize_crop, normalize_batch
-from models.osutil import first_line
+from models.errors import first_line
 
 from .manifest import ExportError
 from .runners import Runner

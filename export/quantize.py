@@ -24,8 +24,10 @@ from typing import Any
 
 import torch
 
+from fsutil.atomic import atomic_path
+from hostinfo import cpu_flags
 from models import Checkpoint, eval_resize_crop
-from models.osutil import atomic_path, cpu_flags, first_line
+from models.errors import first_line
 
 from .manifest import ExportError
 from .parity import folder_dataset, stack_dataset

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from models.osutil import atomic_path
+from fsutil.atomic import atomic_path
 
 from .manifest import ExportError, ResourceUnavailable
 

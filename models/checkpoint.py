@@ -20,7 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .osutil import atomic_path, first_line
+from fsutil.atomic import atomic_path
+from models.errors import first_line
+
 from .preprocess import PreprocessSpec
 from .registry import create_model
 

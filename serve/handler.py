@@ -41,8 +41,9 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from export.classifier import Classifier
+from hostinfo import usable_cores
+from models.errors import first_line
 from models.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decoded_pixels
-from models.osutil import first_line, usable_cores
 from serve.envelope import as_request, enveloped, image_bytes
 from serve.package import DEFAULT_MAX_IMAGES, DEFAULT_MAX_REQUEST_PIXELS
 from serve.refusal import HOW_TO_CHANGE, PHRASES, Refused, part_label

@@ -20,7 +20,7 @@ import yaml
 
 # Only light imports here: `python -m serve status/stop/token` should not wait for torch to load.
 from export.manifest import Artifact, ExportError, Manifest, read_manifest, verify_artifact_file
-from models.osutil import mark_owned, sweep_stale_temporaries
+from fsutil.owned import mark_owned, sweep_stale_temporaries
 
 HANDLER_FILE = Path(__file__).with_name("handler.py")
 MODEL_CONFIG_NAME = "model-config.yaml"

@@ -15,18 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from fsutil.owned import MARKER_NAME, NotOwnedError, is_owned, mark_owned, remove_owned_tree, sweep_stale_temporaries
 from models import Checkpoint, CheckpointError, load_checkpoint
-from models.osutil import (
-    MARKER_NAME,
-    NotOwnedError,
-    first_line,
-    is_owned,
-    mark_owned,
-    remove_owned_tree,
-    sweep_stale_temporaries,
-)
+from models.errors import first_line
 
-RUN_KIND = "run"  # the marker kind of a run directory (models.osutil.mark_owned)
+RUN_KIND = "run"  # the marker kind of a run directory (fsutil.owned.mark_owned)
 
 
 class RunDirError(RuntimeError):

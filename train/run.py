@@ -20,9 +20,9 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.transforms import v2
 
+from fsutil.atomic import sha256_file
 from models import Checkpoint, PreprocessSpec, create_model, load_pretrained
 from models.checkpoint import load_state_dict_strict
-from models.osutil import sha256_file
 
 from . import data as datamod
 from .checkpoints import (

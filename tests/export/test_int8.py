@@ -236,7 +236,7 @@ def damage_int8_weights(path) -> None:
 
 def test_a_damaged_int8_file_fails_the_gate_and_is_neither_picked_nor_packaged(int8_export, tmp_path, capsys):
     from export.manifest import write_manifest
-    from models.osutil import sha256_file
+    from fsutil.atomic import sha256_file
 
     copy = tmp_path / "digits"
     shutil.copytree(int8_export, copy)

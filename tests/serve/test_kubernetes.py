@@ -34,7 +34,7 @@ import requests
 import yaml
 
 from export.classifier import Classifier
-from models.osutil import MARKER_NAME
+from fsutil.owned import MARKER_NAME
 from serve.__main__ import main as serve_main
 from serve.kubernetes import (
     CORE_FILES,

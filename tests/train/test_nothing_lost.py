@@ -17,15 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fsutil.owned import MARKER_NAME, NotOwnedError, is_owned, mark_owned, remove_owned_tree, sweep_stale_temporaries
 from models import load_checkpoint
-from models.osutil import (
-    MARKER_NAME,
-    NotOwnedError,
-    is_owned,
-    mark_owned,
-    remove_owned_tree,
-    sweep_stale_temporaries,
-)
 from tests.fixtures.trained import run_train, train_command
 from train.cli import main
 from train.data import DataError, build_dataset
