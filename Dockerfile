@@ -34,6 +34,7 @@ WORKDIR /opt/resnet-deploy
 COPY pyproject.toml README.md constraints.txt ./
 COPY fsutil ./fsutil
 COPY hostinfo ./hostinfo
+COPY imagedata ./imagedata
 COPY models ./models
 COPY train ./train
 COPY export ./export

@@ -123,7 +123,7 @@ def labelled_images(args: argparse.Namespace) -> Iterator[LabelledImages]:
         yield folder_images(args.images)
         return
     # The digits come from the training data code (scikit-learn): imported only for --digits.
-    from train.data import write_digits_folder
+    from imagedata.digits import write_digits_folder
 
     with tempfile.TemporaryDirectory(prefix="digits-val-") as tmp:
         root = write_digits_folder(tmp, split="val", image_size=32)

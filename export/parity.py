@@ -103,7 +103,7 @@ def stack_dataset(dataset: Any, count: int, preprocess: PreprocessSpec) -> tuple
 
 def validation_parity_set(ckpt: Checkpoint, count: int) -> ParitySet:
     """The checkpoint's own validation images, rebuilt from its training config."""
-    from train.data import build_validation_set  # noqa: PLC0415  (only this path needs train)
+    from imagedata.kinds import build_validation_set  # noqa: PLC0415  (only this path reads datasets)
 
     config = ckpt.config or {}
     dataset = build_validation_set(config, ckpt.preprocess)

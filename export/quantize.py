@@ -60,7 +60,7 @@ def load_calibration_set(ckpt: Checkpoint, calibration_data: str | Path | None, 
             raise CalibrationUnavailable(str(e)) from e
         images, _ = stack_dataset(dataset, count, preprocess)
         return CalibrationSet(images, f"image folder {calibration_data}: {len(images)} images")
-    from train.data import build_dataset  # noqa: PLC0415  (only this path needs train)
+    from imagedata.kinds import build_dataset  # noqa: PLC0415  (only this path reads datasets)
 
     config = ckpt.config or {}
     try:

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 py,
                 "-c",
-                f"from train.data import write_digits_folder; write_digits_folder({str(images)!r}, split='val', "
+                f"from imagedata.digits import write_digits_folder; write_digits_folder({str(images)!r}, split='val', "
                 "limit_per_class=3, image_size=64)",
             ],
         )

@@ -10,11 +10,12 @@ from typing import Any
 
 import yaml
 
+from imagedata.errors import DataError
+from imagedata.kinds import DATA_KINDS
 from models import CheckpointError
 
 from .checkpoints import CheckpointSaveError, RunDirError
 from .config import CHOICES, DEFAULTS, ConfigError, list_recipes
-from .data import DATA_KINDS, DataError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 DATA_FLAGS = ("data", "data_dir", "val_split", "num_classes", "synthetic_size", "seed", "workers")

@@ -20,11 +20,11 @@ import torch
 from export.classifier import Classifier
 from export.evaluation import EvaluationReport, evaluate_predictions
 from export.runners import EagerRunner
+from imagedata import kinds as datakinds
 from models import Checkpoint, CheckpointError, create_model, get_model_spec
 from models.checkpoint import load_state_dict_strict, read_weights_file
 from models.pretrained import read_pretrained
 
-from . import data as datamod
 from .config import DEFAULTS, ConfigError
 
 BATCH = 64
@@ -53,10 +53,8 @@ def open_model(weights: str, arch: str | None, config: dict[str, Any]) -> tuple[
     load_state_dict_strict(model, state, source=str(info.path))
     data_config = {**DEFAULTS, "arch": arch, **config}
     has_data = bool(config.get("data"))
-    preprocess = info.preprocess or (
-        datamod.default_preprocess(data_config) if has_data else get_model_spec(arch).preprocess
-    )
-    class_names = info.class_names or (datamod.class_names(data_config) if has_data else None)
+    preprocess = info.preprocess or (datakinds.default_preprocess(data_config) if has_data else get_model_spec(arch).preprocess)
+    class_names = info.class_names or (datakinds.class_names(data_config) if has_data else None)
     if class_names is None:
         class_names = [f"class {i}" for i in range(model.num_classes)]
     if len(class_names) != model.num_classes:
@@ -73,8 +71,8 @@ def evaluate_weights(weights: str, arch: str | None, config: dict[str, Any], out
     classifier, data_config, source = open_model(weights, arch, config)
     if not data_config.get("data"):
         raise ConfigError(f"{weights} records no data set: pass --data (and --data-dir)")
-    dataset = datamod.build_validation_set(data_config, classifier.preprocess)
-    folder_names = datamod.class_names(data_config)
+    dataset = datakinds.build_validation_set(data_config, classifier.preprocess)
+    folder_names = datakinds.class_names(data_config)
     where = f"validation split of {data_config['data']!r} ({data_config.get('data_dir') or 'built in'})"
     log(f"evaluating {source} on the {where}: {len(dataset)} images")
     ranked, truth = [], []

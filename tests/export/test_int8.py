@@ -18,9 +18,9 @@ from onnx import TensorProto
 from export.cli import main as export_main
 from export.manifest import ExportError, read_manifest
 from export.runners import open_runner, runner_for_artifact, runner_from_checkpoint
+from imagedata.digits import digits_split, write_digits_folder
 from models import load_checkpoint, normalize_batch
 from serve.package import package
-from train.data import digits_split, write_digits_folder
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
