@@ -444,7 +444,7 @@ def request_split(export_dir: Path, backend: str, threads: int, jpeg: bytes, rep
     """Median ms of each stage of one request carrying `jpeg`, through the public `Classifier` the handler
     wraps, with a worker's threads: decode + preprocess (`classifier.transform`: decode, resize, crop,
     normalise), inference (runner + softmax on one image) and top-k with labels."""
-    from export.classifier import Classifier  # noqa: PLC0415
+    from classify.classifier import Classifier  # noqa: PLC0415
 
     classifier = Classifier.from_export(export_dir, fmt=backend, threads=threads)
     stages: dict[str, list[float]] = {"decode+preprocess": [], "inference": [], "top-k": []}

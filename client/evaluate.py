@@ -7,7 +7,7 @@
 Labelled images are an ImageFolder tree (`DIR/<class name>/<image>`, the class names being the model's),
 or `--digits`: scikit-learn's digits validation split, the split training measured, written as 32x32 PNG
 files to a temporary folder. The metrics (top-1/top-5, per-class accuracy, confusion matrix) come from
-`export.evaluation`, the same code as `python -m train --evaluate`, so a checkpoint, its artifacts and
+`classify.evaluation`, the same code as `python -m train --evaluate`, so a checkpoint, its artifacts and
 the served model are measured exactly alike. Remote mode needs neither torch nor the training code
 (`--digits` excepted: it needs the `train` extra to make the images).
 """
@@ -21,8 +21,10 @@ import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from classify.evaluation import Collected, collect_local
 
 from .errors import ClientError
 from .images import images_in_folder
@@ -38,7 +40,6 @@ EXIT_CODES = """exit status:
 """
 EXIT_OK, EXIT_FAILED_IMAGES, EXIT_USAGE = 0, 1, 2
 TOP_K = 5  # what top-5 needs from every prediction
-LOCAL_CHUNK = 64  # images decoded and run together by --local (one bad image retries its chunk one by one)
 
 
 @dataclass
@@ -48,14 +49,6 @@ class LabelledImages:
     paths: list[Path]
     truth: list[str]
     description: str
-
-
-@dataclass
-class Collected:
-    ranked: list[list[str]] = field(default_factory=list)  # predicted class names, most probable first
-    truth: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)  # path -> why it could not be classified
-    fewest_returned: int | None = None  # the shortest top-k list a prediction came back with
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,43 +126,6 @@ def labelled_images(args: argparse.Namespace) -> Iterator[LabelledImages]:
         )
 
 
-def collect_local(classifier, images: LabelledImages) -> Collected:
-    """Ranked names from `Classifier.classify`, a chunk at a time; a chunk with a bad image is retried image
-    by image so that only the bad one fails."""
-    from models.imageio import ImageDecodeError
-
-    out = Collected()
-
-    def keep(path: Path, true_name: str, prediction: Predictions) -> None:
-        out.ranked.append([name for name, _ in prediction])
-        out.truth.append(true_name)
-
-    items = list(zip(images.paths, images.truth))
-    for start in range(0, len(items), LOCAL_CHUNK):
-        chunk = items[start : start + LOCAL_CHUNK]
-        readable = []
-        for path, true_name in chunk:
-            try:
-                readable.append((path, true_name, path.read_bytes()))
-            except OSError as e:
-                out.failed[str(path)] = f"cannot read the file: {e.strerror or e}"
-        try:
-            predictions = classifier.classify([data for _, _, data in readable])
-        except ImageDecodeError:
-            predictions = None
-        for i, (path, true_name, data) in enumerate(readable):
-            if predictions is not None:
-                keep(path, true_name, predictions[i])
-                continue
-            try:
-                (prediction,) = classifier.classify([data])
-                keep(path, true_name, prediction)
-            except ImageDecodeError as e:
-                out.failed[str(path)] = str(e)
-    out.fewest_returned = min((len(r) for r in out.ranked), default=None)
-    return out
-
-
 def collect_remote(client: PredictionClient, images: LabelledImages, concurrency: int) -> Collected:
     """Ranked names from the server's top-k answers (in the server's order, highest first)."""
     out = Collected()
@@ -206,7 +162,7 @@ def remote_class_names(collected: Collected) -> list[str]:
     labelled = sorted(set(collected.truth))
     predicted = sorted({name for names in collected.ranked for name in names} - set(labelled))
     if collected.truth and not set(labelled) & {name for names in collected.ranked for name in names}:
-        from export.evaluation import EvaluationError
+        from classify.evaluation import EvaluationError
 
         raise EvaluationError(
             f"the server never predicted any of the folder's classes {labelled[:10]} (it answers e.g. "
@@ -227,7 +183,7 @@ def evaluate_main(argv: list[str], log: Callable[[str], None] = print) -> int:
     if args.concurrency < 1:
         parser.error(f"--concurrency must be at least 1, got {args.concurrency}")
 
-    from export.evaluation import EvaluationError, evaluate_predictions
+    from classify.evaluation import EvaluationError, evaluate_predictions
 
     try:
         with labelled_images(args) as images:
@@ -237,7 +193,7 @@ def evaluate_main(argv: list[str], log: Callable[[str], None] = print) -> int:
                 classifier = LocalPredictor(args.local, fmt=args.format, device=args.device, top_k=TOP_K).classifier
                 source = f"{args.local} ({classifier.runner.format} on {args.device})"
                 log(f"evaluating {source} on {images.description}")
-                collected = collect_local(classifier, images)
+                collected = collect_local(classifier, images.paths, images.truth)
                 class_names = list(classifier.class_names)
             else:
                 client = PredictionClient(

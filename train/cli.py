@@ -232,10 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not checkpoint:
                 parser.error("--predict and --evaluate need --checkpoint PATH")
             if predict:
-                from .predict import predict_images
+                from classify.predict import predict_images
 
                 return predict_images(predict, checkpoint, topk=topk, arch=options.get("arch"))
-            from .evaluate import evaluate_weights
+            from classify.weights import evaluate_weights
 
             data_flags = {k: v for k, v in options.items() if k in DATA_FLAGS}
             evaluate_weights(checkpoint, options.get("arch"), data_flags, Path(args.eval_out))

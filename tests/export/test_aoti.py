@@ -151,7 +151,7 @@ def test_a_real_torchserve_serves_the_aoti_package(aoti_export, tmp_path):
     import requests
     from PIL import Image
 
-    from export.classifier import Classifier
+    from classify.classifier import Classifier
     from imagedata.digits import digits_split
     from serve.package import PackageOptions
     from serve.server import ServerSettings, free_ports, start, stop

@@ -33,7 +33,7 @@ import pytest
 import requests
 import yaml
 
-from export.classifier import Classifier
+from classify.classifier import Classifier
 from fsutil.owned import MARKER_NAME
 from imagedata.digits import write_digits_folder
 from serve.__main__ import main as serve_main
