@@ -38,6 +38,7 @@ COPY imagedata ./imagedata
 COPY models ./models
 COPY train ./train
 COPY export ./export
+COPY classify ./classify
 COPY serve ./serve
 COPY client ./client
 COPY benchmarks ./benchmarks
