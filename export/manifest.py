@@ -19,9 +19,10 @@ from typing import Any
 from fsutil.atomic import atomic_write_text, sha256_file
 from models import PreprocessSpec
 
+from .registry import FORMATS
+
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-FORMATS = ("torchscript", "onnx", "onnx-int8", "aoti", "aoti-bf16", "aoti-fp16", "trt")
 
 REQUIRED_KEYS = (
     "schema_version",

@@ -10,6 +10,9 @@ import os
 from pathlib import Path
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+# /proc/cpuinfo flags of CPUs with native bf16 arithmetic, and with int8 dot products (VNNI, AMX)
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def usable_cores() -> int:
