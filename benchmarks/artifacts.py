@@ -181,7 +181,8 @@ def digits_accuracy(export_dir: Path, fmt: str, out: Path) -> float | None:
         str(export_dir),
         "--format",
         fmt,
-        "--digits",
+        "--data",
+        "digits",
         "--out",
         str(out),
     ]
@@ -189,7 +190,7 @@ def digits_accuracy(export_dir: Path, fmt: str, out: Path) -> float | None:
     result = Path(out) / "evaluation.json"
     if process.returncode != 0 or not result.is_file():
         return None
-    import json  # noqa: PLC0415
+    import json
 
     metrics = json.loads(result.read_text())
     return metrics.get("top1", metrics.get("metrics", {}).get("top1"))

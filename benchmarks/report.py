@@ -89,7 +89,7 @@ def machine_slug() -> str:
 
 def git_commit() -> str | None:
     """The checkout's commit, with "+dirty" when tracked files differ from it (None outside a git checkout)."""
-    import subprocess  # noqa: PLC0415
+    import subprocess
 
     root = Path(__file__).resolve().parent.parent
     try:

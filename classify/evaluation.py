@@ -111,11 +111,11 @@ def evaluate_predictions(
 
 def plot_confusion(report: EvaluationReport, path: Path) -> None:
     """The confusion matrix as a PNG (row-normalised colours, counts written in the cells when they fit)."""
-    import matplotlib  # noqa: PLC0415  (plots only here; the serving path never imports it)
+    import matplotlib  # plots only here; the serving path never imports it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
+    import matplotlib.pyplot as plt
+    import numpy as np
 
     counts = np.array(report.confusion, dtype=float)
     rows = counts.sum(axis=1, keepdims=True)
@@ -144,7 +144,7 @@ def plot_confusion(report: EvaluationReport, path: Path) -> None:
 def collect_local(classifier, paths: Sequence[Path], truth: Sequence[str]) -> Collected:
     """Ranked names of image files from a `Classifier`, a chunk at a time; a chunk with a bad image is retried
     image by image so that only the bad one fails (it is listed in `failed`)."""
-    from models.imageio import ImageDecodeError  # noqa: PLC0415  (the remote client's evaluation needs no torch)
+    from models.imageio import ImageDecodeError  # the remote client's evaluation needs no torch
 
     out = Collected()
 

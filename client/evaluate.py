@@ -1,15 +1,16 @@
 """`python -m client evaluate`: the accuracy of an export artifact or of the running server on labelled images.
 
-    python -m client evaluate --local exports/digits --format onnx --digits
-    python -m client evaluate --url http://localhost:8080 --model digits --digits --out eval/served
+    python -m client evaluate --local exports/digits --format onnx --data digits
+    python -m client evaluate --url http://localhost:8080 --model digits --data digits --out eval/served
     python -m client evaluate --local exports/resnet50 --images /data/imagenet/val --out eval/onnx
 
 Labelled images are an ImageFolder tree (`DIR/<class name>/<image>`, the class names being the model's),
-or `--digits`: scikit-learn's digits validation split, the split training measured, written as 32x32 PNG
+or `--data digits` (the name `python -m train --evaluate --data digits` uses): scikit-learn's digits
+validation split, the split training measured, written as 32x32 PNG
 files to a temporary folder. The metrics (top-1/top-5, per-class accuracy, confusion matrix) come from
 `classify.evaluation`, the same code as `python -m train --evaluate`, so a checkpoint, its artifacts and
 the served model are measured exactly alike. Remote mode needs neither torch nor the training code
-(`--digits` excepted: it needs the `train` extra to make the images).
+(`--data digits` excepted: it needs the `train` extra to make the images).
 """
 
 from __future__ import annotations
@@ -39,7 +40,19 @@ EXIT_CODES = """exit status:
   5  the server refused the token: pass --token
 """
 EXIT_OK, EXIT_FAILED_IMAGES, EXIT_USAGE = 0, 1, 2
+BUILT_IN_DATA = ("digits",)  # the --data kinds that need no files (imagedata.kinds names them the same)
 TOP_K = 5  # what top-5 needs from every prediction
+
+
+class DeprecatedDigits(argparse.Action):
+    """`--digits`, the old spelling of `--data digits`: still works, and says the new name."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print("note: --digits is deprecated; use --data digits", file=sys.stderr)
+        namespace.data = "digits"
 
 
 @dataclass
@@ -74,8 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     images = data.add_mutually_exclusive_group(required=True)
     images.add_argument("--images", metavar="DIR", type=Path, help="an ImageFolder tree: DIR/<class name>/<image>")
     images.add_argument(
-        "--digits", action="store_true", help="scikit-learn's digits validation split, as 32x32 PNG files"
+        "--data",
+        choices=BUILT_IN_DATA,
+        help="built-in labelled data, named as in `python -m train --data`: digits (scikit-learn's digits "
+        "validation split, as 32x32 PNG files)",
     )
+    images.add_argument("--digits", action=DeprecatedDigits, help="deprecated: use --data digits")
     parser.add_argument(
         "--out",
         type=Path,
@@ -112,10 +129,10 @@ def folder_images(root: Path, description: str | None = None) -> LabelledImages:
 
 @contextmanager
 def labelled_images(args: argparse.Namespace) -> Iterator[LabelledImages]:
-    if not args.digits:
+    if args.data is None:
         yield folder_images(args.images)
         return
-    # The digits come from the training data code (scikit-learn): imported only for --digits.
+    # The digits come from the dataset readers (scikit-learn): imported only for --data digits.
     from imagedata.digits import write_digits_folder
 
     with tempfile.TemporaryDirectory(prefix="digits-val-") as tmp:

@@ -125,7 +125,7 @@ def write_aoti(
         program = capture(model, example)
     else:
         program = capture(ComputeIn(model, dtype).to(device), example.to(device))
-    from torch import _inductor as inductor  # noqa: PLC0415  (seconds to import; only exports and .pt2 runners need it)
+    from torch import _inductor as inductor  # seconds to import; only exports and .pt2 runners need it
 
     started = time.perf_counter()
     with atomic_path(path) as tmp:
@@ -209,6 +209,6 @@ def unusable_reason(path: str | os.PathLike, device: str) -> str | None:
 def load_package(path: str | os.PathLike, device: str) -> Any:
     """The compiled model of a checked `.pt2` (callable: float tensor on `device` -> logits)."""
     check_package(path, device)
-    from torch import _inductor as inductor  # noqa: PLC0415
+    from torch import _inductor as inductor
 
     return inductor.aoti_load_package(str(path))

@@ -85,7 +85,7 @@ def export_onnx(
 
 def onnxscript_version() -> str | None:
     """The dynamo exporter's graph builder, whose version changes the graph it writes."""
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+    from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version("onnxscript")

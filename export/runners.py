@@ -176,7 +176,7 @@ class AotiRunner(Runner):
     computes_in_torch = True
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", threads: int | None = None, **meta: Any):
-        from .aoti import load_package  # noqa: PLC0415  (imports torch._inductor: only when used)
+        from .aoti import load_package  # imports torch._inductor: only when used
 
         super().__init__(device=check_device(device), **meta)
         limit_torch_threads(threads)
@@ -206,7 +206,7 @@ class TensorRTRunner(Runner):
     computes_in_torch = False
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cuda", threads: int | None = None, **meta: Any):
-        from .tensorrt_engine import import_tensorrt  # noqa: PLC0415  (TensorRT is optional)
+        from .tensorrt_engine import import_tensorrt  # TensorRT is optional
 
         # `threads` has no meaning here: the GPU does the work.
 

@@ -1,4 +1,4 @@
-"""Run directories, RNG state, and the checkpoint dict of contract 1 (shared/DESIGN.md).
+"""Run directories, RNG state, and the checkpoint dict of contract 1 (docs/architecture.md).
 
 `last.pt` is written at the end of every epoch and when a run is interrupted, `best.pt` whenever the
 validation top-1 improves; both through `models.Checkpoint.save` (atomic). A checkpoint holds all a
