@@ -32,9 +32,13 @@ RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin ser
 
 WORKDIR /opt/resnet-deploy
 COPY pyproject.toml README.md constraints.txt ./
+COPY fsutil ./fsutil
+COPY hostinfo ./hostinfo
+COPY imagedata ./imagedata
 COPY models ./models
 COPY train ./train
 COPY export ./export
+COPY classify ./classify
 COPY serve ./serve
 COPY client ./client
 COPY benchmarks ./benchmarks

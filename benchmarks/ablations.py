@@ -24,7 +24,7 @@ class OnnxSession:
     `level` and idle-thread policy `idle`; `predict` maps a float32 NCHW batch to logits like a runner."""
 
     def __init__(self, model_path: Path, threads: int, level: str = "ORT_ENABLE_ALL", idle: str = RUNNERS_IDLE_THREADS):
-        import onnxruntime as ort  # noqa: PLC0415
+        import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from models.osutil import atomic_write_text
+from fsutil.atomic import atomic_write_text
 
 AB_MISSING = "not measured: ab not installed; `./install.sh --bench-tools` installs Debian's apache2-utils"
 

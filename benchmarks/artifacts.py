@@ -3,7 +3,7 @@
 Speed does not depend on the weights' values, so nothing is downloaded or trained: a checkpoint of a
 freshly initialised network (seeded) goes through `models.Checkpoint.save`, then through the same
 `python -m export` a user runs. Its parity check runs on the checkpoint's "validation data", here
-`train.data`'s synthetic set of seeded random pixels (real photos would prove nothing more about
+`imagedata.synthetic`'s set of seeded random pixels (real photos would prove nothing more about
 random weights); the reports say so.
 
 Everything lands under the work directory (default `runs/benchmarks/`, git-ignored) and is reused by
@@ -50,7 +50,7 @@ def random_checkpoint(arch: str, work_dir: Path, seed: int = 0) -> Path:
         class_names=class_names_for(spec.default_num_classes),
         preprocess=spec.preprocess,
         model=model.state_dict(),
-        # train.data's synthetic data set (seeded random pixels): what export's parity checks on.
+        # imagedata's synthetic data set (seeded random pixels): what export's parity checks on.
         config={
             "arch": arch,
             "data": "synthetic",
@@ -181,7 +181,8 @@ def digits_accuracy(export_dir: Path, fmt: str, out: Path) -> float | None:
         str(export_dir),
         "--format",
         fmt,
-        "--digits",
+        "--data",
+        "digits",
         "--out",
         str(out),
     ]
@@ -189,7 +190,7 @@ def digits_accuracy(export_dir: Path, fmt: str, out: Path) -> float | None:
     result = Path(out) / "evaluation.json"
     if process.returncode != 0 or not result.is_file():
         return None
-    import json  # noqa: PLC0415
+    import json
 
     metrics = json.loads(result.read_text())
     return metrics.get("top1", metrics.get("metrics", {}).get("top1"))

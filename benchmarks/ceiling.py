@@ -33,10 +33,10 @@ KERNELS = {"fp32": (TORCH, ONNXRUNTIME), "bf16": (TORCH,), "int8": (ONNXRUNTIME,
 def onnxruntime_matmul(size: int, dtype_name: str, threads: int) -> Callable[[], object]:
     """One call of ONNX Runtime's MatMul (fp32) or MatMulInteger (int8: uint8 activations x int8
     weights, int32 out) on a size x size problem, at `threads` intra-op threads."""
-    import numpy as np  # noqa: PLC0415
-    import onnx  # noqa: PLC0415
-    import onnxruntime as ort  # noqa: PLC0415
-    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     if dtype_name == "int8":

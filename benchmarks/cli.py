@@ -22,7 +22,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from models.osutil import usable_cores
+from hostinfo import usable_cores
 
 from . import report as report_module
 from .artifacts import DEFAULT_WORK_DIR

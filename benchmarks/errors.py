@@ -10,7 +10,7 @@ class BenchmarkUsageError(BenchmarkError):
 
 
 def check_archs(archs: list[str]) -> None:
-    from models import list_models  # noqa: PLC0415
+    from models import list_models
 
     known = list_models()
     unknown = [a for a in archs if a not in known]
@@ -22,7 +22,7 @@ def check_archs(archs: list[str]) -> None:
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    import argparse  # noqa: PLC0415
+    import argparse
 
     try:
         value = int(text)

@@ -85,7 +85,7 @@ def torchscript_fp16(model: nn.Module, example: torch.Tensor) -> torch.jit.Scrip
 def aoti_fp16(model: nn.Module, example: torch.Tensor, max_batch: int, folder: Path):
     """`model` captured with a dynamic batch (2..max_batch; batch 1 is served by the same kernels), compiled
     by AOTInductor into a .pt2 and loaded back: a callable."""
-    import torch._inductor  # noqa: PLC0415
+    import torch._inductor
 
     batch = torch.export.Dim("batch", min=1, max=max(max_batch, 2))
     with torch.no_grad():

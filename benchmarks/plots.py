@@ -6,10 +6,10 @@ from typing import Any
 
 
 def new_figure(panels: int, width: float = 6.0, height: float = 4.0):
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, panels, figsize=(width * panels, height), squeeze=False)
     return figure, list(axes[0])

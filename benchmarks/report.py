@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from models.osutil import atomic_save_figure, atomic_write_text, cpu_flags, cpuinfo, usable_cores
+from fsutil.atomic import atomic_save_figure, atomic_write_text
+from hostinfo import cpu_flags, cpuinfo, usable_cores
 
 RESULTS_ROOT = Path(__file__).with_name("results")
 
@@ -88,7 +89,7 @@ def machine_slug() -> str:
 
 def git_commit() -> str | None:
     """The checkout's commit, with "+dirty" when tracked files differ from it (None outside a git checkout)."""
-    import subprocess  # noqa: PLC0415
+    import subprocess
 
     root = Path(__file__).resolve().parent.parent
     try:

@@ -99,7 +99,7 @@ def parse_layout(text: str) -> tuple[int, int]:
 
 def write_photos(folder: Path, megapixels: float = 1.0) -> list[Path]:
     """scikit-image's sample photos, upscaled (bicubic) to about `megapixels`, saved as JPEG (quality 90)."""
-    import skimage.data  # noqa: PLC0415
+    import skimage.data
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -124,7 +124,7 @@ def model_config(layout: Layout) -> dict:
 
 
 def our_archive(export_dir: Path, store: Path, name: str, backend: str, layout: Layout) -> Path:
-    from serve.package import PackageOptions, package  # noqa: PLC0415
+    from serve.package import PackageOptions, package
 
     options = PackageOptions(
         backend=backend,
@@ -139,8 +139,8 @@ def our_archive(export_dir: Path, store: Path, name: str, backend: str, layout: 
 def stock_archive(export_dir: Path, store: Path, name: str, layout: Layout, staging: Path) -> Path:
     """TorchServe's own `image_classifier` handler on the export's TorchScript file (what
     `torch-model-archiver --handler image_classifier --serialized-file model.pt` makes)."""
-    from model_archiver.model_archiver_config import ModelArchiverConfig  # noqa: PLC0415
-    from model_archiver.model_packaging import generate_model_archive  # noqa: PLC0415
+    from model_archiver.model_archiver_config import ModelArchiverConfig
+    from model_archiver.model_packaging import generate_model_archive
 
     manifest = read_manifest(export_dir)
     artifact = manifest.find("torchscript")
@@ -170,7 +170,7 @@ def stock_archive(export_dir: Path, store: Path, name: str, layout: Layout, stag
 def stock_handler_available() -> str | None:
     """None when TorchServe's stock vision handlers can be imported, else why not."""
     try:
-        import ts.torch_handler.image_classifier  # noqa: F401, PLC0415
+        import ts.torch_handler.image_classifier  # noqa: F401
     except ImportError as e:
         return (
             f"TorchServe's stock image_classifier handler cannot be imported here ({e}); its base class "
@@ -181,7 +181,7 @@ def stock_handler_available() -> str | None:
 
 
 def start_server(store: Path, models: list[str], run_dir: Path, log):
-    from serve.server import ServerError, ServerSettings, free_ports, start  # noqa: PLC0415
+    from serve.server import ServerError, ServerSettings, free_ports, start
 
     port, management, metrics, grpc_inference, grpc_management = free_ports(5)
     settings = ServerSettings(
@@ -207,7 +207,7 @@ def start_server(store: Path, models: list[str], run_dir: Path, log):
 
 def load_level(info, model: str, users: int, seconds: int, images: Path, out_root: Path) -> dict:
     """One headless locust run through `python -m client loadtest`; its summary.json."""
-    from client.loadtest import loadtest_main  # noqa: PLC0415
+    from client.loadtest import loadtest_main
 
     out_root.mkdir(parents=True, exist_ok=True)
     before = set(out_root.iterdir())
@@ -433,7 +433,7 @@ def session_seconds(export_dir: Path) -> dict[str, float]:
 
 def decoded_batch(photos: list[Path], spec, count: int) -> torch.Tensor:
     """The photos as the handler's preprocess leaves them (float32 NCHW), repeated to `count` images."""
-    from models import EncodedImageTransform  # noqa: PLC0415
+    from models import EncodedImageTransform
 
     to_input = EncodedImageTransform(spec)
     tensors = [to_input(p.read_bytes()) for p in photos]
@@ -444,7 +444,7 @@ def request_split(export_dir: Path, backend: str, threads: int, jpeg: bytes, rep
     """Median ms of each stage of one request carrying `jpeg`, through the public `Classifier` the handler
     wraps, with a worker's threads: decode + preprocess (`classifier.transform`: decode, resize, crop,
     normalise), inference (runner + softmax on one image) and top-k with labels."""
-    from export.classifier import Classifier  # noqa: PLC0415
+    from classify.classifier import Classifier
 
     classifier = Classifier.from_export(export_dir, fmt=backend, threads=threads)
     stages: dict[str, list[float]] = {"decode+preprocess": [], "inference": [], "top-k": []}
@@ -466,7 +466,7 @@ def stock_preprocess_ms(jpeg: bytes, repeats: int) -> float | None:
     """Median ms of the stock handler's per-image preprocessing (PIL full decode + its torchvision transforms)."""
     if stock_handler_available() is not None:
         return None
-    from ts.torch_handler.image_classifier import ImageClassifier  # noqa: PLC0415
+    from ts.torch_handler.image_classifier import ImageClassifier
 
     seconds = []
     for i in range(repeats + 2):
@@ -667,7 +667,7 @@ def run(args: argparse.Namespace) -> Report:
     one_jpeg.parent.mkdir(parents=True, exist_ok=True)
     one_jpeg.write_bytes(jpeg)
 
-    from serve.server import stop  # noqa: PLC0415
+    from serve.server import stop
 
     for arch in archs:
         export_dir = export_model(arch, args.work_dir, threads=cores, log=log)

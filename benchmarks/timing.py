@@ -124,7 +124,7 @@ def concurrent_throughput(calls: list[Callable[[], object]], items: int, seconds
     """Items per second of all `calls` running at once, each in a loop on its own thread, for about
     `seconds` (at least one call each) after `warmup` untimed calls each. For runtimes that release the
     GIL while they compute (ONNX Runtime, PyTorch ops), this is what that many worker processes do."""
-    import threading  # noqa: PLC0415
+    import threading
 
     for call in calls:
         for _ in range(warmup):

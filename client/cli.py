@@ -16,6 +16,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .arguments import positive_int
 from .errors import ClientError
 from .images import collect_images
 from .output import ImageResult, format_json, format_table
@@ -29,13 +30,6 @@ EXIT_CODES = """exit status:
   4  the model is not served there (HTTP 404), or --local's export cannot be loaded
   5  the server refused the token (missing, wrong or expired): pass --token
 """
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,9 +189,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return openloop_main(argv[1:])
         if argv[:1] == ["soak"]:
+            from serve.server import read_state  # the run directory's ports and keys; light (no torch)
+
             from .soak import soak_main
 
-            return soak_main(argv[1:])
+            return soak_main(argv[1:], read_state)
         if argv[:1] == ["evaluate"]:
             from .evaluate import evaluate_main
 

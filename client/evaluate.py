@@ -1,15 +1,16 @@
 """`python -m client evaluate`: the accuracy of an export artifact or of the running server on labelled images.
 
-    python -m client evaluate --local exports/digits --format onnx --digits
-    python -m client evaluate --url http://localhost:8080 --model digits --digits --out eval/served
+    python -m client evaluate --local exports/digits --format onnx --data digits
+    python -m client evaluate --url http://localhost:8080 --model digits --data digits --out eval/served
     python -m client evaluate --local exports/resnet50 --images /data/imagenet/val --out eval/onnx
 
 Labelled images are an ImageFolder tree (`DIR/<class name>/<image>`, the class names being the model's),
-or `--digits`: scikit-learn's digits validation split, the split training measured, written as 32x32 PNG
+or `--data digits` (the name `python -m train --evaluate --data digits` uses): scikit-learn's digits
+validation split, the split training measured, written as 32x32 PNG
 files to a temporary folder. The metrics (top-1/top-5, per-class accuracy, confusion matrix) come from
-`export.evaluation`, the same code as `python -m train --evaluate`, so a checkpoint, its artifacts and
+`classify.evaluation`, the same code as `python -m train --evaluate`, so a checkpoint, its artifacts and
 the served model are measured exactly alike. Remote mode needs neither torch nor the training code
-(`--digits` excepted: it needs the `train` extra to make the images).
+(`--data digits` excepted: it needs the `train` extra to make the images).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from classify.evaluation import Collected, collect_local
 
 from .errors import ClientError
 from .images import images_in_folder
@@ -37,8 +40,19 @@ EXIT_CODES = """exit status:
   5  the server refused the token: pass --token
 """
 EXIT_OK, EXIT_FAILED_IMAGES, EXIT_USAGE = 0, 1, 2
+BUILT_IN_DATA = ("digits",)  # the --data kinds that need no files (imagedata.kinds names them the same)
 TOP_K = 5  # what top-5 needs from every prediction
-LOCAL_CHUNK = 64  # images decoded and run together by --local (one bad image retries its chunk one by one)
+
+
+class DeprecatedDigits(argparse.Action):
+    """`--digits`, the old spelling of `--data digits`: still works, and says the new name."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print("note: --digits is deprecated; use --data digits", file=sys.stderr)
+        namespace.data = "digits"
 
 
 @dataclass
@@ -48,14 +62,6 @@ class LabelledImages:
     paths: list[Path]
     truth: list[str]
     description: str
-
-
-@dataclass
-class Collected:
-    ranked: list[list[str]] = field(default_factory=list)  # predicted class names, most probable first
-    truth: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)  # path -> why it could not be classified
-    fewest_returned: int | None = None  # the shortest top-k list a prediction came back with
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,8 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     images = data.add_mutually_exclusive_group(required=True)
     images.add_argument("--images", metavar="DIR", type=Path, help="an ImageFolder tree: DIR/<class name>/<image>")
     images.add_argument(
-        "--digits", action="store_true", help="scikit-learn's digits validation split, as 32x32 PNG files"
+        "--data",
+        choices=BUILT_IN_DATA,
+        help="built-in labelled data, named as in `python -m train --data`: digits (scikit-learn's digits "
+        "validation split, as 32x32 PNG files)",
     )
+    images.add_argument("--digits", action=DeprecatedDigits, help="deprecated: use --data digits")
     parser.add_argument(
         "--out",
         type=Path,
@@ -119,11 +129,11 @@ def folder_images(root: Path, description: str | None = None) -> LabelledImages:
 
 @contextmanager
 def labelled_images(args: argparse.Namespace) -> Iterator[LabelledImages]:
-    if not args.digits:
+    if args.data is None:
         yield folder_images(args.images)
         return
-    # The digits come from the training data code (scikit-learn): imported only for --digits.
-    from train.data import write_digits_folder
+    # The digits come from the dataset readers (scikit-learn): imported only for --data digits.
+    from imagedata.digits import write_digits_folder
 
     with tempfile.TemporaryDirectory(prefix="digits-val-") as tmp:
         root = write_digits_folder(tmp, split="val", image_size=32)
@@ -131,43 +141,6 @@ def labelled_images(args: argparse.Namespace) -> Iterator[LabelledImages]:
         yield LabelledImages(
             found.paths, found.truth, f"digits validation split ({len(found.paths)} PNG images, 32x32)"
         )
-
-
-def collect_local(classifier, images: LabelledImages) -> Collected:
-    """Ranked names from `Classifier.classify`, a chunk at a time; a chunk with a bad image is retried image
-    by image so that only the bad one fails."""
-    from models.imageio import ImageDecodeError
-
-    out = Collected()
-
-    def keep(path: Path, true_name: str, prediction: Predictions) -> None:
-        out.ranked.append([name for name, _ in prediction])
-        out.truth.append(true_name)
-
-    items = list(zip(images.paths, images.truth))
-    for start in range(0, len(items), LOCAL_CHUNK):
-        chunk = items[start : start + LOCAL_CHUNK]
-        readable = []
-        for path, true_name in chunk:
-            try:
-                readable.append((path, true_name, path.read_bytes()))
-            except OSError as e:
-                out.failed[str(path)] = f"cannot read the file: {e.strerror or e}"
-        try:
-            predictions = classifier.classify([data for _, _, data in readable])
-        except ImageDecodeError:
-            predictions = None
-        for i, (path, true_name, data) in enumerate(readable):
-            if predictions is not None:
-                keep(path, true_name, predictions[i])
-                continue
-            try:
-                (prediction,) = classifier.classify([data])
-                keep(path, true_name, prediction)
-            except ImageDecodeError as e:
-                out.failed[str(path)] = str(e)
-    out.fewest_returned = min((len(r) for r in out.ranked), default=None)
-    return out
 
 
 def collect_remote(client: PredictionClient, images: LabelledImages, concurrency: int) -> Collected:
@@ -206,7 +179,7 @@ def remote_class_names(collected: Collected) -> list[str]:
     labelled = sorted(set(collected.truth))
     predicted = sorted({name for names in collected.ranked for name in names} - set(labelled))
     if collected.truth and not set(labelled) & {name for names in collected.ranked for name in names}:
-        from export.evaluation import EvaluationError
+        from classify.evaluation import EvaluationError
 
         raise EvaluationError(
             f"the server never predicted any of the folder's classes {labelled[:10]} (it answers e.g. "
@@ -227,7 +200,7 @@ def evaluate_main(argv: list[str], log: Callable[[str], None] = print) -> int:
     if args.concurrency < 1:
         parser.error(f"--concurrency must be at least 1, got {args.concurrency}")
 
-    from export.evaluation import EvaluationError, evaluate_predictions
+    from classify.evaluation import EvaluationError, evaluate_predictions
 
     try:
         with labelled_images(args) as images:
@@ -237,7 +210,7 @@ def evaluate_main(argv: list[str], log: Callable[[str], None] = print) -> int:
                 classifier = LocalPredictor(args.local, fmt=args.format, device=args.device, top_k=TOP_K).classifier
                 source = f"{args.local} ({classifier.runner.format} on {args.device})"
                 log(f"evaluating {source} on {images.description}")
-                collected = collect_local(classifier, images)
+                collected = collect_local(classifier, images.paths, images.truth)
                 class_names = list(classifier.class_names)
             else:
                 client = PredictionClient(

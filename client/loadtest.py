@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from models.osutil import atomic_save_figure, atomic_write_text
+from fsutil.atomic import atomic_save_figure, atomic_write_text
 
 from .images import images_in_folder
 from .remote import TOKEN_ENV

@@ -1,6 +1,6 @@
 """`--local`: the server's predictions without a server.
 
-`export.classifier.Classifier` is the server handler's own prediction path (the manifest's
+`classify.classifier.Classifier` is the server handler's own prediction path (the manifest's
 preprocessing, the same runner, softmax and top-k rounded as served), so `--local` answers exactly
 what the server would. Imported only in `--local` mode, so the remote client never needs torch.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from export.classifier import Classifier
+from classify.classifier import Classifier
 from models.imageio import ImageDecodeError
 
 from .errors import ClientError, LocalModelError

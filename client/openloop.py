@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .cli import positive_int
+from .arguments import positive_int
 from .errors import ClientError
 from .images import images_in_folder, sample_photos
 from .loadtest import make_run_dir, parse_duration, write_json

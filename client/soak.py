@@ -33,8 +33,10 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -345,9 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def soak_main(argv: list[str]) -> int:
+def soak_main(argv: list[str], read_state: Callable[[Path], Any]) -> int:
+    """`read_state(run_dir)` is `serve.server.read_state` (the run directory's ports and keys, or None), handed
+    in by the front door so that this library module does not import `serve`, a package beside it."""
     args = build_parser().parse_args(argv)
-    from serve.server import read_state  # the run directory's ports and keys; light (no torch)
 
     if args.threads < 1 or not 0 <= args.hostile <= 1:
         print("error: --threads must be at least 1 and --hostile within 0..1", file=sys.stderr)

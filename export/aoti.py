@@ -25,17 +25,14 @@ from typing import Any
 
 import torch
 
-from models.osutil import atomic_path, cpu_flags, cpuinfo, first_line
+from fsutil.atomic import atomic_path
+from hostinfo import BF16_FLAGS, cpu_flags, cpuinfo
+from models.errors import first_line
 
 from .manifest import ExportError, ResourceUnavailable
+from .registry import export_format
 
-# format -> (file, precision, dtype the network computes in)
-AOTI_ARTIFACTS = {
-    "aoti": ("model.pt2", "fp32", torch.float32),
-    "aoti-bf16": ("model.bf16.pt2", "bf16", torch.bfloat16),
-    "aoti-fp16": ("model.fp16.pt2", "fp16", torch.float16),
-}
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs with native bf16 arithmetic
+COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # a format's precision
 TORCH_VERSION_KEY = "torch_version"  # our entry in the package's metadata (AOTInductor records no version)
 # AOTInductor's AOTI_CPU_ISA words -> the /proc/cpuinfo flag a CPU needs to run the compiled kernels
 ISA_FLAGS = {"AVX512": "avx512f", "AVX2": "avx2", "AVX512_BF16": "avx512_bf16", "AMX_TILE": "amx_tile"}
@@ -81,10 +78,10 @@ def bf16_missing_reason() -> str | None:
     flags = cpu_flags()
     if flags is None:
         return "bf16 on CPU needs AVX512-BF16 or AMX, and /proc/cpuinfo does not say whether this CPU has them"
-    if not flags & set(BF16_CPU_FLAGS):
+    if not flags & BF16_FLAGS:
         return (
             f"this CPU ({cpuinfo().get('model name', 'unknown')}) has neither AVX512-BF16 nor AMX (no "
-            f"{' / '.join(BF16_CPU_FLAGS)} in /proc/cpuinfo); bf16 would be emulated, slower than fp32. "
+            f"{' / '.join(sorted(BF16_FLAGS))} in /proc/cpuinfo); bf16 would be emulated, slower than fp32. "
             "Use onnx-int8 or the fp32 formats here, or export on a CPU that has them (Intel Sapphire Rapids or "
             "newer, Cooper Lake; AMD Zen 4 or newer)"
         )
@@ -101,7 +98,9 @@ def missing_reason(fmt: str, device: str) -> str | None:
 
 
 def build_device(fmt: str, device: str) -> str:
-    return {"aoti-bf16": "cpu", "aoti-fp16": "cuda"}.get(fmt, device)
+    """A format that runs on one device only is compiled for it; the others for the export's --device."""
+    spec = export_format(fmt)
+    return device if spec.device == "any" else spec.device
 
 
 def target_description(device: str) -> dict[str, Any]:
@@ -110,7 +109,7 @@ def target_description(device: str) -> dict[str, Any]:
         major, minor = torch.cuda.get_device_capability()
         return {"gpu": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
     flags = cpu_flags() or set()
-    return {"cpu": cpuinfo().get("model name", "unknown"), "cpu_bf16": sorted(flags & set(BF16_CPU_FLAGS))}
+    return {"cpu": cpuinfo().get("model name", "unknown"), "cpu_bf16": sorted(flags & BF16_FLAGS)}
 
 
 def write_aoti(
@@ -120,13 +119,13 @@ def write_aoti(
     reason = missing_reason(fmt, device)
     if reason is not None:
         raise ResourceUnavailable(reason)
-    _, precision, dtype = AOTI_ARTIFACTS[fmt]
+    dtype = COMPUTE_DTYPES[export_format(fmt).precision]
     device = build_device(fmt, device)
     if dtype == torch.float32 and device == "cpu":
         program = capture(model, example)
     else:
         program = capture(ComputeIn(model, dtype).to(device), example.to(device))
-    from torch import _inductor as inductor  # noqa: PLC0415  (seconds to import; only exports and .pt2 runners need it)
+    from torch import _inductor as inductor  # seconds to import; only exports and .pt2 runners need it
 
     started = time.perf_counter()
     with atomic_path(path) as tmp:
@@ -210,6 +209,6 @@ def unusable_reason(path: str | os.PathLike, device: str) -> str | None:
 def load_package(path: str | os.PathLike, device: str) -> Any:
     """The compiled model of a checked `.pt2` (callable: float tensor on `device` -> logits)."""
     check_package(path, device)
-    from torch import _inductor as inductor  # noqa: PLC0415
+    from torch import _inductor as inductor
 
     return inductor.aoti_load_package(str(path))

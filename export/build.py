@@ -22,21 +22,15 @@ from typing import Any
 
 import torch
 
+from fsutil.atomic import fsync_directory, sha256_file
+from fsutil.owned import MARKER_NAME, is_owned, mark_owned, remove_owned_tree, sweep_stale_temporaries
 from models import Checkpoint, load_checkpoint
-from models.osutil import (
-    MARKER_NAME,
-    first_line,
-    fsync_directory,
-    is_owned,
-    mark_owned,
-    remove_owned_tree,
-    sha256_file,
-    sweep_stale_temporaries,
-)
+from models.errors import first_line
 
-from .aoti import AOTI_ARTIFACTS, capture, unusable_reason, write_aoti
+from . import writers
 from .aoti import missing_reason as aoti_missing_reason
-from .formats import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_onnx, export_torchscript, onnx_io_names
+from .aoti import unusable_reason
+from .formats import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME
 from .manifest import (
     FORMATS,
     MANIFEST_NAME,
@@ -64,28 +58,13 @@ from .quantize import (
     CalibrationSet,
     CalibrationUnavailable,
     load_calibration_set,
-    quantize_onnx,
 )
-from .runners import RUNNER_CLASSES, EagerRunner, Runner, onnxruntime_providers, runner_from_checkpoint
-from .tensorrt_engine import BatchProfile, TensorRTUnavailable, build_engine, tensorrt_missing_reason
+from .registry import export_format
+from .runners import EagerRunner, Runner, onnxruntime_providers, runner_class, runner_from_checkpoint
+from .tensorrt_engine import BatchProfile, TensorRTUnavailable, tensorrt_missing_reason
+from .writers import BuildJob
 
-ARTIFACT_FILES = {
-    "torchscript": "model.ts",
-    "onnx": "model.onnx",
-    "onnx-int8": "model.int8.onnx",
-    "trt": "model.fp16.engine",
-    **{fmt: file for fmt, (file, _, _) in AOTI_ARTIFACTS.items()},
-}
-PRECISIONS = {
-    "torchscript": "fp32",
-    "onnx": "fp32",
-    "onnx-int8": "int8",
-    "trt": "fp16",
-    **{fmt: precision for fmt, (_, precision, _) in AOTI_ARTIFACTS.items()},
-}
-BUILT_FROM_ONNX = ("onnx-int8", "trt")  # made from model.onnx, so `onnx` is exported first
-
-EXPORT_KIND = "export"  # the marker kind of an export directory (models.osutil.mark_owned)
+EXPORT_KIND = "export"  # the marker kind of an export directory (fsutil.owned.mark_owned)
 
 Log = Callable[[str], None]
 
@@ -119,9 +98,8 @@ class ExportOptions:
         return {
             "fp32": self.fp32_thresholds,
             "fp16": self.fp16_thresholds,
-            "bf16": self.fp16_thresholds,
             "int8": self.int8_thresholds,
-        }[PRECISIONS[fmt]]
+        }[export_format(fmt).tolerance]
 
 
 @dataclass
@@ -162,19 +140,17 @@ def resolve_formats(requested: list[str], device: str = "cpu") -> tuple[list[str
             raise ResourceUnavailable(aoti_missing_reason(fmt, device))
         formats.remove(fmt)
         skipped[fmt] = aoti_missing_reason(fmt, device)
-    for fmt in BUILT_FROM_ONNX:
-        if fmt in formats and "onnx" not in formats:
-            formats.insert(formats.index(fmt), "onnx")
+    for fmt in list(formats):
+        source = export_format(fmt).built_from
+        if source is not None and source not in formats:
+            formats.insert(formats.index(fmt), source)
     return formats, skipped
 
 
 def parity_device(fmt: str, options: ExportOptions, log: Log) -> str:
-    if fmt == "trt":
-        return "cuda"
-    if fmt in ("onnx-int8", "aoti-bf16"):
-        return "cpu"  # quantized for ONNX Runtime's CPU int8 kernels; bf16 for CPUs that compute it
-    if fmt == "aoti-fp16":
-        return "cuda"
+    spec = export_format(fmt)
+    if spec.device != "any":
+        return spec.device  # e.g. int8 for ONNX Runtime's CPU kernels, bf16 for CPUs that compute it, TensorRT
     if fmt == "onnx" and options.device == "cuda":
         try:
             onnxruntime_providers("cuda")
@@ -214,42 +190,39 @@ def write_artifact(
     calibration: CalibrationSet | None,
     log: Log,
 ) -> Artifact:
-    path = export_dir / ARTIFACT_FILES[fmt]
-    example = torch.randn(max(2, options.batch.opt), 3, input_size, input_size)
-    if fmt == "torchscript":
-        details = export_torchscript(model, example, path)
-    elif fmt == "onnx":
-        details = export_onnx(model, example, path, opset=options.opset, log=log, program=capture(model, example))
-        details["input_name"], details["output_name"] = onnx_io_names(path)
-    elif fmt == "onnx-int8":
-        details = quantize_onnx(export_dir / ARTIFACT_FILES["onnx"], path, INPUT_NAME, calibration, log=log)
-    elif fmt in AOTI_ARTIFACTS:
-        details = write_aoti(fmt, model, example, path, options.device)
-    else:
-        details = build_engine(
-            export_dir / ARTIFACT_FILES["onnx"],
-            path,
-            input_name=INPUT_NAME,
-            input_size=input_size,
-            batch=options.batch,
-            workspace_bytes=options.workspace_bytes,
-            log=log,
-        )
+    spec = export_format(fmt)
+    job = BuildJob(
+        fmt=fmt,
+        model=model,
+        example=torch.randn(max(2, options.batch.opt), 3, input_size, input_size),
+        export_dir=export_dir,
+        input_size=input_size,
+        batch=options.batch,
+        opset=options.opset,
+        workspace_bytes=options.workspace_bytes,
+        device=options.device,
+        calibration=calibration,
+        log=log,
+    )
+    details = writers.write(job)
+    path = job.path
     return Artifact(
         format=fmt,
         file=path.name,
         sha256=sha256_file(path),
-        precision=PRECISIONS[fmt],
-        device=details.pop("runs_on", None) or {"trt": "cuda", "onnx-int8": "cpu"}.get(fmt, "any"),
-        # TorchScript and ONNX take any batch size (max None); an engine only its profile's range.
-        batch_sizes=options.batch.to_dict() if fmt == "trt" else {"min": 1, "opt": options.batch.opt, "max": None},
+        precision=spec.precision,
+        device=details.pop("runs_on", None) or spec.device,
+        # Most formats take any batch size (max None); an engine only its profile's range.
+        batch_sizes=options.batch.to_dict()
+        if spec.batch_profile
+        else {"min": 1, "opt": options.batch.opt, "max": None},
         parity={},  # filled in by run_parity
         details={"size_bytes": path.stat().st_size, **details},
     )
 
 
 def open_artifact(export_dir: Path, artifact: Artifact, reference: Runner, device: str, threads: int | None) -> Runner:
-    return RUNNER_CLASSES[artifact.format](
+    return runner_class(artifact.format)(
         export_dir / artifact.file,
         device=device,
         threads=threads,
@@ -461,9 +434,10 @@ def export_checkpoint(
     artifacts, errors = [], {}
     with staged_export(export_dir) as staging:
         for fmt in formats:
-            log(f"[{next(step)}/{steps}] {fmt}: writing {ARTIFACT_FILES[fmt]}")
-            if fmt in BUILT_FROM_ONNX and "onnx" in errors:
-                errors[fmt] = "not built: it is built from the ONNX file, whose export failed"
+            spec = export_format(fmt)
+            log(f"[{next(step)}/{steps}] {fmt}: writing {spec.file}")
+            if spec.built_from in errors:
+                errors[fmt] = f"not built: it is built from the {spec.built_from} artifact, whose export failed"
                 log(f"    {errors[fmt]}")
                 continue
             started = time.perf_counter()
@@ -578,7 +552,7 @@ def verify_export(
             )
             artifact.sha256, artifact.details["size_bytes"] = changed[fmt], path.stat().st_size
         if (fmt == "trt" and (reason := tensorrt_missing_reason())) or (
-            fmt in AOTI_ARTIFACTS and (reason := unusable_reason(path, artifact.device))
+            export_format(fmt).writer == "write_aoti_package" and (reason := unusable_reason(path, artifact.device))
         ):
             skipped[fmt] = reason
             log(f"{fmt}: not checked here: {reason}")

@@ -286,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
         name = args.name
         out = args.out
         if out is None:
-            from models import load_checkpoint  # noqa: PLC0415  (the arch names the default directory)
+            from models import load_checkpoint  # the arch names the default directory
 
             name = name or load_checkpoint(checkpoint).arch
             out = Path("exports") / name

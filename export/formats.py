@@ -11,7 +11,8 @@ from typing import Any
 import onnx
 import torch
 
-from models.osutil import atomic_path, first_line
+from fsutil.atomic import atomic_path
+from models.errors import first_line
 
 from .manifest import ExportError
 from .torchscript import quiet_torchscript_deprecation
@@ -84,7 +85,7 @@ def export_onnx(
 
 def onnxscript_version() -> str | None:
     """The dynamo exporter's graph builder, whose version changes the graph it writes."""
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+    from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version("onnxscript")

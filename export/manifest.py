@@ -1,4 +1,4 @@
-"""The export directory's `manifest.json` (shared/DESIGN.md, contract 2): writing, reading, checking.
+"""The export directory's `manifest.json` (docs/architecture.md, contract 2): writing, reading, checking.
 
 One manifest describes every artifact made from one checkpoint: what the model expects (the same
 `preprocess` block as the checkpoint), where it came from (checkpoint path, sha256, metrics), which
@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fsutil.atomic import atomic_write_text, sha256_file
 from models import PreprocessSpec
-from models.osutil import atomic_write_text, sha256_file
+
+from .registry import FORMATS
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-FORMATS = ("torchscript", "onnx", "onnx-int8", "aoti", "aoti-bf16", "aoti-fp16", "trt")
 
 REQUIRED_KEYS = (
     "schema_version",
@@ -115,7 +116,7 @@ def check_bare_file_name(name: Any, where: str) -> None:
 
 @dataclass
 class Manifest:
-    """An export directory's `manifest.json` (shared/DESIGN.md, contract 2)."""
+    """An export directory's `manifest.json` (docs/architecture.md, contract 2)."""
 
     name: str
     arch: str
@@ -213,7 +214,7 @@ def library_versions() -> dict[str, str]:
         "onnxruntime": onnxruntime.__version__,
     }
     try:
-        import tensorrt  # noqa: PLC0415  (optional: only on CUDA machines)
+        import tensorrt  # optional: only on CUDA machines
 
         versions["tensorrt"] = tensorrt.__version__
     except ImportError:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from models import Checkpoint, PreprocessSpec, eval_resize_crop, normalize_batch
-from models.osutil import first_line
+from models.errors import first_line
 
 from .manifest import ExportError
 from .runners import Runner
@@ -103,7 +103,7 @@ def stack_dataset(dataset: Any, count: int, preprocess: PreprocessSpec) -> tuple
 
 def validation_parity_set(ckpt: Checkpoint, count: int) -> ParitySet:
     """The checkpoint's own validation images, rebuilt from its training config."""
-    from train.data import build_validation_set  # noqa: PLC0415  (only this path needs train)
+    from imagedata.kinds import build_validation_set  # only this path reads datasets
 
     config = ckpt.config or {}
     dataset = build_validation_set(config, ckpt.preprocess)
@@ -114,7 +114,7 @@ def validation_parity_set(ckpt: Checkpoint, count: int) -> ParitySet:
 
 def folder_dataset(root: str | Path, preprocess: PreprocessSpec, flag: str) -> Any:
     """An ImageFolder tree (root/<class>/<image>) of any images PIL reads, as resized and cropped uint8."""
-    from torchvision.datasets import ImageFolder  # noqa: PLC0415
+    from torchvision.datasets import ImageFolder
 
     root = Path(root)
     if not root.is_dir():

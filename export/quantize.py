@@ -24,8 +24,10 @@ from typing import Any
 
 import torch
 
+from fsutil.atomic import atomic_path
+from hostinfo import cpu_flags
 from models import Checkpoint, eval_resize_crop
-from models.osutil import atomic_path, cpu_flags, first_line
+from models.errors import first_line
 
 from .manifest import ExportError
 from .parity import folder_dataset, stack_dataset
@@ -58,7 +60,7 @@ def load_calibration_set(ckpt: Checkpoint, calibration_data: str | Path | None, 
             raise CalibrationUnavailable(str(e)) from e
         images, _ = stack_dataset(dataset, count, preprocess)
         return CalibrationSet(images, f"image folder {calibration_data}: {len(images)} images")
-    from train.data import build_dataset  # noqa: PLC0415  (only this path needs train)
+    from imagedata.kinds import build_dataset  # only this path reads datasets
 
     config = ckpt.config or {}
     try:
@@ -100,10 +102,10 @@ def quantize_onnx(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """fp32 ONNX file -> QDQ int8 ONNX file, calibrated on `calibration`; returns the manifest details."""
-    import onnx  # noqa: PLC0415
-    import onnxruntime  # noqa: PLC0415
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # noqa: PLC0415
-    from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: PLC0415
+    import onnx
+    import onnxruntime
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     log(f"    calibrating activation ranges (min/max) on {calibration.description}")
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-int8-") as scratch:

@@ -1,4 +1,4 @@
-"""Runners (shared/DESIGN.md, contract 3): one interface over eager PyTorch, TorchScript, ONNX Runtime,
+"""Runners (docs/architecture.md, contract 3): one interface over eager PyTorch, TorchScript, ONNX Runtime,
 AOTInductor and TensorRT.
 
     runner = open_runner("exports/digits")            # fastest artifact fit for default use on CPU
@@ -17,19 +17,12 @@ from typing import Any
 
 import torch
 
+from hostinfo import cpu_flags
 from models import Checkpoint, PreprocessSpec, model_from_checkpoint
 
 from .manifest import Artifact, ExportError, Manifest, ResourceUnavailable, read_manifest, verify_artifact_file
+from .registry import DEVICES, FORMATS, export_format, preference
 from .torchscript import quiet_torchscript_deprecation
-
-# Fastest first. TensorRT needs CUDA; on CPU bf16 (where the CPU computes it natively) and ONNX Runtime's
-# int8 kernels beat fp32, and ONNX Runtime beats AOTInductor and TorchScript on these convnets. A
-# reduced-precision artifact (int8, bf16, fp16) exists only when asked for at export, and is picked by
-# default only when it passed its gate on enough labelled images (Artifact.default_ok).
-PREFERENCE = {
-    "cpu": ("aoti-bf16", "onnx-int8", "onnx", "aoti", "torchscript"),
-    "cuda": ("trt", "aoti-fp16", "onnx", "aoti", "torchscript"),
-}
 
 
 class Runner(abc.ABC):
@@ -65,8 +58,8 @@ class Runner(abc.ABC):
 
 
 def check_device(device: str) -> str:
-    if device not in PREFERENCE:
-        raise ValueError(f"device must be one of {sorted(PREFERENCE)}, got {device!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {sorted(DEVICES)}, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ResourceUnavailable("device 'cuda' asked for, but PyTorch sees no CUDA device on this machine")
     return device
@@ -183,7 +176,7 @@ class AotiRunner(Runner):
     computes_in_torch = True
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", threads: int | None = None, **meta: Any):
-        from .aoti import load_package  # noqa: PLC0415  (imports torch._inductor: only when used)
+        from .aoti import load_package  # imports torch._inductor: only when used
 
         super().__init__(device=check_device(device), **meta)
         limit_torch_threads(threads)
@@ -213,7 +206,7 @@ class TensorRTRunner(Runner):
     computes_in_torch = False
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cuda", threads: int | None = None, **meta: Any):
-        from .tensorrt_engine import import_tensorrt  # noqa: PLC0415  (TensorRT is optional)
+        from .tensorrt_engine import import_tensorrt  # TensorRT is optional
 
         # `threads` has no meaning here: the GPU does the work.
 
@@ -252,15 +245,9 @@ class TensorRTRunner(Runner):
         return logits
 
 
-RUNNER_CLASSES: dict[str, type[Runner]] = {
-    "torchscript": TorchScriptRunner,
-    "onnx": OnnxRuntimeRunner,
-    "onnx-int8": OnnxRuntimeInt8Runner,
-    "aoti": AotiRunner,
-    "aoti-bf16": AotiBf16Runner,
-    "aoti-fp16": AotiFp16Runner,
-    "trt": TensorRTRunner,
-}
+def runner_class(fmt: str) -> type[Runner]:
+    """The Runner class the format's record names (a class of this module)."""
+    return globals()[export_format(fmt).runner]
 
 
 def runner_from_checkpoint(
@@ -282,7 +269,7 @@ def runner_for_artifact(
             f"checked there), not on {device!r}"
         )
     path = verify_artifact_file(export_dir, artifact)
-    runner = RUNNER_CLASSES[artifact.format](
+    runner = runner_class(artifact.format)(
         path, device=device, threads=threads, preprocess=manifest.preprocess, class_names=manifest.class_names
     )
     runner.artifact = artifact
@@ -298,9 +285,10 @@ def open_runner(
 ) -> Runner:
     """A runner for an export directory.
 
-    `fmt=None` picks the fastest artifact for `device` fit for default use (`PREFERENCE`): fp32 ones
-    that passed parity, reduced-precision ones only when they also passed the accuracy gate on enough
-    labelled images. A named `fmt` that failed parity raises unless `allow_failed`.
+    `fmt=None` picks the fastest artifact for `device` fit for default use (`export.registry.preference`
+    with this machine's CPU flags, so int8 and bf16 only where the CPU has the instructions that make them
+    fast): fp32 ones that passed parity, reduced-precision ones only when they also passed the accuracy gate
+    on enough labelled images. A named `fmt` that failed parity raises unless `allow_failed`.
     `threads` caps the intra-op threads (ONNX Runtime session option; PyTorch's per-process pool).
     """
     check_device(device)
@@ -308,8 +296,8 @@ def open_runner(
     where = Path(export_dir)
     available = manifest.availability()
     if fmt is not None:
-        if fmt not in RUNNER_CLASSES:
-            raise ValueError(f"format must be one of {sorted(RUNNER_CLASSES)}, got {fmt!r}")
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
         artifact = manifest.find(fmt)
         if artifact is None:
             raise ExportError(f"{where}: no {fmt} artifact in this export (it has: {available})")
@@ -321,7 +309,8 @@ def open_runner(
         return runner_for_artifact(where, manifest, artifact, device, threads)
 
     skipped = []  # faster formats whose runtime is missing here (TensorRT, onnxruntime-gpu, another torch)
-    for candidate in PREFERENCE[device]:
+    order = preference(device, cpu_flags())
+    for candidate in order:
         artifact = manifest.find(candidate)
         if artifact is not None and (artifact.default_ok or allow_failed):
             try:
@@ -331,7 +320,7 @@ def open_runner(
     why = f"; skipped because their runtime is missing: {'; '.join(skipped)}" if skipped else ""
     raise ExportError(
         f"{where}: no artifact usable on {device} that is fit for default use (it has: {available}); "
-        f"formats that run on {device}: {', '.join(PREFERENCE[device])}{why}"
+        f"formats fit to run on this {device}: {', '.join(order)}{why}"
     )
 
 

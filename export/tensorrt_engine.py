@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from models.osutil import atomic_path
+from fsutil.atomic import atomic_path
 
 from .manifest import ExportError, ResourceUnavailable
 
@@ -43,7 +43,7 @@ def tensorrt_missing_reason() -> str | None:
 
     missing = []
     try:
-        import tensorrt  # noqa: F401, PLC0415
+        import tensorrt  # noqa: F401
     except ImportError as e:
         missing.append(f"the `tensorrt` Python package is not installed ({e})")
     if not torch.cuda.is_available():
@@ -57,7 +57,7 @@ def import_tensorrt() -> Any:
     reason = tensorrt_missing_reason()
     if reason is not None:
         raise TensorRTUnavailable(reason)
-    import tensorrt  # noqa: PLC0415
+    import tensorrt
 
     return tensorrt
 

@@ -1,7 +1,7 @@
 """ResNets written from scratch with torchvision's key names, their weights, preprocessing and labels.
 
-The names below are imported on first use (PEP 562), so `models.osutil`, the ground-floor helpers,
-can be used by the remote client and the load tests without importing torch.
+The names below are imported on first use (PEP 562), so a light module such as `models.labels` or
+`models.errors` can be used without importing torch.
 """
 
 from __future__ import annotations

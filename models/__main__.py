@@ -1,4 +1,4 @@
-"""`python -m models`: a table of every architecture with parameters, GFLOPs and input size."""
+"""`python -m models`: a table of every architecture with parameters, GMACs and input size."""
 
 from __future__ import annotations
 
@@ -31,18 +31,20 @@ def main(argv: list[str] | None = None) -> int:
     names = list_models(args.pattern)
     if not names:
         parser.error(f"no architecture matches {args.pattern!r}")
-    header = f"{'name':<24} {'family':<12} {'params (M)':>10} {'GFLOPs':>8} {'input':>9} {'classes':>7}  description"
+    header = f"{'name':<24} {'family':<12} {'params (M)':>10} {'GMACs':>8} {'input':>9} {'classes':>7}  description"
     print(header)
     print("-" * len(header))
     for name in names:
         spec = get_model_spec(name)
         size = spec.preprocess.input_size
-        params, gflops = measure(name, size)
+        params, gmacs = measure(name, size)
         print(
-            f"{name:<24} {spec.family:<12} {params:>10.2f} {gflops:>8.3f} "
+            f"{name:<24} {spec.family:<12} {params:>10.2f} {gmacs:>8.3f} "
             f"{f'{size}x{size}':>9} {spec.default_num_classes:>7}  {spec.description}"
         )
-    print("\nGFLOPs are multiply-accumulates per image at the native input size (torchvision's convention).")
+    print(
+        "\nGMACs: billions of multiply-accumulates per image at the native input size (torchvision calls them GFLOPS)."
+    )
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The checkpoint contract (shared/DESIGN.md, contract 1): the `Checkpoint` class, atomic writes, validated reads.
+"""The checkpoint contract (docs/architecture.md, contract 1): the `Checkpoint` class, atomic writes, validated reads.
 
 On disk a checkpoint is a plain dict that `torch.load(path, weights_only=True)` can read (tensors,
 numbers, strings, lists, dicts). In code it is a `Checkpoint`: `train` builds one and saves it;
@@ -20,7 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .osutil import atomic_path, first_line
+from fsutil.atomic import atomic_path
+from models.errors import first_line
+
 from .preprocess import PreprocessSpec
 from .registry import create_model
 
@@ -34,7 +36,7 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class Checkpoint:
-    """Everything needed to rebuild, deploy and resume one model (see shared/DESIGN.md, contract 1)."""
+    """Everything needed to rebuild, deploy and resume one model (see docs/architecture.md, contract 1)."""
 
     arch: str
     class_names: list[str]

@@ -24,10 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-from models.osutil import MARKER_NAME, NotOwnedError, is_owned, mark_owned, remove_owned_tree
+from fsutil.owned import MARKER_NAME, NotOwnedError, is_owned, mark_owned, remove_owned_tree
 
 MODEL_NAME = "digits"
-DEMO_KIND = "demo"  # the marker kind of a demo work directory (models.osutil.mark_owned)
+DEMO_KIND = "demo"  # the marker kind of a demo work directory (fsutil.owned.mark_owned)
 
 
 class StepFailed(RuntimeError):
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 py,
                 "-c",
-                f"from train.data import write_digits_folder; write_digits_folder({str(images)!r}, split='val', "
+                f"from imagedata.digits import write_digits_folder; write_digits_folder({str(images)!r}, split='val', "
                 "limit_per_class=3, image_size=64)",
             ],
         )

@@ -8,7 +8,7 @@ What it does per batch (TorchServe's dynamic batching hands it up to `batchSize`
 - each request is a raw body (`curl -T cat.jpg`) or a multipart form with one image per part; under
   KServe's envelopes (serve/envelope.py) the batch is one request's base64 instances, answered as one
   list (`{"predictions": [...]}`, or v2 `outputs`) or, when one fails, as its error with its status;
-- everything from bytes to labels is `export.classifier.Classifier` (the manifest's preprocessing,
+- everything from bytes to labels is `classify.classifier.Classifier` (the manifest's preprocessing,
   the runner, softmax and top-k), the same object `client --local` and `train --predict` use; this
   module only adds TorchServe's plumbing: per image `Classifier.pixels`, on as many threads as the
   worker has (Pillow's decoder and PyTorch's resize release the GIL), then one
@@ -40,9 +40,10 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from export.classifier import Classifier
+from classify.classifier import Classifier
+from hostinfo import usable_cores
+from models.errors import first_line
 from models.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decoded_pixels
-from models.osutil import first_line, usable_cores
 from serve.envelope import as_request, enveloped, image_bytes
 from serve.package import DEFAULT_MAX_IMAGES, DEFAULT_MAX_REQUEST_PIXELS
 from serve.refusal import HOW_TO_CHANGE, PHRASES, Refused, part_label

@@ -27,11 +27,11 @@ from typing import Any
 
 import yaml
 
-from models.osutil import MARKER_NAME, is_owned, mark_owned, remove_owned_tree
+from fsutil.owned import MARKER_NAME, is_owned, mark_owned, remove_owned_tree
 
 from .server import CONFIG_TEMPLATE, ServerSettings
 
-MANIFESTS_KIND = "manifests"  # the marker kind of a generated folder (models.osutil.mark_owned)
+MANIFESTS_KIND = "manifests"  # the marker kind of a generated folder (fsutil.owned.mark_owned)
 APP = "resnet-deploy"
 CONTAINER_PORTS = {"http": 8080, "metrics": 8082}  # management (8081) stays on the pod's loopback
 IMAGE_MODEL_STORE = "/home/serve/model_store"  # where the Dockerfile copies MODEL_STORE

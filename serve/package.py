@@ -20,7 +20,7 @@ import yaml
 
 # Only light imports here: `python -m serve status/stop/token` should not wait for torch to load.
 from export.manifest import Artifact, ExportError, Manifest, read_manifest, verify_artifact_file
-from models.osutil import mark_owned, sweep_stale_temporaries
+from fsutil.owned import mark_owned, sweep_stale_temporaries
 
 HANDLER_FILE = Path(__file__).with_name("handler.py")
 MODEL_CONFIG_NAME = "model-config.yaml"
@@ -127,10 +127,12 @@ def accuracy_cost(artifact: Artifact) -> str:
 def describe_choice(manifest: Manifest, chosen: list[Artifact], options: PackageOptions) -> list[str]:
     """What the archive will serve by default per device, with the accuracy cost of reduced precision,
     and the reduced-precision artifacts left out and why."""
-    from export.runners import PREFERENCE  # noqa: PLC0415  (imports torch)
+    from export.registry import DEVICES, preference
+    from hostinfo import cpu_flags
 
     lines = []
-    for device, order in PREFERENCE.items():
+    for device in DEVICES:
+        order = preference(device, cpu_flags())  # this machine's CPU features stand in for the server's
         served = next((a for fmt in order for a in chosen if a.format == fmt and a.device in ("any", device)), None)
         if served is None:
             continue

@@ -5,6 +5,7 @@ of its checkpoint, a TorchServe process serving it.
 """
 
 pytest_plugins = [
+    "tests.fixtures.datasets",
     "tests.fixtures.trained",
     "tests.fixtures.exported",
     "tests.fixtures.served",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psutil
 
-from models.osutil import MARKER_NAME, is_owned, mark_owned
+from fsutil.owned import MARKER_NAME, is_owned, mark_owned
 from serve.package import package
 from serve.server import ServerSettings, read_state, start, stop
 from tests.fixtures.served import SERVED_PACKAGE_OPTIONS

@@ -24,7 +24,20 @@ from tests.fixtures.served import SERVED_PACKAGE_OPTIONS
 ROOT = Path(__file__).resolve().parents[1]
 # Every environment pip made has these; the slim Python image does too.
 ALWAYS_PRESENT = {"pip", "setuptools", "wheel"}
-OUR_PACKAGES = {"models", "train", "export", "serve", "client", "benchmarks", "tests", "scripts"}
+OUR_PACKAGES = {
+    "fsutil",
+    "hostinfo",
+    "imagedata",
+    "models",
+    "train",
+    "export",
+    "classify",
+    "serve",
+    "client",
+    "benchmarks",
+    "tests",
+    "scripts",
+}
 
 
 def modules_outside_the_serving_group() -> list[str]:

@@ -1,4 +1,4 @@
-"""Run directories, RNG state, and the checkpoint dict of contract 1 (shared/DESIGN.md).
+"""Run directories, RNG state, and the checkpoint dict of contract 1 (docs/architecture.md).
 
 `last.pt` is written at the end of every epoch, every --save-every-steps optimizer steps and when a run
 is interrupted, `best.pt` whenever the validation top-1 improves; both through `models.Checkpoint.save`
@@ -17,20 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from fsutil.owned import MARKER_NAME, NotOwnedError, is_owned, mark_owned, remove_owned_tree, sweep_stale_temporaries
 from models import Checkpoint, CheckpointError, load_checkpoint
-from models.osutil import (
-    MARKER_NAME,
-    NotOwnedError,
-    first_line,
-    is_owned,
-    mark_owned,
-    remove_owned_tree,
-    sweep_stale_temporaries,
-)
+from models.errors import first_line
 
 from .distributed import elastic_restart_count
 
-RUN_KIND = "run"  # the marker kind of a run directory (models.osutil.mark_owned)
+RUN_KIND = "run"  # the marker kind of a run directory (fsutil.owned.mark_owned)
 
 
 class RunDirError(RuntimeError):

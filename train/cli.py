@@ -10,11 +10,12 @@ from typing import Any
 
 import yaml
 
+from imagedata.errors import DataError
+from imagedata.kinds import DATA_KINDS
 from models import CheckpointError
 
 from .checkpoints import CheckpointSaveError, RunDirError
-from .config import CHOICES, DEFAULTS, ConfigError, list_recipes
-from .data import DATA_KINDS, DataError
+from .config import CHOICES, DEFAULTS, ConfigError, list_recipes, resolve_config
 from .distributed import launched_as_main
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -228,11 +229,41 @@ def config_overrides(args: argparse.Namespace) -> tuple[dict[str, Any], str | No
     return options, args.recipe
 
 
+def manifests_main(argv: Sequence[str]) -> int:
+    """`python -m train manifests ...`: 0 when written, 2 for bad options."""
+    from .kubeflow import JobOptions, ManifestError, generate
+    from .kubeflow import build_parser as manifests_parser
+
+    args, train_args = manifests_parser().parse_known_args(argv)
+    overrides, recipe = config_overrides(build_parser().parse_args(train_args))
+    try:
+        config = resolve_config(overrides, recipe)
+        options = JobOptions(
+            image=args.image,
+            nodes=args.nodes,
+            gpus_per_node=args.gpus_per_node,
+            out=args.out,
+            train_args=list(train_args),
+            volume_claim=args.volume_claim,
+            cpus_per_node=args.cpus_per_node,
+            memory_per_node=args.memory_per_node,
+            min_nodes=args.min_nodes,
+            max_restarts=args.max_restarts,
+            save_every_steps=args.save_every_steps,
+            job_name=args.job_name,
+        )
+        files = generate(options, config)
+    except (ConfigError, ManifestError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in files:
+        print(f"wrote {path}  (kubectl apply -f {path})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["manifests"]:
-        from .kubeflow import main as manifests_main
-
         return manifests_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -247,10 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not checkpoint:
                 parser.error("--predict and --evaluate need --checkpoint PATH")
             if predict:
-                from .predict import predict_images
+                from classify.predict import predict_images
 
                 return predict_images(predict, checkpoint, topk=topk, arch=options.get("arch"))
-            from .evaluate import evaluate_weights
+            from classify.weights import evaluate_weights
 
             data_flags = {k: v for k, v in options.items() if k in DATA_FLAGS}
             evaluate_weights(checkpoint, options.get("arch"), data_flags, Path(args.eval_out))

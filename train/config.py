@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
+from fsutil.atomic import atomic_write_text
 from models import get_model_spec
-from models.osutil import atomic_write_text
 
 DEFAULTS: dict[str, Any] = {
     # what and where

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from models.osutil import usable_cores
+from hostinfo import usable_cores
 
 # torchrun shares its rendezvous TCPStore with the workers unless told not to; a restarted group then
 # can read the previous attempt's keys (peer addresses) and fail to connect (pytorch/pytorch#135712).

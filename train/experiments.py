@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from models.osutil import atomic_write_text
+from fsutil.atomic import atomic_write_text
 
 from .cli import build_parser as train_parser
 from .cli import config_overrides

@@ -14,19 +14,15 @@ import argparse
 import os
 import re
 import shutil
-import sys
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from models.osutil import MARKER_NAME, is_owned, mark_owned, remove_owned_tree
+from fsutil.owned import MARKER_NAME, is_owned, mark_owned, remove_owned_tree
 
-from .config import ConfigError, resolve_config
-
-MANIFESTS_KIND = "train-manifests"  # the marker kind of a generated folder (models.osutil.mark_owned)
+MANIFESTS_KIND = "train-manifests"  # the marker kind of a generated folder (fsutil.owned.mark_owned)
 MOUNT = "/workspace"  # the shared volume in every pod: data/ and runs/
 JOB_FILE = "pytorchjob.yaml"
 DATA_WITHOUT_DIR = ("digits", "synthetic")  # built in: no --data-dir to point at the volume
@@ -216,35 +212,3 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--job-name", help="the PyTorchJob's name (default: from the run name)")
     return p
-
-
-def main(argv: Sequence[str]) -> int:
-    """`python -m train manifests ...`: 0 when written, 2 for bad options."""
-    from .cli import build_parser as train_parser
-    from .cli import config_overrides
-
-    args, train_args = build_parser().parse_known_args(argv)
-    overrides, recipe = config_overrides(train_parser().parse_args(train_args))
-    try:
-        config = resolve_config(overrides, recipe)
-        options = JobOptions(
-            image=args.image,
-            nodes=args.nodes,
-            gpus_per_node=args.gpus_per_node,
-            out=args.out,
-            train_args=list(train_args),
-            volume_claim=args.volume_claim,
-            cpus_per_node=args.cpus_per_node,
-            memory_per_node=args.memory_per_node,
-            min_nodes=args.min_nodes,
-            max_restarts=args.max_restarts,
-            save_every_steps=args.save_every_steps,
-            job_name=args.job_name,
-        )
-        files = generate(options, config)
-    except (ConfigError, ManifestError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for path in files:
-        print(f"wrote {path}  (kubectl apply -f {path})")
-    return 0

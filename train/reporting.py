@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from models.osutil import atomic_path, atomic_save_figure
+from fsutil.atomic import atomic_path, atomic_save_figure
 
 METRIC_FIELDS = (
     "epoch",

@@ -20,9 +20,10 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.transforms import v2
 
+from fsutil.atomic import sha256_file
+from imagedata.kinds import build_dataset, build_validation_set, default_preprocess
 from models import Checkpoint, PreprocessSpec, create_model, load_pretrained
 from models.checkpoint import load_state_dict_strict
-from models.osutil import sha256_file
 
 from . import data as datamod
 from .checkpoints import (
@@ -157,7 +158,7 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 
 def eval_preprocess(config: dict[str, Any], pretrained_spec: PreprocessSpec | None) -> PreprocessSpec:
     """The dataset's (or the pretrained weights') eval preprocessing, with --image-size etc. applied."""
-    spec = pretrained_spec or datamod.default_preprocess(config)
+    spec = pretrained_spec or default_preprocess(config)
     if config.get("image_size"):
         spec = spec.with_input_size(int(config["image_size"]))
     if config.get("val_resize"):
@@ -249,7 +250,7 @@ class _Run:
 
     def _setup_model_and_data(self) -> None:
         cfg = self.config
-        _, class_names = datamod.build_dataset(cfg, "val", None)
+        _, class_names = build_dataset(cfg, "val", None)
         self.class_names = class_names
         self.arch_kwargs = arch_kwargs(cfg)
         network = create_model(cfg["arch"], num_classes=len(class_names), **self.arch_kwargs)
@@ -274,8 +275,8 @@ class _Run:
             raise ConfigError(f"batch_size {batch} must be divisible by processes x accum_steps = {world} x {accum}")
         self.per_process_batch = batch // world
         pin = self.device.type == "cuda"
-        train_set, _ = datamod.build_dataset(cfg, "train", datamod.train_transform(cfg, self.preprocess))
-        val_set = datamod.build_validation_set(cfg, self.preprocess)
+        train_set, _ = build_dataset(cfg, "train", datamod.train_transform(cfg, self.preprocess))
+        val_set = build_validation_set(cfg, self.preprocess)
         self.train_loader = datamod.build_train_loader(
             train_set, cfg, self.per_process_batch, world, self.dist.rank, pin
         )

@@ -4,7 +4,7 @@ a per-layer table, the autograd graph and Grad-CAM (`python -m models.inspect --
 Layering: this package lives in `models` and imports nothing of ours outside it, so `train`
 (`--log-internals`) and `client` (`--explain`) can use its probes. Its command line therefore reads a
 labelled batch only from image files (an ImageFolder tree through the server's preprocessing), never
-through `train`'s datasets; `train.data.write_digits_folder` writes the digits as such a tree.
+through `imagedata`'s datasets; `imagedata.digits.write_digits_folder` writes the digits as such a tree.
 """
 
 from .gradcam import ClassMap, grad_cam, save_overlay, target_layer

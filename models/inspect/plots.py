@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from ..osutil import atomic_save_figure
+from fsutil.atomic import atomic_save_figure
+
 from .probes import BlockFlow, LayerGradient, StageActivity
 
 

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..osutil import atomic_write_text
+from fsutil.atomic import atomic_write_text
+
 from ..preprocess import PreprocessSpec, normalize_batch
 from . import plots
 from .gradcam import grad_cam, save_overlay

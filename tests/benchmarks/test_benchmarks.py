@@ -18,7 +18,7 @@ from benchmarks.cli import main
 from benchmarks.report import CPU_FEATURES, Report, Table, Verdict, cpu_generation, machine_slug
 from benchmarks.timing import Budget, concurrent_throughput, interleaved
 from benchmarks.training import cpu_emulates_bf16
-from models.osutil import cpu_flags, cpuinfo, usable_cores
+from hostinfo import cpu_flags, cpuinfo, usable_cores
 
 REPO = Path(__file__).resolve().parents[2]
 

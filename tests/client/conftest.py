@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from client.cli import main
-from train.data import write_digits_folder
+from imagedata.digits import write_digits_folder
 
 
 @pytest.fixture(scope="session")

@@ -30,12 +30,12 @@ def test_checkpoint_onnx_artifact_and_served_model_agree_on_the_digits(
     assert train_main(["--evaluate", "--checkpoint", str(digits_checkpoint), "--eval-out", str(tmp_path / "ckpt")]) == 0
     capsys.readouterr()
     status, out, err = run_client(
-        "evaluate", "--local", digits_export, "--format", "onnx", "--digits", "--out", tmp_path / "onnx"
+        "evaluate", "--local", digits_export, "--format", "onnx", "--data", "digits", "--out", tmp_path / "onnx"
     )
     assert status == 0, err
     assert "(onnx on cpu)" in out and "360 images, top-1" in out
     status, out, err = run_client(
-        "evaluate", "--url", torchserve_url, "--model", "digits", "--digits", "--out", tmp_path / "served"
+        "evaluate", "--url", torchserve_url, "--model", "digits", "--data", "digits", "--out", tmp_path / "served"
     )
     assert status == 0, err
     assert f"model 'digits' at {torchserve_url}" in out and "warning" not in err
@@ -110,3 +110,13 @@ def test_bad_command_lines_and_unreachable_or_unknown_servers(torchserve_url, di
     )
     assert status == 4 and "no_such_model" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_data_digits_is_the_name_and_digits_still_works_saying_so(capsys):
+    """`--data digits` as in `python -m train --evaluate --data digits`; the old `--digits` keeps working."""
+    from client.evaluate import build_parser
+
+    assert build_parser().parse_args(["--local", "x", "--data", "digits"]).data == "digits"
+    assert capsys.readouterr().err == ""
+    assert build_parser().parse_args(["--local", "x", "--digits"]).data == "digits"
+    assert "--digits is deprecated; use --data digits" in capsys.readouterr().err

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from client.soak import Report, hostile_cases, same_answer, soak_main
+from client.cli import main
+from client.soak import Report, hostile_cases, same_answer
 
 
 def test_near_ties_may_swap_but_answers_may_not_change():
@@ -39,5 +40,5 @@ def test_hostile_cases_are_the_documented_ones():
 
 
 def test_no_server_in_the_run_dir_is_exit_2(tmp_path, capsys):
-    assert soak_main(["--run-dir", str(tmp_path), "--duration", "1s"]) == 2
+    assert main(["soak", "--run-dir", str(tmp_path), "--duration", "1s"]) == 2
     assert "no TorchServe running" in capsys.readouterr().err

@@ -151,11 +151,11 @@ def test_a_real_torchserve_serves_the_aoti_package(aoti_export, tmp_path):
     import requests
     from PIL import Image
 
-    from export.classifier import Classifier
+    from classify.classifier import Classifier
+    from imagedata.digits import digits_split
     from serve.package import PackageOptions
     from serve.server import ServerSettings, free_ports, start, stop
     from tests.fixtures.served import SERVED_PACKAGE_OPTIONS, encode
-    from train.data import digits_split
 
     options = dataclasses.replace(SERVED_PACKAGE_OPTIONS, backend="aoti")
     assert isinstance(options, PackageOptions)

@@ -24,8 +24,8 @@ from export.cli import main as export_main
 from export.manifest import ExportError, ManifestError, read_manifest, sha256_file
 from export.runners import open_runner, runner_from_checkpoint
 from export.tensorrt_engine import tensorrt_missing_reason
+from imagedata.digits import digits_split, write_digits_folder
 from models import load_checkpoint
-from train.data import digits_split, write_digits_folder
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:

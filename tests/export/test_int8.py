@@ -18,9 +18,9 @@ from onnx import TensorProto
 from export.cli import main as export_main
 from export.manifest import ExportError, read_manifest
 from export.runners import open_runner, runner_for_artifact, runner_from_checkpoint
+from imagedata.digits import digits_split, write_digits_folder
 from models import load_checkpoint, normalize_batch
 from serve.package import package
-from train.data import digits_split, write_digits_folder
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
@@ -105,7 +105,19 @@ def test_int8_graph_is_qdq_with_int8_conv_weights_and_runs_in_a_plain_session(in
     assert (torch.from_numpy(logits).argmax(1) == torch.as_tensor(labels[:64])).double().mean() >= 0.9
 
 
-def test_open_runner_prefers_int8_on_cpu_and_falls_back_when_it_failed_its_gate(int8_export, tmp_path, capsys):
+VNNI_CPU = {"avx2", "avx512_vnni"}  # a CPU with int8 dot products, where int8 is the fast default
+
+
+def cpu_with(monkeypatch, flags: set[str]) -> None:
+    """The serving machine's CPU flags, as open_runner and packaging read them."""
+    monkeypatch.setattr("export.runners.cpu_flags", lambda: flags)
+    monkeypatch.setattr("hostinfo.cpu_flags", lambda: flags)
+
+
+def test_open_runner_prefers_int8_on_a_vnni_cpu_and_falls_back_when_it_failed_its_gate(
+    int8_export, tmp_path, capsys, monkeypatch
+):
+    cpu_with(monkeypatch, VNNI_CPU)
     runner = open_runner(int8_export, threads=1)
     assert runner.format == "onnx-int8" and runner.artifact.precision == "int8"
 
@@ -132,7 +144,18 @@ def test_int8_is_refused_on_cuda_and_not_picked_there(int8_export):
         )
 
 
-def test_int8_is_packaged_and_the_archive_serves_it_by_default(int8_export, tmp_path):
+def test_int8_is_not_the_default_on_a_cpu_without_vnni_or_amx(int8_export, tmp_path, monkeypatch):
+    """AVX2 only (e.g. AMD Zen 2): ONNX Runtime's int8 kernels measured slower than fp32 there."""
+    cpu_with(monkeypatch, {"avx2", "fma"})
+    assert open_runner(int8_export, threads=1).format == "onnx"
+    lines = []
+    package(int8_export, tmp_path / "store", name="digits", log=lines.append)
+    assert lines[0] == "on cpu: onnx (fp32) by default"
+    assert open_runner(int8_export, "onnx-int8", threads=1).format == "onnx-int8", "named, it is still served"
+
+
+def test_int8_is_packaged_and_the_archive_serves_it_by_default(int8_export, tmp_path, monkeypatch):
+    cpu_with(monkeypatch, VNNI_CPU)
     mar = package(int8_export, tmp_path / "store", name="digits")
     names = zipfile.ZipFile(mar).namelist()
     assert {"model.onnx", "model.int8.onnx", "manifest.json"} <= set(names)
@@ -236,7 +259,7 @@ def damage_int8_weights(path) -> None:
 
 def test_a_damaged_int8_file_fails_the_gate_and_is_neither_picked_nor_packaged(int8_export, tmp_path, capsys):
     from export.manifest import write_manifest
-    from models.osutil import sha256_file
+    from fsutil.atomic import sha256_file
 
     copy = tmp_path / "digits"
     shutil.copytree(int8_export, copy)

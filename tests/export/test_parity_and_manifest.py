@@ -17,8 +17,8 @@ from export.parity import (
     load_parity_set,
 )
 from export.runners import onnxruntime_session_options, open_runner, runner_from_checkpoint
+from fsutil.atomic import atomic_path
 from models import load_checkpoint
-from models.osutil import atomic_path
 
 
 def logits(seed: int = 0, n: int = 64, classes: int = 10, scale: float = 5.0) -> torch.Tensor:

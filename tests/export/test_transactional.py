@@ -17,8 +17,8 @@ import pytest
 from export.cli import main
 from export.manifest import read_manifest
 from export.runners import open_runner
+from fsutil.owned import MARKER_NAME, is_owned
 from models import load_checkpoint
-from models.osutil import MARKER_NAME, is_owned
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--to", "torchscript", "--parity-samples", "16", "--parity-batch", "8", "--threads", "1"]

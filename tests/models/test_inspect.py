@@ -174,7 +174,7 @@ def test_gradcam_points_at_the_region_the_weights_make_decisive():
 
 
 def test_cli_on_the_demo_digits_model(digits_checkpoint, tmp_path):
-    from train.data import write_digits_folder
+    from imagedata.digits import write_digits_folder
 
     images = write_digits_folder(tmp_path / "digits", split="val", limit_per_class=2, image_size=32)
     out = tmp_path / "inspect"

@@ -198,7 +198,7 @@ def test_python_m_models_prints_the_table():
     )
     lines = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.startswith("resnet")}
     assert float(lines["resnet50"][2]) == pytest.approx(25.56, abs=0.01)  # params (M)
-    assert float(lines["resnet50"][3]) == pytest.approx(4.09, abs=0.01)  # GFLOPs, as torchvision reports
+    assert float(lines["resnet50"][3]) == pytest.approx(4.09, abs=0.01)  # GMACs (what torchvision reports as GFLOPS)
     assert lines["resnet50"][4] == "224x224"
     assert lines["resnet56"][4] == "32x32"
 

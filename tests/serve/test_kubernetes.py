@@ -33,8 +33,9 @@ import pytest
 import requests
 import yaml
 
-from export.classifier import Classifier
-from models.osutil import MARKER_NAME
+from classify.classifier import Classifier
+from fsutil.owned import MARKER_NAME
+from imagedata.digits import write_digits_folder
 from serve.__main__ import main as serve_main
 from serve.kubernetes import (
     CORE_FILES,
@@ -49,7 +50,6 @@ from serve.kubernetes import (
 from serve.package import package
 from serve.server import free_ports, read_state, stop
 from tests.fixtures.served import SERVED_PACKAGE_OPTIONS
-from train.data import write_digits_folder
 
 KUBERNETES_VERSION = "1.33.0"  # a recent release whose schema kubernetes-validate ships
 REPO = Path(__file__).parents[2]

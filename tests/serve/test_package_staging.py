@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from models.osutil import MARKER_NAME, mark_owned
+from fsutil.owned import MARKER_NAME, mark_owned
 from serve.package import STAGING_KIND, package
 
 

@@ -47,7 +47,7 @@ def auth(torchserve) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def digit_files(tmp_path_factory) -> list[tuple[Path, str]]:
     """Real digits images as PNG files (2 per class) with their true class names."""
-    from train.data import write_digits_folder
+    from imagedata.digits import write_digits_folder
 
     root = write_digits_folder(tmp_path_factory.mktemp("digits"), limit_per_class=2)
     return [(path, path.parent.name) for path in sorted(root.glob("*/*.png"))]

@@ -1,6 +1,6 @@
 """A TorchServe worker loads only what serving needs: the session's real worker, serving the digits
 export with ONNX Runtime, has neither `onnx` (the exporter's library) nor the libraries of training
-(`train.data` imports scikit-learn) or plotting loaded."""
+(`imagedata` imports scikit-learn) or plotting loaded."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from serve.server import ServerInfo
 # Compiled extensions that exist only once their package is imported; a worker's memory map shows them.
 NOT_IN_A_WORKER = {
     "onnx": "/onnx/onnx_cpp2py_export",
-    "scikit-learn (train.data)": "/sklearn/",
+    "scikit-learn (imagedata)": "/sklearn/",
     "scikit-image": "/skimage/",
     "matplotlib": "/matplotlib/",
 }

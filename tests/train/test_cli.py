@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from imagedata.digits import write_digits_folder
 from train.cli import main
 from train.config import DEFAULTS, list_recipes, load_recipe, resolve_config
-from train.data import write_digits_folder
 
 QUIET = ["--no-tensorboard", "--no-plots", "--workers", "0"]
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from imagedata.digits import write_digits_folder
 from models import load_checkpoint
 from tests.fixtures.trained import train_command
 from train.checkpoints import RunDirError, prepare_run_dir
 from train.config import ConfigError
-from train.data import write_digits_folder
 from train.run import build_config, check_topology
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 import yaml
 
-from models.osutil import MARKER_NAME
+from fsutil.owned import MARKER_NAME
 from train.cli import main
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "fixtures" / "kubeflow"

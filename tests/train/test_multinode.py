@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from imagedata.digits import write_digits_folder
 from models import load_checkpoint
 from tests.fixtures.trained import train_command
-from train.data import write_digits_folder
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 

@@ -17,20 +17,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fsutil.owned import MARKER_NAME, NotOwnedError, is_owned, mark_owned, remove_owned_tree, sweep_stale_temporaries
+from imagedata.errors import DataError
+from imagedata.kinds import build_dataset
 from models import load_checkpoint
-from models.osutil import (
-    MARKER_NAME,
-    NotOwnedError,
-    is_owned,
-    mark_owned,
-    remove_owned_tree,
-    sweep_stale_temporaries,
-)
+from tests.fixtures.datasets import DIGIT_NAMES, digits_subset, write_cifar, write_jpeg_tree
 from tests.fixtures.trained import run_train, train_command
 from train.cli import main
-from train.data import DataError, build_dataset
 
-from .helpers import DIGIT_NAMES, digits_subset, train_in_process, write_cifar, write_jpeg_tree
+from .helpers import train_in_process
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
+from imagedata.kinds import build_validation_set
 from models import load_checkpoint, model_from_checkpoint
 from tests.fixtures.trained import run_train, train_command
-from train.data import build_val_loader, build_validation_set
+from train.data import build_val_loader
 from train.engine import StepParts, evaluate
 
 THREADS = {"OMP_NUM_THREADS": "1"}

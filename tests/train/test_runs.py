@@ -11,9 +11,10 @@ import yaml
 
 from models import load_checkpoint, model_from_checkpoint
 from models.checkpoint import REQUIRED_KEYS
+from tests.fixtures.datasets import DIGIT_NAMES
 from train.checkpoints import RunDirError
 
-from .helpers import DIGIT_NAMES, train_in_process
+from .helpers import train_in_process
 
 
 @pytest.mark.parametrize("kind", ["folder", "imagenet", "cifar10", "cifar100", "synthetic"])

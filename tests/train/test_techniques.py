@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from imagedata.kinds import default_preprocess
 from models import create_model
-from train.data import default_preprocess
 from train.engine import StepParts, train_step
 from train.finetune import freeze, frozen_norm_layers, set_train_mode
 from train.optim import build_optimizer, build_scheduler, lr_factor_fn, parameter_groups

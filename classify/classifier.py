@@ -1,4 +1,4 @@
-"""The classifier (shared/DESIGN.md, contract 3): encoded image -> the manifest's preprocessing -> runner
+"""The classifier (docs/architecture.md, contract 3): encoded image -> the manifest's preprocessing -> runner
 -> softmax -> top-k labels. The only prediction path: the TorchServe handler, `client --local`,
 `train --predict` and evaluation all go through it, so they can never disagree.
 
@@ -16,10 +16,9 @@ from collections.abc import Sequence
 
 import torch
 
+from export.runners import Runner, open_runner, runner_from_checkpoint
 from models import EncodedImageTransform, PreprocessSpec, top_k_labels
 from models.imageio import DEFAULT_MAX_PIXELS
-
-from .runners import Runner, open_runner, runner_from_checkpoint
 
 Prediction = list[tuple[str, float]]  # (class name, probability), highest first
 PROBABILITY_DECIMALS = 6  # what the server sends; every path rounds the same way

@@ -19,13 +19,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.osutil import atomic_path, atomic_write_text
+from fsutil.atomic import atomic_path, atomic_write_text
 
 TOP_K = 5
+LOCAL_CHUNK = 64  # images decoded and run together (one bad image retries its chunk one by one)
 
 
 class EvaluationError(ValueError):
     """Labels that do not fit the model (unknown class names, no images); the message says which."""
+
+
+@dataclass
+class Collected:
+    ranked: list[list[str]] = field(default_factory=list)  # predicted class names, most probable first
+    truth: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # path -> why it could not be classified
+    fewest_returned: int | None = None  # the shortest top-k list a prediction came back with
 
 
 @dataclass
@@ -102,11 +111,11 @@ def evaluate_predictions(
 
 def plot_confusion(report: EvaluationReport, path: Path) -> None:
     """The confusion matrix as a PNG (row-normalised colours, counts written in the cells when they fit)."""
-    import matplotlib  # noqa: PLC0415  (plots only here; the serving path never imports it)
+    import matplotlib  # plots only here; the serving path never imports it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
+    import matplotlib.pyplot as plt
+    import numpy as np
 
     counts = np.array(report.confusion, dtype=float)
     rows = counts.sum(axis=1, keepdims=True)
@@ -130,3 +139,40 @@ def plot_confusion(report: EvaluationReport, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def collect_local(classifier, paths: Sequence[Path], truth: Sequence[str]) -> Collected:
+    """Ranked names of image files from a `Classifier`, a chunk at a time; a chunk with a bad image is retried
+    image by image so that only the bad one fails (it is listed in `failed`)."""
+    from models.imageio import ImageDecodeError  # the remote client's evaluation needs no torch
+
+    out = Collected()
+
+    def keep(path: Path, true_name: str, prediction: list[tuple[str, float]]) -> None:
+        out.ranked.append([name for name, _ in prediction])
+        out.truth.append(true_name)
+
+    items = list(zip(paths, truth))
+    for start in range(0, len(items), LOCAL_CHUNK):
+        chunk = items[start : start + LOCAL_CHUNK]
+        readable = []
+        for path, true_name in chunk:
+            try:
+                readable.append((path, true_name, path.read_bytes()))
+            except OSError as e:
+                out.failed[str(path)] = f"cannot read the file: {e.strerror or e}"
+        try:
+            predictions = classifier.classify([data for _, _, data in readable])
+        except ImageDecodeError:
+            predictions = None
+        for i, (path, true_name, data) in enumerate(readable):
+            if predictions is not None:
+                keep(path, true_name, predictions[i])
+                continue
+            try:
+                (prediction,) = classifier.classify([data])
+                keep(path, true_name, prediction)
+            except ImageDecodeError as e:
+                out.failed[str(path)] = str(e)
+    out.fewest_returned = min((len(r) for r in out.ranked), default=None)
+    return out

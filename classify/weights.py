@@ -1,12 +1,13 @@
-"""`python -m train --evaluate`: measure a model on labelled data without training (torchvision's
+"""A classifier from one of our checkpoints or a bare torchvision/timm weight file, and `python -m train
+--evaluate`: measure it on labelled data without training (torchvision's
 `--test-only`), for our checkpoints and for torchvision/timm weight files.
 
     python -m train --evaluate --checkpoint runs/resnet20-digits/best.pt               # its own val split
     python -m train --evaluate --checkpoint resnet50-11ad3fa6.pth --arch resnet50 --data imagenet --data-dir /data/imagenet
 
 The images go through the model's own preprocessing (the checkpoint's, or the weight file's known
-one, else the data kind's), then `export.classifier.Classifier`, the server's prediction path; the
-metrics come from `export.evaluation`, the same code `python -m client evaluate` uses for an export
+one, else the data kind's), then `classify.classifier.Classifier`, the server's prediction path; the
+metrics come from `classify.evaluation`, the same code `python -m client evaluate` uses for an export
 artifact or the running server.
 """
 
@@ -17,15 +18,15 @@ from typing import Any
 
 import torch
 
-from export.classifier import Classifier
-from export.evaluation import EvaluationReport, evaluate_predictions
 from export.runners import EagerRunner
+from imagedata import kinds as datakinds
 from models import Checkpoint, CheckpointError, create_model, get_model_spec
 from models.checkpoint import load_state_dict_strict, read_weights_file
 from models.pretrained import read_pretrained
+from train.config import DEFAULTS, ConfigError
 
-from . import data as datamod
-from .config import DEFAULTS, ConfigError
+from .classifier import Classifier
+from .evaluation import EvaluationReport, evaluate_predictions
 
 BATCH = 64
 
@@ -54,9 +55,9 @@ def open_model(weights: str, arch: str | None, config: dict[str, Any]) -> tuple[
     data_config = {**DEFAULTS, "arch": arch, **config}
     has_data = bool(config.get("data"))
     preprocess = info.preprocess or (
-        datamod.default_preprocess(data_config) if has_data else get_model_spec(arch).preprocess
+        datakinds.default_preprocess(data_config) if has_data else get_model_spec(arch).preprocess
     )
-    class_names = info.class_names or (datamod.class_names(data_config) if has_data else None)
+    class_names = info.class_names or (datakinds.class_names(data_config) if has_data else None)
     if class_names is None:
         class_names = [f"class {i}" for i in range(model.num_classes)]
     if len(class_names) != model.num_classes:
@@ -73,8 +74,8 @@ def evaluate_weights(weights: str, arch: str | None, config: dict[str, Any], out
     classifier, data_config, source = open_model(weights, arch, config)
     if not data_config.get("data"):
         raise ConfigError(f"{weights} records no data set: pass --data (and --data-dir)")
-    dataset = datamod.build_validation_set(data_config, classifier.preprocess)
-    folder_names = datamod.class_names(data_config)
+    dataset = datakinds.build_validation_set(data_config, classifier.preprocess)
+    folder_names = datakinds.class_names(data_config)
     where = f"validation split of {data_config['data']!r} ({data_config.get('data_dir') or 'built in'})"
     log(f"evaluating {source} on the {where}: {len(dataset)} images")
     ranked, truth = [], []
