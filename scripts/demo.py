@@ -24,10 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-from fsutil.owned import MARKER_NAME, NotOwnedError, is_owned, mark_owned, remove_owned_tree
+from models.osutil import MARKER_NAME, NotOwnedError, is_owned, mark_owned, remove_owned_tree
 
 MODEL_NAME = "digits"
-DEMO_KIND = "demo"  # the marker kind of a demo work directory (fsutil.owned.mark_owned)
+DEMO_KIND = "demo"  # the marker kind of a demo work directory (models.osutil.mark_owned)
 
 
 class StepFailed(RuntimeError):
@@ -88,7 +88,7 @@ def stop_leftover_server(run_dir: Path) -> None:
         stop(run_dir)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python scripts/demo.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -98,8 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         "--port", type=int, default=8080, help="inference port; +1, +2, +3, +4 are used too (default: 8080)"
     )
     parser.add_argument("--loadtest-duration", default="15s", help="locust run time (default: 15s)")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     work = Path(os.path.abspath(args.workdir))  # absolute, but a symlink stays a symlink (never resolved)
     stop_leftover_server(work / "server")  # before the port check: a leftover server holds the ports
     ports = [args.port + i for i in range(5)]  # inference, management, metrics, gRPC x2
@@ -112,158 +115,104 @@ def main(argv: list[str] | None = None) -> int:
     except NotOwnedError as e:
         print(f"demo: --workdir: {e}", file=sys.stderr)
         return 2
-
-    runs, exports, store, images = work / "runs", work / "exports" / MODEL_NAME, work / "model_store", work / "images"
-    run_dir, loadtests = work / "server", work / "loadtests"
-    url = f"http://127.0.0.1:{args.port}"
-    py = sys.executable
+    paths = DemoPaths(work)
     started = time.perf_counter()
-    server_started = False
+    try:
+        build_and_package(paths, args.epochs)
+        serve_and_load(paths, ports, args.loadtest_duration)
+    except StepFailed as e:
+        print(f"\ndemo: {e}", file=sys.stderr)
+        return 1
+    print_summary(
+        paths.checkpoint,
+        paths.exports,
+        paths.store,
+        paths.images,
+        paths.loadtests,
+        paths.run_dir,
+        time.perf_counter() - started,
+    )
+    print_inspection(work / "inspect")
+    return 0
+
+
+class DemoPaths:
+    """Where each step of the demo writes, all inside the work directory."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.runs, self.exports = work / "runs", work / "exports" / MODEL_NAME
+        self.store, self.images = work / "model_store", work / "images"
+        self.run_dir, self.loadtests = work / "server", work / "loadtests"
+        self.checkpoint = self.runs / "resnet20-digits" / "best.pt"
+
+
+def build_and_package(paths: DemoPaths, epochs: int) -> None:
+    """Steps 1-4: train, export with parity, package, write the images to send, and look inside the model."""
+    py = sys.executable
+    run(
+        "1/8 train resnet20 on the digits",
+        [py, "-m", "train", *"--arch resnet20 --data digits --epochs".split(), str(epochs)]
+        + ["--out", str(paths.runs), "--name", "resnet20-digits"],
+    )
+    run(
+        "2/8 export TorchScript and ONNX, with parity",
+        [py, "-m", "export", "--checkpoint", str(paths.checkpoint), "--to", "torchscript,onnx"]
+        + ["--name", MODEL_NAME, "--out", str(paths.exports)],
+    )
+    run(
+        "3/8 package the model archive",
+        [py, "-m", "serve", "package", "--export-dir", str(paths.exports), "--model-store", str(paths.store)],
+    )
+    run(
+        "4/8 write real digit images to send",
+        [
+            py,
+            "-c",
+            f"from imagedata.digits import write_digits_folder; write_digits_folder({str(paths.images)!r}, split='val', "
+            "limit_per_class=3, image_size=64)",
+        ],
+    )
+    run(
+        "   look inside the model",
+        [py, "-m", "models.inspect", "--checkpoint", str(paths.checkpoint), "--data", str(paths.images)]
+        + ["--gradcam", "--out", str(paths.work / "inspect")],
+    )
+
+
+def serve_and_load(paths: DemoPaths, ports: list[int], loadtest_duration: str) -> None:
+    """Steps 5-8: start TorchServe, curl -T a real 7, the client on every image, a short locust run; then stop."""
+    py, url = sys.executable, f"http://127.0.0.1:{ports[0]}"
+    run_dir = ["--run-dir", str(paths.run_dir)]
     try:
         run(
-            "1/8 train resnet20 on the digits",
-            [
-                py,
-                "-m",
-                "train",
-                "--arch",
-                "resnet20",
-                "--data",
-                "digits",
-                "--epochs",
-                str(args.epochs),
-                "--out",
-                str(runs),
-                "--name",
-                "resnet20-digits",
-            ],
-        )
-        checkpoint = runs / "resnet20-digits" / "best.pt"
-        run(
-            "2/8 export TorchScript and ONNX, with parity",
-            [
-                py,
-                "-m",
-                "export",
-                "--checkpoint",
-                str(checkpoint),
-                "--to",
-                "torchscript,onnx",
-                "--name",
-                MODEL_NAME,
-                "--out",
-                str(exports),
-            ],
-        )
-        run(
-            "3/8 package the model archive",
-            [py, "-m", "serve", "package", "--export-dir", str(exports), "--model-store", str(store)],
-        )
-        run(
-            "4/8 write real digit images to send",
-            [
-                py,
-                "-c",
-                f"from imagedata.digits import write_digits_folder; write_digits_folder({str(images)!r}, split='val', "
-                "limit_per_class=3, image_size=64)",
-            ],
-        )
-        run(
-            "   look inside the model",
-            [
-                py,
-                "-m",
-                "models.inspect",
-                "--checkpoint",
-                str(checkpoint),
-                "--data",
-                str(images),
-                "--gradcam",
-                "--out",
-                str(work / "inspect"),
-            ],
-        )
-        server_started = True
-        run(
             "5/8 start TorchServe",
-            [
-                py,
-                "-m",
-                "serve",
-                "start",
-                "--model-store",
-                str(store),
-                "--models",
-                MODEL_NAME,
-                "--port",
-                str(ports[0]),
-                "--management-port",
-                str(ports[1]),
-                "--metrics-port",
-                str(ports[2]),
-                "--grpc-ports",
-                str(ports[3]),
-                str(ports[4]),
-                "--run-dir",
-                str(run_dir),
-            ],
+            [py, "-m", "serve", "start", "--model-store", str(paths.store), "--models", MODEL_NAME]
+            + ["--port", str(ports[0]), "--management-port", str(ports[1]), "--metrics-port", str(ports[2])]
+            + ["--grpc-ports", str(ports[3]), str(ports[4]), *run_dir],
         )
-        token = run(
-            "   the inference key", [py, "-m", "serve", "token", "--run-dir", str(run_dir)], capture=True
-        ).strip()
+        token = run("   the inference key", [py, "-m", "serve", "token", *run_dir], capture=True).strip()
         SECRETS.append(token)
-        sample = sorted((images / "7").glob("*.png"))[0]
+        sample = sorted((paths.images / "7").glob("*.png"))[0]
         run(
             "6/8 curl -T a real handwritten 7",
-            [
-                "curl",
-                "-sS",
-                "--fail-with-body",
-                "-T",
-                str(sample),
-                "-H",
-                f"Authorization: Bearer {token}",
-                f"{url}/predictions/{MODEL_NAME}",
-            ],
+            ["curl", "-sS", "--fail-with-body", "-T", str(sample), "-H", f"Authorization: Bearer {token}"]
+            + [f"{url}/predictions/{MODEL_NAME}"],
         )
         key = {"TORCHSERVE_TOKEN": token}  # the client and locust read the key from there
         run(
             "7/8 the client on every image (TORCHSERVE_TOKEN set)",
-            [py, "-m", "client", str(images), "--url", url, "--model", MODEL_NAME, "--top-k", "3"],
+            [py, "-m", "client", str(paths.images), "--url", url, "--model", MODEL_NAME, "--top-k", "3"],
             env=key,
         )
         run(
             "8/8 a short locust load test",
-            [
-                py,
-                "-m",
-                "client",
-                "loadtest",
-                "--host",
-                url,
-                "--model",
-                MODEL_NAME,
-                "--users",
-                "4",
-                "--duration",
-                args.loadtest_duration,
-                "--images",
-                str(images),
-                "--output-root",
-                str(loadtests),
-            ],
+            [py, "-m", "client", "loadtest", "--host", url, "--model", MODEL_NAME, "--users", "4"]
+            + ["--duration", loadtest_duration, "--images", str(paths.images), "--output-root", str(paths.loadtests)],
             env=key,
         )
-    except StepFailed as e:
-        print(f"\ndemo: {e}", file=sys.stderr)
-        return 1
     finally:
-        if server_started:
-            subprocess.run([py, "-m", "serve", "stop", "--run-dir", str(run_dir)], check=False)
-
-    print_summary(checkpoint, exports, store, images, loadtests, run_dir, time.perf_counter() - started)
-    print_inspection(work / "inspect")
-    return 0
+        subprocess.run([py, "-m", "serve", "stop", *run_dir], check=False)
 
 
 def print_summary(
