@@ -29,7 +29,7 @@ from torchvision.transforms import v2
 from models import PreprocessSpec, eval_resize_crop, get_model_spec, imagenet_class_names
 from models.preprocess import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, interpolation_mode
 
-DATA_KINDS = ("digits", "cifar10", "cifar100", "imagenet", "folder", "synthetic")
+DATA_KINDS = ("digits", "cifar10", "cifar100", "imagenet", "folder", "synthetic", "shards")
 
 # Mean and std of the digits training split after upscaling (computed once; the split is fixed).
 DIGITS_MEAN = (0.3054, 0.3054, 0.3054)
@@ -384,6 +384,10 @@ def build_dataset(config: dict[str, Any], split: str, transform: Callable | None
         return TensorImages(images, labels, transform), names
     if kind == "synthetic":
         return _synthetic(config, split, transform)
+    if kind == "shards":  # hook: tar shards (train/shard_reader.py)
+        from .shard_reader import shard_dataset  # noqa: PLC0415  (it imports this module)
+
+        return shard_dataset(config, split, transform)
     return _folder_dataset(config, split, transform)
 
 
@@ -570,6 +574,10 @@ def build_train_loader(
     dataset: Dataset, config: dict[str, Any], batch_size: int, world_size: int, rank: int, pin_memory: bool
 ) -> DataLoader:
     """Shuffled per-process batches of `batch_size`; incomplete last batches are dropped."""
+    from .shard_reader import ShardStream, build_shard_train_loader  # noqa: PLC0415  (hook: tar shards)
+
+    if isinstance(dataset, ShardStream):
+        return build_shard_train_loader(dataset, config, batch_size, world_size, rank, pin_memory)
     sampler = EpochSampler(dataset, num_replicas=world_size, rank=rank, seed=int(config["seed"]))
     batches = BatchSampler(sampler, batch_size, drop_last=True)
     if len(batches) == 0:
@@ -594,6 +602,11 @@ def build_train_loader(
 
 def start_epoch(loader: DataLoader, epoch: int, skip_samples: int = 0) -> None:
     """Shuffle for `epoch` (from its first sample or `skip_samples` in) and reseed the worker seeds."""
+    from .shard_reader import ShardBatches  # noqa: PLC0415  (hook: tar shards)
+
+    if isinstance(loader.dataset, ShardBatches):
+        loader.dataset.set_epoch(epoch, skip_samples // loader.dataset.batch_size)
+        return
     sampler: EpochSampler = loader.batch_sampler.sampler
     sampler.set_epoch(epoch, skip=skip_samples)
     loader.generator.manual_seed(sampler.seed * 100_003 + epoch * 1_009 + sampler.rank)

@@ -1,0 +1,446 @@
+"""Reading tar shards (`train/shard_format.py`) for `--data shards:DIR`: a streaming training set and a
+map-style validation set, from a local folder or any URL fsspec opens.
+
+Training (`ShardStream` + `ShardBatches`). Each epoch the shards are put in a seeded random order and
+read as one sequence of N samples. Rank r of W takes the contiguous part [r*M, (r+1)*M), M = N // W
+(a part may start or end inside a shard: that shard is read by both neighbours, each keeping its own
+samples), and trains on steps = M // B full batches of B; so every rank takes the same number of steps
+and each sample is seen at most once per epoch. The N - W * steps * B samples left over (fewer than
+W * (B + 1)) are the ones this epoch skips, like the folder loader's dropped last batch; the next
+epoch's shard order moves them elsewhere. A rank's part is cut into `STREAMS` contiguous streams; batch
+j of the epoch is the next batch of stream j % STREAMS, each stream shuffled through its own seeded
+buffer. The loader's workers divide the streams among them (their count must divide `STREAMS`), and
+each sample's augmentation is seeded by its place in the epoch: the batches do not depend on how many
+workers read them, and a run resumed after k steps skips exactly k batches (records skipped unread
+by the decoder), which is the exact resume. The position is `steps_into_epoch` of `last.pt`.
+
+Tar members are read in memory (nothing is extracted), their names validated (`<key>.jpg|png|cls`,
+regular files, at most `MAX_MEMBER_BYTES`). A sample that cannot be read (bad member, bad label,
+undecodable image, a truncated or corrupt shard: every sample the index promised and the shard did not
+deliver) becomes an `UnreadableImage`, dropped from its batch, counted and reported like the folder
+reader's.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import sys
+import tarfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from .data import DataError, UnreadableImage, collate_skipping
+from .shard_format import (
+    IMAGE_EXTENSIONS,
+    INDEX_NAME,
+    LABEL_EXTENSION,
+    MAX_MEMBER_BYTES,
+    MEMBER_NAME,
+    ShardFormatError,
+    ShardIndex,
+    ShardInfo,
+    parse_index,
+)
+
+STREAMS = 24  # streams per rank: 1, 2, 3, 4, 6, 8, 12 or 24 loader workers share them evenly
+SHUFFLE_BUFFER = 128  # samples per stream (a rank holds STREAMS x this many encoded images)
+DATA_PREFIX = "shards:"
+PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+# -- where the shards are -------------------------------------------------------------------------
+
+
+class ShardSource:
+    """A shard directory: a local path, or a URL (http(s)://, s3://, ...) opened through fsspec."""
+
+    def __init__(self, location: str):
+        self.location = location.rstrip("/")
+        self.remote = "://" in location and not location.startswith("file://")
+        text = self._read_index()
+        try:
+            self.index: ShardIndex = parse_index(text, f"{self.location}/{INDEX_NAME}")
+        except ShardFormatError as e:
+            raise DataError(str(e)) from None
+
+    def _read_index(self) -> str:
+        try:
+            with self.open(INDEX_NAME) as f:
+                return f.read().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(
+                f"{self.location}: no readable {INDEX_NAME} ({type(e).__name__}: {e}); "
+                "write the shards with `python -m train.shards --from FOLDER --to DIR`"
+            ) from None
+
+    def open(self, name: str) -> BinaryIO:
+        """Open one file of the directory (`name` is a validated plain name, never a path)."""
+        if not self.remote:
+            return open(Path(self.location.removeprefix("file://")) / name, "rb")
+        try:
+            import fsspec  # noqa: PLC0415  (only remote shards need it)
+        except ImportError:
+            raise DataError(f"{self.location}: reading shards from a URL needs fsspec (pip install fsspec)") from None
+        return fsspec.open(f"{self.location}/{name}", "rb").open()
+
+    def __repr__(self) -> str:
+        return f"ShardSource({self.location!r})"
+
+
+def source_of(config: dict[str, Any]) -> ShardSource:
+    location = config.get("data_dir")
+    if not location:
+        raise DataError("--data shards needs the shard directory: --data shards:DIR (or --data-dir DIR)")
+    return ShardSource(str(location))
+
+
+# -- tar members to samples -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Record:
+    """One sample as stored: encoded image bytes and label, or why it could not be read."""
+
+    where: str  # shard:key, for messages
+    data: bytes = b""
+    label: int = -1
+    problem: str | None = None
+
+
+def _record(where: str, parts: dict[str, bytes], problem: str | None, num_classes: int) -> Record:
+    if problem is not None:
+        return Record(where, problem=problem)
+    images = [ext for ext in IMAGE_EXTENSIONS if ext in parts]
+    if len(images) != 1 or LABEL_EXTENSION not in parts:
+        return Record(where, problem=f"expected one image (.jpg/.png) and one .cls member, got {sorted(parts)}")
+    text = parts[LABEL_EXTENSION].decode("ascii", "replace").strip()
+    if not text.isdigit() or int(text) >= num_classes:
+        return Record(where, problem=f"label {text[:20]!r} is not a class number below {num_classes}")
+    return Record(where, parts[images[0]], int(text))
+
+
+def tar_records(tar: tarfile.TarFile, shard: str, num_classes: int) -> Iterator[Record]:
+    """The samples of an open tar, in order: consecutive members sharing a key make one sample."""
+    key, parts, problem = None, {}, None
+    for member in tar:
+        match = MEMBER_NAME.match(member.name)
+        member_key = match.group(1) if match else member.name
+        if key is not None and member_key != key:
+            yield _record(f"{shard}:{key}", parts, problem, num_classes)
+            parts, problem = {}, None
+        key = member_key
+        if not match:
+            problem = f"unexpected member name {member.name[:80]!r} (expected <key>.jpg, .png or .cls)"
+        elif not member.isreg():
+            problem = f"{member.name} is not a regular file"
+        elif member.size > MAX_MEMBER_BYTES:
+            problem = f"{member.name} is {member.size} bytes (more than {MAX_MEMBER_BYTES})"
+        else:
+            parts[match.group(2)] = tar.extractfile(member).read()
+    if key is not None:
+        yield _record(f"{shard}:{key}", parts, problem, num_classes)
+
+
+def read_shard(source: ShardSource, shard: ShardInfo, start: int, stop: int, num_classes: int) -> Iterator[Record]:
+    """Exactly `stop - start` records: the shard's samples [start, stop), and for each one the shard
+    failed to deliver (truncated, corrupt, unreachable) a record saying so."""
+    position, problem = 0, None
+    try:
+        with source.open(shard.name) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            for record in tar_records(tar, shard.name, num_classes):
+                if position >= stop:
+                    break
+                if position >= start:
+                    yield record
+                position += 1
+    except (tarfile.TarError, OSError, EOFError) as e:
+        problem = f"{type(e).__name__}: {e}"
+    reason = problem or f"the shard holds {position} of the {shard.samples} samples its index lists"
+    for missing in range(max(position, start), stop):
+        yield Record(f"{shard.name} sample #{missing}", problem=f"unreadable shard ({reason})")
+
+
+def decode_pil(data: bytes) -> Image.Image:
+    """What torchvision's ImageFolder does with a file: PIL, converted to RGB."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
+
+
+def seeded(transform: Callable, image: Any, seed: int) -> Any:
+    """`transform(image)` with the CPU generator seeded by `seed`, and its state restored after.
+    (torch.manual_seed would also queue CUDA seeding, with a stack trace: milliseconds per image.)"""
+    generator = torch.default_generator
+    state = generator.get_state()
+    generator.manual_seed(seed)
+    try:
+        return transform(image)
+    finally:
+        generator.set_state(state)
+
+
+# -- training: the epoch's plan, streams, batches -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Segment:
+    shard: ShardInfo
+    start: int
+    stop: int
+
+
+def segments(order: list[ShardInfo], begin: int, end: int) -> list[Segment]:
+    """The pieces of shards covering samples [begin, end) of the concatenated `order`."""
+    out, offset = [], 0
+    for shard in order:
+        lo, hi = max(begin, offset), min(end, offset + shard.samples)
+        if lo < hi:
+            out.append(Segment(shard, lo - offset, hi - offset))
+        offset += shard.samples
+    return out
+
+
+def shuffled(records: Iterable[Record], size: int, rng: random.Random) -> Iterator[Record]:
+    """A seeded shuffle buffer: each record leaves at a random time within the next `size`."""
+    buffer: list[Record] = []
+    for record in records:
+        buffer.append(record)
+        if len(buffer) >= size:
+            i = rng.randrange(len(buffer))
+            buffer[i], buffer[-1] = buffer[-1], buffer[i]
+            yield buffer.pop()
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class ShardStream(IterableDataset):
+    """A split of a shard directory as `(uint8 CHW, label)` samples; `ShardBatches` streams it for training.
+
+    Indexing (`stream[i]`, used by export's calibration) reads through a `ShardSamples` built on first use.
+    """
+
+    def __init__(
+        self,
+        source: ShardSource,
+        split: str,
+        transform: Callable | None,
+        decode: Callable[[bytes], Any] = decode_pil,
+    ):
+        self.source, self.split, self.transform, self.decode = source, split, transform, decode
+        self.shards = source.index.shards(split)
+        self.num_classes = len(source.index.class_names)
+
+    def __len__(self) -> int:
+        return self.source.index.samples(self.split)
+
+    @cached_property
+    def _samples(self) -> ShardSamples:
+        return ShardSamples(self.source, self.split, self.transform)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return self._samples[index]
+
+    def __iter__(self) -> Iterator[Any]:
+        raise TypeError("iterate a ShardStream through ShardBatches (build_shard_train_loader)")
+
+    def records(self, order: list[ShardInfo], begin: int, end: int) -> Iterator[Record]:
+        for seg in segments(order, begin, end):
+            yield from read_shard(self.source, seg.shard, seg.start, seg.stop, self.num_classes)
+
+    def sample(self, record: Record, seed: int) -> Any:
+        """The record decoded and augmented with its own seed, or an `UnreadableImage`."""
+        if record.problem is not None:
+            return UnreadableImage(record.where, record.problem)
+        try:
+            image = self.decode(record.data)
+            if self.transform is not None:
+                image = seeded(self.transform, image, seed)
+        except PIL_ERRORS as e:
+            return UnreadableImage(record.where, f"{type(e).__name__}: {e}")
+        return image, record.label
+
+
+class ShardBatches(IterableDataset):
+    """One rank's batches of a `ShardStream` per epoch (see the module's docstring for the plan)."""
+
+    def __init__(self, stream: ShardStream, batch_size: int, rank: int, world_size: int, seed: int):
+        self.stream, self.batch_size, self.rank, self.world_size, self.seed = (
+            stream,
+            batch_size,
+            rank,
+            world_size,
+            seed,
+        )
+        self.epoch, self.skip = 0, 0
+        self.part = len(stream) // world_size  # M: this rank's samples
+        self.steps = self.part // batch_size
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip_batches
+
+    def order(self, epoch: int) -> list[ShardInfo]:
+        order = list(self.stream.shards)
+        random.Random(f"{self.seed}:{epoch}").shuffle(order)
+        return order
+
+    def stream_bounds(self, s: int) -> tuple[int, int]:
+        """Samples [begin, end) of the epoch's sequence that stream `s` of this rank reads."""
+        before = sum(len(range(t, self.steps, STREAMS)) for t in range(s))
+        begin = self.rank * self.part + before * self.batch_size
+        return begin, begin + len(range(s, self.steps, STREAMS)) * self.batch_size
+
+    def stream_records(self, epoch: int, s: int) -> Iterator[Record]:
+        """Stream `s`'s records in its shuffled order, undecoded (what the tests count)."""
+        begin, end = self.stream_bounds(s)
+        rng = random.Random(f"{self.seed}:{epoch}:{self.rank}:{s}")
+        return shuffled(self.stream.records(self.order(epoch), begin, end), SHUFFLE_BUFFER, rng)
+
+    def stream_batches(self, epoch: int, s: int, skip_batches: int) -> Iterator[Any]:
+        records = self.stream_records(epoch, s)
+        position = skip_batches * self.batch_size
+        for _ in range(position):
+            next(records)  # skipped unread by the decoder
+        while True:
+            batch = []
+            for record in records:
+                seed = hash((self.seed, epoch, self.rank, s, position)) & 0x7FFF_FFFF_FFFF_FFFF
+                batch.append(self.stream.sample(record, seed))
+                position += 1
+                if len(batch) == self.batch_size:
+                    break
+            if not batch:
+                return
+            yield collate_skipping(batch)
+
+    def batch_indices(self, worker: int, workers: int) -> range:
+        """The epoch's batches (after the skipped ones) that loader worker `worker` of `workers` makes:
+        the DataLoader takes one from each worker in turn, so they arrive in order."""
+        if STREAMS % workers:
+            raise DataError(f"{workers} loader workers cannot share {STREAMS} shard streams; use a divisor")
+        return range(self.skip + worker, self.steps, workers)
+
+    def worker_batches(self, worker: int, workers: int) -> Iterator[Any]:
+        epoch, streams = self.epoch, {}
+        for j in self.batch_indices(worker, workers):
+            s = j % STREAMS
+            if s not in streams:
+                streams[s] = self.stream_batches(epoch, s, skip_batches=len(range(s, self.skip, STREAMS)))
+            yield next(streams[s])
+
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        return self.worker_batches(info.id, info.num_workers) if info else self.worker_batches(0, 1)
+
+
+def loader_workers(requested: int) -> int:
+    """The largest worker count <= `requested` that divides STREAMS (0 stays 0: read in-process)."""
+    return max((k for k in range(1, STREAMS + 1) if STREAMS % k == 0 and k <= requested), default=0)
+
+
+def build_shard_train_loader(
+    stream: ShardStream, config: dict[str, Any], batch_size: int, world_size: int, rank: int, pin_memory: bool
+) -> DataLoader:
+    batches = ShardBatches(stream, batch_size, rank, world_size, int(config["seed"]))
+    if batches.steps == 0:
+        raise DataError(
+            f"{len(stream)} training images give no full batch of {batch_size} per process; "
+            "lower --batch-size or add data"
+        )
+    workers = config.get("workers")
+    workers = loader_workers(8 if workers is None else int(workers))
+    # Not persistent: each epoch's workers get the dataset with that epoch's plan (set_epoch).
+    options = dict(prefetch_factor=4) if workers else {}
+    return DataLoader(batches, batch_size=None, num_workers=workers, pin_memory=pin_memory, **options)
+
+
+# -- validation (and indexing): samples located by a scan of the shards ----------------------------
+
+
+@dataclass(frozen=True)
+class Located:
+    shard: str
+    where: str
+    offset: int
+    size: int
+    label: int
+
+
+class ShardSamples(Dataset):
+    """A split read by index: the shards' member offsets are scanned once (lazily), then each sample is
+    one seek and read. A truncated or corrupt shard keeps the samples before the damage, with a warning."""
+
+    def __init__(self, source: ShardSource, split: str, transform: Callable | None, decode=decode_pil):
+        self.source, self.split, self.transform, self.decode = source, split, transform, decode
+        self.problems: list[str] = []
+
+    @cached_property
+    def located(self) -> list[Located]:
+        out: list[Located] = []
+        num_classes = len(self.source.index.class_names)
+        for shard in self.source.index.shards(self.split):
+            found = 0
+            try:
+                with self.source.open(shard.name) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+                    scanned = self._scan(tar, shard.name, num_classes)
+                out += scanned
+                found = len(scanned)
+            except (tarfile.TarError, OSError, EOFError) as e:
+                self.problems.append(f"{shard.name}: {type(e).__name__}: {e}")
+                continue
+            if found != shard.samples:
+                self.problems.append(f"{shard.name}: {found} readable samples, the index lists {shard.samples}")
+        if self.problems:
+            print(f"warning: {self.split} shards: {'; '.join(self.problems[:5])}", file=sys.stderr)
+        return out
+
+    @staticmethod
+    def _scan(tar: tarfile.TarFile, shard: str, num_classes: int) -> list[Located]:
+        """Located images of a seekable tar; a sample with a bad member or label is left out."""
+        groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+        for member in tar.getmembers():
+            match = MEMBER_NAME.match(member.name)
+            if match and member.isreg() and member.size <= MAX_MEMBER_BYTES:
+                groups.setdefault(match.group(1), {})[match.group(2)] = member
+        out = []
+        for key, members in groups.items():
+            image = [members[ext] for ext in IMAGE_EXTENSIONS if ext in members]
+            if len(image) != 1 or LABEL_EXTENSION not in members:
+                continue
+            text = tar.extractfile(members[LABEL_EXTENSION]).read().decode("ascii", "replace").strip()
+            if text.isdigit() and int(text) < num_classes:
+                out.append(Located(shard, f"{shard}:{key}", image[0].offset_data, image[0].size, int(text)))
+        return out
+
+    def __len__(self) -> int:
+        return len(self.located)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        item = self.located[index]
+        with self.source.open(item.shard) as f:
+            f.seek(item.offset)
+            data = f.read(item.size)
+        image = self.decode(data)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, item.label
+
+
+def shard_dataset(config: dict[str, Any], split: str, transform: Callable | None) -> tuple[Dataset, list[str]]:
+    """`--data shards`: the training split streams (`ShardStream`), the validation split is indexed."""
+    source = source_of(config)
+    if not source.index.shards(split):
+        raise DataError(f"{source.location}: its {INDEX_NAME} has no {split} shards")
+    names = list(source.index.class_names)
+    if split == "train":
+        return ShardStream(source, split, transform), names
+    return ShardSamples(source, split, transform), names
