@@ -186,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--sync-bn", "SyncBatchNorm across processes (CUDA only)")
     _flag(g, "--device", "cpu, cuda, cuda:N or auto")
     _flag(g, "--workers", "data loader processes (default: 0 for in-memory data, else up to 8)", type=int)
+    _flag(
+        g,
+        "--decoder",
+        "shards: training image decoder: pil, turbo (libjpeg-turbo to a tensor, the same pixels), draft (JPEG "
+        "DCT scaling under the random-resized crop), cuda (batched on the GPU); auto: cuda when training on "
+        "CUDA, else turbo",
+    )
     _flag(g, "--val-batch-size", "validation batch size per process", type=int)
     _flag(g, "--seed", "random seed", type=int)
     _flag(g, "--deterministic", "deterministic algorithms (slower)")

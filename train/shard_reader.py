@@ -23,7 +23,6 @@ reader's.
 
 from __future__ import annotations
 
-import io
 import random
 import sys
 import tarfile
@@ -38,6 +37,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from .data import DataError, UnreadableImage, collate_skipping
+from .decoders import cpu_decoder, decode_pil
 from .shard_format import (
     IMAGE_EXTENSIONS,
     INDEX_NAME,
@@ -168,12 +168,6 @@ def read_shard(source: ShardSource, shard: ShardInfo, start: int, stop: int, num
         yield Record(f"{shard.name} sample #{missing}", problem=f"unreadable shard ({reason})")
 
 
-def decode_pil(data: bytes) -> Image.Image:
-    """What torchvision's ImageFolder does with a file: PIL, converted to RGB."""
-    with Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")
-
-
 def seeded(transform: Callable, image: Any, seed: int) -> Any:
     """`transform(image)` with the CPU generator seeded by `seed`, and its state restored after.
     (torch.manual_seed would also queue CUDA seeding, with a stack trace: milliseconds per image.)"""
@@ -250,6 +244,10 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[Any]:
         raise TypeError("iterate a ShardStream through ShardBatches (build_shard_train_loader)")
 
+    def decoded(self, data: bytes) -> Any:
+        image = self.decode(data)
+        return self.transform(image) if self.transform is not None else image
+
     def records(self, order: list[ShardInfo], begin: int, end: int) -> Iterator[Record]:
         for seg in segments(order, begin, end):
             yield from read_shard(self.source, seg.shard, seg.start, seg.stop, self.num_classes)
@@ -259,9 +257,7 @@ class ShardStream(IterableDataset):
         if record.problem is not None:
             return UnreadableImage(record.where, record.problem)
         try:
-            image = self.decode(record.data)
-            if self.transform is not None:
-                image = seeded(self.transform, image, seed)
+            image = seeded(self.decoded, record.data, seed)  # `draft` draws its crop while decoding
         except PIL_ERRORS as e:
             return UnreadableImage(record.where, f"{type(e).__name__}: {e}")
         return image, record.label
@@ -435,6 +431,13 @@ class ShardSamples(Dataset):
         return image, item.label
 
 
+def cpu_decoder_name(config: dict[str, Any]) -> str:
+    """The decoder the loader's workers run: `cuda` and `auto` decode on the CPU with `turbo` here
+    (train/gpu_decode.py takes JPEG batches to the GPU when it applies)."""
+    name = config.get("decoder") or "auto"
+    return "turbo" if name in ("auto", "cuda") else name
+
+
 def shard_dataset(config: dict[str, Any], split: str, transform: Callable | None) -> tuple[Dataset, list[str]]:
     """`--data shards`: the training split streams (`ShardStream`), the validation split is indexed."""
     source = source_of(config)
@@ -442,5 +445,6 @@ def shard_dataset(config: dict[str, Any], split: str, transform: Callable | None
         raise DataError(f"{source.location}: its {INDEX_NAME} has no {split} shards")
     names = list(source.index.class_names)
     if split == "train":
-        return ShardStream(source, split, transform), names
+        decode, transform = cpu_decoder(cpu_decoder_name(config), transform)
+        return ShardStream(source, split, transform, decode), names
     return ShardSamples(source, split, transform), names

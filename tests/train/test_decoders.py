@@ -1,0 +1,84 @@
+"""The training decoders (train/decoders.py) against the PIL reference, on real photos as ImageNet-like
+JPEGs: turbo gives the same pixels, draft stays within its stated tolerance, the GPU path within its own."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from benchmarks.photos import photo_jpeg, sample_photos
+from train.data import UnreadableImage
+from train.decoders import DRAFT_TOLERANCE, DraftResizedCrop, cpu_decoder, decode_pil, decode_turbo
+from train.shard_format import FORMAT, INDEX_NAME, VERSION
+from train.shard_reader import ShardSource, ShardStream, seeded
+
+
+@pytest.fixture(scope="module")
+def jpegs() -> list[bytes]:
+    rng = random.Random(0)
+    return [photo_jpeg(photo, rng) for photo in sample_photos()]
+
+
+def training_transform(size: int) -> v2.Compose:
+    return v2.Compose(
+        [v2.ToImage(), v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(), v2.ToPureTensor()]
+    )
+
+
+def test_turbo_decodes_the_same_pixels_as_pil(jpegs):
+    for data in jpegs:
+        assert torch.equal(decode_turbo(data), v2.functional.pil_to_tensor(decode_pil(data)))
+    png = io.BytesIO()
+    Image.open(io.BytesIO(jpegs[0])).save(png, format="PNG")
+    assert torch.equal(decode_turbo(png.getvalue()), v2.functional.pil_to_tensor(decode_pil(jpegs[0])))
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_draft_matches_the_pil_path_within_tolerance(jpegs, size):
+    """The same seed draws the same crop box; only the decode scale differs (32px: most crops drafted)."""
+    reference = training_transform(size)
+    decode, rest = cpu_decoder("draft", reference)
+    assert isinstance(decode, DraftResizedCrop) and not any(
+        isinstance(op, v2.RandomResizedCrop) for op in rest.transforms
+    )
+    differences = []
+    for seed, data in enumerate(jpegs * 3):
+        expected = seeded(lambda d: reference(decode_pil(d)), data, seed)
+        got = seeded(lambda d: rest(decode(d)), data, seed)
+        assert got.shape == expected.shape == (3, size, size) and got.dtype == torch.uint8
+        differences.append((got.float() - expected.float()).abs().mean().item())
+    assert max(differences) <= DRAFT_TOLERANCE, differences
+    if size == 32:
+        assert max(differences) > 0  # some crops really were decoded at reduced scale
+
+
+def test_turbo_path_equals_the_pil_path_after_augmentation(jpegs):
+    reference = training_transform(96)
+    decode, rest = cpu_decoder("turbo", reference)
+    for seed, data in enumerate(jpegs):
+        expected = seeded(lambda d: reference(decode_pil(d)), data, seed)
+        assert torch.equal(seeded(lambda d: rest(decode(d)), data, seed), expected)
+
+
+def test_an_undecodable_image_is_skipped_with_its_reason(tmp_path):
+    index = {"format": FORMAT, "version": VERSION, "class_names": ["a"], "splits": {"train": {"shards": []}}}
+    index["splits"]["train"]["shards"].append({"name": "train-000000.tar", "samples": 1})
+    (tmp_path / INDEX_NAME).write_text(json.dumps(index))
+    with tarfile.open(tmp_path / "train-000000.tar", "w") as tar:
+        for name, data in (("k.jpg", b"\xff\xd8 not really a jpeg"), ("k.cls", b"0")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    for name in ("pil", "turbo", "draft"):
+        decode, rest = cpu_decoder(name, training_transform(32))
+        stream = ShardStream(ShardSource(str(tmp_path)), "train", rest, decode)
+        (record,) = stream.records(stream.shards, 0, 1)
+        skipped = stream.sample(record, seed=1)
+        assert isinstance(skipped, UnreadableImage) and skipped.path == "train-000000.tar:k", name
