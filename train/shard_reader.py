@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from .data import DataError, UnreadableImage, collate_skipping
 from .decoders import cpu_decoder, decode_pil
+from .gpu_decode import DeviceDecodedBatches, DevicePlan, EncodedCrop, collate_encoded, device_plan
 from .shard_format import (
     IMAGE_EXTENSIONS,
     INDEX_NAME,
@@ -228,6 +229,7 @@ class ShardStream(IterableDataset):
         decode: Callable[[bytes], Any] = decode_pil,
     ):
         self.source, self.split, self.transform, self.decode = source, split, transform, decode
+        self.collate: Callable[[list[Any]], Any] = collate_skipping
         self.shards = source.index.shards(split)
         self.num_classes = len(source.index.class_names)
 
@@ -316,7 +318,7 @@ class ShardBatches(IterableDataset):
                     break
             if not batch:
                 return
-            yield collate_skipping(batch)
+            yield self.stream.collate(batch)
 
     def batch_indices(self, worker: int, workers: int) -> range:
         """The epoch's batches (after the skipped ones) that loader worker `worker` of `workers` makes:
@@ -344,8 +346,19 @@ def loader_workers(requested: int) -> int:
 
 
 def build_shard_train_loader(
-    stream: ShardStream, config: dict[str, Any], batch_size: int, world_size: int, rank: int, pin_memory: bool
-) -> DataLoader:
+    stream: ShardStream,
+    config: dict[str, Any],
+    batch_size: int,
+    world_size: int,
+    rank: int,
+    pin_memory: bool,
+    decode_device: torch.device | None = None,
+) -> DataLoader | DeviceDecodedBatches:
+    """The shard loader; with the `cuda` decoder (or `auto` when training on CUDA, pin_memory) the
+    batches come out decoded on `decode_device` (default: the current CUDA device)."""
+    plan = gpu_decode_plan(stream, config, pin_memory or decode_device is not None)
+    if plan is not None:
+        stream.decode, stream.transform, stream.collate = EncodedCrop(plan, stream.transform), None, collate_encoded
     batches = ShardBatches(stream, batch_size, rank, world_size, int(config["seed"]))
     if batches.steps == 0:
         raise DataError(
@@ -356,7 +369,22 @@ def build_shard_train_loader(
     workers = loader_workers(8 if workers is None else int(workers))
     # Not persistent: each epoch's workers get the dataset with that epoch's plan (set_epoch).
     options = dict(prefetch_factor=4) if workers else {}
-    return DataLoader(batches, batch_size=None, num_workers=workers, pin_memory=pin_memory, **options)
+    loader = DataLoader(batches, batch_size=None, num_workers=workers, pin_memory=pin_memory, **options)
+    if plan is None:
+        return loader
+    return DeviceDecodedBatches(loader, plan, decode_device or torch.device("cuda", torch.cuda.current_device()))
+
+
+def gpu_decode_plan(stream: ShardStream, config: dict[str, Any], on_device: bool) -> DevicePlan | None:
+    """The GPU decode plan when `--decoder cuda` (or `auto` training on a device) applies, else None."""
+    name = config.get("decoder") or "auto"
+    plan = device_plan(stream.transform) if name in ("auto", "cuda") else None
+    if name == "cuda" and (plan is None or not on_device):
+        raise DataError(
+            "--decoder cuda decodes on the GPU and does the random-resized crop and flip there only: it needs "
+            "CUDA and no other training augmentation (drop --auto-augment / --random-erasing, or pick turbo)"
+        )
+    return plan if on_device else None
 
 
 # -- validation (and indexing): samples located by a scan of the shards ----------------------------

@@ -7,17 +7,20 @@ import io
 import json
 import random
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from benchmarks.photos import photo_jpeg, sample_photos
-from train.data import UnreadableImage
+from benchmarks.photos import photo_jpeg, sample_photos, write_photo_folder
+from train.data import DataError, UnreadableImage, start_epoch
 from train.decoders import DRAFT_TOLERANCE, DraftResizedCrop, cpu_decoder, decode_pil, decode_turbo
+from train.gpu_decode import GPU_TOLERANCE
 from train.shard_format import FORMAT, INDEX_NAME, VERSION
-from train.shard_reader import ShardSource, ShardStream, seeded
+from train.shard_reader import ShardSource, ShardStream, build_shard_train_loader, gpu_decode_plan, seeded
+from train.shards import write_shards
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +85,49 @@ def test_an_undecodable_image_is_skipped_with_its_reason(tmp_path):
         (record,) = stream.records(stream.shards, 0, 1)
         skipped = stream.sample(record, seed=1)
         assert isinstance(skipped, UnreadableImage) and skipped.path == "train-000000.tar:k", name
+
+
+@pytest.fixture(scope="module")
+def photo_shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("photos")
+    write_photo_folder(root / "folder", {"train": 16, "val": 2})
+    write_shards(str(root / "folder"), root / "shards", 6, log=lambda _: None)
+    return root / "shards"
+
+
+def photo_batches(shards: Path, decoder: str, device: torch.device | None = None) -> list:
+    config = {"seed": 2, "workers": 0, "decoder": decoder}
+    decode, transform = cpu_decoder("turbo", training_transform(64))  # what shard_dataset builds for these
+    stream = ShardStream(ShardSource(str(shards)), "train", transform, decode)
+    loader = build_shard_train_loader(stream, config, 4, 1, 0, pin_memory=False, decode_device=device)
+    start_epoch(loader, 0)
+    return list(loader)
+
+
+def test_the_gpu_pipeline_run_on_the_cpu_crops_and_flips_like_the_cpu_path(photo_shards):
+    """The `cuda` decoder's whole path with torchvision's CPU decode_jpeg: the same pixels as turbo's."""
+    expected = photo_batches(photo_shards, "turbo")
+    got = photo_batches(photo_shards, "cuda", device=torch.device("cpu"))
+    assert len(got) == len(expected) == 4
+    for (images, labels, _), (images_e, labels_e, _) in zip(got, expected):
+        assert torch.equal(labels, labels_e) and torch.equal(images, images_e)
+
+
+def test_auto_decodes_on_the_cpu_without_cuda_and_cuda_is_refused_where_it_cannot_run(photo_shards):
+    stream = ShardStream(ShardSource(str(photo_shards)), "train", training_transform(64))
+    assert gpu_decode_plan(stream, {"decoder": "auto"}, on_device=False) is None
+    assert gpu_decode_plan(stream, {"decoder": "auto"}, on_device=True) is not None
+    with pytest.raises(DataError, match="needs CUDA"):
+        gpu_decode_plan(stream, {"decoder": "cuda"}, on_device=False)
+    augmented = ShardStream(ShardSource(str(photo_shards)), "train", v2.Compose([v2.RandAugment(), v2.ToPureTensor()]))
+    assert gpu_decode_plan(augmented, {"decoder": "auto"}, on_device=True) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the nvJPEG decode cannot run here")
+def test_gpu_decode_matches_the_cpu_path_within_tolerance(photo_shards):
+    expected = photo_batches(photo_shards, "turbo")
+    got = photo_batches(photo_shards, "cuda", device=torch.device("cuda"))
+    for (images, labels, _), (images_e, labels_e, _) in zip(got, expected):
+        assert images.device.type == "cuda" and torch.equal(labels, labels_e)
+        difference = (images.cpu().float() - images_e.float()).abs().mean(dim=(1, 2, 3))
+        assert difference.max().item() <= GPU_TOLERANCE, difference
