@@ -155,7 +155,8 @@ def read_shard(source: ShardSource, shard: ShardInfo, start: int, stop: int, num
     failed to deliver (truncated, corrupt, unreachable) a record saying so."""
     position, problem = 0, None
     try:
-        with source.open(shard.name) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        # a local shard is read seeking over the members it skips; a remote one as a stream
+        with source.open(shard.name) as f, tarfile.open(fileobj=f, mode="r|" if source.remote else "r:") as tar:
             for record in tar_records(tar, shard.name, num_classes):
                 if position >= stop:
                     break
