@@ -90,7 +90,10 @@ class ShardSource:
             import fsspec  # noqa: PLC0415  (only remote shards need it)
         except ImportError:
             raise DataError(f"{self.location}: reading shards from a URL needs fsspec (pip install fsspec)") from None
-        return fsspec.open(f"{self.location}/{name}", "rb").open()
+        try:
+            return fsspec.open(f"{self.location}/{name}", "rb").open()
+        except ImportError as e:  # the scheme's backend: aiohttp for http(s), s3fs for s3, gcsfs for gs
+            raise DataError(f"{self.location}: {e}") from None
 
     def __repr__(self) -> str:
         return f"ShardSource({self.location!r})"

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
 import tarfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +19,9 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
+from models import load_checkpoint
 from models.osutil import MARKER_NAME, NotOwnedError
+from tests.fixtures.trained import run_train, train_command
 from train.cli import build_parser
 from train.data import DataError, UnreadableImages, build_train_loader, start_epoch, write_digits_folder
 from train.shard_format import MEMBER_NAME
@@ -204,3 +210,49 @@ def test_training_from_shards_matches_the_folder(tmp_path):
         from_shards.best_top1,
         from_folder.best_top1,
     )
+
+
+def test_a_url_reads_through_fsspec_like_the_local_path(shard_dir):
+    """fsspec's `local://` scheme takes the URL path (streamed tar reads) on real files."""
+    config = {"seed": 4, "workers": 0}
+    remote = ShardStream(ShardSource(f"local://{shard_dir}"), "train", TO_TENSOR)
+    assert remote.source.remote
+    by_url = build_train_loader(remote, config, 4, 1, 0, pin_memory=False)
+    by_path = build_train_loader(stream(shard_dir), config, 4, 1, 0, pin_memory=False)
+    start_epoch(by_url, 0)
+    start_epoch(by_path, 0)
+    assert_same_batches(list(by_url), list(by_path))
+    with pytest.raises(DataError, match="index.json|aiohttp"):  # no HTTP backend installed, or nothing listening
+        ShardSource("http://127.0.0.1:9/shards")
+
+
+def test_killed_run_resumes_from_shards_to_identical_weights(tmp_path, cifar_root):
+    """SIGTERM inside epoch 2 of a run reading CIFAR shards with 2 loader workers; the resumed run ends
+    bit-identical to an uninterrupted one (its position: steps_into_epoch in last.pt)."""
+    shards = tmp_path / "cifar-shards"
+    write_shards(f"cifar10:{cifar_root}", shards, 16, log=lambda _: None)
+    args = ["--arch", "resnet20", "--data", f"shards:{shards}", "--epochs", "3", "--batch-size", "8"]
+    args += ["--seed", "7", "--workers", "2", "--log-every", "1", "--decoder", "turbo"]
+    full = run_train(train_command(tmp_path, "full", *args))
+    assert full.returncode == 0, full.stderr
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = train_command(tmp_path, "killed", *args)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = tmp_path / "killed" / "last.pt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)  # somewhere in epoch 2
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, f"{proc.returncode}\n{out}\n{err}"
+    interrupted = load_checkpoint(last)
+    assert interrupted.epoch == 1 and 0 < interrupted.steps_into_epoch < 10
+
+    resumed = run_train(train_command(tmp_path, "killed", "--resume", str(last)))
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(last)
+    assert a.step == b.step == 30
+    for key, value in a.model.items():
+        assert torch.equal(value, b.model[key]), key
+    assert a.metrics == b.metrics
