@@ -82,11 +82,15 @@ def collate_encoded(samples: list[Any]) -> tuple[list[Any] | None, torch.Tensor 
     return [image for image, _ in kept], torch.tensor([label for _, label in kept]), skipped
 
 
-def decode_batch(items: list[Encoded | torch.Tensor], plan: DevicePlan, device: torch.device) -> torch.Tensor:
-    """uint8 NCHW on `device`: the JPEGs decoded in one batched call, cropped, resized and flipped there."""
+def decode_batch(
+    items: list[Encoded | torch.Tensor], plan: DevicePlan, device: torch.device, channels_last: bool = False
+) -> torch.Tensor:
+    """uint8 NCHW on `device` (NHWC memory if asked): the JPEGs decoded in one batched call, cropped,
+    resized and flipped there."""
     jpegs = [item for item in items if isinstance(item, Encoded)]
     decoded = iter(decode_jpeg([j.data for j in jpegs], mode=ImageReadMode.RGB, device=device) if jpegs else [])
     out = torch.empty((len(items), 3, *plan.crop.size), dtype=torch.uint8, device=device)
+    out = out.contiguous(memory_format=torch.channels_last) if channels_last else out
     for i, item in enumerate(items):
         if isinstance(item, torch.Tensor):
             out[i] = item.to(device, non_blocking=True)
@@ -110,4 +114,6 @@ class DeviceDecodedBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor | None, torch.Tensor | None, list[UnreadableImage]]]:
         for items, labels, skipped in self.loader:
-            yield (decode_batch(items, self.plan, self.device) if items else None), labels, skipped
+            channels_last = self.dataset.stream.channels_last
+            images = decode_batch(items, self.plan, self.device, channels_last) if items else None
+            yield images, labels, skipped

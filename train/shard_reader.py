@@ -234,6 +234,7 @@ class ShardStream(IterableDataset):
     ):
         self.source, self.split, self.transform, self.decode = source, split, transform, decode
         self.collate: Callable[[list[Any]], Any] = collate_skipping
+        self.channels_last = False  # batches in NHWC memory: the device's channels_last copy is then free
         self.shards = source.index.shards(split)
         self.num_classes = len(source.index.class_names)
 
@@ -322,7 +323,10 @@ class ShardBatches(IterableDataset):
                     break
             if not batch:
                 return
-            yield self.stream.collate(batch)
+            images, labels, skipped = self.stream.collate(batch)
+            if self.stream.channels_last and isinstance(images, torch.Tensor):
+                images = images.contiguous(memory_format=torch.channels_last)
+            yield images, labels, skipped
 
     def batch_indices(self, worker: int, workers: int) -> range:
         """The epoch's batches (after the skipped ones) that loader worker `worker` of `workers` makes:
@@ -361,6 +365,7 @@ def build_shard_train_loader(
     """The shard loader; with the `cuda` decoder (or `auto` when training on CUDA, pin_memory) the
     batches come out decoded on `decode_device` (default: the current CUDA device)."""
     plan = gpu_decode_plan(stream, config, pin_memory or decode_device is not None)
+    stream.channels_last = bool(config.get("channels_last"))
     if plan is not None:
         stream.decode, stream.transform, stream.collate = EncodedCrop(plan, stream.transform), None, collate_encoded
     batches = ShardBatches(stream, batch_size, rank, world_size, int(config["seed"]))
@@ -370,7 +375,8 @@ def build_shard_train_loader(
             "lower --batch-size or add data"
         )
     workers = config.get("workers")
-    workers = loader_workers(8 if workers is None else int(workers))
+    # the folder loader's default (up to 8), rounded down to share the streams evenly
+    workers = loader_workers(min(8, max(1, torch.get_num_threads())) if workers is None else int(workers))
     # Not persistent: each epoch's workers get the dataset with that epoch's plan (set_epoch).
     options = dict(prefetch_factor=4) if workers else {}
     loader = DataLoader(batches, batch_size=None, num_workers=workers, pin_memory=pin_memory, **options)

@@ -256,3 +256,15 @@ def test_killed_run_resumes_from_shards_to_identical_weights(tmp_path, cifar_roo
     for key, value in a.model.items():
         assert torch.equal(value, b.model[key]), key
     assert a.metrics == b.metrics
+
+
+def test_channels_last_batches_hold_the_same_pixels_in_nhwc_memory(shard_dir):
+    plain = build_train_loader(stream(shard_dir), {"seed": 1, "workers": 0}, 4, 1, 0, pin_memory=False)
+    nhwc = build_train_loader(stream(shard_dir), {"seed": 1, "workers": 0, "channels_last": True}, 4, 1, 0, False)
+    start_epoch(plain, 0)
+    start_epoch(nhwc, 0)
+    for (images, _, _), (images_nhwc, _, _) in zip(plain, nhwc):
+        assert images_nhwc.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous(
+            memory_format=torch.channels_last
+        )
+        assert torch.equal(images, images_nhwc)
