@@ -274,13 +274,8 @@ class ShardBatches(IterableDataset):
     """One rank's batches of a `ShardStream` per epoch (see the module's docstring for the plan)."""
 
     def __init__(self, stream: ShardStream, batch_size: int, rank: int, world_size: int, seed: int):
-        self.stream, self.batch_size, self.rank, self.world_size, self.seed = (
-            stream,
-            batch_size,
-            rank,
-            world_size,
-            seed,
-        )
+        self.stream, self.batch_size, self.seed = stream, batch_size, seed
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.skip = 0, 0
         self.part = len(stream) // world_size  # M: this rank's samples
         self.steps = self.part // batch_size

@@ -209,8 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m train.shards", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--from", dest="source", required=True, help="ImageFolder root (train/, val/) or cifar10:DIR")
-    p.add_argument("--to", dest="out", required=True, type=Path, help="the shard directory to write")
-    p.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000, ~110 MB of ImageNet)")
+    p.add_argument("--to", dest="out", metavar="DIR", required=True, type=Path, help="the shard directory to write")
+    p.add_argument(
+        "--shard-size", metavar="N", type=int, default=1000, help="images per shard (default 1000, ~110 MB of ImageNet)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace DIR when this tool wrote it")
     return p
 

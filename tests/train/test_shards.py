@@ -268,3 +268,15 @@ def test_channels_last_batches_hold_the_same_pixels_in_nhwc_memory(shard_dir):
             memory_format=torch.channels_last
         )
         assert torch.equal(images, images_nhwc)
+
+
+def test_unreadable_source_files_are_left_out_and_listed(tmp_path, jpeg_folder, capsys):
+    source = tmp_path / "source"
+    shutil.copytree(jpeg_folder, source)
+    (source / "train" / "zero" / "broken.jpg").write_bytes(b"not an image")
+    assert shards_main(["--from", str(source), "--to", str(tmp_path / "out")]) == 0
+    train = json.loads((tmp_path / "out" / "index.json").read_text())["splits"]["train"]
+    assert train["samples"] == 48 and len(train["left_out"]) == 1 and "broken.jpg" in train["left_out"][0]
+    assert "left out 1 unreadable file(s) of train" in capsys.readouterr().out
+    assert shards_main(["--from", str(tmp_path / "missing"), "--to", str(tmp_path / "out2")]) == 2
+    assert "expected train/<class>/<image>" in capsys.readouterr().err
