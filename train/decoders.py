@@ -13,6 +13,8 @@
           resized and flipped there (train/gpu_decode.py); picked by `auto` when training on CUDA
 
 All give uint8 images; normalisation happens on the device (`models.normalize_batch`).
+torchvision 0.29 marks its image decoders deprecated in favour of TorchCodec (a DeprecationWarning);
+they work on every torchvision this project supports (0.26 with torch 2.11 to 0.29).
 """
 
 from __future__ import annotations
