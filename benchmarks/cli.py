@@ -5,6 +5,7 @@
   python -m benchmarks train       our training step vs a bare PyTorch loop (fp32, bf16, channels_last, compile)
   python -m benchmarks serve       TorchServe + our handler under locust vs the raw runner and the stock handler
   python -m benchmarks gpu --out DIR   ResNet-50 AMP training, FP16 inference per runtime, parity, memory (one GPU)
+  python -m benchmarks loader      training-input images/s per CPU core per decoder, folder vs shards, 1 and 2 workers
 
 Each warms up, repeats, reports medians, states its thread count and writes
 benchmarks/results/<machine>/<name>.md and .json, then prints the markdown. `--quick` runs tiny sizes
@@ -35,6 +36,7 @@ BENCHMARKS = {
     "train": "benchmarks.training",
     "serve": "benchmarks.serving",
     "gpu": "benchmarks.gpu",
+    "loader": "benchmarks.loader",
 }
 EXIT_OK, EXIT_MISSED, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
 

@@ -19,6 +19,7 @@ from .cifar import read_cifar
 from .digits import DIGITS_CLASSES, DIGITS_MEAN, DIGITS_STD, digits_split
 from .errors import DataError
 from .folders import IMAGENET_TREE, PLAIN_TREE, folder_dataset
+from .shards import shard_dataset
 from .synthetic import synthetic_dataset
 from .tensors import TensorImages
 
@@ -41,6 +42,7 @@ class DataKind:
     build: DatasetBuilder
     preprocess: PreprocessSpec | None  # the evaluation preprocessing it implies; None: the architecture's own
     augment: TrainAugmentDefaults
+    streamed: bool = False  # training reads it as a stream (train.shard_reader), not by index
 
 
 def _digits(config: dict[str, Any], split: str, transform: Callable | None) -> tuple[Dataset, list[str]]:
@@ -76,6 +78,7 @@ KINDS: dict[str, DataKind] = {
         DataKind("imagenet", partial(folder_dataset, IMAGENET_TREE), None, PHOTO_CROP),
         DataKind("folder", partial(folder_dataset, PLAIN_TREE), None, PHOTO_CROP),
         DataKind("synthetic", synthetic_dataset, None, PHOTO_CROP),
+        DataKind("shards", shard_dataset, None, PHOTO_CROP, streamed=True),
     )
 }
 DATA_KINDS = tuple(KINDS)

@@ -54,6 +54,18 @@ def _flag(parser: argparse._ActionGroup, name: str, help: str, **kwargs: Any) ->
     parser.add_argument(name, dest=key, default=argparse.SUPPRESS, help=help + shown, **kwargs)
 
 
+class DataFlag(argparse.Action):
+    """--data KIND, or --data shards:DIR, which also sets --data-dir."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        kind, _, location = value.partition(":")
+        if kind not in DATA_KINDS or (location and kind != "shards"):
+            parser.error(f"argument --data: invalid choice {value!r} (choose from {', '.join(DATA_KINDS)}, shards:DIR)")
+        namespace.data = kind
+        if location:
+            namespace.data_dir = location
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m train",
@@ -75,7 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--list-recipes", action="store_true", help="list the recipes and exit")
     _flag(g, "--arch", "network name (`python -m models` lists them), e.g. resnet20, resnet50, cifar_preact_resnet18")
-    _flag(g, "--data", f"dataset kind: {', '.join(DATA_KINDS)}", choices=DATA_KINDS)
+    _flag(
+        g,
+        "--data",
+        f"dataset kind: {', '.join(DATA_KINDS)}; shards:DIR is --data shards --data-dir DIR "
+        "(tar shards written by `python -m train.shards`; DIR may be a URL when fsspec is installed)",
+        action=DataFlag,
+    )
     _flag(
         g,
         "--data-dir",
@@ -172,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--sync-bn", "SyncBatchNorm across processes (CUDA only)")
     _flag(g, "--device", "cpu, cuda, cuda:N or auto")
     _flag(g, "--workers", "data loader processes (default: 0 for in-memory data, else up to 8)", type=int)
+    _flag(
+        g,
+        "--decoder",
+        "shards: training image decoder: pil, turbo (libjpeg-turbo to a tensor, the same pixels), draft (JPEG "
+        "DCT scaling under the random-resized crop), cuda (batched on the GPU); auto: cuda when training on "
+        "CUDA, else turbo",
+    )
     _flag(g, "--val-batch-size", "validation batch size per process", type=int)
     _flag(g, "--seed", "random seed", type=int)
     _flag(g, "--deterministic", "deterministic algorithms (slower)")

@@ -81,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
     "sync_bn": False,
     "device": "auto",
     "workers": None,
+    "decoder": "auto",  # shards: how training JPEGs are decoded (imagedata/decoders.py)
     "val_batch_size": None,
     "seed": 0,
     "deterministic": False,
@@ -101,6 +102,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "auto_augment": ("none", "randaugment", "trivialaugment", "autoaugment"),
     "train_crop": ("random-resized-crop", "random-crop", "center"),
     "interpolation": ("bilinear", "bicubic", "nearest"),
+    "decoder": ("auto", "pil", "turbo", "draft", "cuda"),
     "norm": ("batch", "none"),
     "shortcut": ("A", "B", "D"),
 }

@@ -6,20 +6,20 @@ Batches travel as uint8 and are normalised on the device (`models.normalize_batc
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from PIL import Image
-from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler, Subset, default_collate
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler, Subset
 from torchvision.transforms import v2
 
 from imagedata.errors import DataError
-from imagedata.kinds import data_kind
+from imagedata.kinds import build_dataset, data_kind
 from imagedata.tensors import TensorImages
 from models import PreprocessSpec, eval_resize_crop
 from models.preprocess import interpolation_mode
+
+from .unreadable import SkipUnreadable, collate_skipping
 
 
 def train_transform(config: dict[str, Any], spec: PreprocessSpec) -> v2.Compose:
@@ -109,89 +109,28 @@ def _loader_options(config: dict[str, Any], in_memory: bool, pin_memory: bool) -
     return options
 
 
-@dataclass(frozen=True)
-class UnreadableImage:
-    """Stands in for a training image that failed to decode; `collate_skipping` drops it from its batch."""
-
-    path: str
-    reason: str
-
-
-class SkipUnreadable(Dataset):
-    """A file-backed training set where an image that cannot be decoded becomes an `UnreadableImage`
-    instead of an exception that would end the epoch (and the run) part-way."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Any:
-        try:
-            return self.dataset[index]
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # what PIL raises on bad files
-            return UnreadableImage(_sample_path(self.dataset, index), f"{type(e).__name__}: {e}")
-
-
-def _sample_path(dataset: Dataset, index: int) -> str:
-    if isinstance(dataset, Subset):
-        return _sample_path(dataset.dataset, dataset.indices[index])
-    samples = getattr(dataset, "samples", None)
-    return str(samples[index][0]) if samples is not None else f"image #{index}"
-
-
-def collate_skipping(samples: list[Any]) -> tuple[torch.Tensor | None, torch.Tensor | None, list[UnreadableImage]]:
-    """(images, labels, unreadable): the batch without its unreadable images (None, None when none was read)."""
-    kept = [s for s in samples if not isinstance(s, UnreadableImage)]
-    skipped = [s for s in samples if isinstance(s, UnreadableImage)]
-    if not kept:
-        return None, None, skipped
-    images, labels = default_collate(kept)
-    return images, labels, skipped
-
-
-class UnreadableImages:
-    """Counts the images `collate_skipping` dropped in one epoch; more than `cap` stops the run."""
-
-    def __init__(self, cap: int):
-        self.cap = cap
-        self.skipped: list[UnreadableImage] = []
-
-    def batches(self, loader: Iterable) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.skipped = []
-        for batch in loader:
-            if len(batch) == 2:  # in-memory data: nothing to skip
-                yield batch
-                continue
-            images, labels, skipped = batch
-            self.skipped += skipped
-            if len(self.skipped) > self.cap:
-                raise DataError(
-                    f"{len(self.skipped)} training images could not be read this epoch (more than "
-                    f"--max-unreadable-images {self.cap}); the first: {self.skipped[0].path} "
-                    f"({self.skipped[0].reason}). Fix or remove them, or raise the limit"
-                )
-            if images is not None:
-                yield images, labels
-
-    def report(self) -> str | None:
-        if not self.skipped:
-            return None
-        shown = "; ".join(f"{s.path} ({s.reason})" for s in self.skipped[:5])
-        more = f" and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
-        return f"warning: skipped {len(self.skipped)} unreadable training image(s) this epoch: {shown}{more}"
-
-
 def is_in_memory(dataset: Dataset) -> bool:
     base = dataset.dataset if isinstance(dataset, Subset) else dataset
     return isinstance(base, TensorImages)
+
+
+def build_train_set(config: dict[str, Any], transform: Callable) -> Dataset:
+    """The training split: read by index, or streamed for the kinds that stream (tar shards)."""
+    if data_kind(config["data"]).streamed:
+        from .shard_reader import shard_train_stream  # only shards need it
+
+        return shard_train_stream(config, transform)
+    return build_dataset(config, "train", transform)[0]
 
 
 def build_train_loader(
     dataset: Dataset, config: dict[str, Any], batch_size: int, world_size: int, rank: int, pin_memory: bool
 ) -> DataLoader:
     """Shuffled per-process batches of `batch_size`; incomplete last batches are dropped."""
+    from .shard_reader import ShardStream, build_shard_train_loader  # only shards need it
+
+    if isinstance(dataset, ShardStream):
+        return build_shard_train_loader(dataset, config, batch_size, world_size, rank, pin_memory)
     sampler = EpochSampler(dataset, num_replicas=world_size, rank=rank, seed=int(config["seed"]))
     batches = BatchSampler(sampler, batch_size, drop_last=True)
     if len(batches) == 0:
@@ -216,6 +155,11 @@ def build_train_loader(
 
 def start_epoch(loader: DataLoader, epoch: int, skip_samples: int = 0) -> None:
     """Shuffle for `epoch` (from its first sample or `skip_samples` in) and reseed the worker seeds."""
+    from .shard_reader import ShardBatches  # only shards need it
+
+    if isinstance(loader.dataset, ShardBatches):
+        loader.dataset.set_epoch(epoch, skip_samples // loader.dataset.batch_size)
+        return
     sampler: EpochSampler = loader.batch_sampler.sampler
     sampler.set_epoch(epoch, skip=skip_samples)
     loader.generator.manual_seed(sampler.seed * 100_003 + epoch * 1_009 + sampler.rank)

@@ -55,6 +55,7 @@ from .engine import StepParts, evaluate, prepare_batch, train_one_epoch
 from .finetune import freeze, frozen_norm_layers, set_train_mode
 from .optim import build_optimizer, build_scheduler
 from .reporting import RunReporter, measure_internals
+from .unreadable import UnreadableImages
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -275,7 +276,7 @@ class _Run:
             raise ConfigError(f"batch_size {batch} must be divisible by processes x accum_steps = {world} x {accum}")
         self.per_process_batch = batch // world
         pin = self.device.type == "cuda"
-        train_set, _ = build_dataset(cfg, "train", datamod.train_transform(cfg, self.preprocess))
+        train_set = datamod.build_train_set(cfg, datamod.train_transform(cfg, self.preprocess))
         val_set = build_validation_set(cfg, self.preprocess)
         self.train_loader = datamod.build_train_loader(
             train_set, cfg, self.per_process_batch, world, self.dist.rank, pin
@@ -385,7 +386,7 @@ class _Run:
         stop.install()
         log_every = max(int(cfg.get("log_every") or 10), 1)
         save_every = int(cfg.get("save_every_steps") or 0)
-        unreadable = datamod.UnreadableImages(int(cfg.get("max_unreadable_images", 100)))
+        unreadable = UnreadableImages(int(cfg.get("max_unreadable_images", 100)))
         started = time.perf_counter()
         try:
             while self.epoch < epochs:

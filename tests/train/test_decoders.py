@@ -1,0 +1,135 @@
+"""The training decoders (imagedata/decoders.py) against the PIL reference, on real photos as ImageNet-like
+JPEGs: turbo gives the same pixels, draft stays within its stated tolerance, the GPU path within its own."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from benchmarks.photos import photo_jpeg, sample_photos, write_photo_folder
+from imagedata.decoders import DRAFT_TOLERANCE, DraftResizedCrop, cpu_decoder, decode_pil, decode_turbo
+from imagedata.errors import DataError
+from imagedata.shards import FORMAT, INDEX_NAME, VERSION, ShardSource
+from train.data import start_epoch
+from train.gpu_decode import GPU_TOLERANCE
+from train.shard_reader import ShardStream, build_shard_train_loader, gpu_decode_plan, seeded
+from train.shards import write_shards
+from train.unreadable import UnreadableImage
+
+
+@pytest.fixture(scope="module")
+def jpegs() -> list[bytes]:
+    rng = random.Random(0)
+    return [photo_jpeg(photo, rng) for photo in sample_photos()]
+
+
+def training_transform(size: int) -> v2.Compose:
+    return v2.Compose(
+        [v2.ToImage(), v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(), v2.ToPureTensor()]
+    )
+
+
+def test_turbo_decodes_the_same_pixels_as_pil(jpegs):
+    for data in jpegs:
+        assert torch.equal(decode_turbo(data), v2.functional.pil_to_tensor(decode_pil(data)))
+    png = io.BytesIO()
+    Image.open(io.BytesIO(jpegs[0])).save(png, format="PNG")
+    assert torch.equal(decode_turbo(png.getvalue()), v2.functional.pil_to_tensor(decode_pil(jpegs[0])))
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_draft_matches_the_pil_path_within_tolerance(jpegs, size):
+    """The same seed draws the same crop box; only the decode scale differs (32px: most crops drafted)."""
+    reference = training_transform(size)
+    decode, rest = cpu_decoder("draft", reference)
+    assert isinstance(decode, DraftResizedCrop) and not any(
+        isinstance(op, v2.RandomResizedCrop) for op in rest.transforms
+    )
+    differences = []
+    for seed, data in enumerate(jpegs * 3):
+        expected = seeded(lambda d: reference(decode_pil(d)), data, seed)
+        got = seeded(lambda d: rest(decode(d)), data, seed)
+        assert got.shape == expected.shape == (3, size, size) and got.dtype == torch.uint8
+        differences.append((got.float() - expected.float()).abs().mean().item())
+    assert max(differences) <= DRAFT_TOLERANCE, differences
+    if size == 32:
+        assert max(differences) > 0  # some crops really were decoded at reduced scale
+
+
+def test_turbo_path_equals_the_pil_path_after_augmentation(jpegs):
+    reference = training_transform(96)
+    decode, rest = cpu_decoder("turbo", reference)
+    for seed, data in enumerate(jpegs):
+        expected = seeded(lambda d: reference(decode_pil(d)), data, seed)
+        assert torch.equal(seeded(lambda d: rest(decode(d)), data, seed), expected)
+
+
+def test_an_undecodable_image_is_skipped_with_its_reason(tmp_path):
+    index = {"format": FORMAT, "version": VERSION, "class_names": ["a"], "splits": {"train": {"shards": []}}}
+    index["splits"]["train"]["shards"].append({"name": "train-000000.tar", "samples": 1})
+    (tmp_path / INDEX_NAME).write_text(json.dumps(index))
+    with tarfile.open(tmp_path / "train-000000.tar", "w") as tar:
+        for name, data in (("k.jpg", b"\xff\xd8 not really a jpeg"), ("k.cls", b"0")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    for name in ("pil", "turbo", "draft"):
+        decode, rest = cpu_decoder(name, training_transform(32))
+        stream = ShardStream(ShardSource(str(tmp_path)), "train", rest, decode)
+        (record,) = stream.records(stream.shards, 0, 1)
+        skipped = stream.sample(record, seed=1)
+        assert isinstance(skipped, UnreadableImage) and skipped.path == "train-000000.tar:k", name
+
+
+@pytest.fixture(scope="module")
+def photo_shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("photos")
+    write_photo_folder(root / "folder", {"train": 16, "val": 2})
+    write_shards(str(root / "folder"), root / "shards", 6, log=lambda _: None)
+    return root / "shards"
+
+
+def photo_batches(shards: Path, decoder: str, device: torch.device | None = None) -> list:
+    config = {"seed": 2, "workers": 0, "decoder": decoder}
+    decode, transform = cpu_decoder("turbo", training_transform(64))  # what shard_dataset builds for these
+    stream = ShardStream(ShardSource(str(shards)), "train", transform, decode)
+    loader = build_shard_train_loader(stream, config, 4, 1, 0, pin_memory=False, decode_device=device)
+    start_epoch(loader, 0)
+    return list(loader)
+
+
+def test_the_gpu_pipeline_run_on_the_cpu_crops_and_flips_like_the_cpu_path(photo_shards):
+    """The `cuda` decoder's whole path with torchvision's CPU decode_jpeg: the same pixels as turbo's."""
+    expected = photo_batches(photo_shards, "turbo")
+    got = photo_batches(photo_shards, "cuda", device=torch.device("cpu"))
+    assert len(got) == len(expected) == 4
+    for (images, labels, _), (images_e, labels_e, _) in zip(got, expected):
+        assert torch.equal(labels, labels_e) and torch.equal(images, images_e)
+
+
+def test_auto_decodes_on_the_cpu_without_cuda_and_cuda_is_refused_where_it_cannot_run(photo_shards):
+    stream = ShardStream(ShardSource(str(photo_shards)), "train", training_transform(64))
+    assert gpu_decode_plan(stream, {"decoder": "auto"}, on_device=False) is None
+    assert gpu_decode_plan(stream, {"decoder": "auto"}, on_device=True) is not None
+    with pytest.raises(DataError, match="needs CUDA"):
+        gpu_decode_plan(stream, {"decoder": "cuda"}, on_device=False)
+    augmented = ShardStream(ShardSource(str(photo_shards)), "train", v2.Compose([v2.RandAugment(), v2.ToPureTensor()]))
+    assert gpu_decode_plan(augmented, {"decoder": "auto"}, on_device=True) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the nvJPEG decode cannot run here")
+def test_gpu_decode_matches_the_cpu_path_within_tolerance(photo_shards):
+    expected = photo_batches(photo_shards, "turbo")
+    got = photo_batches(photo_shards, "cuda", device=torch.device("cuda"))
+    for (images, labels, _), (images_e, labels_e, _) in zip(got, expected):
+        assert images.device.type == "cuda" and torch.equal(labels, labels_e)
+        difference = (images.cpu().float() - images_e.float()).abs().mean(dim=(1, 2, 3))
+        assert difference.max().item() <= GPU_TOLERANCE, difference
