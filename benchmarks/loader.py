@@ -26,9 +26,9 @@ import torch
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from hostinfo import usable_cores
 from imagedata.decoders import cpu_decoder
 from imagedata.kinds import build_dataset
-from models.osutil import usable_cores
 from train.data import build_train_loader, start_epoch
 from train.shards import write_shards
 

@@ -24,10 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-from models.osutil import MARKER_NAME, NotOwnedError, is_owned, mark_owned, remove_owned_tree
+from fsutil.owned import MARKER_NAME, NotOwnedError, is_owned, mark_owned, remove_owned_tree
 
 MODEL_NAME = "digits"
-DEMO_KIND = "demo"  # the marker kind of a demo work directory (models.osutil.mark_owned)
+DEMO_KIND = "demo"  # the marker kind of a demo work directory (fsutil.owned.mark_owned)
 
 
 class StepFailed(RuntimeError):

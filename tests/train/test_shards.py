@@ -19,11 +19,11 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
+from fsutil.owned import MARKER_NAME, NotOwnedError
 from imagedata.digits import write_digits_folder
 from imagedata.errors import DataError
 from imagedata.shards import MEMBER_NAME, ShardSamples, ShardSource
 from models import load_checkpoint
-from models.osutil import MARKER_NAME, NotOwnedError
 from tests.fixtures.trained import run_train, train_command
 from train.cli import build_parser
 from train.data import build_train_loader, start_epoch
