@@ -22,6 +22,19 @@ from .resnet import head_parameter_names
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
+# Our architectures that torchvision publishes ImageNet-1k weights for, under the same name and keys.
+TORCHVISION_ARCHS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+)
+
 
 @dataclass
 class PretrainedWeights:
@@ -169,7 +182,7 @@ def _known_torchvision_file(path: Path) -> dict[str, Any]:
     """A torchvision weight file keeps its published name (e.g. resnet50-11ad3fa6.pth): recognise it."""
     import torchvision.models as tvm
 
-    for arch in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
+    for arch in TORCHVISION_ARCHS:
         for weights in tvm.get_model_weights(arch):
             if os.path.basename(weights.url) == path.name:
                 return {"preprocess": _spec_from_torchvision(weights), "class_names": list(weights.meta["categories"])}
@@ -207,3 +220,27 @@ def _resolve_timm(name: str) -> PretrainedWeights:
     )
     classes = list(imagenet_class_names()) if cfg.num_classes == 1000 else None
     return PretrainedWeights(source=f"timm:{name}", path=path, preprocess=spec, class_names=classes)
+
+
+def published_accuracy(arch: str) -> list[tuple[str, float, float]]:
+    """(weights, top-1 %, top-5 %) on ImageNet-1k val as torchvision publishes them for `arch`, read from
+    its weights metadata; empty for architectures torchvision has no weights for."""
+    import torchvision.models as tvm
+
+    if arch not in TORCHVISION_ARCHS:
+        return []
+    rows = []
+    for weights in tvm.get_model_weights(arch):
+        metrics = weights.meta["_metrics"]["ImageNet-1K"]
+        rows.append((f"{arch}.{weights.name}", float(metrics["acc@1"]), float(metrics["acc@5"])))
+    return rows
+
+
+def published_accuracy_table(arch: str) -> str:
+    """`published_accuracy` as lines to print beside an evaluation ("" when there is none)."""
+    rows = published_accuracy(arch)
+    if not rows:
+        return ""
+    lines = ["torchvision's published ImageNet-1k val accuracy (its weights, its preprocessing):"]
+    lines += [f"  {name:<32} top-1 {top1:6.3f}%  top-5 {top5:6.3f}%" for name, top1, top5 in rows]
+    return "\n".join(lines)

@@ -164,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("speed and reproducibility")
     _flag(g, "--amp", "mixed precision autocast (fp16 uses a GradScaler)")
     _flag(g, "--channels-last", "channels_last memory format")
+    _flag(
+        g,
+        "--grad-checkpoint",
+        "gradient checkpointing: recompute each block's activations in the backward pass instead of "
+        "storing them (less memory for deep or wide nets, about one more forward per step; same gradients)",
+    )
     _flag(g, "--compile", "torch.compile the model")
     _flag(g, "--sync-bn", "SyncBatchNorm across processes (CUDA only)")
     _flag(g, "--device", "cpu, cuda, cuda:N or auto")

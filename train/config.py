@@ -77,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
     # speed and determinism
     "amp": "none",
     "channels_last": False,
+    "grad_checkpoint": False,  # recompute blocks in backward: less activation memory, ~1/3 more compute
     "compile": False,
     "sync_bn": False,
     "device": "auto",

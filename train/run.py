@@ -239,7 +239,12 @@ class _Run:
         _, class_names = datamod.build_dataset(cfg, "val", None)
         self.class_names = class_names
         self.arch_kwargs = arch_kwargs(cfg)
-        network = create_model(cfg["arch"], num_classes=len(class_names), **self.arch_kwargs)
+        network = create_model(
+            cfg["arch"],
+            num_classes=len(class_names),
+            grad_checkpoint=bool(cfg.get("grad_checkpoint")),  # training only: not in arch_kwargs
+            **self.arch_kwargs,
+        )
         pretrained_spec = None
         if self.resume is not None:
             pretrained_spec = self.resume.preprocess
