@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("prediction and evaluation")
-    g.add_argument("--predict", nargs="+", metavar="IMG", help="classify images with --checkpoint and exit")
+    g.add_argument("--predict", "--image", nargs="+", metavar="IMG", help="classify images with --checkpoint and exit")
     g.add_argument(
         "--evaluate",
         action="store_true",
