@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         "normalisation layers: batch (default) or none (the no-BatchNorm ablation; train it with "
         "a lower --lr, e.g. 0.01)",
     )
+    _flag(
+        g,
+        "--imagenet-stem",
+        "on 32x32 data (cifar10/100, digits) keep an ImageNet network as named (7x7 stem + max-pool) "
+        "instead of its CIFAR variant (--arch resnet18 --data cifar10 trains cifar_resnet18 by default)",
+    )
     _flag(g, "--plain", "no shortcuts: the plain network of the same depth (the CIFAR paper's comparison)")
     _flag(
         g,
@@ -251,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             print(yaml.safe_dump(config, sort_keys=False), end="")
             return EXIT_OK
+        if config.get("arch_source"):
+            print(f"arch: {config['arch_source']}", flush=True)
         if config.get("recipe"):
             print(f"recipe: {config['recipe']} ({config.get('recipe_source', '--recipe')})", flush=True)
         result = run(config)

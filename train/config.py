@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "norm": None,  # None: BatchNorm; "none": the norm-free ablation
     "plain": False,  # no shortcuts: the CIFAR paper's plain networks
     "shortcut": None,  # None: the architecture's own (A for the paper's nets, B otherwise)
+    "imagenet_stem": False,  # keep an ImageNet net's 7x7 stem + max-pool on 32x32 data (else: its CIFAR variant)
     "pretrained": None,
     "freeze_backbone": False,
     "freeze_until": None,
@@ -115,7 +116,15 @@ DEFAULT_RECIPES: dict[tuple[str, str], str] = {
     ("cifar100", "cifar"): "cifar_modern",
     ("digits", "cifar-paper"): "digits",
     ("digits", "cifar"): "digits",
+    # ImageNet nets on 32x32 data kept with --imagenet-stem still get the data's training recipe.
+    ("cifar10", "imagenet"): "cifar_modern",
+    ("cifar100", "imagenet"): "cifar_modern",
+    ("digits", "imagenet"): "digits",
 }
+
+# Data whose images are 32x32: an ImageNet architecture name means its CIFAR variant there (the
+# write-ups' `--arch resnet18 --data cifar10`), unless --imagenet-stem or --pretrained weights need it.
+CIFAR_SIZED_DATA = ("cifar10", "cifar100", "digits")
 
 # Keys a resumed run may change (more epochs, other loader settings); the rest come from the checkpoint.
 RESUMABLE_OVERRIDES = (
@@ -181,11 +190,31 @@ def default_recipe(arch: str | None, data: str | None) -> str | None:
     return DEFAULT_RECIPES.get((data, family))
 
 
+def with_cifar_variant(overrides: dict[str, Any]) -> dict[str, Any]:
+    """`--arch resnet18` on 32x32 data means `cifar_resnet18`: the overrides with the architecture
+    resolved and `arch_source` saying so (unchanged for other data, --imagenet-stem or --pretrained)."""
+    arch, data = overrides.get("arch"), overrides.get("data")
+    if data not in CIFAR_SIZED_DATA or overrides.get("imagenet_stem") or overrides.get("pretrained"):
+        return overrides
+    try:
+        is_imagenet_net = get_model_spec(arch).family == "imagenet"
+        get_model_spec(f"cifar_{arch}")
+    except ValueError:
+        return overrides
+    if not is_imagenet_net:
+        return overrides
+    variant = f"cifar_{arch}"
+    source = f"{arch} -> {variant}: the CIFAR variant (3x3 stem, no max-pool) for 32x32 {data} images; "
+    return {**overrides, "arch": variant, "arch_source": source + f"--imagenet-stem keeps {arch}"}
+
+
 def resolve_config(overrides: dict[str, Any], recipe: str | None = None) -> dict[str, Any]:
     """DEFAULTS < recipe (given, or the default for the data and architecture) < overrides, validated.
 
-    `recipe_source` says where the recipe came from, for the line every run prints at start.
+    `recipe_source` says where the recipe came from and `arch_source` why the architecture changed, for
+    the lines every run prints at start.
     """
+    overrides = with_cifar_variant(overrides)
     config = dict(DEFAULTS)
     source = "--recipe"
     if not recipe:

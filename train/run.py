@@ -37,7 +37,16 @@ from .checkpoints import (
     seed_everything,
     set_rng_state,
 )
-from .config import RESUMABLE_OVERRIDES, TOPOLOGY_KEYS, ConfigError, arch_kwargs, resolve_config, validate, write_config
+from .config import (
+    RESUMABLE_OVERRIDES,
+    TOPOLOGY_KEYS,
+    ConfigError,
+    arch_kwargs,
+    resolve_config,
+    validate,
+    with_cifar_variant,
+    write_config,
+)
 from .distributed import (
     DistInfo,
     all_gather_objects,
@@ -75,6 +84,7 @@ def build_config(overrides: dict[str, Any], recipe: str | None = None) -> dict[s
     Resuming continues a run only from its own newest `last.pt`; from any other checkpoint (best.pt,
     a copy in /tmp) it forks a new run directory (`--name NEW`), or is refused: history is never rewritten.
     """
+    overrides = with_cifar_variant(overrides)  # before --resume auto looks for ARCH-DATA/last.pt
     resume = overrides.get("resume")
     if resume and resume != "auto":
         path = resolve_resume(resume, Path("."))
