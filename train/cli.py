@@ -13,7 +13,7 @@ import yaml
 from models import CheckpointError
 
 from .checkpoints import CheckpointSaveError, RunDirError
-from .config import CHOICES, DEFAULTS, ConfigError, list_recipes
+from .config import BARE_PRETRAINED, CHOICES, DEFAULTS, ConfigError, list_recipes
 from .data import DATA_KINDS, DataError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -95,8 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         g,
         "--pretrained",
         "start from weights: a .pth/.safetensors file, one of our checkpoints, or "
-        "torchvision:resnet50.IMAGENET1K_V2 / timm:resnet50.a1_in1k from the local cache; the head is "
-        "re-initialised when the classes differ and the weights' own preprocessing is used",
+        "torchvision:resnet50.IMAGENET1K_V2 / timm:resnet50.a1_in1k from the local cache; bare --pretrained: "
+        "torchvision's weights for --arch from the local torch hub cache (TORCH_HOME/hub/checkpoints, never "
+        "downloaded); the head is re-initialised when the classes differ and the weights' own preprocessing is used",
+        nargs="?",
+        const=BARE_PRETRAINED,
     )
     _flag(g, "--freeze-backbone", "train only the classifier")
     _flag(g, "--freeze-until", "freeze the stem and the stages up to this one (stem, layer1..layer4)")
@@ -166,6 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--image-size", "network input size (the resize keeps the crop ratio)", type=int)
     _flag(g, "--val-resize", "resize the shorter side to this before the center crop", type=int)
     _flag(g, "--interpolation", "resize interpolation")
+    _flag(
+        g, "--mean", "input normalisation mean per RGB channel (with --std; default: the data's)", type=float, nargs=3
+    )
+    _flag(
+        g,
+        "--std",
+        "input normalisation std per RGB channel (e.g. 0.5 0.5 0.5: the CIFAR write-up's code)",
+        type=float,
+        nargs=3,
+    )
 
     g = p.add_argument_group("speed and reproducibility")
     _flag(g, "--amp", "mixed precision autocast (fp16 uses a GradScaler)")

@@ -75,6 +75,8 @@ DEFAULTS: dict[str, Any] = {
     "image_size": None,
     "val_resize": None,
     "interpolation": None,
+    "mean": None,  # input normalisation per RGB channel (None: the data's or the weights' own)
+    "std": None,
     # speed and determinism
     "amp": "none",
     "channels_last": False,
@@ -141,6 +143,10 @@ RESUMABLE_OVERRIDES = (
 
 # Keys a resume may not change: they fix the batches and the per-step LR schedule in the checkpoint.
 TOPOLOGY_KEYS = ("batch_size", "accum_steps")
+
+
+# A bare `--pretrained`: the torchvision weights of --arch, from the local torch hub cache.
+BARE_PRETRAINED = "torchvision"
 
 
 class ConfigError(ValueError):
@@ -225,6 +231,8 @@ def resolve_config(overrides: dict[str, Any], recipe: str | None = None) -> dict
         config["recipe"] = str(recipe)
         config["recipe_source"] = source
     config.update(overrides)
+    if config.get("pretrained") == BARE_PRETRAINED:
+        config["pretrained"] = f"torchvision:{config['arch']}"  # its weights in the local torch hub cache
     validate(config)
     return config
 
@@ -248,6 +256,12 @@ def validate(config: dict[str, Any]) -> None:
         raise ConfigError("--freeze-backbone and --freeze-until are exclusive: pick one")
     if config.get("log_internals") and not config.get("tensorboard"):
         raise ConfigError("--log-internals writes to TensorBoard: drop --no-tensorboard or --log-internals")
+    if (config.get("mean") is None) != (config.get("std") is None):
+        raise ConfigError("mean and std set the input normalisation together: give both (e.g. 0.5 0.5 0.5 twice)")
+    for key in ("mean", "std"):
+        values = config.get(key)
+        if values is not None and (len(values) != 3 or (key == "std" and min(map(float, values)) <= 0)):
+            raise ConfigError(f"{key} {values}: three values, one per RGB channel (std > 0)")
     if config["val_split"] is not None and not 0.0 < float(config["val_split"]) < 1.0:
         raise ConfigError(f"val_split must be between 0 and 1, got {config['val_split']}")
 

@@ -22,10 +22,11 @@ from torchvision.transforms import v2
 
 from models import Checkpoint, PreprocessSpec, create_model, load_pretrained
 from models.checkpoint import load_state_dict_strict
-from models.osutil import sha256_file
+from models.osutil import MARKER_NAME, is_owned, remove_owned_tree, sha256_file
 
 from . import data as datamod
 from .checkpoints import (
+    RUN_KIND,
     check_run_name,
     continues_its_run,
     fork_refusal,
@@ -162,6 +163,8 @@ def eval_preprocess(config: dict[str, Any], pretrained_spec: PreprocessSpec | No
         spec = dataclasses.replace(spec, resize_size=int(config["val_resize"]))
     if config.get("interpolation"):
         spec = dataclasses.replace(spec, interpolation=config["interpolation"])
+    if config.get("mean"):
+        spec = dataclasses.replace(spec, mean=tuple(map(float, config["mean"])), std=tuple(map(float, config["std"])))
     return spec
 
 
@@ -211,6 +214,12 @@ def run(config: dict[str, Any]) -> RunResult:
         shutdown_distributed()
 
 
+def discard_unused_run_dir(run_dir: Path) -> None:
+    """Remove `run_dir` when it holds nothing but our marker: a run that stopped before writing anything."""
+    if is_owned(run_dir, RUN_KIND) and [p.name for p in run_dir.iterdir()] == [MARKER_NAME]:
+        remove_owned_tree(run_dir, RUN_KIND)  # refuses a symlink
+
+
 class _Run:
     def __init__(self, config: dict[str, Any], device: torch.device, dist_info: DistInfo):
         self.config, self.device, self.dist = config, device, dist_info
@@ -224,9 +233,14 @@ class _Run:
         if dist_info.is_main:
             prepare_run_dir(self.run_dir, resume=continuing, overwrite=bool(config.get("overwrite")))
         barrier()
-        self._setup_determinism()
-        self._setup_model_and_data()
-        self._setup_optimization()
+        try:
+            self._setup_determinism()
+            self._setup_model_and_data()
+            self._setup_optimization()
+        except BaseException:
+            if dist_info.is_main:
+                discard_unused_run_dir(self.run_dir)  # a failed data check leaves no empty run folder
+            raise
         if self.resume is not None:
             self._restore(self.resume)
         if dist_info.is_main:
