@@ -1,5 +1,8 @@
 """Wide ResNets, ResNeXt and WRN-28-10 against torchvision; builders; gradient checkpointing."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torchvision
@@ -43,6 +46,9 @@ def test_builders_are_importable_from_models():
     assert callable(wrn28_10)
     with pytest.raises(AttributeError):
         models.resnet19  # noqa: B018 - not a registered architecture
+    # Looking up a name that is no architecture keeps `models` torch-free (the remote client imports it).
+    probe = "import sys, models; assert not hasattr(models, 'setup_module'); assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
 
 
 def _train_step(checkpointed: bool):
