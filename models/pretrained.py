@@ -159,11 +159,29 @@ def _torchvision_weights(arch: str, tag: str) -> Any:
         ) from None
 
 
+def _hub_file(weights: Any) -> Path:
+    """Where torchvision's own loader keeps (and so a user has) the file of `weights`."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
 def _resolve_torchvision(name: str) -> PretrainedWeights:
+    """`arch.TAG`, or a bare `arch`: its DEFAULT weights, else whichever of its weights are in the cache."""
     arch, _, tag = name.partition(".")
     weights = _torchvision_weights(arch, tag or "DEFAULT")
+    if not tag and not _hub_file(weights).is_file():
+        import torchvision.models as tvm
+
+        cached = [w for w in tvm.get_model_weights(arch) if _hub_file(w).is_file()]
+        if not cached:
+            files = ", ".join(os.path.basename(w.url) for w in tvm.get_model_weights(arch))
+            raise CheckpointError(
+                f"no torchvision weights for {arch} in the local torch hub cache {_hub_file(weights).parent}; "
+                f"nothing is downloaded. Put one of {files} there (set TORCH_HOME to use another cache), or "
+                "pass a weight file's path to --pretrained."
+            )
+        weights = cached[0]
     file_name = os.path.basename(weights.url)
-    path = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+    path = _hub_file(weights)
     if not path.is_file():
         raise CheckpointError(
             f"torchvision:{arch}.{weights.name} is not in the local torch hub cache; nothing is downloaded. "
@@ -190,7 +208,13 @@ def _known_torchvision_file(path: Path) -> dict[str, Any]:
 
 
 def _resolve_timm(name: str) -> PretrainedWeights:
-    import timm.models
+    try:
+        import timm.models
+    except ImportError:
+        raise CheckpointError(
+            f"timm:{name} needs the timm package, which is not installed: pip install timm "
+            "(or pass the weight file's path; our ResNets read timm's resnet files without timm)"
+        ) from None
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.constants import HF_HUB_CACHE
 
