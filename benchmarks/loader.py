@@ -28,8 +28,8 @@ from torchvision.transforms import v2
 
 from hostinfo import usable_cores
 from imagedata.decoders import cpu_decoder
-from imagedata.kinds import build_dataset
-from train.data import build_train_loader, start_epoch
+from train.data import build_train_loader, build_train_set, start_epoch
+from train.shard_reader import build_shard_train_loader
 from train.shards import write_shards
 
 from .errors import positive_int
@@ -87,11 +87,9 @@ def folder_loader(folder: Path, decoder: str, config: dict[str, Any], batch: int
 
 def shard_loader(shards: Path, decoder: str, config: dict[str, Any], batch: int, size: int, gpu: bool):
     config = dict(config, data="shards", data_dir=str(shards), decoder=decoder)
-    dataset, _ = build_dataset(config, "train", training_transform(size))
+    stream = build_train_set(config, training_transform(size))
     decode_device = torch.device("cuda") if gpu else None
-    from train.shard_reader import build_shard_train_loader  # noqa: PLC0415  (the cuda rows pick the device)
-
-    return build_shard_train_loader(dataset, config, batch, 1, 0, pin_memory=gpu, decode_device=decode_device)
+    return build_shard_train_loader(stream, config, batch, 1, 0, pin_memory=gpu, decode_device=decode_device)
 
 
 def images_per_s(loader, workers: int) -> tuple[float, int]:

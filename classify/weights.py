@@ -20,9 +20,9 @@ import torch
 
 from export.runners import EagerRunner
 from imagedata import kinds as datakinds
-from models import Checkpoint, CheckpointError, create_model, get_model_spec
+from models import Checkpoint, CheckpointError, create_model, get_model_spec, imagenet_class_names
 from models.checkpoint import load_state_dict_strict, read_weights_file
-from models.pretrained import read_pretrained
+from models.pretrained import published_accuracy_table, read_pretrained
 from train.config import DEFAULTS, ConfigError
 
 from .classifier import Classifier
@@ -58,8 +58,9 @@ def open_model(weights: str, arch: str | None, config: dict[str, Any]) -> tuple[
         datakinds.default_preprocess(data_config) if has_data else get_model_spec(arch).preprocess
     )
     class_names = info.class_names or (datakinds.class_names(data_config) if has_data else None)
-    if class_names is None:
-        class_names = [f"class {i}" for i in range(model.num_classes)]
+    if class_names is None:  # a 1000-class weight file under any name: torchvision's or timm's ImageNet-1k
+        imagenet = model.num_classes == len(imagenet_class_names())
+        class_names = list(imagenet_class_names()) if imagenet else [f"class {i}" for i in range(model.num_classes)]
     if len(class_names) != model.num_classes:
         raise ConfigError(
             f"{info.path}: {model.num_classes} classes in the weights, {len(class_names)} in --data "
@@ -87,5 +88,9 @@ def evaluate_weights(weights: str, arch: str | None, config: dict[str, Any], out
     report = evaluate_predictions(ranked, truth, classifier.class_names, source=source, data=where)
     paths = report.write(out)
     log(report.summary())
+    if len(classifier.class_names) == len(imagenet_class_names()) and published_accuracy_table(
+        data_config.get("arch", "")
+    ):
+        log(published_accuracy_table(data_config.get("arch", "")))  # the published figures to compare with
     log(f"wrote {paths['json']} and {paths['confusion']}")
     return report

@@ -2,7 +2,7 @@
 FP16 artifacts, each gated by parity.
 
 Examples:
-  python -m export                                  # newest runs/*/best.pt -> exports/<arch>/ (torchscript,onnx)
+  python -m export                                  # newest runs/**/best.pt -> exports/<arch>/ (torchscript,onnx)
   python -m export --to all --name digits           # + TensorRT FP16 where TensorRT and CUDA exist
   python -m export --to onnx-int8                   # + ONNX INT8 for CPU serving, calibrated on the training split
   python -m export --to aoti,aoti-bf16              # AOTInductor .pt2 packages (bf16: CPUs with AVX512-BF16/AMX)

@@ -104,6 +104,16 @@ def convert_onnx_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     ):
         raise ExportError("FP16 conversion handles flat graphs only (no local functions or control-flow subgraphs)")
 
+    _retype_float_tensors(graph)
+    nodes = _cast_graph_inputs(graph) + list(graph.node) + _cast_graph_outputs(graph)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(converted)
+    return converted
+
+
+def _retype_float_tensors(graph: onnx.GraphProto) -> None:
+    """Float initializers, Constant values, Casts to float and value infos become float16, in place."""
     for i, init in enumerate(graph.initializer):
         if init.data_type == TensorProto.FLOAT:
             graph.initializer[i].CopyFrom(to_fp16_tensor(init))
@@ -117,19 +127,27 @@ def convert_onnx_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         if info.type.tensor_type.elem_type == TensorProto.FLOAT:
             info.type.tensor_type.elem_type = TensorProto.FLOAT16
 
-    cast_inputs = []
+
+def _cast_graph_inputs(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """A Cast to float16 after each float graph input, which the nodes then read instead."""
+    casts = []
     for graph_input in graph.input:
         if graph_input.type.tensor_type.elem_type != TensorProto.FLOAT:
             continue
         internal = f"{graph_input.name}_fp16"
         for node in graph.node:
             node.input[:] = [internal if name == graph_input.name else name for name in node.input]
-        cast_inputs.append(
+        casts.append(
             helper.make_node(
                 "Cast", [graph_input.name], [internal], to=TensorProto.FLOAT16, name=f"cast_{graph_input.name}_to_fp16"
             )
         )
-    cast_outputs = []
+    return casts
+
+
+def _cast_graph_outputs(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """A Cast back to float before each float graph output, which the nodes then write instead."""
+    casts = []
     for graph_output in graph.output:
         if graph_output.type.tensor_type.elem_type != TensorProto.FLOAT:
             continue
@@ -137,16 +155,12 @@ def convert_onnx_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         for node in graph.node:
             node.output[:] = [internal if name == graph_output.name else name for name in node.output]
             node.input[:] = [internal if name == graph_output.name else name for name in node.input]
-        cast_outputs.append(
+        casts.append(
             helper.make_node(
                 "Cast", [internal], [graph_output.name], to=TensorProto.FLOAT, name=f"cast_{graph_output.name}_to_fp32"
             )
         )
-    nodes = cast_inputs + list(graph.node) + cast_outputs
-    del graph.node[:]
-    graph.node.extend(nodes)
-    onnx.checker.check_model(converted)
-    return converted
+    return casts
 
 
 def to_fp16_tensor(tensor: onnx.TensorProto) -> onnx.TensorProto:

@@ -22,6 +22,19 @@ from .resnet import head_parameter_names
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
+# Our architectures that torchvision publishes ImageNet-1k weights for, under the same name and keys.
+TORCHVISION_ARCHS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+)
+
 
 @dataclass
 class PretrainedWeights:
@@ -146,11 +159,29 @@ def _torchvision_weights(arch: str, tag: str) -> Any:
         ) from None
 
 
+def _hub_file(weights: Any) -> Path:
+    """Where torchvision's own loader keeps (and so a user has) the file of `weights`."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
 def _resolve_torchvision(name: str) -> PretrainedWeights:
+    """`arch.TAG`, or a bare `arch`: its DEFAULT weights, else whichever of its weights are in the cache."""
     arch, _, tag = name.partition(".")
     weights = _torchvision_weights(arch, tag or "DEFAULT")
+    if not tag and not _hub_file(weights).is_file():
+        import torchvision.models as tvm
+
+        cached = [w for w in tvm.get_model_weights(arch) if _hub_file(w).is_file()]
+        if not cached:
+            files = ", ".join(os.path.basename(w.url) for w in tvm.get_model_weights(arch))
+            raise CheckpointError(
+                f"no torchvision weights for {arch} in the local torch hub cache {_hub_file(weights).parent}; "
+                f"nothing is downloaded. Put one of {files} there (set TORCH_HOME to use another cache), or "
+                "pass a weight file's path to --pretrained."
+            )
+        weights = cached[0]
     file_name = os.path.basename(weights.url)
-    path = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+    path = _hub_file(weights)
     if not path.is_file():
         raise CheckpointError(
             f"torchvision:{arch}.{weights.name} is not in the local torch hub cache; nothing is downloaded. "
@@ -169,7 +200,7 @@ def _known_torchvision_file(path: Path) -> dict[str, Any]:
     """A torchvision weight file keeps its published name (e.g. resnet50-11ad3fa6.pth): recognise it."""
     import torchvision.models as tvm
 
-    for arch in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
+    for arch in TORCHVISION_ARCHS:
         for weights in tvm.get_model_weights(arch):
             if os.path.basename(weights.url) == path.name:
                 return {"preprocess": _spec_from_torchvision(weights), "class_names": list(weights.meta["categories"])}
@@ -177,7 +208,13 @@ def _known_torchvision_file(path: Path) -> dict[str, Any]:
 
 
 def _resolve_timm(name: str) -> PretrainedWeights:
-    import timm.models
+    try:
+        import timm.models
+    except ImportError:
+        raise CheckpointError(
+            f"timm:{name} needs the timm package, which is not installed: pip install timm "
+            "(or pass the weight file's path; our ResNets read timm's resnet files without timm)"
+        ) from None
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.constants import HF_HUB_CACHE
 
@@ -207,3 +244,27 @@ def _resolve_timm(name: str) -> PretrainedWeights:
     )
     classes = list(imagenet_class_names()) if cfg.num_classes == 1000 else None
     return PretrainedWeights(source=f"timm:{name}", path=path, preprocess=spec, class_names=classes)
+
+
+def published_accuracy(arch: str) -> list[tuple[str, float, float]]:
+    """(weights, top-1 %, top-5 %) on ImageNet-1k val as torchvision publishes them for `arch`, read from
+    its weights metadata; empty for architectures torchvision has no weights for."""
+    import torchvision.models as tvm
+
+    if arch not in TORCHVISION_ARCHS:
+        return []
+    rows = []
+    for weights in tvm.get_model_weights(arch):
+        metrics = weights.meta["_metrics"]["ImageNet-1K"]
+        rows.append((f"{arch}.{weights.name}", float(metrics["acc@1"]), float(metrics["acc@5"])))
+    return rows
+
+
+def published_accuracy_table(arch: str) -> str:
+    """`published_accuracy` as lines to print beside an evaluation ("" when there is none)."""
+    rows = published_accuracy(arch)
+    if not rows:
+        return ""
+    lines = ["torchvision's published ImageNet-1k val accuracy (its weights, its preprocessing):"]
+    lines += [f"  {name:<32} top-1 {top1:6.3f}%  top-5 {top5:6.3f}%" for name, top1, top5 in rows]
+    return "\n".join(lines)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,6 +114,46 @@ for _depth in _CIFAR_PAPER_DEPTHS:
             )
         )
 
+# torchvision's wide and grouped bottleneck nets: (depth, layers, groups, width_per_group).
+_WIDE_AND_GROUPED = {
+    "wide_resnet50_2": (50, (3, 4, 6, 3), 1, 128),
+    "wide_resnet101_2": (101, (3, 4, 23, 3), 1, 128),
+    "resnext50_32x4d": (50, (3, 4, 6, 3), 32, 4),
+    "resnext101_32x8d": (101, (3, 4, 23, 3), 32, 8),
+}
+for _name, (_depth, _layers, _groups, _width) in _WIDE_AND_GROUPED.items():
+    _register(
+        ModelSpec(
+            name=_name,
+            family="imagenet",
+            kwargs=dict(block="Bottleneck", layers=_layers, groups=_groups, width_per_group=_width),
+            default_num_classes=1000,
+            preprocess=IMAGENET_PREPROCESS,
+            description=f"ImageNet {'Wide ResNet' if _groups == 1 else 'ResNeXt'}-{_depth} "
+            + ("(2x wide bottleneck)" if _groups == 1 else f"({_groups} groups x {_width} channels)"),
+        )
+    )
+
+# Zagoruyko & Komodakis (2016): WRN-28-10, pre-activation basic blocks, (28 - 4) / 6 = 4 per stage.
+_register(
+    ModelSpec(
+        name="wrn28_10",
+        family="cifar",
+        kwargs=dict(
+            block="BasicBlock",
+            layers=(4, 4, 4),
+            widths=(160, 320, 640),
+            stem_width=16,
+            stem="cifar",
+            shortcut="B",
+            pre_activation=True,
+        ),
+        default_num_classes=10,
+        preprocess=CIFAR_PREPROCESS,
+        description="CIFAR Wide ResNet-28-10 (16-channel stem, 160/320/640 pre-activation stages)",
+    )
+)
+
 _BLOCKS = {"BasicBlock": BasicBlock, "Bottleneck": Bottleneck}
 _OPTIONS = {
     "pre_activation",
@@ -123,6 +165,7 @@ _OPTIONS = {
     "in_chans",
     "norm",
     "residual",
+    "grad_checkpoint",
 }
 
 
@@ -135,9 +178,18 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 
 def _sort_key(name: str) -> tuple:
+    """Family, then the variant (plain first), then depth."""
     spec = _REGISTRY[name]
-    depth = int("".join(c for c in name.rsplit("resnet", 1)[1] if c.isdigit()))
-    return ({"imagenet": 0, "cifar": 1, "cifar-paper": 2}[spec.family], "preact" in name, name.endswith("d"), depth)
+    depth = int(re.search(r"\d+", name).group())
+    is_resnext = name.startswith("resnext")
+    variant = (
+        "preact" in name,
+        name.endswith("d") and not is_resnext,
+        name.startswith("wide_"),
+        is_resnext,
+        name.startswith("wrn"),
+    )
+    return ({"imagenet": 0, "cifar": 1, "cifar-paper": 2}[spec.family], variant, depth)
 
 
 def get_model_spec(name: str) -> ModelSpec:
@@ -155,7 +207,8 @@ def create_model(name: str, num_classes: int | None = None, **options: Any) -> R
     """Build a registered ResNet.
 
     Options: pre_activation, zero_init_residual, drop_path_rate, dropout, shortcut ("A"/"B"/"D"),
-    stem ("imagenet"/"deep"/"cifar"), in_chans, norm ("batch"/"none"), residual (False: plain network).
+    stem ("imagenet"/"deep"/"cifar"), in_chans, norm ("batch"/"none"), residual (False: plain network),
+    grad_checkpoint (recompute each block in the backward pass).
     """
     spec = get_model_spec(name)
     unknown = sorted(set(options) - _OPTIONS)
@@ -165,3 +218,15 @@ def create_model(name: str, num_classes: int | None = None, **options: Any) -> R
     kwargs.update({k: v for k, v in options.items() if v is not None})
     kwargs["block"] = _BLOCKS[kwargs["block"]]
     return ResNet(num_classes=num_classes or spec.default_num_classes, **kwargs)
+
+
+def model_builder(name: str) -> Callable[..., ResNet]:
+    """`models.resnet18(num_classes=10)`-style builder of a registered name (`from models import resnet18`)."""
+    spec = get_model_spec(name)
+
+    def build(num_classes: int | None = None, **options: Any) -> ResNet:
+        return create_model(name, num_classes=num_classes, **options)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"{spec.description}; options as `models.create_model`."
+    return build

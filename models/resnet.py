@@ -7,6 +7,11 @@ One `ResNet` class covers every family:
 * CIFAR ResNet-18/34/50/101: the same stages behind a 3x3/1 stem with no max-pool.
 * The CIFAR paper's ResNet-20/32/44/56/110: three stages of 16/32/64 channels, shortcut option A
   (parameter-free: subsample and zero-pad channels) or B (1x1 conv + BN projection).
+* Wide ResNets (torchvision's wide_resnet50_2/101_2: a bottleneck twice as wide; WRN-28-10 for CIFAR:
+  pre-activation basic blocks 10x as wide) and ResNeXt (grouped 3x3 convs, `groups` x `width_per_group`).
+
+`grad_checkpoint = True` recomputes each block's activations in the backward pass instead of keeping
+them (less memory for deep nets, one more forward per block; the gradients are the same).
 
 `pre_activation=True` turns any of them into ResNet v2 (BN -> ReLU -> conv inside each block, nothing
 after the addition, one final BN + ReLU before pooling). For the write-ups' ablations, `norm="none"`
@@ -16,10 +21,12 @@ downsample) use timm's key names so timm's `resnet50d` weights load too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet"]
@@ -95,8 +102,12 @@ class BasicBlock(nn.Module):
         drop_path: float = 0.0,
         norm: str = "batch",
         residual: bool = True,
+        groups: int = 1,
+        base_width: int = 64,
     ) -> None:
         super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock has no groups or width_per_group: widen it through `widths`")
         self.pre_activation = pre_activation
         self.residual = residual  # False: a plain block, F(x) alone (models.inspect reads this)
         self.conv1 = conv3x3(in_planes, planes, stride)
@@ -128,7 +139,11 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (carrying the stride, "v1.5"), 1x1 expand by 4."""
+    """1x1 reduce, 3x3 (carrying the stride, "v1.5"), 1x1 expand by 4.
+
+    The inner width is `planes * base_width / 64 * groups` (torchvision's rule): ResNeXt-50 32x4d has
+    32 groups of 4 channels at base 64, wide_resnet50_2 has base 128.
+    """
 
     expansion = 4
 
@@ -142,17 +157,20 @@ class Bottleneck(nn.Module):
         drop_path: float = 0.0,
         norm: str = "batch",
         residual: bool = True,
+        groups: int = 1,
+        base_width: int = 64,
     ) -> None:
         super().__init__()
         out_planes = planes * self.expansion
+        width = int(planes * (base_width / 64.0)) * groups
         self.pre_activation = pre_activation
         self.residual = residual  # False: a plain block, F(x) alone (models.inspect reads this)
-        self.conv1 = conv1x1(in_planes, planes)
-        self.bn1 = make_norm(norm, in_planes if pre_activation else planes)  # v2 normalises the input
-        self.conv2 = conv3x3(planes, planes, stride)
-        self.bn2 = make_norm(norm, planes)
-        self.conv3 = conv1x1(planes, out_planes)
-        self.bn3 = make_norm(norm, planes if pre_activation else out_planes)
+        self.conv1 = conv1x1(in_planes, width)
+        self.bn1 = make_norm(norm, in_planes if pre_activation else width)  # v2 normalises the input
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, groups=groups, bias=False)
+        self.bn2 = make_norm(norm, width)
+        self.conv3 = conv1x1(width, out_planes)
+        self.bn3 = make_norm(norm, width if pre_activation else out_planes)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = shortcut
         self.drop_path = StochasticDepth(drop_path, "row") if drop_path > 0 else nn.Identity()
@@ -200,6 +218,9 @@ class ResNet(nn.Module):
         dropout: dropout probability before the classifier.
         norm: "batch" (BatchNorm everywhere) or "none" (no normalisation: the norm-free ablation).
         residual: False builds the plain network of the same depth (no shortcuts, no additions).
+        groups, width_per_group: ResNeXt's cardinality and channels per group (bottleneck only).
+        stem_width: channels of the stem (default: widths[0]; WRN-28-10 has a 16-channel stem).
+        grad_checkpoint: recompute each block in the backward pass instead of storing its activations.
     """
 
     def __init__(
@@ -217,6 +238,10 @@ class ResNet(nn.Module):
         in_chans: int = 3,
         norm: str = "batch",
         residual: bool = True,
+        groups: int = 1,
+        width_per_group: int = 64,
+        stem_width: int | None = None,
+        grad_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         if len(layers) != len(widths) or not 1 <= len(layers) <= 4:
@@ -227,7 +252,8 @@ class ResNet(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.pre_activation = pre_activation
         self.num_classes = num_classes
-        stem_width = widths[0]
+        self.grad_checkpoint = grad_checkpoint
+        stem_width = stem_width or widths[0]
 
         stem_norm = not pre_activation or stem != "cifar"  # a v2 CIFAR net starts with a bare conv
         if stem == "imagenet":
@@ -274,6 +300,8 @@ class ResNet(nn.Module):
                         drop_path=rate,
                         norm=norm,
                         residual=residual,
+                        groups=groups,
+                        base_width=width_per_group,
                     )
                 )
                 in_planes = out_planes
@@ -310,9 +338,20 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        # Checkpointing pays only when a backward pass follows; a frozen stem (no grad) trains as usual.
+        if not torch.jit.is_scripting() and self.grad_checkpoint and self.training and x.requires_grad:
+            x = self._checkpointed_stages(x)
+        else:
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         if self.pre_activation:
             x = torch.relu(self.final_bn(x))
+        return x
+
+    @torch.jit.unused
+    def _checkpointed_stages(self, x: Tensor) -> Tensor:
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in stage.children() if isinstance(stage, nn.Sequential) else ():
+                x = checkpoint(_run_once_updating_norm_stats(block), x, use_reentrant=True)
         return x
 
     def forward_head(self, x: Tensor) -> Tensor:
@@ -321,6 +360,39 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def _run_once_updating_norm_stats(block: nn.Module):
+    """`block` as a function whose recomputation (in the backward pass) leaves BatchNorm's running
+    statistics as the first call left them, so a checkpointed step updates them once, as a plain one does."""
+    calls = 0
+
+    def run(x: Tensor) -> Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return block(x)
+        with _norm_stats_kept(block):
+            return block(x)
+
+    return run
+
+
+@contextmanager
+def _norm_stats_kept(module: nn.Module) -> Iterator[None]:
+    """BatchNorm updates copies of its buffers, then gets its own back untouched (the recomputed graph
+    keeps the copies: changing the originals in place would invalidate what autograd saved)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    originals = [dict(m._buffers) for m in norms]
+    for m in norms:
+        for name, buffer in m._buffers.items():
+            if buffer is not None:
+                m._buffers[name] = buffer.clone()
+    try:
+        yield
+    finally:
+        for m, buffers in zip(norms, originals):
+            m._buffers.update(buffers)
 
 
 def head_parameter_names(model: nn.Module) -> list[str]:

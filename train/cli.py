@@ -15,7 +15,7 @@ from imagedata.kinds import DATA_KINDS
 from models import CheckpointError
 
 from .checkpoints import CheckpointSaveError, RunDirError
-from .config import CHOICES, DEFAULTS, ConfigError, list_recipes, resolve_config
+from .config import BARE_PRETRAINED, CHOICES, DEFAULTS, ConfigError, list_recipes, resolve_config
 from .distributed import launched_as_main
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -117,8 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
         g,
         "--pretrained",
         "start from weights: a .pth/.safetensors file, one of our checkpoints, or "
-        "torchvision:resnet50.IMAGENET1K_V2 / timm:resnet50.a1_in1k from the local cache; the head is "
-        "re-initialised when the classes differ and the weights' own preprocessing is used",
+        "torchvision:resnet50.IMAGENET1K_V2 / timm:resnet50.a1_in1k from the local cache; bare --pretrained: "
+        "torchvision's weights for --arch from the local torch hub cache (TORCH_HOME/hub/checkpoints, never "
+        "downloaded); the head is re-initialised when the classes differ and the weights' own preprocessing is used",
+        nargs="?",
+        const=BARE_PRETRAINED,
     )
     _flag(g, "--freeze-backbone", "train only the classifier")
     _flag(g, "--freeze-until", "freeze the stem and the stages up to this one (stem, layer1..layer4)")
@@ -131,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--norm",
         "normalisation layers: batch (default) or none (the no-BatchNorm ablation; train it with "
         "a lower --lr, e.g. 0.01)",
+    )
+    _flag(
+        g,
+        "--imagenet-stem",
+        "on 32x32 data (cifar10/100, digits) keep an ImageNet network as named (7x7 stem + max-pool) "
+        "instead of its CIFAR variant (--arch resnet18 --data cifar10 trains cifar_resnet18 by default)",
     )
     _flag(g, "--plain", "no shortcuts: the plain network of the same depth (the CIFAR paper's comparison)")
     _flag(
@@ -182,10 +191,26 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--image-size", "network input size (the resize keeps the crop ratio)", type=int)
     _flag(g, "--val-resize", "resize the shorter side to this before the center crop", type=int)
     _flag(g, "--interpolation", "resize interpolation")
+    _flag(
+        g, "--mean", "input normalisation mean per RGB channel (with --std; default: the data's)", type=float, nargs=3
+    )
+    _flag(
+        g,
+        "--std",
+        "input normalisation std per RGB channel (e.g. 0.5 0.5 0.5: the CIFAR write-up's code)",
+        type=float,
+        nargs=3,
+    )
 
     g = p.add_argument_group("speed and reproducibility")
     _flag(g, "--amp", "mixed precision autocast (fp16 uses a GradScaler)")
     _flag(g, "--channels-last", "channels_last memory format")
+    _flag(
+        g,
+        "--grad-checkpoint",
+        "gradient checkpointing: recompute each block's activations in the backward pass instead of "
+        "storing them (less memory for deep or wide nets, about one more forward per step; same gradients)",
+    )
     _flag(g, "--compile", "torch.compile the model")
     _flag(g, "--sync-bn", "SyncBatchNorm across processes (CUDA only)")
     _flag(g, "--device", "cpu, cuda, cuda:N or auto")
@@ -230,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("prediction and evaluation")
-    g.add_argument("--predict", nargs="+", metavar="IMG", help="classify images with --checkpoint and exit")
+    g.add_argument("--predict", "--image", nargs="+", metavar="IMG", help="classify images with --checkpoint and exit")
     g.add_argument(
         "--evaluate",
         action="store_true",
@@ -317,6 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             print(yaml.safe_dump(config, sort_keys=False), end="")
             return EXIT_OK
+        if config.get("arch_source") and launched_as_main():
+            print(f"arch: {config['arch_source']}", flush=True)
         if config.get("recipe") and launched_as_main():
             print(f"recipe: {config['recipe']} ({config.get('recipe_source', '--recipe')})", flush=True)
         result = run(config)

@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "norm": None,  # None: BatchNorm; "none": the norm-free ablation
     "plain": False,  # no shortcuts: the CIFAR paper's plain networks
     "shortcut": None,  # None: the architecture's own (A for the paper's nets, B otherwise)
+    "imagenet_stem": False,  # keep an ImageNet net's 7x7 stem + max-pool on 32x32 data (else: its CIFAR variant)
     "pretrained": None,
     "freeze_backbone": False,
     "freeze_until": None,
@@ -74,9 +75,12 @@ DEFAULTS: dict[str, Any] = {
     "image_size": None,
     "val_resize": None,
     "interpolation": None,
+    "mean": None,  # input normalisation per RGB channel (None: the data's or the weights' own)
+    "std": None,
     # speed and determinism
     "amp": "none",
     "channels_last": False,
+    "grad_checkpoint": False,  # recompute blocks in backward: less activation memory, ~1/3 more compute
     "compile": False,
     "sync_bn": False,
     "device": "auto",
@@ -117,7 +121,15 @@ DEFAULT_RECIPES: dict[tuple[str, str], str] = {
     ("cifar100", "cifar"): "cifar_modern",
     ("digits", "cifar-paper"): "digits",
     ("digits", "cifar"): "digits",
+    # ImageNet nets on 32x32 data kept with --imagenet-stem still get the data's training recipe.
+    ("cifar10", "imagenet"): "cifar_modern",
+    ("cifar100", "imagenet"): "cifar_modern",
+    ("digits", "imagenet"): "digits",
 }
+
+# Data whose images are 32x32: an ImageNet architecture name means its CIFAR variant there (the
+# write-ups' `--arch resnet18 --data cifar10`), unless --imagenet-stem or --pretrained weights need it.
+CIFAR_SIZED_DATA = ("cifar10", "cifar100", "digits")
 
 # Keys a resumed run may change (more epochs, other loader settings); the rest come from the checkpoint.
 RESUMABLE_OVERRIDES = (
@@ -135,6 +147,10 @@ RESUMABLE_OVERRIDES = (
 
 # Keys a resume may not change: they fix the batches and the per-step LR schedule in the checkpoint.
 TOPOLOGY_KEYS = ("batch_size", "accum_steps")
+
+
+# A bare `--pretrained`: the torchvision weights of --arch, from the local torch hub cache.
+BARE_PRETRAINED = "torchvision"
 
 
 class ConfigError(ValueError):
@@ -184,11 +200,31 @@ def default_recipe(arch: str | None, data: str | None) -> str | None:
     return DEFAULT_RECIPES.get((data, family))
 
 
+def with_cifar_variant(overrides: dict[str, Any]) -> dict[str, Any]:
+    """`--arch resnet18` on 32x32 data means `cifar_resnet18`: the overrides with the architecture
+    resolved and `arch_source` saying so (unchanged for other data, --imagenet-stem or --pretrained)."""
+    arch, data = overrides.get("arch"), overrides.get("data")
+    if data not in CIFAR_SIZED_DATA or overrides.get("imagenet_stem") or overrides.get("pretrained"):
+        return overrides
+    try:
+        is_imagenet_net = get_model_spec(arch).family == "imagenet"
+        get_model_spec(f"cifar_{arch}")
+    except ValueError:
+        return overrides
+    if not is_imagenet_net:
+        return overrides
+    variant = f"cifar_{arch}"
+    source = f"{arch} -> {variant}: the CIFAR variant (3x3 stem, no max-pool) for 32x32 {data} images; "
+    return {**overrides, "arch": variant, "arch_source": source + f"--imagenet-stem keeps {arch}"}
+
+
 def resolve_config(overrides: dict[str, Any], recipe: str | None = None) -> dict[str, Any]:
     """DEFAULTS < recipe (given, or the default for the data and architecture) < overrides, validated.
 
-    `recipe_source` says where the recipe came from, for the line every run prints at start.
+    `recipe_source` says where the recipe came from and `arch_source` why the architecture changed, for
+    the lines every run prints at start.
     """
+    overrides = with_cifar_variant(overrides)
     config = dict(DEFAULTS)
     source = "--recipe"
     if not recipe:
@@ -199,6 +235,8 @@ def resolve_config(overrides: dict[str, Any], recipe: str | None = None) -> dict
         config["recipe"] = str(recipe)
         config["recipe_source"] = source
     config.update(overrides)
+    if config.get("pretrained") == BARE_PRETRAINED:
+        config["pretrained"] = f"torchvision:{config['arch']}"  # its weights in the local torch hub cache
     validate(config)
     return config
 
@@ -224,6 +262,12 @@ def validate(config: dict[str, Any]) -> None:
         raise ConfigError("--freeze-backbone and --freeze-until are exclusive: pick one")
     if config.get("log_internals") and not config.get("tensorboard"):
         raise ConfigError("--log-internals writes to TensorBoard: drop --no-tensorboard or --log-internals")
+    if (config.get("mean") is None) != (config.get("std") is None):
+        raise ConfigError("mean and std set the input normalisation together: give both (e.g. 0.5 0.5 0.5 twice)")
+    for key in ("mean", "std"):
+        values = config.get(key)
+        if values is not None and (len(values) != 3 or (key == "std" and min(map(float, values)) <= 0)):
+            raise ConfigError(f"{key} {values}: three values, one per RGB channel (std > 0)")
     if config["val_split"] is not None and not 0.0 < float(config["val_split"]) < 1.0:
         raise ConfigError(f"val_split must be between 0 and 1, got {config['val_split']}")
 

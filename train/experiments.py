@@ -43,7 +43,8 @@ class PlannedRun:
     name: str
     recipe: str
     flags: list[str]
-    reported: dict[str, float] = field(default_factory=dict)  # best / final val top-1 of the write-up
+    reported: dict[str, float] = field(default_factory=dict)  # best / final val top-1 of the source
+    writeup: float | None = None  # what the write-up itself measured, when it reran the source
 
 
 @dataclass
@@ -90,7 +91,8 @@ def load_suite(name_or_path: str) -> tuple[str, str, list[PlannedRun]]:
             raise ConfigError(f"{path}: runs[{i}] needs a name and a recipe")
         flags = [str(f) for f in entry.get("flags") or []]
         reported = {k: float(v) for k, v in (entry.get("reported") or {}).items() if k in ("best", "final")}
-        runs.append(PlannedRun(str(entry["name"]), str(entry["recipe"]), flags, reported))
+        writeup = float(entry["writeup"]) if entry.get("writeup") is not None else None
+        runs.append(PlannedRun(str(entry["name"]), str(entry["recipe"]), flags, reported, writeup))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: run names must be distinct, got {names}")
@@ -133,13 +135,20 @@ def read_metrics(run_dir: Path) -> tuple[float | None, float | None, float | Non
     return max(top1), top1[-1], float(train) if train else None, int(rows[-1]["epoch"])
 
 
+def figure(value: float | None) -> str:
+    """A published figure as its source gives it: 91.25 stays 91.25, 93.0 stays 93.0 (not 93)."""
+    if value is None:
+        return "-"
+    text = f"{value:.2f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
 def markdown_summary(title: str, source: str, outcomes: list[Outcome], extra: Sequence[str]) -> str:
     def num(v: float | None, fmt: str = ".2f") -> str:
         return format(v, fmt) if v is not None else "-"
 
     def reported(r: PlannedRun) -> str:
-        # "g": the figures as the write-ups give them (91.25, not 91.2)
-        return " / ".join(num(r.reported.get(k), "g") for k in ("best", "final")) if r.reported else "-"
+        return " / ".join(figure(r.reported.get(k)) for k in ("best", "final")) if r.reported else "-"
 
     lines = [
         f"# Experiments: {title}",
@@ -148,15 +157,15 @@ def markdown_summary(title: str, source: str, outcomes: list[Outcome], extra: Se
         f"Extra flags for every run: `{shlex.join(extra)}`" if extra else "Extra flags: none",
         "",
         "| run | recipe + flags | status | epochs | best val top-1 | final val top-1 | final train top-1 "
-        "| reported best / final | time (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| reported best / final | write-up's own run | time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
         setup = " ".join([o.run.recipe, *o.run.flags])
         lines.append(
             f"| {o.run.name} | `{setup}` | {o.status} | {o.epochs if o.epochs is not None else '-'} "
             f"| {num(o.best_top1)} | {num(o.final_top1)} | {num(o.train_top1)} | {reported(o.run)} "
-            f"| {num(o.seconds, '.0f')} |"
+            f"| {figure(o.run.writeup)} | {num(o.seconds, '.0f')} |"
         )
     lines += ["", "Commands:", ""] + [f"- `{shlex.join(o.command)}`" for o in outcomes]
     return "\n".join(lines) + "\n"
@@ -176,6 +185,23 @@ def resolved(command: list[str]) -> dict[str, Any]:
     """The config `python -m train` would resolve for this command line."""
     overrides, recipe = config_overrides(train_parser().parse_args(command[3:]))
     return resolve_config(overrides, recipe)
+
+
+def settings_line(config: dict[str, Any]) -> str:
+    """What a dry run shows of a resolved config: the network and its ablation options, the schedule."""
+    network = [config["arch"]]
+    if config.get("plain"):
+        network.append("--plain")
+    for key in ("shortcut", "norm"):
+        if config.get(key) is not None:
+            network.append(f"--{key} {config[key]}")
+    if config.get("mean") is not None:
+        network.append(f"--mean {' '.join(map(str, config['mean']))} --std {' '.join(map(str, config['std']))}")
+    precision = "fp32" if config["amp"] == "none" else config["amp"]
+    return (
+        f"{' '.join(network)} on {config['data']}: {config['epochs']} epochs, batch {config['batch_size']}, "
+        f"lr {config['lr']} ({config['scheduler']}), {precision}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -223,10 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  cannot run as given: {e}")
                 failed += 1
                 continue
-            print(
-                f"  {config['arch']} on {config['data']}: {config['epochs']} epochs, batch {config['batch_size']}, "
-                f"lr {config['lr']} ({config['scheduler']}), {config['amp']} precision"
-            )
+            print(f"  {settings_line(config)}")
         return 1 if failed else 0
 
     summary = Path(args.summary) if args.summary else out / f"experiments-{slug(title)}.md"

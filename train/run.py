@@ -21,12 +21,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.transforms import v2
 
 from fsutil.atomic import sha256_file
+from fsutil.owned import MARKER_NAME, is_owned, remove_owned_tree
 from imagedata.kinds import build_dataset, build_validation_set, default_preprocess
 from models import Checkpoint, PreprocessSpec, create_model, load_pretrained
 from models.checkpoint import load_state_dict_strict
 
 from . import data as datamod
 from .checkpoints import (
+    RUN_KIND,
     check_run_name,
     continues_its_run,
     fork_refusal,
@@ -38,7 +40,16 @@ from .checkpoints import (
     seed_everything,
     set_rng_state,
 )
-from .config import RESUMABLE_OVERRIDES, TOPOLOGY_KEYS, ConfigError, arch_kwargs, resolve_config, validate, write_config
+from .config import (
+    RESUMABLE_OVERRIDES,
+    TOPOLOGY_KEYS,
+    ConfigError,
+    arch_kwargs,
+    resolve_config,
+    validate,
+    with_cifar_variant,
+    write_config,
+)
 from .distributed import (
     DistInfo,
     all_gather_objects,
@@ -81,6 +92,7 @@ def build_config(overrides: dict[str, Any], recipe: str | None = None) -> dict[s
     a copy in /tmp) it forks a new run directory (`--name NEW`), or is refused: history is never rewritten.
     A worker group restarted by torchrun's elastic agent continues from the run's own `last.pt` by itself.
     """
+    overrides = with_cifar_variant(overrides)  # before --resume auto looks for ARCH-DATA/last.pt
     restarted = elastic_restart_count() > 0
     if restarted and not overrides.get("resume"):
         overrides = {**overrides, "resume": "auto"}
@@ -166,6 +178,8 @@ def eval_preprocess(config: dict[str, Any], pretrained_spec: PreprocessSpec | No
         spec = dataclasses.replace(spec, resize_size=int(config["val_resize"]))
     if config.get("interpolation"):
         spec = dataclasses.replace(spec, interpolation=config["interpolation"])
+    if config.get("mean"):
+        spec = dataclasses.replace(spec, mean=tuple(map(float, config["mean"])), std=tuple(map(float, config["std"])))
     return spec
 
 
@@ -216,6 +230,12 @@ def run(config: dict[str, Any]) -> RunResult:
         shutdown_distributed()
 
 
+def discard_unused_run_dir(run_dir: Path) -> None:
+    """Remove `run_dir` when it holds nothing but our marker: a run that stopped before writing anything."""
+    if is_owned(run_dir, RUN_KIND) and [p.name for p in run_dir.iterdir()] == [MARKER_NAME]:
+        remove_owned_tree(run_dir, RUN_KIND)  # refuses a symlink
+
+
 class _Run:
     def __init__(self, config: dict[str, Any], device: torch.device, dist_info: DistInfo):
         self.config, self.device, self.dist = config, device, dist_info
@@ -229,9 +249,14 @@ class _Run:
         if dist_info.is_main:
             prepare_run_dir(self.run_dir, resume=continuing, overwrite=bool(config.get("overwrite")))
         barrier()
-        self._setup_determinism()
-        self._setup_model_and_data()
-        self._setup_optimization()
+        try:
+            self._setup_determinism()
+            self._setup_model_and_data()
+            self._setup_optimization()
+        except BaseException:
+            if dist_info.is_main:
+                discard_unused_run_dir(self.run_dir)  # a failed data check leaves no empty run folder
+            raise
         if self.resume is not None:
             self._restore(self.resume)
         if dist_info.is_main:
@@ -254,7 +279,12 @@ class _Run:
         _, class_names = build_dataset(cfg, "val", None)
         self.class_names = class_names
         self.arch_kwargs = arch_kwargs(cfg)
-        network = create_model(cfg["arch"], num_classes=len(class_names), **self.arch_kwargs)
+        network = create_model(
+            cfg["arch"],
+            num_classes=len(class_names),
+            grad_checkpoint=bool(cfg.get("grad_checkpoint")),  # training only: not in arch_kwargs
+            **self.arch_kwargs,
+        )
         pretrained_spec = None
         if self.resume is not None:
             pretrained_spec = self.resume.preprocess

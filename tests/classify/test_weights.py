@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from models import create_model, load_checkpoint
+from models import create_model, imagenet_class_names, load_checkpoint
 from train.cli import main
 
 DIGITS_VAL_IMAGES = 360  # 20% of scikit-learn's 1797 digits
@@ -67,3 +67,28 @@ def test_a_missing_checkpoint_is_named_as_missing(tmp_path, capsys):
     code = main(["--evaluate", "--checkpoint", str(missing), "--eval-out", str(tmp_path / "e")])
     err = capsys.readouterr().err
     assert code == 1 and f"{missing}: no such file" in err and "bare weight file" not in err
+
+
+def test_imagenet_weights_under_any_file_name_predict_class_names(torchvision_resnet18_file, tmp_path, capsys):
+    """`--image` (the cheat-sheet's spelling of --predict) on a 1000-class torchvision file named anything."""
+    renamed = tmp_path / "resnet18.pth"  # not torchvision's published file name
+    renamed.write_bytes(torchvision_resnet18_file.read_bytes())
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (64, 48), (200, 120, 40)).save(image)
+    assert main(["--image", str(image), "--checkpoint", str(renamed), "--arch", "resnet18", "--topk", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [line.split("%", 1)[1].strip() for line in lines[1:]]
+    assert len(names) == 3 and all(name in imagenet_class_names() for name in names), lines
+
+
+def test_evaluate_shows_torchvisions_published_accuracy_for_imagenet_weights(torchvision_resnet18_file, capsys):
+    import torchvision
+
+    code = main(
+        ["--evaluate", "--checkpoint", str(torchvision_resnet18_file), "--arch", "resnet18", "--data", "synthetic"]
+        + ["--num-classes", "1000", "--synthetic-size", "8", "--eval-out", str(torchvision_resnet18_file.parent)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    published = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["_metrics"]["ImageNet-1K"]
+    assert "resnet18.IMAGENET1K_V1" in out and f"top-1 {published['acc@1']:6.3f}%" in out, out

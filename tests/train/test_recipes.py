@@ -166,3 +166,18 @@ def test_a_real_run_prints_its_recipe_first(tmp_path, capsys):
     config = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert config["recipe"] == "digits" and config["nesterov"] is True  # the recipe's
     assert (config["epochs"], config["batch_size"]) == (1, 128)  # the flags'
+
+
+def test_an_imagenet_name_on_cifar_means_its_cifar_variant(capsys, tmp_path, monkeypatch):
+    """The write-ups' `--arch resnet18 --data cifar10`: the CIFAR ResNet-18 and the CIFAR recipe, said so."""
+    monkeypatch.chdir(tmp_path)
+    config = dry_run(capsys, "--arch", "resnet18", "--data", "cifar10")
+    assert (config["arch"], config["recipe"]) == ("cifar_resnet18", "cifar_modern")
+    assert config["arch_source"].startswith("resnet18 -> cifar_resnet18") and "--imagenet-stem" in config["arch_source"]
+    assert dry_run(capsys, "--arch", "preact_resnet50", "--data", "digits")["arch"] == "cifar_preact_resnet50"
+    kept = dry_run(capsys, "--arch", "resnet18", "--data", "cifar10", "--imagenet-stem")
+    assert (kept["arch"], kept["recipe"]) == ("resnet18", "cifar_modern") and "arch_source" not in kept
+    # ImageNet weights need the ImageNet stem; nets without a CIFAR variant stay as named.
+    assert dry_run(capsys, "--arch", "resnet18", "--data", "cifar10", "--pretrained", "w.pth")["arch"] == "resnet18"
+    assert dry_run(capsys, "--arch", "resnet152", "--data", "cifar10")["arch"] == "resnet152"
+    assert dry_run(capsys, "--arch", "resnet18", "--data", "imagenet")["arch"] == "resnet18"

@@ -13,6 +13,7 @@ from models import load_checkpoint, model_from_checkpoint
 from models.checkpoint import REQUIRED_KEYS
 from tests.fixtures.datasets import DIGIT_NAMES
 from train.checkpoints import RunDirError
+from train.data import DataError
 
 from .helpers import train_in_process
 
@@ -114,3 +115,9 @@ def test_folder_class_names_and_accumulation(tmp_path, jpeg_folder):
     ckpt = load_checkpoint(result.run_dir / "best.pt")
     assert ckpt.class_names == sorted(DIGIT_NAMES[:4])
     assert ckpt.step == 3  # 48 images / 16 per step
+
+
+def test_a_run_that_fails_its_data_check_leaves_no_run_folder(tmp_path):
+    with pytest.raises(DataError):
+        train_in_process(tmp_path, "no-data", arch="resnet20", data="folder", data_dir=str(tmp_path / "missing"))
+    assert not (tmp_path / "no-data").exists()

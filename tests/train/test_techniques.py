@@ -143,3 +143,18 @@ def test_freeze_backbone_and_until():
     assert model.layer3[0].conv1.weight.requires_grad
     with pytest.raises(ValueError, match="layer5"):
         freeze(create_model("resnet18"), until="layer5")
+
+
+def test_grad_checkpoint_trains_the_same_weights(tmp_path):
+    from models import load_checkpoint
+
+    from .helpers import train_in_process
+
+    states = []
+    for flag in (False, True):
+        options = dict(arch="resnet20", data="synthetic", num_classes=4, synthetic_size=48, grad_checkpoint=flag)
+        result = train_in_process(tmp_path, f"ckpt-{flag}", **options)
+        ckpt = load_checkpoint(result.run_dir / "last.pt")
+        assert "grad_checkpoint" not in ckpt.arch_kwargs  # a training setting, not part of the network
+        states.append(ckpt.model)
+    torch.testing.assert_close(states[1], states[0])
