@@ -74,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _what_to_train(p)
+    _network_flags(p)
+    _optimisation_flags(p)
+    _augmentation_flags(p)
+    _eval_preprocess_flags(p)
+    _speed_flags(p)
+    _checkpoint_flags(p)
+    _prediction_flags(p)
+    return p
+
+
+def _what_to_train(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to train")
     g.add_argument(
         "--recipe",
@@ -112,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--out", "directory holding the runs")
     _flag(g, "--name", "run name: outputs go to OUT/NAME (default: ARCH-DATA)")
 
+
+def _network_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("network and fine-tuning")
     _flag(
         g,
@@ -149,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the architecture's own: A for resnet20-110, B for the others)",
     )
 
+
+def _optimisation_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation")
     _flag(g, "--epochs", "epochs to train", type=int)
     _flag(g, "--batch-size", "global batch per optimizer step (split over processes and accumulation steps)", type=int)
@@ -173,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--grad-clip", "clip the gradient norm to this value (after unscaling under fp16)", type=float)
     _flag(g, "--accum-steps", "gradient accumulation: micro-batches per optimizer step", type=int)
 
+
+def _augmentation_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("regularisation and augmentation")
     _flag(g, "--label-smoothing", "label smoothing of the cross-entropy", type=float)
     _flag(g, "--mixup", "MixUp alpha (0: off)", type=float)
@@ -187,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--ema", "keep an exponential moving average of the weights (evaluated and deployed)")
     _flag(g, "--ema-decay", "EMA decay per optimizer step", type=float)
 
+
+def _eval_preprocess_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation preprocessing (stored in the checkpoint)")
     _flag(g, "--image-size", "network input size (the resize keeps the crop ratio)", type=int)
     _flag(g, "--val-resize", "resize the shorter side to this before the center crop", type=int)
@@ -202,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs=3,
     )
 
+
+def _speed_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("speed and reproducibility")
     _flag(g, "--amp", "mixed precision autocast (fp16 uses a GradScaler)")
     _flag(g, "--channels-last", "channels_last memory format")
@@ -226,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--seed", "random seed", type=int)
     _flag(g, "--deterministic", "deterministic algorithms (slower)")
 
+
+def _checkpoint_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("checkpoints and logs")
     _flag(
         g,
@@ -254,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(||F(x)|| / ||identity||) on a fixed validation batch to TensorBoard (one extra forward/backward)",
     )
 
+
+def _prediction_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("prediction and evaluation")
     g.add_argument("--predict", "--image", nargs="+", metavar="IMG", help="classify images with --checkpoint and exit")
     g.add_argument(
@@ -270,7 +296,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--eval-out", default="evaluation", help="where --evaluate writes (default: %(default)s)")
     g.add_argument("--topk", type=int, default=5, help="classes to print per image with --predict (default: 5)")
-    return p
 
 
 def config_overrides(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
