@@ -152,3 +152,22 @@ def test_duplicate_class_names_are_refused(capsys, export_copy, tmp_path):
     assert status == 1
     assert "class names must be unique" in err and "'1'" in err and "export again" in err
     assert not (tmp_path / "store").exists() or not list((tmp_path / "store").glob("*.mar"))
+
+
+def test_a_symlinked_artifact_is_refused_even_with_its_checksum(capsys, export_copy, tmp_path):
+    """A link to a secret (the server's key file) with the secret's sha256 in the manifest never gets
+    into an archive as the model."""
+    from models.osutil import sha256_file
+
+    secret = tmp_path / "key_file.json"
+    secret.write_text('{"management": {"key": "s3cret"}}')
+    manifest = json.loads((export_copy / "manifest.json").read_text())
+    artifact = manifest["artifacts"][0]
+    (export_copy / artifact["file"]).unlink()
+    (export_copy / artifact["file"]).symlink_to(secret)
+    edit_manifest(export_copy, lambda m: m["artifacts"][0].update(sha256=sha256_file(secret)))
+    status, _, err = package_cli(
+        capsys, "--export-dir", export_copy, "--model-store", tmp_path / "store", "--backend", artifact["format"]
+    )
+    assert status == 1 and "symbolic link" in err and artifact["file"] in err
+    assert not (tmp_path / "store").exists() or not list((tmp_path / "store").glob("*.mar"))
