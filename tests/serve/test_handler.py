@@ -267,6 +267,30 @@ def test_requests_over_the_bounds_get_413_before_decoding(archive_dir, valid_ima
     assert "handler.max_request_pixels" in pixel_error["message"]
 
 
+def test_a_call_takes_only_the_work_that_fits_its_budget(archive_dir, valid_images, monkeypatch):
+    """Priced with the archive's cost (here 1 s a photo, a 60 s timeout: 15 s a call), a batch is served
+    while it fits, the rest shed with 503 and Retry-After before decoding, and a request no call could
+    finish gets 413; the archive itself carries the cost `serve package` measured."""
+    model_dir, manifest, config = archive_dir
+    assert config["handler"]["cost"]["image_s"] > 0 and config["jobQueueSize"] >= config["batchSize"]
+    slow = {"image_s": 1.0, "megapixel_s": 0.0}
+    handler = make_handler(
+        model_dir, manifest, {**config, "responseTimeout": 60, "handler": {**config["handler"], "cost": slow}}
+    )
+    decoded = []
+    pixels = handler.classifier.pixels
+    monkeypatch.setattr(handler.classifier, "pixels", lambda data: decoded.append(len(data)) or pixels(data))
+    ten = {f"p{i}": valid_images["jpeg"] for i in range(10)}
+    answers = handle(
+        handler, [ten, ten, {"body": valid_images["png"]}, {f"p{i}": valid_images["jpeg"] for i in range(16)}]
+    )
+    assert [status for status, _ in answers] == [200, 503, 200, 413]
+    assert len(decoded) == 11
+    assert handler.context.get_response_headers(1)["Retry-After"] == "15"
+    assert json.loads(answers[1][1])["type"] == "Overloaded"
+    assert json.loads(answers[3][1])["type"] == "TooMuchWork" and "15.0 s" in json.loads(answers[3][1])["message"]
+
+
 def test_any_failure_on_an_images_way_fails_only_its_request(handler, valid_images, monkeypatch):
     """Not only decode errors: a MemoryError or a bug in the resize of one image is that request's 500."""
     pixels = handler.classifier.pixels
