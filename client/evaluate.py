@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ClientError
-from .images import images_in_folder
+from .images import ImageTooLarge, images_in_folder, read_image
 from .remote import TOKEN_ENV, PredictionClient, Predictions
 
 EXIT_CODES = """exit status:
@@ -150,7 +150,9 @@ def collect_local(classifier, images: LabelledImages) -> Collected:
         readable = []
         for path, true_name in chunk:
             try:
-                readable.append((path, true_name, path.read_bytes()))
+                readable.append((path, true_name, read_image(path)))
+            except ImageTooLarge as e:
+                out.failed[str(path)] = str(e)
             except OSError as e:
                 out.failed[str(path)] = f"cannot read the file: {e.strerror or e}"
         try:
@@ -176,7 +178,9 @@ def collect_remote(client: PredictionClient, images: LabelledImages, concurrency
 
     def one(path: Path) -> Predictions:
         try:
-            data = path.read_bytes()
+            data = read_image(path)
+        except ImageTooLarge as e:
+            raise ClientError(str(e)) from None
         except OSError as e:
             raise ClientError(f"cannot read the file: {e.strerror or e}") from None
         return client.predict(data)

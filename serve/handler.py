@@ -44,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
+from classify.response import OVERLOADED, answer, prediction_object
 from export.classifier import Classifier
 from models.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, pixel_counts
 from models.osutil import first_line, usable_cores
@@ -221,7 +222,7 @@ class ImageClassifierHandler(BaseHandler):
                 413, "TooMuchWork", f"{e} (the timeout is set by python -m serve package --response-timeout N)"
             ) from None
         except Overloaded as e:
-            raise Refused(503, "Overloaded", str(e), retry_after_s=e.retry_after_s) from None
+            raise Refused(503, OVERLOADED, str(e), retry_after_s=e.retry_after_s) from None
         return parts
 
     def map(self, fn, items):
@@ -286,7 +287,7 @@ class ImageClassifierHandler(BaseHandler):
             if isinstance(result, Refused):
                 self.refuse(0, result)
                 return [json.loads(result.body())]
-            return [dict(self.classifier.top_k_of(row)) for row in result]
+            return [prediction_object(self.classifier.top_k_of(row)) for row in result]
         responses = []
         for idx, result in enumerate(data):
             if isinstance(result, Refused):
@@ -294,8 +295,7 @@ class ImageClassifierHandler(BaseHandler):
                 self.context.set_response_content_type(idx, "application/json")
                 responses.append(result.body())
                 continue
-            answers = [dict(self.classifier.top_k_of(row)) for row in result]
-            responses.append(answers[0] if len(answers) == 1 else answers)
+            responses.append(answer([self.classifier.top_k_of(row) for row in result]))
         return responses
 
     def refuse(self, idx: int, refusal: Refused) -> None:

@@ -7,7 +7,7 @@ defines exactly one class (a second one stops every worker from loading).
 
 from __future__ import annotations
 
-import json
+from classify.response import refusal
 
 RAW_BODY_NAMES = ("body", "data")  # TorchServe's parameter names for a request's raw body
 MAX_MESSAGE_CHARS = 500  # an error message sent back, whatever exception text it quotes
@@ -25,7 +25,7 @@ class Refused(Exception):
         self.message = message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 3] + "..."
 
     def body(self) -> str:
-        return json.dumps({"code": self.code, "type": self.kind, "message": self.message})
+        return refusal(self.code, self.kind, self.message)
 
 
 def part_label(name: str) -> str:

@@ -1,0 +1,1 @@
+"""Prediction: the Classifier, evaluation, explanation and the served response format."""
