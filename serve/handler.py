@@ -49,7 +49,7 @@ from export.classifier import Classifier
 from models.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, pixel_counts
 from models.osutil import first_line, usable_cores
 from serve.budget import HEADROOM, Budget, ImageCost, OverBudget, Overloaded
-from serve.envelope import as_request, enveloped, image_bytes
+from serve.envelope import as_request, image_bytes, layout
 from serve.package import DEFAULT_MAX_IMAGES, DEFAULT_MAX_REQUEST_PIXELS
 from serve.refusal import HOW_TO_CHANGE, PHRASES, Refused, part_label
 
@@ -83,6 +83,8 @@ class ImageClassifierHandler(BaseHandler):
             max_pixels=int(config.get("max_pixels", DEFAULT_MAX_PIXELS)),
             batch_size=int(model_config.get("batchSize") or 1),  # one forward pass never exceeds a batch
         )
+        self.envelope = layout(config)
+        self.enveloped = self.envelope is not None
         self.max_images = int(config.get("max_images", DEFAULT_MAX_IMAGES))
         self.max_request_pixels = int(config.get("max_request_pixels", DEFAULT_MAX_REQUEST_PIXELS))
         if "cost" not in config:
@@ -124,9 +126,9 @@ class ImageClassifierHandler(BaseHandler):
         """
         start = time.perf_counter()
         self.context, self.call = context, self.budget.start_call()
-        self.enveloped = enveloped(data, len(context.request_ids or ()))
         if self.enveloped:
             data = [as_request(data)]
+            self.part_names = list(data[0])
         output = self.postprocess(self.inference(self.preprocess(data)))
         elapsed = time.perf_counter() - start
         self.budget.observe(self.call.estimated_s, elapsed)
@@ -182,7 +184,7 @@ class ImageClassifierHandler(BaseHandler):
         for name, value in request.items():
             where = part_label(name)
             if self.enveloped:
-                value = image_bytes(value, where)
+                value = image_bytes(value, name)
             elif not isinstance(value, (bytes, bytearray)):
                 # TorchServe decodes text/* and application/json bodies when decode_input_request is on.
                 raise Refused(
@@ -200,7 +202,7 @@ class ImageClassifierHandler(BaseHandler):
                     data, max_pixels=transform.max_pixels, draft_size=transform.spec.resize_size
                 )
             except ImageDecodeError as e:
-                raise Refused(400, "InvalidImage", f"{where}{e}") from None
+                raise Refused(400, "InvalidImage", f"{where}{e}", part=name) from None
             sources.append(source)
             total += decoded
             if total > self.max_request_pixels:
@@ -238,11 +240,14 @@ class ImageClassifierHandler(BaseHandler):
         try:
             return self.classifier.pixels(data)
         except ImageDecodeError as e:
-            return Refused(400, "InvalidImage", f"{part_label(name)}{e}")
+            return Refused(400, "InvalidImage", f"{part_label(name)}{e}", part=name)
         except Exception as e:  # MemoryError included: the batch's other requests must still be answered
             logger.exception("processing %s failed", part_label(name) or "the body")
             return Refused(
-                500, "ImageProcessingFailed", f"{part_label(name)}processing the image failed: {first_line(e)}"
+                500,
+                "ImageProcessingFailed",
+                f"{part_label(name)}processing the image failed: {first_line(e)}",
+                part=name,
             )
 
     def inference(self, data, *args, **kwargs):
@@ -286,7 +291,7 @@ class ImageClassifierHandler(BaseHandler):
             [result] = data
             if isinstance(result, Refused):
                 self.refuse(0, result)
-                return [json.loads(result.body())]
+                return self.envelope_errors(result)
             return [prediction_object(self.classifier.top_k_of(row)) for row in result]
         responses = []
         for idx, result in enumerate(data):
@@ -297,6 +302,17 @@ class ImageClassifierHandler(BaseHandler):
                 continue
             responses.append(answer([self.classifier.top_k_of(row) for row in result]))
         return responses
+
+    def envelope_errors(self, refusal: Refused) -> list[dict]:
+        """v1: the one error. v2: one output per input, in order: the error on the input at fault (on
+        every input when the whole request was refused), the others saying why they were not classified."""
+        error = json.loads(refusal.body())
+        if self.envelope != "kservev2":
+            return [error]
+        skipped = Refused(
+            refusal.code, "NotClassified", f"not classified: input {refusal.part!r} of this request failed"
+        )
+        return [error if refusal.part in (None, name) else json.loads(skipped.body()) for name in self.part_names]
 
     def refuse(self, idx: int, refusal: Refused) -> None:
         self.context.set_response_status(refusal.code, PHRASES.get(refusal.code, ""), idx)

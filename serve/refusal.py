@@ -19,9 +19,12 @@ HOW_TO_CHANGE = "the archive's model-config.yaml, handler.{key}; python -m serve
 class Refused(Exception):
     """One request's failure, answered as its own HTTP `code` with a JSON `{"code", "type", "message"}`."""
 
-    def __init__(self, code: int, kind: str, message: str, retry_after_s: int | None = None) -> None:
+    def __init__(
+        self, code: int, kind: str, message: str, retry_after_s: int | None = None, part: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code, self.kind, self.retry_after_s = code, kind, retry_after_s
+        self.part = part  # the part (envelope input) at fault, when one is
         self.message = message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 3] + "..."
 
     def body(self) -> str:
