@@ -317,6 +317,9 @@ def start(settings: ServerSettings, log=print) -> ServerInfo:
         LOG_LOCATION=str(run_dir / "logs"),
         METRICS_LOCATION=str(run_dir / "logs"),
     )
+    # This config never applies an envelope (enable_envvars_config=false), and the handler takes this
+    # variable as the layout its requests come in (serve/envelope.py): a stray one must not reach it.
+    env.pop("TS_SERVICE_ENVELOPE", None)
     command = [
         sys.executable,
         "-m",
