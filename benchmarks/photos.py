@@ -16,7 +16,7 @@ QUALITY = 90
 
 
 def sample_photos() -> list[np.ndarray]:
-    import skimage.data  # noqa: PLC0415  (the loadtest extra; only the image makers need it)
+    import skimage.data  # the loadtest extra; only the image makers need it
 
     return [getattr(skimage.data, name)()[..., :3] for name in PHOTOS]
 

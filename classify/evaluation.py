@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,9 +141,12 @@ def plot_confusion(report: EvaluationReport, path: Path) -> None:
     plt.close(fig)
 
 
-def collect_local(classifier, paths: Sequence[Path], truth: Sequence[str]) -> Collected:
+def collect_local(
+    classifier, paths: Sequence[Path], truth: Sequence[str], read: Callable[[Path], bytes] = Path.read_bytes
+) -> Collected:
     """Ranked names of image files from a `Classifier`, a chunk at a time; a chunk with a bad image is retried
-    image by image so that only the bad one fails (it is listed in `failed`)."""
+    image by image so that only the bad one fails (it is listed in `failed`). `read` gives a file's bytes and
+    may refuse one with a ValueError (the client's size cap)."""
     from models.imageio import ImageDecodeError  # the remote client's evaluation needs no torch
 
     out = Collected()
@@ -158,7 +161,9 @@ def collect_local(classifier, paths: Sequence[Path], truth: Sequence[str]) -> Co
         readable = []
         for path, true_name in chunk:
             try:
-                readable.append((path, true_name, path.read_bytes()))
+                readable.append((path, true_name, read(path)))
+            except ValueError as e:
+                out.failed[str(path)] = str(e)
             except OSError as e:
                 out.failed[str(path)] = f"cannot read the file: {e.strerror or e}"
         try:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .arguments import positive_int
 from .errors import ClientError
-from .images import collect_images
+from .images import ImageTooLarge, collect_images, read_image
 from .output import ImageResult, format_json, format_table
 from .remote import TOKEN_ENV, PredictionClient
 
@@ -119,7 +119,9 @@ def open_predictor(args: argparse.Namespace):
 
 def classify(predictor, path: Path, top_k: int, explainer=None) -> ImageResult:
     try:
-        data = path.read_bytes()
+        data = read_image(path)
+    except ImageTooLarge as e:
+        return ImageResult(str(path), error=str(e))
     except OSError as e:
         return ImageResult(str(path), error=f"cannot read the file: {e.strerror or e}")
     try:

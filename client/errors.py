@@ -38,9 +38,10 @@ class AuthorizationFailed(ClientError):
 class HTTPError(ClientError):
     """The server answered with an HTTP error (or none in time: status 0), with its message."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, dropped: bool = False):
         super().__init__(message)
         self.status = status
+        self.dropped = dropped  # the server reset or closed the connection: worth a retry, like a busy 503
 
 
 class LocalModelError(ClientError):

@@ -28,7 +28,7 @@ from pathlib import Path
 from classify.evaluation import Collected, collect_local
 
 from .errors import ClientError
-from .images import images_in_folder
+from .images import ImageTooLarge, images_in_folder, read_image
 from .remote import TOKEN_ENV, PredictionClient, Predictions
 
 EXIT_CODES = """exit status:
@@ -149,7 +149,9 @@ def collect_remote(client: PredictionClient, images: LabelledImages, concurrency
 
     def one(path: Path) -> Predictions:
         try:
-            data = path.read_bytes()
+            data = read_image(path)
+        except ImageTooLarge as e:
+            raise ClientError(str(e)) from None
         except OSError as e:
             raise ClientError(f"cannot read the file: {e.strerror or e}") from None
         return client.predict(data)
@@ -210,7 +212,7 @@ def evaluate_main(argv: list[str], log: Callable[[str], None] = print) -> int:
                 classifier = LocalPredictor(args.local, fmt=args.format, device=args.device, top_k=TOP_K).classifier
                 source = f"{args.local} ({classifier.runner.format} on {args.device})"
                 log(f"evaluating {source} on {images.description}")
-                collected = collect_local(classifier, images.paths, images.truth)
+                collected = collect_local(classifier, images.paths, images.truth, read=read_image)
                 class_names = list(classifier.class_names)
             else:
                 client = PredictionClient(

@@ -6,12 +6,38 @@ Kept free of torch and of the HTTP library, so the locustfile and the remote cli
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
 # What a folder search picks up. A file named explicitly is always sent: the server (or `--local`'s
 # decoder) is what decides whether it is an image, and says so.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
+# Larger files are refused before a byte is read: three times the server's default request size
+# (20 MiB), and more than any image the decoder's pixel limits let through takes.
+MAX_IMAGE_FILE_BYTES = 64 * 2**20
+
+
+class ImageTooLarge(ValueError):
+    """An image file over `MAX_IMAGE_FILE_BYTES`."""
+
+
+def check_image_size(path: Path, size: int, max_bytes: int = MAX_IMAGE_FILE_BYTES) -> None:
+    if size > max_bytes:
+        raise ImageTooLarge(
+            f"{path}: {size / 2**20:,.1f} MiB, above the {max_bytes / 2**20:.0f} MiB an image file may take; "
+            "not read. Shrink or re-encode it"
+        )
+
+
+def read_image(path: Path, max_bytes: int = MAX_IMAGE_FILE_BYTES) -> bytes:
+    """The file's bytes, refused by its size before reading (and never more than `max_bytes` read,
+    should it grow meanwhile). Raises ImageTooLarge or OSError."""
+    with open(path, "rb") as file:
+        check_image_size(path, os.fstat(file.fileno()).st_size, max_bytes)
+        data = file.read(max_bytes + 1)
+    check_image_size(path, len(data), max_bytes)
+    return data
 
 
 def images_in_folder(folder: Path) -> list[Path]:

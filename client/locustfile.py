@@ -26,7 +26,8 @@ from pathlib import Path
 import gevent
 from locust import FastHttpUser, constant, events, task
 
-from client.images import images_in_folder, sample_photos
+from classify.response import InvalidAnswer, parse_answer
+from client.images import ImageTooLarge, images_in_folder, read_image, sample_photos
 
 # (name, encoded bytes), filled once per process by `load_images` before any user starts.
 IMAGES: list[tuple[str, bytes]] = []
@@ -64,7 +65,10 @@ def read_folder(folder: str) -> list[tuple[str, bytes]]:
     files = images_in_folder(path)
     if not files:
         raise SystemExit(f"--images {folder}: the folder holds no image files")
-    return [(str(f.relative_to(path)), f.read_bytes()) for f in files]
+    try:
+        return [(str(f.relative_to(path)), read_image(f)) for f in files]
+    except (ImageTooLarge, OSError) as e:
+        raise SystemExit(f"--images {folder}: {e}") from None
 
 
 @events.init.add_listener
@@ -102,12 +106,8 @@ class PredictionUser(FastHttpUser):
                 response.failure(f"HTTP {response.status_code} for {name}: {(response.text or '')[:200]}")
                 return
             try:
-                answer = response.json()
-            except ValueError:
-                answer = None
-            if not isinstance(answer, dict) or not answer:
-                response.failure(
-                    f"{name}: expected a JSON object of class -> probability, got {(response.text or '')[:200]!r}"
-                )
+                parse_answer(response.content, images=1)
+            except InvalidAnswer as e:
+                response.failure(f"{name}: {e}")
             else:
                 response.success()

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import math
 import os
 import random
@@ -42,9 +41,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from classify.response import MAX_RESPONSE_BYTES, InvalidAnswer, parse_answer, parse_refusal
+
 from .arguments import positive_int
 from .errors import ClientError
-from .images import images_in_folder, sample_photos
+from .images import ImageTooLarge, check_image_size, images_in_folder, read_image, sample_photos
 from .loadtest import make_run_dir, parse_duration, write_json
 from .remote import TOKEN_ENV, PredictionClient
 
@@ -165,33 +166,76 @@ class Connection:
             elif name == b"connection":
                 reusable = value != b"close"
         if chunked:
-            parts = []
+            parts, total = [], 0
             while size := int((await self.reader.readline()).split(b";")[0], 16):
+                total += size
+                check_size(total)
                 parts.append(await self.reader.readexactly(size))
                 await self.reader.readline()
             while (await self.reader.readline()) not in (b"\r\n", b"\n", b""):  # trailers
                 pass
             content = b"".join(parts)
         elif length is not None:
+            check_size(length)
             content = await self.reader.readexactly(length)
-        else:
-            content, reusable = await self.reader.read(), False
+        else:  # until the server closes: never more than an answer may take
+            parts, total, reusable = [], 0, False
+            while chunk := await self.reader.read(64 * 1024):
+                total += len(chunk)
+                check_size(total)
+                parts.append(chunk)
+            content = b"".join(parts)
         return status, content, reusable
 
     def close(self) -> None:
         self.writer.close()
 
 
+class AnswerTooLarge(ValueError):
+    pass
+
+
+def check_size(size: int) -> None:
+    if size > MAX_RESPONSE_BYTES:
+        raise AnswerTooLarge(f"an answer of over {MAX_RESPONSE_BYTES:,} bytes")
+
+
 def error_kind(status: int, content: bytes) -> str | None:
-    """None for a good answer (200, a non-empty JSON object), else a short name for what went wrong."""
-    try:
-        body = json.loads(content)
-    except ValueError:
-        body = None
+    """None for a good answer (200, one image's predictions), else a short name for what went wrong."""
     if status == 200:
-        return None if isinstance(body, dict) and body else "HTTP 200 without a JSON object of predictions"
-    kind = body.get("type") if isinstance(body, dict) and isinstance(body.get("type"), str) else ""
+        try:
+            parse_answer(content, images=1)
+        except InvalidAnswer:
+            return "HTTP 200 with an invalid answer"
+        return None
+    kind, _ = parse_refusal(content)
     return f"HTTP {status} {kind}".strip()
+
+
+class RequestBuilder:
+    """Each image's whole HTTP request, built when first sent and kept while the kept ones fit in
+    `CACHE_BYTES` (a folder of many or large files is read again per request instead of held in memory);
+    a file over the client's size limit is refused (images.read_image), never read whole."""
+
+    CACHE_BYTES = 256 * 2**20
+
+    def __init__(self, head: str, images: list[bytes | Path]) -> None:
+        self.head, self.images = head, images
+        self.cache: dict[int, bytes] = {}
+        self.cached_bytes = 0
+
+    def build(self, index: int) -> bytes:
+        if index in self.cache:
+            return self.cache[index]
+        image = self.images[index]
+        body = image if isinstance(image, bytes) else read_image(image)
+        request = (
+            f"{self.head}Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+        )
+        if self.cached_bytes + len(request) <= self.CACHE_BYTES:
+            self.cache[index] = request
+            self.cached_bytes += len(request)
+        return request
 
 
 class OpenLoop:
@@ -201,7 +245,7 @@ class OpenLoop:
         self,
         url: str,
         model: str,
-        images: list[bytes],
+        images: list[bytes | Path],
         *,
         token: str | None = None,
         method: str = "POST",
@@ -214,15 +258,7 @@ class OpenLoop:
         self.port = parts.port or (443 if self.tls else 80)
         path = f"{parts.path.rstrip('/')}/predictions/{model}"
         auth = f"Authorization: Bearer {token}\r\n" if token else ""
-        # Each image's whole request is built once: the generator's work per request is only the I/O.
-        self.requests = [
-            (
-                f"{method} {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{auth}"
-                f"Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n\r\n"
-            ).encode()
-            + body
-            for body in images
-        ]
+        self.requests = RequestBuilder(f"{method} {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{auth}", images)
         self.connections = connections
         self.timeout_s = timeout_s
 
@@ -281,7 +317,7 @@ class OpenLoop:
         tasks = []
         started = time.process_time()
         start = loop.time()
-        requests = itertools.cycle(self.requests)
+        requests = itertools.cycle(range(len(self.requests.images)))
         for offset in schedule:
             scheduled = start + offset
             delay = scheduled - loop.time()
@@ -290,7 +326,7 @@ class OpenLoop:
             if slots.locked():
                 late += 1
             await slots.acquire()
-            tasks.append(loop.create_task(one(scheduled, next(requests))))
+            tasks.append(loop.create_task(one(scheduled, self.requests.build(next(requests)))))
         await asyncio.gather(*tasks)
         elapsed = loop.time() - start
         cpu_s = time.process_time() - started
@@ -400,10 +436,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_images(folder: Path | None) -> list[bytes]:
+def load_images(folder: Path | None) -> list[bytes | Path]:
+    """The sample photos' bytes, or the folder's image files (read when first sent, RequestBuilder)."""
     if folder is None:
         return [data for _, data in sample_photos()]
-    return [path.read_bytes() for path in images_in_folder(folder)]
+    paths = images_in_folder(folder)
+    for path in paths:  # by size, before the run: a file refused mid-run would end it
+        check_image_size(path, path.stat().st_size)
+    return paths
 
 
 def judge(result: RateResult, args: argparse.Namespace) -> list[str]:
@@ -440,16 +480,23 @@ def openloop_main(argv: list[str]) -> int:
         parser.error(f"--max-failure-ratio must be between 0 and 1, got {args.max_failure_ratio:g}")
     if "://" not in args.host:
         args.host = "http://" + args.host
-    images = load_images(args.images)
+    try:
+        images = load_images(args.images)
+    except (ImageTooLarge, OSError) as e:
+        parser.error(str(e))
 
     # One request first, through the command-line client: an unreachable server, an unknown model or a
     # refused key stops here with its own message and exit status, and the model is warm before timing.
     try:
-        PredictionClient(args.host, args.model, timeout_s=args.timeout, retries=0, token=args.token).predict(images[0])
+        first = images[0] if isinstance(images[0], bytes) else read_image(images[0])
+        PredictionClient(args.host, args.model, timeout_s=args.timeout, retries=0, token=args.token).predict(first)
     except ClientError as e:
         if e.fatal:
             print(f"error: {e}", file=sys.stderr)
             return e.exit_code
+    except (ImageTooLarge, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     run_dir = make_run_dir(args.output_root)
     generator = OpenLoop(

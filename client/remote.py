@@ -6,12 +6,16 @@ a JSON object of the top-k classes, highest first (`{"tabby": 0.41, "tiger_cat":
 
 from __future__ import annotations
 
-import json
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import requests
+import urllib3
 from urllib3.exceptions import NewConnectionError
+
+from classify.response import MAX_RESPONSE_BYTES, OVERLOADED, InvalidAnswer, parse_answer, parse_refusal
 
 from .errors import AuthorizationFailed, ClientError, HTTPError, ModelNotFound, ServerUnreachable
 
@@ -19,7 +23,7 @@ Predictions = list[tuple[str, float]]
 TOKEN_ENV = "TORCHSERVE_TOKEN"  # where the command line and the load test look for the inference key
 # TorchServe's 503 for "no worker free, queue full, model loading": the only answer worth retrying. A
 # 503 of another type (a prediction that failed for the whole batch) would fail again with the same image.
-BUSY_TYPE = "ServiceUnavailableException"
+BUSY_TYPES = ("ServiceUnavailableException", OVERLOADED, "")  # "": no JSON type, as a proxy answers
 # TorchServe's frontend parses an application/x-www-form-urlencoded body (curl -d / --data-binary
 # without a Content-Type) as an HTML form, and answers 500 with this type when it is not one.
 FORM_DECODER_TYPE = "ErrorDataDecoderException"
@@ -31,53 +35,67 @@ FORM_HINT = (
 )
 
 
-def error_body(response: requests.Response) -> tuple[str, str]:
-    """(type, message) of an error response: TorchServe's and our handler's JSON `type` and `message`.
+@dataclass(frozen=True)
+class Reply:
+    """A response read whole within the request's deadline and `MAX_RESPONSE_BYTES`."""
 
-    The message falls back to the raw text (shortened) when the body is not the JSON we expect.
-    """
+    status_code: int
+    reason: str
+    headers: Mapping[str, str]
+    content: bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code < 400
+
+
+def error_body(response) -> tuple[str, str]:
+    """(type, message) of an error response (a `Reply` or a requests.Response): TorchServe's and our
+    handler's JSON `type` and `message`, or the raw text (shortened) when the body is not that JSON."""
+    kind, message = parse_refusal(response.content)
+    return kind, message or getattr(response, "reason", "") or "no message"
+
+
+def parse_predictions(response) -> Predictions:
+    """`{"label": probability, ...}` -> [(label, probability), ...] in the server's order; an answer
+    that is not one (too large, too deep, NaN, out of [0, 1]) is an HTTPError."""
     try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        kind = body.get("type") if isinstance(body.get("type"), str) else ""
-        for key in ("message", "error", "detail"):
-            if isinstance(body.get(key), str) and body[key]:
-                return kind, body[key]
-    text = response.text.strip()
-    if len(text) > 300:
-        text = text[:300] + "..."
-    return "", text or response.reason or "no message"
+        [prediction] = parse_answer(response.content, images=1)
+    except InvalidAnswer as e:
+        raise HTTPError(response.status_code, f"invalid answer from the server: {e}") from None
+    return prediction
 
 
-def parse_predictions(response: requests.Response) -> Predictions:
-    """`{"label": probability, ...}` -> [(label, probability), ...] in the server's order."""
+def read_within(response: requests.Response, deadline: float, what: str) -> bytes:
+    """The body of a streamed `response`, refused past `MAX_RESPONSE_BYTES` or the monotonic `deadline`.
+
+    Read one socket read at a time (`read1`), checking both bounds between reads, so a body that never
+    ends or drips a byte at a time is cut off; a server that goes silent mid-body is cut off by the
+    read timeout of that one read."""
+    chunks, size = [], 0
     try:
-        body = json.loads(response.content)
-    except ValueError as e:
-        raise HTTPError(
-            response.status_code, f"server answered with invalid JSON ({e}): {response.text[:200]!r}"
-        ) from None
-    if (
-        not isinstance(body, dict)
-        or not body
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in body.values())
-    ):
-        raise HTTPError(
-            response.status_code,
-            f"server answered {response.text[:200]!r}, expected a JSON object of class -> probability",
-        )
-    return [(str(label), float(prob)) for label, prob in body.items()]
+        with response:
+            while chunk := response.raw.read1(64 * 1024):
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    raise HTTPError(0, f"{what}: the answer is over {MAX_RESPONSE_BYTES:,} bytes; not read further")
+                if time.monotonic() > deadline:
+                    raise HTTPError(0, f"{what}: no complete answer within the deadline")
+                chunks.append(chunk)
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        raise HTTPError(0, f"{what}: reading the answer failed: {e}") from None
+    return b"".join(chunks)
 
 
 class PredictionClient:
     """Sends images to one model of a TorchServe inference API. Safe to share between threads.
 
-    TorchServe's "busy" 503 (no worker free, queue full, model loading) is retried up to `retries`
-    times with exponential backoff (`backoff_s`, doubling, at most `max_backoff_s`; a `Retry-After`
-    header in seconds is honoured within the same cap). Other errors, including a 503 for a prediction
-    that failed, are raised at once as `ClientError`s.
+    TorchServe's "busy" 503 (no worker free, queue full, model loading, a request shed by the handler's
+    budget) and a connection the server reset or closed under load are retried up to `retries` times
+    with exponential backoff (`backoff_s`, doubling, at most `max_backoff_s`; a `Retry-After` header in
+    seconds is honoured within the same cap). Other errors, including a 503 for a prediction that
+    failed, are raised at once as `ClientError`s. Each attempt, its body read included, ends within
+    `timeout_s`; an answer over `MAX_RESPONSE_BYTES` is not read.
     """
 
     def __init__(
@@ -115,14 +133,14 @@ class PredictionClient:
             self._local.session = requests.Session()
         return self._local.session
 
-    def _post(self, image: bytes) -> requests.Response:
+    def _post(self, image: bytes) -> Reply:
+        deadline = time.monotonic() + self.timeout_s
         try:
-            return self._session().post(
-                self.endpoint,
-                data=image,
-                headers=self.headers,
-                timeout=self.timeout_s,
+            response = self._session().post(
+                self.endpoint, data=image, headers=self.headers, timeout=self.timeout_s, stream=True
             )
+            content = read_within(response, deadline, f"request to {self.endpoint}")
+            return Reply(response.status_code, response.reason or "", response.headers, content)
         except requests.exceptions.ConnectionError as e:
             reason, connected = _reason(e)
             if connected:  # the server dropped this one request: the next image may still work
@@ -133,7 +151,7 @@ class PredictionClient:
                     if size
                     else ""
                 )
-                raise HTTPError(0, f"request to {self.endpoint} failed{size}: {reason}{hint}") from None
+                raise HTTPError(0, f"request to {self.endpoint} failed{size}: {reason}{hint}", dropped=True) from None
             raise ServerUnreachable(
                 f"cannot connect to {self.url} ({reason}). Is TorchServe running? "
                 f"Start it with `python -m serve start`, or point --url at the inference API."
@@ -143,9 +161,9 @@ class PredictionClient:
         except requests.exceptions.RequestException as e:
             raise HTTPError(0, f"request to {self.endpoint} failed: {e}") from None
 
-    def _delay(self, attempt: int, response: requests.Response) -> float:
+    def _delay(self, attempt: int, response: Reply | None) -> float:
         delay = self.backoff_s * 2**attempt
-        retry_after = response.headers.get("Retry-After", "")
+        retry_after = response.headers.get("Retry-After", "") if response is not None else ""
         if retry_after.isdigit():
             delay = max(delay, float(retry_after))
         return min(delay, self.max_backoff_s)
@@ -153,7 +171,13 @@ class PredictionClient:
     def predict(self, image: bytes) -> Predictions:
         """The server's top-k for one encoded image, highest first."""
         for attempt in range(self.retries + 1):
-            response = self._post(image)
+            try:
+                response = self._post(image)
+            except HTTPError as e:  # reset or closed under load: retried like a busy 503
+                if e.status != 0 or not e.dropped or attempt == self.retries:
+                    raise
+                time.sleep(self._delay(attempt, None))
+                continue
             if not is_busy(response) or attempt == self.retries:
                 break
             time.sleep(self._delay(attempt, response))
@@ -178,13 +202,13 @@ class PredictionClient:
         raise HTTPError(response.status_code, f"HTTP {response.status_code}: {message}")
 
 
-def is_busy(response: requests.Response) -> bool:
+def is_busy(response: Reply) -> bool:
     """A 503 that says "try again later" (TorchServe's type for it, or no JSON type at all, as a proxy
     in front of the server answers), not a prediction that failed."""
     if response.status_code != 503:
         return False
     kind, _ = error_body(response)
-    return kind in (BUSY_TYPE, "")
+    return kind in BUSY_TYPES
 
 
 def _reason(error: requests.exceptions.ConnectionError) -> tuple[str, bool]:
@@ -213,4 +237,4 @@ def _reason(error: requests.exceptions.ConnectionError) -> tuple[str, bool]:
     return text, connected
 
 
-__all__ = ["ClientError", "PredictionClient", "Predictions", "error_body", "parse_predictions"]
+__all__ = ["ClientError", "PredictionClient", "Predictions", "Reply", "error_body", "parse_predictions"]

@@ -44,9 +44,11 @@ import requests
 from PIL import Image
 from urllib3 import encode_multipart_formdata
 
+from .images import read_image
 from .loadtest import parse_duration
-from .remote import FORM_DECODER_TYPE, error_body, parse_predictions
+from .remote import FORM_DECODER_TYPE, error_body, is_busy, parse_predictions
 
+SHED_RETRIES = 5
 PROBABILITY_TOLERANCE = 1e-3  # the same image through a different batch composition
 RSS_SAMPLE_S = 2.0
 
@@ -88,7 +90,7 @@ def png_claiming_size(width: int, height: int) -> bytes:
 
 
 def valid_cases(images: list[Path] | None = None) -> list[Case]:
-    bodies = [p.read_bytes() for p in images] if images else [photo(seed) for seed in range(4)]
+    bodies = [read_image(p) for p in images] if images else [photo(seed) for seed in range(4)]
     return [Case(f"valid{i}", body, "application/octet-stream", (200,), valid=True) for i, body in enumerate(bodies)]
 
 
@@ -205,7 +207,11 @@ class Soak:
         headers = {"Content-Type": case.content_type, **self.server.headers("inference")}
         started = time.perf_counter()
         try:
-            response = session.post(self.endpoint, data=case.body, headers=headers, timeout=self.timeout_s)
+            for attempt in range(SHED_RETRIES + 1):  # a valid request shed under load (503) goes again
+                response = session.post(self.endpoint, data=case.body, headers=headers, timeout=self.timeout_s)
+                if not (case.valid and is_busy(response)) or attempt == SHED_RETRIES:
+                    break
+                time.sleep(1.0)
             outcome = self.judge(case, response)
         except requests.RequestException as e:
             outcome = f"{case.name}: {type(e).__name__}: {str(e)[:200]}"

@@ -108,6 +108,7 @@ class ExportResult:
     export_dir: Path
     skipped: dict[str, str] = field(default_factory=dict)  # format -> why it was not attempted
     errors: dict[str, str] = field(default_factory=dict)  # format -> why its export failed
+    random_parity: bool = False  # no labelled images could be had: parity ran on random pixels
 
     @property
     def failed(self) -> list[Artifact]:
@@ -116,6 +117,17 @@ class ExportResult:
     @property
     def ok(self) -> bool:
         return not self.failed and not self.errors
+
+
+def accuracy_gate(parity_set: ParitySet) -> dict[str, Any]:
+    """The manifest's record of whether the accuracy gate ran on real labelled images."""
+    if parity_set.random or parity_set.labels is None:
+        return {
+            "run": False,
+            "reason": f"no labelled images ({parity_set.description}): parity compared logits only, and no "
+            "reduced-precision artifact is made the default",
+        }
+    return {"run": True, "data": parity_set.description}
 
 
 def resolve_formats(requested: list[str], device: str = "cpu") -> tuple[list[str], dict[str, str]]:
@@ -478,15 +490,18 @@ def export_checkpoint(
             source_checkpoint=source,
             versions=library_versions(),
             artifacts=carry_over(old, export_dir, staging, source["sha256"], formats, log) + artifacts,
-            extra={"created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+            extra={
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "accuracy_gate": accuracy_gate(parity_set),
+            },
         )
         if not artifacts:
             log(f"    nothing was built: {export_dir} is left as it was")
-            return ExportResult(manifest, export_dir, skipped, errors)
+            return ExportResult(manifest, export_dir, skipped, errors, random_parity=parity_set.random)
         write_manifest(staging, manifest)
         swap_in(staging, export_dir)
         log(f"    {export_dir / MANIFEST_NAME} (the export was written beside it and swapped in whole)")
-    return ExportResult(manifest, export_dir, skipped, errors)
+    return ExportResult(manifest, export_dir, skipped, errors, random_parity=parity_set.random)
 
 
 def verify_export(
@@ -560,8 +575,9 @@ def verify_export(
         log(f"{fmt}: {path.name}")
         artifact.parity = run_parity(artifact, export_dir, references, parity_set, options, log)
     manifest.extra["verified"] = now
+    manifest.extra["accuracy_gate"] = accuracy_gate(parity_set)
     write_manifest(export_dir, manifest)
-    return ExportResult(manifest, export_dir, skipped)
+    return ExportResult(manifest, export_dir, skipped, random_parity=parity_set.random)
 
 
 def with_overrides(thresholds: Thresholds, **overrides: Any) -> Thresholds:

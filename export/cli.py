@@ -106,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="ImageFolder tree (DIR/<class>/<image>) of real images to check on (default: the "
         "checkpoint's validation data; random pixels, with a warning, when neither exists)",
     )
+    parity.add_argument(
+        "--random-parity",
+        action="store_true",
+        help="accept parity checked on random pixels when no labelled images can be had (the manifest records "
+        "the accuracy gate as not run; reduced precision is never made the default); without it such an "
+        "export still writes its artifacts but exits 1",
+    )
     parity.add_argument("--parity-samples", type=int, default=DEFAULT_PARITY_SAMPLES, help="default: %(default)s")
     parity.add_argument(
         "--parity-batch",
@@ -293,6 +300,14 @@ def run(args: argparse.Namespace) -> int:
         result = export_checkpoint(checkpoint, out, name, options, log=log, overwrite=args.overwrite)
     log("")
     log(summary_table(result))
+    if result.random_parity and not args.random_parity:
+        print(
+            "error: no labelled images could be had, so parity ran on RANDOM pixels and the accuracy gate did not "
+            "run (the manifest says so). Pass --parity-data DIR (an ImageFolder of real images), or --random-parity "
+            "to accept this",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return EXIT_OK if result.ok else EXIT_FAILED
 
 

@@ -240,6 +240,7 @@ def read_manifest(export_dir: str | os.PathLike) -> Manifest:
             f"{path}: no export manifest here{hint}. Create the export with "
             f"`python -m export --checkpoint runs/<name>/best.pt --out {path.parent}`."
         )
+    check_inside(path.parent, path, "the manifest")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -247,11 +248,25 @@ def read_manifest(export_dir: str | os.PathLike) -> Manifest:
     return Manifest.from_dict(data, path)
 
 
+def check_inside(export_dir: str | os.PathLike, path: Path, what: str) -> None:
+    """Refuse `path` when it is a symlink or resolves outside `export_dir`: a file the export did not
+    write (a link to the server's key file, say, with that file's sha256 in the manifest) is never
+    packaged or loaded, whatever its checksum."""
+    if path.is_symlink():
+        raise ManifestError(
+            f"{path}: {what} is a symbolic link (to {os.readlink(path)}); an export directory holds the files "
+            "themselves. Re-export, or copy the file in place of the link"
+        )
+    if not path.resolve().is_relative_to(Path(export_dir).resolve()):
+        raise ManifestError(f"{path}: {what} resolves to {path.resolve()}, outside the export directory {export_dir}")
+
+
 def verify_artifact_file(export_dir: str | os.PathLike, artifact: Artifact) -> Path:
     """The artifact's path, after checking it exists and its sha256 matches the manifest."""
     path = Path(export_dir) / artifact.file
     if not path.is_file():
         raise ManifestError(f"{path}: the manifest lists this {artifact.format} artifact but the file is missing")
+    check_inside(export_dir, path, f"this {artifact.format} artifact")
     actual = sha256_file(path)
     if actual != artifact.sha256:
         raise ManifestError(

@@ -137,7 +137,7 @@ class ShardSource:
         if not self.remote:
             return open(Path(self.location.removeprefix("file://")) / name, "rb")
         try:
-            import fsspec  # noqa: PLC0415  (only remote shards need it)
+            import fsspec  # only remote shards need it
         except ImportError:
             raise DataError(f"{self.location}: reading shards from a URL needs fsspec (pip install fsspec)") from None
         try:

@@ -95,6 +95,21 @@ def decoded_pixels(
     return width * height
 
 
+def pixel_counts(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: int | None = None,
+    max_full_pixels: int = DEFAULT_MAX_FULL_PIXELS,
+) -> tuple[int, int]:
+    """(pixels the file holds, pixels `decode_image` decodes), from the header alone; raises
+    `ImageDecodeError` for what it would refuse. The first prices the decoding (libjpeg reads every
+    coefficient even when it scales by 1/8, a progressive file in several passes), the second bounds memory."""
+    decoded = decoded_pixels(data, max_pixels=max_pixels, draft_size=draft_size, max_full_pixels=max_full_pixels)
+    width, height = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS).size  # already read once: cannot fail
+    return width * height, decoded
+
+
 def open_image(data: bytes, *, max_pixels: int, draft_size: int | None, max_full_pixels: int) -> Image.Image:
     """The image opened lazily (header read, no pixel decoded), checked against the limits and, for a
     JPEG with `draft_size`, set to decode at reduced scale (its `size` is then the decoded size)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from export.manifest import FORMATS
 
+from .budget import ImageCost
 from .kubernetes import ManifestError, ManifestOptions, generate
 from .package import PackageError, PackageOptions, package
 from .server import ServerError, ServerSettings, read_state, run_in_foreground, start, status, stop
@@ -108,6 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.max_request_pixels,
         help="most decoded pixels of one request's images together, read from their headers before decoding "
         "(a JPEG counts after its reduced-scale decode); more get HTTP 413 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--image-seconds",
+        type=float,
+        help="per-call work budget: seconds one photo costs a worker on the serving machine (default: measured "
+        "here at packaging; give it with --megapixel-seconds when the serving machine differs)",
+    )
+    p.add_argument(
+        "--megapixel-seconds",
+        type=float,
+        help="per-call work budget: seconds one megapixel of an image file costs to decode (default: measured here)",
     )
     p.add_argument(
         "--version", default=defaults.version, help="model version recorded in the archive (default: %(default)s)"
@@ -314,6 +326,7 @@ def run_package(args) -> int:
         max_images=args.max_images,
         max_request_pixels=args.max_request_pixels,
         version=args.version,
+        cost=given_cost(args.image_seconds, args.megapixel_seconds),
     )
     for name, value in [
         ("--workers", args.workers),
@@ -332,6 +345,17 @@ def run_package(args) -> int:
     print(f"wrote {path}")
     print(f"serve it: python -m serve start --model-store {args.model_store} --models {path.stem}")
     return 0
+
+
+def given_cost(image_s: float | None, megapixel_s: float | None) -> ImageCost | None:
+    if image_s is None and megapixel_s is None:
+        return None
+    try:
+        return ImageCost.from_dict({"image_s": image_s, "megapixel_s": megapixel_s})
+    except (TypeError, ValueError):
+        raise PackageError(
+            "--image-seconds and --megapixel-seconds go together: give both (> 0 and >= 0), or neither to measure"
+        ) from None
 
 
 def run_start(args) -> int:

@@ -15,8 +15,12 @@ What it does per batch (TorchServe's dynamic batching hands it up to `batchSize`
   `Classifier.probabilities` for all good images of the batch;
 - work per request is bounded before any pixel is decoded: a request with more than `max_images`
   images, or whose images would decode to more than `max_request_pixels` pixels in all (read from the
-  headers by `models.imageio.decoded_pixels`, JPEG after its draft-mode reduction), gets HTTP 413;
+  headers by `models.imageio.pixel_counts`, JPEG after its draft-mode reduction), gets HTTP 413;
   the forward pass runs in chunks of the configured batch size (`Classifier.logits`);
+- work per call (the whole batch) is bounded too, by serve/budget.py: each request is priced from its
+  files' pixels with the cost `serve package` measured; one that no call could finish within the
+  response timeout gets 413, one that does not fit what the call's earlier requests left gets 503 with
+  Retry-After, before any of its work starts, so valid traffic never runs a worker into the timeout;
 - every failure is its own request's: a bad image gets HTTP 400, any other exception on an image's
   way (decode, resize, MemoryError) HTTP 500, a forward pass that fails for a batch is retried one
   request at a time and only the requests that fail again get HTTP 500. Each is a JSON
@@ -26,8 +30,8 @@ What it does per batch (TorchServe's dynamic batching hands it up to `batchSize`
 
 Model-config keys read from `handler:` in model-config.yaml (all optional): `backend` (an artifact format,
 else the fastest that passed parity on the device), `allow_failed`, `top_k`, `max_pixels` (per image),
-`max_images` and `max_request_pixels` (per request; defaults in serve/package.py), `threads` (the runner's
-intra-op threads; default: the usable cores / the workers).
+`max_images` and `max_request_pixels` (per request; defaults in serve/package.py), `cost` (serve/budget.py's
+measured ImageCost), `threads` (the runner's intra-op threads; default: the usable cores / the workers).
 """
 
 from __future__ import annotations
@@ -41,14 +45,18 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from classify.classifier import Classifier
+from classify.response import OVERLOADED, answer, prediction_object
 from hostinfo import usable_cores
 from models.errors import first_line
-from models.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decoded_pixels
-from serve.envelope import as_request, enveloped, image_bytes
+from models.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, pixel_counts
+from serve.budget import HEADROOM, Budget, ImageCost, OverBudget, Overloaded
+from serve.envelope import as_request, image_bytes, layout
 from serve.package import DEFAULT_MAX_IMAGES, DEFAULT_MAX_REQUEST_PIXELS
 from serve.refusal import HOW_TO_CHANGE, PHRASES, Refused, part_label
 
 logger = logging.getLogger(__name__)
+# Archives packaged before `serve package` measured the cost have none: a cautious guess, not a measurement.
+UNMEASURED_COST = ImageCost(image_s=0.5, megapixel_s=0.05)
 
 
 class ImageClassifierHandler(BaseHandler):
@@ -76,8 +84,19 @@ class ImageClassifierHandler(BaseHandler):
             max_pixels=int(config.get("max_pixels", DEFAULT_MAX_PIXELS)),
             batch_size=int(model_config.get("batchSize") or 1),  # one forward pass never exceeds a batch
         )
+        self.envelope = layout(config)
+        self.enveloped = self.envelope is not None
         self.max_images = int(config.get("max_images", DEFAULT_MAX_IMAGES))
         self.max_request_pixels = int(config.get("max_request_pixels", DEFAULT_MAX_REQUEST_PIXELS))
+        if "cost" not in config:
+            logger.warning(
+                "no measured image cost in model-config.yaml (an older archive); assuming %s", UNMEASURED_COST
+            )
+        self.budget = Budget(
+            call_s=float(model_config.get("responseTimeout") or 120) / HEADROOM,
+            cost=ImageCost.from_dict(config["cost"]) if "cost" in config else UNMEASURED_COST,
+            max_call_pixels=self.max_request_pixels,
+        )
         self.runner = self.classifier.runner
         torch.set_num_threads(torch_threads(self.runner, threads))
         # A batch's images decode in parallel: one thread would leave the worker's other cores idle
@@ -86,7 +105,7 @@ class ImageClassifierHandler(BaseHandler):
         self.initialized = True
         logger.info(
             "serving %s on %s with %d thread(s) (PyTorch's: %d), %d classes, top-%d, forward passes of <= %s, "
-            "requests of <= %d images and <= %d decoded pixels",
+            "requests of <= %d images and <= %d decoded pixels, calls of <= %.1f s at %s",
             self.runner.format,
             device,
             threads,
@@ -96,6 +115,8 @@ class ImageClassifierHandler(BaseHandler):
             self.classifier.batch_size,
             self.max_images,
             self.max_request_pixels,
+            self.budget.call_s,
+            self.budget.cost,
         )
 
     def handle(self, data, context):
@@ -105,13 +126,15 @@ class ImageClassifierHandler(BaseHandler):
         code paths (captum insights, one description per batch) that would fail every request of the batch.
         """
         start = time.perf_counter()
-        self.context = context
-        self.enveloped = enveloped(data, len(context.request_ids or ()))
+        self.context, self.call = context, self.budget.start_call()
         if self.enveloped:
             data = [as_request(data)]
+            self.part_names = list(data[0])
         output = self.postprocess(self.inference(self.preprocess(data)))
+        elapsed = time.perf_counter() - start
+        self.budget.observe(self.call.estimated_s, elapsed)
         if context.metrics is not None:
-            context.metrics.add_time("HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms")
+            context.metrics.add_time("HandlerTime", round(elapsed * 1000, 2), None, "ms")
         return output
 
     def preprocess(self, data):
@@ -144,8 +167,9 @@ class ImageClassifierHandler(BaseHandler):
         return pixels, counts, errors
 
     def admit(self, request: dict) -> list[tuple[str, bytes]]:
-        """The request's (name, image bytes) parts, or `Refused` when it is over a bound or not images;
-        judged from the headers alone, before any pixel is decoded."""
+        """The request's (name, image bytes) parts, or `Refused` when it is over a bound, does not fit the
+        call's budget (serve/budget.py) or is not images; judged from the headers alone, before any pixel
+        is decoded."""
         if not request:
             raise Refused(400, "InvalidImage", "empty request: no body and no multipart parts")
         if len(request) > self.max_images:
@@ -157,11 +181,11 @@ class ImageClassifierHandler(BaseHandler):
                     f"in several requests (the limit is set in {HOW_TO_CHANGE.format(key='max_images', flag='max-images')})"
                 ),
             )
-        parts, total = [], 0
+        parts, sources, total = [], [], 0
         for name, value in request.items():
             where = part_label(name)
             if self.enveloped:
-                value = image_bytes(value, where)
+                value = image_bytes(value, name)
             elif not isinstance(value, (bytes, bytearray)):
                 # TorchServe decodes text/* and application/json bodies when decode_input_request is on.
                 raise Refused(
@@ -175,9 +199,13 @@ class ImageClassifierHandler(BaseHandler):
                 )
             data, transform = bytes(value), self.classifier.transform
             try:
-                total += decoded_pixels(data, max_pixels=transform.max_pixels, draft_size=transform.spec.resize_size)
+                source, decoded = pixel_counts(
+                    data, max_pixels=transform.max_pixels, draft_size=transform.spec.resize_size
+                )
             except ImageDecodeError as e:
-                raise Refused(400, "InvalidImage", f"{where}{e}") from None
+                raise Refused(400, "InvalidImage", f"{where}{e}", part=name) from None
+            sources.append(source)
+            total += decoded
             if total > self.max_request_pixels:
                 raise Refused(
                     413,
@@ -190,6 +218,14 @@ class ImageClassifierHandler(BaseHandler):
                     ),
                 )
             parts.append((name, data))
+        try:
+            self.call.admit(sources, total)
+        except OverBudget as e:
+            raise Refused(
+                413, "TooMuchWork", f"{e} (the timeout is set by python -m serve package --response-timeout N)"
+            ) from None
+        except Overloaded as e:
+            raise Refused(503, OVERLOADED, str(e), retry_after_s=e.retry_after_s) from None
         return parts
 
     def map(self, fn, items):
@@ -205,11 +241,14 @@ class ImageClassifierHandler(BaseHandler):
         try:
             return self.classifier.pixels(data)
         except ImageDecodeError as e:
-            return Refused(400, "InvalidImage", f"{part_label(name)}{e}")
+            return Refused(400, "InvalidImage", f"{part_label(name)}{e}", part=name)
         except Exception as e:  # MemoryError included: the batch's other requests must still be answered
             logger.exception("processing %s failed", part_label(name) or "the body")
             return Refused(
-                500, "ImageProcessingFailed", f"{part_label(name)}processing the image failed: {first_line(e)}"
+                500,
+                "ImageProcessingFailed",
+                f"{part_label(name)}processing the image failed: {first_line(e)}",
+                part=name,
             )
 
     def inference(self, data, *args, **kwargs):
@@ -252,19 +291,34 @@ class ImageClassifierHandler(BaseHandler):
         if self.enveloped:  # the envelope wraps the list as one request's answer
             [result] = data
             if isinstance(result, Refused):
-                self.context.set_response_status(result.code, PHRASES.get(result.code, ""), 0)
-                return [json.loads(result.body())]
-            return [dict(self.classifier.top_k_of(row)) for row in result]
+                self.refuse(0, result)
+                return self.envelope_errors(result)
+            return [prediction_object(self.classifier.top_k_of(row)) for row in result]
         responses = []
         for idx, result in enumerate(data):
             if isinstance(result, Refused):
-                self.context.set_response_status(result.code, PHRASES.get(result.code, ""), idx)
+                self.refuse(idx, result)
                 self.context.set_response_content_type(idx, "application/json")
                 responses.append(result.body())
                 continue
-            answers = [dict(self.classifier.top_k_of(row)) for row in result]
-            responses.append(answers[0] if len(answers) == 1 else answers)
+            responses.append(answer([self.classifier.top_k_of(row) for row in result]))
         return responses
+
+    def envelope_errors(self, refusal: Refused) -> list[dict]:
+        """v1: the one error. v2: one output per input, in order: the error on the input at fault (on
+        every input when the whole request was refused), the others saying why they were not classified."""
+        error = json.loads(refusal.body())
+        if self.envelope != "kservev2":
+            return [error]
+        skipped = Refused(
+            refusal.code, "NotClassified", f"not classified: input {refusal.part!r} of this request failed"
+        )
+        return [error if refusal.part in (None, name) else json.loads(skipped.body()) for name in self.part_names]
+
+    def refuse(self, idx: int, refusal: Refused) -> None:
+        self.context.set_response_status(refusal.code, PHRASES.get(refusal.code, ""), idx)
+        if refusal.retry_after_s is not None:
+            self.context.set_response_header(idx, "Retry-After", str(refusal.retry_after_s))
 
 
 def split(probabilities: torch.Tensor, counts: list[int], errors: list[Refused | None]) -> list:

@@ -29,7 +29,7 @@ import yaml
 
 from fsutil.owned import MARKER_NAME, is_owned, mark_owned, remove_owned_tree
 
-from .server import CONFIG_TEMPLATE, ServerSettings
+from .server import CONFIG_TEMPLATE, FRONTEND_DIRECT_MEMORY, ServerSettings
 
 MANIFESTS_KIND = "manifests"  # the marker kind of a generated folder (fsutil.owned.mark_owned)
 APP = "resnet-deploy"
@@ -42,7 +42,8 @@ PRESTOP_S = 5  # endpoints controllers and kube-proxy drop the pod before TorchS
 STOP_WAIT_S = 30  # serve.server.stop's wait for TorchServe and its workers after SIGTERM
 STARTUP_TIMEOUT_S = 180  # serve start's wait for the models (its --timeout default)
 # The JVM frontend beyond its heap (--frontend-heap): metaspace, code cache, the stacks of Netty's and
-# the workers' threads, and the direct buffers that hold request bodies on their way in.
+# the workers' threads, and the direct buffers that hold request bodies on their way in (at most
+# FRONTEND_DIRECT_MEMORY, 256 MiB).
 FRONTEND_NON_HEAP_MI = 512
 JVM_SIZE = re.compile(r"(\d+)([kmgt]?)", re.IGNORECASE)  # what -Xmx accepts: bytes, or a k/m/g/t suffix
 # A worker: the Python interpreter with torch and ONNX Runtime resident (its private pages and its share
@@ -465,7 +466,7 @@ def kserve_config(options: ManifestOptions) -> str:
         "enable_metrics_api=true",
         "# The wrapper cannot send TorchServe's per-process keys (pytorch/serve#3260, #3301).",
         "disable_token_authorization=true",
-        f"vmargs=-Xmx{options.frontend_heap} -XX:+ExitOnOutOfMemoryError",
+        f"vmargs=-Xmx{options.frontend_heap} -XX:MaxDirectMemorySize={FRONTEND_DIRECT_MEMORY} -XX:+ExitOnOutOfMemoryError",
         "enable_model_api=false",
         "install_py_dep_per_model=false",
         "# KServe's runtime sets TS_SERVICE_ENVELOPE (kserve for protocol v1, kservev2 for v2) in the environment.",

@@ -21,6 +21,8 @@ import yaml
 # Only light imports here: `python -m serve status/stop/token` should not wait for torch to load.
 from export.manifest import Artifact, ExportError, Manifest, read_manifest, verify_artifact_file
 from fsutil.owned import mark_owned, sweep_stale_temporaries
+from hostinfo import usable_cores
+from serve.budget import ImageCost, Plan, plan
 
 HANDLER_FILE = Path(__file__).with_name("handler.py")
 MODEL_CONFIG_NAME = "model-config.yaml"
@@ -53,6 +55,7 @@ class PackageOptions:
     max_images: int = DEFAULT_MAX_IMAGES  # per request
     max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS  # decoded pixels per request
     version: str = "1.0"
+    cost: ImageCost | None = None  # per-image cost on the serving machine; None: measured here (serve/budget.py)
 
 
 def package(
@@ -78,6 +81,18 @@ def package(
         files = [verify_artifact_file(export_dir, artifact) for artifact in artifacts]
     except ExportError as e:
         raise PackageError(str(e)) from None
+    cost = options.cost or measure_cost(export_dir, artifacts, options)
+    try:
+        settings = plan(
+            options.response_timeout_s,
+            cost,
+            workers=options.workers,
+            batch_size=options.batch_size,
+            max_images=options.max_images,
+        )
+    except ValueError as e:
+        raise PackageError(f"{export_dir}: {e}") from None
+    log(describe_budget(cost, settings, options))
 
     model_store = Path(model_store)
     model_store.mkdir(parents=True, exist_ok=True)
@@ -85,7 +100,7 @@ def package(
     with tempfile.TemporaryDirectory(prefix=f".{name}.", suffix=".tmp", dir=model_store) as staging:
         mark_owned(staging, STAGING_KIND)  # the sweep deletes only marked folders
         config_file = Path(staging) / MODEL_CONFIG_NAME
-        config_file.write_text(yaml.safe_dump(model_config(options), sort_keys=False))
+        config_file.write_text(yaml.safe_dump(model_config(options, cost, settings), sort_keys=False))
         archive(name, options.version, [export_dir / "manifest.json", *files], config_file, Path(staging))
         target = model_store / f"{name}.mar"
         os.replace(Path(staging) / f"{name}.mar", target)
@@ -148,12 +163,60 @@ def describe_choice(manifest: Manifest, chosen: list[Artifact], options: Package
     return lines
 
 
-def model_config(options: PackageOptions) -> dict[str, Any]:
+def measure_cost(export_dir: Path, artifacts: list[Artifact], options: PackageOptions) -> ImageCost:
+    """What one image costs a worker on this machine's CPU, with the artifact a CPU worker serves."""
+    from classify.classifier import Classifier  # imports torch
+    from export.registry import preference
+    from hostinfo import cpu_flags
+    from serve.calibrate import measure  # imports torch
+
+    served = next(
+        (
+            a
+            for fmt in preference("cpu", cpu_flags())
+            for a in artifacts
+            if a.format == fmt and a.device in ("any", "cpu")
+        ),
+        None,
+    )
+    if served is None:
+        raise PackageError(
+            f"{export_dir}: no packaged artifact runs on the CPU, so the per-image cost cannot be measured here; "
+            "give the serving machine's figures with --image-seconds and --megapixel-seconds"
+        )
+    classifier = Classifier.from_export(
+        export_dir,
+        fmt=served.format,
+        threads=max(1, usable_cores() // options.workers),
+        allow_failed=options.allow_failed,
+        batch_size=options.batch_size,
+    )
+    return measure(classifier, options.batch_size)
+
+
+def describe_budget(cost: ImageCost, settings: Plan, options: PackageOptions) -> str:
+    lowered = [
+        f"{what} lowered from {asked} to {got}"
+        for what, asked, got in [
+            ("batch size", options.batch_size, settings.batch_size),
+            ("images per request", options.max_images, settings.max_images),
+        ]
+        if got != asked
+    ]
+    return (
+        f"per-call budget: {settings.call_s:.1f} s (response timeout {options.response_timeout_s} s / headroom), "
+        f"{cost.image_s * 1000:.0f} ms per photo + {cost.megapixel_s * 1000:.1f} ms per file megapixel"
+        f"{'; ' + ', '.join(lowered) if lowered else ''}; queue of {settings.job_queue_size} requests"
+    )
+
+
+def model_config(options: PackageOptions, cost: ImageCost, settings: Plan) -> dict[str, Any]:
     """TorchServe's model-config YAML (camelCase keys are TorchServe's own) plus our handler's block."""
     handler = {
         "top_k": options.top_k,
-        "max_images": options.max_images,
+        "max_images": settings.max_images,
         "max_request_pixels": options.max_request_pixels,
+        "cost": cost.to_dict(),
     }
     if options.max_pixels is not None:
         handler["max_pixels"] = options.max_pixels
@@ -162,9 +225,10 @@ def model_config(options: PackageOptions) -> dict[str, Any]:
     return {
         "minWorkers": options.workers,
         "maxWorkers": options.workers,
-        "batchSize": options.batch_size,
+        "batchSize": settings.batch_size,
         "maxBatchDelay": options.max_batch_delay_ms,
         "responseTimeout": options.response_timeout_s,
+        "jobQueueSize": settings.job_queue_size,  # past it, the frontend answers 503 at once
         "handler": handler,
     }
 

@@ -13,12 +13,13 @@ reason on stderr, which the kubelet records in the pod's events).
 from __future__ import annotations
 
 import argparse
-import json
 import struct
 import sys
 import urllib.error
 import urllib.request
 import zlib
+
+from classify.response import MAX_RESPONSE_BYTES, InvalidAnswer, parse_answer
 
 
 def gray_png(size: int = 32) -> bytes:
@@ -42,17 +43,15 @@ def model_answers(url: str, model: str, timeout_s: float) -> str | None:
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            body = response.read()
+            body = response.read(MAX_RESPONSE_BYTES + 1)
     except urllib.error.HTTPError as e:
         return f"{model}: HTTP {e.code} {e.read()[:200].decode(errors='replace')}"
     except (urllib.error.URLError, OSError) as e:
         return f"{model}: no answer from {url} ({getattr(e, 'reason', e)})"
     try:
-        answer = json.loads(body)
-    except ValueError:
-        answer = None
-    if not isinstance(answer, dict) or not answer:
-        return f"{model}: expected a JSON object of class -> probability, got {body[:200]!r}"
+        parse_answer(body, images=1)
+    except InvalidAnswer as e:
+        return f"{model}: {e}"
     return None
 
 

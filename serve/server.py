@@ -27,6 +27,10 @@ import psutil
 import requests
 
 CONFIG_TEMPLATE = Path(__file__).with_name("config.properties")
+# Netty holds each request body whole in direct (off-heap) buffers before TorchServe checks the key:
+# bounded here, a flood of large bodies gets its allocations refused (507s, resets) instead of growing
+# the process without limit; ExitOnOutOfMemoryError does not cover these. 12 bodies of 20 MiB at once.
+FRONTEND_DIRECT_MEMORY = "256m"
 LOG_CONFIG_TEMPLATE = Path(__file__).with_name("log4j2.xml")
 STATE_FILE = "server.json"
 KEY_FILE = "key_file.json"
@@ -61,9 +65,8 @@ class ServerSettings:
     job_queue_size: int = 100
     startup_timeout_s: float = 180.0
     log_to_console: bool = False  # TorchServe's output to our stdout (containers), not <run-dir>/torchserve.out
-    # The frontend's JVM heap (-Xmx): it buffers each request body (up to max_request_size) in memory;
-    # past the limit the JVM exits (-XX:+ExitOnOutOfMemoryError) rather than limp on, and
-    # `serve status` / the foreground mode report it gone.
+    # The frontend's JVM heap (-Xmx); past it the JVM exits (-XX:+ExitOnOutOfMemoryError) rather than
+    # limp on, and `serve status` / the foreground mode report it gone.
     frontend_heap: str = "1g"
 
 
@@ -159,6 +162,7 @@ def render_config(settings: ServerSettings, models: list[str]) -> str:
         allowed_urls=allowed_urls,
         job_queue_size=settings.job_queue_size,
         frontend_heap=settings.frontend_heap,
+        frontend_direct_memory=FRONTEND_DIRECT_MEMORY,
     )
 
 
@@ -313,6 +317,9 @@ def start(settings: ServerSettings, log=print) -> ServerInfo:
         LOG_LOCATION=str(run_dir / "logs"),
         METRICS_LOCATION=str(run_dir / "logs"),
     )
+    # This config never applies an envelope (enable_envvars_config=false), and the handler takes this
+    # variable as the layout its requests come in (serve/envelope.py): a stray one must not reach it.
+    env.pop("TS_SERVICE_ENVELOPE", None)
     command = [
         sys.executable,
         "-m",

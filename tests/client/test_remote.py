@@ -265,20 +265,41 @@ def test_the_form_decoder_error_says_what_to_send_instead(scripted_server, digit
     assert status == 1 and "Bad end of line" in out and "curl -T cat.jpg" in out and "application/octet-stream" in out
 
 
-ODD_ANSWER = '{"cat\\nwith a newline": NaN, "' + "x" * 200 + '": 1.5, "neg": -0.1}'
+ODD_LABELS = {"cat\nwith a newline": 0.5, "x" * 200: 0.25}
 
 
-@pytest.mark.parametrize("scripted_server", [[(200, ODD_ANSWER)]], indirect=True)
-def test_nan_and_odd_labels_from_a_server_do_not_crash_the_table_or_the_json(scripted_server, digit_images, run_client):
+@pytest.mark.parametrize("scripted_server", [[(200, ODD_LABELS)]], indirect=True)
+def test_odd_labels_from_a_server_do_not_crash_the_table_or_the_json(scripted_server, digit_images, run_client):
     image = next((digit_images / "7").iterdir())
     url = f"http://127.0.0.1:{scripted_server.server_address[1]}"
     status, out, err = run_client(image, "--url", url, "--model", "digits")
     assert status == 0, err
-    assert "cat\\nwith a newline" in out and "nan%" in out and "x" * 57 + "..." in out and "x" * 58 not in out
+    assert "cat\\nwith a newline" in out and "x" * 57 + "..." in out and "x" * 58 not in out
     status, out, err = run_client(image, "--url", url, "--model", "digits", "--json")
     assert status == 0, err
-    predictions = json.loads(out)["results"][0]["predictions"]  # strict JSON: NaN became null
-    assert predictions[0] == {"label": "cat\nwith a newline", "probability": None}
+    assert json.loads(out)["results"][0]["predictions"][0] == {"label": "cat\nwith a newline", "probability": 0.5}
+
+
+@pytest.mark.parametrize(
+    "scripted_server",
+    [
+        [(200, '{"tabby": NaN, "dog": Infinity}')],
+        [(200, '{"tabby": 1.5}')],
+        [(200, '{"tabby": 0.7, "dog": 0.6}')],
+        [(200, "[" * 100_000)],
+        [(200, '{"a": ' + "[" * 50 + "]" * 50 + "}")],
+    ],
+    indirect=True,
+    ids=["non-finite", "above-1", "sum-above-1", "deep-100k", "nested"],
+)
+def test_an_invalid_answer_fails_the_image(scripted_server, digit_images, run_client):
+    """Non-finite, out-of-range or deeply nested answers are the server's fault, reported as such:
+    exit 1, no traceback, no nan%."""
+    image = next((digit_images / "7").iterdir())
+    url = f"http://127.0.0.1:{scripted_server.server_address[1]}"
+    status, out, err = run_client(image, "--url", url, "--model", "digits")
+    assert status == 1 and "invalid answer from the server" in out, out + err
+    assert "nan%" not in out and "Traceback" not in err
 
 
 def test_a_connection_closed_after_413_is_not_server_unreachable(digit_images, tmp_path, run_client):

@@ -309,3 +309,21 @@ def test_verify_without_the_source_checkpoint_says_how_to_proceed(digits_export,
     (export_dir / "manifest.json").write_text(json.dumps(manifest))
     code, _, err = run_cli(capsys, "--verify", export_dir)
     assert code == 2 and "its source checkpoint" in err and "is gone; pass the same checkpoint with --checkpoint" in err
+
+
+def test_without_labelled_images_the_accuracy_gate_is_recorded_as_not_run_and_the_exit_says_so(
+    digits_checkpoint, tmp_path, capsys
+):
+    """The checkpoint's data is gone: parity can only run on random pixels. The export is written, its
+    manifest says the accuracy gate did not run, and the exit status is 1 unless --random-parity asked for it."""
+    ckpt = load_checkpoint(digits_checkpoint)
+    ckpt.config = dict(ckpt.config, data="folder", data_dir=str(tmp_path / "gone"))
+    checkpoint = tmp_path / "orphan.pt"
+    ckpt.save(checkpoint)
+    args = ["--checkpoint", str(checkpoint), "--to", "onnx", "--parity-samples", "8", "--parity-batch", "4"]
+    assert export_main([*args, "--out", str(tmp_path / "a")]) == 1
+    assert "--random-parity" in capsys.readouterr().err
+    gate = read_manifest(tmp_path / "a").extra["accuracy_gate"]
+    assert gate["run"] is False and "RANDOM" in gate["reason"]
+    assert export_main([*args, "--out", str(tmp_path / "b"), "--random-parity"]) == 0
+    assert read_manifest(tmp_path / "b").extra["accuracy_gate"]["run"] is False

@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.imageio import DEFAULT_MAX_FULL_PIXELS, DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, decoded_pixels
+from models.imageio import (
+    DEFAULT_MAX_FULL_PIXELS,
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    decode_image,
+    decoded_pixels,
+    pixel_counts,
+)
 from tests.fixtures.served import chelsea, encode, png_claiming_size
 
 CAT_SIZE = (451, 300)
@@ -147,6 +154,8 @@ def test_a_48_megapixel_phone_jpeg_decodes_in_draft_mode():
     assert decoded_pixels(photo, draft_size=256) == 1008 * 756  # 1/8 scale, read from the header
     image = decode_image(photo, draft_size=256)
     assert image.size == (1008, 756) and image.getpixel((500, 400)) == pytest.approx((90, 120, 150), abs=3)
+    # What decoding costs follows the file's pixels, not the drafted ones (serve/budget.py prices by it).
+    assert pixel_counts(photo, draft_size=256) == (8064 * 6048, 1008 * 756)
 
 
 def test_decoded_pixels_refuses_what_decode_image_refuses(invalid_images):

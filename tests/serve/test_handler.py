@@ -114,6 +114,16 @@ def test_a_part_shaped_like_a_kserve_instance_fails_only_its_own_request(handler
     assert "expected image bytes, got str" in json.loads(answers[1][1])["message"]
 
 
+def test_multipart_fields_named_like_an_envelope_are_images_alone_and_batched(handler, valid_images):
+    """`curl -F b64=@cat.jpg` and `-F datatype=@cat.jpg` are ordinary parts: envelope mode comes from the
+    layout (model config or TS_SERVICE_ENVELOPE), never from a field name, so load changes nothing."""
+    cat = valid_images["jpeg"]
+    expected = handle(handler, [{"body": cat}])[0]
+    assert handle(handler, [{"b64": cat}]) == [expected]
+    assert handle(handler, [{"datatype": cat}]) == [expected]
+    assert handle(handler, [{"b64": cat}, {"datatype": cat}, {"body": cat}]) == [expected] * 3
+
+
 def test_text_and_json_bodies_are_refused_with_a_hint(handler):
     answers = handle(handler, [{"body": "hello"}, {"body": {"url": "http://example.com/cat.jpg"}}, {}])
     assert [status for status, _ in answers] == [400, 400, 400]
@@ -132,12 +142,18 @@ def through_envelope(handler, envelope, body: dict):
     return context.get_response_status(0)[0], response
 
 
-def test_kserve_envelopes_hand_one_requests_base64_instances(handler, valid_images):
+def envelope_handler(archive_dir, envelope: str) -> ImageClassifierHandler:
+    model_dir, manifest, config = archive_dir
+    return make_handler(model_dir, manifest, {**config, "handler": {**config["handler"], "envelope": envelope}})
+
+
+def test_kserve_envelopes_hand_one_requests_base64_instances(archive_dir, handler, valid_images):
     """KServe v1 instances (base64 strings, {"b64": ...}) and v2 BYTES inputs answer as the raw body does;
     bad base64, a non-BYTES tensor or too many instances fail the request with its own status."""
     cat, gray = valid_images["jpeg"], valid_images["png_gray"]
     plain = [handle(handler, [{"body": image}])[0][1] for image in (cat, gray)]
     b64 = [base64.b64encode(image).decode() for image in (cat, gray)]
+    handler = envelope_handler(archive_dir, "kserve")
 
     v1 = {"instances": [{"data": b64[0]}, {"data": {"b64": b64[1]}}]}
     assert through_envelope(handler, KServeEnvelope, v1) == (200, {"predictions": plain})
@@ -156,12 +172,24 @@ def test_kserve_envelopes_hand_one_requests_base64_instances(handler, valid_imag
     def v2_input(name, datatype, data):
         return {"name": name, "shape": [len(data)], "datatype": datatype, "data": data}
 
+    handler = envelope_handler(archive_dir, "kservev2")
     v2 = {"id": "r1", "inputs": [v2_input("cat", "BYTES", [b64[0]]), v2_input("gray", "BYTES", [b64[1]])]}
     status, response = through_envelope(handler, KServev2Envelope, v2)
     assert status == 200 and response["id"] == "r1"
     assert [(o["name"], o["data"]) for o in response["outputs"]] == [("cat", [plain[0]]), ("gray", [plain[1]])]
     status, response = through_envelope(handler, KServev2Envelope, {"inputs": [v2_input("x", "FP32", [0.5])]})
     assert status == 400 and "a FP32 tensor, not image bytes" in response["outputs"][0]["data"][0]["message"]
+    # Two images in one BYTES input: refused by name, not answered for the first alone.
+    status, response = through_envelope(handler, KServev2Envelope, {"inputs": [v2_input("pair", "BYTES", b64)]})
+    assert status == 400 and response["outputs"][0]["name"] == "pair"
+    assert "part 'pair': shape [2]" in response["outputs"][0]["data"][0]["message"]
+    # The error goes on the input at fault, in order; the others say why they were not classified.
+    bad = {"inputs": [v2_input("a", "BYTES", [b64[0]]), v2_input("b", "BYTES", ["c@t"])]}
+    status, response = through_envelope(handler, KServev2Envelope, bad)
+    outputs = {o["name"]: o["data"][0] for o in response["outputs"]}
+    assert status == 400 and list(outputs) == ["a", "b"]
+    assert outputs["b"]["message"].startswith("part 'b': malformed base64")
+    assert outputs["a"]["type"] == "NotClassified" and "'b'" in outputs["a"]["message"]
 
 
 def test_explain_and_describe_headers_do_not_change_the_answer(handler, valid_images):
@@ -265,6 +293,30 @@ def test_requests_over_the_bounds_get_413_before_decoding(archive_dir, valid_ima
     assert "limit of 32" in flood_error["message"] and "--max-images" in flood_error["message"]
     assert pixel_error["type"] == "TooManyPixels" and "300,000" in pixel_error["message"]
     assert "handler.max_request_pixels" in pixel_error["message"]
+
+
+def test_a_call_takes_only_the_work_that_fits_its_budget(archive_dir, valid_images, monkeypatch):
+    """Priced with the archive's cost (here 1 s a photo, a 60 s timeout: 15 s a call), a batch is served
+    while it fits, the rest shed with 503 and Retry-After before decoding, and a request no call could
+    finish gets 413; the archive itself carries the cost `serve package` measured."""
+    model_dir, manifest, config = archive_dir
+    assert config["handler"]["cost"]["image_s"] > 0 and config["jobQueueSize"] >= config["batchSize"]
+    slow = {"image_s": 1.0, "megapixel_s": 0.0}
+    handler = make_handler(
+        model_dir, manifest, {**config, "responseTimeout": 60, "handler": {**config["handler"], "cost": slow}}
+    )
+    decoded = []
+    pixels = handler.classifier.pixels
+    monkeypatch.setattr(handler.classifier, "pixels", lambda data: decoded.append(len(data)) or pixels(data))
+    ten = {f"p{i}": valid_images["jpeg"] for i in range(10)}
+    answers = handle(
+        handler, [ten, ten, {"body": valid_images["png"]}, {f"p{i}": valid_images["jpeg"] for i in range(16)}]
+    )
+    assert [status for status, _ in answers] == [200, 503, 200, 413]
+    assert len(decoded) == 11
+    assert handler.context.get_response_headers(1)["Retry-After"] == "15"
+    assert json.loads(answers[1][1])["type"] == "Overloaded"
+    assert json.loads(answers[3][1])["type"] == "TooMuchWork" and "15.0 s" in json.loads(answers[3][1])["message"]
 
 
 def test_any_failure_on_an_images_way_fails_only_its_request(handler, valid_images, monkeypatch):

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -156,6 +157,59 @@ def test_hostile_request_is_answered_quickly_and_the_worker_survives(server, nor
     if name == "flood":
         assert "limit of 32" in response.json()["message"]
     assert elapsed < (30 if name == "png_16bit" else QUICK_S), f"{name}: {elapsed:.1f} s"
+    assert_still_serving(server, normal, pids)
+
+
+def progressive_bomb() -> bytes:
+    """A 7999x7999 progressive JPEG of 376 KB: inside the pixel and size limits, seconds to decode even
+    at 1/8 scale (libjpeg reads every coefficient, in several passes)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (7999, 7999), (120, 140, 90)).save(buffer, "JPEG", quality=90, progressive=True)
+    return buffer.getvalue()
+
+
+def multipart(images: list[bytes]) -> tuple[bytes, str]:
+    return encode_multipart_formdata({f"img{i}": (f"{i}.jpg", data, "image/jpeg") for i, data in enumerate(images)})
+
+
+def test_valid_traffic_at_any_concurrency_never_runs_a_worker_into_the_timeout(server, normal):
+    """Eight 32-photo requests and three progressive-JPEG bomb requests at once, all inside the
+    per-request limits: each is answered 200, 413 or 503 (shed with Retry-After before its work
+    started) within the response timeout, the worker is never replaced, and a single image sent
+    meanwhile is answered (retrying its 503s)."""
+    pids = worker_pids(server)
+    bomb = progressive_bomb()
+    photos = multipart([photo(i) for i in range(32)])
+    bombs = [multipart([bomb, bomb]), multipart([bomb, bomb]), multipart([bomb] * 32)]
+    timeout_s = 60  # the archive's responseTimeout (PackageOptions in the `server` fixture)
+
+    def timed(body_and_type):
+        started = time.monotonic()
+        response = post(server, *body_and_type, timeout=timeout_s * 2)
+        return response, time.monotonic() - started
+
+    def single_image():
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            response = post(server, normal[0], timeout=timeout_s)
+            if response.status_code != 503:
+                return response
+            time.sleep(min(2.0, float(response.headers.get("Retry-After", 1))))
+        return response
+
+    with ThreadPoolExecutor(12) as pool:
+        loads = [pool.submit(timed, body) for body in [photos] * 8 + bombs]
+        time.sleep(1)
+        single = pool.submit(single_image)
+        results = [load.result() for load in loads]
+        single = single.result()
+    statuses = [response.status_code for response, _ in results]
+    assert set(statuses) <= {200, 413, 503}, [r.text[:300] for r, _ in results]
+    assert all(elapsed < timeout_s for _, elapsed in results), [round(e, 1) for _, e in results]
+    assert 200 in statuses[:8] and statuses[-1] == 413  # photos served; 32 bombs could never finish in a call
+    shed = [response for response, _ in results if response.status_code == 503]
+    assert all(r.headers.get("Retry-After") or "worker" in r.text for r in shed)  # ours, or the full queue's
+    assert single.status_code == 200, single.text
     assert_still_serving(server, normal, pids)
 
 

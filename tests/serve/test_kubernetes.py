@@ -228,7 +228,7 @@ def test_pod_memory_follows_the_frontend_heap(tmp_path):
         runtime = load(out / "kserve" / "inferenceservice-torchserve.yaml")["spec"]["predictor"]["model"]
         assert runtime["resources"]["limits"]["memory"] == memory
         config = (out / "kserve" / "storage" / "config" / "config.properties").read_text()
-        assert f"vmargs=-Xmx{heap} -XX:+ExitOnOutOfMemoryError" in config.splitlines()
+        assert f"vmargs=-Xmx{heap} -XX:MaxDirectMemorySize=256m -XX:+ExitOnOutOfMemoryError" in config.splitlines()
     with pytest.raises(ManifestError, match="'1.5g': not a JVM heap size"):
         generate(
             ManifestOptions(model_store=tmp_path, models=["m"], image=IMAGE, out=tmp_path / "x", frontend_heap="1.5g")

@@ -61,6 +61,10 @@ def test_archive_holds_handler_manifest_artifacts_and_model_config(capsys, digit
         5,
         "--max-request-pixels",
         1000000,
+        "--image-seconds",
+        2,
+        "--megapixel-seconds",
+        0.01,
     )
     assert status == 0, err
     mar = tmp_path / "digits.mar"
@@ -78,8 +82,15 @@ def test_archive_holds_handler_manifest_artifacts_and_model_config(capsys, digit
         "batchSize": 4,
         "maxBatchDelay": 7,
         "responseTimeout": 60,
-        "handler": {"top_k": 3, "max_images": 5, "max_request_pixels": 1000000},
+        "jobQueueSize": 3 * 4 * 3,  # workers x batch x the calls that fit in the timeout after one's own
+        "handler": {
+            "top_k": 3,
+            "max_images": 5,
+            "max_request_pixels": 1000000,
+            "cost": {"image_s": 2.0, "megapixel_s": 0.01},
+        },
     }
+    assert "per-call budget: 15.0 s" in out
     assert mar_manifest["model"]["modelName"] == "digits" and mar_manifest["model"]["handler"] == "handler.py"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.mar"]  # no staging leftovers
 
@@ -152,3 +163,40 @@ def test_duplicate_class_names_are_refused(capsys, export_copy, tmp_path):
     assert status == 1
     assert "class names must be unique" in err and "'1'" in err and "export again" in err
     assert not (tmp_path / "store").exists() or not list((tmp_path / "store").glob("*.mar"))
+
+
+def test_a_symlinked_artifact_is_refused_even_with_its_checksum(capsys, export_copy, tmp_path):
+    """A link to a secret (the server's key file) with the secret's sha256 in the manifest never gets
+    into an archive as the model."""
+    from fsutil.atomic import sha256_file
+
+    secret = tmp_path / "key_file.json"
+    secret.write_text('{"management": {"key": "s3cret"}}')
+    manifest = json.loads((export_copy / "manifest.json").read_text())
+    artifact = manifest["artifacts"][0]
+    (export_copy / artifact["file"]).unlink()
+    (export_copy / artifact["file"]).symlink_to(secret)
+    edit_manifest(export_copy, lambda m: m["artifacts"][0].update(sha256=sha256_file(secret)))
+    status, _, err = package_cli(
+        capsys, "--export-dir", export_copy, "--model-store", tmp_path / "store", "--backend", artifact["format"]
+    )
+    assert status == 1 and "symbolic link" in err and artifact["file"] in err
+    assert not (tmp_path / "store").exists() or not list((tmp_path / "store").glob("*.mar"))
+
+
+def test_the_per_call_budget_lowers_what_does_not_fit_the_timeout(capsys, digits_export, tmp_path):
+    """At 5 s a photo a 60 s timeout allows 15 s calls: 3 photos, so batches and requests of 3; with
+    the cost measured here (no flags) the archive carries that measurement."""
+    args = ["--export-dir", digits_export, "--model-store", tmp_path, "--batch-size", 8]
+    status, out, err = package_cli(capsys, *args, "--image-seconds", 5, "--megapixel-seconds", 0)
+    assert status == 0, err
+    assert "batch size lowered from 8 to 3, images per request lowered from 32 to 3" in out
+    status, _, err = package_cli(capsys, *args, "--image-seconds", 20, "--megapixel-seconds", 0)
+    assert status == 1 and "raise the response timeout to at least 80 s" in err
+    status, _, err = package_cli(capsys, *args, "--image-seconds", 1)
+    assert status == 1 and "go together" in err
+    status, out, err = package_cli(capsys, *args)
+    assert status == 0 and "ms per photo" in out, err
+    with zipfile.ZipFile(next(tmp_path.glob("*.mar"))) as archive:
+        cost = yaml.safe_load(archive.read("model-config.yaml"))["handler"]["cost"]
+    assert cost["image_s"] > 0 and cost["megapixel_s"] > 0

@@ -125,6 +125,22 @@ def test_multipart_gives_one_answer_per_image_in_order(predict_url, auth, digit_
         assert_same_answer(answer, local_answers[path])
 
 
+@pytest.mark.parametrize("field", ["b64", "datatype"])
+def test_a_form_field_named_like_an_envelope_key_is_an_image_alone_and_under_load(
+    predict_url, auth, digit_files, local_answers, field
+):
+    """`curl -F b64=@cat.jpg`: the same answer alone and among concurrent requests batched with it."""
+    path = digit_files[0][0]
+    files = [(field, (path.name, path.read_bytes(), "image/png"))]
+    alone = requests.post(predict_url, files=files, headers=auth, timeout=30)
+    assert alone.status_code == 200, alone.text
+    assert_same_answer(alone.json(), local_answers[path])
+    with ThreadPoolExecutor(8) as pool:
+        loaded = list(pool.map(lambda _: requests.post(predict_url, files=files, headers=auth, timeout=60), range(16)))
+    assert [r.status_code for r in loaded] == [200] * 16, [r.text[:200] for r in loaded if r.status_code != 200]
+    assert all(r.json() == alone.json() for r in loaded)
+
+
 def test_concurrent_requests_under_dynamic_batching_match_the_local_runner(
     predict_url, auth, digit_files, local_answers
 ):
@@ -256,7 +272,7 @@ def test_config_binds_everything_to_loopback_by_default(tmp_path):
     assert props["allowed_urls"] == f"file://{re_escape_for_properties(tmp_path.resolve())}/[^/]+[.]mar"
     assert props["metrics_mode"] == "prometheus" and int(props["max_request_size"]) == 20 * 1024 * 1024
     assert props["load_models"] == "digits=digits.mar"
-    assert props["vmargs"].split() == ["-Xmx1g", "-XX:+ExitOnOutOfMemoryError"]
+    assert props["vmargs"].split() == ["-Xmx1g", "-XX:MaxDirectMemorySize=256m", "-XX:+ExitOnOutOfMemoryError"]
     props = config_properties(render_config(ServerSettings(model_store=tmp_path, host="0.0.0.0", port=80), ["x"]))
     assert props["inference_address"] == "http://0.0.0.0:80"
 

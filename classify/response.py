@@ -1,0 +1,117 @@
+"""The served response: built by the servers' handlers, parsed by every client (standard library only).
+
+An answer is, per image, a JSON object of its top-k `{"class name": probability}`, highest first; a
+request of one image gets that object, a multipart request of several a list of them, in order. A
+refusal is `{"code": N, "type": "Kind", "message": "..."}` with the same HTTP status.
+
+A client trusts none of it: `parse_answer` reads at most `MAX_RESPONSE_BYTES`, refuses nesting deeper
+than an answer has (a body of 100k `[` costs nothing), and refuses non-finite or out-of-range
+probabilities, each as an `InvalidAnswer` that says what was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from itertools import accumulate
+
+Prediction = list[tuple[str, float]]  # (class name, probability), highest first
+MAX_RESPONSE_BYTES = 8 * 2**20  # 32 images x top-1000 of long class names fit many times over
+MAX_DEPTH = 2  # a list of objects
+PROBABILITY_SLACK = 1e-5  # rounding to 6 decimals may sum a little above 1
+MAX_ERROR_TEXT = 300  # what of a refusal's text a client repeats
+STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+
+
+OVERLOADED = "Overloaded"  # the type of a 503 refusal that says "retry later" (with Retry-After)
+
+
+class InvalidAnswer(ValueError):
+    """The server's answer is not one this module builds."""
+
+
+def prediction_object(prediction: Prediction) -> dict[str, float]:
+    """One image's answer: `{"class name": probability}`, highest first."""
+    return dict(prediction)
+
+
+def answer(predictions: list[Prediction]) -> dict[str, float] | list[dict[str, float]]:
+    """A request's answer: one image's object, or a list of them for several images."""
+    objects = [prediction_object(p) for p in predictions]
+    return objects[0] if len(objects) == 1 else objects
+
+
+def refusal(code: int, kind: str, message: str) -> str:
+    return json.dumps({"code": code, "type": kind, "message": message})
+
+
+def _no_constant(name: str):
+    raise InvalidAnswer(f"the answer holds {name}, not a probability")
+
+
+def load_json(content: bytes | str, max_depth: int = MAX_DEPTH):
+    """JSON of at most `MAX_RESPONSE_BYTES` and `max_depth` levels of nesting, without NaN or Infinity."""
+    if len(content) > MAX_RESPONSE_BYTES:
+        raise InvalidAnswer(
+            f"the answer is {len(content):,} bytes, above the {MAX_RESPONSE_BYTES:,} an answer may take"
+        )
+    depth = max_nesting(content if isinstance(content, bytes) else content.encode("utf-8", "replace"))
+    if depth > max_depth:
+        raise InvalidAnswer(f"the answer nests {depth} levels deep; an answer has at most {max_depth}")
+    try:
+        return json.loads(content, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:
+        if isinstance(e, InvalidAnswer):
+            raise
+        raise InvalidAnswer(f"the answer is not valid JSON ({e}): {shorten(content)!r}") from None
+
+
+def max_nesting(content: bytes) -> int:
+    """The deepest nesting of `[` and `{` outside strings (regular expressions: no per-character loop)."""
+    brackets = NOT_BRACKET.sub(b"", STRING.sub(b"", content))
+    return max(accumulate(1 if c in b"[{" else -1 for c in brackets), default=0)
+
+
+def parse_answer(content: bytes | str, images: int | None = None) -> list[Prediction]:
+    """A 200's body -> one prediction per image, in order; `images` (when known) must match."""
+    body = load_json(content)
+    objects = body if isinstance(body, list) else [body]
+    if images is not None and len(objects) != images:
+        raise InvalidAnswer(f"{len(objects)} answers for {images} image(s): {shorten(content)!r}")
+    return [parse_prediction(o, content) for o in objects]
+
+
+def parse_prediction(body, content: bytes | str = b"") -> Prediction:
+    if not isinstance(body, dict) or not body:
+        raise InvalidAnswer(f"expected a JSON object of class -> probability, got {shorten(content)!r}")
+    prediction = []
+    for name, p in body.items():
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0 + PROBABILITY_SLACK:
+            raise InvalidAnswer(f"class {shorten(name)!r} has probability {shorten(repr(p))}, not a number in [0, 1]")
+        prediction.append((name, float(p)))
+    if sum(p for _, p in prediction) > 1.0 + PROBABILITY_SLACK * len(prediction) or not all(
+        math.isfinite(p) for _, p in prediction
+    ):
+        raise InvalidAnswer(f"the probabilities sum to {sum(p for _, p in prediction):.4f}, above 1")
+    return prediction
+
+
+def parse_refusal(content: bytes | str) -> tuple[str, str]:
+    """(type, message) of an error body (ours or TorchServe's), or ("", the text, shortened)."""
+    try:
+        body = load_json(content, max_depth=1)
+    except InvalidAnswer:
+        body = None
+    if isinstance(body, dict):
+        kind = body.get("type") if isinstance(body.get("type"), str) else ""
+        for key in ("message", "error", "detail"):
+            if isinstance(body.get(key), str) and body[key]:
+                return kind, shorten(body[key], MAX_ERROR_TEXT * 2)
+    text = content.decode("utf-8", "replace") if isinstance(content, bytes) else content
+    return "", shorten(text.strip(), MAX_ERROR_TEXT)
+
+
+def shorten(text, limit: int = 200):
+    return text if len(text) <= limit else text[:limit] + ("..." if isinstance(text, str) else b"...")
