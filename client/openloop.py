@@ -46,7 +46,8 @@ from .cli import positive_int
 from .errors import ClientError
 from .images import images_in_folder, sample_photos
 from .loadtest import make_run_dir, parse_duration, write_json
-from .remote import TOKEN_ENV, PredictionClient
+from .remote import TOKEN_ENV
+from .v2 import add_protocol, http_request, prediction_client, v2_error_kind
 
 ARRIVALS = ("poisson", "uniform")
 DEFAULT_CONNECTIONS = 64  # TorchServe's job queue holds 100 by default: the pool stays below it
@@ -207,6 +208,7 @@ class OpenLoop:
         method: str = "POST",
         connections: int = DEFAULT_CONNECTIONS,
         timeout_s: float = 30.0,
+        protocol: str = "torchserve",
     ) -> None:
         parts = urlsplit(url if "://" in url else "http://" + url)
         self.host = parts.hostname or "127.0.0.1"
@@ -214,6 +216,11 @@ class OpenLoop:
         self.port = parts.port or (443 if self.tls else 80)
         path = f"{parts.path.rstrip('/')}/predictions/{model}"
         auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        self.error_kind = error_kind
+        if protocol == "v2":  # Triton: one image per v2 request (client/v2.py)
+            path, method, self.error_kind = f"{parts.path.rstrip('/')}/v2/models/{model}/infer", "POST", v2_error_kind
+            auth += "".join(f"{k}: {v}\r\n" for k, v in http_request([b""])[1].items() if k != "Content-Type")
+            images = [http_request([image])[0] for image in images]
         # Each image's whole request is built once: the generator's work per request is only the I/O.
         self.requests = [
             (
@@ -259,7 +266,7 @@ class OpenLoop:
                     answer = await exchange(connection)
                 status, content, reusable = answer
                 done = loop.time()
-                kind = error_kind(status, content)
+                kind = self.error_kind(status, content)
                 if kind is None:
                     latencies.append(done - scheduled)
                 else:
@@ -374,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--images", type=Path, help="folder of images to send (default: scikit-image's sample photos)")
     parser.add_argument("--method", choices=["POST", "PUT"], default="POST", help="HTTP method (default: %(default)s)")
+    add_protocol(parser)
     parser.add_argument(
         "--token",
         default=os.environ.get(TOKEN_ENV),
@@ -445,7 +453,9 @@ def openloop_main(argv: list[str]) -> int:
     # One request first, through the command-line client: an unreachable server, an unknown model or a
     # refused key stops here with its own message and exit status, and the model is warm before timing.
     try:
-        PredictionClient(args.host, args.model, timeout_s=args.timeout, retries=0, token=args.token).predict(images[0])
+        prediction_client(
+            args.protocol, args.host, args.model, timeout_s=args.timeout, retries=0, token=args.token
+        ).predict(images[0])
     except ClientError as e:
         if e.fatal:
             print(f"error: {e}", file=sys.stderr)
@@ -460,6 +470,7 @@ def openloop_main(argv: list[str]) -> int:
         method=args.method,
         connections=args.connections,
         timeout_s=args.timeout,
+        protocol=args.protocol,
     )
     print(
         f"open loop: {args.arrival} arrivals at {', '.join(f'{r:g}' for r in args.rate)} req/s, {args.duration}s each, "

@@ -10,17 +10,21 @@ Triton's 400 / INVALID_ARGUMENT for a refused image, with its message.
 
 from __future__ import annotations
 
+import argparse
 import json
 import struct
 
 import requests
 
 from .errors import AuthorizationFailed, ClientError, HTTPError, ModelNotFound
+from .remote import PredictionClient
 
 Predictions = list[tuple[str, float]]
 INPUT, NAMES, PROBABILITIES = "IMAGE", "CLASS_NAMES", "PROBABILITIES"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
+PROTOCOLS = ("torchserve", "v2")  # what --protocol chooses: TorchServe's /predictions, or v2 (Triton)
+SIZE_WIDTH = 12  # binary_data_size is right-aligned in this many characters
 GRPC_KEY_HEADER = "triton-grpc-protocol-authorization"  # Triton's name for a restricted protocol's key
 
 
@@ -28,21 +32,44 @@ def http_request(images: list[bytes]) -> tuple[bytes, dict[str, str]]:
     """(body, headers) of a v2 inference request of `images` (one per batch row) with the binary extension."""
     # A BYTES element is its 4-byte little-endian length, then its bytes.
     elements = b"".join(struct.pack("<I", len(image)) + image for image in images)
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": INPUT,
-                    "shape": [len(images), 1],
-                    "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(elements)},
-                }
-            ],
-            "outputs": [{"name": NAMES, "parameters": {"binary_data": False}}, {"name": PROBABILITIES}],
-        }
-    ).encode()
+    tensor = {"name": INPUT, "shape": [len(images), 1], "datatype": "BYTES", "parameters": {"binary_data_size": 0}}
+    outputs = [{"name": NAMES, "parameters": {"binary_data": False}}, {"name": PROBABILITIES}]
+    header = json.dumps({"inputs": [tensor], "outputs": outputs}).replace(
+        '"binary_data_size": 0', f'"binary_data_size": {len(elements):>{SIZE_WIDTH}}'
+    )
     headers = {HEADER_LENGTH: str(len(header)), "Content-Type": "application/octet-stream"}
-    return header + elements, headers
+    return header.encode() + elements, headers
+
+
+class V2PredictionClient(PredictionClient):
+    """`PredictionClient` (retries, errors, one session per thread) speaking v2 to Triton: one image per request."""
+
+    def __init__(self, url: str, model: str, **options) -> None:
+        super().__init__(url, model, **options)
+        self.headers |= http_request([b""])[1]  # one image's JSON header has one length (SIZE_WIDTH)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.url}/v2/models/{self.model}/infer"
+
+    def predict(self, image: bytes) -> Predictions:
+        response = self._post(http_request([image])[0])
+        return parse_http_response(response.status_code, response.content)[0]
+
+
+def add_protocol(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="torchserve",
+        help="torchserve: POST /predictions/MODEL (serve start); v2: the Open Inference Protocol of "
+        "serve start --server triton, http://localhost:8000 (default: %(default)s)",
+    )
+
+
+def prediction_client(protocol: str, url: str, model: str, **options) -> PredictionClient:
+    """The client of `protocol`: "torchserve" (POST /predictions/MODEL) or "v2" (Triton)."""
+    return (V2PredictionClient if protocol == "v2" else PredictionClient)(url, model, **options)
 
 
 def parse_http_response(status: int, content: bytes) -> list[Predictions]:
@@ -63,6 +90,15 @@ def parse_http_response(status: int, content: bytes) -> list[Predictions]:
         raise HTTPError(
             status, f"the server's v2 answer lacks {NAMES}/{PROBABILITIES} ({e}): {content[:200]!r}"
         ) from None
+
+
+def v2_error_kind(status: int, content: bytes) -> str | None:
+    """None for a good v2 answer, else a short name for what went wrong (`client openloop`'s tally)."""
+    try:
+        parse_http_response(status, content)
+        return None
+    except ClientError as e:
+        return f"HTTP {status} {str(e).split(':', 1)[0]}" if status != 200 else f"HTTP 200 {type(e).__name__}"
 
 
 def pair(names: list, probabilities: list) -> Predictions:

@@ -356,6 +356,13 @@ def add_manifests(commands) -> None:
         "image as a custom predictor)",
     )
     p.add_argument(
+        "--server",
+        choices=["torchserve", "triton"],
+        default="torchserve",
+        help="with --kserve, triton also writes our Triton ServingRuntime and a protocol-v2 InferenceService "
+        "per model, whose storageUri is its export directory (kserve/storage/exports/NAME) (default: %(default)s)",
+    )
+    p.add_argument(
         "--storage-uri",
         default=defaults.storage_uri,
         help="with --kserve: where kserve/storage/ is uploaded (default: %(default)s)",
@@ -468,6 +475,7 @@ def run_manifests(args) -> int:
         kserve=args.kserve,
         storage_uri=args.storage_uri,
         frontend_heap=args.frontend_heap,
+        server=args.server,
     )
     files = generate(options)
     print(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -39,6 +40,7 @@ LOG_FILE = "triton.out"
 RESTRICTED = "metadata,inference,shared-memory,model-config,model-repository,statistics,trace,logging"
 GRPC_KEY_HEADER = "triton-grpc-protocol-authorization"  # Triton prefixes the restricted key over gRPC
 SHM_ROOT = Path("/dev/shm")
+SHM_PREFIX = re.compile(r"resnet-deploy-[0-9a-f]{12}-")  # the Python backend's regions: "<prefix><uuid>"
 
 
 @dataclass
@@ -102,11 +104,14 @@ class TritonInfo:
 
 
 def recorded_state(run_dir: Path) -> TritonInfo | None:
+    """The Triton `start` recorded in `run_dir` (alive or not); None without a record, or with one whose
+    shared-memory prefix is not one we make (stop deletes /dev/shm/<prefix>*)."""
     try:
         state = json.loads((Path(run_dir) / STATE_FILE).read_text())
-        return TritonInfo(**state) if state.get("server") == SERVER_NAME else None
+        info = TritonInfo(**state) if state.get("server") == SERVER_NAME else None
     except (OSError, ValueError, TypeError, AttributeError):
         return None
+    return info if info is not None and SHM_PREFIX.fullmatch(str(info.shm_prefix)) else None
 
 
 def is_triton(pid: int) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ import requests
 from PIL import Image
 
 from client.errors import AuthorizationFailed, HTTPError
+from client.openloop import OpenLoop
 from client.v2 import grpc_predict, http_predict, http_request, parse_http_response
 from export.classifier import Classifier
 from serve.server import free_ports
@@ -162,6 +164,50 @@ def test_prometheus_metrics_and_status(triton):
     assert status.returncode == 0, status.stdout + status.stderr
     report = json.loads(status.stdout)
     assert report["server"] == "triton" and report["models"]["digits"]["ready"] == 1
+
+
+def test_the_client_command_line_speaks_v2(triton, images, digits_export, tmp_path):
+    (tmp_path / "cat.jpg").write_bytes(images["cat"])
+    env = dict(os.environ, TORCHSERVE_TOKEN=triton.key())
+    args = ["--url", triton.inference_url, "--protocol", "v2", "--model", "digits", "--json", str(tmp_path / "cat.jpg")]
+    result = subprocess.run(
+        [sys.executable, "-m", "client", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    [answer] = json.loads(result.stdout)["results"]
+    [expected] = Classifier.from_export(digits_export, top_k=5).classify([images["cat"]])
+    assert answer["predictions"][0]["label"] == expected[0][0]
+
+
+def test_open_loop_and_locust_load_triton_over_v2(triton, images, tmp_path):
+    result = OpenLoop(triton.inference_url, "digits", [images["digit"]], token=triton.key(), protocol="v2").run(8, 1.0)
+    assert result.errors == {} and result.answered == result.scheduled > 0
+    env = dict(os.environ, TORCHSERVE_TOKEN=triton.key())
+    args = ["--host", triton.inference_url, "--model", "digits", "--protocol", "v2", "--users", "2"]
+    args += ["--duration", "3s", "--output-root", str(tmp_path)]
+    locust = subprocess.run(
+        [sys.executable, "-m", "client", "loadtest", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert locust.returncode == 0, locust.stdout + locust.stderr
+
+
+def readme_curl_lines() -> str:
+    """The README's v2 curl example: from `IMG=cat.jpg` to the curl command's last line."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = text.index("IMG=cat.jpg")
+    return text[start : text.index("/infer", start) + len("/infer")]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_the_readme_curl_line_works_as_written(triton, images, tmp_path):
+    (tmp_path / "cat.jpg").write_bytes(images["cat"])
+    script = readme_curl_lines().replace("localhost:8000", f"localhost:{triton.port}")
+    script = script.replace("python -m serve token", f"{sys.executable} -m serve token --run-dir {triton.run_dir}")
+    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    outputs = {o["name"]: o for o in json.loads(result.stdout).get("outputs", [])}
+    assert outputs, result.stdout
+    assert outputs["CLASS_NAMES"]["shape"] == [1, 5] and len(outputs["PROBABILITIES"]["data"]) == 5
 
 
 def test_stop_leaves_no_process_and_no_shared_memory(triton):
