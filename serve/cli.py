@@ -108,6 +108,11 @@ def add_model_options(p) -> None:
         default=defaults.top_k,
         help="classes per answer, at most the number of classes (default: %(default)s)",
     )
+    add_bound_options(p, defaults)
+
+
+def add_bound_options(p, defaults: RepoOptions) -> None:
+    """The per-request bounds, judged from the images' headers before any decode."""
     p.add_argument(
         "--max-pixels",
         type=int,
@@ -244,6 +249,13 @@ def add_start(commands) -> None:
     )
     p.add_argument("--grpc-port", type=int, default=8001, help="Triton's gRPC port, on --host (default: %(default)s)")
     add_auth_options(p, settings)
+    add_process_options(p, settings)
+    add_model_options(p.add_argument_group("--server triton: each model's options (a TorchServe archive has its own)"))
+    add_run_dir(p)
+    p.set_defaults(run=run_start)
+
+
+def add_process_options(p: argparse.ArgumentParser, settings: ServerSettings) -> None:
     p.add_argument(
         "--frontend-heap",
         default=settings.frontend_heap,
@@ -270,9 +282,6 @@ def add_start(commands) -> None:
         "--allow-no-auth-on-network, metrics on --host for Prometheus, management on 127.0.0.1. The "
         "generated NetworkPolicy admits only the ingress controller, which authenticates",
     )
-    add_model_options(p.add_argument_group("--server triton: each model's options (a TorchServe archive has its own)"))
-    add_run_dir(p)
-    p.set_defaults(run=run_start)
 
 
 def add_auth_options(p: argparse.ArgumentParser, settings: ServerSettings) -> None:
@@ -349,6 +358,11 @@ def add_manifests(commands) -> None:
         metavar="PVC",
         help="mount the .mar files from this PersistentVolumeClaim (read-only) instead of the image's",
     )
+    add_kserve_options(p, defaults)
+    p.set_defaults(run=run_manifests)
+
+
+def add_kserve_options(p: argparse.ArgumentParser, defaults: ManifestOptions) -> None:
     p.add_argument(
         "--kserve",
         action="store_true",
@@ -373,7 +387,6 @@ def add_manifests(commands) -> None:
         help="serve start --frontend-heap in the pods; their memory is this heap, the JVM's non-heap allowance "
         "and every worker's (default: %(default)s)",
     )
-    p.set_defaults(run=run_manifests)
 
 
 def add_stop(commands) -> None:

