@@ -507,7 +507,7 @@ def run_stop(args) -> int:
     if server is not None and server.stop(args.run_dir):
         print(f"{server.title} from {args.run_dir} stopped")
     else:
-        print(f"no server running from {args.run_dir}")
+        print(f"no TorchServe running from {args.run_dir} (nor Triton)")
     return 0
 
 
@@ -515,7 +515,7 @@ def run_status(args) -> int:
     server = servers.recorded(args.run_dir)
     report = server.status(args.run_dir) if server is not None else None
     if report is None:
-        print(json.dumps(None) if args.json else f"no server running from {args.run_dir}")
+        print(json.dumps(None) if args.json else f"no TorchServe running from {args.run_dir} (nor Triton)")
         return NOT_RUNNING
     if args.json:
         print(json.dumps(report, indent=2))

@@ -139,6 +139,7 @@ def recorded(run_dir: Path) -> Server | None:
 
 
 def running(run_dir: Path) -> str | None:
-    """The title of a server running from `run_dir`, or None."""
+    """ "TorchServe (pid P, port N)" or "Triton (...)" for a server running from `run_dir`, or None."""
     server = recorded(run_dir)
-    return server.title if server is not None and server.read_state(Path(run_dir).resolve()) else None
+    info = server.read_state(Path(run_dir).resolve()) if server is not None else None
+    return f"{server.title} (pid {info.pid}, port {info.port})" if info is not None else None
