@@ -3,6 +3,7 @@
 #
 #   ./install.sh                 everything (train, export, serve, load tests, the test suite)
 #   ./install.sh --serving-only  only the serving runtime (what a TorchServe worker needs)
+#   ./install.sh --triton        with --serving-only: also the Triton server (the full install always has it)
 #   ./install.sh --latest        newest allowed versions instead of constraints.txt's
 #   ./install.sh --bench-tools   also what `python -m benchmarks serve` compares with: ApacheBench (Debian's
 #                                apache2-utils) and captum (TorchServe's stock image handler imports it)
@@ -20,12 +21,19 @@ cd "$(dirname "$0")"
 EXTRAS="dev"
 CONSTRAINTS=(-c constraints.txt)
 BENCH_TOOLS=""
+TRITON=1
+# Triton's server binary and Python backend, from NVIDIA's PyTriton wheel, which pins numpy<2: unpacked with
+# --no-deps outside the environment's packages (serve/triton_install.py), with the numpy 1 its backend
+# stub was built against beside it; the environment's own packages and `pip check` stay as they are.
+TRITON_WHEEL="nvidia-pytriton==0.7.0"
+TRITON_STUB_NUMPY="numpy==1.26.4"
 while [ $# -gt 0 ]; do
     case "$1" in
         --latest) CONSTRAINTS=() ;;
-        --serving-only) EXTRAS="" ;;
+        --serving-only) EXTRAS=""; [ "$TRITON" = 1 ] && TRITON="" ;;
+        --triton) TRITON=2 ;;
         --bench-tools) BENCH_TOOLS=1 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown option $1 (see ./install.sh --help)" >&2; exit 2 ;;
     esac
     shift
@@ -95,6 +103,18 @@ SPEC="."
 echo "[install] installing resnet-deploy ($SPEC) into $WHERE${CONSTRAINTS:+ with constraints.txt}"
 "$PYTHON" -m pip install --quiet --upgrade pip
 "$PYTHON" -m pip install --quiet "${CONSTRAINTS[@]}" -e "$SPEC"
+if [ -n "$TRITON" ]; then
+    TRITON_HOME="$("$PYTHON" -c 'import sys; print(sys.prefix)')/triton"
+    echo "[install] unpacking $TRITON_WHEEL (the Triton server) and $TRITON_STUB_NUMPY (its backend stub's) into $TRITON_HOME"
+    "$PYTHON" -m pip install --quiet --no-deps --upgrade --target "$TRITON_HOME/wheel" "$TRITON_WHEEL"
+    "$PYTHON" -m pip install --quiet --no-deps --upgrade --target "$TRITON_HOME/stub-site" "$TRITON_STUB_NUMPY"
+    # The backend stub links the system's shared libpython of this Python version.
+    PY_VERSION="$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+    if ! "$PYTHON" -c "import ctypes; ctypes.CDLL('libpython$PY_VERSION.so.1.0')" 2>/dev/null; then
+        echo "[install] installing libpython$PY_VERSION (Triton's Python backend stub links it)"
+        apt_install "libpython$PY_VERSION"
+    fi
+fi
 echo "[install] done: $("$PYTHON" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)')"
 echo
 echo "Next:"

@@ -46,7 +46,7 @@ from client.openloop import DEFAULT_CONNECTIONS
 from export.manifest import read_manifest
 from export.runners import open_runner
 
-from . import latency
+from . import latency, triton_compare
 from .artifacts import export_model
 from .errors import BenchmarkError, BenchmarkUsageError, check_archs, positive_int
 from .plots import latency_vs_load
@@ -180,6 +180,17 @@ def stock_handler_available() -> str | None:
     return None
 
 
+def triton_available() -> str | None:
+    """None when the Triton binary is installed, else why the comparison is skipped."""
+    from serve.triton_install import TritonMissing, find_triton
+
+    try:
+        find_triton()
+        return None
+    except TritonMissing as e:
+        return str(e)
+
+
 def start_server(store: Path, models: list[str], run_dir: Path, log):
     from serve.server import ServerError, ServerSettings, free_ports, start
 
@@ -205,8 +216,10 @@ def start_server(store: Path, models: list[str], run_dir: Path, log):
         raise BenchmarkError(f"TorchServe did not start: {e}") from None
 
 
-def load_level(info, model: str, users: int, seconds: int, images: Path, out_root: Path) -> dict:
-    """One headless locust run through `python -m client loadtest`; its summary.json."""
+def load_level(
+    info, model: str, users: int, seconds: int, images: Path, out_root: Path, protocol: str = "torchserve"
+) -> dict:
+    """One headless locust run through `python -m client loadtest` (`protocol` v2: Triton); its summary.json."""
     from client.loadtest import loadtest_main
 
     out_root.mkdir(parents=True, exist_ok=True)
@@ -227,6 +240,8 @@ def load_level(info, model: str, users: int, seconds: int, images: Path, out_roo
         f"--token={info.key('inference')}",  # a key may start with "-"
         "--max-failure-ratio",
         "1",
+        "--protocol",
+        protocol,
     ]
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the final table
         code = loadtest_main(argv)
@@ -502,6 +517,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-stock", action="store_true", help="skip the stock image_classifier handler")
     parser.add_argument(
+        "--no-triton",
+        action="store_true",
+        help="skip Triton beside TorchServe (same export, the first layout; skipped anyway when not installed)",
+    )
+    parser.add_argument(
         "--no-open-loop", action="store_true", help="skip the open-loop ladder of Poisson arrival rates"
     )
     parser.add_argument(
@@ -572,6 +592,8 @@ def run(args: argparse.Namespace) -> Report:
             f"{probe.width}x{probe.height} ({probe.width * probe.height / 1e6:.2f} MP, {len(jpeg) / 1e3:.0f} kB)"
         )
     stock_missing = "skipped (--no-stock)" if args.no_stock else stock_handler_available()
+    triton_missing = "skipped (--no-triton)" if args.no_triton else triton_available()
+    triton_table = triton_compare.table()
 
     report = Report(
         "serve", "TorchServe: our handler vs the raw runner and the stock handler", threads=cores, quick=args.quick
@@ -872,6 +894,28 @@ def run(args: argparse.Namespace) -> Report:
         finally:
             stop(run_dir)
         report.data["raw"][arch] = raw.measured
+        if triton_missing is None:
+            first = layouts[0]
+            ours = [
+                lv
+                for lv in report.data["levels"]
+                if (lv["model"], lv["layout"], lv["served_by"]) == (arch, first.key, "ours onnx")
+            ]
+            triton_compare.compare(
+                arch,
+                export_dir,
+                first,
+                levels,
+                duration,
+                photos[0].parent,
+                work,
+                load_level=load_level,
+                torchserve={lv["users"]: lv["summary"] for lv in ours},
+                raw_cpu_ms={lv["users"]: lv["raw"] and lv["raw"]["cpu_ms_per_image"] for lv in ours},
+                table=triton_table,
+                report=report,
+                log=log,
+            )
 
         for layout in layouts:
             cpu_ratio = cpu_over_raw.get((layout.key, top))
@@ -972,6 +1016,14 @@ def run(args: argparse.Namespace) -> Report:
         "counted as failures."
     )
     report.tables.append(startup)
+    if triton_missing is None:
+        report.tables.append(triton_table)
+        report.method.append(
+            f"Triton: {triton_compare.__doc__.split(chr(10) + chr(10))[0].replace(chr(10), ' ')} Cold start and the "
+            "backend processes' memory are in the JSON (`triton`)."
+        )
+    else:
+        report.notes.append(f"Triton beside TorchServe not run: {triton_missing}.")
     if stock_missing is not None:
         report.notes.append(f"Stock handler comparison not run: {stock_missing}.")
     return report

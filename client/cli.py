@@ -20,7 +20,8 @@ from .arguments import positive_int
 from .errors import ClientError
 from .images import ImageTooLarge, collect_images, read_image
 from .output import ImageResult, format_json, format_table
-from .remote import TOKEN_ENV, PredictionClient
+from .remote import TOKEN_ENV
+from .v2 import add_protocol, prediction_client
 
 EXIT_CODES = """exit status:
   0  every image was classified
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--url", default="http://localhost:8080", help="TorchServe inference API (default: %(default)s)"
     )
     parser.add_argument("--model", default="resnet50", help="model name on the server (default: %(default)s)")
+    add_protocol(parser)
     parser.add_argument(
         "--top-k",
         type=positive_int,
@@ -113,7 +115,9 @@ def open_predictor(args: argparse.Namespace):
             "format": predictor.classifier.runner.format,
             "device": args.device,
         }
-    client = PredictionClient(args.url, args.model, timeout_s=args.timeout, retries=args.retries, token=args.token)
+    client = prediction_client(
+        args.protocol, args.url, args.model, timeout_s=args.timeout, retries=args.retries, token=args.token
+    )
     return client, {"url": client.url, "model": args.model}
 
 

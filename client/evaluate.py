@@ -30,6 +30,7 @@ from classify.evaluation import Collected, collect_local
 from .errors import ClientError
 from .images import ImageTooLarge, images_in_folder, read_image
 from .remote import TOKEN_ENV, PredictionClient, Predictions
+from .v2 import add_protocol, prediction_client
 
 EXIT_CODES = """exit status:
   0  every image was classified and the report was written
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where evaluation.json and confusion.png are written (default: %(default)s)",
     )
     remote = parser.add_argument_group("server options (--url)")
+    add_protocol(remote)
     remote.add_argument(
         "--token",
         default=os.environ.get(TOKEN_ENV),
@@ -215,8 +217,8 @@ def evaluate_main(argv: list[str], log: Callable[[str], None] = print) -> int:
                 collected = collect_local(classifier, images.paths, images.truth, read=read_image)
                 class_names = list(classifier.class_names)
             else:
-                client = PredictionClient(
-                    args.url, args.model, timeout_s=args.timeout, retries=args.retries, token=args.token
+                client = prediction_client(
+                    args.protocol, args.url, args.model, timeout_s=args.timeout, retries=args.retries, token=args.token
                 )
                 source = f"model {args.model!r} at {client.url}"
                 log(f"evaluating {source} on {images.description}")

@@ -34,6 +34,7 @@ from fsutil.atomic import atomic_save_figure, atomic_write_text
 
 from .images import images_in_folder
 from .remote import TOKEN_ENV
+from .v2 import add_protocol
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 CSV_PREFIX = "locust"
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--images", type=Path, help="folder of images to send (default: scikit-image's sample photos)")
     parser.add_argument("--method", choices=["POST", "PUT"], default="POST", help="HTTP method (default: %(default)s)")
+    add_protocol(parser)
     parser.add_argument(
         "--token",
         default=os.environ.get(TOKEN_ENV),
@@ -258,6 +260,8 @@ def locust_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
         args.model,
         "--method",
         args.method,
+        "--protocol",
+        args.protocol,
     ]
     if args.images:
         command += ["--images", str(args.images)]

@@ -11,6 +11,7 @@ environment variables):
                               each encoded as JPEG and as PNG in memory at start)
     --method  LOCUST_METHOD   POST (default) or PUT (what `curl -T` sends); the raw image is the body
     --token   TORCHSERVE_TOKEN  TorchServe's inference key (`python -m serve token`), when it wants one
+    --protocol LOCUST_PROTOCOL  torchserve (default) or v2: one image per /v2/models/<model>/infer (Triton)
 
 Users run a closed loop (no think time): each sends its next image as soon as the answer arrives, so
 `--users` is the number of requests in flight. A request counts as failed unless the server answers
@@ -27,7 +28,9 @@ import gevent
 from locust import FastHttpUser, constant, events, task
 
 from classify.response import InvalidAnswer, parse_answer
+from client.errors import ClientError
 from client.images import ImageTooLarge, images_in_folder, read_image, sample_photos
+from client.v2 import PROTOCOLS, http_request, parse_http_response
 
 # (name, encoded bytes), filled once per process by `load_images` before any user starts.
 IMAGES: list[tuple[str, bytes]] = []
@@ -35,6 +38,7 @@ IMAGES: list[tuple[str, bytes]] = []
 
 @events.init_command_line_parser.add_listener
 def add_arguments(parser) -> None:
+    parser.add_argument("--protocol", env_var="LOCUST_PROTOCOL", default="torchserve", choices=list(PROTOCOLS))
     parser.add_argument("--model", env_var="LOCUST_MODEL", default="resnet50", help="model name on the server")
     parser.add_argument(
         "--images",
@@ -92,6 +96,10 @@ class PredictionUser(FastHttpUser):
         self.headers = {"Content-Type": "application/octet-stream"}
         if options.token:
             self.headers["Authorization"] = f"Bearer {options.token}"
+        self.protocol = options.protocol
+        if self.protocol == "v2":
+            self.path, self.method = f"/v2/models/{options.model}/infer", "POST"
+            self.headers |= http_request([b""])[1]
         # Each user walks the images from its own random starting point, so all are sent evenly.
         start = random.randrange(len(IMAGES))
         self.images = itertools.islice(itertools.cycle(IMAGES), start, None)
@@ -99,11 +107,20 @@ class PredictionUser(FastHttpUser):
     @task
     def predict(self) -> None:
         name, body = next(self.images)
+        if self.protocol == "v2":
+            body = http_request([body])[0]
         with self.client.request(
             self.method, self.path, data=body, headers=self.headers, name=self.path, catch_response=True
         ) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code} for {name}: {(response.text or '')[:200]}")
+                return
+            if self.protocol == "v2":
+                try:
+                    parse_http_response(200, response.content)
+                    response.success()
+                except ClientError as e:
+                    response.failure(f"{name}: {e}")
                 return
             try:
                 parse_answer(response.content, images=1)

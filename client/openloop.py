@@ -37,6 +37,7 @@ import ssl
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -47,7 +48,8 @@ from .arguments import positive_int
 from .errors import ClientError
 from .images import ImageTooLarge, check_image_size, images_in_folder, read_image, sample_photos
 from .loadtest import make_run_dir, parse_duration, write_json
-from .remote import TOKEN_ENV, PredictionClient
+from .remote import TOKEN_ENV
+from .v2 import add_protocol, http_request, prediction_client, v2_error_kind
 
 ARRIVALS = ("poisson", "uniform")
 DEFAULT_CONNECTIONS = 64  # TorchServe's job queue holds 100 by default: the pool stays below it
@@ -219,8 +221,8 @@ class RequestBuilder:
 
     CACHE_BYTES = 256 * 2**20
 
-    def __init__(self, head: str, images: list[bytes | Path]) -> None:
-        self.head, self.images = head, images
+    def __init__(self, head: str, images: list[bytes | Path], encode: Callable[[bytes], bytes] | None = None) -> None:
+        self.head, self.images, self.encode = head, images, encode
         self.cache: dict[int, bytes] = {}
         self.cached_bytes = 0
 
@@ -229,6 +231,8 @@ class RequestBuilder:
             return self.cache[index]
         image = self.images[index]
         body = image if isinstance(image, bytes) else read_image(image)
+        if self.encode is not None:  # the protocol's body around the image (v2: its JSON header)
+            body = self.encode(body)
         request = (
             f"{self.head}Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
         )
@@ -251,6 +255,7 @@ class OpenLoop:
         method: str = "POST",
         connections: int = DEFAULT_CONNECTIONS,
         timeout_s: float = 30.0,
+        protocol: str = "torchserve",
     ) -> None:
         parts = urlsplit(url if "://" in url else "http://" + url)
         self.host = parts.hostname or "127.0.0.1"
@@ -258,7 +263,15 @@ class OpenLoop:
         self.port = parts.port or (443 if self.tls else 80)
         path = f"{parts.path.rstrip('/')}/predictions/{model}"
         auth = f"Authorization: Bearer {token}\r\n" if token else ""
-        self.requests = RequestBuilder(f"{method} {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{auth}", images)
+        self.error_kind, encode = error_kind, None
+        if protocol == "v2":  # Triton: one image per v2 request (client/v2.py)
+            path, method, self.error_kind = f"{parts.path.rstrip('/')}/v2/models/{model}/infer", "POST", v2_error_kind
+            auth += "".join(f"{k}: {v}\r\n" for k, v in http_request([b""])[1].items() if k != "Content-Type")
+
+            def encode(image: bytes) -> bytes:
+                return http_request([image])[0]
+
+        self.requests = RequestBuilder(f"{method} {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{auth}", images, encode)
         self.connections = connections
         self.timeout_s = timeout_s
 
@@ -295,7 +308,7 @@ class OpenLoop:
                     answer = await exchange(connection)
                 status, content, reusable = answer
                 done = loop.time()
-                kind = error_kind(status, content)
+                kind = self.error_kind(status, content)
                 if kind is None:
                     latencies.append(done - scheduled)
                 else:
@@ -410,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--images", type=Path, help="folder of images to send (default: scikit-image's sample photos)")
     parser.add_argument("--method", choices=["POST", "PUT"], default="POST", help="HTTP method (default: %(default)s)")
+    add_protocol(parser)
     parser.add_argument(
         "--token",
         default=os.environ.get(TOKEN_ENV),
@@ -489,7 +503,9 @@ def openloop_main(argv: list[str]) -> int:
     # refused key stops here with its own message and exit status, and the model is warm before timing.
     try:
         first = images[0] if isinstance(images[0], bytes) else read_image(images[0])
-        PredictionClient(args.host, args.model, timeout_s=args.timeout, retries=0, token=args.token).predict(first)
+        prediction_client(
+            args.protocol, args.host, args.model, timeout_s=args.timeout, retries=0, token=args.token
+        ).predict(first)
     except ClientError as e:
         if e.fatal:
             print(f"error: {e}", file=sys.stderr)
@@ -507,6 +523,7 @@ def openloop_main(argv: list[str]) -> int:
         method=args.method,
         connections=args.connections,
         timeout_s=args.timeout,
+        protocol=args.protocol,
     )
     print(
         f"open loop: {args.arrival} arrivals at {', '.join(f'{r:g}' for r in args.rate)} req/s, {args.duration}s each, "

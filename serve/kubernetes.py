@@ -29,6 +29,7 @@ import yaml
 
 from fsutil.owned import MARKER_NAME, is_owned, mark_owned, remove_owned_tree
 
+from . import kserve_triton
 from .server import CONFIG_TEMPLATE, FRONTEND_DIRECT_MEMORY, ServerSettings
 
 MANIFESTS_KIND = "manifests"  # the marker kind of a generated folder (fsutil.owned.mark_owned)
@@ -93,6 +94,7 @@ class ManifestOptions:
     monitoring_namespace: str = "monitoring"
     store_claim: str | None = None  # a PersistentVolumeClaim holding the .mar files, instead of the image's
     kserve: bool = False
+    server: str = "torchserve"  # with kserve: "triton" adds our Triton runtime and a v2 InferenceService per model
     storage_uri: str = f"pvc://{APP}-models/"
     frontend_heap: str = ServerSettings.frontend_heap  # the JVM's -Xmx, as serve start --frontend-heap takes it
     archives: list[ArchiveSpec] = field(default_factory=list)  # filled by generate()
@@ -533,6 +535,31 @@ def custom_inference_service(options: ManifestOptions) -> dict:
     }
 
 
+def triton_documents(options: ManifestOptions) -> dict[str, dict]:
+    """Our Triton ServingRuntime and one v2 InferenceService per model (serve/kserve_triton.py)."""
+    documents = {
+        "kserve/servingruntime-triton.yaml": kserve_triton.serving_runtime(
+            options.image, labels(options), kserve_resources(options), STARTUP_TIMEOUT_S
+        )
+    }
+    for archive in options.archives:
+        documents[f"kserve/inferenceservice-triton-{archive.name}.yaml"] = kserve_triton.inference_service(
+            archive,
+            options.storage_uri,
+            labels(options),
+            options.replicas,
+            options.max_replicas or 3 * options.replicas,
+        )
+    return documents
+
+
+def extract_triton_export(archive: Path, out: Path) -> None:
+    try:
+        kserve_triton.extract_export(archive, out)
+    except (ValueError, KeyError, zipfile.BadZipFile, OSError) as e:
+        raise ManifestError(f"{archive}: cannot take the export out of it ({e}); re-package it") from None
+
+
 CORE_FILES = {
     "deployment.yaml": deployment,
     "service.yaml": service,
@@ -583,6 +610,8 @@ def generate(options: ManifestOptions) -> list[Path]:
         if options.kserve:
             documents["kserve/inferenceservice-torchserve.yaml"] = inference_service(options)
             documents["kserve/inferenceservice.yaml"] = custom_inference_service(options)
+        if options.kserve and options.server == "triton":
+            documents |= triton_documents(options)
         for name, document in documents.items():
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             (staging / name).write_text(yaml.safe_dump(document, sort_keys=False))
@@ -593,6 +622,8 @@ def generate(options: ManifestOptions) -> list[Path]:
             (storage / "model-store").mkdir()
             for archive in options.archives:
                 shutil.copyfile(archive.path, storage / "model-store" / archive.path.name)
+                if options.server == "triton":
+                    extract_triton_export(archive.path, storage / "exports" / archive.name)
         mark_owned(staging, MANIFESTS_KIND)
         if is_owned(out, MANIFESTS_KIND):
             remove_owned_tree(out, MANIFESTS_KIND)

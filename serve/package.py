@@ -33,6 +33,9 @@ STAGING_KIND = "model-store-staging"  # marker kind of the folder an archive is 
 # decodes at a fraction of their size. A batch holds up to batchSize such requests.
 DEFAULT_MAX_IMAGES = 32
 DEFAULT_MAX_REQUEST_PIXELS = 2 * 4096 * 4096
+# Encoded image bytes per request: TorchServe's frontend enforces its max_request_size
+# (serve/config.properties); Triton's backend (serve/bounds.py) refuses more before any decode.
+DEFAULT_MAX_REQUEST_BYTES = 20 * 1024 * 1024
 
 
 class PackageError(RuntimeError):

@@ -219,13 +219,20 @@ def find_models(model_store: Path, names: list[str]) -> list[str]:
 
 
 def check_ports_free(settings: ServerSettings) -> None:
-    for what, host, port in [
-        ("inference", settings.host, settings.port),
-        ("management", "127.0.0.1", settings.management_port),
-        ("metrics", settings.metrics_host, settings.metrics_port),
-        ("gRPC inference", "127.0.0.1", settings.grpc_inference_port),
-        ("gRPC management", "127.0.0.1", settings.grpc_management_port),
-    ]:
+    check_free(
+        [
+            ("inference", settings.host, settings.port),
+            ("management", "127.0.0.1", settings.management_port),
+            ("metrics", settings.metrics_host, settings.metrics_port),
+            ("gRPC inference", "127.0.0.1", settings.grpc_inference_port),
+            ("gRPC management", "127.0.0.1", settings.grpc_management_port),
+        ]
+    )
+
+
+def check_free(ports: list[tuple[str, str, int]]) -> None:
+    """ServerError naming the first (what, host, port) that cannot be bound."""
+    for what, host, port in ports:
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -443,21 +450,19 @@ def stop(run_dir: Path, timeout_s: float = 30.0) -> bool:
     return stopped
 
 
-def run_in_foreground(info: ServerInfo) -> int:
-    """Block while TorchServe runs; SIGTERM or SIGINT (`docker stop`, Ctrl-C) stops it cleanly.
+def run_in_foreground(info, is_running=is_torchserve, stop_server=stop) -> int:
+    """Block while the server (`is_running(info.pid)`: TorchServe by default) runs; SIGTERM or SIGINT
+    (`docker stop`, Ctrl-C) stops it cleanly with `stop_server(run_dir)`.
 
-    Returns 0 after a requested stop, 1 when TorchServe exited by itself.
+    Returns 0 after a requested stop, 1 when the server exited by itself.
     """
     requested = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, frame: requested.append(signum))
-    while not requested and is_torchserve(info.pid):
+    while not requested and is_running(info.pid):
         time.sleep(0.5)
-    if requested:
-        stop(Path(info.run_dir))
-        return 0
-    stop(Path(info.run_dir))  # its workers, if any outlived it
-    return 1
+    stop_server(Path(info.run_dir))  # after a server that died by itself: its workers, if any outlived it
+    return 0 if requested else 1
 
 
 def status(run_dir: Path) -> dict | None:

@@ -16,6 +16,7 @@ import torch
 
 from benchmarks.cli import main
 from benchmarks.report import CPU_FEATURES, Report, Table, Verdict, cpu_generation, machine_slug
+from benchmarks.serving import triton_available
 from benchmarks.timing import Budget, concurrent_throughput, interleaved
 from benchmarks.training import cpu_emulates_bf16
 from hostinfo import cpu_flags, cpuinfo, usable_cores
@@ -219,7 +220,7 @@ def test_train_compares_our_step_with_a_bare_loop(work_dir):
 
 
 def test_serve_loads_torchserve_with_locust(work_dir):
-    stdout, markdown, data = run_quick("serve", work_dir)
+    stdout, markdown, data = run_quick("serve", work_dir, timeout=900)
     # Workers get cores // workers threads from the handler, whatever --threads says.
     check_well_formed(stdout, markdown, data, "serve", threads=usable_cores())
     levels = data["data"]["levels"]
@@ -274,6 +275,19 @@ def test_serve_loads_torchserve_with_locust(work_dir):
         assert ab["complete"] > 0 and ab["failed"] == 0 and ab["generator_cpu_ms_per_request"] > 0
     else:
         assert "not measured: ab not installed; `./install.sh --bench-tools`" in generators["ApacheBench"]["missing"]
+    # Triton beside TorchServe: the same export and the first layout, at every level, loaded over v2
+    missing = triton_available()
+    if missing is not None:
+        assert f"Triton beside TorchServe not run: {missing}" in markdown
+        return
+    (triton,) = data["data"]["triton"]
+    assert triton["layout"] == "1x2" and triton["instances"] == 1 and triton["server_start_to_ready_s"] > 0
+    assert [lv["users"] for lv in triton["levels"]] == [1, 2] and triton["backend_rss_mb_idle"] > 0
+    for level in triton["levels"]:
+        assert level["summary"]["requests"] > 0 and level["summary"]["failures"] == 0, level["summary"]
+        assert level["backend_cpu_ms_per_image"] > 0 and level["raw_cpu_ms_per_image"] > 0
+        assert level["over_torchserve"] > 0
+    assert "TorchServe vs Triton" in markdown
 
 
 def test_serve_refuses_a_malformed_layout(capsys):

@@ -34,8 +34,11 @@ import requests
 import yaml
 
 from classify.classifier import Classifier
+from export.manifest import read_manifest
+from fsutil.atomic import sha256_file
 from fsutil.owned import MARKER_NAME
 from imagedata.digits import write_digits_folder
+from serve.__main__ import build_parser
 from serve.__main__ import main as serve_main
 from serve.kubernetes import (
     CORE_FILES,
@@ -583,3 +586,29 @@ def test_torchserve_serves_the_kserve_layout_over_protocol_v1(manifests, digits_
         for process in alive:
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
+
+
+def test_kserve_triton_runtime_and_v2_inference_service(store, tmp_path):
+    out = tmp_path / "deploy"
+    args = ["manifests", f"--model-store={store}", "--models", "digits", f"--image={IMAGE}", f"--out={out}"]
+    assert serve_main([*args, "--kserve", "--server", "triton"]) == 0
+    runtime = load(out / "kserve" / "servingruntime-triton.yaml")
+    assert runtime["apiVersion"] == "serving.kserve.io/v1alpha1" and runtime["kind"] == "ServingRuntime"
+    assert runtime["spec"]["protocolVersions"] == ["v2"]
+    (runtime_container,) = runtime["spec"]["containers"]
+    service = load(out / "kserve" / "inferenceservice-triton-digits.yaml")
+    assert service["apiVersion"] == "serving.kserve.io/v1beta1" and service["kind"] == "InferenceService"
+    model = service["spec"]["predictor"]["model"]
+    assert model["protocolVersion"] == "v2" and model["runtime"] == runtime["metadata"]["name"]
+    assert model["modelFormat"]["name"] == runtime["spec"]["supportedModelFormats"][0]["name"]
+    assert model["storageUri"].endswith("/exports/digits")
+    # The container runs `serve start` as written, with the model's own args appended (as KServe does).
+    command = runtime_container["command"]
+    assert command[:3] == ["python", "-m", "serve"]
+    started = build_parser().parse_args([*command[3:], *model["args"]])
+    assert started.server == "triton" and started.in_cluster and started.export_dirs == [Path("/mnt/models")]
+    assert (started.workers, started.batch_size) == (SERVED_PACKAGE_OPTIONS.workers, SERVED_PACKAGE_OPTIONS.batch_size)
+    assert started.max_batch_delay == SERVED_PACKAGE_OPTIONS.max_batch_delay_ms
+    export = out / "kserve" / "storage" / "exports" / "digits"  # what storageUri holds
+    artifacts = read_manifest(export).artifacts
+    assert artifacts and all(sha256_file(export / a.file) == a.sha256 for a in artifacts)

@@ -1,0 +1,70 @@
+"""The bounds on one request's work, judged before any pixel is decoded: how many images, how many bytes,
+and how many pixels they decode to (read from their headers by `models.imageio.decoded_pixels`, a JPEG
+after its draft-mode reduction). Server-neutral: the Triton backend calls `admit`; each refusal is a
+`Refused` whose message says which limit, and where the server's operator changes it (`how_to_change`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from models.imageio import ImageDecodeError, decoded_pixels
+from serve.package import DEFAULT_MAX_IMAGES, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_PIXELS
+from serve.refusal import Refused, part_label
+
+if TYPE_CHECKING:
+    from models import EncodedImageTransform
+
+Part = tuple[str, bytes]  # (part name, encoded image)
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    max_images: int = DEFAULT_MAX_IMAGES
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+
+
+def admit(
+    parts: Sequence[Part],
+    transform: EncodedImageTransform,
+    limits: RequestLimits,
+    how_to_change: Callable[[str, str], str],
+) -> list[Part]:
+    """`parts` when they are within `limits`, else `Refused` (413 over a limit, 400 for what is no image).
+    `how_to_change(key, flag)` names where the operator raises the limit `key` (`--flag`)."""
+    if not parts:
+        raise Refused(400, "InvalidImage", "empty request: no image")
+    if len(parts) > limits.max_images:
+        raise Refused(
+            413,
+            "TooManyImages",
+            f"{len(parts)} images in one request, above this model's limit of {limits.max_images}; send them in "
+            f"several requests (the limit is set in {how_to_change('max_images', 'max-images')})",
+        )
+    size = sum(len(data) for _, data in parts)
+    if size > limits.max_request_bytes:
+        raise Refused(
+            413,
+            "RequestTooLarge",
+            f"the images of this request are {size:,} bytes, above this model's limit of "
+            f"{limits.max_request_bytes:,}; send smaller images or fewer per request (the limit is set in "
+            f"{how_to_change('max_request_bytes', 'max-request-bytes')})",
+        )
+    total = 0
+    for count, (name, data) in enumerate(parts, 1):
+        try:
+            total += decoded_pixels(data, max_pixels=transform.max_pixels, draft_size=transform.spec.resize_size)
+        except ImageDecodeError as e:
+            raise Refused(400, "InvalidImage", f"{part_label(name)}{e}") from None
+        if total > limits.max_request_pixels:
+            raise Refused(
+                413,
+                "TooManyPixels",
+                f"the images of this request decode to more than {limits.max_request_pixels:,} pixels in all "
+                f"({total:,} after {count} of {len(parts)}), this model's limit; send smaller images or fewer per "
+                f"request (the limit is set in {how_to_change('max_request_pixels', 'max-request-pixels')})",
+            )
+    return list(parts)
