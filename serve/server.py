@@ -47,7 +47,8 @@ class ServerError(RuntimeError):
 class ServerSettings:
     model_store: Path = Path("model_store")
     models: list[str] = field(default_factory=list)  # names of <model_store>/<name>.mar; empty: all
-    run_dir: Path = Path(".serve")
+    # The image sets SERVE_RUN_DIR=/tmp/serve: its only writable place is the /tmp tmpfs (docker run --read-only).
+    run_dir: Path = field(default_factory=lambda: Path(os.environ.get("SERVE_RUN_DIR", ".serve")))
     host: str = "127.0.0.1"  # TorchServe's own default; a container passes --host 0.0.0.0
     port: int = 8080
     management_port: int = 8081
