@@ -4,7 +4,7 @@
 #   CPU:            docker build --build-arg MODEL_STORE=model_store -t resnet-deploy .
 #   CUDA+TensorRT:  docker build --build-arg BASE_IMAGE=nvcr.io/nvidia/tensorrt:25.01-py3 \
 #                                --build-arg EXTRAS=gpu,trt -t resnet-deploy:cuda .
-#   run:            docker run --rm --read-only --tmpfs /tmp -p 8080:8080 resnet-deploy   (--gpus all for CUDA)
+#   run:            docker run --rm --read-only --tmpfs /tmp:exec -p 8080:8080 resnet-deploy   (--gpus all for CUDA)
 #   a store at run time:  add -v STORE:/model-store:ro   (every STORE/*.mar is served)
 #
 # BASE_IMAGE needs only a python3 that can make a venv: python:3.11-slim-bookworm, the Debian base that
@@ -14,7 +14,8 @@
 #
 # Token authorization is on: `docker exec <container> python -m serve token` prints the inference key.
 # Management (8081) and metrics (8082) listen on the container's 127.0.0.1. The only writes go to /tmp
-# (TorchServe's run dir, its unpacked archives and logs, the JVM's temp files): --read-only needs --tmpfs /tmp.
+# (TorchServe's run dir, its unpacked archives and logs, the JVM's temp files): --read-only needs --tmpfs /tmp:exec
+# (exec: an AOTInductor artifact's shared library is unpacked there and loaded; Docker's tmpfs is noexec).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS venv
@@ -25,23 +26,40 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 # .image/wheelhouse* matches nothing in the normal (online) build; constraints.txt keeps the COPY valid.
 COPY constraints.txt .image/wheelhouse* /wheelhouse/
-COPY pyproject.toml README.md constraints.txt ./
-COPY models ./models
-COPY export ./export
-COPY serve ./serve
-COPY client ./client
-# The serving runtime only (the base install), at the versions the last green CI ran, in a venv (Debian's
-# and Ubuntu's python3 refuse system-wide installs, PEP 668; Ubuntu's needs python3-venv for one); then pip
-# itself, which serving never runs, goes.
-RUN if [ -n "${EXTRAS}" ]; then spec=".[${EXTRAS}]"; else spec="."; fi \
-    && source=() \
-    && if compgen -G "/wheelhouse/*.whl" >/dev/null; then source=(--no-index --find-links /wheelhouse); fi \
+COPY pyproject.toml constraints.txt ./
+# The dependencies first, in a layer of their own (editing the sources or the README rebuilds only the
+# small layer after it): the serving runtime only (the base install, plus EXTRAS) at the versions the last
+# green CI ran, in a venv (Debian's and Ubuntu's python3 refuse system-wide installs, PEP 668; Ubuntu's
+# needs python3-venv for one). A CPU image drops triton, Inductor's GPU compiler (~0.9 GB), which it
+# never runs (AOTInductor's CPU artifacts load without it).
+RUN python3 -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+        extras = [e for e in sys.argv[1].split(",") if e]; \
+        print("\n".join(p["dependencies"] + [d for e in extras for d in p["optional-dependencies"][e]]))' \
+        "${EXTRAS}" >/tmp/requirements.txt \
     && if ! python3 -m venv /opt/venv; then \
         apt-get update && apt-get install -y --no-install-recommends python3-venv && rm -rf /var/lib/apt/lists/* \
         && python3 -m venv --clear /opt/venv; \
     fi \
-    && /opt/venv/bin/pip install --no-cache-dir "${source[@]}" -c constraints.txt "${spec}" \
-    && /opt/venv/bin/python -m pip uninstall -y -q pip setuptools wheel
+    && source=() \
+    && if compgen -G "/wheelhouse/*.whl" >/dev/null; then source=(--no-index --find-links /wheelhouse); fi \
+    && /opt/venv/bin/pip install --no-cache-dir "${source[@]}" -c constraints.txt -r /tmp/requirements.txt \
+    && if [[ ",${EXTRAS}," != *,gpu,* ]]; then \
+        rm -rf /opt/venv/lib/python3*/site-packages/triton /opt/venv/lib/python3*/site-packages/triton-*.dist-info \
+            /opt/venv/bin/proton /opt/venv/bin/proton-viewer; \
+    fi \
+    && echo /opt/resnet-deploy >"$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/resnet-deploy.pth" \
+    && /opt/venv/bin/python -m pip uninstall -y -q pip setuptools
+COPY README.md ./
+COPY models ./models
+COPY export ./export
+COPY serve ./serve
+COPY client ./client
+# This project beside the venv (its .pth file names /opt/resnet-deploy), with a throwaway pip: the venv
+# holds no pip, and its multi-GB layer stays cached.
+RUN source=() \
+    && if compgen -G "/wheelhouse/*.whl" >/dev/null; then source=(--no-index --find-links /wheelhouse); fi \
+    && python3 -m venv /tmp/pip \
+    && /tmp/pip/bin/pip install --no-cache-dir "${source[@]}" --no-deps --target /opt/resnet-deploy .
 
 FROM ${BASE_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -56,6 +74,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
 RUN useradd --no-create-home --home-dir /tmp --uid 10001 --user-group --shell /usr/sbin/nologin serve
 COPY --from=venv /opt/venv /opt/venv
+COPY --from=venv /opt/resnet-deploy /opt/resnet-deploy
 ARG MODEL_STORE=model_store
 COPY ${MODEL_STORE} /model-store
 

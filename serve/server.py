@@ -37,6 +37,9 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # daily and never deletes); our torchserve.out is rotated once at start past the same size.
 LOG_FILE_MAX_MB = 20
 LOG_FILES_KEPT = 4
+# After SIGTERM in the foreground, how long the requests TorchServe had already accepted get to be answered
+# before it stops (its own shutdown resets every open connection, answered or not).
+DRAIN_S = 5.0
 
 
 class ServerError(RuntimeError):
@@ -438,7 +441,8 @@ def stop(run_dir: Path, timeout_s: float = 30.0) -> bool:
 
 
 def run_in_foreground(info: ServerInfo) -> int:
-    """Block while TorchServe runs; SIGTERM or SIGINT (`docker stop`, Ctrl-C) stops it cleanly.
+    """Block while TorchServe runs; SIGTERM or SIGINT (`docker stop`, Ctrl-C) stops it cleanly: the requests
+    already accepted are answered first (`drain`).
 
     Returns 0 after a requested stop, 1 when TorchServe exited by itself.
     """
@@ -448,10 +452,31 @@ def run_in_foreground(info: ServerInfo) -> int:
     while not requested and is_torchserve(info.pid):
         time.sleep(0.5)
     if requested:
+        drain(info)
         stop(Path(info.run_dir))
         return 0
     stop(Path(info.run_dir))  # its workers, if any outlived it
     return 1
+
+
+def drain(info: ServerInfo, timeout_s: float = DRAIN_S) -> None:
+    """Wait until the clients connected when SIGTERM came have their answers and hang up, at most `timeout_s`
+    (a keep-alive client that stays connected uses it all)."""
+    deadline = time.monotonic() + timeout_s
+    waiting = client_connections(info)
+    while waiting and time.monotonic() < deadline:
+        time.sleep(0.05)
+        waiting &= client_connections(info)
+
+
+def client_connections(info: ServerInfo) -> set[tuple]:
+    """(address, port) of each client connected to the frontend's inference port."""
+    try:
+        frontend = psutil.Process(info.pid)
+        connections = getattr(frontend, "net_connections", frontend.connections)("tcp")  # psutil < 6: connections
+    except psutil.Error:
+        return set()
+    return {tuple(c.raddr) for c in connections if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == info.port}
 
 
 def status(run_dir: Path) -> dict | None:

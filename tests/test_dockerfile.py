@@ -100,8 +100,10 @@ def test_the_image_installs_only_the_serving_group_at_the_tested_versions():
     """The default build installs the base install (the serving runtime, no training, export or load-test
     extras) pinned by constraints.txt, which the image copies."""
     assert arg_defaults()["EXTRAS"] == ""
-    (install,) = [rest for kind, rest in instructions() if kind == "RUN" and "pip install" in rest]
-    assert "-c constraints.txt" in install and "/opt/venv" in install  # a venv: Debian's python3 is PEP 668
+    dependencies, project = [rest for kind, rest in instructions() if kind == "RUN" and "pip install" in rest]
+    assert '["dependencies"]' in dependencies and "-c constraints.txt" in dependencies
+    assert "/opt/venv" in dependencies  # a venv: Debian's python3 refuses system-wide installs (PEP 668)
+    assert "--no-deps" in project
     copied = " ".join(rest for kind, rest in instructions() if kind == "COPY").split()
     assert "constraints.txt" in copied and "pyproject.toml" in copied
 
