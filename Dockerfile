@@ -81,8 +81,9 @@ COPY ${MODEL_STORE} /model-store
 USER 10001:10001
 WORKDIR /
 EXPOSE 8080
-# Healthy once every model has all its workers ready (TorchServe's /ping needs the key too).
+# Healthy once every model answers a real image with the key (TorchServe's /ping needs the key too, and stays
+# "Healthy" while a worker hangs); serve.probe imports no torch, so a check costs little.
 HEALTHCHECK --interval=10s --timeout=10s --start-period=180s --retries=3 \
-    CMD ["python", "-m", "serve", "status"]
+    CMD ["python", "-m", "serve.probe", "--run-dir", "/tmp/serve"]
 # Arguments after the image name are added to `serve start`, e.g. --models NAME or --timeout 300.
 ENTRYPOINT ["python", "-m", "serve", "start", "--foreground", "--host", "0.0.0.0", "--port", "8080", "--model-store", "/model-store"]

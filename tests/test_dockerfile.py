@@ -89,11 +89,14 @@ def test_the_entrypoint_is_a_valid_serve_command_line():
 def test_runs_as_a_non_root_user_with_a_health_check_that_knows_the_token():
     kinds = instructions()
     user = [rest for kind, rest in kinds if kind == "USER"]
-    assert user and user[-1] not in ("root", "0")
+    assert user and user[-1].split(":")[0] not in ("root", "0")
     healthcheck = next(rest for kind, rest in kinds if kind == "HEALTHCHECK")
     argv = json.loads(healthcheck.split("CMD", 1)[1])
-    assert argv[:3] == ["python", "-m", "serve"]
-    assert build_parser().parse_args(argv[3:]).command == "status"  # exit 0 only when every worker is ready
+    assert argv[:3] == ["python", "-m", "serve.probe"]
+    # The run directory `serve start` uses in the image (its SERVE_RUN_DIR), where the key and the models are.
+    run_dir = argv[argv.index("--run-dir") + 1]
+    env = next(rest for kind, rest in kinds if kind == "ENV" and "SERVE_RUN_DIR=" in rest)
+    assert f"SERVE_RUN_DIR={run_dir}" in env.split()
 
 
 def test_the_image_installs_only_the_serving_group_at_the_tested_versions():
