@@ -115,3 +115,12 @@ def test_serve_manifests_names_the_tag_make_image_builds():
     args = build_parser().parse_args(["manifests", "--models", "m", "--out", "deploy"])
     assert args.image == default_image() == f"resnet-deploy:{importlib.metadata.version('resnet-deploy')}"
     assert "default_image()" in (ROOT / "scripts" / "image.sh").read_text()
+
+
+def test_the_health_check_fails_clearly_without_a_server(tmp_path):
+    """Before `serve start` has written its state (and after it stopped), the health check says why it fails."""
+    probe = [sys.executable, "-m", "serve.probe"]
+    result = subprocess.run([*probe, "--run-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 1 and f"no TorchServe running from {tmp_path}" in result.stderr
+    result = subprocess.run(probe, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2 and "--model" in result.stderr and "--run-dir" in result.stderr

@@ -8,6 +8,7 @@ stops it with `docker stop` under load.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -78,10 +79,15 @@ def image() -> str:
     return f"{IMAGE_NAME}:latest"
 
 
+# A batch waits up to 2 s to fill, so requests are in flight whenever `docker stop` comes: the stop test
+# fails if SIGTERM cuts them off (TorchServe's own shutdown resets every open connection).
+SLOW_BATCHES = dataclasses.replace(SERVED_PACKAGE_OPTIONS, max_batch_delay_ms=2000)
+
+
 @pytest.fixture(scope="module")
 def store(digits_export, tmp_path_factory) -> Path:
     """The digits model store, readable by the image's user (uid 10001), to mount at run time."""
-    store = package(digits_export, tmp_path_factory.mktemp("store"), name=MODEL, options=SERVED_PACKAGE_OPTIONS).parent
+    store = package(digits_export, tmp_path_factory.mktemp("store"), name=MODEL, options=SLOW_BATCHES).parent
     store.chmod(0o755)
     for archive in store.iterdir():
         archive.chmod(0o644)
