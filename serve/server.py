@@ -38,8 +38,9 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 LOG_FILE_MAX_MB = 20
 LOG_FILES_KEPT = 4
 # After SIGTERM in the foreground, how long the requests TorchServe had already accepted get to be answered
-# before it stops (its own shutdown resets every open connection, answered or not).
-DRAIN_S = 5.0
+# before it stops (its own shutdown resets every open connection, answered or not). Its stop then takes a few
+# seconds more, and `docker stop` sends SIGKILL after 10 s.
+DRAIN_S = 3.0
 
 
 class ServerError(RuntimeError):

@@ -79,9 +79,9 @@ def image() -> str:
     return f"{IMAGE_NAME}:latest"
 
 
-# A batch waits up to 2 s to fill, so requests are in flight whenever `docker stop` comes: the stop test
+# A batch waits up to 1 s to fill, so requests are in flight whenever `docker stop` comes: the stop test
 # fails if SIGTERM cuts them off (TorchServe's own shutdown resets every open connection).
-SLOW_BATCHES = dataclasses.replace(SERVED_PACKAGE_OPTIONS, max_batch_delay_ms=2000)
+SLOW_BATCHES = dataclasses.replace(SERVED_PACKAGE_OPTIONS, max_batch_delay_ms=1000)
 
 
 @pytest.fixture(scope="module")
