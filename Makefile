@@ -7,7 +7,7 @@ endif
 endif
 PYTHON ?= python3
 
-.PHONY: install test lint demo constraints
+.PHONY: install test lint demo constraints image
 install:
 	./install.sh
 test: lint
@@ -21,3 +21,7 @@ demo:
 # (run after a green `make test`).
 constraints:
 	$(PYTHON) scripts/constraints.py
+# The CPU serving image, resnet-deploy:latest and :<version> (scripts/image.sh; README, "The serving image").
+# MODEL_STORE=DIR bakes DIR's archives in; BASE_IMAGE, PIP_SOURCE and EXTRAS as scripts/image.sh says.
+image:
+	MODEL_STORE="$(MODEL_STORE)" PYTHON="$(PYTHON)" scripts/image.sh

@@ -7,6 +7,9 @@
 #   ./install.sh --latest        newest allowed versions instead of constraints.txt's
 #   ./install.sh --bench-tools   also what `python -m benchmarks serve` compares with: ApacheBench (Debian's
 #                                apache2-utils) and captum (TorchServe's stock image handler imports it)
+#   ./install.sh --docker        also a Docker engine for `make image` and its tests: Debian's docker.io and
+#                                debootstrap (the image's base when Docker Hub is out of reach), and dockerd
+#                                started when none answers (needs root or sudo; again is harmless)
 #   PYTHON=python3.12 ./install.sh   make .venv with that interpreter instead of python3
 #
 # - Java 17 for TorchServe's frontend, from Debian's packages when `java` is missing.
@@ -27,13 +30,15 @@ TRITON=1
 # stub was built against beside it; the environment's own packages and `pip check` stay as they are.
 TRITON_WHEEL="nvidia-pytriton==0.7.0"
 TRITON_STUB_NUMPY="numpy==1.26.4"
+DOCKER=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --latest) CONSTRAINTS=() ;;
         --serving-only) EXTRAS=""; [ "$TRITON" = 1 ] && TRITON="" ;;
         --triton) TRITON=2 ;;
         --bench-tools) BENCH_TOOLS=1 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --docker) DOCKER=1 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown option $1 (see ./install.sh --help)" >&2; exit 2 ;;
     esac
     shift
@@ -65,6 +70,27 @@ fi
 if [ -n "$BENCH_TOOLS" ] && ! command -v ab >/dev/null 2>&1; then
     echo "[install] installing apache2-utils (ApacheBench, the serving benchmark's cross-check of locust)"
     apt_install apache2-utils
+fi
+
+if [ -n "$DOCKER" ]; then
+    if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
+        echo "[install] installing docker.io and debootstrap (Debian's Docker engine; the image's own base)"
+        apt_install docker.io debootstrap
+    fi
+    if ! $SUDO docker info >/dev/null 2>&1; then
+        echo "[install] starting dockerd (log: /var/log/dockerd.log)"
+        if [ -d /run/systemd/system ]; then
+            $SUDO systemctl start docker
+        else
+            $SUDO sh -c 'nohup dockerd >>/var/log/dockerd.log 2>&1 &'
+        fi
+        for _ in $(seq 60); do
+            $SUDO docker info >/dev/null 2>&1 && break
+            sleep 1
+        done
+        $SUDO docker info >/dev/null 2>&1 || { echo "[install] dockerd did not answer within 60 s; see /var/log/dockerd.log" >&2; exit 1; }
+    fi
+    echo "[install] Docker engine: $($SUDO docker version --format '{{.Server.Version}}'), storage driver $($SUDO docker info --format '{{.Driver}}')"
 fi
 
 if [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; then

@@ -18,7 +18,7 @@ from export.manifest import FORMATS
 
 from . import servers
 from .budget import ImageCost
-from .kubernetes import ManifestError, ManifestOptions, generate
+from .kubernetes import ManifestError, ManifestOptions, default_image, generate
 from .package import PackageError, PackageOptions, package
 from .server import ServerError, ServerSettings, run_in_foreground
 from .triton_repo import RepoOptions, write_repository
@@ -339,7 +339,12 @@ def add_manifests(commands) -> None:
         help="directory of the .mar files the image serves (default: %(default)s)",
     )
     p.add_argument("--models", nargs="+", required=True, metavar="NAME", help="models to serve: <model-store>/NAME.mar")
-    p.add_argument("--image", required=True, help="the serving image, as the cluster pulls it (registry/name:tag)")
+    p.add_argument(
+        "--image",
+        default=default_image(),
+        help="the serving image, as the cluster pulls it: registry/name:tag (default: %(default)s, the tag "
+        "`make image` builds; push it to a registry the cluster reaches and name that)",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder to write (replaced if this command wrote it)")
     p.add_argument(
         "--replicas",

@@ -45,14 +45,15 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from classify.classifier import Classifier
-from classify.response import OVERLOADED, answer, prediction_object
+from classify.response import answer, prediction_object
 from hostinfo import usable_cores
 from models.errors import first_line
-from models.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, pixel_counts
-from serve.budget import HEADROOM, Budget, ImageCost, OverBudget, Overloaded
+from models.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError
+from serve.bounds import RequestLimits, admit
+from serve.budget import HEADROOM, Budget, ImageCost
 from serve.envelope import as_request, image_bytes, layout
 from serve.package import DEFAULT_MAX_IMAGES, DEFAULT_MAX_REQUEST_PIXELS
-from serve.refusal import HOW_TO_CHANGE, PHRASES, Refused, part_label
+from serve.refusal import PHRASES, Refused, how_to_change, part_label
 
 logger = logging.getLogger(__name__)
 # Archives packaged before `serve package` measured the cost have none: a cautious guess, not a measurement.
@@ -86,8 +87,10 @@ class ImageClassifierHandler(BaseHandler):
         )
         self.envelope = layout(config)
         self.enveloped = self.envelope is not None
-        self.max_images = int(config.get("max_images", DEFAULT_MAX_IMAGES))
-        self.max_request_pixels = int(config.get("max_request_pixels", DEFAULT_MAX_REQUEST_PIXELS))
+        self.limits = RequestLimits(
+            max_images=int(config.get("max_images", DEFAULT_MAX_IMAGES)),
+            max_request_pixels=int(config.get("max_request_pixels", DEFAULT_MAX_REQUEST_PIXELS)),
+        )
         if "cost" not in config:
             logger.warning(
                 "no measured image cost in model-config.yaml (an older archive); assuming %s", UNMEASURED_COST
@@ -95,7 +98,7 @@ class ImageClassifierHandler(BaseHandler):
         self.budget = Budget(
             call_s=float(model_config.get("responseTimeout") or 120) / HEADROOM,
             cost=ImageCost.from_dict(config["cost"]) if "cost" in config else UNMEASURED_COST,
-            max_call_pixels=self.max_request_pixels,
+            max_call_pixels=self.limits.max_request_pixels,
         )
         self.runner = self.classifier.runner
         torch.set_num_threads(torch_threads(self.runner, threads))
@@ -113,8 +116,8 @@ class ImageClassifierHandler(BaseHandler):
             len(self.classifier.class_names),
             self.classifier.top_k,
             self.classifier.batch_size,
-            self.max_images,
-            self.max_request_pixels,
+            self.limits.max_images,
+            self.limits.max_request_pixels,
             self.budget.call_s,
             self.budget.cost,
         )
@@ -168,22 +171,12 @@ class ImageClassifierHandler(BaseHandler):
 
     def admit(self, request: dict) -> list[tuple[str, bytes]]:
         """The request's (name, image bytes) parts, or `Refused` when it is over a bound, does not fit the
-        call's budget (serve/budget.py) or is not images; judged from the headers alone, before any pixel
-        is decoded."""
+        call's budget (serve/budget.py) or is not images; judged from the headers alone (serve/bounds.py),
+        before any pixel is decoded."""
         if not request:
             raise Refused(400, "InvalidImage", "empty request: no body and no multipart parts")
-        if len(request) > self.max_images:
-            raise Refused(
-                413,
-                "TooManyImages",
-                (
-                    f"{len(request)} images in one request, above this model's limit of {self.max_images}; send them "
-                    f"in several requests (the limit is set in {HOW_TO_CHANGE.format(key='max_images', flag='max-images')})"
-                ),
-            )
-        parts, sources, total = [], [], 0
+        parts = []
         for name, value in request.items():
-            where = part_label(name)
             if self.enveloped:
                 value = image_bytes(value, name)
             elif not isinstance(value, (bytes, bytearray)):
@@ -192,41 +185,13 @@ class ImageClassifierHandler(BaseHandler):
                     400,
                     "InvalidImage",
                     (
-                        f"{where}expected image bytes, got {type(value).__name__} (the Content-Type made TorchServe "
-                        "decode it as text or JSON); send the file as the raw body (curl -T cat.jpg) or as a "
-                        "multipart file part"
+                        f"{part_label(name)}expected image bytes, got {type(value).__name__} (the Content-Type made "
+                        "TorchServe decode it as text or JSON); send the file as the raw body (curl -T cat.jpg) or "
+                        "as a multipart file part"
                     ),
                 )
-            data, transform = bytes(value), self.classifier.transform
-            try:
-                source, decoded = pixel_counts(
-                    data, max_pixels=transform.max_pixels, draft_size=transform.spec.resize_size
-                )
-            except ImageDecodeError as e:
-                raise Refused(400, "InvalidImage", f"{where}{e}", part=name) from None
-            sources.append(source)
-            total += decoded
-            if total > self.max_request_pixels:
-                raise Refused(
-                    413,
-                    "TooManyPixels",
-                    (
-                        f"the images of this request decode to more than {self.max_request_pixels:,} pixels in all "
-                        f"({total:,} after {len(parts) + 1} of {len(request)}), this model's limit; send smaller images "
-                        f"or fewer per request (the limit is set in "
-                        f"{HOW_TO_CHANGE.format(key='max_request_pixels', flag='max-request-pixels')})"
-                    ),
-                )
-            parts.append((name, data))
-        try:
-            self.call.admit(sources, total)
-        except OverBudget as e:
-            raise Refused(
-                413, "TooMuchWork", f"{e} (the timeout is set by python -m serve package --response-timeout N)"
-            ) from None
-        except Overloaded as e:
-            raise Refused(503, OVERLOADED, str(e), retry_after_s=e.retry_after_s) from None
-        return parts
+            parts.append((name, bytes(value)))
+        return admit(parts, self.classifier.transform, self.limits, how_to_change, self.call).parts
 
     def map(self, fn, items):
         """`fn` over `items`, in order: on the decode threads where there are several items and threads."""

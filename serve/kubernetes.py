@@ -14,6 +14,7 @@ Everything sized here comes from the archives themselves (each `.mar` is a zip h
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import os
@@ -35,7 +36,8 @@ from .server import CONFIG_TEMPLATE, FRONTEND_DIRECT_MEMORY, ServerSettings
 MANIFESTS_KIND = "manifests"  # the marker kind of a generated folder (fsutil.owned.mark_owned)
 APP = "resnet-deploy"
 CONTAINER_PORTS = {"http": 8080, "metrics": 8082}  # management (8081) stays on the pod's loopback
-IMAGE_MODEL_STORE = "/home/serve/model_store"  # where the Dockerfile copies MODEL_STORE
+IMAGE_NAME = "resnet-deploy"  # what `make image` tags, as NAME:latest and NAME:<version> (scripts/image.sh)
+IMAGE_MODEL_STORE = "/model-store"  # where the Dockerfile copies MODEL_STORE
 VOLUME_MODEL_STORE = "/models"
 SCRATCH = "/tmp"  # the only writable path: TorchServe's run dir, unpacked archives, logs, JVM temp files
 RUN_DIR = f"{SCRATCH}/serve"
@@ -242,6 +244,11 @@ def readiness_command(options: ManifestOptions) -> list[str]:
 
 def ping() -> dict:
     return {"httpGet": {"path": "/ping", "port": "http"}}
+
+
+def default_image() -> str:
+    """The tag `make image` builds: resnet-deploy:<this package's version>."""
+    return f"{IMAGE_NAME}:{importlib.metadata.version('resnet-deploy')}"
 
 
 def termination_grace_s(options: ManifestOptions) -> int:

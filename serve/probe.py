@@ -1,6 +1,8 @@
 """`python -m serve.probe --port 8080 --model NAME...`: exit 0 when every model answers a real image.
 
-The readiness probe of the Kubernetes manifests (an exec probe in the serving container). TorchServe's
+The readiness probe of the Kubernetes manifests (an exec probe in the serving container), and with
+`--run-dir` the Docker image's health check: the port, models and inference key (renewed when expired)
+of the server started from that run directory, at the cost of psutil and requests, still no torch. TorchServe's
 `/ping` says "Healthy" while a model has no working worker (a hung worker, or none left), so only a
 prediction proves that a replica can take traffic. It asks the inference API on the pod's loopback
 interface, which the in-cluster mode serves without a key, with a tiny gray PNG made here: the
@@ -33,13 +35,13 @@ def gray_png(size: int = 32) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
-def model_answers(url: str, model: str, timeout_s: float) -> str | None:
+def model_answers(url: str, model: str, timeout_s: float, headers: dict[str, str] | None = None) -> str | None:
     """None when `model` answered a prediction at `url`, else why not."""
     request = urllib.request.Request(
         f"{url}/predictions/{model}",
         data=gray_png(),
         method="PUT",
-        headers={"Content-Type": "application/octet-stream"},
+        headers={"Content-Type": "application/octet-stream", **(headers or {})},
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
@@ -61,11 +63,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=8080, help="inference API port (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="inference API address (default: %(default)s)")
-    parser.add_argument("--model", nargs="+", required=True, metavar="NAME", help="models that must answer")
+    parser.add_argument("--model", nargs="+", default=[], metavar="NAME", help="models that must answer")
+    parser.add_argument(
+        "--run-dir",
+        help="probe the server started from this run directory instead: its port, its models (unless --model) "
+        "and its inference key",
+    )
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per model (default: %(default)s)")
     args = parser.parse_args(argv)
-    url = f"http://{args.host}:{args.port}"
-    problems = [p for p in (model_answers(url, name, args.timeout) for name in args.model) if p]
+    url, models, headers = f"http://{args.host}:{args.port}", args.model, {}
+    if args.run_dir:
+        from pathlib import Path  # noqa: PLC0415
+
+        from serve.server import ServerError, read_state  # noqa: PLC0415  (psutil and requests, only here)
+
+        info = read_state(Path(args.run_dir).resolve())
+        if info is None:
+            print(f"not ready: no TorchServe running from {args.run_dir}", file=sys.stderr)
+            return 1
+        try:
+            url, models, headers = info.inference_url, args.model or info.models, info.headers("inference")
+        except ServerError as e:
+            print(f"not ready: {e}", file=sys.stderr)
+            return 1
+    if not models:
+        parser.error("name the models with --model, or the server with --run-dir")
+    problems = [p for p in (model_answers(url, name, args.timeout, headers) for name in models) if p]
     for problem in problems:
         print(f"not ready: {problem}", file=sys.stderr)
     return 1 if problems else 0

@@ -16,6 +16,11 @@ PHRASES = {400: "Bad Request", 413: "Payload Too Large", 500: "Internal Server E
 HOW_TO_CHANGE = "the archive's model-config.yaml, handler.{key}; python -m serve package --{flag} N"
 
 
+def how_to_change(key: str, flag: str) -> str:
+    """Where a TorchServe archive's operator raises the limit `key` (`serve package --flag`)."""
+    return HOW_TO_CHANGE.format(key=key, flag=flag)
+
+
 class Refused(Exception):
     """One request's failure, answered as its own HTTP `code` with a JSON `{"code", "type", "message"}`."""
 

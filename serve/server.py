@@ -41,6 +41,10 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # daily and never deletes); our torchserve.out is rotated once at start past the same size.
 LOG_FILE_MAX_MB = 20
 LOG_FILES_KEPT = 4
+# After SIGTERM in the foreground, how long the requests TorchServe had already accepted get to be answered
+# before it stops (its own shutdown resets every open connection, answered or not). Its stop then takes a few
+# seconds more, and `docker stop` sends SIGKILL after 10 s.
+DRAIN_S = 3.0
 
 
 class ServerError(RuntimeError):
@@ -51,7 +55,8 @@ class ServerError(RuntimeError):
 class ServerSettings:
     model_store: Path = Path("model_store")
     models: list[str] = field(default_factory=list)  # names of <model_store>/<name>.mar; empty: all
-    run_dir: Path = Path(".serve")
+    # The image sets SERVE_RUN_DIR=/tmp/serve: its only writable place is the /tmp tmpfs (docker run --read-only).
+    run_dir: Path = field(default_factory=lambda: Path(os.environ.get("SERVE_RUN_DIR", ".serve")))
     host: str = "127.0.0.1"  # TorchServe's own default; a container passes --host 0.0.0.0
     port: int = 8080
     management_port: int = 8081
@@ -452,7 +457,8 @@ def stop(run_dir: Path, timeout_s: float = 30.0) -> bool:
 
 def run_in_foreground(info, is_running=is_torchserve, stop_server=stop) -> int:
     """Block while the server (`is_running(info.pid)`: TorchServe by default) runs; SIGTERM or SIGINT
-    (`docker stop`, Ctrl-C) stops it cleanly with `stop_server(run_dir)`.
+    (`docker stop`, Ctrl-C) stops it cleanly with `stop_server(run_dir)`: the requests already accepted
+    are answered first (`drain`).
 
     Returns 0 after a requested stop, 1 when the server exited by itself.
     """
@@ -461,8 +467,30 @@ def run_in_foreground(info, is_running=is_torchserve, stop_server=stop) -> int:
         signal.signal(signum, lambda signum, frame: requested.append(signum))
     while not requested and is_running(info.pid):
         time.sleep(0.5)
+    if requested:
+        drain(info)
     stop_server(Path(info.run_dir))  # after a server that died by itself: its workers, if any outlived it
     return 0 if requested else 1
+
+
+def drain(info: ServerInfo, timeout_s: float = DRAIN_S) -> None:
+    """Wait until the clients connected when SIGTERM came have their answers and hang up, at most `timeout_s`
+    (a keep-alive client that stays connected uses it all)."""
+    deadline = time.monotonic() + timeout_s
+    waiting = client_connections(info)
+    while waiting and time.monotonic() < deadline:
+        time.sleep(0.05)
+        waiting &= client_connections(info)
+
+
+def client_connections(info: ServerInfo) -> set[tuple]:
+    """(address, port) of each client connected to the frontend's inference port."""
+    try:
+        frontend = psutil.Process(info.pid)
+        connections = getattr(frontend, "net_connections", frontend.connections)("tcp")  # psutil < 6: connections
+    except psutil.Error:
+        return set()
+    return {tuple(c.raddr) for c in connections if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == info.port}
 
 
 def status(run_dir: Path) -> dict | None:

@@ -77,7 +77,7 @@ class TritonPythonModel:
                 self.classifier.transform,
                 self.limits,
                 lambda key, flag: HOW_TO_CHANGE.format(key=key, flag=flag),
-            )
+            ).parts
             return [self.classifier.pixels(data) for _, data in parts]
         except Refused as e:
             return e

@@ -163,7 +163,7 @@ def test_kserve_envelopes_hand_one_requests_base64_instances(archive_dir, handle
     assert status == 400 and error["message"].startswith("part 'instances[1]': malformed base64")
     status, response = through_envelope(handler, KServeEnvelope, {"instances": [{"data": b64[0][:-8]}]})
     assert status == 400 and "truncated" in response["predictions"][0]["message"]
-    flood = {"instances": [{"data": b64[0]}] * (handler.max_images + 1)}
+    flood = {"instances": [{"data": b64[0]}] * (handler.limits.max_images + 1)}
     status, response = through_envelope(handler, KServeEnvelope, flood)
     assert status == 413 and response["predictions"][0]["type"] == "TooManyImages"
     status, response = through_envelope(handler, KServeEnvelope, {"inputs": [{"data": b64[0]}]})
