@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     url, models, headers = f"http://{args.host}:{args.port}", args.model, {}
     if args.run_dir:
-        from pathlib import Path  # noqa: PLC0415
+        from pathlib import Path
 
-        from serve.server import ServerError, read_state  # noqa: PLC0415  (psutil and requests, only here)
+        from serve.server import ServerError, read_state  # psutil and requests, only here
 
         info = read_state(Path(args.run_dir).resolve())
         if info is None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from export.classifier import Classifier
+from classify.classifier import Classifier
 from serve.kubernetes import IMAGE_NAME, default_image
 from serve.package import package
 from serve.server import free_ports, probe_image
