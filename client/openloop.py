@@ -242,6 +242,20 @@ class RequestBuilder:
         return request
 
 
+@dataclass
+class _RunState:
+    """One rate's run: the pool of idle keep-alive connections and what the requests measured."""
+
+    loop: asyncio.AbstractEventLoop
+    slots: asyncio.Semaphore
+    idle: list[Connection] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    lags: list[float] = field(default_factory=list)
+    errors: Counter = field(default_factory=Counter)
+    opened: int = 0
+    late: int = 0
+
+
 class OpenLoop:
     """Sends requests to `url`/predictions/`model` at scheduled times over a pool of keep-alive connections."""
 
@@ -277,56 +291,7 @@ class OpenLoop:
 
     async def _run(self, schedule: list[float]) -> tuple[list[float], Counter, list[float], int, int, float, float]:
         loop = asyncio.get_running_loop()
-        slots = asyncio.Semaphore(self.connections)
-        idle: list[Connection] = []
-        latencies: list[float] = []
-        lags: list[float] = []
-        errors: Counter[str] = Counter()
-        opened = late = 0
-
-        async def one(scheduled: float, request: bytes) -> None:
-            nonlocal opened
-            connection = answer = None
-
-            def exchange(connection: Connection):
-                return asyncio.wait_for(
-                    connection.exchange(request), max(scheduled + self.timeout_s - loop.time(), 1e-3)
-                )
-
-            lags.append(loop.time() - scheduled)
-            try:
-                if idle:
-                    connection = idle.pop()
-                    try:
-                        answer = await exchange(connection)
-                    except ServerClosed:  # closed while it was idle: the request goes again on a new connection
-                        connection.close()
-                        connection = None
-                if answer is None:
-                    connection = await asyncio.wait_for(Connection.open(self.host, self.port, self.tls), self.timeout_s)
-                    opened += 1
-                    answer = await exchange(connection)
-                status, content, reusable = answer
-                done = loop.time()
-                kind = self.error_kind(status, content)
-                if kind is None:
-                    latencies.append(done - scheduled)
-                else:
-                    errors[kind] += 1
-                if reusable:
-                    idle.append(connection)
-                    connection = None
-            except asyncio.TimeoutError:
-                errors[f"timeout (no answer within {self.timeout_s:g} s of the scheduled time)"] += 1
-            except ConnectionRefusedError:
-                errors["connection refused"] += 1
-            except (ConnectionError, asyncio.IncompleteReadError, OSError, ValueError, IndexError) as e:
-                errors[f"connection failed: {type(e).__name__}"] += 1
-            finally:
-                if connection is not None:
-                    connection.close()
-                slots.release()
-
+        state = _RunState(loop, asyncio.Semaphore(self.connections))
         tasks = []
         started = time.process_time()
         start = loop.time()
@@ -336,16 +301,67 @@ class OpenLoop:
             delay = scheduled - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if slots.locked():
-                late += 1
-            await slots.acquire()
-            tasks.append(loop.create_task(one(scheduled, self.requests.build(next(requests)))))
+            if state.slots.locked():
+                state.late += 1
+            await state.slots.acquire()
+            tasks.append(loop.create_task(self._one(state, scheduled, self.requests.build(next(requests)))))
         await asyncio.gather(*tasks)
         elapsed = loop.time() - start
         cpu_s = time.process_time() - started
-        for connection in idle:
+        for connection in state.idle:
             connection.close()
-        return latencies, errors, lags, late, opened, elapsed, cpu_s
+        return state.latencies, state.errors, state.lags, state.late, state.opened, elapsed, cpu_s
+
+    async def _one(self, state: _RunState, scheduled: float, request: bytes) -> None:
+        """Send one request at its scheduled time (lag recorded) and tally its answer or its failure."""
+        state.lags.append(state.loop.time() - scheduled)
+        connection = None
+        try:
+            connection, (status, content, reusable) = await self._exchange(state, scheduled, request)
+            kind = self.error_kind(status, content)
+            if kind is None:
+                state.latencies.append(state.loop.time() - scheduled)
+            else:
+                state.errors[kind] += 1
+            if reusable:
+                state.idle.append(connection)
+                connection = None
+        except asyncio.TimeoutError:
+            state.errors[f"timeout (no answer within {self.timeout_s:g} s of the scheduled time)"] += 1
+        except ConnectionRefusedError:
+            state.errors["connection refused"] += 1
+        except (ConnectionError, asyncio.IncompleteReadError, OSError, ValueError, IndexError) as e:
+            state.errors[f"connection failed: {type(e).__name__}"] += 1
+        finally:
+            if connection is not None:
+                connection.close()
+            state.slots.release()
+
+    async def _exchange(self, state: _RunState, scheduled: float, request: bytes):
+        """(connection, answer): on an idle keep-alive connection, or a new one when there is none or the
+        idle one was closed meanwhile; the answer is due `timeout_s` after the scheduled time."""
+
+        def exchange(connection: Connection):
+            return asyncio.wait_for(
+                connection.exchange(request), max(scheduled + self.timeout_s - state.loop.time(), 1e-3)
+            )
+
+        if state.idle:
+            connection = state.idle.pop()
+            try:
+                return connection, await exchange(connection)
+            except ServerClosed:  # closed while it was idle: the request goes again on a new connection
+                connection.close()
+            except BaseException:
+                connection.close()
+                raise
+        connection = await asyncio.wait_for(Connection.open(self.host, self.port, self.tls), self.timeout_s)
+        state.opened += 1
+        try:
+            return connection, await exchange(connection)
+        except BaseException:
+            connection.close()
+            raise
 
     def run(self, rate: float, duration_s: float, arrival: str = "poisson", seed: int = 0) -> RateResult:
         schedule = arrival_times(rate, duration_s, arrival, seed)

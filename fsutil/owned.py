@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fsutil.atomic import atomic_write_text
@@ -60,6 +62,35 @@ def remove_owned_tree(directory: str | os.PathLike, kind: str) -> None:
         what = f"a {found} folder" if found else f"not marked as made by this project (no {MARKER_NAME} file)"
         raise NotOwnedError(f"{directory} is {what}; refusing to delete it. Move or delete it yourself if it must go")
     shutil.rmtree(directory)
+
+
+def replace_owned_folder(out: str | os.PathLike, kind: str, fill: Callable[[Path], None], command: str) -> Path:
+    """Write the folder `out` whole: `fill` writes into a staging folder beside it, which is marked as our
+    `kind` and swapped in, replacing an `out` of that kind (or an empty one); anything else is refused with
+    NotOwnedError naming `command`. A failure leaves `out` as it was."""
+    out = Path(out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise NotOwnedError(f"--out {out}: not a directory; choose a new folder")
+    if out.is_dir() and any(out.iterdir()) and not is_owned(out, kind):
+        raise NotOwnedError(
+            f"--out {out}: the folder holds files `{command}` did not write (no {MARKER_NAME}); "
+            "choose a new or empty folder"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp's 0700 would hide the folder from the rest of a CI job or team
+    try:
+        fill(staging)
+        mark_owned(staging, kind)
+        if is_owned(out, kind):
+            remove_owned_tree(out, kind)
+        elif out.is_dir():
+            out.rmdir()  # empty: checked above
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
 
 
 def is_temporary_name(name: str) -> bool:

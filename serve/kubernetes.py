@@ -17,10 +17,8 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import math
-import os
 import re
 import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from fsutil.owned import MARKER_NAME, is_owned, mark_owned, remove_owned_tree
+from fsutil.owned import MARKER_NAME, NotOwnedError, replace_owned_folder
 
 from . import kserve_triton
 from .server import CONFIG_TEMPLATE, FRONTEND_DIRECT_MEMORY, ServerSettings
@@ -581,6 +579,29 @@ def kustomization(options: ManifestOptions) -> dict:
     return {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": list(CORE_FILES)}
 
 
+def write_documents(staging: Path, options: ManifestOptions) -> None:
+    """Every object of the folder (and KServe's storage layout) into `staging`."""
+    documents = {name: build(options) for name, build in CORE_FILES.items()}
+    documents["kustomization.yaml"] = kustomization(options)
+    if options.kserve:
+        documents["kserve/inferenceservice-torchserve.yaml"] = inference_service(options)
+        documents["kserve/inferenceservice.yaml"] = custom_inference_service(options)
+    if options.kserve and options.server == "triton":
+        documents |= triton_documents(options)
+    for name, document in documents.items():
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
+        (staging / name).write_text(yaml.safe_dump(document, sort_keys=False))
+    if options.kserve:
+        storage = staging / "kserve" / "storage"
+        (storage / "config").mkdir(parents=True)
+        (storage / "config" / "config.properties").write_text(kserve_config(options))
+        (storage / "model-store").mkdir()
+        for archive in options.archives:
+            shutil.copyfile(archive.path, storage / "model-store" / archive.path.name)
+            if options.server == "triton":
+                extract_triton_export(archive.path, storage / "exports" / archive.name)
+
+
 def generate(options: ManifestOptions) -> list[Path]:
     """Write the folder `options.out` (replacing one this function wrote before) and return its files."""
     if options.replicas < 1:
@@ -600,44 +621,10 @@ def generate(options: ManifestOptions) -> list[Path]:
         )
     options.archives = [read_archive(options.model_store / f"{m}.mar") for m in options.models]
 
-    out = options.out
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ManifestError(f"--out {out}: not a directory; choose a new folder")
-    if out.is_dir() and any(out.iterdir()) and not is_owned(out, MANIFESTS_KIND):
-        raise ManifestError(
-            f"--out {out}: the folder holds files `serve manifests` did not write (no {MARKER_NAME}); "
-            "choose a new or empty folder"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    staging.chmod(0o755)  # mkdtemp's 0700 would hide the folder from the rest of a CI job or team
     try:
-        documents = {name: build(options) for name, build in CORE_FILES.items()}
-        documents["kustomization.yaml"] = kustomization(options)
-        if options.kserve:
-            documents["kserve/inferenceservice-torchserve.yaml"] = inference_service(options)
-            documents["kserve/inferenceservice.yaml"] = custom_inference_service(options)
-        if options.kserve and options.server == "triton":
-            documents |= triton_documents(options)
-        for name, document in documents.items():
-            (staging / name).parent.mkdir(parents=True, exist_ok=True)
-            (staging / name).write_text(yaml.safe_dump(document, sort_keys=False))
-        if options.kserve:
-            storage = staging / "kserve" / "storage"
-            (storage / "config").mkdir(parents=True)
-            (storage / "config" / "config.properties").write_text(kserve_config(options))
-            (storage / "model-store").mkdir()
-            for archive in options.archives:
-                shutil.copyfile(archive.path, storage / "model-store" / archive.path.name)
-                if options.server == "triton":
-                    extract_triton_export(archive.path, storage / "exports" / archive.name)
-        mark_owned(staging, MANIFESTS_KIND)
-        if is_owned(out, MANIFESTS_KIND):
-            remove_owned_tree(out, MANIFESTS_KIND)
-        elif out.is_dir():
-            out.rmdir()  # empty: checked above
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        out = replace_owned_folder(
+            options.out, MANIFESTS_KIND, lambda staging: write_documents(staging, options), "serve manifests"
+        )
+    except NotOwnedError as e:
+        raise ManifestError(str(e)) from None
     return sorted(p for p in out.rglob("*") if p.is_file() and p.name != MARKER_NAME)

@@ -11,16 +11,13 @@ global rank 0 writes the run. A crashed worker restarts the group inside the pod
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from fsutil.owned import MARKER_NAME, is_owned, mark_owned, remove_owned_tree
+from fsutil.owned import NotOwnedError, replace_owned_folder
 
 MANIFESTS_KIND = "train-manifests"  # the marker kind of a generated folder (fsutil.owned.mark_owned)
 MOUNT = "/workspace"  # the shared volume in every pod: data/ and runs/
@@ -153,29 +150,15 @@ def generate(options: JobOptions, config: dict) -> list[Path]:
     """Write the folder `options.out` (replacing one this function wrote before) and return its files."""
     check_options(options)
     documents = {JOB_FILE: pytorch_job(options, config)}
-    out = options.out
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ManifestError(f"--out {out}: not a directory; choose a new folder")
-    if out.is_dir() and any(out.iterdir()) and not is_owned(out, MANIFESTS_KIND):
-        raise ManifestError(
-            f"--out {out}: the folder holds files `train manifests` did not write (no {MARKER_NAME}); "
-            "choose a new or empty folder"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    staging.chmod(0o755)
-    try:
+
+    def write(staging: Path) -> None:
         for name, document in documents.items():
             (staging / name).write_text(yaml.safe_dump(document, sort_keys=False))
-        mark_owned(staging, MANIFESTS_KIND)
-        if is_owned(out, MANIFESTS_KIND):
-            remove_owned_tree(out, MANIFESTS_KIND)
-        elif out.is_dir():
-            out.rmdir()  # empty: checked above
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    try:
+        out = replace_owned_folder(options.out, MANIFESTS_KIND, write, "train manifests")
+    except NotOwnedError as e:
+        raise ManifestError(str(e)) from None
     return [out / name for name in documents]
 
 
