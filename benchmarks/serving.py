@@ -33,7 +33,7 @@ import math
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
@@ -553,8 +553,86 @@ def default_layouts(quick: bool) -> list[tuple[int, int]]:
     return [(1, 2), (workers, 1)] if quick else [(1, 8), (workers, 8 // workers)]
 
 
-def run(args: argparse.Namespace) -> Report:
-    log = args.log
+@dataclass
+class Plan:
+    """What one run measures, settled from the command line before anything is served."""
+
+    args: argparse.Namespace
+    archs: list[str]
+    levels: list[int]
+    fractions: tuple[float, ...] | list[float]
+    duration: int
+    warmup_s: int
+    layouts: list[Layout]
+    cores: int
+    budget: Budget
+    repeats: int
+    work: Path
+    photos: list[Path]
+    jpeg: bytes
+    photo_size: str
+    one_jpeg: Path
+    stock_missing: str | None
+    triton_missing: str | None
+
+    @property
+    def log(self):
+        return self.args.log
+
+    @property
+    def top(self) -> int:
+        return max(self.levels)
+
+    @property
+    def open_loop_seconds(self) -> int:
+        return 2 if self.args.quick else self.duration
+
+
+@dataclass
+class Tables:
+    levels: Table
+    compare: Table
+    split: Table
+    open_loop: Table
+    bounded: Table
+    cross: Table
+    triton: Table
+
+
+@dataclass
+class Bench:
+    """The state every step shares: the plan, the report being written and its tables."""
+
+    plan: Plan
+    report: Report
+    tables: Tables
+    latency_points: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class ServedArch:
+    """One architecture while its TorchServe runs: the server, its meters and what was measured on it."""
+
+    arch: str
+    served: dict[tuple[str, str], str]  # (layout key, served-by label) -> model name
+    info: object
+    meter: CpuMeter
+    raw: RawCapacity
+    results: dict[tuple[str, str, int], dict] = field(default_factory=dict)
+    cpu_over_raw: dict[tuple[str, int], float] = field(default_factory=dict)  # (layout, users) -> worker / raw CPU
+
+
+def checked_layouts(args: argparse.Namespace, cores: int) -> list[Layout]:
+    layouts = list(
+        dict.fromkeys(Layout(w, b, args.max_batch_delay) for w, b in (args.layouts or default_layouts(args.quick)))
+    )
+    too_many = [layout.key for layout in layouts if layout.workers > cores]
+    if too_many:
+        raise BenchmarkUsageError(f"layouts {too_many} have more workers than the {cores} usable cores")
+    return layouts
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
     archs = args.archs or (["resnet20"] if args.quick else ["resnet50", "resnet18"])
     check_archs(archs)
     levels = sorted(set(args.users or ([1, 2] if args.quick else [1, 2, 4, 8, 16])))
@@ -563,27 +641,13 @@ def run(args: argparse.Namespace) -> Report:
         raise BenchmarkUsageError(f"--load-fractions must lie in (0, 10], got {fractions}")
     if not args.p99_bound_ms > 0:
         raise BenchmarkUsageError(f"--p99-bound-ms must be positive, got {args.p99_bound_ms:g}")
-    duration = 3 if args.quick else args.duration
-    warmup_s = 5
-    layouts = list(
-        dict.fromkeys(Layout(w, b, args.max_batch_delay) for w, b in (args.layouts or default_layouts(args.quick)))
-    )
     cores = usable_cores()
-    too_many = [layout.key for layout in layouts if layout.workers > cores]
-    if too_many:
-        raise BenchmarkUsageError(f"layouts {too_many} have more workers than the {cores} usable cores")
+    layouts = checked_layouts(args, cores)
     if args.threads != cores:
-        log(
+        args.log(
             f"note: TorchServe workers use cores // workers threads each (not --threads {args.threads}); "
             "the raw runner uses every usable core"
         )
-    budget = (
-        Budget(warmup=1, min_rounds=2, max_rounds=3, seconds=0)
-        if args.quick
-        else Budget(warmup=2, min_rounds=5, seconds=5)
-    )
-    repeats = 3 if args.quick else 30
-    top = max(levels)
     work = Path(args.work_dir) / "serve"
     photos = write_photos(work / "photos")
     jpeg = photos[0].read_bytes()
@@ -591,21 +655,43 @@ def run(args: argparse.Namespace) -> Report:
         photo_size = (
             f"{probe.width}x{probe.height} ({probe.width * probe.height / 1e6:.2f} MP, {len(jpeg) / 1e3:.0f} kB)"
         )
-    stock_missing = "skipped (--no-stock)" if args.no_stock else stock_handler_available()
-    triton_missing = "skipped (--no-triton)" if args.no_triton else triton_available()
-    triton_table = triton_compare.table()
-
-    report = Report(
-        "serve", "TorchServe: our handler vs the raw runner and the stock handler", threads=cores, quick=args.quick
+    # ab sends one file: locust gets a folder holding only that JPEG for the cross-check
+    one_jpeg = work / "photos-one" / photos[0].name
+    one_jpeg.parent.mkdir(parents=True, exist_ok=True)
+    one_jpeg.write_bytes(jpeg)
+    return Plan(
+        args=args,
+        archs=archs,
+        levels=levels,
+        fractions=fractions,
+        duration=3 if args.quick else args.duration,
+        warmup_s=5,
+        layouts=layouts,
+        cores=cores,
+        budget=Budget(warmup=1, min_rounds=2, max_rounds=3, seconds=0)
+        if args.quick
+        else Budget(warmup=2, min_rounds=5, seconds=5),
+        repeats=3 if args.quick else 30,
+        work=work,
+        photos=photos,
+        jpeg=jpeg,
+        photo_size=photo_size,
+        one_jpeg=one_jpeg,
+        stock_missing="skipped (--no-stock)" if args.no_stock else stock_handler_available(),
+        triton_missing="skipped (--no-triton)" if args.no_triton else triton_available(),
     )
-    report.method = [
+
+
+def method_lines(plan: Plan) -> list[str]:
+    cores, top = plan.cores, plan.top
+    return [
         "One TorchServe 0.12 per architecture serving every layout: "
-        + "; ".join(f"`{layout.key}` = {layout.label}" for layout in layouts)
-        + f"; maxBatchDelay {args.max_batch_delay} ms. Random-init weights exported with `python -m export` "
+        + "; ".join(f"`{layout.key}` = {layout.label}" for layout in plan.layouts)
+        + f"; maxBatchDelay {plan.args.max_batch_delay} ms. Random-init weights exported with `python -m export` "
         "(parity on random pixels).",
-        f"Load: `python -m client loadtest` (locust, closed loop, users = requests in flight, {duration} s per level) "
+        f"Load: `python -m client loadtest` (locust, closed loop, users = requests in flight, {plan.duration} s per level) "
         f"on the same {cores} cores as the server, sending JPEGs of scikit-image's {', '.join(PHOTOS)} upscaled to ~1 MP "
-        f"(chelsea: {photo_size}). Each model first gets {warmup_s} s of discarded load at {top} users; "
+        f"(chelsea: {plan.photo_size}). Each model first gets {plan.warmup_s} s of discarded load at {top} users; "
         "requests/s is the completion rate once all users run (locust's per-second totals, first 2 s skipped); "
         "latency percentiles are locust's over the whole level. CPU: cores busy on average during the level "
         "(TorchServe's Python workers, its Java frontend, the locust process: the load generator shares the "
@@ -621,7 +707,10 @@ def run(args: argparse.Namespace) -> Report:
         "targets are judged on fp32 ONNX; int8 is there to show what a user gains by exporting it (its accuracy gate "
         "is checked on a trained model in the tests, not on these random weights).",
     ]
-    levels_table = Table(
+
+
+def make_tables(plan: Plan) -> Tables:
+    levels = Table(
         "Served throughput and latency (locust)",
         [
             "model",
@@ -642,8 +731,8 @@ def run(args: argparse.Namespace) -> Report:
             "worker / raw CPU",
         ],
     )
-    compare_table = Table(
-        f"Ours vs the stock image_classifier handler ({top} users)",
+    compare = Table(
+        f"Ours vs the stock image_classifier handler ({plan.top} users)",
         [
             "model",
             "layout",
@@ -656,7 +745,7 @@ def run(args: argparse.Namespace) -> Report:
             "ours torchscript / stock",
         ],
     )
-    split_table = Table(
+    split = Table(
         "Where a request's time goes (our handler in-process, one ~1 MP JPEG, batch 1)",
         [
             "model",
@@ -670,307 +759,400 @@ def run(args: argparse.Namespace) -> Report:
             "ours / stock",
         ],
     )
+    bound = plan.args.p99_bound_ms
+    return Tables(
+        levels=levels,
+        compare=compare,
+        split=split,
+        open_loop=latency.open_loop_table(bound),
+        bounded=latency.bounded_table(bound),
+        cross=latency.cross_check_table(plan.args.cross_check_users),
+        triton=triton_compare.table(),
+    )
+
+
+def new_report(plan: Plan) -> Report:
+    report = Report(
+        "serve",
+        "TorchServe: our handler vs the raw runner and the stock handler",
+        threads=plan.cores,
+        quick=plan.args.quick,
+    )
+    report.method = method_lines(plan)
     report.data.update(
         levels=[],
         comparisons=[],
         splits=[],
         raw={},
-        photo=photo_size,
-        layouts=[layout.__dict__ for layout in layouts],
+        photo=plan.photo_size,
+        layouts=[layout.__dict__ for layout in plan.layouts],
         open_loop=[],
         cross_check=[],
-        p99_bound_ms=args.p99_bound_ms,
+        p99_bound_ms=plan.args.p99_bound_ms,
     )
-    open_table, bounded_table = latency.open_loop_table(args.p99_bound_ms), latency.bounded_table(args.p99_bound_ms)
-    cross_table = latency.cross_check_table(args.cross_check_users)
-    latency_points: list[dict] = []
-    # ab sends one file: locust gets a folder holding only that JPEG for the cross-check
-    one_jpeg = work / "photos-one" / photos[0].name
-    one_jpeg.parent.mkdir(parents=True, exist_ok=True)
-    one_jpeg.write_bytes(jpeg)
+    return report
 
+
+def build_archives(plan: Plan, arch: str, export_dir: Path) -> dict[tuple[str, str], str]:
+    """Our handler on each backend and, when importable, the stock handler, once per layout; their names."""
+    store = plan.work / "model_store" / arch
+    served = {}  # (layout key, served-by label) -> model name
+    for layout in plan.layouts:
+        for backend in OUR_BACKENDS:
+            name = f"{arch}-{layout.key}-ours-{backend}"
+            our_archive(export_dir, store, name, backend, layout)
+            served[(layout.key, f"ours {backend}")] = name
+        if plan.stock_missing is None:
+            name = f"{arch}-{layout.key}-stock"
+            stock_archive(export_dir, store, name, layout, plan.work / "staging" / arch)
+            served[(layout.key, "stock torchscript")] = name
+    return served
+
+
+def measure_splits(bench: Bench, arch: str, export_dir: Path) -> None:
+    plan = bench.plan
+    stock_pre = stock_preprocess_ms(plan.jpeg, plan.repeats)
+    for layout in plan.layouts:
+        # int8 shows where the time goes once inference is ~3x cheaper; the target is judged on fp32
+        for label in ("ours onnx", "ours onnx-int8"):
+            plan.log(f"{arch}: request-time split in-process, {layout.threads_per_worker} thread(s), {label}")
+            split = request_split(export_dir, label.split()[-1], layout.threads_per_worker, plan.jpeg, plan.repeats)
+            vs_stock = record_split(bench, arch, layout, label, split, stock_pre)
+            if label == "ours onnx" and layout == plan.layouts[0]:
+                bench.report.verdicts.append(
+                    Verdict(
+                        f"decode + preprocess <= {PRE_TARGET:g}x the stock handler's ({arch}, ~1 MP JPEG)",
+                        f"{vs_stock:.2f}x" if vs_stock else plan.stock_missing or "not measured",
+                        vs_stock <= PRE_TARGET if vs_stock else None,
+                    )
+                )
+
+
+def record_split(
+    bench: Bench, arch: str, layout: Layout, label: str, split: dict[str, float], stock_pre: float | None
+) -> float | None:
+    """One row of the request-time split; returns ours over the stock handler's decode+preprocess."""
+    pre = split["decode+preprocess"]
+    share = pre / sum(split.values())
+    vs_stock = pre / stock_pre if stock_pre else None
+    bench.tables.split.add(
+        arch,
+        layout.key,
+        label,
+        pre,
+        split["inference"],
+        split["top-k"],
+        f"{share:.1%}",
+        stock_pre,
+        vs_stock and f"{vs_stock:.2f}x",
+    )
+    bench.report.data["splits"].append(
+        {
+            "model": arch,
+            "layout": layout.key,
+            "served_by": label,
+            **split,
+            "decode_preprocess_share": share,
+            "stock_decode_preprocess_ms": stock_pre,
+            "ours_over_stock": vs_stock,
+        }
+    )
+    return vs_stock
+
+
+def record_cold_start(report: Report, target: ServedArch, export_dir: Path, start_s: float) -> None:
+    idle_rss = target.meter.worker_rss_mb()
+    report.data.setdefault("cold_start", []).append(
+        {
+            "model": target.arch,
+            "server_start_to_first_answers_s": start_s,
+            "models_loaded": len(target.served),
+            "session_s": session_seconds(export_dir),
+        }
+    )
+    report.data.setdefault("memory", []).append(
+        {"model": target.arch, "worker_rss_mb_idle": idle_rss, "workers": target.meter.worker_count()}
+    )
+
+
+def measure_served(bench: Bench, arch: str, export_dir: Path, served: dict[tuple[str, str], str]) -> ServedArch:
+    """Start one TorchServe with every archive of `arch`, measure every layout and the latency under load."""
     from serve.server import stop
 
-    for arch in archs:
-        export_dir = export_model(arch, args.work_dir, threads=cores, log=log)
-        store = work / "model_store" / arch
-        served = {}  # (layout key, served-by label) -> model name
-        for layout in layouts:
-            for backend in OUR_BACKENDS:
-                name = f"{arch}-{layout.key}-ours-{backend}"
-                our_archive(export_dir, store, name, backend, layout)
-                served[(layout.key, f"ours {backend}")] = name
-            if stock_missing is None:
-                name = f"{arch}-{layout.key}-stock"
-                stock_archive(export_dir, store, name, layout, work / "staging" / arch)
-                served[(layout.key, "stock torchscript")] = name
-
-        stock_pre = stock_preprocess_ms(jpeg, repeats)
-        for layout in layouts:
-            # int8 shows where the time goes once inference is ~3x cheaper; the target is judged on fp32
-            for label in ("ours onnx", "ours onnx-int8"):
-                log(f"{arch}: request-time split in-process, {layout.threads_per_worker} thread(s), {label}")
-                split = request_split(export_dir, label.split()[-1], layout.threads_per_worker, jpeg, repeats)
-                pre = split["decode+preprocess"]
-                share = pre / sum(split.values())
-                vs_stock = pre / stock_pre if stock_pre else None
-                split_table.add(
-                    arch,
-                    layout.key,
-                    label,
-                    pre,
-                    split["inference"],
-                    split["top-k"],
-                    f"{share:.1%}",
-                    stock_pre,
-                    vs_stock and f"{vs_stock:.2f}x",
-                )
-                report.data["splits"].append(
-                    {
-                        "model": arch,
-                        "layout": layout.key,
-                        "served_by": label,
-                        **split,
-                        "decode_preprocess_share": share,
-                        "stock_decode_preprocess_ms": stock_pre,
-                        "ours_over_stock": vs_stock,
-                    }
-                )
-                if label == "ours onnx" and layout == layouts[0]:
-                    report.verdicts.append(
-                        Verdict(
-                            f"decode + preprocess <= {PRE_TARGET:g}x the stock handler's ({arch}, ~1 MP JPEG)",
-                            f"{vs_stock:.2f}x" if vs_stock else stock_missing or "not measured",
-                            vs_stock <= PRE_TARGET if vs_stock else None,
-                        )
-                    )
-        torch.set_num_threads(cores)  # the handler set its worker's count in this process
-
-        raw = RawCapacity(export_dir, photos, max(layout.worker_batch(top) for layout in layouts), budget)
-        run_dir = work / "ts" / arch
-        log(f"{arch}: starting TorchServe with {', '.join(served.values())}")
-        info, start_s = start_server(store, list(served.values()), run_dir, log)
-        meter = CpuMeter(info.pid)
-        idle_rss = meter.worker_rss_mb()
-        report.data.setdefault("cold_start", []).append(
-            {
-                "model": arch,
-                "server_start_to_first_answers_s": start_s,
-                "models_loaded": len(served),
-                "session_s": session_seconds(export_dir),
-            }
-        )
-        report.data.setdefault("memory", []).append(
-            {"model": arch, "worker_rss_mb_idle": idle_rss, "workers": meter.worker_count()}
-        )
-        results: dict[tuple[str, str, int], dict] = {}
-        served_over_raw: dict[tuple[str, int], float] = {}  # (layout, users) -> ratio, ours onnx
-        cpu_over_raw: dict[tuple[str, int], float] = {}  # (layout, users) -> worker CPU ms / raw CPU ms per image
-        try:
-            for model in (
-                served.values() if not args.quick else []
-            ):  # JIT profiling runs, ORT's first batch of each size
-                log(f"{arch}: warming up {model}")
-                load_level(info, model, top, warmup_s, photos[0].parent, work / "warmup")
-            for layout in layouts:
-                runs = [("ours onnx", users) for users in levels]
-                runs += [
-                    (label, top)
-                    for label in ("ours onnx-int8", "ours torchscript", "stock torchscript")
-                    if (layout.key, label) in served
-                ]
-                for label, users in runs:
-                    log(f"{arch}: layout {layout.key}, {label} at {users} user(s)")
-                    meter.start()
-                    summary = load_level(
-                        info, served[(layout.key, label)], users, duration, photos[0].parent, work / "loadtests"
-                    )
-                    cpu = meter.stop()
-                    summary["worker_rss_mb_after"] = meter.worker_rss_mb()
-                    completed = summary["requests"] - summary["failures"]
-                    worker_cpu_ms = 1e3 * cpu["workers"] * meter.elapsed / completed if completed else None
-                    generator_ms = (
-                        1e3 * cpu["load generator"] * meter.elapsed / summary["requests"]
-                        if summary["requests"]
-                        else None
-                    )
-                    results[(layout.key, label, users)] = summary
-                    batch = layout.worker_batch(users)
-                    capacity = None
-                    if label == "ours onnx":
-                        idle_wait_s = meter.wait_until_idle()
-                        meter.start()
-                        capacity = {
-                            **raw.measure(batch),
-                            "idle_wait_s": idle_wait_s,
-                            "server_cores": meter.stop(),
-                            "cpu_ms_per_image": raw.cpu_ms_per_image(batch, layout.threads_per_worker),
-                        }
-                    ratio = summary["requests_per_s"] / capacity["best"] if capacity else None
-                    cpu_ratio = worker_cpu_ms / capacity["cpu_ms_per_image"] if capacity and worker_cpu_ms else None
-                    if cpu_ratio is not None:
-                        cpu_over_raw[(layout.key, users)] = cpu_ratio
-                    if ratio is not None:
-                        served_over_raw[(layout.key, users)] = ratio
-                    report.data["levels"].append(
-                        {
-                            "model": arch,
-                            "layout": layout.key,
-                            "served_by": label,
-                            "users": users,
-                            "summary": summary,
-                            "cpu_cores": cpu,
-                            "generator": "locust (python -m client loadtest)",
-                            "generator_cpu_ms_per_request": generator_ms,
-                            "raw_batch": batch,
-                            "raw_images_per_s": capacity and capacity["best"],
-                            "raw": capacity,
-                            "served_over_raw": ratio,
-                            "worker_cpu_ms_per_image": worker_cpu_ms,
-                            "worker_cpu_over_raw_cpu": cpu_ratio,
-                        }
-                    )
-                    levels_table.add(
-                        arch,
-                        layout.key,
-                        label,
-                        users,
-                        summary["requests_per_s"],
-                        summary["p50_ms"],
-                        summary["p95_ms"],
-                        summary["p99_ms"],
-                        summary["failures"],
-                        " / ".join(f"{cpu[role]:.2f}" for role in ("workers", "frontend", "load generator")),
-                        generator_ms,
-                        capacity and f"{capacity['best']:.1f} ({batch})",
-                        ratio and f"{ratio:.2f}",
-                        worker_cpu_ms,
-                        capacity and capacity["cpu_ms_per_image"],
-                        cpu_ratio and f"{cpu_ratio:.2f}x",
-                    )
-            # Latency under load, where the closed loop served the most: our handler on fp32 ONNX.
-            capacity, best_layout, capacity_users = max(
-                (results[(layout.key, "ours onnx", users)]["requests_per_s"], layout.key, users)
-                for layout in layouts
-                for users in levels
-            )
-            model = served[(best_layout, "ours onnx")]
-            report.data["cross_check"] += cross_check(
-                info, meter, model, arch, best_layout, one_jpeg, args.cross_check_users, duration, work, cross_table
-            )
-            if not args.no_open_loop:
-                rates = latency.rate_ladder(capacity, fractions)
-                log(f"{arch}: open loop on {model} at {', '.join(f'{r:g}' for r in rates)} req/s")
-                summary = latency.open_loop(
-                    info.inference_url,
-                    info.key("inference"),
-                    model,
-                    rates,
-                    2 if args.quick else duration,
-                    photos[0].parent,
-                    args.p99_bound_ms,
-                    work / "openloop",
-                )
-                latency_points += latency.add_open_loop_rows(open_table, arch, best_layout, capacity, summary)
-                best_rate = summary["max_rate_under_p99_bound"]
-                bounded_table.add(
-                    arch,
-                    best_layout,
-                    best_rate if best_rate is not None else "none (the lowest rate missed it)",
-                    best_rate and f"{best_rate / capacity:.2f}",
-                    f"{capacity:.1f} ({capacity_users})",
-                )
-                report.data["open_loop"].append(
-                    {
-                        "model": arch,
-                        "layout": best_layout,
-                        "closed_loop_capacity_rps": capacity,
-                        "closed_loop_capacity_users": capacity_users,
-                        "fractions": list(fractions),
-                        "max_rate_under_p99_bound": best_rate,
-                        "summary": summary,
-                    }
-                )
-        finally:
-            stop(run_dir)
-        report.data["raw"][arch] = raw.measured
-        if triton_missing is None:
-            first = layouts[0]
-            ours = [
-                lv
-                for lv in report.data["levels"]
-                if (lv["model"], lv["layout"], lv["served_by"]) == (arch, first.key, "ours onnx")
+    plan = bench.plan
+    raw = RawCapacity(
+        export_dir, plan.photos, max(layout.worker_batch(plan.top) for layout in plan.layouts), plan.budget
+    )
+    run_dir = plan.work / "ts" / arch
+    plan.log(f"{arch}: starting TorchServe with {', '.join(served.values())}")
+    info, start_s = start_server(plan.work / "model_store" / arch, list(served.values()), run_dir, plan.log)
+    target = ServedArch(arch, served, info, CpuMeter(info.pid), raw)
+    record_cold_start(bench.report, target, export_dir, start_s)
+    try:
+        for model in (
+            served.values() if not plan.args.quick else []
+        ):  # JIT profiling runs, ORT's first batch of each size
+            plan.log(f"{arch}: warming up {model}")
+            load_level(info, model, plan.top, plan.warmup_s, plan.photos[0].parent, plan.work / "warmup")
+        for layout in plan.layouts:
+            runs = [("ours onnx", users) for users in plan.levels]
+            runs += [
+                (label, plan.top)
+                for label in ("ours onnx-int8", "ours torchscript", "stock torchscript")
+                if (layout.key, label) in served
             ]
-            triton_compare.compare(
-                arch,
-                export_dir,
-                first,
-                levels,
-                duration,
-                photos[0].parent,
-                work,
-                load_level=load_level,
-                torchserve={lv["users"]: lv["summary"] for lv in ours},
-                raw_cpu_ms={lv["users"]: lv["raw"] and lv["raw"]["cpu_ms_per_image"] for lv in ours},
-                table=triton_table,
-                report=report,
-                log=log,
-            )
+            for label, users in runs:
+                measure_level(bench, target, layout, label, users)
+        measure_latency(bench, target)
+    finally:
+        stop(run_dir)
+    bench.report.data["raw"][arch] = raw.measured
+    return target
 
-        for layout in layouts:
-            cpu_ratio = cpu_over_raw.get((layout.key, top))
-            report.verdicts.append(
-                Verdict(
-                    f"worker CPU ms per served image <= {CPU_TARGET:g}x the raw runner's ({arch}, onnx, "
-                    f"layout {layout.key}, {top} users)",
-                    f"{cpu_ratio:.2f}x" if cpu_ratio else "not measured",
-                    cpu_ratio <= CPU_TARGET if cpu_ratio else None,
-                )
-            )
-            if stock_missing is not None:
-                continue
-            rps = {
-                f"ours {backend}": results[(layout.key, f"ours {backend}", top)]["requests_per_s"]
-                for backend in OUR_BACKENDS
-            }
-            stock = results[(layout.key, "stock torchscript", top)]
-            stock_rps = stock["requests_per_s"] if stock["failures"] < stock["requests"] else None
-            times = {label: (value / stock_rps if stock_rps else None) for label, value in rps.items()}
-            compare_table.add(arch, layout.key, *rps.values(), stock_rps, *[t and f"{t:.2f}x" for t in times.values()])
-            report.verdicts.append(
-                Verdict(
-                    f"ours >= {STOCK_TARGET:g}x the stock handler ({arch}, layout {layout.key}, {top} users)",
-                    ", ".join(f"{t:.2f}x ({label})" for label, t in times.items())
-                    if stock_rps
-                    else "the stock handler failed every request",
-                    times["ours onnx"] >= STOCK_TARGET if stock_rps else None,
-                )
-            )
-            report.data["comparisons"].append({"model": arch, "layout": layout.key, **rps, "stock": stock_rps})
-        if stock_missing is not None:
-            report.verdicts.append(
-                Verdict(f"ours >= {STOCK_TARGET:g}x the stock handler ({arch})", stock_missing, None)
-            )
-        elif len(layouts) > 1:
-            # The stock handler never limits its threads, so it suffers from more workers than ours does:
-            # also compare each at its own best layout.
-            ours_best = max(
-                (results[(layout.key, "ours onnx", top)]["requests_per_s"], layout.key) for layout in layouts
-            )
-            stock_best = max(
-                (results[(layout.key, "stock torchscript", top)]["requests_per_s"], layout.key) for layout in layouts
-            )
-            best_ratio = ours_best[0] / stock_best[0] if stock_best[0] else None
-            report.verdicts.append(
-                Verdict(
-                    f"ours >= {STOCK_TARGET:g}x the stock handler, each at its best layout ({arch}, {top} users)",
-                    f"{best_ratio:.2f}x (ours {ours_best[0]:.1f} req/s at {ours_best[1]}, stock {stock_best[0]:.1f} at {stock_best[1]})"
-                    if best_ratio
-                    else "the stock handler failed every request",
-                    best_ratio >= STOCK_TARGET if best_ratio else None,
-                )
-            )
 
+def raw_capacity_now(target: ServedArch, layout: Layout, batch: int) -> dict:
+    """The raw runner's capacity at `batch`, once TorchServe is idle, with the server's CPU meanwhile."""
+    meter = target.meter
+    idle_wait_s = meter.wait_until_idle()
+    meter.start()
+    return {
+        **target.raw.measure(batch),
+        "idle_wait_s": idle_wait_s,
+        "server_cores": meter.stop(),
+        "cpu_ms_per_image": target.raw.cpu_ms_per_image(batch, layout.threads_per_worker),
+    }
+
+
+def measure_level(bench: Bench, target: ServedArch, layout: Layout, label: str, users: int) -> None:
+    """One closed-loop level on TorchServe, then (ours onnx) the raw runner at the batch a worker forms there."""
+    plan, meter = bench.plan, target.meter
+    plan.log(f"{target.arch}: layout {layout.key}, {label} at {users} user(s)")
+    meter.start()
+    summary = load_level(
+        target.info,
+        target.served[(layout.key, label)],
+        users,
+        plan.duration,
+        plan.photos[0].parent,
+        plan.work / "loadtests",
+    )
+    cpu = meter.stop()
+    summary["worker_rss_mb_after"] = meter.worker_rss_mb()
+    completed = summary["requests"] - summary["failures"]
+    worker_cpu_ms = 1e3 * cpu["workers"] * meter.elapsed / completed if completed else None
+    generator_ms = 1e3 * cpu["load generator"] * meter.elapsed / summary["requests"] if summary["requests"] else None
+    target.results[(layout.key, label, users)] = summary
+    batch = layout.worker_batch(users)
+    capacity = raw_capacity_now(target, layout, batch) if label == "ours onnx" else None
+    ratio = summary["requests_per_s"] / capacity["best"] if capacity else None
+    cpu_ratio = worker_cpu_ms / capacity["cpu_ms_per_image"] if capacity and worker_cpu_ms else None
+    if cpu_ratio is not None:
+        target.cpu_over_raw[(layout.key, users)] = cpu_ratio
+    bench.report.data["levels"].append(
+        {
+            "model": target.arch,
+            "layout": layout.key,
+            "served_by": label,
+            "users": users,
+            "summary": summary,
+            "cpu_cores": cpu,
+            "generator": "locust (python -m client loadtest)",
+            "generator_cpu_ms_per_request": generator_ms,
+            "raw_batch": batch,
+            "raw_images_per_s": capacity and capacity["best"],
+            "raw": capacity,
+            "served_over_raw": ratio,
+            "worker_cpu_ms_per_image": worker_cpu_ms,
+            "worker_cpu_over_raw_cpu": cpu_ratio,
+        }
+    )
+    bench.tables.levels.add(
+        target.arch,
+        layout.key,
+        label,
+        users,
+        summary["requests_per_s"],
+        summary["p50_ms"],
+        summary["p95_ms"],
+        summary["p99_ms"],
+        summary["failures"],
+        " / ".join(f"{cpu[role]:.2f}" for role in ("workers", "frontend", "load generator")),
+        generator_ms,
+        capacity and f"{capacity['best']:.1f} ({batch})",
+        ratio and f"{ratio:.2f}",
+        worker_cpu_ms,
+        capacity and capacity["cpu_ms_per_image"],
+        cpu_ratio and f"{cpu_ratio:.2f}x",
+    )
+
+
+def measure_latency(bench: Bench, target: ServedArch) -> None:
+    """Latency under load, where the closed loop served the most: our handler on fp32 ONNX."""
+    plan = bench.plan
+    capacity, best_layout, capacity_users = max(
+        (target.results[(layout.key, "ours onnx", users)]["requests_per_s"], layout.key, users)
+        for layout in plan.layouts
+        for users in plan.levels
+    )
+    model = target.served[(best_layout, "ours onnx")]
+    bench.report.data["cross_check"] += cross_check(
+        target.info,
+        target.meter,
+        model,
+        target.arch,
+        best_layout,
+        plan.one_jpeg,
+        plan.args.cross_check_users,
+        plan.duration,
+        plan.work,
+        bench.tables.cross,
+    )
+    if not plan.args.no_open_loop:
+        open_loop_ladder(bench, target, model, best_layout, capacity, capacity_users)
+
+
+def open_loop_ladder(
+    bench: Bench, target: ServedArch, model: str, layout: str, capacity: float, capacity_users: int
+) -> None:
+    """Poisson arrivals at fractions of the closed-loop `capacity`: the highest rate within the p99 bound."""
+    plan = bench.plan
+    rates = latency.rate_ladder(capacity, plan.fractions)
+    plan.log(f"{target.arch}: open loop on {model} at {', '.join(f'{r:g}' for r in rates)} req/s")
+    summary = latency.open_loop(
+        target.info.inference_url,
+        target.info.key("inference"),
+        model,
+        rates,
+        plan.open_loop_seconds,
+        plan.photos[0].parent,
+        plan.args.p99_bound_ms,
+        plan.work / "openloop",
+    )
+    bench.latency_points += latency.add_open_loop_rows(bench.tables.open_loop, target.arch, layout, capacity, summary)
+    best_rate = summary["max_rate_under_p99_bound"]
+    bench.tables.bounded.add(
+        target.arch,
+        layout,
+        best_rate if best_rate is not None else "none (the lowest rate missed it)",
+        best_rate and f"{best_rate / capacity:.2f}",
+        f"{capacity:.1f} ({capacity_users})",
+    )
+    bench.report.data["open_loop"].append(
+        {
+            "model": target.arch,
+            "layout": layout,
+            "closed_loop_capacity_rps": capacity,
+            "closed_loop_capacity_users": capacity_users,
+            "fractions": list(plan.fractions),
+            "max_rate_under_p99_bound": best_rate,
+            "summary": summary,
+        }
+    )
+
+
+def compare_triton(bench: Bench, arch: str, export_dir: Path) -> None:
+    """Triton on the same export in the first layout, against TorchServe's ours-onnx levels there."""
+    plan, report = bench.plan, bench.report
+    first = plan.layouts[0]
+    ours = [
+        lv
+        for lv in report.data["levels"]
+        if (lv["model"], lv["layout"], lv["served_by"]) == (arch, first.key, "ours onnx")
+    ]
+    triton_compare.compare(
+        arch,
+        export_dir,
+        first,
+        plan.levels,
+        plan.duration,
+        plan.photos[0].parent,
+        plan.work,
+        load_level=load_level,
+        torchserve={lv["users"]: lv["summary"] for lv in ours},
+        raw_cpu_ms={lv["users"]: lv["raw"] and lv["raw"]["cpu_ms_per_image"] for lv in ours},
+        table=bench.tables.triton,
+        report=report,
+        log=plan.log,
+    )
+
+
+def judge_layout(bench: Bench, target: ServedArch, layout: Layout) -> None:
+    """The CPU verdict of one layout and, when the stock handler ran, ours against it."""
+    plan, report, arch, top = bench.plan, bench.report, target.arch, bench.plan.top
+    cpu_ratio = target.cpu_over_raw.get((layout.key, top))
+    report.verdicts.append(
+        Verdict(
+            f"worker CPU ms per served image <= {CPU_TARGET:g}x the raw runner's ({arch}, onnx, "
+            f"layout {layout.key}, {top} users)",
+            f"{cpu_ratio:.2f}x" if cpu_ratio else "not measured",
+            cpu_ratio <= CPU_TARGET if cpu_ratio else None,
+        )
+    )
+    if plan.stock_missing is not None:
+        return
+    rps = {
+        f"ours {backend}": target.results[(layout.key, f"ours {backend}", top)]["requests_per_s"]
+        for backend in OUR_BACKENDS
+    }
+    stock = target.results[(layout.key, "stock torchscript", top)]
+    stock_rps = stock["requests_per_s"] if stock["failures"] < stock["requests"] else None
+    times = {label: (value / stock_rps if stock_rps else None) for label, value in rps.items()}
+    bench.tables.compare.add(arch, layout.key, *rps.values(), stock_rps, *[t and f"{t:.2f}x" for t in times.values()])
+    report.verdicts.append(
+        Verdict(
+            f"ours >= {STOCK_TARGET:g}x the stock handler ({arch}, layout {layout.key}, {top} users)",
+            ", ".join(f"{t:.2f}x ({label})" for label, t in times.items())
+            if stock_rps
+            else "the stock handler failed every request",
+            times["ours onnx"] >= STOCK_TARGET if stock_rps else None,
+        )
+    )
+    report.data["comparisons"].append({"model": arch, "layout": layout.key, **rps, "stock": stock_rps})
+
+
+def judge_best_layouts(bench: Bench, target: ServedArch) -> Verdict:
+    """The stock handler never limits its threads, so it suffers from more workers than ours does:
+    also compare each at its own best layout."""
+    layouts, top, results = bench.plan.layouts, bench.plan.top, target.results
+    ours_best = max((results[(layout.key, "ours onnx", top)]["requests_per_s"], layout.key) for layout in layouts)
+    stock_best = max(
+        (results[(layout.key, "stock torchscript", top)]["requests_per_s"], layout.key) for layout in layouts
+    )
+    best_ratio = ours_best[0] / stock_best[0] if stock_best[0] else None
+    return Verdict(
+        f"ours >= {STOCK_TARGET:g}x the stock handler, each at its best layout ({target.arch}, {top} users)",
+        f"{best_ratio:.2f}x (ours {ours_best[0]:.1f} req/s at {ours_best[1]}, stock {stock_best[0]:.1f} at {stock_best[1]})"
+        if best_ratio
+        else "the stock handler failed every request",
+        best_ratio >= STOCK_TARGET if best_ratio else None,
+    )
+
+
+def judge(bench: Bench, target: ServedArch) -> None:
+    plan = bench.plan
+    for layout in plan.layouts:
+        judge_layout(bench, target, layout)
+    if plan.stock_missing is not None:
+        bench.report.verdicts.append(
+            Verdict(f"ours >= {STOCK_TARGET:g}x the stock handler ({target.arch})", plan.stock_missing, None)
+        )
+    elif len(plan.layouts) > 1:
+        bench.report.verdicts.append(judge_best_layouts(bench, target))
+
+
+def run_arch(bench: Bench, arch: str) -> None:
+    plan = bench.plan
+    export_dir = export_model(arch, plan.args.work_dir, threads=plan.cores, log=plan.log)
+    served = build_archives(plan, arch, export_dir)
+    measure_splits(bench, arch, export_dir)
+    torch.set_num_threads(plan.cores)  # the handler set its worker's count in this process
+    target = measure_served(bench, arch, export_dir, served)
+    if plan.triton_missing is None:
+        compare_triton(bench, arch, export_dir)
+    judge(bench, target)
+
+
+def startup_table(report: Report) -> Table:
     startup = Table(
         "Cold start and memory",
         [
@@ -994,36 +1176,55 @@ def run(args: argparse.Namespace) -> Report:
             f"{memory['worker_rss_mb_idle']:,.0f} / {memory['worker_rss_mb_idle'] / max(1, memory['workers']):,.0f}",
             max(after) if after else None,
         )
-    report.tables += (
-        [levels_table, compare_table, split_table] if stock_missing is None else [levels_table, split_table]
+    return startup
+
+
+def open_loop_method(plan: Plan) -> str:
+    return (
+        f"Open loop: {latency.OPEN_LOOP_GENERATOR}, at the layout with the highest closed-loop capacity, at "
+        f"{', '.join(f'{f:g}' for f in plan.fractions)} x that capacity, {plan.open_loop_seconds} s per rate, "
+        f"at most {DEFAULT_CONNECTIONS} connections (a request that finds them all busy waits, counted late). Latency runs from "
+        "each request's scheduled send time, so a server that falls behind cannot hide its tail by slowing the "
+        f"load down. Bound: p99 <= {plan.args.p99_bound_ms:g} ms with no errors, at that rate and every lower one "
+        "(MLPerf's server scenario reports its throughput the same way)."
     )
-    report.tables.append(cross_table)
-    if latency_points:
-        report.tables += [open_table, bounded_table]
-        report.figures["latency_vs_load.png"] = latency_vs_load(latency_points, args.p99_bound_ms)
-        report.method.append(
-            f"Open loop: {latency.OPEN_LOOP_GENERATOR}, at the layout with the highest closed-loop capacity, at "
-            f"{', '.join(f'{f:g}' for f in fractions)} x that capacity, {2 if args.quick else duration} s per rate, "
-            f"at most {DEFAULT_CONNECTIONS} connections (a request that finds them all busy waits, counted late). Latency runs from "
-            "each request's scheduled send time, so a server that falls behind cannot hide its tail by slowing the "
-            f"load down. Bound: p99 <= {args.p99_bound_ms:g} ms with no errors, at that rate and every lower one "
-            "(MLPerf's server scenario reports its throughput the same way)."
-        )
+
+
+def finish_report(bench: Bench) -> None:
+    """The tables, the method lines that depend on what ran, and the notes on what did not."""
+    plan, report, tables = bench.plan, bench.report, bench.tables
+    startup = startup_table(report)
+    report.tables += (
+        [tables.levels, tables.compare, tables.split] if plan.stock_missing is None else [tables.levels, tables.split]
+    )
+    report.tables.append(tables.cross)
+    if bench.latency_points:
+        report.tables += [tables.open_loop, tables.bounded]
+        report.figures["latency_vs_load.png"] = latency_vs_load(bench.latency_points, plan.args.p99_bound_ms)
+        report.method.append(open_loop_method(plan))
     report.method.append(
-        f"Cross-check: at {args.cross_check_users} requests in flight on one JPEG (chelsea), locust and ApacheBench "
+        f"Cross-check: at {plan.args.cross_check_users} requests in flight on one JPEG (chelsea), locust and ApacheBench "
         "(`ab -k`, C, keep-alive) against the same model; generator CPU from the finished child process's counters "
         "(getrusage). ab's 'Length' failures (our JSON's length varies with the probabilities' digits) are not "
         "counted as failures."
     )
     report.tables.append(startup)
-    if triton_missing is None:
-        report.tables.append(triton_table)
+    if plan.triton_missing is None:
+        report.tables.append(tables.triton)
         report.method.append(
             f"Triton: {triton_compare.__doc__.split(chr(10) + chr(10))[0].replace(chr(10), ' ')} Cold start and the "
             "backend processes' memory are in the JSON (`triton`)."
         )
     else:
-        report.notes.append(f"Triton beside TorchServe not run: {triton_missing}.")
-    if stock_missing is not None:
-        report.notes.append(f"Stock handler comparison not run: {stock_missing}.")
-    return report
+        report.notes.append(f"Triton beside TorchServe not run: {plan.triton_missing}.")
+    if plan.stock_missing is not None:
+        report.notes.append(f"Stock handler comparison not run: {plan.stock_missing}.")
+
+
+def run(args: argparse.Namespace) -> Report:
+    plan = make_plan(args)
+    bench = Bench(plan, new_report(plan), make_tables(plan))
+    for arch in plan.archs:
+        run_arch(bench, arch)
+    finish_report(bench)
+    return bench.report
