@@ -18,6 +18,17 @@
 # (exec: an AOTInductor artifact's shared library is unpacked there and loaded; Docker's tmpfs is noexec).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
+# The serving requirements, read from pyproject.toml in a stage of their own: the multi-GB layer below is
+# rebuilt only when they (or constraints.txt) change, not for every edit of pyproject.toml (lint settings...).
+FROM ${BASE_IMAGE} AS requirements
+ARG EXTRAS=""
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python3 -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+        extras = [e for e in sys.argv[1].split(",") if e]; \
+        print("\n".join(p["dependencies"] + [d for e in extras for d in p["optional-dependencies"][e]]))' \
+        "${EXTRAS}" >/requirements.txt
+
 FROM ${BASE_IMAGE} AS venv
 ARG EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 \
@@ -26,17 +37,14 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 # .image/wheelhouse* matches nothing in the normal (online) build; constraints.txt keeps the COPY valid.
 COPY constraints.txt .image/wheelhouse* /wheelhouse/
-COPY pyproject.toml constraints.txt ./
+COPY constraints.txt ./
+COPY --from=requirements /requirements.txt /tmp/requirements.txt
 # The dependencies first, in a layer of their own (editing the sources or the README rebuilds only the
 # small layer after it): the serving runtime only (the base install, plus EXTRAS) at the versions the last
 # green CI ran, in a venv (Debian's and Ubuntu's python3 refuse system-wide installs, PEP 668; Ubuntu's
 # needs python3-venv for one). A CPU image drops triton, Inductor's GPU compiler (~0.9 GB), which it
 # never runs (AOTInductor's CPU artifacts load without it).
-RUN python3 -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-        extras = [e for e in sys.argv[1].split(",") if e]; \
-        print("\n".join(p["dependencies"] + [d for e in extras for d in p["optional-dependencies"][e]]))' \
-        "${EXTRAS}" >/tmp/requirements.txt \
-    && if ! python3 -m venv /opt/venv; then \
+RUN if ! python3 -m venv /opt/venv; then \
         apt-get update && apt-get install -y --no-install-recommends python3-venv && rm -rf /var/lib/apt/lists/* \
         && python3 -m venv --clear /opt/venv; \
     fi \
@@ -49,7 +57,7 @@ RUN python3 -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb
     fi \
     && echo /opt/resnet-deploy >"$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/resnet-deploy.pth" \
     && /opt/venv/bin/python -m pip uninstall -y -q pip setuptools
-COPY README.md ./
+COPY pyproject.toml README.md ./
 COPY fsutil ./fsutil
 COPY hostinfo ./hostinfo
 COPY imagedata ./imagedata

@@ -103,8 +103,11 @@ def test_the_image_installs_only_the_serving_group_at_the_tested_versions():
     """The default build installs the base install (the serving runtime, no training, export or load-test
     extras) pinned by constraints.txt, which the image copies."""
     assert arg_defaults()["EXTRAS"] == ""
-    dependencies, project = [rest for kind, rest in instructions() if kind == "RUN" and "pip install" in rest]
-    assert '["dependencies"]' in dependencies and "-c constraints.txt" in dependencies
+    runs = [rest for kind, rest in instructions() if kind == "RUN"]
+    (requirements,) = [rest for rest in runs if '["dependencies"]' in rest]  # its own stage: pyproject's base group
+    dependencies, project = [rest for rest in runs if "pip install" in rest]
+    assert "/requirements.txt" in requirements and "-r /tmp/requirements.txt" in dependencies
+    assert "-c constraints.txt" in dependencies
     assert "/opt/venv" in dependencies  # a venv: Debian's python3 refuses system-wide installs (PEP 668)
     assert "--no-deps" in project
     copied = " ".join(rest for kind, rest in instructions() if kind == "COPY").split()
