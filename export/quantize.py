@@ -10,9 +10,10 @@ longer stretches a range and coarsens the steps of every other value. On seven d
 checkpoints (ONNX Runtime 1.32, 256 training images), min/max flipped 2 or 3 of the 360 validation
 decisions of fp32 ONNX, the 99.999th percentile 1 on each; entropy calibration was no better than
 min/max, the 99.99th percentile no better than the 99.999th, and 1024 calibration images did not
-change the percentile's result. The graph
-is QDQ (QuantizeLinear/DequantizeLinear pairs around each Conv and Gemm): ONNX Runtime's CPU provider
-fuses each pair into an int8 kernel, and any ONNX runtime can still read it.
+change the percentile's result.
+
+The graph is QDQ (QuantizeLinear/DequantizeLinear pairs around each Conv and Gemm): ONNX Runtime's
+CPU provider fuses each pair into an int8 kernel, and any ONNX runtime can still read it.
 
 Why 7-bit weights (`reduce_range`): on x86 CPUs without VNNI (AVX2, and AVX-512 before Cascade Lake
 or Zen 4), ONNX Runtime's u8 x s8 kernels add pairs of products in int16 (`vpmaddubsw`), which
