@@ -5,6 +5,12 @@ checkpoint's own validation data, or `--parity-data DIR`), at batch 1 and at a l
 kernels, padding and fusions differ with the batch size. Random inputs are the last resort: a
 classifier's logits on noise say little about its logits on images.
 
+The top-1 agreement rate is judged on the whole set at the larger batch. Batch 1 runs only the first
+`BATCH1_SAMPLES` images (one forward pass each), too few to measure a rate: 99% of 32 allows no flip,
+so one near-tie among them would decide the gate. There the artifact's decisions must instead match its
+own larger-batch decisions on the same images (a batch-size-dependent kernel bug shows up as a
+mismatch), while its logits are still held to the cosine and allclose bounds against eager PyTorch.
+
 Reduced-precision artifacts (int8, bf16, fp16) pass a second gate before anything picks them by default:
 their labelled top-1 accuracy may be at most `max_top1_drop` below eager fp32's, measured on at least
 `min_labelled` labelled images. Checked on random inputs or too few labelled images, such an artifact
@@ -66,7 +72,7 @@ FP16_THRESHOLDS = Thresholds(
     min_labelled=REDUCED_PRECISION_MIN_LABELLED,
 )
 # INT8 artifacts: quantization moves logits by a few percent, so the cosine bound is looser than FP16's;
-# the decision gate is not: 99% agreement (no flip among the 32 batch-1 images) and the accuracy gate, so
+# the decision gate is not: 99% agreement over the parity set and the accuracy gate, so
 # an int8 model that flips one prediction in twenty is not served unless someone chose it. A barely
 # trained model, all near-ties, fails it.
 INT8_THRESHOLDS = Thresholds(
@@ -180,10 +186,13 @@ def compare_logits(reference: torch.Tensor, candidate: torch.Tensor, thresholds:
     return metrics
 
 
-def gate_failures(metrics: dict[str, Any], thresholds: Thresholds) -> list[str]:
+def gate_failures(metrics: dict[str, Any], thresholds: Thresholds, decisions: str = "top1_agreement") -> list[str]:
+    """`decisions`: the metric the top-1 threshold applies to (`top1_agreement`, with the reference, or
+    `top1_same_as_larger_batch`, with the artifact's own larger-batch decisions: see the module's doc)."""
     failures = []
-    if metrics["top1_agreement"] < thresholds.min_top1_agreement:
-        failures.append(f"top-1 agreement {metrics['top1_agreement']:.2%} < {thresholds.min_top1_agreement:.2%}")
+    if metrics[decisions] < thresholds.min_top1_agreement:
+        what = "top-1 agreement" if decisions == "top1_agreement" else "top-1 agreement with its own larger batch"
+        failures.append(f"{what} {metrics[decisions]:.2%} < {thresholds.min_top1_agreement:.2%}")
     if "allclose" in metrics and not metrics["allclose"]:
         failures.append(
             f"logits not allclose(rtol={thresholds.rtol:g}, atol={thresholds.atol:g}): max |diff| "
@@ -202,25 +211,32 @@ def check_parity(
     batch_size: int,
     reference_cache: dict[tuple[int, int], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """The manifest's `parity` block: metrics at batch 1 and at `batch_size`, worst case first.
+    """The manifest's `parity` block: metrics at batch 1 and at `batch_size`, worst case first
+    (`top1_agreement` there is the whole set's, the rate the gate judges).
 
     `reference_cache` (one dict per reference runner and parity set) keeps the eager logits between
     artifacts, so the reference runs once per batch size, not once per artifact.
     """
     reference_cache = {} if reference_cache is None else reference_cache
-    runs = {}
+    runs, decisions = {}, {}
     for size, images in ((1, parity_set.images[:BATCH1_SAMPLES]), (batch_size, parity_set.images)):
         key = (size, len(images))
         if key not in reference_cache:
             reference_cache[key] = run_in_batches(reference, images, size)
         expected = reference_cache[key]
         actual = run_in_batches(candidate, images, size)
+        decisions[size] = actual.argmax(1)
         runs[str(size)] = compare_logits(expected, actual, thresholds)
         if parity_set.labels is not None:
             labels = parity_set.labels[: len(images)]
             runs[str(size)]["reference_top1"] = (expected.argmax(1) == labels).double().mean().item()
             runs[str(size)]["artifact_top1"] = (actual.argmax(1) == labels).double().mean().item()
-    failures = [f"batch {size}: {failure}" for size, m in runs.items() for failure in gate_failures(m, thresholds)]
+    failures = [f"batch {batch_size}: {failure}" for failure in gate_failures(runs[str(batch_size)], thresholds)]
+    if batch_size != 1:
+        batch1 = runs["1"]
+        same = decisions[1] == decisions[batch_size][: len(decisions[1])]
+        batch1["top1_same_as_larger_batch"] = same.double().mean().item()
+        failures[:0] = [f"batch 1: {f}" for f in gate_failures(batch1, thresholds, "top1_same_as_larger_batch")]
     default_use = accuracy_gate(runs[str(batch_size)], parity_set, thresholds)
     if default_use.get("top1_drop") is not None and default_use["top1_drop"] > thresholds.max_top1_drop:
         failures.append(default_use["reason"])
@@ -281,8 +297,9 @@ def accuracy_gate(run: dict[str, Any], parity_set: ParitySet, thresholds: Thresh
 
 
 def worst_case(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The worst logit metrics over the runs; `top1_agreement` is the last (whole set's) run's."""
     worst = {
-        "top1_agreement": min(r["top1_agreement"] for r in runs),
+        "top1_agreement": runs[-1]["top1_agreement"],
         "max_abs_diff": max(r["max_abs_diff"] for r in runs),
         "mean_abs_diff": max(r["mean_abs_diff"] for r in runs),
         "min_cosine": min(r["min_cosine"] for r in runs),

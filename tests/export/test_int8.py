@@ -63,6 +63,7 @@ def test_int8_artifact_is_quantized_calibrated_on_training_data_and_passes_its_g
     assert fp32.details["versions"]["torch"] == torch.__version__
     calibration = int8.details["calibration"]
     assert calibration["data"].startswith("training split of 'digits'") and calibration["samples"] == 256
+    assert calibration["method"] == "percentile" and calibration["percentile"] == 99.999
     parity = int8.parity
     assert parity["passed"], parity["failures"]
     assert parity["thresholds"] == {

@@ -9,16 +9,20 @@ import torch
 
 from export.manifest import Manifest, ManifestError, read_manifest, verify_artifact_file, write_manifest
 from export.parity import (
+    BATCH1_SAMPLES,
     FP16_THRESHOLDS,
     FP32_THRESHOLDS,
+    ParitySet,
+    Thresholds,
+    check_parity,
     compare_logits,
     evenly_spaced,
     gate_failures,
     load_parity_set,
 )
-from export.runners import onnxruntime_session_options, open_runner, runner_from_checkpoint
+from export.runners import EagerRunner, onnxruntime_session_options, open_runner, runner_from_checkpoint
 from fsutil.atomic import atomic_path
-from models import load_checkpoint
+from models import PreprocessSpec, load_checkpoint
 
 
 def logits(seed: int = 0, n: int = 64, classes: int = 10, scale: float = 5.0) -> torch.Tensor:
@@ -58,6 +62,41 @@ def test_fp16_gate_on_agreement_and_cosine():
     failures = gate_failures(compare_logits(x, flipped, FP16_THRESHOLDS), FP16_THRESHOLDS)
     assert any(f.startswith("top-1 agreement 98.00% < 99.00%") for f in failures)
     assert any(f.startswith("cosine similarity") for f in failures)
+
+
+class FlipMarkedImages(torch.nn.Module):
+    """A linear classifier that moves its decision on marked images (first pixel > 50) to another
+    class, at every batch size or (`batch1_only`) only at batch 1, as a batch-size bug would."""
+
+    def __init__(self, linear: torch.nn.Linear, batch1_only: bool) -> None:
+        super().__init__()
+        self.linear, self.batch1_only = linear, batch1_only
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.linear(x.flatten(1))
+        marked = (x[:, 0, 0, 0] > 50) & (len(x) == 1 or not self.batch1_only)
+        return torch.where(marked[:, None], y.roll(1, dims=1), y)
+
+
+def test_batch1_decisions_are_judged_against_the_artifacts_own_larger_batch():
+    """One flip in 200 images (99.5%) passes a 99% gate even when it is among the 32 batch-1 images;
+    a decision that changes with the batch size fails at batch 1."""
+    images = torch.randn(200, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    images[5, 0, 0, 0] = 100.0  # one of the first BATCH1_SAMPLES images
+    linear = torch.nn.Linear(48, 10)
+    meta = {"preprocess": PreprocessSpec(input_size=4, resize_size=4), "class_names": [str(i) for i in range(10)]}
+    reference = EagerRunner(torch.nn.Sequential(torch.nn.Flatten(), linear), **meta)
+    parity_set, gate = ParitySet(images, None, "test images"), Thresholds(min_top1_agreement=0.99)
+
+    one_flip = check_parity(reference, EagerRunner(FlipMarkedImages(linear, False), **meta), parity_set, gate, 50)
+    assert one_flip["passed"], one_flip["failures"]
+    by_batch = one_flip["metrics"]["by_batch_size"]
+    assert by_batch["50"]["top1_agreement"] == one_flip["metrics"]["top1_agreement"] == 199 / 200
+    assert by_batch["1"]["top1_agreement"] == (BATCH1_SAMPLES - 1) / BATCH1_SAMPLES
+    assert by_batch["1"]["top1_same_as_larger_batch"] == 1.0
+
+    batch1_bug = check_parity(reference, EagerRunner(FlipMarkedImages(linear, True), **meta), parity_set, gate, 50)
+    assert batch1_bug["failures"] == ["batch 1: top-1 agreement with its own larger batch 96.88% < 99.00%"]
 
 
 def test_evenly_spaced_covers_the_whole_dataset():
