@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.trained",
     "tests.fixtures.exported",
     "tests.fixtures.served",
+    "tests.fixtures.weights",
 ]
