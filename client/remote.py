@@ -75,7 +75,8 @@ def read_within(response: requests.Response, deadline: float, what: str) -> byte
     chunks, size = [], 0
     try:
         with response:
-            while chunk := response.raw.read1(64 * 1024):
+            # decoded: a server may gzip its answer (Triton does when asked); the cap counts decoded bytes
+            while chunk := response.raw.read1(64 * 1024, decode_content=True):
                 size += len(chunk)
                 if size > MAX_RESPONSE_BYTES:
                     raise HTTPError(0, f"{what}: the answer is over {MAX_RESPONSE_BYTES:,} bytes; not read further")

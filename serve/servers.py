@@ -100,7 +100,7 @@ def describe_triton(info: triton.TritonInfo, args) -> list[str]:
         f"  logs        {Path(info.run_dir) / triton.LOG_FILE}",
         "try it:",
         f"  python -m client --url http://localhost:{info.port} --protocol v2 --model {info.models[0]} cat.jpg",
-        f"  (curl: {key}--data-binary ... http://localhost:{info.port}/v2/models/{info.models[0]}/infer, see README)",
+        f"  (curl: {key}--data-binary ... http://localhost:{info.port}/v2/models/{info.models[0]}/infer, see docs/triton.md)",
     ]
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from hostinfo import usable_cores
 from models.errors import first_line
 from models.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError
 from serve.bounds import RequestLimits, admit
+from serve.budget import Budget, CallBudget, ImageCost
 from serve.refusal import Refused
 
 INPUT, NAMES, PROBABILITIES = "IMAGE", "CLASS_NAMES", "PROBABILITIES"
@@ -58,13 +60,24 @@ class TritonPythonModel:
         self.limits = RequestLimits(
             **{key: int(parameters[key]) for key in RequestLimits.__dataclass_fields__ if key in parameters}
         )
+        # The per-call work budget (serve/budget.py), as in the TorchServe handler; a repository written
+        # before it was measured has none.
+        self.budget = (
+            Budget(float(parameters["call_s"]), ImageCost.from_dict(parameters), self.limits.max_request_pixels)
+            if "call_s" in parameters
+            else None
+        )
 
     def execute(self, requests: list) -> list:
-        """One response per request, in order."""
-        admitted = [self.pixels(request) for request in requests]
-        return [self.respond(result) for result in self.probabilities(admitted)]
+        """One response per request, in order; the call's work within its budget (503 for what does not fit)."""
+        started, call = time.perf_counter(), self.budget.start_call() if self.budget else None
+        admitted = [self.pixels(request, call) for request in requests]
+        responses = [self.respond(result) for result in self.probabilities(admitted)]
+        if call is not None:
+            self.budget.observe(call.estimated_s, time.perf_counter() - started)
+        return responses
 
-    def pixels(self, request) -> list[torch.Tensor] | Refused:
+    def pixels(self, request, call: CallBudget | None = None) -> list[torch.Tensor] | Refused:
         """The request's images, bounded (`admit`) and then decoded, resized and cropped; or its refusal."""
         try:
             tensor = pb_utils.get_input_tensor_by_name(request, INPUT)
@@ -77,6 +90,7 @@ class TritonPythonModel:
                 self.classifier.transform,
                 self.limits,
                 lambda key, flag: HOW_TO_CHANGE.format(key=key, flag=flag),
+                call,
             ).parts
             return [self.classifier.pixels(data) for _, data in parts]
         except Refused as e:
@@ -102,7 +116,13 @@ class TritonPythonModel:
 
     def respond(self, result: torch.Tensor | Refused):
         if isinstance(result, Refused):
-            code = pb_utils.TritonError.INVALID_ARG if result.code < 500 else pb_utils.TritonError.INTERNAL
+            code = (
+                pb_utils.TritonError.INVALID_ARG
+                if result.code < 500
+                else pb_utils.TritonError.UNAVAILABLE
+                if result.code == 503
+                else pb_utils.TritonError.INTERNAL
+            )
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{result.kind}: {result.message}", code))
         ranked = [self.classifier.top_k_of(row) for row in result]
         names = np.array([[name.encode() for name, _ in row] for row in ranked], dtype=np.object_)

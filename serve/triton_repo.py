@@ -22,6 +22,7 @@ from pathlib import Path
 from export.manifest import ExportError, read_manifest, verify_artifact_file
 from fsutil.owned import NotOwnedError, mark_owned, owned_kind, remove_owned_tree, sweep_stale_temporaries
 
+from .budget import HEADROOM, ImageCost
 from .package import (
     DEFAULT_MAX_REQUEST_BYTES,
     PackageError,
@@ -29,6 +30,7 @@ from .package import (
     check_class_names,
     check_model_name,
     choose_artifacts,
+    measure_cost,
 )
 
 MODEL_FILE = Path(__file__).with_name("triton_model.py")
@@ -95,14 +97,25 @@ def write_model(export_dir: Path, repo: Path, name: str | None, options: RepoOpt
         raise PackageError(str(e)) from None
     shutil.copyfile(MODEL_FILE, repo / name / VERSION / "model.py")
     top_k = min(options.top_k, len(manifest.class_names))
-    (repo / name / "config.pbtxt").write_text(model_config(name, top_k, options))
-    log(f"model {name}: {', '.join(a.format for a in artifacts)} from {export_dir}")
+    cost = options.cost or measure_cost(export_dir, artifacts, options)
+    (repo / name / "config.pbtxt").write_text(model_config(name, top_k, options, cost))
+    log(
+        f"model {name}: {', '.join(a.format for a in artifacts)} from {export_dir}; per-call budget {call_s(options):.1f} s at {cost}"
+    )
     return name
 
 
-def model_config(name: str, top_k: int, options: RepoOptions) -> str:
+def call_s(options: RepoOptions) -> float:
+    """Seconds of work one `execute` call may take at the measured speed (serve/budget.py's allowance)."""
+    return options.response_timeout_s / HEADROOM
+
+
+def model_config(name: str, top_k: int, options: RepoOptions, cost: ImageCost) -> str:
     """Triton's model configuration (protobuf text format) for one model."""
     parameters = {
+        "call_s": call_s(options),
+        "image_s": cost.image_s,
+        "megapixel_s": cost.megapixel_s,
         "top_k": top_k,
         "instances": options.workers,
         "max_images": options.max_images,

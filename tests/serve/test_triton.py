@@ -192,14 +192,14 @@ def test_open_loop_and_locust_load_triton_over_v2(triton, images, tmp_path):
 
 
 def readme_curl_lines() -> str:
-    """The README's v2 curl example: from `IMG=cat.jpg` to the curl command's last line."""
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    """The documented v2 curl example (docs/triton.md): from `IMG=cat.jpg` to the curl command's last line."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "triton.md").read_text()
     start = text.index("IMG=cat.jpg")
     return text[start : text.index("/infer", start) + len("/infer")]
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_the_readme_curl_line_works_as_written(triton, images, tmp_path):
+def test_the_documented_curl_line_works_as_written(triton, images, tmp_path):
     (tmp_path / "cat.jpg").write_bytes(images["cat"])
     script = readme_curl_lines().replace("localhost:8000", f"localhost:{triton.port}").replace("/resnet50/", "/digits/")
     script = script.replace("python -m serve token", f"{sys.executable} -m serve token --run-dir {triton.run_dir}")

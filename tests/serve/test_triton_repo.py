@@ -32,6 +32,10 @@ def test_repository_holds_config_model_and_checked_artifacts(digits_export, tmp_
     assert config_value(config, "count") == "3"
     assert parameter(config, "max_images") == "4" and parameter(config, "top_k") == "3"
     assert "dims: [ 3 ]" in config  # the top-k outputs
+    # the per-call work budget, as in TorchServe's model-config: a quarter of the response timeout, and the
+    # per-image cost measured here on the artifact a CPU instance serves
+    assert float(parameter(config, "call_s")) == 60 / 4
+    assert float(parameter(config, "image_s")) > 0 and float(parameter(config, "megapixel_s")) >= 0
     assert (out / "digits" / "1" / "model.py").read_text() == MODEL_FILE.read_text()
     served = out / "digits" / "1" / "export"
     for artifact in read_manifest(served).artifacts:
