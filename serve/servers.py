@@ -23,6 +23,7 @@ class Server:
     read_state: Callable
     stop: Callable[[Path], bool]
     status: Callable[[Path], dict | None]
+    died: str  # what exited when the server exits by itself, and where its log is ({pid}, {run_dir})
 
 
 def torchserve_settings(args, options) -> torchserve.ServerSettings:
@@ -114,6 +115,8 @@ SERVERS = {
         torchserve.read_state,
         torchserve.stop,
         torchserve.status,
+        "TorchServe's frontend (pid {pid}) exited by itself (killed, or out of memory: see --frontend-heap); "
+        "logs in {run_dir}/logs",
     ),
     "triton": Server(
         "Triton",
@@ -124,6 +127,7 @@ SERVERS = {
         triton.read_state,
         triton.stop,
         triton.status,
+        f"Triton (pid {{pid}}) exited by itself (killed, or out of memory); its log is {{run_dir}}/{triton.LOG_FILE}",
     ),
 }
 
