@@ -490,7 +490,7 @@ def run_start(args) -> int:
         print("running in the foreground: SIGTERM or Ctrl-C stops it", flush=True)
         exit_code = run_in_foreground(info, server.is_running, server.stop)
         if exit_code:
-            print(f"error: {server.died.format(pid=info.pid)}; logs in {Path(info.run_dir) / 'logs'}", file=sys.stderr)
+            print(f"error: {server.died.format(pid=info.pid, run_dir=info.run_dir)}", file=sys.stderr)
         return exit_code
     print(f"stop it:      python -m serve stop --run-dir {args.run_dir}")
     return 0
