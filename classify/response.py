@@ -83,6 +83,28 @@ def parse_answer(content: bytes | str, images: int | None = None) -> list[Predic
     return [parse_prediction(o, content) for o in objects]
 
 
+V2_NAMES, V2_PROBABILITIES = "CLASS_NAMES", "PROBABILITIES"  # the Triton model's outputs (serve/triton_backend.py)
+V2_DEPTH = 4  # {"outputs": [{"data": [...]}]}
+
+
+def parse_v2_answer(content: bytes | str) -> list[Prediction]:
+    """An Open Inference Protocol (v2) answer of the served model -> one prediction per image, in order,
+    checked like `parse_answer`'s (size, nesting, names with probabilities in [0, 1])."""
+    body = load_json(content, max_depth=V2_DEPTH)
+    try:
+        outputs = {o["name"]: o for o in body["outputs"]}
+        rows, k = outputs[V2_NAMES]["shape"]
+        names, probabilities = outputs[V2_NAMES]["data"], outputs[V2_PROBABILITIES]["data"]
+    except (TypeError, KeyError, ValueError) as e:
+        raise InvalidAnswer(f"the v2 answer lacks {V2_NAMES}/{V2_PROBABILITIES} ({e}): {shorten(content)!r}") from None
+    if not (isinstance(rows, int) and isinstance(k, int) and len(names) == len(probabilities) == rows * k):
+        raise InvalidAnswer(f"the v2 answer's shapes do not match its data: {shorten(content)!r}")
+    return [
+        parse_prediction(dict(zip(map(str, names[i * k : (i + 1) * k]), probabilities[i * k : (i + 1) * k])), content)
+        for i in range(rows)
+    ]
+
+
 def parse_prediction(body, content: bytes | str = b"") -> Prediction:
     if not isinstance(body, dict) or not body:
         raise InvalidAnswer(f"expected a JSON object of class -> probability, got {shorten(content)!r}")

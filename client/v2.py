@@ -16,6 +16,8 @@ import struct
 
 import requests
 
+from classify.response import InvalidAnswer, load_json, parse_prediction, parse_v2_answer
+
 from .errors import AuthorizationFailed, ClientError, HTTPError, ModelNotFound
 from .remote import PredictionClient
 
@@ -73,23 +75,19 @@ def prediction_client(protocol: str, url: str, model: str, **options) -> Predict
 
 
 def parse_http_response(status: int, content: bytes) -> list[Predictions]:
-    """A v2 JSON answer -> per image, [(class, probability), ...]; ClientError for an error answer."""
-    try:
-        body = json.loads(content)
-    except ValueError:
-        body = None
+    """A v2 JSON answer -> per image, [(class, probability), ...] (classify.response checks it); ClientError
+    for an error answer or one that is not a valid answer."""
     if status != 200:
+        try:
+            body = load_json(content)
+        except InvalidAnswer:
+            body = None
         message = body.get("error") if isinstance(body, dict) else None
         raise error_for(status, str(message or content[:300].decode(errors="replace")))
     try:
-        outputs = {o["name"]: o for o in body["outputs"]}
-        rows, k = outputs[NAMES]["shape"]
-        names, probabilities = outputs[NAMES]["data"], outputs[PROBABILITIES]["data"]
-        return [pair(names[i * k : (i + 1) * k], probabilities[i * k : (i + 1) * k]) for i in range(rows)]
-    except (TypeError, KeyError, ValueError) as e:
-        raise HTTPError(
-            status, f"the server's v2 answer lacks {NAMES}/{PROBABILITIES} ({e}): {content[:200]!r}"
-        ) from None
+        return parse_v2_answer(content)
+    except InvalidAnswer as e:
+        raise HTTPError(status, f"invalid answer from the server: {e}") from None
 
 
 def v2_error_kind(status: int, content: bytes) -> str | None:
@@ -102,9 +100,12 @@ def v2_error_kind(status: int, content: bytes) -> str | None:
 
 
 def pair(names: list, probabilities: list) -> Predictions:
+    """One image's names and probabilities, checked as every answer is (classify.response)."""
     if len(names) != len(probabilities):
-        raise ValueError(f"{len(names)} names for {len(probabilities)} probabilities")
-    return [(n.decode() if isinstance(n, bytes) else str(n), float(p)) for n, p in zip(names, probabilities)]
+        raise InvalidAnswer(f"{len(names)} names for {len(probabilities)} probabilities")
+    return parse_prediction(
+        {n.decode() if isinstance(n, bytes) else str(n): float(p) for n, p in zip(names, probabilities)}
+    )
 
 
 def error_for(status: int, message: str) -> ClientError:

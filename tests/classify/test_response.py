@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import time
 from pathlib import Path
 
@@ -64,3 +65,31 @@ def test_brackets_inside_strings_do_not_count_and_size_is_capped():
     assert max_nesting(b'{"a[[[\\"[[": 0.5}') == 1
     with pytest.raises(InvalidAnswer, match="bytes, above"):
         parse_answer(b" " * (MAX_RESPONSE_BYTES + 1))
+
+
+def test_a_v2_answer_is_checked_like_a_torchserve_one():
+    from classify.response import parse_v2_answer
+
+    def answer(names, probabilities, shape):
+        return json.dumps(
+            {
+                "outputs": [
+                    {"name": "CLASS_NAMES", "datatype": "BYTES", "shape": shape, "data": names},
+                    {"name": "PROBABILITIES", "datatype": "FP32", "shape": shape, "data": probabilities},
+                ]
+            }
+        )
+
+    assert parse_v2_answer(answer(["7", "1", "2", "9"], [0.9, 0.1, 0.6, 0.4], [2, 2])) == [
+        [("7", 0.9), ("1", 0.1)],
+        [("2", 0.6), ("9", 0.4)],
+    ]
+    for bad in [
+        answer(["7"], [1.5], [1, 1]),  # out of [0, 1]
+        answer(["7"], [0.5, 0.5], [1, 1]),  # data does not match the shape
+        answer(["7"], [0.5], [1, 1]).replace("0.5", "NaN"),
+        '{"outputs": []}',
+        "[" * 100_000,
+    ]:
+        with pytest.raises(InvalidAnswer):
+            parse_v2_answer(bad)
