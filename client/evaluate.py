@@ -6,8 +6,8 @@
 
 Labelled images are an ImageFolder tree (`DIR/<class name>/<image>`, the class names being the model's),
 or `--data digits` (the name `python -m train --evaluate --data digits` uses): scikit-learn's digits
-validation split, the split training measured, written as 32x32 PNG
-files to a temporary folder. The metrics (top-1/top-5, per-class accuracy, confusion matrix) come from
+validation split, the split training measured, written as 32x32 PNG files to a temporary folder
+(`--digits`, its old name, still works). The metrics (top-1/top-5, per-class accuracy, confusion matrix) come from
 `classify.evaluation`, the same code as `python -m train --evaluate`, so a checkpoint, its artifacts and
 the served model are measured exactly alike. Remote mode needs neither torch nor the training code
 (`--data digits` excepted: it needs the `train` extra to make the images).
