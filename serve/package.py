@@ -61,6 +61,17 @@ class PackageOptions:
     cost: ImageCost | None = None  # per-image cost on the serving machine; None: measured here (serve/budget.py)
 
 
+def read_export(export_dir: Path, name: str | None, options: PackageOptions) -> tuple[Manifest, str, list[Artifact]]:
+    """(manifest, served model name, artifacts to serve) of an export, checked: what any server serves."""
+    try:
+        manifest = read_manifest(export_dir)
+    except ExportError as e:
+        raise PackageError(str(e)) from None
+    name = check_model_name(name or manifest.name)
+    check_class_names(export_dir, manifest.class_names)
+    return manifest, name, choose_artifacts(export_dir, manifest, options)
+
+
 def package(
     export_dir: str | os.PathLike,
     model_store: str | os.PathLike,
@@ -71,13 +82,7 @@ def package(
     """Write `<model_store>/<name>.mar` (atomically) and return its path. `name` defaults to the manifest's.
     `log` gets which backend will serve by default and what its precision costs in accuracy."""
     export_dir = Path(export_dir)
-    try:
-        manifest = read_manifest(export_dir)
-    except ExportError as e:
-        raise PackageError(str(e)) from None
-    name = check_model_name(name or manifest.name)
-    check_class_names(export_dir, manifest.class_names)
-    artifacts = choose_artifacts(export_dir, manifest, options)
+    manifest, name, artifacts = read_export(export_dir, name, options)
     for line in describe_choice(manifest, artifacts, options):
         log(line)
     try:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.manifest import ExportError, read_manifest, verify_artifact_file
+from export.manifest import ExportError, verify_artifact_file
 from fsutil.owned import NotOwnedError, mark_owned, owned_kind, remove_owned_tree, sweep_stale_temporaries
 
 from .budget import HEADROOM, ImageCost
@@ -27,10 +27,8 @@ from .package import (
     DEFAULT_MAX_REQUEST_BYTES,
     PackageError,
     PackageOptions,
-    check_class_names,
-    check_model_name,
-    choose_artifacts,
     measure_cost,
+    read_export,
 )
 
 MODEL_FILE = Path(__file__).with_name("triton_model.py")
@@ -78,13 +76,7 @@ def write_repository(
 
 
 def write_model(export_dir: Path, repo: Path, name: str | None, options: RepoOptions, log) -> str:
-    try:
-        manifest = read_manifest(export_dir)
-    except ExportError as e:
-        raise PackageError(str(e)) from None
-    name = check_model_name(name or manifest.name)
-    check_class_names(export_dir, manifest.class_names)
-    artifacts = choose_artifacts(export_dir, manifest, options)
+    manifest, name, artifacts = read_export(export_dir, name, options)
     target = repo / name / VERSION / "export"
     target.mkdir(parents=True)
     shutil.copyfile(export_dir / "manifest.json", target / "manifest.json")
