@@ -66,6 +66,9 @@ class ImageCost:
     def to_dict(self) -> dict[str, float]:
         return {"image_s": self.image_s, "megapixel_s": self.megapixel_s}
 
+    def __str__(self) -> str:
+        return f"{self.image_s * 1000:.0f} ms per photo + {self.megapixel_s * 1000:.1f} ms per file megapixel"
+
     @classmethod
     def from_dict(cls, data: dict) -> ImageCost:
         cost = cls(float(data["image_s"]), float(data["megapixel_s"]))

@@ -18,7 +18,8 @@ What it does per batch (TorchServe's dynamic batching hands it up to `batchSize`
   headers by `models.imageio.pixel_counts`, JPEG after its draft-mode reduction), gets HTTP 413;
   the forward pass runs in chunks of the configured batch size (`Classifier.logits`);
 - work per call (the whole batch) is bounded too, by serve/budget.py: each request is priced from its
-  files' pixels with the cost `serve package` measured; one that no call could finish within the
+  files' pixels with the cost `serve package` measured (checked again when the worker loads,
+  serve/calibrate.py); one that no call could finish within the
   response timeout gets 413, one that does not fit what the call's earlier requests left gets 503 with
   Retry-After, before any of its work starts, so valid traffic never runs a worker into the timeout;
 - every failure is its own request's: a bad image gets HTTP 400, any other exception on an image's
@@ -31,7 +32,7 @@ What it does per batch (TorchServe's dynamic batching hands it up to `batchSize`
 Model-config keys read from `handler:` in model-config.yaml (all optional): `backend` (an artifact format,
 else the fastest that passed parity on the device), `allow_failed`, `top_k`, `max_pixels` (per image),
 `max_images` and `max_request_pixels` (per request; defaults in serve/package.py), `cost` (serve/budget.py's
-measured ImageCost), `threads` (the runner's intra-op threads; default: the usable cores / the workers).
+ImageCost) and `cost_source` (`measured`: checked again on load; `given`: kept), `threads` (the runner's intra-op threads; default: the usable cores / the workers).
 """
 
 from __future__ import annotations
@@ -50,14 +51,13 @@ from hostinfo import usable_cores
 from models.errors import first_line
 from models.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError
 from serve.bounds import RequestLimits, admit
-from serve.budget import HEADROOM, Budget, ImageCost
+from serve.budget import HEADROOM, ImageCost
+from serve.calibrate import budget_here
 from serve.envelope import as_request, image_bytes, layout
 from serve.package import DEFAULT_MAX_IMAGES, DEFAULT_MAX_REQUEST_PIXELS
 from serve.refusal import PHRASES, Refused, how_to_change, part_label
 
 logger = logging.getLogger(__name__)
-# Archives packaged before `serve package` measured the cost have none: a cautious guess, not a measurement.
-UNMEASURED_COST = ImageCost(image_s=0.5, megapixel_s=0.05)
 
 
 class ImageClassifierHandler(BaseHandler):
@@ -91,14 +91,14 @@ class ImageClassifierHandler(BaseHandler):
             max_images=int(config.get("max_images", DEFAULT_MAX_IMAGES)),
             max_request_pixels=int(config.get("max_request_pixels", DEFAULT_MAX_REQUEST_PIXELS)),
         )
-        if "cost" not in config:
-            logger.warning(
-                "no measured image cost in model-config.yaml (an older archive); assuming %s", UNMEASURED_COST
-            )
-        self.budget = Budget(
+        self.budget = budget_here(
+            self.classifier,
+            self.classifier.batch_size,
             call_s=float(model_config.get("responseTimeout") or 120) / HEADROOM,
-            cost=ImageCost.from_dict(config["cost"]) if "cost" in config else UNMEASURED_COST,
             max_call_pixels=self.limits.max_request_pixels,
+            recorded=ImageCost.from_dict(config["cost"]) if "cost" in config else None,
+            measure_again=config.get("cost_source") != "given",
+            log=logger.log,
         )
         self.runner = self.classifier.runner
         torch.set_num_threads(torch_threads(self.runner, threads))

@@ -213,7 +213,7 @@ def describe_budget(cost: ImageCost, settings: Plan, options: PackageOptions) ->
     ]
     return (
         f"per-call budget: {settings.call_s:.1f} s (response timeout {options.response_timeout_s} s / headroom), "
-        f"{cost.image_s * 1000:.0f} ms per photo + {cost.megapixel_s * 1000:.1f} ms per file megapixel"
+        f"{cost}"
         f"{'; ' + ', '.join(lowered) if lowered else ''}; queue of {settings.job_queue_size} requests"
     )
 
@@ -225,6 +225,7 @@ def model_config(options: PackageOptions, cost: ImageCost, settings: Plan) -> di
         "max_images": settings.max_images,
         "max_request_pixels": options.max_request_pixels,
         "cost": cost.to_dict(),
+        "cost_source": "given" if options.cost else "measured",  # measured: each worker checks it again
     }
     if options.max_pixels is not None:
         handler["max_pixels"] = options.max_pixels

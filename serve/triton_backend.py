@@ -29,7 +29,8 @@ from hostinfo import usable_cores
 from models.errors import first_line
 from models.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError
 from serve.bounds import RequestLimits, admit
-from serve.budget import Budget, CallBudget, ImageCost
+from serve.budget import CallBudget, ImageCost
+from serve.calibrate import budget_here
 from serve.refusal import Refused
 
 INPUT, NAMES, PROBABILITIES = "IMAGE", "CLASS_NAMES", "PROBABILITIES"
@@ -63,7 +64,15 @@ class TritonPythonModel:
         # The per-call work budget (serve/budget.py), as in the TorchServe handler; a repository written
         # before it was measured has none.
         self.budget = (
-            Budget(float(parameters["call_s"]), ImageCost.from_dict(parameters), self.limits.max_request_pixels)
+            budget_here(
+                self.classifier,
+                self.classifier.batch_size,
+                call_s=float(parameters["call_s"]),
+                max_call_pixels=self.limits.max_request_pixels,
+                recorded=ImageCost.from_dict(parameters),
+                measure_again=parameters.get("cost_source") != "given",
+                log=logger.log,
+            )
             if "call_s" in parameters
             else None
         )

@@ -108,6 +108,7 @@ def model_config(name: str, top_k: int, options: RepoOptions, cost: ImageCost) -
         "call_s": call_s(options),
         "image_s": cost.image_s,
         "megapixel_s": cost.megapixel_s,
+        "cost_source": "given" if options.cost else "measured",  # measured: each instance checks it again
         "top_k": top_k,
         "instances": options.workers,
         "max_images": options.max_images,

@@ -88,6 +88,7 @@ def test_archive_holds_handler_manifest_artifacts_and_model_config(capsys, digit
             "max_images": 5,
             "max_request_pixels": 1000000,
             "cost": {"image_s": 2.0, "megapixel_s": 0.01},
+            "cost_source": "given",
         },
     }
     assert "per-call budget: 15.0 s" in out
@@ -198,5 +199,6 @@ def test_the_per_call_budget_lowers_what_does_not_fit_the_timeout(capsys, digits
     status, out, err = package_cli(capsys, *args)
     assert status == 0 and "ms per photo" in out, err
     with zipfile.ZipFile(next(tmp_path.glob("*.mar"))) as archive:
-        cost = yaml.safe_load(archive.read("model-config.yaml"))["handler"]["cost"]
-    assert cost["image_s"] > 0 and cost["megapixel_s"] > 0
+        handler = yaml.safe_load(archive.read("model-config.yaml"))["handler"]
+    assert handler["cost"]["image_s"] > 0 and handler["cost"]["megapixel_s"] > 0
+    assert handler["cost_source"] == "measured"  # each worker checks it again on load

@@ -36,6 +36,7 @@ def test_repository_holds_config_model_and_checked_artifacts(digits_export, tmp_
     # per-image cost measured here on the artifact a CPU instance serves
     assert float(parameter(config, "call_s")) == 60 / 4
     assert float(parameter(config, "image_s")) > 0 and float(parameter(config, "megapixel_s")) >= 0
+    assert parameter(config, "cost_source") == "measured"
     assert (out / "digits" / "1" / "model.py").read_text() == MODEL_FILE.read_text()
     served = out / "digits" / "1" / "export"
     for artifact in read_manifest(served).artifacts:
