@@ -7,8 +7,8 @@ images are ImageNet-like JPEGs (about 500x375, quality 90) made from scikit-imag
 
 Rows: each decoder (pil: PIL as torchvision's ImageFolder decodes, the baseline; turbo; draft; cuda where a
 GPU is present) from the folder and from the shards, with 1 and 2 loader workers, through train's own
-loaders (`train.data.build_train_loader`; the folder rows decode through `imagedata.decoders` in an
-ImageFolder). A row's rate counts the images after each worker's first batch, to the end of the pass,
+loaders (`train.data.build_train_set` and `build_train_loader`, `--data folder` and `--data shards`
+with `--decoder`). A row's rate counts the images after each worker's first batch, to the end of the pass,
 so worker start-up is left out; per core is that rate over the worker count (each worker is one
 single-threaded process; the cuda rows count the training process as one more core). The target is the
 best CPU row per core at >= 1.5x the PIL folder baseline with the same workers; the report also gives the
@@ -23,11 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision import datasets
 from torchvision.transforms import v2
 
 from hostinfo import usable_cores
-from imagedata.decoders import cpu_decoder
 from train.data import build_train_loader, build_train_set, start_epoch
 from train.shard_reader import build_shard_train_loader
 from train.shards import write_shards
@@ -66,23 +64,9 @@ def prepare_data(work: Path, images: int, log) -> tuple[Path, Path]:
     return folder, shards
 
 
-def read_bytes(path: str) -> bytes:
-    return Path(path).read_bytes()
-
-
-class Decoded:
-    """An ImageFolder transform: the file's bytes through a train decoder, then the rest of the transform."""
-
-    def __init__(self, decoder: str, size: int):
-        self.decode, self.transform = cpu_decoder(decoder, training_transform(size))
-
-    def __call__(self, data: bytes) -> torch.Tensor:
-        return self.transform(self.decode(data))
-
-
 def folder_loader(folder: Path, decoder: str, config: dict[str, Any], batch: int, size: int):
-    dataset = datasets.ImageFolder(str(folder / "train"), loader=read_bytes, transform=Decoded(decoder, size))
-    return build_train_loader(dataset, config, batch, 1, 0, pin_memory=False)
+    config = dict(config, data="folder", data_dir=str(folder), decoder=decoder)
+    return build_train_loader(build_train_set(config, training_transform(size)), config, batch, 1, 0, pin_memory=False)
 
 
 def shard_loader(shards: Path, decoder: str, config: dict[str, Any], batch: int, size: int, gpu: bool):

@@ -2,7 +2,8 @@
 
   pil     PIL, converted to RGB (what torchvision's ImageFolder does; the reference)
   turbo   torchvision.io.decode_image (libjpeg-turbo for JPEG, libpng for PNG) straight to a uint8 tensor,
-          no PIL image in between; the same pixels as `pil` (libjpeg-turbo both, same settings: tested)
+          no PIL image in between; the same pixels as `pil` (libjpeg-turbo both, same settings: tested);
+          other formats (BMP, TIFF, GIF, WebP, 16-bit PNG) go through PIL, so every file reads as with `pil`
   draft   the random-resized crop fused into the decode: the crop is drawn from the image's header size
           (the same draw as v2.RandomResizedCrop), then a JPEG is decoded at 1/2, 1/4 or 1/8 scale
           (libjpeg's DCT scaling, PIL's draft mode) as far as the crop stays at least twice the output,
@@ -12,7 +13,9 @@
   cuda    a batch of JPEGs decoded on the GPU (torchvision.io.decode_jpeg(device="cuda")), then cropped,
           resized and flipped there (train/gpu_decode.py); picked by `auto` when training on CUDA
 
-All give uint8 images; normalisation happens on the device (`models.normalize_batch`).
+All give uint8 images; normalisation happens on the device (`models.normalize_batch`). `auto` is `turbo`
+on the CPU (and `cuda` for shards when training on a GPU). Folder and shard training both decode this way;
+validation, parity and calibration sets keep `pil`, the serving path's decoder.
 torchvision 0.29 marks its image decoders deprecated in favour of TorchCodec (a DeprecationWarning);
 they work on every torchvision this project supports (0.26 with torch 2.11 to 0.29).
 """
@@ -33,6 +36,7 @@ from torchvision.transforms import v2
 DECODERS = ("auto", "pil", "turbo", "draft", "cuda")
 DRAFT_SCALES = (8, 4, 2)
 DRAFT_MARGIN = 2  # the drafted crop stays at least twice the output, so the final antialiased resize still smooths
+TURBO_FORMATS = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # JPEG and PNG: what libjpeg-turbo and libpng decode here
 DRAFT_TOLERANCE = 4.0  # mean |draft - pil| in 0-255 levels per image (the tests see up to 3.5 at 32px outputs)
 
 
@@ -43,10 +47,39 @@ def decode_pil(data: bytes) -> Image.Image:
 
 def decode_turbo(data: bytes) -> torch.Tensor:
     """uint8 CHW (its memory is HWC, as decoded: the uint8 resize kernels' fast layout)."""
+    if not data.startswith(TURBO_FORMATS):
+        return v2.functional.pil_to_tensor(decode_pil(data))
     try:
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        pixels = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except RuntimeError as e:  # torchvision's decoders raise RuntimeError on bad data
         raise ValueError(f"not a decodable image ({e})") from None
+    return pixels if pixels.dtype == torch.uint8 else v2.functional.pil_to_tensor(decode_pil(data))
+
+
+def read_bytes(path: str) -> bytes:
+    """An ImageFolder loader that leaves decoding to the transform (`DecodeAndTransform`)."""
+    with open(path, "rb") as file:
+        return file.read()
+
+
+class DecodeAndTransform:
+    """A file's bytes -> a training decoder -> the rest of the training transform (picklable, for workers)."""
+
+    def __init__(self, name: str, transform: v2.Compose | None):
+        self.decode, self.transform = cpu_decoder(name, transform)
+
+    def __call__(self, data: bytes) -> Any:
+        image = self.decode(data)
+        return image if self.transform is None else self.transform(image)
+
+
+def cpu_decoder_name(name: str | None) -> str:
+    """The decoder CPU loader workers run for a `--decoder` choice: `auto` and `cuda` decode with `turbo`
+    there (train/gpu_decode.py takes shard JPEG batches to the GPU when it applies)."""
+    name = name or "auto"
+    if name not in DECODERS:
+        raise ValueError(f"decoder {name!r}: expected one of {', '.join(DECODERS)}")
+    return "turbo" if name in ("auto", "cuda") else name
 
 
 def header_size(image: Image.Image) -> tuple[int, int]:

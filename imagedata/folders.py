@@ -13,6 +13,7 @@ from torchvision import datasets
 
 from models import imagenet_class_names
 
+from .decoders import DecodeAndTransform, read_bytes
 from .errors import DataError
 from .splits import split_indices
 
@@ -46,13 +47,19 @@ def _class_folders(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def image_folder(path: Path, transform: Callable | None, layout: str) -> datasets.ImageFolder:
+def image_folder(path: Path, transform: Callable | None, layout: str, decoder: str = "pil") -> datasets.ImageFolder:
+    """The tree at `path`; with a decoder other than `pil`, files are read as bytes and decoded by it
+    (imagedata/decoders.py) before the rest of `transform`."""
     if not path.is_dir():
         raise DataError(f"{path}: no such directory; {layout}")
     if not _class_folders(path):
         raise DataError(f"{path}: has no class folders; {layout}")
+    if decoder == "pil":
+        options = {"transform": transform}
+    else:
+        options = {"loader": read_bytes, "transform": DecodeAndTransform(decoder, transform)}
     try:
-        return datasets.ImageFolder(str(path), transform=transform)
+        return datasets.ImageFolder(str(path), **options)
     except FileNotFoundError as e:
         raise DataError(f"{path}: {e}; {layout}") from None
 
@@ -77,11 +84,11 @@ def folder_roots(tree: FolderTree, config: dict[str, Any]) -> tuple[Path, Path |
 
 
 def folder_dataset(
-    tree: FolderTree, config: dict[str, Any], split: str, transform: Callable | None
+    tree: FolderTree, config: dict[str, Any], split: str, transform: Callable | None, decoder: str = "pil"
 ) -> tuple[Dataset, list[str]]:
     train_root, val_root = folder_roots(tree, config)
     if val_root is not None:
-        dataset = image_folder(train_root if split == "train" else val_root, transform, tree.layout)
+        dataset = image_folder(train_root if split == "train" else val_root, transform, tree.layout, decoder)
         other = _class_folders(val_root if split == "train" else train_root)
         if other != dataset.classes:
             raise DataError(
@@ -89,7 +96,7 @@ def folder_dataset(
                 f"({len(dataset.classes)} vs {len(other)}); both need the same set"
             )
         return dataset, _class_names(tree, dataset.classes)
-    dataset = image_folder(train_root, transform, tree.layout)
+    dataset = image_folder(train_root, transform, tree.layout, decoder)
     train_idx, val_idx = split_indices(dataset.targets, float(config["val_split"]))
     return Subset(dataset, (train_idx if split == "train" else val_idx).tolist()), dataset.classes
 

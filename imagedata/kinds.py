@@ -43,6 +43,7 @@ class DataKind:
     preprocess: PreprocessSpec | None  # the evaluation preprocessing it implies; None: the architecture's own
     augment: TrainAugmentDefaults
     streamed: bool = False  # training reads it as a stream (train.shard_reader), not by index
+    decodes_files: bool = False  # its builder takes a `decoder` (imagedata/decoders.py) for encoded files
 
 
 def _digits(config: dict[str, Any], split: str, transform: Callable | None) -> tuple[Dataset, list[str]]:
@@ -75,8 +76,8 @@ KINDS: dict[str, DataKind] = {
         DataKind(
             "cifar100", partial(_cifar, "cifar100", "data/cifar"), _small(CIFAR100_MEAN, CIFAR100_STD), CIFAR_CROP
         ),
-        DataKind("imagenet", partial(folder_dataset, IMAGENET_TREE), None, PHOTO_CROP),
-        DataKind("folder", partial(folder_dataset, PLAIN_TREE), None, PHOTO_CROP),
+        DataKind("imagenet", partial(folder_dataset, IMAGENET_TREE), None, PHOTO_CROP, decodes_files=True),
+        DataKind("folder", partial(folder_dataset, PLAIN_TREE), None, PHOTO_CROP, decodes_files=True),
         DataKind("synthetic", synthetic_dataset, None, PHOTO_CROP),
         DataKind("shards", shard_dataset, None, PHOTO_CROP, streamed=True),
     )
@@ -95,9 +96,15 @@ def default_preprocess(config: dict[str, Any]) -> PreprocessSpec:
     return data_kind(config["data"]).preprocess or get_model_spec(config["arch"]).preprocess
 
 
-def build_dataset(config: dict[str, Any], split: str, transform: Callable | None) -> tuple[Dataset, list[str]]:
-    """(dataset, class names) for `split` ("train" or "val") of `config["data"]`."""
-    return data_kind(config["data"]).build(config, split, transform)
+def build_dataset(
+    config: dict[str, Any], split: str, transform: Callable | None, decoder: str = "pil"
+) -> tuple[Dataset, list[str]]:
+    """(dataset, class names) for `split` ("train" or "val") of `config["data"]`; image files decoded by
+    `decoder` (imagedata/decoders.py; in-memory kinds have nothing to decode)."""
+    kind = data_kind(config["data"])
+    if kind.decodes_files:
+        return kind.build(config, split, transform, decoder=decoder)
+    return kind.build(config, split, transform)
 
 
 def build_validation_set(config: dict[str, Any], preprocess: PreprocessSpec) -> Dataset:

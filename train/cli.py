@@ -240,9 +240,9 @@ def _speed_flags(p: argparse.ArgumentParser) -> None:
     _flag(
         g,
         "--decoder",
-        "shards: training image decoder: pil, turbo (libjpeg-turbo to a tensor, the same pixels), draft (JPEG "
-        "DCT scaling under the random-resized crop), cuda (batched on the GPU); auto: cuda when training on "
-        "CUDA, else turbo",
+        "training image decoder (folder, imagenet, shards): pil, turbo (libjpeg-turbo to a tensor, the same "
+        "pixels), draft (JPEG DCT scaling under the random-resized crop), cuda (shards: batched on the GPU); "
+        "auto: cuda for shards when training on CUDA, else turbo",
     )
     _flag(g, "--val-batch-size", "validation batch size per process", type=int)
     _flag(g, "--seed", "random seed", type=int)

@@ -85,7 +85,7 @@ DEFAULTS: dict[str, Any] = {
     "sync_bn": False,
     "device": "auto",
     "workers": None,
-    "decoder": "auto",  # shards: how training JPEGs are decoded (imagedata/decoders.py)
+    "decoder": "auto",  # how training image files are decoded (imagedata/decoders.py)
     "val_batch_size": None,
     "seed": 0,
     "deterministic": False,

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler, Subset
 from torchvision.transforms import v2
 
+from imagedata.decoders import cpu_decoder_name
 from imagedata.errors import DataError
 from imagedata.kinds import build_dataset, data_kind
 from imagedata.tensors import TensorImages
@@ -120,7 +121,7 @@ def build_train_set(config: dict[str, Any], transform: Callable) -> Dataset:
         from .shard_reader import shard_train_stream  # only shards need it
 
         return shard_train_stream(config, transform)
-    return build_dataset(config, "train", transform)[0]
+    return build_dataset(config, "train", transform, decoder=cpu_decoder_name(config.get("decoder")))[0]
 
 
 def build_train_loader(

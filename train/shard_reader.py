@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from imagedata.decoders import cpu_decoder, decode_pil
+from imagedata.decoders import cpu_decoder, cpu_decoder_name, decode_pil
 from imagedata.errors import DataError
 from imagedata.shards import INDEX_NAME, PIL_ERRORS, Record, ShardInfo, ShardSamples, ShardSource, read_shard, source_of
 
@@ -262,17 +262,10 @@ def gpu_decode_plan(stream: ShardStream, config: dict[str, Any], on_device: bool
     return plan if on_device else None
 
 
-def cpu_decoder_name(config: dict[str, Any]) -> str:
-    """The decoder the loader's workers run: `cuda` and `auto` decode on the CPU with `turbo` here
-    (train/gpu_decode.py takes JPEG batches to the GPU when it applies)."""
-    name = config.get("decoder") or "auto"
-    return "turbo" if name in ("auto", "cuda") else name
-
-
 def shard_train_stream(config: dict[str, Any], transform: Callable | None) -> ShardStream:
     """`--data shards`: the training split, streamed (validation reads it by index: imagedata.shards)."""
     source = source_of(config)
     if not source.index.shards("train"):
         raise DataError(f"{source.location}: its {INDEX_NAME} has no train shards")
-    decode, transform = cpu_decoder(cpu_decoder_name(config), transform)
+    decode, transform = cpu_decoder(cpu_decoder_name(config.get("decoder")), transform)
     return ShardStream(source, "train", transform, decode)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -17,12 +18,13 @@ from torchvision.transforms import v2
 from benchmarks.photos import photo_jpeg, sample_photos, write_photo_folder
 from imagedata.decoders import DRAFT_TOLERANCE, DraftResizedCrop, cpu_decoder, decode_pil, decode_turbo
 from imagedata.errors import DataError
+from imagedata.kinds import build_dataset
 from imagedata.shards import FORMAT, INDEX_NAME, VERSION, ShardSource
-from train.data import start_epoch
+from train.data import build_train_set, start_epoch
 from train.gpu_decode import GPU_TOLERANCE
 from train.shard_reader import ShardStream, build_shard_train_loader, gpu_decode_plan, seeded
 from train.shards import write_shards
-from train.unreadable import UnreadableImage
+from train.unreadable import SkipUnreadable, UnreadableImage
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +72,55 @@ def test_turbo_path_equals_the_pil_path_after_augmentation(jpegs):
     for seed, data in enumerate(jpegs):
         expected = seeded(lambda d: reference(decode_pil(d)), data, seed)
         assert torch.equal(seeded(lambda d: rest(decode(d)), data, seed), expected)
+
+
+def test_turbo_reads_every_other_format_as_pil_does(jpegs):
+    """BMP, TIFF, grey and 16-bit PNG: not libjpeg-turbo's or an 8-bit RGB libpng decode, so PIL reads them."""
+    photo = Image.open(io.BytesIO(jpegs[0]))
+    for image, fmt in [(photo, "BMP"), (photo, "TIFF"), (photo.convert("L"), "PNG"), (photo.convert("I;16"), "PNG")]:
+        encoded = io.BytesIO()
+        image.save(encoded, format=fmt)
+        data = encoded.getvalue()
+        assert torch.equal(decode_turbo(data), v2.functional.pil_to_tensor(decode_pil(data))), (fmt, image.mode)
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("folder") / "photos"
+    write_photo_folder(root, {"train": 8, "val": 2})
+    return root
+
+
+def folder_samples(folder: Path, decoder: str, size: int = 64) -> list[torch.Tensor]:
+    config = {"data": "folder", "data_dir": str(folder), "decoder": decoder, "val_split": None}
+    dataset = build_train_set(config, training_transform(size))
+    return [seeded(lambda i: dataset[i][0], i, seed=i) for i in range(len(dataset))]
+
+
+def test_folder_training_decodes_with_the_chosen_decoder(photo_folder):
+    """`--data folder` training reads files through the decoder: turbo (and auto, turbo on the CPU) the
+    same pixels as PIL after the augmentation, draft within its tolerance; validation keeps PIL."""
+    reference = folder_samples(photo_folder, "pil")
+    for decoder in ("turbo", "auto"):
+        assert all(torch.equal(a, b) for a, b in zip(folder_samples(photo_folder, decoder), reference, strict=True))
+    drafted = folder_samples(photo_folder, "draft")
+    assert max((a.float() - b.float()).abs().mean().item() for a, b in zip(drafted, reference)) <= DRAFT_TOLERANCE
+    config = {"data": "folder", "data_dir": str(photo_folder), "decoder": "turbo"}
+    val, _ = build_dataset(config, "val", None)
+    assert isinstance(val[0][0], Image.Image)
+
+
+def test_a_corrupt_folder_image_is_skipped_with_its_path_by_every_decoder(photo_folder, tmp_path):
+    folder = tmp_path / "photos"
+    shutil.copytree(photo_folder, folder)
+    broken = sorted((folder / "train").rglob("*.jpg"))[0]
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    for decoder in ("pil", "turbo", "draft"):
+        config = {"data": "folder", "data_dir": str(folder), "decoder": decoder, "seed": 0, "workers": 0}
+        dataset = build_train_set(config, training_transform(32))
+        index = [path for path, _ in dataset.samples].index(str(broken))
+        skipped = SkipUnreadable(dataset)[index]
+        assert isinstance(skipped, UnreadableImage) and skipped.path == str(broken), decoder
 
 
 def test_an_undecodable_image_is_skipped_with_its_reason(tmp_path):
