@@ -41,13 +41,21 @@ def client_env(token: str | None) -> dict[str, str]:
 
 
 def open_loop(
-    url: str, token: str | None, model: str, rates: list[float], seconds: int, images: Path, bound_ms: float, out: Path
+    url: str,
+    token: str | None,
+    model: str,
+    rates: list[float],
+    seconds: int,
+    images: Path,
+    bound_ms: float,
+    out: Path,
+    protocol: str = "torchserve",
 ) -> dict:
     """`python -m client openloop` at each rate in turn (its own process, so that its CPU counters are its
-    own); its summary.json, with the run folder."""
+    own; `protocol` v2 for Triton); its summary.json, with the run folder."""
     out.mkdir(parents=True, exist_ok=True)
     before = set(out.iterdir())
-    command = [sys.executable, "-m", "client", "openloop", "--host", url, "--model", model]
+    command = [sys.executable, "-m", "client", "openloop", "--host", url, "--model", model, "--protocol", protocol]
     command += ["--rate", *map(str, rates), "--duration", f"{seconds}s", "--images", str(images)]
     command += ["--p99-bound-ms", f"{bound_ms:g}", "--max-failure-ratio", "1", "--output-root", str(out)]
     command += ["--timeout", str(OPEN_LOOP_TIMEOUT_S)]

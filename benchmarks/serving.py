@@ -34,8 +34,10 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from statistics import median
+from typing import Any
 
 import psutil
 import torch
@@ -1008,31 +1010,49 @@ def measure_latency(bench: Bench, target: ServedArch) -> None:
         bench.tables.cross,
     )
     if not plan.args.no_open_loop:
-        open_loop_ladder(bench, target, model, best_layout, capacity, capacity_users)
+        ladder = OpenLoopTarget(target.arch, "TorchServe", target.info, model, best_layout, "torchserve")
+        open_loop_ladder(bench, ladder, capacity, capacity_users)
 
 
-def open_loop_ladder(
-    bench: Bench, target: ServedArch, model: str, layout: str, capacity: float, capacity_users: int
-) -> None:
+@dataclass(frozen=True)
+class OpenLoopTarget:
+    """One served model an open-loop ladder runs against."""
+
+    arch: str
+    served_by: str  # "TorchServe" or "Triton"
+    info: Any  # the server's info: inference_url, key()
+    model: str
+    layout: str
+    protocol: str  # the client's --protocol
+
+    @property
+    def label(self) -> str:
+        return self.arch if self.served_by == "TorchServe" else f"{self.arch} ({self.served_by})"
+
+
+def open_loop_ladder(bench: Bench, target: OpenLoopTarget, capacity: float, capacity_users: int) -> float | None:
     """Poisson arrivals at fractions of the closed-loop `capacity`: the highest rate within the p99 bound."""
     plan = bench.plan
     rates = latency.rate_ladder(capacity, plan.fractions)
-    plan.log(f"{target.arch}: open loop on {model} at {', '.join(f'{r:g}' for r in rates)} req/s")
+    plan.log(f"{target.label}: open loop on {target.model} at {', '.join(f'{r:g}' for r in rates)} req/s")
     summary = latency.open_loop(
         target.info.inference_url,
         target.info.key("inference"),
-        model,
+        target.model,
         rates,
         plan.open_loop_seconds,
         plan.photos[0].parent,
         plan.args.p99_bound_ms,
         plan.work / "openloop",
+        protocol=target.protocol,
     )
-    bench.latency_points += latency.add_open_loop_rows(bench.tables.open_loop, target.arch, layout, capacity, summary)
+    bench.latency_points += latency.add_open_loop_rows(
+        bench.tables.open_loop, target.label, target.layout, capacity, summary
+    )
     best_rate = summary["max_rate_under_p99_bound"]
     bench.tables.bounded.add(
-        target.arch,
-        layout,
+        target.label,
+        target.layout,
         best_rate if best_rate is not None else "none (the lowest rate missed it)",
         best_rate and f"{best_rate / capacity:.2f}",
         f"{capacity:.1f} ({capacity_users})",
@@ -1040,7 +1060,8 @@ def open_loop_ladder(
     bench.report.data["open_loop"].append(
         {
             "model": target.arch,
-            "layout": layout,
+            "served_by": target.served_by,
+            "layout": target.layout,
             "closed_loop_capacity_rps": capacity,
             "closed_loop_capacity_users": capacity_users,
             "fractions": list(plan.fractions),
@@ -1048,6 +1069,7 @@ def open_loop_ladder(
             "summary": summary,
         }
     )
+    return best_rate
 
 
 def compare_triton(bench: Bench, arch: str, export_dir: Path) -> None:
@@ -1073,7 +1095,21 @@ def compare_triton(bench: Bench, arch: str, export_dir: Path) -> None:
         table=bench.tables.triton,
         report=report,
         log=plan.log,
+        open_loop=None if plan.args.no_open_loop else partial(triton_ladder, bench, arch, first.key),
+        torchserve_bounded_rps=next(
+            (
+                entry["max_rate_under_p99_bound"]
+                for entry in report.data["open_loop"]
+                if (entry["model"], entry["served_by"]) == (arch, "TorchServe")
+            ),
+            None,
+        ),
     )
+
+
+def triton_ladder(bench: Bench, arch: str, layout: str, info, model: str, capacity: float, users: int) -> float | None:
+    """The open-loop ladder against Triton (v2), while `triton_compare.compare` serves it."""
+    return open_loop_ladder(bench, OpenLoopTarget(arch, "Triton", info, model, layout, "v2"), capacity, users)
 
 
 def judge_layout(bench: Bench, target: ServedArch, layout: Layout) -> None:

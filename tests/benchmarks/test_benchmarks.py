@@ -259,7 +259,8 @@ def test_serve_loads_torchserve_with_locust(work_dir):
     # every closed-loop level names its generator and that generator's own CPU
     assert all(lv["generator"].startswith("locust") and lv["generator_cpu_ms_per_request"] > 0 for lv in levels)
     # open loop (Poisson arrivals) at fractions of the closed-loop capacity, with the latency-bounded rate
-    (open_loop,) = data["data"]["open_loop"]
+    open_loop = data["data"]["open_loop"][0]
+    assert open_loop["served_by"] == "TorchServe"
     capacity = open_loop["closed_loop_capacity_rps"]
     rates = open_loop["summary"]["rates"]
     assert [r["offered_rps"] for r in rates] == [round(0.5 * capacity, 2), round(capacity, 2)]
@@ -275,7 +276,11 @@ def test_serve_loads_torchserve_with_locust(work_dir):
         assert ab["complete"] > 0 and ab["failed"] == 0 and ab["generator_cpu_ms_per_request"] > 0
     else:
         assert "not measured: ab not installed; `./install.sh --bench-tools`" in generators["ApacheBench"]["missing"]
-    # Triton beside TorchServe: the same export and the first layout, at every level, loaded over v2
+    check_triton_beside_torchserve(data, markdown)
+
+
+def check_triton_beside_torchserve(data: dict, markdown: str) -> None:
+    """Triton beside TorchServe: the same export and the first layout, at every level, loaded over v2."""
     missing = triton_available()
     if missing is not None:
         assert f"Triton beside TorchServe not run: {missing}" in markdown
@@ -288,6 +293,15 @@ def test_serve_loads_torchserve_with_locust(work_dir):
         assert level["backend_cpu_ms_per_image"] > 0 and level["raw_cpu_ms_per_image"] > 0
         assert level["over_torchserve"] > 0
     assert "TorchServe vs Triton" in markdown
+    # and its own open-loop ladder (v2) at fractions of its closed-loop capacity, compared with TorchServe's
+    (triton_open_loop,) = [entry for entry in data["data"]["open_loop"] if entry["served_by"] == "Triton"]
+    capacity = max(level["summary"]["requests_per_s"] for level in triton["levels"])
+    assert triton_open_loop["closed_loop_capacity_rps"] == capacity and triton_open_loop["layout"] == "1x2"
+    rates = triton_open_loop["summary"]["rates"]
+    assert [r["offered_rps"] for r in rates] == [round(0.5 * capacity, 2), round(capacity, 2)]
+    assert all(r["answered"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in rates)
+    assert triton["max_rate_under_p99_bound"] == triton_open_loop["max_rate_under_p99_bound"]
+    assert any("p99-bounded open-loop rate" in v["target"] for v in data["verdicts"])
 
 
 def test_serve_refuses_a_malformed_layout(capsys):
