@@ -28,6 +28,7 @@ from torchvision.transforms import v2
 
 from hostinfo import usable_cores
 from imagedata.decoders import cpu_decoder
+from train.config import TrainConfig
 from train.data import build_train_loader, build_train_set, start_epoch
 from train.shard_reader import build_shard_train_loader
 from train.shards import write_shards
@@ -80,13 +81,13 @@ class Decoded:
         return self.transform(self.decode(data))
 
 
-def folder_loader(folder: Path, decoder: str, config: dict[str, Any], batch: int, size: int):
+def folder_loader(folder: Path, decoder: str, config: TrainConfig, batch: int, size: int):
     dataset = datasets.ImageFolder(str(folder / "train"), loader=read_bytes, transform=Decoded(decoder, size))
     return build_train_loader(dataset, config, batch, 1, 0, pin_memory=False)
 
 
-def shard_loader(shards: Path, decoder: str, config: dict[str, Any], batch: int, size: int, gpu: bool):
-    config = dict(config, data="shards", data_dir=str(shards), decoder=decoder)
+def shard_loader(shards: Path, decoder: str, config: TrainConfig, batch: int, size: int, gpu: bool):
+    config = config.replace(data="shards", data_dir=str(shards), decoder=decoder)
     stream = build_train_set(config, training_transform(size))
     decode_device = torch.device("cuda") if gpu else None
     return build_shard_train_loader(stream, config, batch, 1, 0, pin_memory=gpu, decode_device=decode_device)
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> Report:
     )
     rows: list[dict[str, Any]] = []
     for workers in WORKERS:
-        config = {"seed": 0, "workers": workers, "data": "folder"}
+        config = TrainConfig(seed=0, workers=workers, data="folder")
         variants = [("folder", d, folder_loader, (folder, d, config, batch, size)) for d in CPU_DECODERS]
         variants += [("shards", d, shard_loader, (shards, d, config, batch, size, False)) for d in CPU_DECODERS]
         if gpu:
