@@ -26,6 +26,7 @@ import torch
 from torchvision.transforms import v2
 
 from hostinfo import usable_cores
+from train.config import TrainConfig
 from train.data import build_train_loader, build_train_set, start_epoch
 from train.shard_reader import build_shard_train_loader
 from train.shards import write_shards
@@ -64,13 +65,13 @@ def prepare_data(work: Path, images: int, log) -> tuple[Path, Path]:
     return folder, shards
 
 
-def folder_loader(folder: Path, decoder: str, config: dict[str, Any], batch: int, size: int):
-    config = dict(config, data="folder", data_dir=str(folder), decoder=decoder)
+def folder_loader(folder: Path, decoder: str, config: TrainConfig, batch: int, size: int):
+    config = config.replace(data="folder", data_dir=str(folder), decoder=decoder)
     return build_train_loader(build_train_set(config, training_transform(size)), config, batch, 1, 0, pin_memory=False)
 
 
-def shard_loader(shards: Path, decoder: str, config: dict[str, Any], batch: int, size: int, gpu: bool):
-    config = dict(config, data="shards", data_dir=str(shards), decoder=decoder)
+def shard_loader(shards: Path, decoder: str, config: TrainConfig, batch: int, size: int, gpu: bool):
+    config = config.replace(data="shards", data_dir=str(shards), decoder=decoder)
     stream = build_train_set(config, training_transform(size))
     decode_device = torch.device("cuda") if gpu else None
     return build_shard_train_loader(stream, config, batch, 1, 0, pin_memory=gpu, decode_device=decode_device)
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> Report:
     )
     rows: list[dict[str, Any]] = []
     for workers in WORKERS:
-        config = {"seed": 0, "workers": workers, "data": "folder"}
+        config = TrainConfig(seed=0, workers=workers, data="folder")
         variants = [("folder", d, folder_loader, (folder, d, config, batch, size)) for d in CPU_DECODERS]
         variants += [("shards", d, shard_loader, (shards, d, config, batch, size, False)) for d in CPU_DECODERS]
         if gpu:

@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import create_model, get_model_spec, normalize_batch
-from train.config import resolve_config
+from train.config import TrainConfig, resolve_config
 from train.engine import StepParts, train_step
 from train.optim import build_optimizer, build_scheduler
 
@@ -90,7 +90,7 @@ class Setup:
     batch: int
     size: int
     device_name: str
-    config: dict
+    config: TrainConfig
     threads: int
 
     @property
@@ -159,7 +159,12 @@ def peak_memory(setup: Setup, variant: Variant) -> dict[str, dict]:
 
 
 def our_step(
-    network: nn.Module, variant: Variant, config: dict, device: torch.device, images: torch.Tensor, labels: torch.Tensor
+    network: nn.Module,
+    variant: Variant,
+    config: TrainConfig,
+    device: torch.device,
+    images: torch.Tensor,
+    labels: torch.Tensor,
 ) -> Callable[[], None]:
     network = network.to(device)
     if variant.channels_last:
@@ -170,7 +175,7 @@ def our_step(
         network=network,
         optimizer=optimizer,
         criterion=nn.CrossEntropyLoss(),
-        preprocess=get_model_spec(config["arch"]).preprocess,
+        preprocess=get_model_spec(config.arch).preprocess,
         device=device,
         scheduler=build_scheduler(optimizer, config, steps_per_epoch=1000),
         amp_dtype=variant.amp_dtype,
@@ -186,7 +191,12 @@ def our_step(
 
 
 def bare_step(
-    network: nn.Module, variant: Variant, config: dict, device: torch.device, x: torch.Tensor, labels: torch.Tensor
+    network: nn.Module,
+    variant: Variant,
+    config: TrainConfig,
+    device: torch.device,
+    x: torch.Tensor,
+    labels: torch.Tensor,
 ) -> Callable[[], None]:
     network = network.to(device)
     if variant.channels_last:
@@ -194,7 +204,7 @@ def bare_step(
         x = x.contiguous(memory_format=torch.channels_last)
     model = torch.compile(network) if variant.compile else network
     optimizer = torch.optim.SGD(
-        network.parameters(), lr=config["lr"], momentum=config["momentum"], weight_decay=config["weight_decay"]
+        network.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
     x, y = x.to(device), labels.to(device)
     autocast = (

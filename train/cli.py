@@ -49,7 +49,7 @@ def _flag(parser: argparse._ActionGroup, name: str, help: str, **kwargs: Any) ->
     shown = f" (default: {default})" if default not in (None, [], False) else ""
     if (isinstance(default, bool) or kwargs.pop("boolean", False)) and "action" not in kwargs:
         kwargs["action"] = argparse.BooleanOptionalAction  # --x / --no-x
-    if key in CHOICES:
+    if key in CHOICES and "action" not in kwargs:  # --data's action checks its own
         kwargs["choices"] = CHOICES[key]
     parser.add_argument(name, dest=key, default=argparse.SUPPRESS, help=help + shown, **kwargs)
 
@@ -365,12 +365,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         config = build_config(options, recipe)
         if args.dry_run:
-            print(yaml.safe_dump(config, sort_keys=False), end="")
+            print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
             return EXIT_OK
-        if config.get("arch_source") and launched_as_main():
-            print(f"arch: {config['arch_source']}", flush=True)
-        if config.get("recipe") and launched_as_main():
-            print(f"recipe: {config['recipe']} ({config.get('recipe_source', '--recipe')})", flush=True)
+        if config.arch_source and launched_as_main():
+            print(f"arch: {config.arch_source}", flush=True)
+        if config.recipe and launched_as_main():
+            print(f"recipe: {config.recipe} ({config.recipe_source or '--recipe'})", flush=True)
         result = run(config)
     except (
         ConfigError,

@@ -1,13 +1,21 @@
-"""Run configuration: defaults, YAML recipes and command-line overrides, resolved into one flat dict.
+"""Run configuration: `TrainConfig`, one typed field per option, resolved from defaults, YAML recipes
+and command-line overrides and checked once.
 
-Precedence: `DEFAULTS` < the recipe (`--recipe NAME` or a path to a YAML file) < flags given on the
-command line. The resolved dict is written to `runs/<name>/config.yaml` and stored in every
-checkpoint, so a run can always be reproduced (and its validation set rebuilt) from either.
+Precedence: the field defaults < the recipe (`--recipe NAME` or a path to a YAML file) < flags given on
+the command line. `TrainConfig.to_dict()`, a flat mapping of option: value, is written to
+`runs/<name>/config.yaml` and stored in every checkpoint, so a run can always be reproduced (and its
+validation set rebuilt) from either; `TrainConfig.from_dict` reads it back.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,98 +23,133 @@ from typing import Any
 import yaml
 
 from fsutil.atomic import atomic_write_text
+from imagedata.decoders import DECODERS
+from imagedata.kinds import DATA_KINDS
 from models import get_model_spec
 
-DEFAULTS: dict[str, Any] = {
-    # what and where
-    "arch": None,
-    "data": None,
-    "data_dir": None,
-    "val_split": None,
-    "max_unreadable_images": 100,  # training images that fail to decode, skipped per epoch before the run stops
-    "num_classes": None,  # synthetic data only; other kinds count their classes
-    "synthetic_size": 1024,
-    "out": "runs",
-    "name": None,
-    # the network
-    "drop_path_rate": None,
-    "dropout": None,
-    "zero_init_residual": None,
-    "norm": None,  # None: BatchNorm; "none": the norm-free ablation
-    "plain": False,  # no shortcuts: the CIFAR paper's plain networks
-    "shortcut": None,  # None: the architecture's own (A for the paper's nets, B otherwise)
-    "imagenet_stem": False,  # keep an ImageNet net's 7x7 stem + max-pool on 32x32 data (else: its CIFAR variant)
-    "pretrained": None,
-    "freeze_backbone": False,
-    "freeze_until": None,
-    # optimisation
-    "epochs": 10,
-    "batch_size": 64,  # global: images per optimizer step over all processes and accumulation steps
-    "lr": 0.1,
-    "lr_base_batch": None,  # when set, lr is scaled linearly by batch_size / lr_base_batch
-    "head_lr": None,
-    "optimizer": "sgd",
-    "momentum": 0.9,
-    "nesterov": False,
-    "weight_decay": 5e-4,
-    "no_wd_norm_bias": False,
-    "scheduler": "cosine",
-    "warmup_epochs": 0.0,
-    "warmup_start_factor": 0.01,
-    "milestones": [],
-    "lr_gamma": 0.1,
-    "min_lr": 0.0,
-    "grad_clip": None,
-    "accum_steps": 1,
-    # regularisation and augmentation
-    "label_smoothing": 0.0,
-    "mixup": 0.0,
-    "cutmix": 0.0,
-    "train_crop": None,  # None: the dataset's default (random-crop for 32x32 data, random-resized-crop else)
-    "train_size": None,
-    "crop_padding": None,
-    "hflip": None,
-    "auto_augment": "none",
-    "randaugment_magnitude": 9,
-    "random_erasing": 0.0,
-    "ema": False,
-    "ema_decay": 0.999,
-    # evaluation preprocessing overrides
-    "image_size": None,
-    "val_resize": None,
-    "interpolation": None,
-    "mean": None,  # input normalisation per RGB channel (None: the data's or the weights' own)
-    "std": None,
-    # speed and determinism
-    "amp": "none",
-    "channels_last": False,
-    "grad_checkpoint": False,  # recompute blocks in backward: less activation memory, ~1/3 more compute
-    "compile": False,
-    "sync_bn": False,
-    "device": "auto",
-    "workers": None,
-    "decoder": "auto",  # how training image files are decoded (imagedata/decoders.py)
-    "val_batch_size": None,
-    "seed": 0,
-    "deterministic": False,
-    # outputs
-    "log_every": 10,
-    "save_every_steps": 0,
-    "tensorboard": True,
-    "plots": True,
-    "log_internals": False,
-    "resume": None,
-    "overwrite": False,
-}
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of a run (`python -m train --help` explains each), then where the resolution took
+    the recipe and the architecture from. Build it with `resolve_config` or `from_dict`, which check it."""
+
+    # what and where
+    arch: str | None = None
+    data: str | None = None
+    data_dir: str | None = None
+    val_split: float | None = None
+    max_unreadable_images: int = 100  # training images that fail to decode, skipped per epoch before the run stops
+    num_classes: int | None = None  # synthetic data only; other kinds count their classes
+    synthetic_size: int = 1024
+    out: str = "runs"
+    name: str | None = None
+    # the network
+    drop_path_rate: float | None = None
+    dropout: float | None = None
+    zero_init_residual: bool | None = None
+    norm: str | None = None  # None: BatchNorm; "none": the norm-free ablation
+    plain: bool = False  # no shortcuts: the CIFAR paper's plain networks
+    shortcut: str | None = None  # None: the architecture's own (A for the paper's nets, B otherwise)
+    imagenet_stem: bool = False  # keep an ImageNet net's 7x7 stem + max-pool on 32x32 data (else: its CIFAR variant)
+    pretrained: str | None = None
+    freeze_backbone: bool = False
+    freeze_until: str | None = None
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 64  # global: images per optimizer step over all processes and accumulation steps
+    lr: float = 0.1
+    lr_base_batch: int | None = None  # when set, lr is scaled linearly by batch_size / lr_base_batch
+    head_lr: float | None = None
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    no_wd_norm_bias: bool = False
+    scheduler: str = "cosine"
+    warmup_epochs: float = 0.0
+    warmup_start_factor: float = 0.01
+    milestones: list[float] = field(default_factory=list)
+    lr_gamma: float = 0.1
+    min_lr: float = 0.0
+    grad_clip: float | None = None
+    accum_steps: int = 1
+    # regularisation and augmentation
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    train_crop: str | None = None  # None: the dataset's default (random-crop for 32x32 data, random-resized-crop else)
+    train_size: int | None = None
+    crop_padding: int | None = None
+    hflip: bool | None = None
+    auto_augment: str = "none"
+    randaugment_magnitude: int = 9
+    random_erasing: float = 0.0
+    ema: bool = False
+    ema_decay: float = 0.999
+    # evaluation preprocessing overrides
+    image_size: int | None = None
+    val_resize: int | None = None
+    interpolation: str | None = None
+    mean: list[float] | None = None  # input normalisation per RGB channel (None: the data's or the weights' own)
+    std: list[float] | None = None
+    # speed and determinism
+    amp: str = "none"
+    channels_last: bool = False
+    grad_checkpoint: bool = False  # recompute blocks in backward: less activation memory, ~1/3 more compute
+    compile: bool = False
+    sync_bn: bool = False
+    device: str = "auto"
+    workers: int | None = None
+    decoder: str = "auto"  # how training image files are decoded (imagedata/decoders.py)
+    val_batch_size: int | None = None
+    seed: int = 0
+    deterministic: bool = False
+    # outputs
+    log_every: int = 10
+    save_every_steps: int = 0
+    tensorboard: bool = True
+    plots: bool = True
+    log_internals: bool = False
+    resume: str | None = None
+    overwrite: bool = False
+    # provenance: set by the resolution, not options (stored only when set)
+    recipe: str | None = None
+    recipe_source: str | None = None  # why that recipe: --recipe, or the default for the data and network
+    arch_source: str | None = None  # why --arch changed (its CIFAR variant on 32x32 data)
+    forked_from: dict[str, Any] | None = None  # a run forked from another's checkpoint: its path, sha256, step
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str) -> TrainConfig:
+        """The config of a stored mapping (a checkpoint's, a config.yaml): keys it lacks take their
+        defaults; unknown keys and wrong types are refused, naming `source`."""
+        return cls(**checked_fields(values, source, STORED_KEYS))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat mapping of config.yaml and checkpoints: every option, provenance only when set."""
+        values = dataclasses.asdict(self)
+        return {k: v for k, v in values.items() if k in OPTION_KEYS or v is not None}
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+PROVENANCE_KEYS = ("recipe", "recipe_source", "arch_source", "forked_from")
+STORED_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+OPTION_KEYS = tuple(k for k in STORED_KEYS if k not in PROVENANCE_KEYS)  # what a recipe or a flag may set
+# The options' defaults, by name (for code that reads a plain mapping, e.g. classify's bare weight files).
+DEFAULTS: dict[str, Any] = {k: v for k, v in TrainConfig().to_dict().items() if k in OPTION_KEYS}
+FIELD_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
+
+# Options with a fixed set of values; the command line offers the same choices.
 CHOICES: dict[str, tuple[str, ...]] = {
+    "data": tuple(DATA_KINDS),
     "optimizer": ("sgd", "adamw"),
     "scheduler": ("cosine", "step", "multistep", "constant"),
     "amp": ("none", "bf16", "fp16"),
     "auto_augment": ("none", "randaugment", "trivialaugment", "autoaugment"),
     "train_crop": ("random-resized-crop", "random-crop", "center"),
     "interpolation": ("bilinear", "bicubic", "nearest"),
-    "decoder": ("auto", "pil", "turbo", "draft", "cuda"),
+    "decoder": DECODERS,
     "norm": ("batch", "none"),
     "shortcut": ("A", "B", "D"),
 }
@@ -157,6 +200,76 @@ class ConfigError(ValueError):
     """A recipe or flag combination that cannot run; the message says which and why."""
 
 
+def checked_fields(values: Mapping[str, Any], source: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """`values` with every key known (one of `allowed`), of its field's type and, where the option has a
+    fixed set of values, one of them; ints are taken for floats. Else a ConfigError naming `source`."""
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        hints = [
+            f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, allowed, 1)) else k
+            for k in unknown
+        ]
+        raise ConfigError(
+            f"{source}: unknown option{'s' * (len(unknown) > 1)} {', '.join(hints)}; the options are: {', '.join(allowed)}"
+        )
+    checked = {key: _typed(key, value, FIELD_TYPES[key], source) for key, value in values.items()}
+    for key, allowed_values in CHOICES.items():
+        if checked.get(key) is not None and checked[key] not in allowed_values:
+            raise ConfigError(f"{source}: {key} {checked[key]!r}: expected one of {', '.join(allowed_values)}")
+    return checked
+
+
+def checked_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Options given on the command line (and `arch_source`, when --arch became its CIFAR variant), checked."""
+    return checked_fields(overrides, "the command line", OPTION_KEYS + ("arch_source",))
+
+
+def _typed(key: str, value: Any, annotation: Any, source: str) -> Any:
+    """`value` as the field's type (an int as a float; YAML 1.1 reads `1e-3` as text, so text that is a
+    number counts as a float too), or a ConfigError saying what was expected."""
+    kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if value is None and type(None) in kinds:
+        return None
+    kind = next(k for k in kinds if k is not type(None))
+    converted = _as_kind(value, kind)
+    if converted is _REFUSED:
+        nullable = " or null" if type(None) in kinds else ""
+        raise ConfigError(
+            f"{source}: {key} {value!r}: expected {_KIND_NAMES[typing.get_origin(kind) or kind]}{nullable}"
+        )
+    return converted
+
+
+_REFUSED = object()
+_KIND_NAMES = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "text",
+    list: "a list of numbers",
+    dict: "a mapping",
+}
+
+
+def _as_kind(value: Any, kind: Any) -> Any:
+    if kind is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return _REFUSED
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _REFUSED
+    if typing.get_origin(kind) is list:  # list[float]
+        if not isinstance(value, (list, tuple)):
+            return _REFUSED
+        items = [_as_kind(v, float) for v in value]
+        return _REFUSED if any(v is _REFUSED for v in items) else items
+    kind = typing.get_origin(kind) or kind
+    if kind is int and isinstance(value, bool):
+        return _REFUSED
+    return value if isinstance(value, kind) else _REFUSED
+
+
 def recipes_dir() -> Path:
     return Path(str(resources.files(__package__).joinpath("recipes")))
 
@@ -170,6 +283,7 @@ def list_recipes() -> dict[str, str]:
 
 
 def load_recipe(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """The options a recipe sets, checked (`checked_fields`): a name from train/recipes or a YAML path."""
     path = Path(name_or_path)
     if not path.suffix:
         path = recipes_dir() / f"{name_or_path}.yaml"
@@ -183,10 +297,7 @@ def load_recipe(name_or_path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(recipe, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of option: value")
     recipe.pop("description", None)
-    unknown = sorted(set(recipe) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"{path}: unknown options {unknown}; see `python -m train --help` for the names")
-    return recipe
+    return checked_fields(recipe, str(path), OPTION_KEYS)
 
 
 def default_recipe(arch: str | None, data: str | None) -> str | None:
@@ -218,68 +329,65 @@ def with_cifar_variant(overrides: dict[str, Any]) -> dict[str, Any]:
     return {**overrides, "arch": variant, "arch_source": source + f"--imagenet-stem keeps {arch}"}
 
 
-def resolve_config(overrides: dict[str, Any], recipe: str | None = None) -> dict[str, Any]:
-    """DEFAULTS < recipe (given, or the default for the data and architecture) < overrides, validated.
+def resolve_config(overrides: dict[str, Any], recipe: str | None = None) -> TrainConfig:
+    """The defaults < recipe (given, or the default for the data and architecture) < overrides, checked.
 
     `recipe_source` says where the recipe came from and `arch_source` why the architecture changed, for
     the lines every run prints at start.
     """
     overrides = with_cifar_variant(overrides)
-    config = dict(DEFAULTS)
+    values: dict[str, Any] = {}
     source = "--recipe"
     if not recipe:
         recipe = default_recipe(overrides.get("arch"), overrides.get("data"))
         source = f"default for --data {overrides.get('data')} and {overrides.get('arch')}"
     if recipe:
-        config.update(load_recipe(recipe))
-        config["recipe"] = str(recipe)
-        config["recipe_source"] = source
-    config.update(overrides)
-    if config.get("pretrained") == BARE_PRETRAINED:
-        config["pretrained"] = f"torchvision:{config['arch']}"  # its weights in the local torch hub cache
+        values.update(load_recipe(recipe), recipe=str(recipe), recipe_source=source)
+    values.update(checked_overrides(overrides))
+    config = TrainConfig(**values)
+    if config.pretrained == BARE_PRETRAINED:
+        config = config.replace(pretrained=f"torchvision:{config.arch}")  # its weights in the local torch hub cache
     validate(config)
     return config
 
 
-def validate(config: dict[str, Any]) -> None:
-    if not config.get("arch"):
+def validate(config: TrainConfig) -> None:
+    """What a config's options must satisfy together (each one's type and choices: `checked_fields`)."""
+    if not config.arch:
         raise ConfigError("choose a network with --arch (e.g. resnet20, resnet50) or a --recipe that sets one")
     try:
-        get_model_spec(config["arch"])
+        get_model_spec(config.arch)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if not config.get("data"):
-        raise ConfigError("choose the data with --data (digits, cifar10, cifar100, imagenet, folder, synthetic)")
-    for key, allowed in CHOICES.items():
-        if config.get(key) is not None and config[key] not in allowed:
-            raise ConfigError(f"{key} {config[key]!r}: expected one of {', '.join(allowed)}")
+    if not config.data:
+        raise ConfigError(f"choose the data with --data ({', '.join(DATA_KINDS)})")
     for key in ("epochs", "batch_size", "accum_steps"):
-        if int(config[key]) < 1:
-            raise ConfigError(f"{key} must be >= 1, got {config[key]}")
-    if int(config.get("save_every_steps") or 0) < 0:
-        raise ConfigError(f"save_every_steps must be >= 0 (0: only at epoch ends), got {config['save_every_steps']}")
-    if config["freeze_backbone"] and config["freeze_until"]:
+        if getattr(config, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {getattr(config, key)}")
+    if config.save_every_steps < 0:
+        raise ConfigError(f"save_every_steps must be >= 0 (0: only at epoch ends), got {config.save_every_steps}")
+    if config.freeze_backbone and config.freeze_until:
         raise ConfigError("--freeze-backbone and --freeze-until are exclusive: pick one")
-    if config.get("log_internals") and not config.get("tensorboard"):
+    if config.log_internals and not config.tensorboard:
         raise ConfigError("--log-internals writes to TensorBoard: drop --no-tensorboard or --log-internals")
-    if (config.get("mean") is None) != (config.get("std") is None):
+    if (config.mean is None) != (config.std is None):
         raise ConfigError("mean and std set the input normalisation together: give both (e.g. 0.5 0.5 0.5 twice)")
     for key in ("mean", "std"):
-        values = config.get(key)
-        if values is not None and (len(values) != 3 or (key == "std" and min(map(float, values)) <= 0)):
+        values = getattr(config, key)
+        if values is not None and (len(values) != 3 or (key == "std" and min(values) <= 0)):
             raise ConfigError(f"{key} {values}: three values, one per RGB channel (std > 0)")
-    if config["val_split"] is not None and not 0.0 < float(config["val_split"]) < 1.0:
-        raise ConfigError(f"val_split must be between 0 and 1, got {config['val_split']}")
+    if config.val_split is not None and not 0.0 < config.val_split < 1.0:
+        raise ConfigError(f"val_split must be between 0 and 1, got {config.val_split}")
 
 
-def arch_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+def arch_kwargs(config: TrainConfig) -> dict[str, Any]:
     """The `create_model` options this config sets (stored in the checkpoint as `arch_kwargs`)."""
     keys = ("drop_path_rate", "dropout", "zero_init_residual", "norm", "shortcut")
-    kwargs = {k: config[k] for k in keys if config.get(k) is not None}
-    if config.get("plain"):
+    kwargs = {k: getattr(config, k) for k in keys if getattr(config, k) is not None}
+    if config.plain:
         kwargs["residual"] = False
     return kwargs
 
 
-def write_config(config: dict[str, Any], path: Path) -> None:
-    atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
+def write_config(config: TrainConfig, path: Path) -> None:
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -20,21 +20,22 @@ from imagedata.tensors import TensorImages
 from models import PreprocessSpec, eval_resize_crop
 from models.preprocess import interpolation_mode
 
+from .config import TrainConfig
 from .unreadable import SkipUnreadable, collate_skipping
 
 
-def train_transform(config: dict[str, Any], spec: PreprocessSpec) -> v2.Compose:
+def train_transform(config: TrainConfig, spec: PreprocessSpec) -> v2.Compose:
     """Per-image training augmentation ending in a uint8 CHW tensor of `spec.input_size`."""
-    defaults = data_kind(config["data"]).augment
-    crop = config.get("train_crop") or defaults.crop
-    hflip = defaults.hflip if config.get("hflip") is None else bool(config["hflip"])
-    size = int(config.get("train_size") or spec.input_size)
+    defaults = data_kind(config.data).augment
+    crop = config.train_crop or defaults.crop
+    hflip = defaults.hflip if config.hflip is None else config.hflip
+    size = config.train_size or spec.input_size
     interpolation = interpolation_mode(spec)
     ops: list[Any] = [v2.ToImage()]
     if crop == "random-resized-crop":
         ops.append(v2.RandomResizedCrop(size, interpolation=interpolation, antialias=True))
     elif crop == "random-crop":
-        padding = defaults.padding if config.get("crop_padding") is None else int(config["crop_padding"])
+        padding = defaults.padding if config.crop_padding is None else config.crop_padding
         ops += [v2.Resize(size, interpolation=interpolation, antialias=True), v2.RandomCrop(size, padding=padding)]
     elif crop == "center":  # no crop augmentation: exactly the evaluation view
         ops.append(eval_resize_crop(spec))
@@ -42,19 +43,19 @@ def train_transform(config: dict[str, Any], spec: PreprocessSpec) -> v2.Compose:
         raise ValueError(f"train_crop {crop!r}: expected random-resized-crop, random-crop or center")
     if hflip:
         ops.append(v2.RandomHorizontalFlip())
-    auto = (config.get("auto_augment") or "none").lower()
+    auto = config.auto_augment.lower()
     if auto == "randaugment":
-        ops.append(v2.RandAugment(magnitude=int(config.get("randaugment_magnitude") or 9), interpolation=interpolation))
+        ops.append(v2.RandAugment(magnitude=config.randaugment_magnitude or 9, interpolation=interpolation))
     elif auto == "trivialaugment":
         ops.append(v2.TrivialAugmentWide(interpolation=interpolation))
     elif auto == "autoaugment":
         ops.append(v2.AutoAugment(interpolation=interpolation))
     elif auto != "none":
         raise ValueError(f"auto_augment {auto!r}: expected none, randaugment, trivialaugment or autoaugment")
-    if config.get("random_erasing"):
+    if config.random_erasing:
         # Erased pixels take the dataset mean, i.e. zero after normalisation.
         fill = [round(m * 255) for m in spec.mean]
-        ops.append(v2.RandomErasing(p=float(config["random_erasing"]), value=fill))
+        ops.append(v2.RandomErasing(p=config.random_erasing, value=fill))
     ops.append(v2.ToPureTensor())
     return v2.Compose(ops)
 
@@ -98,15 +99,15 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def _loader_options(config: dict[str, Any], in_memory: bool, pin_memory: bool) -> dict[str, Any]:
-    workers = config.get("workers")
+def _loader_options(config: TrainConfig, in_memory: bool, pin_memory: bool) -> dict[str, Any]:
+    workers = config.workers
     if workers is None:  # decoding files wants workers; in-memory tensors are faster in-process
         workers = 0 if in_memory else min(8, max(1, (torch.get_num_threads() or 1)))
     workers = int(workers)
     options: dict[str, Any] = dict(num_workers=workers, pin_memory=pin_memory)
     if workers > 0:
         # Persistent workers keep their RNG across epochs, which a resumed run cannot reproduce.
-        options.update(persistent_workers=not config.get("deterministic"), prefetch_factor=4)
+        options.update(persistent_workers=not config.deterministic, prefetch_factor=4)
     return options
 
 
@@ -115,24 +116,24 @@ def is_in_memory(dataset: Dataset) -> bool:
     return isinstance(base, TensorImages)
 
 
-def build_train_set(config: dict[str, Any], transform: Callable) -> Dataset:
+def build_train_set(config: TrainConfig, transform: Callable) -> Dataset:
     """The training split: read by index, or streamed for the kinds that stream (tar shards)."""
-    if data_kind(config["data"]).streamed:
+    if data_kind(config.data).streamed:
         from .shard_reader import shard_train_stream  # only shards need it
 
         return shard_train_stream(config, transform)
-    return build_dataset(config, "train", transform, decoder=cpu_decoder_name(config.get("decoder")))[0]
+    return build_dataset(config.to_dict(), "train", transform, decoder=cpu_decoder_name(config.decoder))[0]
 
 
 def build_train_loader(
-    dataset: Dataset, config: dict[str, Any], batch_size: int, world_size: int, rank: int, pin_memory: bool
+    dataset: Dataset, config: TrainConfig, batch_size: int, world_size: int, rank: int, pin_memory: bool
 ) -> DataLoader:
     """Shuffled per-process batches of `batch_size`; incomplete last batches are dropped."""
     from .shard_reader import ShardStream, build_shard_train_loader  # only shards need it
 
     if isinstance(dataset, ShardStream):
         return build_shard_train_loader(dataset, config, batch_size, world_size, rank, pin_memory)
-    sampler = EpochSampler(dataset, num_replicas=world_size, rank=rank, seed=int(config["seed"]))
+    sampler = EpochSampler(dataset, num_replicas=world_size, rank=rank, seed=config.seed)
     batches = BatchSampler(sampler, batch_size, drop_last=True)
     if len(batches) == 0:
         raise DataError(
@@ -167,7 +168,7 @@ def start_epoch(loader: DataLoader, epoch: int, skip_samples: int = 0) -> None:
 
 
 def build_val_loader(
-    dataset: Dataset, config: dict[str, Any], batch_size: int, world_size: int, rank: int, pin_memory: bool
+    dataset: Dataset, config: TrainConfig, batch_size: int, world_size: int, rank: int, pin_memory: bool
 ) -> DataLoader:
     sampler = ShardSampler(len(dataset), world_size, rank)
     return DataLoader(

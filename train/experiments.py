@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -35,7 +34,7 @@ from fsutil.atomic import atomic_write_text
 
 from .cli import build_parser as train_parser
 from .cli import config_overrides
-from .config import ConfigError, list_recipes, load_recipe, resolve_config
+from .config import ConfigError, TrainConfig, list_recipes, load_recipe, resolve_config
 
 
 @dataclass
@@ -181,26 +180,27 @@ def plan(args: argparse.Namespace) -> tuple[str, str, list[PlannedRun]]:
     return title, "", [PlannedRun(Path(n).stem if Path(n).suffix else n, n, []) for n in names]
 
 
-def resolved(command: list[str]) -> dict[str, Any]:
+def resolved(command: list[str]) -> TrainConfig:
     """The config `python -m train` would resolve for this command line."""
     overrides, recipe = config_overrides(train_parser().parse_args(command[3:]))
     return resolve_config(overrides, recipe)
 
 
-def settings_line(config: dict[str, Any]) -> str:
+def settings_line(config: TrainConfig) -> str:
     """What a dry run shows of a resolved config: the network and its ablation options, the schedule."""
-    network = [config["arch"]]
-    if config.get("plain"):
+    network = [config.arch]
+    if config.plain:
         network.append("--plain")
-    for key in ("shortcut", "norm"):
-        if config.get(key) is not None:
-            network.append(f"--{key} {config[key]}")
-    if config.get("mean") is not None:
-        network.append(f"--mean {' '.join(map(str, config['mean']))} --std {' '.join(map(str, config['std']))}")
-    precision = "fp32" if config["amp"] == "none" else config["amp"]
+    if config.shortcut is not None:
+        network.append(f"--shortcut {config.shortcut}")
+    if config.norm is not None:
+        network.append(f"--norm {config.norm}")
+    if config.mean is not None:
+        network.append(f"--mean {' '.join(map(str, config.mean))} --std {' '.join(map(str, config.std))}")
+    precision = "fp32" if config.amp == "none" else config.amp
     return (
-        f"{' '.join(network)} on {config['data']}: {config['epochs']} epochs, batch {config['batch_size']}, "
-        f"lr {config['lr']} ({config['scheduler']}), {precision}"
+        f"{' '.join(network)} on {config.data}: {config.epochs} epochs, batch {config.batch_size}, "
+        f"lr {config.lr} ({config.scheduler}), {precision}"
     )
 
 

@@ -19,6 +19,8 @@ import yaml
 
 from fsutil.owned import NotOwnedError, replace_owned_folder
 
+from .config import TrainConfig
+
 MANIFESTS_KIND = "train-manifests"  # the marker kind of a generated folder (fsutil.owned.mark_owned)
 MOUNT = "/workspace"  # the shared volume in every pod: data/ and runs/
 JOB_FILE = "pytorchjob.yaml"
@@ -53,12 +55,12 @@ def job_name(run_name: str) -> str:
     return name
 
 
-def train_command(options: JobOptions, config: dict) -> list[str]:
+def train_command(options: JobOptions, config: TrainConfig) -> list[str]:
     """The pod's command: torchrun (configured by the operator's PET_* variables) running the recipe."""
     args = ["torchrun", "-m", "train", *options.train_args]
     given = {a.split("=", 1)[0] for a in options.train_args if a.startswith("--")}
-    if "--data-dir" not in given and config["data"] not in DATA_WITHOUT_DIR:
-        args += ["--data-dir", f"{MOUNT}/data/{config['data']}"]
+    if "--data-dir" not in given and config.data not in DATA_WITHOUT_DIR:
+        args += ["--data-dir", f"{MOUNT}/data/{config.data}"]
     if "--name" not in given:
         args += ["--name", run_name(config)]
     if "--device" not in given:
@@ -66,8 +68,8 @@ def train_command(options: JobOptions, config: dict) -> list[str]:
     return [*args, "--out", f"{MOUNT}/runs", "--resume", "auto", "--save-every-steps", str(options.save_every_steps)]
 
 
-def run_name(config: dict) -> str:
-    return config.get("name") or f"{config['arch']}-{config['data']}"
+def run_name(config: TrainConfig) -> str:
+    return config.name or f"{config.arch}-{config.data}"
 
 
 def resources(options: JobOptions) -> dict:
@@ -78,7 +80,7 @@ def resources(options: JobOptions) -> dict:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def pytorch_job(options: JobOptions, config: dict) -> dict:
+def pytorch_job(options: JobOptions, config: TrainConfig) -> dict:
     name = options.job_name or job_name(run_name(config))
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "training"}
     container = {
@@ -146,7 +148,7 @@ def check_options(options: JobOptions) -> None:
         raise ManifestError("--resume: the job always passes --resume auto (a restarted pod continues its run)")
 
 
-def generate(options: JobOptions, config: dict) -> list[Path]:
+def generate(options: JobOptions, config: TrainConfig) -> list[Path]:
     """Write the folder `options.out` (replacing one this function wrote before) and return its files."""
     check_options(options)
     documents = {JOB_FILE: pytorch_job(options, config)}

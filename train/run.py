@@ -44,7 +44,9 @@ from .config import (
     RESUMABLE_OVERRIDES,
     TOPOLOGY_KEYS,
     ConfigError,
+    TrainConfig,
     arch_kwargs,
+    checked_overrides,
     resolve_config,
     validate,
     with_cifar_variant,
@@ -81,11 +83,11 @@ class RunResult:
     seconds: float = 0.0
 
 
-def run_dir_of(config: dict[str, Any]) -> Path:
-    return Path(config["out"]) / check_run_name(config.get("name") or f"{config['arch']}-{config['data']}")
+def run_dir_of(config: TrainConfig) -> Path:
+    return Path(config.out) / check_run_name(config.name or f"{config.arch}-{config.data}")
 
 
-def build_config(overrides: dict[str, Any], recipe: str | None = None) -> dict[str, Any]:
+def build_config(overrides: dict[str, Any], recipe: str | None = None) -> TrainConfig:
     """The run's config. With `--resume`, the checkpoint's config plus the flags given now.
 
     Resuming continues a run only from its own newest `last.pt`; from any other checkpoint (best.pt,
@@ -108,13 +110,14 @@ def build_config(overrides: dict[str, Any], recipe: str | None = None) -> dict[s
         own_last = run_dir_of(config) / "last.pt"
         if restarted and continues_its_run(own_last):  # the fork already has a checkpoint of its own
             return _resumed_config(own_last, load_resume_checkpoint(own_last), overrides)
-        config["forked_from"] = {
-            "path": str(path.resolve()),
-            "sha256": sha256_file(path),
-            "epoch": ckpt.epoch,
-            "step": ckpt.step,
-        }
-        return config
+        return config.replace(
+            forked_from={
+                "path": str(path.resolve()),
+                "sha256": sha256_file(path),
+                "epoch": ckpt.epoch,
+                "step": ckpt.step,
+            }
+        )
     config = resolve_config(overrides, recipe)
     if resume == "auto":
         path = resolve_resume("auto", run_dir_of(config))
@@ -123,24 +126,27 @@ def build_config(overrides: dict[str, Any], recipe: str | None = None) -> dict[s
     return config
 
 
-def _resumed_config(path: Path, ckpt: Checkpoint, overrides: dict[str, Any]) -> dict[str, Any]:
-    config = dict(ckpt.config)
-    fixed = [k for k in TOPOLOGY_KEYS if k in overrides and int(overrides[k]) != int(config.get(k) or 1)]
+def _resumed_config(path: Path, ckpt: Checkpoint, overrides: dict[str, Any]) -> TrainConfig:
+    """The checkpoint's stored config (keys it lacks take their defaults) with the options given now."""
+    stored = TrainConfig.from_dict(ckpt.config, f"--resume {path}: its stored config")
+    overrides = checked_overrides(overrides)
+    fixed = [k for k in TOPOLOGY_KEYS if k in overrides and overrides[k] != getattr(stored, k)]
     if fixed:
         raise ConfigError(
-            f"--resume {path}: {', '.join(f'{k} {config.get(k)} -> {overrides[k]}' for k in fixed)} would change "
+            f"--resume {path}: {', '.join(f'{k} {getattr(stored, k)} -> {overrides[k]}' for k in fixed)} would change "
             "the batches and the LR schedule the checkpoint was made with; resume with the same values, or start "
             "a new run (--pretrained with the checkpoint) to train with others"
         )
     ignored = RESUMABLE_OVERRIDES + ("resume", "name", "out", "overwrite")
-    changed = sorted(k for k, v in overrides.items() if k not in ignored and config.get(k) != v)
+    changed = sorted(k for k, v in overrides.items() if k not in ignored and getattr(stored, k) != v)
     if changed and launched_as_main():
         print(f"warning: resuming with changed {changed}; the run will not match an uninterrupted one", file=sys.stderr)
-    config.update(overrides)
-    config.update(resume=str(path))
-    config.setdefault("out", str(path.parent.parent))  # a fork's default --out
+    changes = {**overrides, "resume": str(path)}
+    if "out" not in ckpt.config and "out" not in overrides:
+        changes["out"] = str(path.parent.parent)  # a fork's default --out
     if "out" not in overrides and "name" not in overrides:  # continuing in the checkpoint's own folder
-        config.update(out=str(path.parent.parent), name=path.parent.name)
+        changes.update(out=str(path.parent.parent), name=path.parent.name)
+    config = stored.replace(**changes)
     validate(config)
     return config
 
@@ -169,27 +175,27 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def eval_preprocess(config: dict[str, Any], pretrained_spec: PreprocessSpec | None) -> PreprocessSpec:
+def eval_preprocess(config: TrainConfig, pretrained_spec: PreprocessSpec | None) -> PreprocessSpec:
     """The dataset's (or the pretrained weights') eval preprocessing, with --image-size etc. applied."""
-    spec = pretrained_spec or default_preprocess(config)
-    if config.get("image_size"):
-        spec = spec.with_input_size(int(config["image_size"]))
-    if config.get("val_resize"):
-        spec = dataclasses.replace(spec, resize_size=int(config["val_resize"]))
-    if config.get("interpolation"):
-        spec = dataclasses.replace(spec, interpolation=config["interpolation"])
-    if config.get("mean"):
-        spec = dataclasses.replace(spec, mean=tuple(map(float, config["mean"])), std=tuple(map(float, config["std"])))
+    spec = pretrained_spec or default_preprocess(config.to_dict())
+    if config.image_size:
+        spec = spec.with_input_size(config.image_size)
+    if config.val_resize:
+        spec = dataclasses.replace(spec, resize_size=config.val_resize)
+    if config.interpolation:
+        spec = dataclasses.replace(spec, interpolation=config.interpolation)
+    if config.mean:
+        spec = dataclasses.replace(spec, mean=tuple(config.mean), std=tuple(config.std))
     return spec
 
 
-def batch_mixer(config: dict[str, Any], num_classes: int) -> v2.Transform | None:
+def batch_mixer(config: TrainConfig, num_classes: int) -> v2.Transform | None:
     """MixUp and/or CutMix on the normalised device batch (one of them per batch when both are on)."""
     mixers = []
-    if float(config.get("mixup") or 0) > 0:
-        mixers.append(v2.MixUp(alpha=float(config["mixup"]), num_classes=num_classes))
-    if float(config.get("cutmix") or 0) > 0:
-        mixers.append(v2.CutMix(alpha=float(config["cutmix"]), num_classes=num_classes))
+    if config.mixup > 0:
+        mixers.append(v2.MixUp(alpha=config.mixup, num_classes=num_classes))
+    if config.cutmix > 0:
+        mixers.append(v2.CutMix(alpha=config.cutmix, num_classes=num_classes))
     if not mixers:
         return None
     return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
@@ -219,9 +225,9 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def run(config: dict[str, Any]) -> RunResult:
+def run(config: TrainConfig) -> RunResult:
     """Train as `config` says (see train/config.py for the keys). Under torchrun, call it in every rank."""
-    device = pick_device(config["device"], int(os.environ.get("LOCAL_RANK", "0")))
+    device = pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     dist_info = init_distributed(device.type)
     try:
         set_threads_per_process(dist_info)
@@ -237,17 +243,17 @@ def discard_unused_run_dir(run_dir: Path) -> None:
 
 
 class _Run:
-    def __init__(self, config: dict[str, Any], device: torch.device, dist_info: DistInfo):
+    def __init__(self, config: TrainConfig, device: torch.device, dist_info: DistInfo):
         self.config, self.device, self.dist = config, device, dist_info
         self.run_dir = run_dir_of(config)
-        resume_path = resolve_resume(config.get("resume"), self.run_dir)
+        resume_path = resolve_resume(config.resume, self.run_dir)
         self.resume = load_resume_checkpoint(resume_path) if resume_path else None
-        # Continuing: the run's own last.pt. A fork (config["forked_from"]) starts a fresh run directory.
+        # Continuing: the run's own last.pt. A fork (config.forked_from) starts a fresh run directory.
         continuing = resume_path is not None and resume_path.resolve() == (self.run_dir / "last.pt").resolve()
         if self.resume is not None:
             check_topology(self.resume, resume_path, dist_info.world_size)
         if dist_info.is_main:
-            prepare_run_dir(self.run_dir, resume=continuing, overwrite=bool(config.get("overwrite")))
+            prepare_run_dir(self.run_dir, resume=continuing, overwrite=config.overwrite)
         barrier()
         try:
             self._setup_determinism()
@@ -266,8 +272,8 @@ class _Run:
 
     def _setup_determinism(self) -> None:
         cfg = self.config
-        seed_everything(int(cfg["seed"]) + self.dist.rank)  # each rank augments differently
-        if cfg.get("deterministic"):
+        seed_everything(cfg.seed + self.dist.rank)  # each rank augments differently
+        if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
@@ -276,52 +282,52 @@ class _Run:
 
     def _setup_model_and_data(self) -> None:
         cfg = self.config
-        _, class_names = build_dataset(cfg, "val", None)
+        _, class_names = build_dataset(cfg.to_dict(), "val", None)
         self.class_names = class_names
         self.arch_kwargs = arch_kwargs(cfg)
         network = create_model(
-            cfg["arch"],
+            cfg.arch,
             num_classes=len(class_names),
-            grad_checkpoint=bool(cfg.get("grad_checkpoint")),  # training only: not in arch_kwargs
+            grad_checkpoint=cfg.grad_checkpoint,  # training only: not in arch_kwargs
             **self.arch_kwargs,
         )
         pretrained_spec = None
         if self.resume is not None:
             pretrained_spec = self.resume.preprocess
-        elif cfg.get("pretrained"):
-            info = load_pretrained(network, cfg["pretrained"])
+        elif cfg.pretrained:
+            info = load_pretrained(network, cfg.pretrained)
             pretrained_spec = info.preprocess
             self.log(info.summary())
         self.preprocess = pretrained_spec if self.resume is not None else eval_preprocess(cfg, pretrained_spec)
-        frozen = freeze(network, backbone=bool(cfg.get("freeze_backbone")), until=cfg.get("freeze_until"))
+        frozen = freeze(network, backbone=cfg.freeze_backbone, until=cfg.freeze_until)
         if frozen:
             self.log(
-                f"frozen: {len(frozen)} parameter tensors ({'backbone' if cfg.get('freeze_backbone') else 'up to ' + cfg['freeze_until']})"
+                f"frozen: {len(frozen)} parameter tensors ({'backbone' if cfg.freeze_backbone else 'up to ' + cfg.freeze_until})"
             )
         self.frozen_norms = frozen_norm_layers(network)
 
-        world, accum = self.dist.world_size, int(cfg["accum_steps"])
-        batch = int(cfg["batch_size"])
+        world, accum = self.dist.world_size, cfg.accum_steps
+        batch = cfg.batch_size
         if batch % (world * accum):
             raise ConfigError(f"batch_size {batch} must be divisible by processes x accum_steps = {world} x {accum}")
         self.per_process_batch = batch // world
         pin = self.device.type == "cuda"
         train_set = datamod.build_train_set(cfg, datamod.train_transform(cfg, self.preprocess))
-        val_set = build_validation_set(cfg, self.preprocess)
+        val_set = build_validation_set(cfg.to_dict(), self.preprocess)
         self.train_loader = datamod.build_train_loader(
             train_set, cfg, self.per_process_batch, world, self.dist.rank, pin
         )
-        val_batch = int(cfg.get("val_batch_size") or max(self.per_process_batch, 64))
+        val_batch = cfg.val_batch_size or max(self.per_process_batch, 64)
         self.val_loader = datamod.build_val_loader(val_set, cfg, val_batch, world, self.dist.rank, pin)
         self.steps_per_epoch = len(self.train_loader)
         self.log(
-            f"{cfg['arch']} on {cfg['data']}: {len(train_set)} train / {len(val_set)} val images, "
+            f"{cfg.arch} on {cfg.data}: {len(train_set)} train / {len(val_set)} val images, "
             f"{len(class_names)} classes, {self.steps_per_epoch} steps per epoch, input {self.preprocess.input_size}px, "
             f"device {self.device}{f' x {world} processes' if world > 1 else ''}, "
             f"{torch.get_num_threads()} CPU thread(s) per process"
         )
 
-        if cfg.get("sync_bn") and world > 1:
+        if cfg.sync_bn and world > 1:
             if self.device.type != "cuda":
                 raise ConfigError(
                     "--sync-bn needs CUDA (torch's SyncBatchNorm); on CPU each process keeps its own BN statistics"
@@ -329,19 +335,17 @@ class _Run:
             network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
             self.frozen_norms = frozen_norm_layers(network)
         network.to(self.device)
-        if cfg.get("channels_last"):
+        if cfg.channels_last:
             network.to(memory_format=torch.channels_last)
         self.network = network
         self.ema = None
-        if cfg.get("ema"):
-            self.ema = AveragedModel(
-                network, multi_avg_fn=get_ema_multi_avg_fn(float(cfg["ema_decay"])), use_buffers=True
-            )
+        if cfg.ema:
+            self.ema = AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
         model: nn.Module = network
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(network, device_ids=ids)
-        if cfg.get("compile"):
+        if cfg.compile:
             model = torch.compile(model)
         self.model = model
 
@@ -349,22 +353,22 @@ class _Run:
         cfg = self.config
         self.optimizer = build_optimizer(self.network, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
-        amp_dtype = AMP_DTYPES[cfg["amp"]]
+        amp_dtype = AMP_DTYPES[cfg.amp]
         self.scaler = torch.amp.GradScaler(self.device.type) if amp_dtype == torch.float16 else None
         self.parts = StepParts(
             model=self.model,
             network=self.network,
             optimizer=self.optimizer,
-            criterion=nn.CrossEntropyLoss(label_smoothing=float(cfg.get("label_smoothing") or 0.0)),
+            criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
             preprocess=self.preprocess,
             device=self.device,
             scheduler=self.scheduler,
             scaler=self.scaler,
             ema=self.ema,
             amp_dtype=amp_dtype,
-            channels_last=bool(cfg.get("channels_last")),
-            accum_steps=int(cfg["accum_steps"]),
-            grad_clip=float(cfg["grad_clip"]) if cfg.get("grad_clip") else None,
+            channels_last=cfg.channels_last,
+            accum_steps=cfg.accum_steps,
+            grad_clip=cfg.grad_clip or None,
             mix=batch_mixer(cfg, len(self.class_names)),
         )
         self.epoch = 0  # completed epochs
@@ -374,7 +378,7 @@ class _Run:
         self.metrics: dict[str, float] = {}
 
     def _restore(self, ckpt: Checkpoint) -> None:
-        load_state_dict_strict(self.network, ckpt.model, source=self.config["resume"])
+        load_state_dict_strict(self.network, ckpt.model, source=self.config.resume)
         self.optimizer.load_state_dict(ckpt.optimizer)
         self.scheduler.load_state_dict(ckpt.scheduler)
         if self.scaler is not None and ckpt.scaler:
@@ -393,7 +397,7 @@ class _Run:
             self.log(
                 f"warning: checkpoint has RNG states for {len(states)} processes, not {self.dist.world_size}; not restored"
             )
-        self.log(f"resumed from {self.config['resume']} at epoch {self.epoch}, step {self.step}")
+        self.log(f"resumed from {self.config.resume} at epoch {self.epoch}, step {self.step}")
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -403,20 +407,20 @@ class _Run:
 
     def train(self) -> RunResult:
         cfg = self.config
-        epochs = int(cfg["epochs"])
+        epochs = cfg.epochs
         reporter = RunReporter(
             self.run_dir,
             enabled=self.dist.is_main,
-            tensorboard=bool(cfg.get("tensorboard")),
-            plots=bool(cfg.get("plots")),
+            tensorboard=cfg.tensorboard,
+            plots=cfg.plots,
             resume_epoch=self.epoch,
             step=self.step,
         )
         stop = StopRequest()
         stop.install()
-        log_every = max(int(cfg.get("log_every") or 10), 1)
-        save_every = int(cfg.get("save_every_steps") or 0)
-        unreadable = UnreadableImages(int(cfg.get("max_unreadable_images", 100)))
+        log_every = max(cfg.log_every or 10, 1)
+        save_every = cfg.save_every_steps
+        unreadable = UnreadableImages(cfg.max_unreadable_images)
         started = time.perf_counter()
         try:
             while self.epoch < epochs:
@@ -470,7 +474,7 @@ class _Run:
                 self.save("last.pt")
                 if row["is_best"]:
                     self.save("best.pt")
-                if cfg.get("log_internals"):  # every rank runs it: a SyncBatchNorm forward is collective
+                if cfg.log_internals:  # every rank runs it: a SyncBatchNorm forward is collective
                     with torch.random.fork_rng(devices=[]):  # a loader's iterator draws its seed from the global RNG
                         images, labels = next(iter(self.val_loader))  # the same first batch every epoch
                     x, y = prepare_batch(self.parts, images), labels.to(self.device)
@@ -522,7 +526,7 @@ class _Run:
         if not self.dist.is_main:
             return
         ckpt = Checkpoint(
-            arch=self.config["arch"],
+            arch=self.config.arch,
             arch_kwargs=self.arch_kwargs,
             class_names=list(self.class_names),
             preprocess=self.preprocess,
@@ -530,7 +534,7 @@ class _Run:
             ema=self.ema.module.state_dict() if self.ema is not None else None,
             ema_updates=int(self.ema.n_averaged) if self.ema is not None else 0,
             metrics=self.metrics,
-            config=self.config,
+            config=self.config.to_dict(),
             optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict() if self.scaler is not None else {},

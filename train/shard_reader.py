@@ -36,6 +36,7 @@ from imagedata.decoders import cpu_decoder, cpu_decoder_name, decode_pil
 from imagedata.errors import DataError
 from imagedata.shards import INDEX_NAME, PIL_ERRORS, Record, ShardInfo, ShardSamples, ShardSource, read_shard, source_of
 
+from .config import TrainConfig
 from .gpu_decode import DeviceDecodedBatches, DevicePlan, EncodedCrop, collate_encoded, device_plan
 from .unreadable import UnreadableImage, collate_skipping
 
@@ -220,7 +221,7 @@ def loader_workers(requested: int) -> int:
 
 def build_shard_train_loader(
     stream: ShardStream,
-    config: dict[str, Any],
+    config: TrainConfig,
     batch_size: int,
     world_size: int,
     rank: int,
@@ -230,16 +231,16 @@ def build_shard_train_loader(
     """The shard loader; with the `cuda` decoder (or `auto` when training on CUDA, pin_memory) the
     batches come out decoded on `decode_device` (default: the current CUDA device)."""
     plan = gpu_decode_plan(stream, config, pin_memory or decode_device is not None)
-    stream.channels_last = bool(config.get("channels_last"))
+    stream.channels_last = config.channels_last
     if plan is not None:
         stream.decode, stream.transform, stream.collate = EncodedCrop(plan, stream.transform), None, collate_encoded
-    batches = ShardBatches(stream, batch_size, rank, world_size, int(config["seed"]))
+    batches = ShardBatches(stream, batch_size, rank, world_size, config.seed)
     if batches.steps == 0:
         raise DataError(
             f"{len(stream)} training images give no full batch of {batch_size} per process; "
             "lower --batch-size or add data"
         )
-    workers = config.get("workers")
+    workers = config.workers
     # the folder loader's default (up to 8), rounded down to share the streams evenly
     workers = loader_workers(min(8, max(1, torch.get_num_threads())) if workers is None else int(workers))
     # Not persistent: each epoch's workers get the dataset with that epoch's plan (set_epoch).
@@ -250,9 +251,9 @@ def build_shard_train_loader(
     return DeviceDecodedBatches(loader, plan, decode_device or torch.device("cuda", torch.cuda.current_device()))
 
 
-def gpu_decode_plan(stream: ShardStream, config: dict[str, Any], on_device: bool) -> DevicePlan | None:
+def gpu_decode_plan(stream: ShardStream, config: TrainConfig, on_device: bool) -> DevicePlan | None:
     """The GPU decode plan when `--decoder cuda` (or `auto` training on a device) applies, else None."""
-    name = config.get("decoder") or "auto"
+    name = config.decoder
     plan = device_plan(stream.transform) if name in ("auto", "cuda") else None
     if name == "cuda" and (plan is None or not on_device):
         raise DataError(
@@ -262,10 +263,10 @@ def gpu_decode_plan(stream: ShardStream, config: dict[str, Any], on_device: bool
     return plan if on_device else None
 
 
-def shard_train_stream(config: dict[str, Any], transform: Callable | None) -> ShardStream:
+def shard_train_stream(config: TrainConfig, transform: Callable | None) -> ShardStream:
     """`--data shards`: the training split, streamed (validation reads it by index: imagedata.shards)."""
-    source = source_of(config)
+    source = source_of(config.to_dict())
     if not source.index.shards("train"):
         raise DataError(f"{source.location}: its {INDEX_NAME} has no train shards")
-    decode, transform = cpu_decoder(cpu_decoder_name(config.get("decoder")), transform)
+    decode, transform = cpu_decoder(cpu_decoder_name(config.decoder), transform)
     return ShardStream(source, "train", transform, decode)

@@ -12,6 +12,7 @@ from imagedata.errors import DataError
 from imagedata.kinds import DATA_KINDS, build_dataset, build_validation_set, default_preprocess
 from models import PreprocessSpec
 from tests.fixtures.datasets import DIGIT_NAMES
+from train.config import TrainConfig
 from train.data import train_transform
 
 
@@ -53,7 +54,7 @@ def test_validation_set_yields_uint8_chw_of_the_spec(kind):
 def test_jpeg_image_folder(jpeg_folder):
     spec = default_preprocess(cfg(data="folder"))
     train, names = build_dataset(
-        cfg(data="folder", data_dir=str(jpeg_folder)), "train", train_transform(cfg(data="folder"), spec)
+        cfg(data="folder", data_dir=str(jpeg_folder)), "train", train_transform(TrainConfig(**cfg(data="folder")), spec)
     )
     val = build_validation_set(cfg(data="folder", data_dir=str(jpeg_folder)), spec)
     assert names == sorted(DIGIT_NAMES[:4])
@@ -98,7 +99,7 @@ def test_folder_split_and_mismatched_classes(tmp_path, jpeg_folder):
 def test_cifar_pickled_batches(cifar_root, kind, classes):
     spec = default_preprocess(cfg(data=kind))
     train, names = build_dataset(
-        cfg(data=kind, data_dir=str(cifar_root)), "train", train_transform(cfg(data=kind), spec)
+        cfg(data=kind, data_dir=str(cifar_root)), "train", train_transform(TrainConfig(**cfg(data=kind)), spec)
     )
     val = build_validation_set(cfg(data=kind, data_dir=str(cifar_root)), spec)
     assert len(names) == classes and len(train) == 80 and len(val) == 30

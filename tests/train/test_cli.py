@@ -33,7 +33,7 @@ def test_every_recipe_resolves(name):
     recipe = load_recipe(name)
     assert set(recipe) <= set(DEFAULTS)
     config = resolve_config({"arch": "resnet50"} if name == "finetune" else {}, name)
-    assert config["recipe"] == name
+    assert config.recipe == name
 
 
 def test_flags_override_the_recipe_and_the_config_is_written(tmp_path, cifar_root, capsys):

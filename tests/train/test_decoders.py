@@ -20,6 +20,7 @@ from imagedata.decoders import DRAFT_TOLERANCE, DraftResizedCrop, cpu_decoder, d
 from imagedata.errors import DataError
 from imagedata.kinds import build_dataset
 from imagedata.shards import FORMAT, INDEX_NAME, VERSION, ShardSource
+from train.config import TrainConfig
 from train.data import build_train_set, start_epoch
 from train.gpu_decode import GPU_TOLERANCE
 from train.shard_reader import ShardStream, build_shard_train_loader, gpu_decode_plan, seeded
@@ -92,7 +93,7 @@ def photo_folder(tmp_path_factory) -> Path:
 
 
 def folder_samples(folder: Path, decoder: str, size: int = 64) -> list[torch.Tensor]:
-    config = {"data": "folder", "data_dir": str(folder), "decoder": decoder, "val_split": None}
+    config = TrainConfig(data="folder", data_dir=str(folder), decoder=decoder)
     dataset = build_train_set(config, training_transform(size))
     return [seeded(lambda i: dataset[i][0], i, seed=i) for i in range(len(dataset))]
 
@@ -116,7 +117,7 @@ def test_a_corrupt_folder_image_is_skipped_with_its_path_by_every_decoder(photo_
     broken = sorted((folder / "train").rglob("*.jpg"))[0]
     broken.write_bytes(b"\xff\xd8 not really a jpeg")
     for decoder in ("pil", "turbo", "draft"):
-        config = {"data": "folder", "data_dir": str(folder), "decoder": decoder, "seed": 0, "workers": 0}
+        config = TrainConfig(data="folder", data_dir=str(folder), decoder=decoder, seed=0, workers=0)
         dataset = build_train_set(config, training_transform(32))
         index = [path for path, _ in dataset.samples].index(str(broken))
         skipped = SkipUnreadable(dataset)[index]
@@ -149,7 +150,7 @@ def photo_shards(tmp_path_factory) -> Path:
 
 
 def photo_batches(shards: Path, decoder: str, device: torch.device | None = None) -> list:
-    config = {"seed": 2, "workers": 0, "decoder": decoder}
+    config = TrainConfig(seed=2, workers=0, decoder=decoder)
     decode, transform = cpu_decoder("turbo", training_transform(64))  # what shard_dataset builds for these
     stream = ShardStream(ShardSource(str(shards)), "train", transform, decode)
     loader = build_shard_train_loader(stream, config, 4, 1, 0, pin_memory=False, decode_device=device)
@@ -168,12 +169,12 @@ def test_the_gpu_pipeline_run_on_the_cpu_crops_and_flips_like_the_cpu_path(photo
 
 def test_auto_decodes_on_the_cpu_without_cuda_and_cuda_is_refused_where_it_cannot_run(photo_shards):
     stream = ShardStream(ShardSource(str(photo_shards)), "train", training_transform(64))
-    assert gpu_decode_plan(stream, {"decoder": "auto"}, on_device=False) is None
-    assert gpu_decode_plan(stream, {"decoder": "auto"}, on_device=True) is not None
+    assert gpu_decode_plan(stream, TrainConfig(decoder="auto"), on_device=False) is None
+    assert gpu_decode_plan(stream, TrainConfig(decoder="auto"), on_device=True) is not None
     with pytest.raises(DataError, match="needs CUDA"):
-        gpu_decode_plan(stream, {"decoder": "cuda"}, on_device=False)
+        gpu_decode_plan(stream, TrainConfig(decoder="cuda"), on_device=False)
     augmented = ShardStream(ShardSource(str(photo_shards)), "train", v2.Compose([v2.RandAugment(), v2.ToPureTensor()]))
-    assert gpu_decode_plan(augmented, {"decoder": "auto"}, on_device=True) is None
+    assert gpu_decode_plan(augmented, TrainConfig(decoder="auto"), on_device=True) is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the nvJPEG decode cannot run here")

@@ -119,17 +119,17 @@ def test_a_restart_continues_the_runs_last_pt_without_a_flag(tmp_path, monkeypat
     prepare_run_dir(run_dir, resume=False, overwrite=False)
     shutil.copy(digits_checkpoint, run_dir / "last.pt")
     first = build_config({"out": str(tmp_path), "name": "digits", "arch": "resnet20", "data": "digits"})
-    assert first["resume"] is None
+    assert first.resume is None
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     again = build_config({"out": str(tmp_path), "name": "digits", "arch": "resnet20", "data": "digits"})
-    assert again["resume"] == str(run_dir / "last.pt")
+    assert again.resume == str(run_dir / "last.pt")
 
     # a fork (--resume best.pt --name NEW) restarted after its first checkpoint continues that checkpoint
     fork = tmp_path / "fork"
     prepare_run_dir(fork, resume=False, overwrite=False)
     shutil.copy(digits_checkpoint, fork / "last.pt")
     forked = build_config({"out": str(tmp_path), "name": "fork", "resume": str(digits_checkpoint)})
-    assert forked["resume"] == str(fork / "last.pt") and forked["name"] == "fork"
+    assert forked.resume == str(fork / "last.pt") and forked.name == "fork"
 
 
 def test_a_restart_before_the_first_checkpoint_says_what_to_do(tmp_path, monkeypatch):

@@ -81,7 +81,7 @@ def test_finetune_uses_the_pretrained_preprocessing(tmp_path, jpeg_folder, cifar
 
 def test_the_finetune_recipe_follows_the_cheat_sheet():
     config = resolve_config({"arch": "resnet50"}, "finetune")
-    assert (config["lr"], config["head_lr"], config["optimizer"], config["momentum"]) == (0.001, None, "sgd", 0.9)
+    assert (config.lr, config.head_lr, config.optimizer, config.momentum) == (0.001, None, "sgd", 0.9)
 
 
 def test_bare_pretrained_means_torchvisions_weights_for_the_arch_from_the_local_cache(

@@ -15,6 +15,7 @@ import torch
 from imagedata.kinds import build_validation_set
 from models import load_checkpoint, model_from_checkpoint
 from tests.fixtures.trained import run_train, train_command
+from train.config import TrainConfig
 from train.data import build_val_loader
 from train.engine import StepParts, evaluate
 
@@ -120,7 +121,9 @@ def test_ddp_two_gloo_processes_equal_one_process(tmp_path):
 
     # validation over the 9 (odd) val images, split over 2 ranks, counted each exactly once
     spec = a.preprocess
-    loader = build_val_loader(build_validation_set(a.config, spec), a.config, 4, 1, 0, False)
+    loader = build_val_loader(
+        build_validation_set(a.config, spec), TrainConfig.from_dict(a.config, "ddp"), 4, 1, 0, False
+    )
     metrics = evaluate(
         model_a,
         loader,

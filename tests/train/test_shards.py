@@ -26,6 +26,7 @@ from imagedata.shards import MEMBER_NAME, ShardSamples, ShardSource
 from models import load_checkpoint
 from tests.fixtures.trained import run_train, train_command
 from train.cli import build_parser
+from train.config import TrainConfig
 from train.data import build_train_loader, start_epoch
 from train.shard_reader import STREAMS, ShardBatches, ShardStream, loader_workers
 from train.shards import main as shards_main
@@ -120,15 +121,15 @@ def test_two_ranks_two_workers_see_each_sample_once_per_epoch(shard_dir, batch_s
 
 
 def test_loader_batches_do_not_depend_on_workers_and_resume_exactly(shard_dir):
-    config = {"seed": 5, "workers": 0}
+    config = TrainConfig(seed=5, workers=0)
     one = build_train_loader(stream(shard_dir), config, 4, 1, 0, pin_memory=False)
-    two = build_train_loader(stream(shard_dir), dict(config, workers=2), 4, 1, 0, pin_memory=False)
+    two = build_train_loader(stream(shard_dir), config.replace(workers=2), 4, 1, 0, pin_memory=False)
     assert len(one) == len(two) == 12 and two.num_workers == 2
     start_epoch(one, 1)
     full = list(one)
     start_epoch(two, 1)
     assert_same_batches(list(two), full)
-    resumed = build_train_loader(stream(shard_dir), dict(config, workers=2), 4, 1, 0, pin_memory=False)
+    resumed = build_train_loader(stream(shard_dir), config.replace(workers=2), 4, 1, 0, pin_memory=False)
     start_epoch(resumed, 1, skip_samples=7 * 4)  # stopped after 7 steps of epoch 2
     assert_same_batches(list(resumed), full[7:])
     assert Counter(int(label) for _, labels, _ in full for label in labels) == Counter({0: 12, 1: 12, 2: 12, 3: 12})
@@ -149,7 +150,7 @@ def test_truncated_shard_is_reported_not_fatal(shard_dir, tmp_path):
     shutil.copytree(shard_dir, damaged)
     tar = damaged / "train-000001.tar"
     tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])  # cut inside its 5th or 6th sample
-    loader = build_train_loader(stream(damaged), {"seed": 0, "workers": 0}, 4, 1, 0, pin_memory=False)
+    loader = build_train_loader(stream(damaged), TrainConfig(seed=0, workers=0), 4, 1, 0, pin_memory=False)
     counter = UnreadableImages(cap=100)
     start_epoch(loader, 0)
     images = sum(len(labels) for _, labels in counter.batches(loader))
@@ -217,7 +218,7 @@ def test_training_from_shards_matches_the_folder(tmp_path):
 
 def test_a_url_reads_through_fsspec_like_the_local_path(shard_dir):
     """fsspec's `local://` scheme takes the URL path (streamed tar reads) on real files."""
-    config = {"seed": 4, "workers": 0}
+    config = TrainConfig(seed=4, workers=0)
     remote = ShardStream(ShardSource(f"local://{shard_dir}"), "train", TO_TENSOR)
     assert remote.source.remote
     by_url = build_train_loader(remote, config, 4, 1, 0, pin_memory=False)
@@ -262,8 +263,8 @@ def test_killed_run_resumes_from_shards_to_identical_weights(tmp_path, cifar_roo
 
 
 def test_channels_last_batches_hold_the_same_pixels_in_nhwc_memory(shard_dir):
-    plain = build_train_loader(stream(shard_dir), {"seed": 1, "workers": 0}, 4, 1, 0, pin_memory=False)
-    nhwc = build_train_loader(stream(shard_dir), {"seed": 1, "workers": 0, "channels_last": True}, 4, 1, 0, False)
+    plain = build_train_loader(stream(shard_dir), TrainConfig(seed=1, workers=0), 4, 1, 0, pin_memory=False)
+    nhwc = build_train_loader(stream(shard_dir), TrainConfig(seed=1, workers=0, channels_last=True), 4, 1, 0, False)
     start_epoch(plain, 0)
     start_epoch(nhwc, 0)
     for (images, _, _), (images_nhwc, _, _) in zip(plain, nhwc):

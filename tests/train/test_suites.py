@@ -131,7 +131,7 @@ def test_paper_exact_puts_the_write_ups_own_runs_beside_the_papers():
     summary = markdown_summary("paper_exact", source, [Outcome(r, r.name, []) for r in runs], [])
     assert "| - / 91.25 | 89.48 |" in summary and "| - / 93.57 | - |" in summary
     config = resolve_config({"arch": "resnet32"}, "paper_exact")
-    assert (config["shortcut"], config["mean"], config["std"]) == ("B", [0.5] * 3, [0.5] * 3)
+    assert (config.shortcut, config.mean, config.std) == ("B", [0.5] * 3, [0.5] * 3)
     assert eval_preprocess(config, None).mean == (0.5, 0.5, 0.5) and arch_kwargs(config) == {"shortcut": "B"}
 
 

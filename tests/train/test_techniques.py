@@ -10,27 +10,16 @@ from torch import nn
 
 from imagedata.kinds import default_preprocess
 from models import create_model
+from train.config import TrainConfig
 from train.engine import StepParts, train_step
 from train.finetune import freeze, frozen_norm_layers, set_train_mode
 from train.optim import build_optimizer, build_scheduler, lr_factor_fn, parameter_groups
 
-BASE = {
-    "lr": 0.1,
-    "batch_size": 64,
-    "epochs": 10,
-    "weight_decay": 1e-4,
-    "optimizer": "sgd",
-    "momentum": 0.9,
-    "nesterov": False,
-    "scheduler": "cosine",
-    "warmup_epochs": 0,
-    "milestones": [],
-    "min_lr": 0.0,
-}
+BASE = TrainConfig(lr=0.1, batch_size=64, epochs=10, weight_decay=1e-4, scheduler="cosine", warmup_epochs=0.0)
 
 
 def test_warmup_then_cosine_per_iteration():
-    f = lr_factor_fn({**BASE, "warmup_epochs": 1, "warmup_start_factor": 0.1}, steps_per_epoch=10)
+    f = lr_factor_fn(BASE.replace(warmup_epochs=1.0, warmup_start_factor=0.1), steps_per_epoch=10)
     assert f(0) == pytest.approx(0.1) and f(5) == pytest.approx(0.55)  # linear, per step
     assert f(10) == pytest.approx(1.0)
     assert f(55) == pytest.approx(0.5)  # half-way through the 90 cosine steps
@@ -38,7 +27,7 @@ def test_warmup_then_cosine_per_iteration():
 
 
 def test_multistep_and_linear_scaling():
-    config = {**BASE, "scheduler": "multistep", "milestones": [3, 6], "lr_gamma": 0.1, "lr_base_batch": 256}
+    config = BASE.replace(scheduler="multistep", milestones=[3.0, 6.0], lr_gamma=0.1, lr_base_batch=256)
     f = lr_factor_fn(config, steps_per_epoch=4)
     assert [f(s) for s in (11, 12, 23, 24)] == pytest.approx([1.0, 0.1, 0.1, 0.01])
     model = create_model("resnet20")
@@ -53,7 +42,7 @@ def test_multistep_and_linear_scaling():
 
 def test_no_weight_decay_on_norms_and_biases_and_head_lr():
     model = create_model("resnet20")
-    groups = parameter_groups(model, {**BASE, "no_wd_norm_bias": True, "head_lr": 1.0})
+    groups = parameter_groups(model, BASE.replace(no_wd_norm_bias=True, head_lr=1.0))
     by_param = {id(p): g for g in groups for p in g["params"]}
     assert by_param[id(model.bn1.weight)]["weight_decay"] == 0.0
     assert by_param[id(model.fc.bias)]["weight_decay"] == 0.0 and by_param[id(model.fc.bias)]["lr"] == 1.0
