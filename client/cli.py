@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .arguments import positive_int
-from .errors import ClientError
+from .errors import ClientError, LocalModelError
 from .images import ImageTooLarge, collect_images, read_image
 from .output import ImageResult, format_json, format_table
 from .remote import TOKEN_ENV
@@ -121,7 +122,7 @@ def open_predictor(args: argparse.Namespace):
     return client, {"url": client.url, "model": args.model}
 
 
-def classify(predictor, path: Path, top_k: int, explainer=None) -> ImageResult:
+def classify(predictor, path: Path, top_k: int, explain=None) -> ImageResult:
     try:
         data = read_image(path)
     except ImageTooLarge as e:
@@ -130,13 +131,31 @@ def classify(predictor, path: Path, top_k: int, explainer=None) -> ImageResult:
         return ImageResult(str(path), error=f"cannot read the file: {e.strerror or e}")
     try:
         result = ImageResult(str(path), predictions=predictor.predict(data)[:top_k])
-        if explainer is not None:
-            result.explanation = str(explainer.explain(path, data))
+        if explain is not None:
+            result.explanation = str(explain(path, data))
         return result
     except ClientError as e:
         if e.fatal:
             raise
         return ImageResult(str(path), error=str(e))
+
+
+def local_explainer(export_dir: Path, out_dir: Path, top_k: int) -> Callable[[Path, bytes], Path]:
+    """`--explain`: (image path, its bytes) -> the Grad-CAM overlay written; errors as the client's."""
+    from classify.explain import Explainer, ExplanationError  # imports torch: --local only
+
+    try:
+        explainer = Explainer(export_dir, out_dir, top_k=top_k)
+    except ExplanationError as e:
+        raise LocalModelError(str(e)) from None
+
+    def explain(path: Path, data: bytes) -> Path:
+        try:
+            return explainer.explain(path, data)
+        except ExplanationError as e:
+            raise ClientError(str(e)) from None
+
+    return explain
 
 
 def predict_main(argv: list[str]) -> int:
@@ -150,11 +169,9 @@ def predict_main(argv: list[str]) -> int:
         parser.error("--explain needs --local EXPORT_DIR (the explanation is computed in this process)")
     try:
         predictor, source = open_predictor(args)
-        explainer = None
+        explain = None
         if args.explain:
-            from .explain import Explainer
-
-            explainer = Explainer(args.local, args.explain_dir, top_k=args.top_k)
+            explain = local_explainer(args.local, args.explain_dir, args.top_k)
     except ClientError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -163,7 +180,7 @@ def predict_main(argv: list[str]) -> int:
     workers = 1 if args.local is not None else min(args.concurrency, len(paths))
     results: list[ImageResult] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(classify, predictor, path, args.top_k, explainer) for path in paths]
+        futures = [pool.submit(classify, predictor, path, args.top_k, explain) for path in paths]
         try:
             for future in futures:  # in the order given, whatever order they finish in
                 result = future.result()

@@ -1,4 +1,5 @@
-"""`--local EXPORT_DIR --explain`: a Grad-CAM overlay per image, of the model the export was made from.
+"""Grad-CAM overlays of an export's predictions (`python -m client --local EXPORT_DIR --explain`), from
+the model the export was made from.
 
 The artifacts (ONNX, TensorRT, ...) carry no gradients, so the explanation comes from the source
 checkpoint the manifest records, accepted only when its sha256 still matches the manifest (a changed
@@ -15,7 +16,10 @@ from models import CheckpointError, EncodedImageTransform, model_from_checkpoint
 from models.imageio import ImageDecodeError
 from models.inspect import grad_cam, save_overlay
 
-from .errors import ClientError, LocalModelError
+
+class ExplanationError(ValueError):
+    """The export's source checkpoint cannot be explained (gone, changed or unreadable), or an image
+    does not decode; the message says which and what to do."""
 
 
 class Explainer:
@@ -25,23 +29,23 @@ class Explainer:
         try:
             manifest = read_manifest(export_dir)
         except ExportError as e:
-            raise LocalModelError(f"--explain: {e}") from None
+            raise ExplanationError(f"--explain: {e}") from None
         source = manifest.source_checkpoint
         path = Path(source["path"])
         if not path.is_file():
-            raise LocalModelError(
+            raise ExplanationError(
                 f"--explain needs the checkpoint {export_dir} was exported from, {path}, and it is gone; "
                 "Grad-CAM needs gradients, which the exported artifacts do not have"
             )
         if sha256_file(path) != source["sha256"]:
-            raise LocalModelError(
+            raise ExplanationError(
                 f"--explain: {path} changed since {export_dir} was exported from it (sha256 differs from the "
                 "manifest); re-export, or the explanation would be of another model"
             )
         try:
             self.model, ckpt = model_from_checkpoint(path)
         except CheckpointError as e:
-            raise LocalModelError(f"--explain: {e}") from None
+            raise ExplanationError(f"--explain: {e}") from None
         self.class_names = list(ckpt.class_names)
         self.transform = EncodedImageTransform(manifest.preprocess)
         self.out_dir = Path(out_dir)
@@ -53,7 +57,7 @@ class Explainer:
         try:
             pixels = self.transform.pixels(data)
         except ImageDecodeError as e:
-            raise ClientError(str(e)) from None
+            raise ExplanationError(str(e)) from None
         maps = grad_cam(self.model, self.transform.normalize(pixels)[None], self.class_names, top_k=self.top_k)
         stem, n = Path(image_path).stem, 1
         target = self.out_dir / f"{stem}.gradcam.png"
