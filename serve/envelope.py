@@ -16,7 +16,8 @@ arrives as bytes) and this module reads each request of a batch as its own envel
   failed request puts its error on the input at fault; the other inputs say why they were not classified.
 
 The body is parsed with a depth limit (classify/response.py's `parse_json`): deep or malformed JSON, or a
-body of another shape, gets 400 naming the problem. One envelope's images are one request's images for
+body of another shape, gets 400 naming the problem (v2: as a bare `{"code", "type", "message"}`, there
+being no inputs to put it on). One envelope's images are one request's images for
 the handler's bounds and budget, and one failure fails the request.
 
 Which layout a worker serves is explicit, never guessed from a request: model-config.yaml's
