@@ -6,7 +6,8 @@ refusal is `{"code": N, "type": "Kind", "message": "..."}` with the same HTTP st
 
 A client trusts none of it: `parse_answer` reads at most `MAX_RESPONSE_BYTES`, refuses nesting deeper
 than an answer has (a body of 100k `[` costs nothing), and refuses non-finite or out-of-range
-probabilities, each as an `InvalidAnswer` that says what was wrong.
+probabilities, each as an `InvalidAnswer` that says what was wrong. `parse_json`, the depth-limited
+parser under it, also reads the requests of KServe's envelopes (serve/envelope.py).
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ from __future__ import annotations
 import json
 import math
 import re
-from itertools import accumulate
 
 Prediction = list[tuple[str, float]]  # (class name, probability), highest first
 MAX_RESPONSE_BYTES = 8 * 2**20  # 32 images x top-1000 of long class names fit many times over
 MAX_DEPTH = 2  # a list of objects
 PROBABILITY_SLACK = 1e-5  # rounding to 6 decimals may sum a little above 1
 MAX_ERROR_TEXT = 300  # what of a refusal's text a client repeats
-STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# A JSON string, or an unterminated one up to the end: linear (each quote starts at most one match).
+STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
 NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+INNERMOST = re.compile(rb"[\[{][\]}]")
 
 
 OVERLOADED = "Overloaded"  # the type of a 503 refusal that says "retry later" (with Retry-After)
@@ -47,31 +49,53 @@ def refusal(code: int, kind: str, message: str) -> str:
     return json.dumps({"code": code, "type": kind, "message": message})
 
 
+class InvalidJSON(ValueError):
+    """A JSON text refused by `parse_json`: nested too deep, malformed, or holding NaN or Infinity."""
+
+
 def _no_constant(name: str):
-    raise InvalidAnswer(f"the answer holds {name}, not a probability")
+    raise InvalidJSON(f"holds {name}, not a number JSON allows")
+
+
+def parse_json(content: bytes | bytearray | str, max_depth: int):
+    """JSON of at most `max_depth` levels of nesting, without NaN or Infinity; else `InvalidJSON`, whose
+        message completes "the answer ..." or "the request body ...". JSON is UTF-8 (RFC 8259): a binary body
+    is "not valid JSON", whatever brackets it holds. The nesting is checked before parsing,
+        at C speed (a body of 100k `[` costs nothing and never reaches the recursive parser)."""
+    try:
+        text = content if isinstance(content, str) else content.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidJSON(f"is not valid JSON (not UTF-8: {e}): {shorten(content)!r}") from None
+    if nests_deeper(content.encode("utf-8", "replace") if isinstance(content, str) else content, max_depth):
+        raise InvalidJSON(f"nests deeper than {max_depth} levels, more than it may")
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:
+        if isinstance(e, InvalidJSON):
+            raise
+        raise InvalidJSON(f"is not valid JSON ({e}): {shorten(content)!r}") from None
 
 
 def load_json(content: bytes | str, max_depth: int = MAX_DEPTH):
-    """JSON of at most `MAX_RESPONSE_BYTES` and `max_depth` levels of nesting, without NaN or Infinity."""
+    """An answer's JSON: at most `MAX_RESPONSE_BYTES`, else as `parse_json` (`InvalidAnswer` either way)."""
     if len(content) > MAX_RESPONSE_BYTES:
         raise InvalidAnswer(
             f"the answer is {len(content):,} bytes, above the {MAX_RESPONSE_BYTES:,} an answer may take"
         )
-    depth = max_nesting(content if isinstance(content, bytes) else content.encode("utf-8", "replace"))
-    if depth > max_depth:
-        raise InvalidAnswer(f"the answer nests {depth} levels deep; an answer has at most {max_depth}")
     try:
-        return json.loads(content, parse_constant=_no_constant)
-    except (ValueError, RecursionError) as e:
-        if isinstance(e, InvalidAnswer):
-            raise
-        raise InvalidAnswer(f"the answer is not valid JSON ({e}): {shorten(content)!r}") from None
+        return parse_json(content, max_depth)
+    except InvalidJSON as e:
+        raise InvalidAnswer(f"the answer {e}") from None
 
 
-def max_nesting(content: bytes) -> int:
-    """The deepest nesting of `[` and `{` outside strings (regular expressions: no per-character loop)."""
+def nests_deeper(content: bytes | bytearray, max_depth: int) -> bool:
+    """Whether `[` and `{` outside strings nest more than `max_depth` levels deep. Each regular-expression
+    pass removes the innermost level (every adjacent opening and closing bracket): `max_depth` passes, then
+    one search, each linear and none a loop per character in Python."""
     brackets = NOT_BRACKET.sub(b"", STRING.sub(b"", content))
-    return max(accumulate(1 if c in b"[{" else -1 for c in brackets), default=0)
+    for _ in range(max_depth):
+        brackets = INNERMOST.sub(b"", brackets)
+    return INNERMOST.search(brackets) is not None
 
 
 def parse_answer(content: bytes | str, images: int | None = None) -> list[Prediction]:

@@ -6,8 +6,8 @@ in each worker, so it only uses absolute imports of our installed packages.
 
 What it does per batch (TorchServe's dynamic batching hands it up to `batchSize` requests at once):
 - each request is a raw body (`curl -T cat.jpg`) or a multipart form with one image per part; under
-  KServe's envelopes (serve/envelope.py) the batch is one request's base64 instances, answered as one
-  list (`{"predictions": [...]}`, or v2 `outputs`) or, when one fails, as its error with its status;
+  KServe's layout each request is its own JSON envelope of base64 images (serve/envelope.py), answered
+  in its format (`{"predictions": [...]}`, or v2 `outputs`) or, when one image fails, with its error;
 - everything from bytes to labels is `classify.classifier.Classifier` (the manifest's preprocessing,
   the runner, softmax and top-k), the same object `client --local` and `train --predict` use; this
   module only adds TorchServe's plumbing: per image `Classifier.pixels`, on as many threads as the
@@ -37,7 +37,6 @@ ImageCost) and `cost_source` (`measured`: checked again on load; `given`: kept),
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,10 +49,10 @@ from classify.response import answer, prediction_object
 from hostinfo import usable_cores
 from models.errors import first_line
 from models.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError
+from serve import envelope
 from serve.bounds import RequestLimits, admit
 from serve.budget import HEADROOM, ImageCost
 from serve.calibrate import budget_here
-from serve.envelope import as_request, image_bytes, layout
 from serve.package import DEFAULT_MAX_IMAGES, DEFAULT_MAX_REQUEST_PIXELS
 from serve.refusal import PHRASES, Refused, how_to_change, part_label
 
@@ -85,7 +84,7 @@ class ImageClassifierHandler(BaseHandler):
             max_pixels=int(config.get("max_pixels", DEFAULT_MAX_PIXELS)),
             batch_size=int(model_config.get("batchSize") or 1),  # one forward pass never exceeds a batch
         )
-        self.envelope = layout(config)
+        self.envelope = envelope.layout(config)
         self.enveloped = self.envelope is not None
         self.limits = RequestLimits(
             max_images=int(config.get("max_images", DEFAULT_MAX_IMAGES)),
@@ -130,9 +129,7 @@ class ImageClassifierHandler(BaseHandler):
         """
         start = time.perf_counter()
         self.context, self.call = context, self.budget.start_call()
-        if self.enveloped:
-            data = [as_request(data)]
-            self.part_names = list(data[0])
+        self.envelopes = [None] * len(data)  # each request's envelope, as `admit` reads it
         output = self.postprocess(self.inference(self.preprocess(data)))
         elapsed = time.perf_counter() - start
         self.budget.observe(self.call.estimated_s, elapsed)
@@ -147,9 +144,9 @@ class ImageClassifierHandler(BaseHandler):
         request). A request's images are consecutive; one failed image fails its whole request.
         """
         requests, errors = [], []
-        for request in data:
+        for idx, request in enumerate(data):
             try:
-                requests.append(self.admit(request))
+                requests.append(self.admit(idx, request))
                 errors.append(None)
             except Refused as e:
                 requests.append([])
@@ -169,17 +166,20 @@ class ImageClassifierHandler(BaseHandler):
             counts.append(len(results))
         return pixels, counts, errors
 
-    def admit(self, request: dict) -> list[tuple[str, bytes]]:
+    def admit(self, idx: int, request: dict) -> list[tuple[str, bytes]]:
         """The request's (name, image bytes) parts, or `Refused` when it is over a bound, does not fit the
         call's budget (serve/budget.py) or is not images; judged from the headers alone (serve/bounds.py),
-        before any pixel is decoded."""
+        before any pixel is decoded. Under an envelope its parts are the envelope's images."""
         if not request:
             raise Refused(400, "InvalidImage", "empty request: no body and no multipart parts")
+        if self.enveloped:
+            self.envelopes[idx] = envelope.read(self.envelope, request)
+            named = self.envelopes[idx].images()
+        else:
+            named = request.items()
         parts = []
-        for name, value in request.items():
-            if self.enveloped:
-                value = image_bytes(value, name)
-            elif not isinstance(value, (bytes, bytearray)):
+        for name, value in named:
+            if not isinstance(value, (bytes, bytearray)):
                 # TorchServe decodes text/* and application/json bodies when decode_input_request is on.
                 raise Refused(
                     400,
@@ -253,32 +253,27 @@ class ImageClassifierHandler(BaseHandler):
         return [e if e is not None else refusal for e in errors]
 
     def postprocess(self, data):
-        if self.enveloped:  # the envelope wraps the list as one request's answer
-            [result] = data
-            if isinstance(result, Refused):
-                self.refuse(0, result)
-                return self.envelope_errors(result)
-            return [prediction_object(self.classifier.top_k_of(row)) for row in result]
         responses = []
         for idx, result in enumerate(data):
             if isinstance(result, Refused):
                 self.refuse(idx, result)
                 self.context.set_response_content_type(idx, "application/json")
+            if self.enveloped:
+                responses.append(self.envelope_answer(idx, result))
+            elif isinstance(result, Refused):
                 responses.append(result.body())
-                continue
-            responses.append(answer([self.classifier.top_k_of(row) for row in result]))
+            else:
+                responses.append(answer([self.classifier.top_k_of(row) for row in result]))
         return responses
 
-    def envelope_errors(self, refusal: Refused) -> list[dict]:
-        """v1: the one error. v2: one output per input, in order: the error on the input at fault (on
-        every input when the whole request was refused), the others saying why they were not classified."""
-        error = json.loads(refusal.body())
-        if self.envelope != "kservev2":
-            return [error]
-        skipped = Refused(
-            refusal.code, "NotClassified", f"not classified: input {refusal.part!r} of this request failed"
-        )
-        return [error if refusal.part in (None, name) else json.loads(skipped.body()) for name in self.part_names]
+    def envelope_answer(self, idx: int, result) -> dict:
+        """Request `idx`'s answer in its envelope's format (serve/envelope.py)."""
+        request, request_id, model = self.envelopes[idx], self.context.get_request_id(idx), self.manifest["model"]
+        if request is None:
+            return envelope.unreadable(self.envelope, result)
+        if isinstance(result, Refused):
+            return request.refusal(result, request_id, model)
+        return request.answer([prediction_object(self.classifier.top_k_of(row)) for row in result], request_id, model)
 
     def refuse(self, idx: int, refusal: Refused) -> None:
         self.context.set_response_status(refusal.code, PHRASES.get(refusal.code, ""), idx)

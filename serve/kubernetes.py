@@ -455,8 +455,7 @@ def kserve_config(options: ManifestOptions) -> str:
                     "marName": f"{a.name}.mar",
                     "minWorkers": a.workers,
                     "maxWorkers": a.workers,
-                    # KServe's envelopes answer only a batch's first request (serve/envelope.py).
-                    "batchSize": 1,
+                    "batchSize": a.batch_size,
                     "maxBatchDelay": a.max_batch_delay_ms,
                     "responseTimeout": a.response_timeout_s,
                 }
@@ -476,8 +475,11 @@ def kserve_config(options: ManifestOptions) -> str:
         f"vmargs=-Xmx{options.frontend_heap} -XX:MaxDirectMemorySize={FRONTEND_DIRECT_MEMORY} -XX:+ExitOnOutOfMemoryError",
         "enable_model_api=false",
         "install_py_dep_per_model=false",
-        "# KServe's runtime sets TS_SERVICE_ENVELOPE (kserve for protocol v1, kservev2 for v2) in the environment.",
-        "enable_envvars_config=true",
+        "# KServe's runtime sets TS_SERVICE_ENVELOPE (kserve for protocol v1, kservev2 for v2): our handler reads it",
+        "# and parses each request's JSON itself (serve/envelope.py), so TorchServe applies no envelope of its own",
+        "# and hands every body over as bytes.",
+        "enable_envvars_config=false",
+        "decode_input_request=false",
         f"max_request_size={max_request_bytes()}",
         f"model_store={KSERVE_MODEL_STORE}",
         f"model_snapshot={json.dumps(snapshot, separators=(',', ':'))}",

@@ -14,7 +14,7 @@ from classify.response import (
     MAX_RESPONSE_BYTES,
     InvalidAnswer,
     answer,
-    max_nesting,
+    nests_deeper,
     parse_answer,
     parse_refusal,
     refusal,
@@ -48,7 +48,9 @@ def test_what_is_built_parses_back():
         ('{"tabby": 1.5}', "not a number in"),
         ('{"tabby": true}', "not a number in"),
         ('{"tabby": 0.8, "dog": 0.8}', "sum to"),
-        ("[" * 1_000_000, "nests"),
+        ("[" * 1_000_000, "not valid JSON"),  # never closed: the parser's recursion limit, caught
+        ("[" * 500_000 + "]" * 500_000, "nests"),
+        ('"' + '\\"' * 500_000, "not valid JSON"),  # an unterminated string of escapes: linear
         ('[{"a": [[0.5]]}]', "nests"),
         ("{}", "expected a JSON object"),
         ("not json", "not valid JSON"),
@@ -62,7 +64,8 @@ def test_hostile_answers_are_refused(body, reason):
 
 
 def test_brackets_inside_strings_do_not_count_and_size_is_capped():
-    assert max_nesting(b'{"a[[[\\"[[": 0.5}') == 1
+    assert not nests_deeper(b'{"a[[[\\"[[": 0.5}', 1) and nests_deeper(b'[{"a[": 0.5}]', 1)
+    assert not nests_deeper(b"[[],[[]]]", 3) and nests_deeper(b"[[],[[]]]", 2)
     with pytest.raises(InvalidAnswer, match="bytes, above"):
         parse_answer(b" " * (MAX_RESPONSE_BYTES + 1))
 

@@ -17,8 +17,6 @@ import torch
 import ts
 import yaml
 from ts.context import Context, RequestProcessor
-from ts.torch_handler.request_envelope.kserve import KServeEnvelope
-from ts.torch_handler.request_envelope.kservev2 import KServev2Envelope
 
 from serve.handler import ImageClassifierHandler, threads_per_worker
 from serve.package import package
@@ -132,14 +130,10 @@ def test_text_and_json_bodies_are_refused_with_a_hint(handler):
     assert "empty request" in json.loads(answers[2][1])["message"]
 
 
-def through_envelope(handler, envelope, body: dict):
-    """One request through TorchServe's own envelope around handler.handle, as a worker does with
-    service_envelope=kserve / kservev2; returns (status, the envelope's response)."""
-    context = handler.context
-    context.request_processor = [RequestProcessor({})]
-    context.request_ids = {0: "request-0"}
-    [response] = envelope(handler.handle).handle([{"body": json.dumps(body).encode()}], context)
-    return context.get_response_status(0)[0], response
+def through_envelope(handler, *bodies):
+    """One batch of JSON bodies through handler.handle, as TorchServe hands them with no envelope of its
+    own (the KServe layout's config); returns [(status, the parsed answer)] per request."""
+    return [(status, answer) for status, answer in handle(handler, [{"body": bytearray(b)} for b in bodies])]
 
 
 def envelope_handler(archive_dir, envelope: str) -> ImageClassifierHandler:
@@ -147,49 +141,87 @@ def envelope_handler(archive_dir, envelope: str) -> ImageClassifierHandler:
     return make_handler(model_dir, manifest, {**config, "handler": {**config["handler"], "envelope": envelope}})
 
 
-def test_kserve_envelopes_hand_one_requests_base64_instances(archive_dir, handler, valid_images):
-    """KServe v1 instances (base64 strings, {"b64": ...}) and v2 BYTES inputs answer as the raw body does;
-    bad base64, a non-BYTES tensor or too many instances fail the request with its own status."""
+def v2_input(name, data, datatype="BYTES"):
+    return {"name": name, "shape": [len(data)], "datatype": datatype, "data": data}
+
+
+def test_kserve_v1_instances_are_answered_in_order_each_request_its_own(archive_dir, handler, valid_images):
+    """v1 instances (base64 strings, {"b64": ...}) answer as the raw body does, several envelope requests of
+    one batch each their own; bad base64, too many instances or a body that is no envelope fail only their
+    own request, with its status, and the answer says what was wrong."""
     cat, gray = valid_images["jpeg"], valid_images["png_gray"]
     plain = [handle(handler, [{"body": image}])[0][1] for image in (cat, gray)]
     b64 = [base64.b64encode(image).decode() for image in (cat, gray)]
     handler = envelope_handler(archive_dir, "kserve")
-
-    v1 = {"instances": [{"data": b64[0]}, {"data": {"b64": b64[1]}}]}
-    assert through_envelope(handler, KServeEnvelope, v1) == (200, {"predictions": plain})
-    assert through_envelope(handler, KServeEnvelope, {"instances": [b64[1]]}) == (200, {"predictions": plain[1:]})
-    status, response = through_envelope(handler, KServeEnvelope, {"instances": [{"data": b64[0]}, {"data": "c@t"}]})
-    [error] = response["predictions"]
-    assert status == 400 and error["message"].startswith("part 'instances[1]': malformed base64")
-    status, response = through_envelope(handler, KServeEnvelope, {"instances": [{"data": b64[0][:-8]}]})
-    assert status == 400 and "truncated" in response["predictions"][0]["message"]
     flood = {"instances": [{"data": b64[0]}] * (handler.limits.max_images + 1)}
-    status, response = through_envelope(handler, KServeEnvelope, flood)
-    assert status == 413 and response["predictions"][0]["type"] == "TooManyImages"
-    status, response = through_envelope(handler, KServeEnvelope, {"inputs": [{"data": b64[0]}]})
-    assert status == 400 and "no base64 image" in response["predictions"][0]["message"]
+    bodies = [
+        {"instances": [{"data": b64[0]}, {"data": {"b64": b64[1]}}]},
+        {"instances": [b64[1]]},
+        {"instances": [{"data": b64[0]}, {"data": "c@t"}]},
+        {"instances": [{"data": b64[0][:-8]}]},
+        flood,
+        {"inputs": [{"data": b64[0]}]},
+    ]
+    answers = through_envelope(handler, *(json.dumps(body).encode() for body in bodies), cat)
+    assert answers[:2] == [(200, {"predictions": plain}), (200, {"predictions": plain[1:]})]
+    errors = [(status, answer["predictions"][0]) for status, answer in answers[2:-1]]
+    assert [status for status, _ in errors] == [400, 400, 413, 400]
+    assert errors[0][1]["message"].startswith("part 'instances[1]': malformed base64")
+    assert "truncated" in errors[1][1]["message"] and errors[2][1]["type"] == "TooManyImages"
+    assert 'expected {"instances": [...]}' in errors[3][1]["message"]
+    status, answer = answers[-1]  # a raw image on this layout
+    assert status == 400 and "the request body is not valid JSON" in answer["predictions"][0]["message"]
 
-    def v2_input(name, datatype, data):
-        return {"name": name, "shape": [len(data)], "datatype": datatype, "data": data}
 
+def test_deep_json_is_refused_cheaply_and_the_worker_answers_on(archive_dir, valid_images):
     handler = envelope_handler(archive_dir, "kservev2")
-    v2 = {"id": "r1", "inputs": [v2_input("cat", "BYTES", [b64[0]]), v2_input("gray", "BYTES", [b64[1]])]}
-    status, response = through_envelope(handler, KServev2Envelope, v2)
-    assert status == 200 and response["id"] == "r1"
-    assert [(o["name"], o["data"]) for o in response["outputs"]] == [("cat", [plain[0]]), ("gray", [plain[1]])]
-    status, response = through_envelope(handler, KServev2Envelope, {"inputs": [v2_input("x", "FP32", [0.5])]})
-    assert status == 400 and "a FP32 tensor, not image bytes" in response["outputs"][0]["data"][0]["message"]
-    # Two images in one BYTES input: refused by name, not answered for the first alone.
-    status, response = through_envelope(handler, KServev2Envelope, {"inputs": [v2_input("pair", "BYTES", b64)]})
-    assert status == 400 and response["outputs"][0]["name"] == "pair"
-    assert "part 'pair': shape [2]" in response["outputs"][0]["data"][0]["message"]
-    # The error goes on the input at fault, in order; the others say why they were not classified.
-    bad = {"inputs": [v2_input("a", "BYTES", [b64[0]]), v2_input("b", "BYTES", ["c@t"])]}
-    status, response = through_envelope(handler, KServev2Envelope, bad)
-    outputs = {o["name"]: o["data"][0] for o in response["outputs"]}
-    assert status == 400 and list(outputs) == ["a", "b"]
-    assert outputs["b"]["message"].startswith("part 'b': malformed base64")
-    assert outputs["a"]["type"] == "NotClassified" and "'b'" in outputs["a"]["message"]
+    started = time.perf_counter()
+    [(status, answer)] = through_envelope(handler, b"[" * 100_000 + b"]" * 100_000)
+    assert status == 400 and "the request body nests deeper than" in answer["message"]
+    [(status, answer)] = through_envelope(handler, b'{"inputs": ' + b"[" * 1_000_000)
+    assert status == 400 and "not valid JSON" in answer["message"]
+    assert time.perf_counter() - started < 5  # no recursion, no loop per character in Python
+    v2 = {"inputs": [v2_input("cat", [base64.b64encode(valid_images["jpeg"]).decode()])]}
+    assert through_envelope(handler, json.dumps(v2).encode())[0][0] == 200
+
+
+def test_kserve_v2_answers_every_element_of_every_input_by_name(archive_dir, handler, valid_images):
+    """Every element of every BYTES input is answered, in order, in the outputs TorchServe's kservev2
+    envelope wrote; a failure goes on the input at fault, the others say they were not classified."""
+    cat, gray = valid_images["jpeg"], valid_images["png_gray"]
+    plain = [handle(handler, [{"body": image}])[0][1] for image in (cat, gray)]
+    b64 = [base64.b64encode(image).decode() for image in (cat, gray)]
+    handler = envelope_handler(archive_dir, "kservev2")
+    bodies = [
+        {"id": "r1", "inputs": [v2_input("pair", b64), v2_input("gray", [b64[1]])]},
+        {"inputs": [v2_input("a", [b64[0]]), v2_input("b", [b64[1], "c@t"])]},
+        {"inputs": [v2_input("x", [0.5], "FP32"), v2_input("cat", [b64[0]])]},
+        {"inputs": [v2_input("a", [b64[0]]), {**v2_input("b", [b64[0]]), "shape": [1, 1]}]},
+        {"inputs": [v2_input("a", [b64[0]]), v2_input("a", [b64[0]])]},
+    ]
+    answers = through_envelope(handler, *(json.dumps(body).encode() for body in bodies))
+    status, answer = answers[0]
+    assert status == 200 and answer["id"] == "r1" and answer["model_name"] == "digits"
+    assert answer["outputs"] == [
+        {"name": "pair", "datatype": "BYTES", "data": plain, "shape": [2]},
+        {"name": "gray", "datatype": "BYTES", "data": plain[1:], "shape": [1]},
+    ]
+    assert answers[1][1]["id"] == "request-1"  # no id of its own: TorchServe's request id, as its envelope did
+
+    def outputs(answer):
+        return {output["name"]: output["data"][0] for output in answer["outputs"]}
+
+    status, answer = answers[1]
+    assert status == 400 and list(outputs(answer)) == ["a", "b"]
+    assert outputs(answer)["b"]["message"].startswith("part 'b[1]': malformed base64")
+    assert outputs(answer)["a"]["type"] == "NotClassified" and "input 'b'" in outputs(answer)["a"]["message"]
+    status, answer = answers[2]
+    assert status == 400 and "part 'x': a FP32 tensor, not image bytes" in outputs(answer)["x"]["message"]
+    assert outputs(answer)["cat"]["type"] == "NotClassified"
+    status, answer = answers[3]
+    assert status == 400 and "part 'b': shape [1, 1]" in outputs(answer)["b"]["message"]
+    status, answer = answers[4]
+    assert status == 400 and "every v2 input needs a name of its own" in answer["message"]
 
 
 def test_explain_and_describe_headers_do_not_change_the_answer(handler, valid_images):

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import kubernetes_validate
@@ -168,8 +169,9 @@ def test_kserve_layout_and_inference_services(manifests, store):
     assert properties["model_store"] == "/mnt/models/model-store"
     snapshot = json.loads(properties["model_snapshot"])["models"]["digits"]["1.0"]
     assert snapshot["marName"] == "digits.mar"
-    assert snapshot["batchSize"] == 1  # KServe's envelopes answer only a batch's first request
-    assert properties["enable_envvars_config"] == "true"  # how the runtime's TS_SERVICE_ENVELOPE gets in
+    assert snapshot["batchSize"] == read_archive(store / "digits.mar").batch_size  # each request its own envelope
+    # TorchServe applies no envelope of its own and hands bodies over as bytes: the handler reads them.
+    assert properties["enable_envvars_config"] == "false" and properties["decode_input_request"] == "false"
     runtime = load(manifests / "kserve" / "inferenceservice-torchserve.yaml")
     assert runtime["apiVersion"] == "serving.kserve.io/v1beta1" and runtime["kind"] == "InferenceService"
     model = runtime["spec"]["predictor"]["model"]
@@ -509,11 +511,11 @@ def test_stopping_one_replica_fails_only_its_in_flight_requests(cluster, digit_f
 # --- KServe's TorchServe runtime, locally -----------------------------------------------------------
 
 
-def test_torchserve_serves_the_kserve_layout_over_protocol_v1(manifests, digits_export, digit_folder, tmp_path):
+@contextlib.contextmanager
+def kserve_torchserve(manifests: Path, tmp_path: Path, envelope: str):
     """TorchServe started as the kserve-torchserve runtime starts it: the generated config/config.properties
-    (only its addresses and model store made local) and TS_SERVICE_ENVELOPE=kserve, which KServe sets for
-    protocol v1. Base64 instances get what the local Classifier answers, in order; a malformed one fails
-    its request with 400 naming it."""
+    (only its addresses and model store made local) and TS_SERVICE_ENVELOPE, which KServe sets (kserve for
+    protocol v1, kservev2 for v2). Yields the inference URL once the model answers."""
     storage = manifests / "kserve" / "storage"
     port, metrics, grpc_inference, grpc_management = free_ports(4)
     local = {
@@ -530,7 +532,7 @@ def test_torchserve_serves_the_kserve_layout_over_protocol_v1(manifests, digits_
     config.write_text("\n".join(lines) + "\n")
     env = dict(
         os.environ,
-        TS_SERVICE_ENVELOPE="kserve",
+        TS_SERVICE_ENVELOPE=envelope,
         TMPDIR=str(tmp_path),  # TorchServe's pid file and worker sockets
         LOG_LOCATION=str(tmp_path / "logs"),
         METRICS_LOCATION=str(tmp_path / "logs"),
@@ -542,41 +544,13 @@ def test_torchserve_serves_the_kserve_layout_over_protocol_v1(manifests, digits_
     with open(tmp_path / "torchserve.out", "wb") as out:
         subprocess.run(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=60, check=True)
     java = psutil.Process(int((tmp_path / ".model_server.pid").read_text()))
-    images = [next((digit_folder / label).iterdir()).read_bytes() for label in ("3", "7")]
-    instances = {
-        "instances": [
-            {"data": base64.b64encode(images[0]).decode()},
-            {"data": {"b64": base64.b64encode(images[1]).decode()}},
-        ]
-    }
+    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
-        while True:
-            try:
-                response = requests.post(
-                    f"http://127.0.0.1:{port}/v1/models/digits:predict", json=instances, timeout=30
-                )
-                if response.status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
+        while not model_ready(url):
             assert java.is_running() and time.monotonic() < deadline, (tmp_path / "torchserve.out").read_text()
             time.sleep(1)
-        predictions = response.json()["predictions"]
-        expected = Classifier.from_export(digits_export, top_k=SERVED_PACKAGE_OPTIONS.top_k).classify(images)
-        assert len(predictions) == 2
-        for served, answer in zip(predictions, expected):
-            assert list(served)[0] == answer[0][0]  # the same top class
-            assert all(abs(served[name] - p) < 1e-4 for name, p in answer if name in served)
-        bad = {"instances": [instances["instances"][0], {"data": "not base64!"}]}
-        response = requests.post(f"http://127.0.0.1:{port}/predictions/digits", json=bad, timeout=30)
-        assert response.status_code == 400, response.text
-        [error] = response.json()["predictions"]
-        assert error["message"].startswith("part 'instances[1]': malformed base64"), error
-        # The envelope reads every body as KServe JSON: a raw image is not served on this layout.
-        assert (
-            requests.put(f"http://127.0.0.1:{port}/predictions/digits", data=images[0], timeout=30).status_code == 503
-        )
+        yield url
     finally:
         processes = [java, *java.children(recursive=True)]
         for process in processes:
@@ -586,6 +560,84 @@ def test_torchserve_serves_the_kserve_layout_over_protocol_v1(manifests, digits_
         for process in alive:
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
+
+
+def model_ready(url: str) -> bool:
+    """Whether the handler answers (an empty envelope is refused with 400, by the handler, not the frontend)."""
+    try:
+        return requests.post(f"{url}/predictions/digits", json={}, timeout=30).status_code == 400
+    except (requests.ConnectionError, requests.Timeout):  # not listening yet, or the worker still loading
+        return False
+
+
+def b64(image: bytes) -> str:
+    return base64.b64encode(image).decode()
+
+
+def test_torchserve_serves_the_kserve_layout_over_protocol_v1(manifests, digits_export, digit_folder, tmp_path):
+    """Base64 instances get what the local Classifier answers, in order; a malformed one fails its request
+    with 400 naming it."""
+    images = [next((digit_folder / label).iterdir()).read_bytes() for label in ("3", "7")]
+    instances = {"instances": [{"data": b64(images[0])}, {"data": {"b64": b64(images[1])}}]}
+    with kserve_torchserve(manifests, tmp_path, "kserve") as url:
+        response = requests.post(f"{url}/v1/models/digits:predict", json=instances, timeout=30)
+        assert response.status_code == 200, response.text
+        predictions = response.json()["predictions"]
+        expected = Classifier.from_export(digits_export, top_k=SERVED_PACKAGE_OPTIONS.top_k).classify(images)
+        assert len(predictions) == 2
+        for served, answer in zip(predictions, expected):
+            assert list(served)[0] == answer[0][0]  # the same top class
+            assert all(abs(served[name] - p) < 1e-4 for name, p in answer if name in served)
+        bad = {"instances": [instances["instances"][0], {"data": "not base64!"}]}
+        response = requests.post(f"{url}/predictions/digits", json=bad, timeout=30)
+        assert response.status_code == 400, response.text
+        [error] = response.json()["predictions"]
+        assert error["message"].startswith("part 'instances[1]': malformed base64"), error
+        # The layout reads every body as KServe JSON: a raw image is refused with a hint.
+        response = requests.put(f"{url}/predictions/digits", data=images[0], timeout=30)
+        assert response.status_code == 400, response.text
+
+
+def test_torchserve_serves_the_kserve_layout_over_protocol_v2(manifests, digits_export, digit_folder, tmp_path):
+    """TS_SERVICE_ENVELOPE=kservev2: every element of a BYTES input answered in order; concurrent requests
+    batched together (batchSize 8) each get their own answer; the error of a bad input on that input; a
+    body of 100k nested `[` gets 400 and the worker answers on."""
+    labels = [str(digit) for digit in range(8)]
+    images = [next((digit_folder / label).iterdir()).read_bytes() for label in labels]
+    classifier = Classifier.from_export(digits_export, top_k=SERVED_PACKAGE_OPTIONS.top_k)
+    top = [answer[0][0] for answer in classifier.classify(images)]
+
+    def infer(url, inputs: list, request_id: str = "r") -> tuple[int, dict]:
+        body = {
+            "id": request_id,
+            "inputs": [{"name": n, "shape": [len(d)], "datatype": "BYTES", "data": d} for n, d in inputs],
+        }
+        response = requests.post(f"{url}/v2/models/digits/infer", json=body, timeout=60)
+        return response.status_code, response.json()
+
+    with kserve_torchserve(manifests, tmp_path, "kservev2") as url:
+        status, answer = infer(url, [("pair", [b64(images[0]), b64(images[1])]), ("one", [b64(images[2])])])
+        assert status == 200 and answer["id"] == "r" and answer["model_name"] == "digits", answer
+        assert [(o["name"], o["shape"]) for o in answer["outputs"]] == [("pair", [2]), ("one", [1])]
+        assert [list(p)[0] for o in answer["outputs"] for p in o["data"]] == top[:3]
+
+        with ThreadPoolExecutor(len(images)) as pool:
+            answers = list(pool.map(lambda i: infer(url, [("x", [b64(images[i])])], f"r{i}"), range(len(images))))
+        assert [(status, a["id"], list(a["outputs"][0]["data"][0])[0]) for status, a in answers] == [
+            (200, f"r{i}", top[i]) for i in range(len(images))
+        ]
+
+        status, answer = infer(url, [("a", [b64(images[0])]), ("b", ["not base64!"])])
+        assert status == 400 and [o["name"] for o in answer["outputs"]] == ["a", "b"]
+        assert answer["outputs"][1]["data"][0]["message"].startswith("part 'b': malformed base64")
+        assert answer["outputs"][0]["data"][0]["type"] == "NotClassified"
+
+        deep = b"[" * 100_000 + b"]" * 100_000
+        response = requests.post(f"{url}/v2/models/digits/infer", data=deep, timeout=60)
+        assert response.status_code == 400 and "nests deeper than" in response.json()["message"], response.text
+        assert (
+            infer(url, [("x", [b64(images[3])])])[1]["outputs"][0]["data"][0] == answers[3][1]["outputs"][0]["data"][0]
+        )
 
 
 def test_kserve_triton_runtime_and_v2_inference_service(store, tmp_path):
