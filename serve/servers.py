@@ -16,6 +16,7 @@ from . import triton_server as triton
 @dataclass(frozen=True)
 class Server:
     title: str
+    protocol: str  # what its inference API speaks: client --protocol (client/v2.py's PROTOCOLS)
     settings_from: Callable  # (command-line args, model options) -> its settings
     start: Callable
     describe: Callable  # (info, args) -> lines telling how to call it
@@ -108,6 +109,7 @@ def describe_triton(info: triton.TritonInfo, args) -> list[str]:
 SERVERS = {
     "torchserve": Server(
         "TorchServe",
+        "torchserve",
         torchserve_settings,
         torchserve.start,
         describe_torchserve,
@@ -120,6 +122,7 @@ SERVERS = {
     ),
     "triton": Server(
         "Triton",
+        "v2",
         triton_settings,
         triton.start,
         describe_triton,
