@@ -73,6 +73,24 @@ RUN source=() \
     && python3 -m venv /tmp/pip \
     && /tmp/pip/bin/pip install --no-cache-dir "${source[@]}" --no-deps --target /opt/resnet-deploy .
 
+# The Triton server (`serve start --server triton`), laid out as serve/triton_install.py expects beside the
+# venv: NVIDIA's PyTriton wheel unpacked with --no-deps into /opt/venv/triton/wheel and the numpy 1 its
+# backend stub was built against into /opt/venv/triton/stub-site. A stage of its own, so it neither rebuilds
+# nor is rebuilt by the multi-GB layer above; scripts/image.sh passes the versions (serve/triton_install.py)
+# and, offline, their wheels in .image/triton-wheelhouse.
+FROM ${BASE_IMAGE} AS triton
+ARG TRITON_WHEEL=""
+ARG TRITON_STUB_NUMPY=""
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+COPY constraints.txt .image/triton-wheelhouse* /wheelhouse/
+RUN : "${TRITON_WHEEL:?build with scripts/image.sh (make image), or pass --build-arg TRITON_WHEEL=... and TRITON_STUB_NUMPY=... as serve/triton_install.py names them}" \
+    && : "${TRITON_STUB_NUMPY:?pass --build-arg TRITON_STUB_NUMPY=..., as serve/triton_install.py names it}" \
+    && source=() \
+    && if compgen -G "/wheelhouse/*.whl" >/dev/null; then source=(--no-index --find-links /wheelhouse); fi \
+    && python3 -m venv /tmp/pip \
+    && /tmp/pip/bin/pip install -q --no-cache-dir "${source[@]}" --no-deps --target /opt/venv/triton/wheel "${TRITON_WHEEL}" \
+    && /tmp/pip/bin/pip install -q --no-cache-dir "${source[@]}" --no-deps --target /opt/venv/triton/stub-site "${TRITON_STUB_NUMPY}"
+
 FROM ${BASE_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -85,6 +103,14 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
 RUN useradd --no-create-home --home-dir /tmp --uid 10001 --user-group --shell /usr/sbin/nologin serve
+# Triton's Python backend stub links this Python's shared libpython (python:3.11-slim has it, Debian's
+# python3 package does not), then the server itself, before the venv so that source edits rebuild neither.
+RUN version="$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
+    && if ! ldconfig -p | grep -q "libpython${version}.so.1.0"; then \
+        apt-get update && apt-get install -y --no-install-recommends "libpython${version}" \
+        && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb; \
+    fi
+COPY --from=triton /opt/venv/triton /opt/venv/triton
 COPY --from=venv /opt/venv /opt/venv
 COPY --from=venv /opt/resnet-deploy /opt/resnet-deploy
 ARG MODEL_STORE=model_store

@@ -49,10 +49,12 @@ import requests
 from PIL import Image
 from urllib3 import encode_multipart_formdata
 
+from classify.response import V2_INPUT
+
 from .images import read_image
 from .loadtest import parse_duration
 from .remote import FORM_DECODER_TYPE, error_body, is_busy, parse_predictions
-from .v2 import HEADER_LENGTH, INPUT, Predictions, add_protocol, http_request, parse_http_response, prediction_client
+from .v2 import Predictions, add_protocol, http_request, parse_http_response, prediction_client
 
 SHED_RETRIES = 5
 PROBABILITY_TOLERANCE = 1e-3  # the same image through a different batch composition
@@ -78,7 +80,8 @@ def image_case(name: str, images: list[bytes], expected: tuple[int, ...], protoc
     or the rows of one v2 inference request."""
     if protocol == "v2":
         body, headers = http_request(images)
-        return Case(name, body, headers["Content-Type"], expected, valid, {HEADER_LENGTH: headers[HEADER_LENGTH]})
+        content_type = headers.pop("Content-Type")
+        return Case(name, body, content_type, expected, valid, headers)
     if len(images) == 1:
         return Case(name, images[0], OCTET, expected, valid)
     body, content_type = encode_multipart_formdata(
@@ -133,7 +136,7 @@ def hostile_cases(protocol: str = "torchserve") -> list[Case]:
         image_case("truncated", [jpeg[: len(jpeg) // 2]], (400,), protocol),
     ]
     if v2:
-        url = {"name": INPUT, "shape": [1, 1], "datatype": "BYTES", "data": ["http://example.com/cat.jpg"]}
+        url = {"name": V2_INPUT, "shape": [1, 1], "datatype": "BYTES", "data": ["http://example.com/cat.jpg"]}
         return [*cases, Case("json", json.dumps({"inputs": [url]}).encode(), "application/json", (400,))]
     return [
         *cases,
