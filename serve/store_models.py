@@ -1,30 +1,25 @@
 """A TorchServe model store served by Triton (`serve start --server triton --model-store DIR`), so that one
 store, the image's /model-store included, serves with either server.
 
-Each `<name>.mar` (serve/package.py) is read back as the export directory it was packaged from: its
-`manifest.json` and the artifact files the manifest lists (bare names; serve triton-repo checks each one's
-sha256 again), with the model options its `model-config.yaml` holds (workers, dynamic batching, timeout,
-top-k, bounds, the measured per-image cost), as TorchServe would serve it. Nothing else of the archive is
-read: its handler is TorchServe's; Triton's model.py comes from serve triton-repo.
+Each `<name>.mar` (serve/package.py) is read back (serve/archive.py) as the export directory it was packaged
+from, with the model options its model-config.yaml holds (workers, dynamic batching, timeout, top-k, bounds,
+the measured per-image cost), as TorchServe would serve it. Nothing else of the archive is used: its handler
+is TorchServe's; Triton's model.py comes from serve triton-repo, which checks the artifacts' sha256 again.
 """
 
 from __future__ import annotations
 
-import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from export.manifest import MANIFEST_NAME, ExportError, read_manifest
-
+from .archive import extract_export, read_model_config
 from .budget import ImageCost
-from .package import MODEL_CONFIG_NAME, PackageError
+from .package import PackageError
 from .server import find_models
 from .triton_repo import RepoOptions
-
-MAX_CONFIG_BYTES = 1 << 20  # a model-config.yaml or manifest.json is a few kB
 
 
 @dataclass(frozen=True)
@@ -44,30 +39,14 @@ def unpack_archive(archive: Path, out: Path, base: RepoOptions) -> StoredModel:
     hint = f"package it again: python -m serve package --export-dir EXPORT --model-store {archive.parent}"
     try:
         with zipfile.ZipFile(archive) as zf:
-            config = yaml.safe_load(read_member(zf, MODEL_CONFIG_NAME, MAX_CONFIG_BYTES))
-            out.mkdir(parents=True)
-            (out / MANIFEST_NAME).write_bytes(read_member(zf, MANIFEST_NAME, MAX_CONFIG_BYTES))
-            manifest = read_manifest(out)  # the artifacts' names are checked bare there
-            present = set(zf.namelist())
-            for artifact in manifest.artifacts:
-                if artifact.file in present:
-                    with zf.open(artifact.file) as source, open(out / artifact.file, "xb") as target:
-                        shutil.copyfileobj(source, target)
-        return StoredModel(archive.stem, out, options_from_config(config, base))
-    except (zipfile.BadZipFile, KeyError, OSError, yaml.YAMLError, ExportError) as e:
+            config_name, config = read_model_config(zf)
+        extract_export(archive, out)
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError, yaml.YAMLError) as e:
         raise PackageError(f"{archive}: not a model archive that serve package wrote ({e}); {hint}") from None
-    except (TypeError, ValueError, AttributeError) as e:
-        raise PackageError(
-            f"{archive}: its {MODEL_CONFIG_NAME} is not one serve package writes ({e}); {hint}"
-        ) from None
-
-
-def read_member(zf: zipfile.ZipFile, name: str, limit: int) -> bytes:
-    with zf.open(name) as member:
-        data = member.read(limit + 1)
-    if len(data) > limit:
-        raise ValueError(f"{name} is larger than {limit} bytes")
-    return data
+    try:
+        return StoredModel(archive.stem, out, options_from_config(config, base))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise PackageError(f"{archive}: its {config_name} is not one serve package writes ({e!r}); {hint}") from None
 
 
 def options_from_config(config: dict, base: RepoOptions) -> RepoOptions:
