@@ -1,11 +1,14 @@
-# resnet-deploy serving image: TorchServe, our handler and the serving runtime, nothing else.
-# `make image` (scripts/image.sh) builds it; by hand:
+# resnet-deploy serving image: TorchServe, our handler and the serving runtime, and the Triton server
+# (`--server triton`), nothing else. `make image` (scripts/image.sh) builds it; by hand (the Triton versions
+# are serve/triton_install.py's SERVER_WHEEL and STUB_NUMPY):
 #
-#   CPU:            docker build --build-arg MODEL_STORE=model_store -t resnet-deploy .
+#   CPU:            docker build --build-arg MODEL_STORE=model_store --build-arg TRITON_WHEEL=nvidia-pytriton==0.7.0 \
+#                                --build-arg TRITON_STUB_NUMPY=numpy==1.26.4 -t resnet-deploy .
 #   CUDA+TensorRT:  docker build --build-arg BASE_IMAGE=nvcr.io/nvidia/tensorrt:25.01-py3 \
 #                                --build-arg EXTRAS=gpu,trt -t resnet-deploy:cuda .
 #   run:            docker run --rm --read-only --tmpfs /tmp:exec -p 8080:8080 resnet-deploy   (--gpus all for CUDA)
 #   a store at run time:  add -v STORE:/model-store:ro   (every STORE/*.mar is served)
+#   with Triton:    append --server triton (the same store, over the Open Inference Protocol on 8080)
 #
 # BASE_IMAGE needs only a python3 that can make a venv: python:3.11-slim-bookworm, the Debian base that
 # scripts/image-base.sh makes when Docker Hub is out of reach, or NVIDIA's image. Behind a TLS-inspecting
@@ -14,7 +17,7 @@
 #
 # Token authorization is on: `docker exec <container> python -m serve token` prints the inference key.
 # Management (8081) and metrics (8082) listen on the container's 127.0.0.1. The only writes go to /tmp
-# (TorchServe's run dir, its unpacked archives and logs, the JVM's temp files): --read-only needs --tmpfs /tmp:exec
+# (the run dir, unpacked archives and logs, the JVM's temp files) and /dev/shm (Triton's Python backend): --read-only needs --tmpfs /tmp:exec
 # (exec: an AOTInductor artifact's shared library is unpacked there and loaded; Docker's tmpfs is noexec).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 

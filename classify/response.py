@@ -1,4 +1,5 @@
-"""The served response: built by the servers' handlers, parsed by every client (standard library only).
+"""The served response: built by the servers' handlers, parsed by every client (standard library only);
+also the Open Inference Protocol (v2) request of encoded images that the client and the probe send Triton.
 
 An answer is, per image, a JSON object of its top-k `{"class name": probability}`, highest first; a
 request of one image gets that object, a multipart request of several a list of them, in order. A
