@@ -9,7 +9,8 @@
 #   PIP_SOURCE=online|wheelhouse
 #                       online: pip inside the build downloads the wheels (the default when a container
 #                       reaches the package index). wheelhouse: this machine's pip (and its proxy/CA settings)
-#                       downloads them into .image/wheelhouse, and the build installs from there offline
+#                       downloads them into .image/wheelhouse (the Triton server's into .image/triton-wheelhouse),
+#                       and the build installs from there offline
 #                       (the default when a container cannot, e.g. behind a TLS-inspecting proxy)
 #   EXTRAS=gpu,trt      optional dependency groups (the CUDA variant, with a CUDA BASE_IMAGE)
 #   IMAGE=NAME          tag NAME:latest and NAME:<version> instead (default: resnet-deploy)
