@@ -1,9 +1,9 @@
 # resnet-deploy serving image: TorchServe, our handler and the serving runtime, and the Triton server
-# (`--server triton`), nothing else. `make image` (scripts/image.sh) builds it; by hand (the Triton versions
-# are serve/triton_install.py's SERVER_WHEEL and STUB_NUMPY):
+# (`--server triton`), nothing else. `make image` (scripts/image.sh) builds it; by hand (the Triton build args
+# are the requirements serve/triton_install.py names, SERVER_WHEEL and STUB_NUMPY):
 #
-#   CPU:            docker build --build-arg MODEL_STORE=model_store --build-arg TRITON_WHEEL=nvidia-pytriton==0.7.0 \
-#                                --build-arg TRITON_STUB_NUMPY=numpy==1.26.4 -t resnet-deploy .
+#   CPU:            docker build --build-arg MODEL_STORE=model_store --build-arg TRITON_WHEEL=<SERVER_WHEEL> \
+#                                --build-arg TRITON_STUB_NUMPY=<STUB_NUMPY> -t resnet-deploy .
 #   CUDA+TensorRT:  docker build --build-arg BASE_IMAGE=nvcr.io/nvidia/tensorrt:25.01-py3 \
 #                                --build-arg EXTRAS=gpu,trt -t resnet-deploy:cuda .
 #   run:            docker run --rm --read-only --tmpfs /tmp:exec -p 8080:8080 resnet-deploy   (--gpus all for CUDA)
