@@ -1,11 +1,14 @@
-# resnet-deploy serving image: TorchServe, our handler and the serving runtime, nothing else.
-# `make image` (scripts/image.sh) builds it; by hand:
+# resnet-deploy serving image: TorchServe, our handler and the serving runtime, and the Triton server
+# (`--server triton`), nothing else. `make image` (scripts/image.sh) builds it; by hand (the Triton build args
+# are the requirements serve/triton_install.py names, SERVER_WHEEL and STUB_NUMPY):
 #
-#   CPU:            docker build --build-arg MODEL_STORE=model_store -t resnet-deploy .
+#   CPU:            docker build --build-arg MODEL_STORE=model_store --build-arg TRITON_WHEEL=<SERVER_WHEEL> \
+#                                --build-arg TRITON_STUB_NUMPY=<STUB_NUMPY> -t resnet-deploy .
 #   CUDA+TensorRT:  docker build --build-arg BASE_IMAGE=nvcr.io/nvidia/tensorrt:25.01-py3 \
 #                                --build-arg EXTRAS=gpu,trt -t resnet-deploy:cuda .
 #   run:            docker run --rm --read-only --tmpfs /tmp:exec -p 8080:8080 resnet-deploy   (--gpus all for CUDA)
 #   a store at run time:  add -v STORE:/model-store:ro   (every STORE/*.mar is served)
+#   with Triton:    append --server triton (the same store, over the Open Inference Protocol on 8080)
 #
 # BASE_IMAGE needs only a python3 that can make a venv: python:3.11-slim-bookworm, the Debian base that
 # scripts/image-base.sh makes when Docker Hub is out of reach, or NVIDIA's image. Behind a TLS-inspecting
@@ -14,7 +17,7 @@
 #
 # Token authorization is on: `docker exec <container> python -m serve token` prints the inference key.
 # Management (8081) and metrics (8082) listen on the container's 127.0.0.1. The only writes go to /tmp
-# (TorchServe's run dir, its unpacked archives and logs, the JVM's temp files): --read-only needs --tmpfs /tmp:exec
+# (the run dir, unpacked archives and logs, the JVM's temp files) and /dev/shm (Triton's Python backend): --read-only needs --tmpfs /tmp:exec
 # (exec: an AOTInductor artifact's shared library is unpacked there and loaded; Docker's tmpfs is noexec).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
@@ -73,6 +76,24 @@ RUN source=() \
     && python3 -m venv /tmp/pip \
     && /tmp/pip/bin/pip install --no-cache-dir "${source[@]}" --no-deps --target /opt/resnet-deploy .
 
+# The Triton server (`serve start --server triton`), laid out as serve/triton_install.py expects beside the
+# venv: NVIDIA's PyTriton wheel unpacked with --no-deps into /opt/venv/triton/wheel and the numpy 1 its
+# backend stub was built against into /opt/venv/triton/stub-site. A stage of its own, so it neither rebuilds
+# nor is rebuilt by the multi-GB layer above; scripts/image.sh passes the versions (serve/triton_install.py)
+# and, offline, their wheels in .image/triton-wheelhouse.
+FROM ${BASE_IMAGE} AS triton
+ARG TRITON_WHEEL=""
+ARG TRITON_STUB_NUMPY=""
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+COPY constraints.txt .image/triton-wheelhouse* /wheelhouse/
+RUN : "${TRITON_WHEEL:?build with scripts/image.sh (make image), or pass --build-arg TRITON_WHEEL=... and TRITON_STUB_NUMPY=... as serve/triton_install.py names them}" \
+    && : "${TRITON_STUB_NUMPY:?pass --build-arg TRITON_STUB_NUMPY=..., as serve/triton_install.py names it}" \
+    && source=() \
+    && if compgen -G "/wheelhouse/*.whl" >/dev/null; then source=(--no-index --find-links /wheelhouse); fi \
+    && python3 -m venv /tmp/pip \
+    && /tmp/pip/bin/pip install -q --no-cache-dir "${source[@]}" --no-deps --target /opt/venv/triton/wheel "${TRITON_WHEEL}" \
+    && /tmp/pip/bin/pip install -q --no-cache-dir "${source[@]}" --no-deps --target /opt/venv/triton/stub-site "${TRITON_STUB_NUMPY}"
+
 FROM ${BASE_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -85,6 +106,14 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
 RUN useradd --no-create-home --home-dir /tmp --uid 10001 --user-group --shell /usr/sbin/nologin serve
+# Triton's Python backend stub links this Python's shared libpython (python:3.11-slim has it, Debian's
+# python3 package does not), then the server itself, before the venv so that source edits rebuild neither.
+RUN version="$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
+    && if ! ldconfig -p | grep -q "libpython${version}.so.1.0"; then \
+        apt-get update && apt-get install -y --no-install-recommends "libpython${version}" \
+        && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb; \
+    fi
+COPY --from=triton /opt/venv/triton /opt/venv/triton
 COPY --from=venv /opt/venv /opt/venv
 COPY --from=venv /opt/resnet-deploy /opt/resnet-deploy
 ARG MODEL_STORE=model_store

@@ -28,8 +28,7 @@ TRITON=1
 # Triton's server binary and Python backend, from NVIDIA's PyTriton wheel, which pins numpy<2: unpacked with
 # --no-deps outside the environment's packages (serve/triton_install.py), with the numpy 1 its backend
 # stub was built against beside it; the environment's own packages and `pip check` stay as they are.
-TRITON_WHEEL="nvidia-pytriton==0.7.0"
-TRITON_STUB_NUMPY="numpy==1.26.4"
+# The versions are serve/triton_install.py's (SERVER_WHEEL, STUB_NUMPY), read once the project is installed.
 DOCKER=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -131,6 +130,7 @@ echo "[install] installing resnet-deploy ($SPEC) into $WHERE${CONSTRAINTS:+ with
 "$PYTHON" -m pip install --quiet "${CONSTRAINTS[@]}" -e "$SPEC"
 if [ -n "$TRITON" ]; then
     TRITON_HOME="$("$PYTHON" -c 'import sys; print(sys.prefix)')/triton"
+    read -r TRITON_WHEEL TRITON_STUB_NUMPY < <("$PYTHON" -c 'from serve.triton_install import SERVER_WHEEL, STUB_NUMPY; print(SERVER_WHEEL, STUB_NUMPY)')
     echo "[install] unpacking $TRITON_WHEEL (the Triton server) and $TRITON_STUB_NUMPY (its backend stub's) into $TRITON_HOME"
     "$PYTHON" -m pip install --quiet --no-deps --upgrade --target "$TRITON_HOME/wheel" "$TRITON_WHEEL"
     "$PYTHON" -m pip install --quiet --no-deps --upgrade --target "$TRITON_HOME/stub-site" "$TRITON_STUB_NUMPY"

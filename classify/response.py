@@ -1,4 +1,5 @@
-"""The served response: built by the servers' handlers, parsed by every client (standard library only).
+"""The served response: built by the servers' handlers, parsed by every client (standard library only);
+also the Open Inference Protocol (v2) request of encoded images that the client and the probe send Triton.
 
 An answer is, per image, a JSON object of its top-k `{"class name": probability}`, highest first; a
 request of one image gets that object, a multipart request of several a list of them, in order. A
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import struct
 
 Prediction = list[tuple[str, float]]  # (class name, probability), highest first
 MAX_RESPONSE_BYTES = 8 * 2**20  # 32 images x top-1000 of long class names fit many times over
@@ -107,8 +109,24 @@ def parse_answer(content: bytes | str, images: int | None = None) -> list[Predic
     return [parse_prediction(o, content) for o in objects]
 
 
+V2_INPUT = "IMAGE"  # the Triton model's input: encoded image bytes (serve/triton_repo.py)
 V2_NAMES, V2_PROBABILITIES = "CLASS_NAMES", "PROBABILITIES"  # the Triton model's outputs (serve/triton_backend.py)
+V2_HEADER_LENGTH = "Inference-Header-Content-Length"
+V2_SIZE_WIDTH = 12  # binary_data_size is right-aligned in this many characters
 V2_DEPTH = 4  # {"outputs": [{"data": [...]}]}
+
+
+def v2_request(images: list[bytes]) -> tuple[bytes, dict[str, str]]:
+    """(body, headers) of a v2 inference request of `images` (one per batch row) with the binary extension."""
+    # A BYTES element is its 4-byte little-endian length, then its bytes.
+    elements = b"".join(struct.pack("<I", len(image)) + image for image in images)
+    tensor = {"name": V2_INPUT, "shape": [len(images), 1], "datatype": "BYTES", "parameters": {"binary_data_size": 0}}
+    outputs = [{"name": V2_NAMES, "parameters": {"binary_data": False}}, {"name": V2_PROBABILITIES}]
+    header = json.dumps({"inputs": [tensor], "outputs": outputs}).replace(
+        '"binary_data_size": 0', f'"binary_data_size": {len(elements):>{V2_SIZE_WIDTH}}'
+    )
+    headers = {V2_HEADER_LENGTH: str(len(header)), "Content-Type": "application/octet-stream"}
+    return header.encode() + elements, headers
 
 
 def parse_v2_answer(content: bytes | str) -> list[Prediction]:

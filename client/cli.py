@@ -212,11 +212,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return openloop_main(argv[1:])
         if argv[:1] == ["soak"]:
-            from serve.server import read_state  # the run directory's ports and keys; light (no torch)
+            from serve.servers import recorded  # the run directory's server, ports and keys; light (no torch)
 
             from .soak import soak_main
 
-            return soak_main(argv[1:], read_state)
+            return soak_main(argv[1:], recorded)
         if argv[:1] == ["evaluate"]:
             from .evaluate import evaluate_main
 

@@ -1,11 +1,14 @@
-"""`python -m client soak`: minutes of mixed traffic against a local TorchServe, about a tenth of it hostile,
-and a pass/fail verdict on what a long run must not do.
+"""`python -m client soak`: minutes of mixed traffic against a local TorchServe (or Triton, `--protocol v2`),
+about a tenth of it hostile, and a pass/fail verdict on what a long run must not do.
 
     python -m client soak --run-dir .serve --duration 10m --threads 4
+    python -m client soak --run-dir .triton --protocol v2 --duration 10m   # serve start --server triton
 
 It reads the server's ports and keys from its run directory (`python -m serve start --run-dir`), so the
 traffic only ever goes to that server on 127.0.0.1. Each thread sends valid photos and, with probability
---hostile, one of the inputs that once hurt the server:
+--hostile, one of the inputs that once hurt the server (over v2 the same images as rows of an inference
+request, the flood refused with 400 like any bad request, no `form`, and `json` a v2 request whose image is
+a URL string):
 
   flood          a multipart POST of 1,000 parts, each a 1x1 PNG          -> 413 (images per request)
   png_bomb       a tiny PNG whose header claims 20000x20000 pixels        -> 400 (refused from the header)
@@ -19,7 +22,9 @@ traffic only ever goes to that server on 127.0.0.1. Each thread sends valid phot
 It fails (exit 1) on any of: a valid request that failed or got a different answer than its first one;
 a hostile request answered otherwise than above; a worker restart (a worker pid that changed); worker
 memory (RSS, summed over the model's workers) that grew more than --max-rss-growth between the end of
-the warm-up (--warmup, and every case sent once, which the first thread does first) and the end of the run. Exit 2: bad arguments or no server in --run-dir.
+the warm-up (--warmup, and every case sent once, which the first thread does first) and the end of the run
+(Triton's workers are its backend stubs). Exit 2: bad arguments, no server in --run-dir, or a --protocol
+that server does not speak.
 """
 
 from __future__ import annotations
@@ -44,24 +49,45 @@ import requests
 from PIL import Image
 from urllib3 import encode_multipart_formdata
 
+from classify.response import V2_INPUT
+
 from .images import read_image
 from .loadtest import parse_duration
 from .remote import FORM_DECODER_TYPE, error_body, is_busy, parse_predictions
+from .v2 import Predictions, add_protocol, http_request, parse_http_response, prediction_client
 
 SHED_RETRIES = 5
 PROBABILITY_TOLERANCE = 1e-3  # the same image through a different batch composition
 RSS_SAMPLE_S = 2.0
+OCTET = "application/octet-stream"
 
 
 @dataclass(frozen=True)
 class Case:
-    """One kind of request: its body, content type and the HTTP statuses that are a correct answer."""
+    """One kind of request: its body, content type (and other headers) and the HTTP statuses that are a
+    correct answer."""
 
     name: str
     body: bytes
     content_type: str
     expected: tuple[int, ...]
     valid: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def image_case(name: str, images: list[bytes], expected: tuple[int, ...], protocol: str, valid: bool = False) -> Case:
+    """A request of `images` as `protocol` sends them: TorchServe's raw body (one image) or multipart (several),
+    or the rows of one v2 inference request."""
+    if protocol == "v2":
+        body, headers = http_request(images)
+        content_type = headers.pop("Content-Type")
+        return Case(name, body, content_type, expected, valid, headers)
+    if len(images) == 1:
+        return Case(name, images[0], OCTET, expected, valid)
+    body, content_type = encode_multipart_formdata(
+        {f"img{i}": (f"{i}.png", im, "image/png") for i, im in enumerate(images)}
+    )
+    return Case(name, body, content_type, expected, valid)
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:
@@ -89,25 +115,31 @@ def png_claiming_size(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
-def valid_cases(images: list[Path] | None = None) -> list[Case]:
+def valid_cases(images: list[Path] | None = None, protocol: str = "torchserve") -> list[Case]:
     bodies = [read_image(p) for p in images] if images else [photo(seed) for seed in range(4)]
-    return [Case(f"valid{i}", body, "application/octet-stream", (200,), valid=True) for i, body in enumerate(bodies)]
+    return [image_case(f"valid{i}", [body], (200,), protocol, valid=True) for i, body in enumerate(bodies)]
 
 
-def hostile_cases() -> list[Case]:
+def hostile_cases(protocol: str = "torchserve") -> list[Case]:
     tiny = encode(Image.new("RGB", (1, 1), (10, 200, 30)), "PNG")
-    flood, flood_type = encode_multipart_formdata({f"img{i}": (f"{i}.png", tiny, "image/png") for i in range(1000)})
     jpeg = photo(99)
     gray16 = np.linspace(0, 65535, 3000 * 3000, dtype=np.uint16).reshape(3000, 3000)
     junk = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
-    octet = "application/octet-stream"
+    v2 = protocol == "v2"
+    cases = [
+        # v2: past Triton's max batch size (or our image bound), an INVALID_ARG like any bad request.
+        image_case("flood", [tiny] * 1000, (400,) if v2 else (413,), protocol),
+        image_case("png_bomb", [png_claiming_size(20000, 20000)], (400,), protocol),
+        image_case("png_16bit", [encode(Image.fromarray(gray16), "PNG")], (200,), protocol),
+        image_case("junk", [junk], (400,), protocol),
+        image_case("empty", [b""], (400,), protocol),
+        image_case("truncated", [jpeg[: len(jpeg) // 2]], (400,), protocol),
+    ]
+    if v2:
+        url = {"name": V2_INPUT, "shape": [1, 1], "datatype": "BYTES", "data": ["http://example.com/cat.jpg"]}
+        return [*cases, Case("json", json.dumps({"inputs": [url]}).encode(), "application/json", (400,))]
     return [
-        Case("flood", flood, flood_type, (413,)),
-        Case("png_bomb", png_claiming_size(20000, 20000), octet, (400,)),
-        Case("png_16bit", encode(Image.fromarray(gray16), "PNG"), octet, (200,)),
-        Case("junk", junk, octet, (400,)),
-        Case("empty", b"", octet, (400,)),
-        Case("truncated", jpeg[: len(jpeg) // 2], octet, (400,)),
+        *cases,
         # TorchServe's frontend parses it as an HTML form: 500 ErrorDataDecoderException (checked by type).
         Case("form", jpeg, "application/x-www-form-urlencoded", (400, 500)),
         Case("json", json.dumps({"image": "http://example.com/cat.jpg"}).encode(), "application/json", (400,)),
@@ -176,19 +208,25 @@ class Report:
 
 
 class Soak:
+    """`server` (its inference_url, models and headers) is a run directory's state; `status` returns
+    `python -m serve status --json`'s report, whose per-model pids are the workers watched for restarts
+    and memory."""
+
     def __init__(
         self,
         server,
         model: str,
         *,
+        protocol: str,
+        status: Callable[[], dict | None],
         valid: list[Case],
         hostile: list[Case],
         hostile_fraction: float,
         timeout_s: float,
         seed: int,
     ) -> None:
-        self.server, self.model = server, model
-        self.endpoint = f"{server.inference_url}/predictions/{model}"
+        self.server, self.model, self.protocol, self.status = server, model, protocol, status
+        self.endpoint = prediction_client(protocol, server.inference_url, model).endpoint
         self.valid, self.hostile, self.hostile_fraction = valid, hostile, hostile_fraction
         self.timeout_s, self.seed = timeout_s, seed
         self.first_answers: dict[str, list[tuple[str, float]]] = {}
@@ -197,14 +235,14 @@ class Soak:
         self.report = Report()
 
     def worker_pids(self) -> list[int]:
-        response = requests.get(
-            f"{self.server.management_url}/models/{self.model}", headers=self.server.headers("management"), timeout=10
-        )
-        response.raise_for_status()
-        return sorted(int(w["pid"]) for w in response.json()[0]["workers"] if w.get("pid"))
+        report = self.status() or {"state": "gone"}
+        model = report.get("models", {}).get(self.model, {})
+        if report["state"] != "running" or "pids" not in model:
+            raise WorkersUnknown(f"server {report['state']}, model {self.model}: {model.get('error', 'no workers')}")
+        return model["pids"]
 
     def send(self, session: requests.Session, case: Case) -> None:
-        headers = {"Content-Type": case.content_type, **self.server.headers("inference")}
+        headers = {"Content-Type": case.content_type, **case.headers, **self.server.headers("inference")}
         started = time.perf_counter()
         try:
             for attempt in range(SHED_RETRIES + 1):  # a valid request shed under load (503) goes again
@@ -232,12 +270,17 @@ class Soak:
         if status != 200 or not case.valid:
             return None
         try:
-            answer = parse_predictions(response)
+            answer = self.parse(response)
         except Exception as e:
             return f"{case.name}: {e}"
         with self.lock:
             first = self.first_answers.setdefault(case.name, answer)
         return None if same_answer(first, answer) else f"{case.name}: answer changed from {first[:2]} to {answer[:2]}"
+
+    def parse(self, response: requests.Response) -> Predictions:
+        if self.protocol == "v2":
+            return parse_http_response(response.status_code, response.content)[0]
+        return parse_predictions(response)
 
     def client_thread(self, index: int, deadline: float) -> None:
         rng = random.Random(self.seed * 1000 + index)
@@ -276,8 +319,8 @@ class Soak:
             time.sleep(RSS_SAMPLE_S)
             try:
                 pids = self.worker_pids()
-            except (requests.RequestException, ValueError, KeyError, IndexError) as e:
-                report.valid_failures.append(f"management API: {type(e).__name__}: {str(e)[:200]}")
+            except WorkersUnknown as e:
+                report.valid_failures.append(f"worker status: {str(e)[:200]}")
                 continue
             seen |= set(pids)
             rss = self.rss_mb(pids)
@@ -299,6 +342,10 @@ class Soak:
         report.worker_pids_seen = sorted(seen)
         report.duration_s = round(time.monotonic() - started, 1)
         return report
+
+
+class WorkersUnknown(RuntimeError):
+    """The server's status names no workers for the model (it died, or its management API failed)."""
 
 
 def same_answer(first: list[tuple[str, float]], answer: list[tuple[str, float]]) -> bool:
@@ -323,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the server's run directory (python -m serve start --run-dir; default: %(default)s)",
     )
     parser.add_argument("--model", help="model to soak (default: the server's only model)")
+    add_protocol(parser)
     parser.add_argument(
         "--duration", type=parse_duration, default=parse_duration("5m"), help="how long, e.g. 90s, 10m (default: 5m)"
     )
@@ -353,21 +401,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def soak_main(argv: list[str], read_state: Callable[[Path], Any]) -> int:
-    """`read_state(run_dir)` is `serve.server.read_state` (the run directory's ports and keys, or None), handed
-    in by the front door so that this library module does not import `serve`, a package beside it."""
+def soak_main(argv: list[str], recorded: Callable[[Path], Any]) -> int:
+    """`recorded(run_dir)` is `serve.servers.recorded` (the record of the server a run directory holds, with
+    its read_state, status and protocol, or None), handed in by the front door so that this library module
+    does not import `serve`, a package beside it."""
     args = build_parser().parse_args(argv)
 
     if args.threads < 1 or not 0 <= args.hostile <= 1:
         print("error: --threads must be at least 1 and --hostile within 0..1", file=sys.stderr)
         return 2
-    server = read_state(args.run_dir.resolve())
+    run_dir = args.run_dir.resolve()
+    kind = recorded(run_dir)
+    server = kind.read_state(run_dir) if kind is not None else None
     if server is None:
         print(
-            f"error: no TorchServe running from {args.run_dir}; start one with python -m serve start "
+            f"error: no TorchServe running from {args.run_dir} (nor Triton); start one with python -m serve start "
             f"--run-dir {args.run_dir}",
             file=sys.stderr,
         )
+        return 2
+    if kind.protocol != args.protocol:
+        print(f"error: {kind.title} runs from {args.run_dir}: soak it with --protocol {kind.protocol}", file=sys.stderr)
         return 2
     if args.model is None and len(server.models) != 1:
         print(f"error: the server has models {server.models}: choose one with --model", file=sys.stderr)
@@ -377,8 +431,10 @@ def soak_main(argv: list[str], read_state: Callable[[Path], Any]) -> int:
     soak = Soak(
         server,
         model,
-        valid=valid_cases(args.images),
-        hostile=hostile_cases(),
+        protocol=args.protocol,
+        status=lambda: kind.status(run_dir),
+        valid=valid_cases(args.images, args.protocol),
+        hostile=hostile_cases(args.protocol),
         hostile_fraction=args.hostile,
         timeout_s=args.timeout,
         seed=args.seed,

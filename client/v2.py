@@ -11,36 +11,23 @@ Triton's 400 / INVALID_ARGUMENT for a refused image, with its message.
 from __future__ import annotations
 
 import argparse
-import json
 import struct
 
 import requests
 
+from classify.response import V2_INPUT as INPUT
+from classify.response import V2_NAMES as NAMES
+from classify.response import V2_PROBABILITIES as PROBABILITIES
 from classify.response import InvalidAnswer, load_json, parse_prediction, parse_v2_answer
+from classify.response import v2_request as http_request
 
 from .errors import AuthorizationFailed, ClientError, HTTPError, ModelNotFound
 from .remote import PredictionClient
 
 Predictions = list[tuple[str, float]]
-INPUT, NAMES, PROBABILITIES = "IMAGE", "CLASS_NAMES", "PROBABILITIES"
-HEADER_LENGTH = "Inference-Header-Content-Length"
 GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
 PROTOCOLS = ("torchserve", "v2")  # what --protocol chooses: TorchServe's /predictions, or v2 (Triton)
-SIZE_WIDTH = 12  # binary_data_size is right-aligned in this many characters
 GRPC_KEY_HEADER = "triton-grpc-protocol-authorization"  # Triton's name for a restricted protocol's key
-
-
-def http_request(images: list[bytes]) -> tuple[bytes, dict[str, str]]:
-    """(body, headers) of a v2 inference request of `images` (one per batch row) with the binary extension."""
-    # A BYTES element is its 4-byte little-endian length, then its bytes.
-    elements = b"".join(struct.pack("<I", len(image)) + image for image in images)
-    tensor = {"name": INPUT, "shape": [len(images), 1], "datatype": "BYTES", "parameters": {"binary_data_size": 0}}
-    outputs = [{"name": NAMES, "parameters": {"binary_data": False}}, {"name": PROBABILITIES}]
-    header = json.dumps({"inputs": [tensor], "outputs": outputs}).replace(
-        '"binary_data_size": 0', f'"binary_data_size": {len(elements):>{SIZE_WIDTH}}'
-    )
-    headers = {HEADER_LENGTH: str(len(header)), "Content-Type": "application/octet-stream"}
-    return header.encode() + elements, headers
 
 
 class V2PredictionClient(PredictionClient):
@@ -48,7 +35,7 @@ class V2PredictionClient(PredictionClient):
 
     def __init__(self, url: str, model: str, **options) -> None:
         super().__init__(url, model, **options)
-        self.headers |= http_request([b""])[1]  # one image's JSON header has one length (SIZE_WIDTH)
+        self.headers |= http_request([b""])[1]  # one image's JSON header has one length (V2_SIZE_WIDTH)
 
     @property
     def endpoint(self) -> str:

@@ -9,7 +9,8 @@
 #   PIP_SOURCE=online|wheelhouse
 #                       online: pip inside the build downloads the wheels (the default when a container
 #                       reaches the package index). wheelhouse: this machine's pip (and its proxy/CA settings)
-#                       downloads them into .image/wheelhouse, and the build installs from there offline
+#                       downloads them into .image/wheelhouse (the Triton server's into .image/triton-wheelhouse),
+#                       and the build installs from there offline
 #                       (the default when a container cannot, e.g. behind a TLS-inspecting proxy)
 #   EXTRAS=gpu,trt      optional dependency groups (the CUDA variant, with a CUDA BASE_IMAGE)
 #   IMAGE=NAME          tag NAME:latest and NAME:<version> instead (default: resnet-deploy)
@@ -44,17 +45,23 @@ if [ -z "${PIP_SOURCE:-}" ]; then
         PIP_SOURCE=online
     fi
 fi
-rm -rf .image/wheelhouse.offline .image/no-model-store
+# The Triton server's wheel and its stub's numpy, unpacked in a stage of their own (Dockerfile, serve/triton_install.py).
+read -r TRITON_WHEEL TRITON_STUB_NUMPY < <("$PYTHON" -c 'from serve.triton_install import SERVER_WHEEL, STUB_NUMPY; print(SERVER_WHEEL, STUB_NUMPY)')
+rm -rf .image/wheelhouse.offline .image/triton-wheelhouse.offline .image/no-model-store
 mkdir -p .image
 case "$PIP_SOURCE" in
     online)
         # Nothing for the Dockerfile's wheelhouse* to match: the build downloads.
-        [ -d .image/wheelhouse ] && mv .image/wheelhouse .image/wheelhouse.offline ;;
+        [ -d .image/wheelhouse ] && mv .image/wheelhouse .image/wheelhouse.offline
+        [ -d .image/triton-wheelhouse ] && mv .image/triton-wheelhouse .image/triton-wheelhouse.offline ;;
     wheelhouse)
         echo "[image] a container's pip cannot reach the package index: downloading wheels here into .image/wheelhouse"
         [ -d .image/wheelhouse.offline ] && mv .image/wheelhouse.offline .image/wheelhouse
+        [ -d .image/triton-wheelhouse.offline ] && mv .image/triton-wheelhouse.offline .image/triton-wheelhouse
         # pip's download cache makes this a copy after the first time; setuptools and wheel build this project.
-        "$PYTHON" -m pip download -q -c constraints.txt -d .image/wheelhouse ".${EXTRAS:+[$EXTRAS]}" setuptools wheel ;;
+        "$PYTHON" -m pip download -q -c constraints.txt -d .image/wheelhouse ".${EXTRAS:+[$EXTRAS]}" setuptools wheel
+        # A folder of their own: added to .image/wheelhouse they would rebuild the dependency layer.
+        "$PYTHON" -m pip download -q --no-deps -d .image/triton-wheelhouse "$TRITON_WHEEL" "$TRITON_STUB_NUMPY" ;;
     *)
         echo "[image] PIP_SOURCE must be online or wheelhouse, not $PIP_SOURCE" >&2
         exit 2 ;;
@@ -81,5 +88,7 @@ docker build \
     --build-arg BASE_IMAGE="$BASE_IMAGE" \
     --build-arg EXTRAS="${EXTRAS:-}" \
     --build-arg MODEL_STORE="$STORE" \
+    --build-arg TRITON_WHEEL="$TRITON_WHEEL" \
+    --build-arg TRITON_STUB_NUMPY="$TRITON_STUB_NUMPY" \
     -t "$TAG" -t "$NAME:latest" .
 docker image ls "$NAME" --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E ":(latest|${TAG##*:}) "

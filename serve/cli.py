@@ -231,7 +231,7 @@ def add_start(commands) -> None:
         help="start TorchServe (or Triton: --server triton) and wait until the models answer",
         description="Start the server in the background, wait until every model is ready, and print how to call "
         "it. TorchServe serves the archives of --model-store; Triton (--server triton) serves --export-dir "
-        "directly, through a model repository written into --run-dir.",
+        "directly, or without it the same archives, through a model repository written into --run-dir.",
     )
     p.add_argument(
         "--server", choices=list(servers.SERVERS), default="torchserve", help="which server (default: %(default)s)"
@@ -263,7 +263,12 @@ def add_start(commands) -> None:
     p.add_argument("--grpc-port", type=int, default=8001, help="Triton's gRPC port, on --host (default: %(default)s)")
     add_auth_options(p, settings)
     add_process_options(p, settings)
-    add_model_options(p.add_argument_group("--server triton: each model's options (a TorchServe archive has its own)"))
+    add_model_options(
+        p.add_argument_group(
+            "--server triton --export-dir: each model's options (an archive of --model-store has its own; of "
+            "these Triton takes only --max-request-bytes for it)"
+        )
+    )
     add_run_dir(p)
     p.set_defaults(run=run_start)
 
@@ -488,7 +493,7 @@ def run_start(args) -> int:
         print(line)
     if args.foreground:
         print("running in the foreground: SIGTERM or Ctrl-C stops it", flush=True)
-        exit_code = run_in_foreground(info, server.is_running, server.stop)
+        exit_code = run_in_foreground(info, server.is_running, server.stop, server.drain_s)
         if exit_code:
             print(f"error: {server.died.format(pid=info.pid, run_dir=info.run_dir)}", file=sys.stderr)
         return exit_code

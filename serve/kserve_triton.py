@@ -10,12 +10,6 @@ model's batching and instances come from its archive's model-config.yaml, as the
 
 from __future__ import annotations
 
-import shutil
-import zipfile
-from pathlib import Path
-
-from export.manifest import ExportError, read_manifest, verify_artifact_file
-
 RUNTIME = "resnet-deploy-triton"
 MODEL_FORMAT = "resnet-deploy-export"
 MOUNTED_EXPORT = "/mnt/models"  # where KServe's storage initializer puts storageUri
@@ -70,25 +64,3 @@ def inference_service(archive, storage_uri: str, labels: dict, replicas: int, ma
             }
         },
     }
-
-
-def extract_export(archive_path: Path, out: Path) -> None:
-    """The export inside a .mar (manifest.json and the artifacts it lists) into `out`, each artifact's sha256
-    checked against the manifest; the archive is untrusted, so only those bare names are read."""
-    out.mkdir(parents=True)
-    with zipfile.ZipFile(archive_path) as archive:
-        copy_member(archive, "manifest.json", out)
-        try:
-            artifacts = read_manifest(out).artifacts
-            for artifact in artifacts:
-                copy_member(archive, artifact.file, out)
-                verify_artifact_file(out, artifact)
-        except ExportError as e:
-            raise ValueError(f"{archive_path}: {e}") from None
-
-
-def copy_member(archive: zipfile.ZipFile, name: str, out: Path) -> None:
-    if "/" in name or name in ("", ".", ".."):
-        raise ValueError(f"{name!r} is not a bare file name")
-    with archive.open(name) as source, open(out / name, "wb") as target:
-        shutil.copyfileobj(source, target)

@@ -29,6 +29,7 @@ import yaml
 from fsutil.owned import MARKER_NAME, NotOwnedError, replace_owned_folder
 
 from . import kserve_triton
+from .archive import ArchiveError, extract_export, read_model_config
 from .server import CONFIG_TEMPLATE, FRONTEND_DIRECT_MEMORY, ServerSettings
 
 MANIFESTS_KIND = "manifests"  # the marker kind of a generated folder (fsutil.owned.mark_owned)
@@ -52,7 +53,6 @@ JVM_SIZE = re.compile(r"(\d+)([kmgt]?)", re.IGNORECASE)  # what -Xmx accepts: by
 # file's bytes and the runtime's copy of the weights). Checked against a served resnet50's workers in
 # benchmarks/results (the Zen 5 README's "Memory" finding).
 WORKER_BASE_MEMORY_MI = 640
-MAX_CONFIG_BYTES = 64 * 1024  # a model-config.yaml is a few lines; refuse anything that is not
 MODEL_FILE_SUFFIXES = (".ts", ".onnx", ".engine", ".pt2")
 
 KSERVE_INFERENCE_PORT = 8085  # KServe's TorchServe wrapper listens on 8080 and forwards here
@@ -110,22 +110,14 @@ def read_archive(path: Path) -> ArchiveSpec:
     """Workers, threads, batching and model size of `path`, a TorchServe model archive."""
     try:
         with zipfile.ZipFile(path) as archive:
-            manifest = json.loads(read_member(archive, "MAR-INF/MANIFEST.json", path))
-            model = manifest.get("model") if isinstance(manifest, dict) else None
-            config_name = model.get("configFile") if isinstance(model, dict) else None
-            if not isinstance(config_name, str) or not config_name:
-                raise ManifestError(
-                    f"{path}: MAR-INF/MANIFEST.json names no model-config file; "
-                    "re-package it with python -m serve package"
-                )
-            config = yaml.safe_load(read_member(archive, config_name, path))
+            config_name, config = read_model_config(archive)
             sizes = [i.file_size for i in archive.infolist() if i.filename.endswith(MODEL_FILE_SUFFIXES)]
     except (zipfile.BadZipFile, OSError) as e:
         raise ManifestError(f"{path}: not a readable model archive ({e})") from None
+    except ArchiveError as e:
+        raise ManifestError(f"{path}: {e}") from None
     except (ValueError, yaml.YAMLError) as e:
         raise ManifestError(f"{path}: malformed metadata inside the archive ({e})") from None
-    if not isinstance(config, dict):
-        raise ManifestError(f"{path}: {config_name} is not a mapping")
     where = f"{path}:{config_name}"
     workers = positive_int(config.get("maxWorkers", config.get("minWorkers", 1)), where, "maxWorkers")
     handler = config.get("handler", {})
@@ -142,16 +134,6 @@ def read_archive(path: Path) -> ArchiveSpec:
         response_timeout_s=positive_int(config.get("responseTimeout", 120), where, "responseTimeout"),
         model_bytes=max(sizes, default=0),
     )
-
-
-def read_member(archive: zipfile.ZipFile, name: str, path: Path) -> bytes:
-    try:
-        info = archive.getinfo(name)
-    except KeyError:
-        raise ManifestError(f"{path}: no {name} inside; re-package it with python -m serve package") from None
-    if info.file_size > MAX_CONFIG_BYTES:
-        raise ManifestError(f"{path}: {name} is {info.file_size} bytes, more than metadata should be")
-    return archive.read(info)
 
 
 def max_request_bytes() -> int:
@@ -562,7 +544,7 @@ def triton_documents(options: ManifestOptions) -> dict[str, dict]:
 
 def extract_triton_export(archive: Path, out: Path) -> None:
     try:
-        kserve_triton.extract_export(archive, out)
+        extract_export(archive, out)
     except (ValueError, KeyError, zipfile.BadZipFile, OSError) as e:
         raise ManifestError(f"{archive}: cannot take the export out of it ({e}); re-package it") from None
 

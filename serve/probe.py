@@ -2,7 +2,8 @@
 
 The readiness probe of the Kubernetes manifests (an exec probe in the serving container), and with
 `--run-dir` the Docker image's health check: the port, models and inference key (renewed when expired)
-of the server started from that run directory, at the cost of psutil and requests, still no torch. TorchServe's
+of the server started from that run directory (TorchServe, or Triton, asked over the Open Inference
+Protocol), at the cost of psutil and requests, still no torch. TorchServe's
 `/ping` says "Healthy" while a model has no working worker (a hung worker, or none left), so only a
 prediction proves that a replica can take traffic. It asks the inference API on the pod's loopback
 interface, which the in-cluster mode serves without a key, with a tiny gray PNG made here: the
@@ -21,7 +22,7 @@ import urllib.error
 import urllib.request
 import zlib
 
-from classify.response import MAX_RESPONSE_BYTES, InvalidAnswer, parse_answer
+from classify.response import MAX_RESPONSE_BYTES, InvalidAnswer, parse_answer, parse_v2_answer, v2_request
 
 
 def gray_png(size: int = 32) -> bytes:
@@ -35,13 +36,17 @@ def gray_png(size: int = 32) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
-def model_answers(url: str, model: str, timeout_s: float, headers: dict[str, str] | None = None) -> str | None:
-    """None when `model` answered a prediction at `url`, else why not."""
+def model_answers(
+    url: str, model: str, timeout_s: float, headers: dict[str, str] | None = None, protocol: str = "torchserve"
+) -> str | None:
+    """None when `model` answered a prediction at `url` (TorchServe's, or `protocol` "v2": Triton's), else why not."""
+    if protocol == "v2":
+        (body, protocol_headers), path, method = v2_request([gray_png()]), f"/v2/models/{model}/infer", "POST"
+    else:
+        body, protocol_headers = gray_png(), {"Content-Type": "application/octet-stream"}
+        path, method = f"/predictions/{model}", "PUT"
     request = urllib.request.Request(
-        f"{url}/predictions/{model}",
-        data=gray_png(),
-        method="PUT",
-        headers={"Content-Type": "application/octet-stream", **(headers or {})},
+        f"{url}{path}", data=body, method=method, headers=protocol_headers | (headers or {})
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
@@ -51,7 +56,7 @@ def model_answers(url: str, model: str, timeout_s: float, headers: dict[str, str
     except (urllib.error.URLError, OSError) as e:
         return f"{model}: no answer from {url} ({getattr(e, 'reason', e)})"
     try:
-        parse_answer(body, images=1)
+        parse_v2_answer(body) if protocol == "v2" else parse_answer(body, images=1)
     except InvalidAnswer as e:
         return f"{model}: {e}"
     return None
@@ -71,24 +76,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per model (default: %(default)s)")
     args = parser.parse_args(argv)
-    url, models, headers = f"http://{args.host}:{args.port}", args.model, {}
+    url, models, headers, protocol = f"http://{args.host}:{args.port}", args.model, {}, "torchserve"
     if args.run_dir:
         from pathlib import Path
 
-        from serve.server import ServerError, read_state  # psutil and requests, only here
+        from serve.server import ServerError  # psutil and requests, only here
+        from serve.servers import recorded
 
-        info = read_state(Path(args.run_dir).resolve())
+        run_dir = Path(args.run_dir).resolve()
+        server = recorded(run_dir)
+        info = server.read_state(run_dir) if server is not None else None
         if info is None:
-            print(f"not ready: no TorchServe running from {args.run_dir}", file=sys.stderr)
+            print(f"not ready: no TorchServe running from {args.run_dir} (nor Triton)", file=sys.stderr)
             return 1
         try:
             url, models, headers = info.inference_url, args.model or info.models, info.headers("inference")
         except ServerError as e:
             print(f"not ready: {e}", file=sys.stderr)
             return 1
+        protocol = server.protocol
     if not models:
         parser.error("name the models with --model, or the server with --run-dir")
-    problems = [p for p in (model_answers(url, name, args.timeout, headers) for name in models) if p]
+    problems = [p for p in (model_answers(url, name, args.timeout, headers, protocol) for name in models) if p]
     for problem in problems:
         print(f"not ready: {problem}", file=sys.stderr)
     return 1 if problems else 0

@@ -455,10 +455,10 @@ def stop(run_dir: Path, timeout_s: float = 30.0) -> bool:
     return stopped
 
 
-def run_in_foreground(info, is_running=is_torchserve, stop_server=stop) -> int:
+def run_in_foreground(info, is_running=is_torchserve, stop_server=stop, drain_s: float = DRAIN_S) -> int:
     """Block while the server (`is_running(info.pid)`: TorchServe by default) runs; SIGTERM or SIGINT
     (`docker stop`, Ctrl-C) stops it cleanly with `stop_server(run_dir)`: the requests already accepted
-    are answered first (`drain`).
+    are answered first (`drain`, at most `drain_s`; 0 for a server that waits for them itself).
 
     Returns 0 after a requested stop, 1 when the server exited by itself.
     """
@@ -467,8 +467,8 @@ def run_in_foreground(info, is_running=is_torchserve, stop_server=stop) -> int:
         signal.signal(signum, lambda signum, frame: requested.append(signum))
     while not requested and is_running(info.pid):
         time.sleep(0.5)
-    if requested:
-        drain(info)
+    if requested and drain_s > 0:
+        drain(info, drain_s)
     stop_server(Path(info.run_dir))  # after a server that died by itself: its workers, if any outlived it
     return 0 if requested else 1
 

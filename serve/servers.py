@@ -16,6 +16,7 @@ from . import triton_server as triton
 @dataclass(frozen=True)
 class Server:
     title: str
+    protocol: str  # what its inference API speaks: client --protocol (client/v2.py's PROTOCOLS)
     settings_from: Callable  # (command-line args, model options) -> its settings
     start: Callable
     describe: Callable  # (info, args) -> lines telling how to call it
@@ -24,6 +25,7 @@ class Server:
     stop: Callable[[Path], bool]
     status: Callable[[Path], dict | None]
     died: str  # what exited when the server exits by itself, and where its log is ({pid}, {run_dir})
+    drain_s: float  # on SIGTERM in the foreground, how long accepted requests get before `stop` (serve.server.drain)
 
 
 def torchserve_settings(args, options) -> torchserve.ServerSettings:
@@ -69,14 +71,19 @@ def describe_torchserve(info: torchserve.ServerInfo, args) -> list[str]:
 
 
 def triton_settings(args, options) -> triton.TritonSettings:
-    """Triton serves the export directories, with the model options of the command line."""
-    if not args.export_dirs:
-        raise torchserve.ServerError("--server triton serves export directories: pass --export-dir DIR (repeatable)")
+    """Triton serves the export directories with the model options of the command line, or without
+    --export-dir the archives of --model-store with each archive's own, as TorchServe does."""
+    if args.names and not args.export_dirs:
+        raise torchserve.ServerError(
+            "--name goes with --export-dir: a model store's models are named by their archives"
+        )
     defaults = triton.TritonSettings()
     return triton.TritonSettings(
         export_dirs=args.export_dirs,
         names=args.names,
         repo=options,
+        model_store=None if args.export_dirs else args.model_store,
+        models=args.models,
         run_dir=args.run_dir,
         host=args.host,
         port=args.port or defaults.port,
@@ -108,6 +115,7 @@ def describe_triton(info: triton.TritonInfo, args) -> list[str]:
 SERVERS = {
     "torchserve": Server(
         "TorchServe",
+        "torchserve",
         torchserve_settings,
         torchserve.start,
         describe_torchserve,
@@ -117,9 +125,11 @@ SERVERS = {
         torchserve.status,
         "TorchServe's frontend (pid {pid}) exited by itself (killed, or out of memory: see --frontend-heap); "
         "logs in {run_dir}/logs",
+        torchserve.DRAIN_S,
     ),
     "triton": Server(
         "Triton",
+        "v2",
         triton_settings,
         triton.start,
         describe_triton,
@@ -128,6 +138,7 @@ SERVERS = {
         triton.stop,
         triton.status,
         f"Triton (pid {{pid}}) exited by itself (killed, or out of memory); its log is {{run_dir}}/{triton.LOG_FILE}",
+        0.0,  # Triton waits for its requests in flight itself (triton_server.EXIT_TIMEOUT_S)
     ),
 }
 

@@ -22,6 +22,9 @@ from pathlib import Path
 from fsutil.atomic import atomic_write_text
 
 HOME_ENV = "RESNET_DEPLOY_TRITON_HOME"
+# What ./install.sh and the image (scripts/image.sh) unpack: the server's wheel and the stub's numpy.
+SERVER_WHEEL = "nvidia-pytriton==0.7.0"
+STUB_NUMPY = "numpy==1.26.4"
 INSTALL_HINT = (
     "install it with ./install.sh (or ./install.sh --serving-only --triton), or point {env} at a folder of that layout"
 )

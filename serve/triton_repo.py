@@ -48,12 +48,13 @@ def write_repository(
     export_dirs: Sequence[str | os.PathLike],
     out: str | os.PathLike,
     names: Sequence[str | None] = (),
-    options: RepoOptions = RepoOptions(),
+    options: RepoOptions | Sequence[RepoOptions] = RepoOptions(),
     log: Callable[[str], None] = print,
 ) -> list[str]:
     """Write the repository `out` with one model per export directory (named by `names`, default the
-    manifests' names) and return the model names."""
+    manifests' names; with `options`, or one options per export) and return the model names."""
     out = Path(out)
+    per_model = list(options) if isinstance(options, Sequence) else [options] * len(export_dirs)
     if out.exists() and not out.is_symlink() and any(out.iterdir()) and owned_kind(out) != REPOSITORY_KIND:
         raise PackageError(f"{out} exists and was not written by serve triton-repo; choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -62,8 +63,8 @@ def write_repository(
     try:
         mark_owned(staging, REPOSITORY_KIND)
         written = []
-        for export_dir, name in zip(export_dirs, [*names, *[None] * len(export_dirs)]):
-            written.append(write_model(Path(export_dir), staging, name, options, log))
+        for export_dir, name, model_options in zip(export_dirs, [*names, *[None] * len(export_dirs)], per_model):
+            written.append(write_model(Path(export_dir), staging, name, model_options, log))
         if len(set(written)) != len(written):
             raise PackageError(f"two exports would both be model {written}: name them with --name")
         remove_owned_tree(out, REPOSITORY_KIND)

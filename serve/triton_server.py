@@ -1,4 +1,5 @@
-"""Start, stop and inspect a Triton server (`serve start --server triton`) over the export directories.
+"""Start, stop and inspect a Triton server (`serve start --server triton`) over export directories, or over
+the archives of a TorchServe model store (serve/store_models.py).
 
 Like TorchServe's (serve/server.py), everything one server writes lives in its run directory: the model
 repository it serves (`repository/`, serve/triton_repo.py), the backend folder and the stub's Python
@@ -21,9 +22,11 @@ import re
 import secrets
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import requests
@@ -32,22 +35,36 @@ from fsutil.atomic import atomic_write_text
 
 from .server import STATE_FILE, ServerError, check_exposure, check_free, rotate_if_large
 from .triton_install import TritonMissing, find_triton
-from .triton_repo import RepoOptions, write_repository
+
+if TYPE_CHECKING:
+    from .triton_repo import RepoOptions
 
 SERVER_NAME = "triton"
 KEY_FILE = "triton_key"
 LOG_FILE = "triton.out"
 RESTRICTED = "metadata,inference,shared-memory,model-config,model-repository,statistics,trace,logging"
 GRPC_KEY_HEADER = "triton-grpc-protocol-authorization"  # Triton prefixes the restricted key over gRPC
+# On SIGTERM Triton answers the requests in flight and waits for clients to hang up, at most this long (an
+# idle keep-alive client uses it all), then exits: within `docker stop`'s 10 s with its stubs' teardown.
+EXIT_TIMEOUT_S = 5
 SHM_ROOT = Path("/dev/shm")
 SHM_PREFIX = re.compile(r"resnet-deploy-[0-9a-f]{12}-")  # the Python backend's regions: "<prefix><uuid>"
+
+
+def default_options() -> RepoOptions:
+    from .triton_repo import RepoOptions  # imports torch: see write_models
+
+    return RepoOptions()
 
 
 @dataclass
 class TritonSettings:
     export_dirs: list[Path] = field(default_factory=list)
     names: list[str] = field(default_factory=list)  # model names, in the order of export_dirs; default: manifests'
-    repo: RepoOptions = RepoOptions()
+    # With a model store, only its max_request_bytes counts (the rest is each archive's).
+    repo: RepoOptions = field(default_factory=default_options)
+    model_store: Path | None = None  # without export_dirs: serve these archives (models; default all)
+    models: list[str] = field(default_factory=list)
     run_dir: Path = Path(".serve")
     host: str = "127.0.0.1"
     port: int = 8000
@@ -136,7 +153,7 @@ def command(settings: TritonSettings, install, repository: Path, backends: Path,
         f"--backend-directory={backends}",
         "--model-control-mode=none",
         "--strict-readiness=true",
-        "--exit-timeout-secs=10",
+        f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
         f"--http-address={settings.host}",
         f"--http-port={settings.port}",
         f"--grpc-address={settings.host}",
@@ -176,7 +193,7 @@ def start(settings: TritonSettings, log=print) -> TritonInfo:
         ]
     )
     run_dir.mkdir(parents=True, exist_ok=True)
-    models = write_repository(settings.export_dirs, run_dir / "repository", settings.names, settings.repo, log)
+    models = write_models(settings, run_dir, log)
     backends = install.backend_directory(run_dir / "backends")
     python_env = install.stub_environment(run_dir / "python-env")
     key, prefix = secrets.token_urlsafe(32), f"resnet-deploy-{secrets.token_hex(6)}-"
@@ -209,6 +226,22 @@ def start(settings: TritonSettings, log=print) -> TritonInfo:
         stop(run_dir)
         raise
     return info
+
+
+def write_models(settings: TritonSettings, run_dir: Path, log=print) -> list[str]:
+    """The repository `run_dir/repository`, from the export directories or else the model store's archives."""
+    # Imported here: they import torch (export.manifest's registry), which stop, status, token and the
+    # image's health check (serve.probe) do without.
+    from .store_models import unpack_store
+    from .triton_repo import write_repository
+
+    repository = run_dir / "repository"
+    if settings.export_dirs:
+        return write_repository(settings.export_dirs, repository, settings.names, settings.repo, log)
+    with tempfile.TemporaryDirectory(prefix=".store.", suffix=".tmp", dir=run_dir) as unpacked:
+        stored = unpack_store(settings.model_store, settings.models, Path(unpacked), settings.repo)
+        exports, names, options = [m.export_dir for m in stored], [m.name for m in stored], [m.options for m in stored]
+        return write_repository(exports, repository, names, options, log)
 
 
 def write_key(path: Path, key: str) -> None:

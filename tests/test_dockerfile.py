@@ -14,6 +14,7 @@ import pytest
 
 from serve.__main__ import build_parser
 from serve.kubernetes import IMAGE_MODEL_STORE, default_image
+from serve.triton_install import TritonInstall
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -65,8 +66,8 @@ def test_every_copied_path_exists_or_is_the_model_store_or_the_optional_wheelhou
                 store_default = build_parser().parse_args(["package", "--export-dir", "x"]).model_store
                 assert defaults["MODEL_STORE"] == str(store_default)
                 continue
-            if source == ".image/wheelhouse*":  # scripts/image.sh fills it only for offline builds
-                assert not ignored & {".image", ".image/wheelhouse"}
+            if source in (".image/wheelhouse*", ".image/triton-wheelhouse*"):  # image.sh fills them offline only
+                assert not ignored & {".image", source.rstrip("*")}
                 continue
             assert (ROOT / source).exists(), f"Dockerfile copies {source}, which is not in the repository"
             assert source not in ignored, f"{source} is copied but excluded by .dockerignore"
@@ -105,13 +106,25 @@ def test_the_image_installs_only_the_serving_group_at_the_tested_versions():
     assert arg_defaults()["EXTRAS"] == ""
     runs = [rest for kind, rest in instructions() if kind == "RUN"]
     (requirements,) = [rest for rest in runs if '["dependencies"]' in rest]  # its own stage: pyproject's base group
-    dependencies, project = [rest for rest in runs if "pip install" in rest]
+    dependencies, project, _triton = [rest for rest in runs if "pip install" in rest]
     assert "/requirements.txt" in requirements and "-r /tmp/requirements.txt" in dependencies
     assert "-c constraints.txt" in dependencies
     assert "/opt/venv" in dependencies  # a venv: Debian's python3 refuses system-wide installs (PEP 668)
     assert "--no-deps" in project
     copied = " ".join(rest for kind, rest in instructions() if kind == "COPY").split()
     assert "constraints.txt" in copied and "pyproject.toml" in copied
+
+
+def test_the_triton_stage_unpacks_what_serve_triton_install_names_where_it_looks():
+    """The Triton server's files at the layout serve/triton_install.py expects beside the image's venv, at the
+    versions it names (scripts/image.sh passes them as build args), apart from the dependency layer."""
+    (triton,) = [rest for kind, rest in instructions() if kind == "RUN" and "TRITON_WHEEL" in rest]
+    install = TritonInstall(Path("/opt/venv/triton"))  # default_home() of the image's /opt/venv
+    assert f'--no-deps --target {install.wheel} "${{TRITON_WHEEL}}"' in triton
+    assert f'--no-deps --target {install.stub_site} "${{TRITON_STUB_NUMPY}}"' in triton
+    image_sh = (ROOT / "scripts" / "image.sh").read_text()
+    assert "SERVER_WHEEL, STUB_NUMPY" in image_sh and '--build-arg TRITON_WHEEL="$TRITON_WHEEL"' in image_sh
+    assert "COPY --from=triton /opt/venv/triton /opt/venv/triton" in DOCKERFILE.read_text()
 
 
 def test_serve_manifests_names_the_tag_make_image_builds():

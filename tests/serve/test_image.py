@@ -3,7 +3,8 @@ layers), run as users run it, answering `curl -T` with the key from `docker exec
 
 Skipped where no Docker engine answers; CI starts one (`./install.sh --docker` in .ci/run). Every test shares
 one built image and one read-only container serving the digits store mounted at run time; the last test
-stops it with `docker stop` under load.
+stops it with `docker stop` under load. One more container serves the same store with Triton (`--server
+triton`) over the Open Inference Protocol.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import pytest
 import requests
 
 from classify.classifier import Classifier
+from client.errors import AuthorizationFailed
+from client.v2 import http_predict, http_request
 from serve.kubernetes import IMAGE_NAME, default_image
 from serve.package import package
 from serve.server import free_ports, probe_image
@@ -102,12 +105,28 @@ def jpeg(tmp_path_factory) -> Path:
 
 
 class Container:
-    def __init__(self, name: str, port: int):
-        self.name, self.port = name, port
+    def __init__(self, name: str, port: int, protocol: str = "torchserve"):
+        self.name, self.port, self.protocol = name, port, protocol
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/predictions/{MODEL}"
+        return (
+            f"{self.base_url}/v2/models/{MODEL}/infer"
+            if self.protocol == "v2"
+            else f"{self.base_url}/predictions/{MODEL}"
+        )
+
+    def answers(self, key: str) -> bool:
+        """Whether the model answers a real image with a 200, in the container's protocol."""
+        headers = {"Authorization": f"Bearer {key}"}
+        if self.protocol == "v2":
+            body, v2_headers = http_request([probe_image()])
+            return requests.post(self.url, data=body, headers=v2_headers | headers, timeout=10).status_code == 200
+        return requests.put(self.url, data=probe_image(), headers=headers, timeout=10).status_code == 200
 
     def token(self) -> str:
         return docker("exec", self.name, "python", "-m", "serve", "token").stdout.strip()
@@ -117,23 +136,24 @@ class Container:
 
 
 @contextmanager
-def running(image: str, *options: str):
-    """`docker run -d --read-only --tmpfs /tmp:exec -p PORT:8080 ... IMAGE`, until its model answers a real image
-    with a 200 (the key from `docker exec`); removed afterwards."""
+def running(image: str, *options: str, arguments: tuple[str, ...] = (), protocol: str = "torchserve"):
+    """`docker run -d --read-only --tmpfs /tmp:exec -p PORT:8080 ... IMAGE ARGUMENTS`, until its model answers a
+    real image with a 200 (the key from `docker exec`); removed afterwards."""
     (port,) = free_ports(1)
-    container = Container(f"resnet-deploy-test-{uuid.uuid4().hex[:8]}", port)
+    container = Container(f"resnet-deploy-test-{uuid.uuid4().hex[:8]}", port, protocol)
     started = time.monotonic()
     docker("run", "-d", "--name", container.name, "--read-only", "--tmpfs", "/tmp:exec", "-p", f"127.0.0.1:{port}:8080",
-           *options, image)  # fmt: skip
+           *options, image, *arguments)  # fmt: skip
     try:
         deadline = started + 300
         while True:
-            assert container.inspect("{{.State.Running}}") == "true", docker("logs", container.name).stderr[-3000:]
+            if container.inspect("{{.State.Running}}") != "true":
+                logs = docker("logs", container.name)
+                raise AssertionError(f"the container exited:\n{logs.stdout[-3000:]}\n{logs.stderr[-3000:]}")
             key = docker("exec", container.name, "python", "-m", "serve", "token", check=False).stdout.strip()
             if key:
                 try:
-                    headers = {"Authorization": f"Bearer {key}"}
-                    if requests.put(container.url, data=probe_image(), headers=headers, timeout=10).status_code == 200:
+                    if container.answers(key):
                         break
                 except requests.ConnectionError:
                     pass
@@ -187,9 +207,13 @@ LISTENERS = "import psutil; print(*sorted({f'{c.laddr.ip}:{c.laddr.port}' for c 
 
 
 def test_health_check_turns_healthy_once_the_model_answers(served):
-    deadline = time.monotonic() + 60
-    while (health := served.inspect("{{.State.Health.Status}}")) != "healthy":
-        assert health == "starting" and time.monotonic() < deadline, served.inspect("{{json .State.Health}}")
+    wait_healthy(served)
+
+
+def wait_healthy(container: Container, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (health := container.inspect("{{.State.Health.Status}}")) != "healthy":
+        assert health == "starting" and time.monotonic() < deadline, container.inspect("{{json .State.Health}}")
         time.sleep(1)
 
 
@@ -209,6 +233,28 @@ def test_a_store_baked_in_at_build_time_serves_beside_the_first_container(served
     finally:
         tags = ["resnet-deploy-test:latest", f"resnet-deploy-test:{default_image().split(':')[1]}"]
         docker("image", "rm", *tags, check=False)
+
+
+def test_triton_serves_the_same_store_over_v2_with_the_key_and_stops_cleanly(image, store, digits_export, jpeg):
+    """`docker run ... IMAGE --server triton`: the store mounted as for TorchServe, each archive served with its
+    own options over v2 on 8080, read-only as uid 10001; healthy by the same check; `docker stop` exits 0."""
+    with running(image, "-v", f"{store}:/model-store:ro", arguments=("--server", "triton"), protocol="v2") as triton:
+        session, photo = requests.Session(), jpeg.read_bytes()
+        ((local_top1, _), *_) = Classifier.from_export(digits_export).classify([photo])[0]
+        ((top1, _), *_) = http_predict(
+            session, triton.base_url, MODEL, photo, {"Authorization": f"Bearer {triton.token()}"}
+        )
+        assert top1 == local_top1
+        with pytest.raises(AuthorizationFailed):
+            http_predict(session, triton.base_url, MODEL, photo, {})
+        assert docker("exec", triton.name, "id", "-u").stdout.strip() == "10001"
+        assert triton.inspect("{{.HostConfig.ReadonlyRootfs}}") == "true"
+        wait_healthy(triton)
+        sigterm = time.monotonic()
+        docker("stop", triton.name, timeout=STOP_GRACE_S + 30)
+        stop_s = time.monotonic() - sigterm
+        logs = docker("logs", triton.name).stdout[-3000:]
+        assert triton.inspect("{{.State.ExitCode}}") == "0" and stop_s < STOP_GRACE_S, (stop_s, logs)
 
 
 def test_docker_stop_answers_accepted_requests_and_exits_0_within_the_grace_period(served, jpeg):

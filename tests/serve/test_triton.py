@@ -210,6 +210,43 @@ def test_the_documented_curl_line_works_as_written(triton, images, tmp_path):
     assert outputs["CLASS_NAMES"]["shape"] == [1, 5] and len(outputs["PROBABILITIES"]["data"]) == 5
 
 
+def test_the_health_check_asks_triton_over_v2_without_importing_torch(triton):
+    """The image's HEALTHCHECK (`serve.probe --run-dir`) on a Triton run directory, as light as for TorchServe."""
+    probe = "import runpy, sys; sys.argv = ['probe', '--run-dir', sys.argv[1]]; code = 0\n"
+    probe += (
+        "try:\n    runpy.run_module('serve.probe', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+    )
+    probe += "print(code, 'torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe, triton.run_dir], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["0", "False"], result.stdout + result.stderr
+
+
+def test_a_short_soak_over_v2_passes_with_the_stubs_as_workers(triton, tmp_path):
+    """`client soak --protocol v2`: valid and hostile v2 requests, the stubs' pids and memory watched. 20 s
+    only catches a leak (the 10% memory target is for minutes; tests/serve/test_hostile.py says why)."""
+    report = tmp_path / "soak.json"
+    args = ["--run-dir", triton.run_dir, "--protocol", "v2", "--duration", "20s", "--warmup", "8s", "--threads", "2"]
+    result = subprocess.run(
+        [sys.executable, "-m", "client", "soak", *args, "--max-rss-growth", "0.3", "--json", str(report)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(report.read_text())
+    assert summary["passed"] and summary["worker_restarts"] == 0
+    assert summary["worker_pids_start"] == sorted(p.pid for p in stub_processes(triton.shm_prefix))
+    hostile = {"flood", "png_bomb", "png_16bit", "junk", "empty", "truncated", "json"}
+    assert hostile <= set(summary["requests"]) and summary["requests"]["valid0"] > 0
+    wrong = subprocess.run(
+        [sys.executable, "-m", "client", "soak", "--run-dir", triton.run_dir, "--duration", "1s"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong.returncode == 2 and "--protocol v2" in wrong.stderr
+
+
 def test_stop_leaves_no_process_and_no_shared_memory(triton):
     stubs = stub_processes(triton.shm_prefix)
     assert stubs and list(SHM_ROOT.glob(f"{triton.shm_prefix}*")), "the running server has stubs and regions"

@@ -6,10 +6,15 @@ import re
 import shutil
 from pathlib import Path
 
+import pytest
+
 from export.manifest import read_manifest
 from fsutil.atomic import sha256_file
+from serve.budget import ImageCost
 from serve.cli import main
-from serve.triton_repo import MODEL_FILE
+from serve.package import PackageError, PackageOptions, package
+from serve.store_models import unpack_store
+from serve.triton_repo import MODEL_FILE, RepoOptions, write_repository
 
 
 def config_value(config: str, key: str) -> str:
@@ -67,3 +72,30 @@ def test_only_a_repository_this_command_wrote_is_replaced(digits_export, tmp_pat
         )
     assert parameter((ours / "d" / "config.pbtxt").read_text(), "top_k") == "2"
     assert not [p for p in Path(tmp_path).iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_model_store_s_archives_become_models_with_their_own_options(digits_export, tmp_path):
+    """`serve start --server triton --model-store`: each archive read back as its export and its options."""
+    packaged = PackageOptions(
+        workers=3, batch_size=6, max_batch_delay_ms=9, top_k=2, max_images=5, cost=ImageCost(0.02, 0.003)
+    )
+    store = package(digits_export, tmp_path / "store", name="digits", options=packaged, log=lambda _: None).parent
+    (stored,) = unpack_store(store, [], tmp_path / "unpacked", RepoOptions(max_request_bytes=1234))
+    assert stored.name == "digits" and stored.options.cost == packaged.cost
+    assert (stored.options.workers, stored.options.batch_size, stored.options.max_images) == (3, 6, 5)
+    assert stored.options.max_request_bytes == 1234
+    assert write_repository([stored.export_dir], tmp_path / "repo", [stored.name], [stored.options], print) == [
+        "digits"
+    ]
+    config = (tmp_path / "repo" / "digits" / "config.pbtxt").read_text()
+    assert config_value(config, "max_batch_size") == "6" and config_value(config, "count") == "3"
+    assert config_value(config, "max_queue_delay_microseconds") == "9000" and "dims: [ 2 ]" in config
+    assert parameter(config, "image_s") == "0.02" and parameter(config, "max_request_bytes") == "1234"
+
+
+def test_an_archive_that_is_not_one_is_refused_with_its_path(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "digits.mar").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(PackageError, match=r"digits\.mar: not a model archive that serve package wrote"):
+        unpack_store(store, [], tmp_path / "unpacked", RepoOptions())
