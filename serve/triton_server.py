@@ -47,6 +47,10 @@ GRPC_KEY_HEADER = "triton-grpc-protocol-authorization"  # Triton prefixes the re
 # On SIGTERM Triton answers the requests in flight and waits for clients to hang up, at most this long (an
 # idle keep-alive client uses it all), then exits: within `docker stop`'s 10 s with its stubs' teardown.
 EXIT_TIMEOUT_S = 5
+# Triton exits when a model fails to load at start, and its Python backend stub has been seen to crash
+# now and then while loading (a segfault in libc, in the kernel log, with nothing in Triton's): a start
+# that ends before its models are ready is tried once more, saying so with the exit status.
+START_ATTEMPTS = 2
 SHM_ROOT = Path("/dev/shm")
 SHM_PREFIX = re.compile(r"resnet-deploy-[0-9a-f]{12}-")  # the Python backend's regions: "<prefix><uuid>"
 
@@ -196,6 +200,27 @@ def start(settings: TritonSettings, log=print) -> TritonInfo:
     models = write_models(settings, run_dir, log)
     backends = install.backend_directory(run_dir / "backends")
     python_env = install.stub_environment(run_dir / "python-env")
+    attempts = 1
+    while True:
+        process, info = launch(settings, install, run_dir, models, backends, python_env)
+        try:
+            wait_until_ready(info, settings.startup_timeout_s, log, process)
+            return info
+        except TritonExited as e:
+            stop(run_dir)
+            if attempts == START_ATTEMPTS:
+                raise
+            attempts += 1
+            log(f"{e}\nstarting Triton once more")
+        except BaseException:
+            stop(run_dir)
+            raise
+
+
+def launch(
+    settings: TritonSettings, install, run_dir: Path, models: list[str], backends: Path, python_env: Path
+) -> tuple[subprocess.Popen, TritonInfo]:
+    """The server process on the written repository, with a new key and shared-memory prefix, recorded."""
     key, prefix = secrets.token_urlsafe(32), f"resnet-deploy-{secrets.token_hex(6)}-"
     write_key(run_dir / KEY_FILE, key)
     rotate_if_large(run_dir / LOG_FILE)
@@ -220,12 +245,7 @@ def start(settings: TritonSettings, log=print) -> TritonInfo:
         token_auth=settings.token_auth,
     )
     atomic_write_text(run_dir / STATE_FILE, json.dumps(asdict(info), indent=2))
-    try:
-        wait_until_ready(info, settings.startup_timeout_s, log)
-    except BaseException:
-        stop(run_dir)
-        raise
-    return info
+    return process, info
 
 
 def write_models(settings: TritonSettings, run_dir: Path, log=print) -> list[str]:
@@ -251,6 +271,17 @@ def write_key(path: Path, key: str) -> None:
         f.write(key + "\n")
 
 
+class TritonExited(ServerError):
+    """The server process ended before its models were ready."""
+
+
+def exit_status(process: subprocess.Popen | None) -> str:
+    if process is None or process.returncode is None:
+        return ""
+    code = process.returncode
+    return f" (killed by signal {-code})" if code < 0 else f" (exit code {code})"
+
+
 def model_ready(info: TritonInfo, name: str) -> bool:
     try:
         return requests.get(f"{info.inference_url}/v2/models/{name}/ready", timeout=10).status_code == 200
@@ -258,12 +289,14 @@ def model_ready(info: TritonInfo, name: str) -> bool:
         return False
 
 
-def wait_until_ready(info: TritonInfo, timeout_s: float, log=print) -> None:
+def wait_until_ready(info: TritonInfo, timeout_s: float, log=print, process: subprocess.Popen | None = None) -> None:
+    """Until every model is ready; `TritonExited` (with its exit status when `process` is the server's
+    Popen) if the server ends first, ServerError at the timeout."""
     deadline = time.monotonic() + timeout_s
     pending = list(info.models)
     while pending:
-        if not is_triton(info.pid):
-            raise ServerError(f"Triton exited while starting:\n{log_tail(Path(info.run_dir))}")
+        if (process is not None and process.poll() is not None) or not is_triton(info.pid):
+            raise TritonExited(f"Triton exited while starting{exit_status(process)}:\n{log_tail(Path(info.run_dir))}")
         if time.monotonic() > deadline:
             raise ServerError(f"models {pending} not ready after {timeout_s:.0f} s:\n{log_tail(Path(info.run_dir))}")
         if model_ready(info, pending[0]):

@@ -30,9 +30,9 @@ from tests.fixtures.served import encode, png_claiming_size
 MAX_IMAGES = 4  # per request, below the batch size of 8, so a flood of rows reaches our own bound
 
 
-def run_serve(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_serve(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "serve", *args], capture_output=True, text=True, timeout=timeout, env=dict(os.environ)
+        [sys.executable, "-m", "serve", *args], capture_output=True, text=True, timeout=timeout, env=os.environ | env
     )
 
 
@@ -256,3 +256,35 @@ def test_stop_leaves_no_process_and_no_shared_memory(triton):
     assert not stub_processes(triton.shm_prefix)
     assert not list(SHM_ROOT.glob(f"{triton.shm_prefix}*"))
     assert run_serve("status", f"--run-dir={triton.run_dir}").returncode == 3
+
+
+def test_a_triton_that_exits_while_loading_is_started_once_more_then_reported(digits_export, tmp_path):
+    """Triton exits when a model fails to load at start: here its backend stub cannot import numpy (a broken
+    copy of the install). The start is tried once more, then fails saying so, with Triton's exit status,
+    and leaves no process or state behind."""
+    try:
+        install = find_triton()
+    except TritonMissing as e:
+        pytest.skip(f"Triton is not installed here: {e}")
+    home = tmp_path / "triton-home"
+    (home / "stub-site" / "numpy").mkdir(parents=True)
+    (home / "stub-site" / "numpy" / "__init__.py").write_text("raise ImportError('numpy broken on purpose')\n")
+    (home / "wheel").symlink_to(install.wheel)
+    run_dir, (port, grpc_port, metrics_port) = tmp_path / "run", free_ports(3)
+    started = run_serve(
+        "start",
+        "--server=triton",
+        f"--export-dir={digits_export}",
+        "--name=digits",
+        f"--run-dir={run_dir}",
+        f"--port={port}",
+        f"--grpc-port={grpc_port}",
+        f"--metrics-port={metrics_port}",
+        "--timeout=240",
+        RESNET_DEPLOY_TRITON_HOME=str(home),
+    )
+    output = started.stdout + started.stderr
+    assert started.returncode != 0, output
+    assert output.count("Triton exited while starting (exit code") == 2 and "starting Triton once more" in output
+    assert read_state(run_dir) is None and not (run_dir / "triton_key").exists()
+    assert not [p for p in psutil.process_iter(["cwd"]) if p.info["cwd"] == str(run_dir)]  # no server left
