@@ -295,7 +295,9 @@ def wait_until_ready(info: TritonInfo, timeout_s: float, log=print, process: sub
     deadline = time.monotonic() + timeout_s
     pending = list(info.models)
     while pending:
-        if (process is not None and process.poll() is not None) or not is_triton(info.pid):
+        # Our own child's exit status when we have it: reading /proc (is_triton) has been seen to miss a
+        # Triton that was still starting in a container.
+        if process.poll() is not None if process is not None else not is_triton(info.pid):
             raise TritonExited(f"Triton exited while starting{exit_status(process)}:\n{log_tail(Path(info.run_dir))}")
         if time.monotonic() > deadline:
             raise ServerError(f"models {pending} not ready after {timeout_s:.0f} s:\n{log_tail(Path(info.run_dir))}")
