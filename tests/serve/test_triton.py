@@ -36,6 +36,21 @@ def run_serve(*args: str, timeout: float = 300, **env: str) -> subprocess.Comple
     )
 
 
+def start_args(export_dir: Path, run_dir: Path) -> list[str]:
+    """`serve start --server triton` of the digits export as model `digits`, on free ports."""
+    port, grpc_port, metrics_port = free_ports(3)
+    return [
+        "start",
+        "--server=triton",
+        f"--export-dir={export_dir}",
+        "--name=digits",
+        f"--run-dir={run_dir}",
+        f"--port={port}",
+        f"--grpc-port={grpc_port}",
+        f"--metrics-port={metrics_port}",
+    ]
+
+
 @pytest.fixture(scope="module")
 def triton(digits_export: Path, tmp_path_factory):
     """`python -m serve start --server triton` on free ports; stopped at the end whatever happened."""
@@ -44,16 +59,8 @@ def triton(digits_export: Path, tmp_path_factory):
     except TritonMissing as e:
         pytest.skip(f"Triton is not installed here: {e}")
     run_dir = tmp_path_factory.mktemp("triton")
-    port, grpc_port, metrics_port = free_ports(3)
     started = run_serve(
-        "start",
-        "--server=triton",
-        f"--export-dir={digits_export}",
-        "--name=digits",
-        f"--run-dir={run_dir}",
-        f"--port={port}",
-        f"--grpc-port={grpc_port}",
-        f"--metrics-port={metrics_port}",
+        *start_args(digits_export, run_dir),
         "--workers=1",
         "--batch-size=8",
         "--max-batch-delay=50",
@@ -270,16 +277,9 @@ def test_a_triton_that_exits_while_loading_is_started_once_more_then_reported(di
     (home / "stub-site" / "numpy").mkdir(parents=True)
     (home / "stub-site" / "numpy" / "__init__.py").write_text("raise ImportError('numpy broken on purpose')\n")
     (home / "wheel").symlink_to(install.wheel)
-    run_dir, (port, grpc_port, metrics_port) = tmp_path / "run", free_ports(3)
+    run_dir = tmp_path / "run"
     started = run_serve(
-        "start",
-        "--server=triton",
-        f"--export-dir={digits_export}",
-        "--name=digits",
-        f"--run-dir={run_dir}",
-        f"--port={port}",
-        f"--grpc-port={grpc_port}",
-        f"--metrics-port={metrics_port}",
+        *start_args(digits_export, run_dir),
         "--timeout=240",
         RESNET_DEPLOY_TRITON_HOME=str(home),
     )
