@@ -5,8 +5,8 @@ The training input is what `python -m train` feeds an ImageNet network: decode, 
 images are ImageNet-like JPEGs (about 500x375, quality 90) made from scikit-image's sample photos
 (benchmarks/photos.py), written once as an ImageFolder tree and as tar shards (`python -m train.shards`).
 
-Rows: each decoder (pil: PIL as torchvision's ImageFolder decodes, the baseline; turbo; draft; cuda where a
-GPU is present) from the folder and from the shards, with 1 and 2 loader workers, through train's own
+Rows: each decoder (pil: PIL as torchvision's ImageFolder decodes, the baseline; turbo; draft; region; cuda
+where a GPU is present) from the folder and from the shards, with 1 and 2 loader workers, through train's own
 loaders (`train.data.build_train_set` and `build_train_loader`, `--data folder` and `--data shards`
 with `--decoder`). A row's rate counts the images after each worker's first batch, to the end of the pass,
 so worker start-up is left out; per core is that rate over the worker count (each worker is one
@@ -38,7 +38,7 @@ from .report import Report, Table, Verdict
 TARGET = 1.5  # best decoder's images/s per core over the PIL folder baseline's
 GPU_RATE = 3000  # images/s one GPU trains ResNet-50 at (AMP, H100 class)
 WORKERS = (1, 2)
-CPU_DECODERS = ("pil", "turbo", "draft")
+CPU_DECODERS = ("pil", "turbo", "draft", "region")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

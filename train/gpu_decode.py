@@ -17,11 +17,10 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
-from imagedata.decoders import decode_turbo, header_size
+from imagedata.decoders import decode_turbo, draw_box, header_size
 
 from .unreadable import UnreadableImage
 
@@ -68,7 +67,7 @@ class EncodedCrop:
             return self.cpu_transform(decode_turbo(data))
         with Image.open(io.BytesIO(data)) as image:
             height, width = header_size(image)
-        box = self.plan.crop.make_params([tv_tensors.Image(torch.empty(0, height, width, dtype=torch.uint8))])
+        box = draw_box(self.plan.crop, height, width)
         flip = self.plan.flip_p > 0 and bool(torch.rand(1) < self.plan.flip_p)  # v2's draw: skipped when >= p
         encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         return Encoded(encoded, (box["top"], box["left"], box["height"], box["width"]), flip)

@@ -7,6 +7,8 @@ import io
 import json
 import random
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -16,12 +18,21 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from benchmarks.photos import photo_jpeg, sample_photos, write_photo_folder
-from imagedata.decoders import DRAFT_TOLERANCE, DraftResizedCrop, cpu_decoder, decode_pil, decode_turbo
+from imagedata import jpeg_region
+from imagedata.decoders import (
+    DRAFT_TOLERANCE,
+    DraftResizedCrop,
+    RegionResizedCrop,
+    cpu_decoder,
+    cpu_decoder_name,
+    decode_pil,
+    decode_turbo,
+)
 from imagedata.errors import DataError
 from imagedata.kinds import build_dataset
 from imagedata.shards import FORMAT, INDEX_NAME, VERSION, ShardSource
 from train.config import TrainConfig
-from train.data import build_train_set, start_epoch
+from train.data import build_train_loader, build_train_set, start_epoch
 from train.gpu_decode import GPU_TOLERANCE
 from train.shard_reader import ShardStream, build_shard_train_loader, gpu_decode_plan, seeded
 from train.shards import write_shards
@@ -85,6 +96,94 @@ def test_turbo_reads_every_other_format_as_pil_does(jpegs):
         assert torch.equal(decode_turbo(data), v2.functional.pil_to_tensor(decode_pil(data))), (fmt, image.mode)
 
 
+def jpeg_variants(jpeg: bytes) -> dict[str, bytes]:
+    """The JPEG kinds a training set holds: 4:2:0 and 4:4:4 colour, progressive, grey, CMYK, EXIF-rotated."""
+    photo, exif = Image.open(io.BytesIO(jpeg)), Image.Exif()
+    exif[0x0112] = 6  # orientation: rotated; neither PIL's convert nor torchvision applies it
+    variants = {}
+    for label, image, options in [
+        ("4:2:0", photo, {}),
+        ("4:4:4", photo, {"subsampling": 0}),
+        ("progressive", photo, {"progressive": True}),
+        ("grey", photo.convert("L"), {}),
+        ("cmyk", photo.convert("CMYK"), {}),
+        ("exif", photo, {"exif": exif.tobytes()}),
+    ]:
+        encoded = io.BytesIO()
+        image.save(encoded, format="JPEG", quality=90, **options)
+        variants[label] = encoded.getvalue()
+    return variants
+
+
+@pytest.mark.skipif(not jpeg_region.available(), reason=f"{jpeg_region.REQUIREMENT} is not installed")
+def test_a_region_decodes_the_pixels_of_the_whole_decode_there(jpegs):
+    regions = jpeg_region.jpeg_regions()
+    for label, data in jpeg_variants(jpegs[1]).items():
+        whole = v2.functional.pil_to_tensor(decode_pil(data))
+        stream = regions.open(data)
+        assert (stream.height, stream.width) == whole.shape[1:], label
+        for top, left, height, width in [
+            (0, 0, *whole.shape[1:]),
+            (33, 47, 257, 264),
+            (201, 3, 1, 17),
+            (7, 480, 300, 20),
+        ]:
+            region = regions.decode(stream, top, left, height, width)
+            assert torch.equal(region, whole[:, top : top + height, left : left + width]), (label, top, left)
+
+
+@pytest.mark.skipif(not jpeg_region.available(), reason=f"{jpeg_region.REQUIREMENT} is not installed")
+def test_region_equals_the_pil_path_after_augmentation(jpegs):
+    """The crop is drawn from the header exactly as RandomResizedCrop draws it, then only that region is
+    decoded: the same pixels as PIL's whole decode, cropped and resized, for every kind of JPEG."""
+    reference = training_transform(96)
+    decode, rest = cpu_decoder("region", reference)
+    assert isinstance(decode, RegionResizedCrop)
+    assert not any(isinstance(op, v2.RandomResizedCrop) for op in rest.transforms)
+    images = jpegs + list(jpeg_variants(jpegs[0]).values())
+    for seed, data in enumerate(images * 2):
+        expected = seeded(lambda d: reference(decode_pil(d)), data, seed)
+        assert torch.equal(seeded(lambda d: rest(decode(d)), data, seed), expected), seed
+
+
+@pytest.mark.skipif(not jpeg_region.available(), reason=f"{jpeg_region.REQUIREMENT} is not installed")
+def test_region_leaves_other_formats_and_truncated_jpegs_to_turbo(jpegs):
+    reference = training_transform(64)
+    decode, rest = cpu_decoder("region", reference)
+    png = io.BytesIO()
+    Image.open(io.BytesIO(jpegs[0])).save(png, format="PNG")
+    assert jpeg_region.jpeg_regions().open(png.getvalue()) is None
+    expected = seeded(lambda d: reference(decode_turbo(d)), png.getvalue(), 3)
+    assert torch.equal(seeded(lambda d: rest(decode(d)), png.getvalue(), 3), expected)
+    truncated = jpegs[0][: len(jpegs[0]) // 2]
+    assert jpeg_region.jpeg_regions().open(truncated) is None  # a whole decode reports it as turbo does
+    with pytest.raises(ValueError):
+        decode(b"\xff\xd8\xff not really a jpeg \xff\xd9")
+
+
+@pytest.mark.skipif(not jpeg_region.available(), reason=f"{jpeg_region.REQUIREMENT} is not installed")
+def test_region_imports_nvimagecodec_quietly_and_leaves_no_trace(tmp_path):
+    """Only its libjpeg-turbo extension is loaded: no errors printed about CUDA codecs absent here, the
+    extension path is not left set for child processes, and the private directory is gone."""
+    script = (
+        "import os, tempfile; from imagedata.jpeg_region import jpeg_regions, EXTENSIONS_PATH_ENV; jpeg_regions(); "
+        "print(EXTENSIONS_PATH_ENV in os.environ, sorted(os.listdir(tempfile.gettempdir())))"
+    )
+    env = {**__import__("os").environ, "TMPDIR": str(tmp_path)}
+    env.pop(jpeg_region.EXTENSIONS_PATH_ENV, None)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert done.stderr == "" and done.stdout.strip() == "False []"
+
+
+def test_auto_is_region_where_nvimagecodec_is_installed_and_region_is_refused_without_it(monkeypatch):
+    assert cpu_decoder_name("auto") == ("region" if jpeg_region.available() else "turbo")
+    assert cpu_decoder_name("cuda") == "turbo"
+    monkeypatch.setattr(jpeg_region, "available", lambda: False)
+    assert cpu_decoder_name("auto") == "turbo"
+    with pytest.raises(ValueError, match="pip install nvidia-nvimgcodec-cu13.*--decoder turbo"):
+        cpu_decoder_name("region")
+
+
 @pytest.fixture(scope="module")
 def photo_folder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("folder") / "photos"
@@ -99,10 +198,10 @@ def folder_samples(folder: Path, decoder: str, size: int = 64) -> list[torch.Ten
 
 
 def test_folder_training_decodes_with_the_chosen_decoder(photo_folder):
-    """`--data folder` training reads files through the decoder: turbo (and auto, turbo on the CPU) the
-    same pixels as PIL after the augmentation, draft within its tolerance; validation keeps PIL."""
+    """`--data folder` training reads files through the decoder: turbo, region (and auto, one of them on the
+    CPU) the same pixels as PIL after the augmentation, draft within its tolerance; validation keeps PIL."""
     reference = folder_samples(photo_folder, "pil")
-    for decoder in ("turbo", "auto"):
+    for decoder in ("turbo", "auto", *(("region",) if jpeg_region.available() else ())):
         assert all(torch.equal(a, b) for a, b in zip(folder_samples(photo_folder, decoder), reference, strict=True))
     drafted = folder_samples(photo_folder, "draft")
     assert max((a.float() - b.float()).abs().mean().item() for a, b in zip(drafted, reference)) <= DRAFT_TOLERANCE
@@ -111,12 +210,27 @@ def test_folder_training_decodes_with_the_chosen_decoder(photo_folder):
     assert isinstance(val[0][0], Image.Image)
 
 
+@pytest.mark.skipif(not jpeg_region.available(), reason=f"{jpeg_region.REQUIREMENT} is not installed")
+def test_region_decodes_in_forked_loader_workers_as_pil_does(photo_folder):
+    """Two DataLoader workers (forked after this process has made its own decoder) give PIL's batches."""
+    jpeg_region.jpeg_regions()
+    batches = {}
+    for decoder in ("pil", "region"):
+        config = TrainConfig(data="folder", data_dir=str(photo_folder), decoder=decoder, seed=5, workers=2)
+        loader = build_train_loader(build_train_set(config, training_transform(48)), config, 4, 1, 0, pin_memory=False)
+        start_epoch(loader, 0)
+        batches[decoder] = [(images, labels) for images, labels, *_ in loader]
+    assert len(batches["region"]) == len(batches["pil"]) == 2
+    for (images, labels), (images_e, labels_e) in zip(batches["region"], batches["pil"]):
+        assert torch.equal(labels, labels_e) and torch.equal(images, images_e)
+
+
 def test_a_corrupt_folder_image_is_skipped_with_its_path_by_every_decoder(photo_folder, tmp_path):
     folder = tmp_path / "photos"
     shutil.copytree(photo_folder, folder)
     broken = sorted((folder / "train").rglob("*.jpg"))[0]
     broken.write_bytes(b"\xff\xd8 not really a jpeg")
-    for decoder in ("pil", "turbo", "draft"):
+    for decoder in ("pil", "turbo", "draft", "region"):
         config = TrainConfig(data="folder", data_dir=str(folder), decoder=decoder, seed=0, workers=0)
         dataset = build_train_set(config, training_transform(32))
         index = [path for path, _ in dataset.samples].index(str(broken))
@@ -133,7 +247,7 @@ def test_an_undecodable_image_is_skipped_with_its_reason(tmp_path):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    for name in ("pil", "turbo", "draft"):
+    for name in ("pil", "turbo", "draft", "region"):
         decode, rest = cpu_decoder(name, training_transform(32))
         stream = ShardStream(ShardSource(str(tmp_path)), "train", rest, decode)
         (record,) = stream.records(stream.shards, 0, 1)
