@@ -181,16 +181,20 @@ def _record(where: str, parts: dict[str, bytes], problem: str | None, num_classe
     return Record(where, parts[images[0]], int(text))
 
 
-def tar_records(tar: tarfile.TarFile, shard: str, num_classes: int) -> Iterator[Record]:
-    """The samples of an open tar, in order: consecutive members sharing a key make one sample."""
-    key, parts, problem = None, {}, None
+def tar_records(tar: tarfile.TarFile, shard: str, num_classes: int, skip: int = 0) -> Iterator[Record]:
+    """The samples of an open tar, in order, from sample `skip` on: consecutive members sharing a key make
+    one sample. The members of the samples skipped are passed over unread (a local tar seeks past them)."""
+    key, parts, problem, index = None, {}, None, 0
     for member in tar:
         match = MEMBER_NAME.match(member.name)
         member_key = match.group(1) if match else member.name
         if key is not None and member_key != key:
-            yield _record(f"{shard}:{key}", parts, problem, num_classes)
-            parts, problem = {}, None
+            if index >= skip:
+                yield _record(f"{shard}:{key}", parts, problem, num_classes)
+            index, parts, problem = index + 1, {}, None
         key = member_key
+        if index < skip:
+            continue
         if not match:
             problem = f"unexpected member name {member.name[:80]!r} (expected <key>.jpg, .png or .cls)"
         elif not member.isreg():
@@ -199,27 +203,26 @@ def tar_records(tar: tarfile.TarFile, shard: str, num_classes: int) -> Iterator[
             problem = f"{member.name} is {member.size} bytes (more than {MAX_MEMBER_BYTES})"
         else:
             parts[match.group(2)] = tar.extractfile(member).read()
-    if key is not None:
+    if key is not None and index >= skip:
         yield _record(f"{shard}:{key}", parts, problem, num_classes)
 
 
 def read_shard(source: ShardSource, shard: ShardInfo, start: int, stop: int, num_classes: int) -> Iterator[Record]:
     """Exactly `stop - start` records: the shard's samples [start, stop), and for each one the shard
     failed to deliver (truncated, corrupt, unreachable) a record saying so."""
-    position, problem = 0, None
+    position, problem = start, None
     try:
         # a local shard is read seeking over the members it skips; a remote one as a stream
         with source.open(shard.name) as f, tarfile.open(fileobj=f, mode="r|" if source.remote else "r:") as tar:
-            for record in tar_records(tar, shard.name, num_classes):
+            for record in tar_records(tar, shard.name, num_classes, skip=start):
                 if position >= stop:
                     break
-                if position >= start:
-                    yield record
+                yield record
                 position += 1
     except (tarfile.TarError, OSError, EOFError) as e:
         problem = f"{type(e).__name__}: {e}"
-    reason = problem or f"the shard holds {position} of the {shard.samples} samples its index lists"
-    for missing in range(max(position, start), stop):
+    reason = problem or f"the shard ends before sample #{position} of the {shard.samples} samples its index lists"
+    for missing in range(position, stop):
         yield Record(f"{shard.name} sample #{missing}", problem=f"unreadable shard ({reason})")
 
 

@@ -241,8 +241,9 @@ def _speed_flags(p: argparse.ArgumentParser) -> None:
         g,
         "--decoder",
         "training image decoder (folder, imagenet, shards): pil, turbo (libjpeg-turbo to a tensor, the same "
-        "pixels), draft (JPEG DCT scaling under the random-resized crop), cuda (shards: batched on the GPU); "
-        "auto: cuda for shards when training on CUDA, else turbo",
+        "pixels), draft (JPEG DCT scaling under the random-resized crop), region (only the crop's region of "
+        "a JPEG decoded, the same pixels; needs nvImageCodec), cuda (shards: batched on the GPU); auto: cuda "
+        "for shards when training on CUDA, else region where nvImageCodec is installed, else turbo",
     )
     _flag(g, "--val-batch-size", "validation batch size per process", type=int)
     _flag(g, "--seed", "random seed", type=int)

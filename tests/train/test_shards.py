@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 from fsutil.owned import MARKER_NAME, NotOwnedError
 from imagedata.digits import write_digits_folder
 from imagedata.errors import DataError
-from imagedata.shards import MEMBER_NAME, ShardSamples, ShardSource
+from imagedata.shards import MEMBER_NAME, ShardSamples, ShardSource, read_shard, tar_records
 from models import load_checkpoint
 from tests.fixtures.trained import run_train, train_command
 from train.cli import build_parser
@@ -162,6 +162,27 @@ def test_truncated_shard_is_reported_not_fatal(shard_dir, tmp_path):
     val.write_bytes(val.read_bytes()[:1000])
     samples = ShardSamples(ShardSource(str(damaged)), "val", None)
     assert len(samples) < 16 and "val-000001.tar" in samples.problems[0]
+
+
+def test_a_segment_starting_inside_a_shard_reads_only_its_own_samples(shard_dir, tmp_path):
+    """Streams start mid-shard: the samples before their start are passed over, not read into memory;
+    a shard cut before a segment's start reports every sample of the segment."""
+    source = ShardSource(str(shard_dir))
+    shard = source.index.shards("train")[1]
+    with tarfile.open(shard_dir / shard.name) as tar:
+        everything = list(tar_records(tar, shard.name, 10))
+    with tarfile.open(shard_dir / shard.name) as tar:
+        assert list(tar_records(tar, shard.name, 10, skip=5)) == everything[5:]
+    assert list(read_shard(source, shard, 5, 9, 10)) == everything[5:9]
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(shard_dir, damaged)
+    with tarfile.open(shard_dir / shard.name) as tar:
+        third = tar.getmembers()[6].offset  # the header of sample #3 (two members a sample)
+    (damaged / shard.name).write_bytes((shard_dir / shard.name).read_bytes()[:third])
+    cut = list(read_shard(ShardSource(str(damaged)), shard, 9, 12, 10))
+    assert [r.where for r in cut] == [f"{shard.name} sample #{i}" for i in (9, 10, 11)]
+    assert all("the shard ends before sample #9" in r.problem for r in cut)
 
 
 def test_hostile_member_names_are_refused_unread(tmp_path, shard_dir):
