@@ -7,12 +7,14 @@ images are ImageNet-like JPEGs (about 500x375, quality 90) made from scikit-imag
 
 Rows: each decoder (pil: PIL as torchvision's ImageFolder decodes, the baseline; turbo; draft; region; cuda
 where a GPU is present) from the folder and from the shards, with 1 and 2 loader workers, through train's own
-loaders (`train.data.build_train_set` and `build_train_loader`, `--data folder` and `--data shards`
-with `--decoder`). A row's rate counts the images after each worker's first batch, to the end of the pass,
-so worker start-up is left out; per core is that rate over the worker count (each worker is one
-single-threaded process; the cuda rows count the training process as one more core). The target is the
-best CPU row per core at >= 1.5x the PIL folder baseline with the same workers; the report also gives the
-cores one GPU training at 3,000 images/s would need, at the baseline and at the best rate.
+loaders (`train.data.build_train_set` and `build_train_loader`, `--data folder` and `--data shards` with
+`--decoder`), in channels-last uint8 batches (NHWC memory, what `--channels-last` training takes, as the
+ImageNet recipe does; the stack is then a plain copy of the decoders' HWC images). A row's rate counts the
+images after each worker's first batch, to the end of the pass, so worker start-up is left out; per core is
+that rate over the worker count (each worker is one single-threaded process; the cuda rows count the training
+process as one more core). The target is the best CPU decoder per core at >= 1.5x the PIL folder baseline with
+the same workers, each decoder and source judged by the lower of its 1- and 2-worker ratios; the report also
+gives the cores one GPU training at 3,000 images/s would need, at the baseline and at the best rate.
 """
 
 from __future__ import annotations
@@ -93,6 +95,12 @@ def images_per_s(loader, workers: int) -> tuple[float, int]:
     return counted / (time.perf_counter() - started), counted
 
 
+def worst_ratio(rows: list[dict[str, Any]], row: dict[str, Any]) -> float:
+    """The lower of `row`'s source and decoder's ratios to the baseline over the worker counts."""
+    same = [r["vs_baseline"] or 0.0 for r in rows if (r["source"], r["decoder"]) == (row["source"], row["decoder"])]
+    return min(same)
+
+
 def run(args: argparse.Namespace) -> Report:
     images = args.images or (24 if args.quick else 1024)
     batch = args.batch_size or (8 if args.quick else 32)
@@ -110,7 +118,7 @@ def run(args: argparse.Namespace) -> Report:
     )
     rows: list[dict[str, Any]] = []
     for workers in WORKERS:
-        config = TrainConfig(seed=0, workers=workers, data="folder")
+        config = TrainConfig(seed=0, workers=workers, data="folder", channels_last=True)
         variants = [("folder", d, folder_loader, (folder, d, config, batch, size)) for d in CPU_DECODERS]
         variants += [("shards", d, shard_loader, (shards, d, config, batch, size, False)) for d in CPU_DECODERS]
         if gpu:
@@ -127,7 +135,7 @@ def run(args: argparse.Namespace) -> Report:
     report.tables.append(table)
     report.data["rows"] = rows
     baseline = max(r["per_core"] for r in rows if (r["source"], r["decoder"]) == ("folder", "pil"))
-    best = max((r for r in rows if r["decoder"] in CPU_DECODERS), key=lambda r: r["vs_baseline"] or 0.0)
+    best = max((r for r in rows if r["decoder"] in CPU_DECODERS), key=lambda r: worst_ratio(rows, r))
     cores = Table(
         f"CPU cores one GPU at {GPU_RATE:,} images/s would need",
         ["input", "images/s per core", "cores"],
@@ -139,11 +147,11 @@ def run(args: argparse.Namespace) -> Report:
         GPU_RATE / best["per_core"] if best["per_core"] else None,
     )
     report.tables.append(cores)
-    ratio = best["vs_baseline"]
+    ratio = worst_ratio(rows, best)
     report.verdicts.append(
         Verdict(
-            f"best CPU decoder >= {TARGET}x the PIL folder baseline, images/s per core",
-            f"{ratio:.2f}x ({best['source']} {best['decoder']}, {best['workers']} worker(s))" if ratio else "n/a",
+            f"best CPU decoder >= {TARGET}x the PIL folder baseline, images/s per core (the lower of its worker rows)",
+            f"{ratio:.2f}x ({best['source']} {best['decoder']})" if ratio else "n/a",
             None if args.quick or ratio is None else ratio >= TARGET,
         )
     )

@@ -7,6 +7,7 @@ Batches travel as uint8 and are normalised on the device (`models.normalize_batc
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import torch
@@ -150,7 +151,7 @@ def build_train_loader(
         dataset,
         batch_sampler=batches,
         generator=generator,
-        collate_fn=None if in_memory else collate_skipping,
+        collate_fn=None if in_memory else partial(collate_skipping, channels_last=config.channels_last),
         **_loader_options(config, in_memory, pin_memory),
     )
 

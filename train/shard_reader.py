@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 import torch
@@ -105,7 +105,7 @@ class ShardStream(IterableDataset):
     ):
         self.source, self.split, self.transform, self.decode = source, split, transform, decode
         self.collate: Callable[[list[Any]], Any] = collate_skipping
-        self.channels_last = False  # batches in NHWC memory: the device's channels_last copy is then free
+        self.channels_last = False  # batches in NHWC memory (collate_skipping; the GPU decode's decode_batch)
         self.shards = source.index.shards(split)
         self.num_classes = len(source.index.class_names)
 
@@ -189,10 +189,7 @@ class ShardBatches(IterableDataset):
                     break
             if not batch:
                 return
-            images, labels, skipped = self.stream.collate(batch)
-            if self.stream.channels_last and isinstance(images, torch.Tensor):
-                images = images.contiguous(memory_format=torch.channels_last)
-            yield images, labels, skipped
+            yield self.stream.collate(batch)
 
     def batch_indices(self, worker: int, workers: int) -> range:
         """The epoch's batches (after the skipped ones) that loader worker `worker` of `workers` makes:
@@ -232,6 +229,7 @@ def build_shard_train_loader(
     batches come out decoded on `decode_device` (default: the current CUDA device)."""
     plan = gpu_decode_plan(stream, config, pin_memory or decode_device is not None)
     stream.channels_last = config.channels_last
+    stream.collate = partial(collate_skipping, channels_last=config.channels_last)
     if plan is not None:
         stream.decode, stream.transform, stream.collate = EncodedCrop(plan, stream.transform), None, collate_encoded
     batches = ShardBatches(stream, batch_size, rank, world_size, config.seed)

@@ -46,14 +46,22 @@ def _sample_path(dataset: Dataset, index: int) -> str:
     return str(samples[index][0]) if samples is not None else f"image #{index}"
 
 
-def collate_skipping(samples: list[Any]) -> tuple[torch.Tensor | None, torch.Tensor | None, list[UnreadableImage]]:
-    """(images, labels, unreadable): the batch without its unreadable images (None, None when none was read)."""
+def collate_skipping(
+    samples: list[Any], channels_last: bool = False
+) -> tuple[torch.Tensor | None, torch.Tensor | None, list[UnreadableImage]]:
+    """(images, labels, unreadable): the batch without its unreadable images (None, None when none was read).
+    `channels_last`: the images stacked in NHWC memory (then a plain copy of the HWC memory the decoders
+    leave them in, and the device's channels_last copy is free), else in NCHW."""
     kept = [s for s in samples if not isinstance(s, UnreadableImage)]
     skipped = [s for s in samples if isinstance(s, UnreadableImage)]
     if not kept:
         return None, None, skipped
-    images, labels = default_collate(kept)
-    return images, labels, skipped
+    if not channels_last:
+        images, labels = default_collate(kept)
+        return images, labels, skipped
+    # default_collate still stacks (into shared memory in a loader worker); NCHW is a view of the NHWC batch
+    images, labels = default_collate([(image.permute(1, 2, 0), label) for image, label in kept])
+    return images.permute(0, 3, 1, 2), labels, skipped
 
 
 class UnreadableImages:

@@ -12,8 +12,8 @@ def test_loader_measures_each_decoder_from_folder_and_shards(tmp_path):
     stdout, markdown, data = run_quick("loader", tmp_path)
     check_well_formed(stdout, markdown, data, "loader")
     rows = data["data"]["rows"]
-    decoders = ["pil", "turbo", "draft"] + (["cuda"] if torch.cuda.is_available() else [])
-    expected = {("folder", d, w) for d in decoders[:3] for w in (1, 2)} | {
+    decoders = ["pil", "turbo", "draft", "region"] + (["cuda"] if torch.cuda.is_available() else [])
+    expected = {("folder", d, w) for d in decoders[:4] for w in (1, 2)} | {
         ("shards", d, w) for d in decoders for w in (1, 2)
     }
     assert {(r["source"], r["decoder"], r["workers"]) for r in rows} == expected

@@ -212,17 +212,23 @@ def test_folder_training_decodes_with_the_chosen_decoder(photo_folder):
 
 @pytest.mark.skipif(not jpeg_region.available(), reason=f"{jpeg_region.REQUIREMENT} is not installed")
 def test_region_decodes_in_forked_loader_workers_as_pil_does(photo_folder):
-    """Two DataLoader workers (forked after this process has made its own decoder) give PIL's batches."""
+    """Two DataLoader workers (forked after this process has made its own decoder) give PIL's batches, in
+    NCHW memory or, with channels_last, the same pixels in NHWC memory."""
     jpeg_region.jpeg_regions()
     batches = {}
-    for decoder in ("pil", "region"):
-        config = TrainConfig(data="folder", data_dir=str(photo_folder), decoder=decoder, seed=5, workers=2)
+    for decoder, channels_last in (("pil", False), ("region", False), ("region", True)):
+        config = TrainConfig(
+            data="folder", data_dir=str(photo_folder), decoder=decoder, seed=5, workers=2, channels_last=channels_last
+        )
         loader = build_train_loader(build_train_set(config, training_transform(48)), config, 4, 1, 0, pin_memory=False)
         start_epoch(loader, 0)
-        batches[decoder] = [(images, labels) for images, labels, *_ in loader]
-    assert len(batches["region"]) == len(batches["pil"]) == 2
-    for (images, labels), (images_e, labels_e) in zip(batches["region"], batches["pil"]):
-        assert torch.equal(labels, labels_e) and torch.equal(images, images_e)
+        batches[decoder, channels_last] = [(images, labels) for images, labels, *_ in loader]
+    assert len(batches["pil", False]) == 2
+    for key in (("region", False), ("region", True)):
+        assert len(batches[key]) == 2
+        for (images, labels), (images_e, labels_e) in zip(batches[key], batches["pil", False]):
+            assert torch.equal(labels, labels_e) and torch.equal(images, images_e)
+            assert images.is_contiguous(memory_format=torch.channels_last) == key[1] != images.is_contiguous()
 
 
 def test_a_corrupt_folder_image_is_skipped_with_its_path_by_every_decoder(photo_folder, tmp_path):
