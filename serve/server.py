@@ -45,6 +45,7 @@ LOG_FILES_KEPT = 4
 # before it stops (its own shutdown resets every open connection, answered or not). Its stop then takes a few
 # seconds more, and `docker stop` sends SIGKILL after 10 s.
 DRAIN_S = 3.0
+EXEC_GRACE_S = 1.0  # how long a just-started process's command line may read empty (running_command_line)
 
 
 class ServerError(RuntimeError):
@@ -292,11 +293,25 @@ def worker_processes(run_dir: Path) -> list[psutil.Process]:
 
 
 def is_torchserve(pid: int) -> bool:
+    return JAVA_MAIN_CLASS in running_command_line(pid)
+
+
+def running_command_line(pid: int) -> list[str]:
+    """The command line of a running process ([] when it is gone or a zombie). A process that has just
+    been started can show an empty one: Popen returns once the exec has begun, and the kernel records the
+    new command line a moment later, while it loads the binary (which made a Triton still loading look
+    exited). An empty one is read again for up to EXEC_GRACE_S."""
+    deadline = time.monotonic() + EXEC_GRACE_S
     try:
         process = psutil.Process(pid)
-        return process.status() != psutil.STATUS_ZOMBIE and JAVA_MAIN_CLASS in process.cmdline()
+        while process.status() != psutil.STATUS_ZOMBIE:
+            command = process.cmdline()
+            if command or time.monotonic() > deadline:
+                return command
+            time.sleep(0.01)
     except psutil.Error:
-        return False
+        pass
+    return []
 
 
 def start(settings: ServerSettings, log=print) -> ServerInfo:

@@ -33,7 +33,7 @@ import requests
 
 from fsutil.atomic import atomic_write_text
 
-from .server import STATE_FILE, ServerError, check_exposure, check_free, rotate_if_large
+from .server import STATE_FILE, ServerError, check_exposure, check_free, rotate_if_large, running_command_line
 from .triton_install import TritonMissing, find_triton
 
 if TYPE_CHECKING:
@@ -136,12 +136,8 @@ def recorded_state(run_dir: Path) -> TritonInfo | None:
 
 
 def is_triton(pid: int) -> bool:
-    try:
-        process = psutil.Process(pid)
-        cmdline = process.cmdline()
-        return process.status() != psutil.STATUS_ZOMBIE and bool(cmdline) and cmdline[0].endswith("tritonserver")
-    except psutil.Error:
-        return False
+    command = running_command_line(pid)
+    return bool(command) and command[0].endswith("tritonserver")
 
 
 def read_state(run_dir: Path) -> TritonInfo | None:
@@ -295,8 +291,7 @@ def wait_until_ready(info: TritonInfo, timeout_s: float, log=print, process: sub
     deadline = time.monotonic() + timeout_s
     pending = list(info.models)
     while pending:
-        # Our own child's exit status when we have it: reading /proc (is_triton) has been seen to miss a
-        # Triton that was still starting in a container.
+        # Our own child's exit status when we have it (and the exit code to report)
         if process.poll() is not None if process is not None else not is_triton(info.pid):
             raise TritonExited(f"Triton exited while starting{exit_status(process)}:\n{log_tail(Path(info.run_dir))}")
         if time.monotonic() > deadline:

@@ -28,7 +28,7 @@ from skimage import data as skdata
 from export.runners import open_runner
 from models import eval_transform
 from models.imageio import decode_image
-from serve.server import ServerSettings, expires_soon, is_torchserve, render_config, stop
+from serve.server import ServerSettings, expires_soon, is_torchserve, render_config, running_command_line, stop
 from tests.fixtures.served import encode
 
 MODEL = "digits"
@@ -584,3 +584,18 @@ def test_status_tells_a_restarting_worker_from_a_starting_one(tmp_path):
     assert "1 starting" in text and str(tmp_path / "logs" / "model_log.log") in text
     ready = worker_report([{"pid": os.getpid(), "status": "READY"}])
     assert describe_workers(ready, tmp_path) == f"1/1 workers ready (pids [{os.getpid()}])"
+
+
+def test_a_process_just_started_shows_its_command_line():
+    """Right after Popen returns, the kernel may not have recorded the new command line yet (it reads empty
+    for a moment): `running_command_line`, behind is_torchserve and is_triton (`serve status`, `serve stop`,
+    Triton's start), waits that moment out; a process gone reads as []."""
+    command = [sys.executable, "-c", "import time; time.sleep(60)"]
+    for _ in range(100):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert running_command_line(process.pid) == command
+        finally:
+            process.kill()
+            process.wait()
+    assert running_command_line(process.pid) == []
