@@ -8,13 +8,18 @@ The sharded dataset format (one source of truth for the writer, `train.shards`, 
 A shard directory holds tar files in WebDataset's layout and one `index.json`:
 
     DIR/index.json                     {"format": "resnet-deploy-shards", "version": 1, "class_names": [...],
+                                        "seek_step": 64,
                                         "splits": {"train": {"samples": N, "class_counts": [...],
-                                                             "shards": [{"name", "samples", "bytes", "sha256"}]},
+                                                             "shards": [{"name", "samples", "bytes", "sha256",
+                                                                         "seek_points"}]},
                                                    "val": {...}}}
     DIR/train-000000.tar ...           <key>.jpg (or .png) + <key>.cls (the label as ASCII digits), per sample
     DIR/val-000000.tar ...
 
-Samples are written in a seeded random order, so every shard mixes the classes. Any tar reader (or the
+`seek_points` (optional: indexes written before them have none) are the byte offsets in the tar of samples
+0, seek_step, 2 x seek_step, ...: a reader that starts inside a shard (each training stream does) seeks to
+the point before its first sample instead of reading every header up to it. Samples are written in a
+seeded random order, so every shard mixes the classes. Any tar reader (or the
 `webdataset` package) reads the shards; names inside are flat `<key>.<ext>` and validated on reading.
 """
 
@@ -46,6 +51,7 @@ LABEL_EXTENSION = "cls"
 MAX_MEMBER_BYTES = 64 << 20  # one encoded image; larger members are refused unread
 SHARD_NAME = re.compile(r"^(train|val)-\d{6}\.tar$")
 MEMBER_NAME = re.compile(r"^([A-Za-z0-9_-]{1,64})\.(jpg|png|cls)$")
+SEEK_STEP = 64  # samples between two seek points (the writer's; the reader takes the index's)
 
 
 class ShardFormatError(ValueError):
@@ -60,6 +66,13 @@ def shard_name(split: str, number: int) -> str:
 class ShardInfo:
     name: str
     samples: int
+    seek_points: tuple[int, ...] = ()  # byte offsets of samples 0, step, 2 x step, ... (none: read from the start)
+    seek_step: int = SEEK_STEP
+
+    def seek_point(self, sample: int) -> tuple[int, int]:
+        """(byte offset to start reading at, samples to pass over from there) to reach `sample`."""
+        point = min(sample // self.seek_step, len(self.seek_points) - 1) if self.seek_points else -1
+        return (self.seek_points[point], sample - point * self.seek_step) if point >= 0 else (0, sample)
 
 
 @dataclass(frozen=True)
@@ -87,20 +100,34 @@ def parse_index(text: str, source: str) -> ShardIndex:
     names = raw.get("class_names")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ShardFormatError(f"{source}: class_names must be a non-empty list of strings")
+    step = raw.get("seek_step", SEEK_STEP)
+    if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+        raise ShardFormatError(f"{source}: seek_step must be a positive integer")
     splits: dict[str, list[ShardInfo]] = {}
     for split, entry in (raw.get("splits") or {}).items():
         if split not in SPLITS or not isinstance(entry, dict) or not isinstance(entry.get("shards"), list):
             raise ShardFormatError(f"{source}: split {split!r} is not one of {SPLITS} with a 'shards' list")
-        shards = []
-        for shard in entry["shards"]:
-            name, count = (shard.get("name"), shard.get("samples")) if isinstance(shard, dict) else (None, None)
-            if not isinstance(name, str) or not SHARD_NAME.match(name) or not name.startswith(f"{split}-"):
-                raise ShardFormatError(f"{source}: shard name {name!r} in {split} is not {split}-NNNNNN.tar")
-            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-                raise ShardFormatError(f"{source}: shard {name}: samples must be a non-negative integer")
-            shards.append(ShardInfo(name, count))
-        splits[split] = shards
+        splits[split] = [parse_shard(shard, split, step, source) for shard in entry["shards"]]
     return ShardIndex(class_names=list(names), splits=splits)
+
+
+def parse_shard(shard: Any, split: str, step: int, source: str) -> ShardInfo:
+    name, count = (shard.get("name"), shard.get("samples")) if isinstance(shard, dict) else (None, None)
+    if not isinstance(name, str) or not SHARD_NAME.match(name) or not name.startswith(f"{split}-"):
+        raise ShardFormatError(f"{source}: shard name {name!r} in {split} is not {split}-NNNNNN.tar")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise ShardFormatError(f"{source}: shard {name}: samples must be a non-negative integer")
+    points = shard.get("seek_points", [])
+    if not (
+        isinstance(points, list)
+        and len(points) <= -(-count // step)
+        and all(isinstance(p, int) and not isinstance(p, bool) for p in points)
+        and all(a < b for a, b in zip([-1, *points], points))
+    ):
+        raise ShardFormatError(
+            f"{source}: shard {name}: seek_points must be increasing byte offsets, one per {step} samples at most"
+        )
+    return ShardInfo(name, count, tuple(points), step)
 
 
 DATA_PREFIX = "shards:"
@@ -207,18 +234,33 @@ def tar_records(tar: tarfile.TarFile, shard: str, num_classes: int, skip: int = 
         yield _record(f"{shard}:{key}", parts, problem, num_classes)
 
 
+def seek_to_header(f: BinaryIO, offset: int, what: str) -> None:
+    """Position `f` at `offset`, where a tar member's header must start (a tar reader opened on `f` then
+    begins there); tarfile.ReadError, naming `what`, if none does."""
+    f.seek(offset)
+    try:
+        tarfile.TarInfo.frombuf(f.read(tarfile.BLOCKSIZE), tarfile.ENCODING, "surrogateescape")
+    except tarfile.HeaderError:
+        raise tarfile.ReadError(f"no tar header at byte {offset}, {what}: write the shards again") from None
+    f.seek(offset)
+
+
 def read_shard(source: ShardSource, shard: ShardInfo, start: int, stop: int, num_classes: int) -> Iterator[Record]:
     """Exactly `stop - start` records: the shard's samples [start, stop), and for each one the shard
     failed to deliver (truncated, corrupt, unreachable) a record saying so."""
     position, problem = start, None
     try:
-        # a local shard is read seeking over the members it skips; a remote one as a stream
-        with source.open(shard.name) as f, tarfile.open(fileobj=f, mode="r|" if source.remote else "r:") as tar:
-            for record in tar_records(tar, shard.name, num_classes, skip=start):
-                if position >= stop:
-                    break
-                yield record
-                position += 1
+        with source.open(shard.name) as f:
+            offset, skip = shard.seek_point(start) if f.seekable() else (0, start)
+            if offset:
+                seek_to_header(f, offset, f"the index's seek point for sample #{start - skip} of {shard.name}")
+            # a local shard is read seeking over the members it skips; a remote one as a stream
+            with tarfile.open(fileobj=f, mode="r|" if source.remote else "r:") as tar:
+                for record in tar_records(tar, shard.name, num_classes, skip=skip):
+                    if position >= stop:
+                        break
+                    yield record
+                    position += 1
     except (tarfile.TarError, OSError, EOFError) as e:
         problem = f"{type(e).__name__}: {e}"
     reason = problem or f"the shard ends before sample #{position} of the {shard.samples} samples its index lists"

@@ -38,7 +38,7 @@ from fsutil.owned import NotOwnedError, mark_owned, owned_kind, remove_owned_tre
 from imagedata.cifar import read_cifar
 from imagedata.errors import DataError
 from imagedata.folders import _class_folders
-from imagedata.shards import FORMAT, INDEX_NAME, LABEL_EXTENSION, OWNER_KIND, VERSION, shard_name
+from imagedata.shards import FORMAT, INDEX_NAME, LABEL_EXTENSION, OWNER_KIND, SEEK_STEP, VERSION, shard_name
 
 SHUFFLE_SEED = 0  # the order samples are written in; fixed, so the same source gives the same shards
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -128,10 +128,12 @@ def write_split(items: list[Item], split: str, out: Path, shard_size: int, num_c
         chunk = list(islice(samples, shard_size))
         if not chunk:
             break
-        name = shard_name(split, len(shards))
+        name, seek_points = shard_name(split, len(shards)), []
         with open(out / name, "wb") as f:
             with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                for data, ext, label in chunk:
+                for i, (data, ext, label) in enumerate(chunk):
+                    if i % SEEK_STEP == 0:
+                        seek_points.append(f.tell())  # where the sample's first header starts
                     key = f"{split}{written:08d}"
                     add_member(tar, f"{key}.{ext}", data)
                     add_member(tar, f"{key}.{LABEL_EXTENSION}", str(label).encode("ascii"))
@@ -145,6 +147,7 @@ def write_split(items: list[Item], split: str, out: Path, shard_size: int, num_c
                 "samples": len(chunk),
                 "bytes": (out / name).stat().st_size,
                 "sha256": sha256_file(out / name),
+                "seek_points": seek_points,
             }
         )
     entry = {"samples": written, "class_counts": counts, "shards": shards}
@@ -167,7 +170,7 @@ def write_shards(source: str, out: Path, shard_size: int, overwrite: bool = Fals
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         mark_owned(staging, OWNER_KIND)
-        index: dict = {"format": FORMAT, "version": VERSION, "source": source, "splits": {}}
+        index: dict = {"format": FORMAT, "version": VERSION, "source": source, "seek_step": SEEK_STEP, "splits": {}}
         for split in ("train", "val"):
             names, items = read_source(source, split)
             random.Random(f"{SHUFFLE_SEED}:{split}").shuffle(items)

@@ -4,6 +4,7 @@ shards as good as from the folder they were written from."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -22,9 +23,10 @@ from torchvision.transforms import v2
 from fsutil.owned import MARKER_NAME, NotOwnedError
 from imagedata.digits import write_digits_folder
 from imagedata.errors import DataError
-from imagedata.shards import MEMBER_NAME, ShardSamples, ShardSource, read_shard, tar_records
+from imagedata.shards import MEMBER_NAME, ShardInfo, ShardSamples, ShardSource, read_shard, tar_records
 from models import load_checkpoint
 from tests.fixtures.trained import run_train, train_command
+from train import shards as train_shards
 from train.cli import build_parser
 from train.config import TrainConfig
 from train.data import build_train_loader, start_epoch
@@ -183,6 +185,38 @@ def test_a_segment_starting_inside_a_shard_reads_only_its_own_samples(shard_dir,
     cut = list(read_shard(ShardSource(str(damaged)), shard, 9, 12, 10))
     assert [r.where for r in cut] == [f"{shard.name} sample #{i}" for i in (9, 10, 11)]
     assert all("the shard ends before sample #9" in r.problem for r in cut)
+
+
+def test_seek_points_start_a_segment_at_its_sample_and_wrong_ones_are_refused(jpeg_folder, tmp_path, monkeypatch):
+    """With a seek point every 3 samples (the writer's step made small), a segment starting at any sample
+    reads what a scan from the shard's start reads; so does an index without seek points (written before
+    them). A seek point that is not a member's header makes the segment's samples unreadable, saying so;
+    seek points that are not increasing offsets are refused, naming the shard."""
+    monkeypatch.setattr(train_shards, "SEEK_STEP", 3)
+    out = tmp_path / "shards"
+    write_shards(str(jpeg_folder), out, 10, log=lambda _: None)
+    source = ShardSource(str(out))
+    shard = source.index.shards("train")[0]
+    assert shard.seek_step == 3 and len(shard.seek_points) == 4 and shard.seek_points[0] == 0  # samples 0, 3, 6, 9
+    with tarfile.open(out / shard.name) as tar:
+        everything = list(tar_records(tar, shard.name, 10))
+        assert [m.offset for m in tar.getmembers()[::6]] == list(shard.seek_points)
+    by_url = ShardSource(f"local://{out}")  # fsspec's seekable file, read as a stream from the seek point
+    for start in range(10):
+        assert list(read_shard(source, shard, start, 10, 10)) == everything[start:], start
+        assert list(read_shard(by_url, shard, start, 10, 10)) == everything[start:], start
+    assert list(read_shard(source, ShardInfo(shard.name, shard.samples), 7, 10, 10)) == everything[7:]
+
+    wrong = dataclasses.replace(shard, seek_points=(0, shard.seek_points[1] + 512, *shard.seek_points[2:]))
+    unread = list(read_shard(source, wrong, 4, 6, 10))
+    assert [r.where for r in unread] == [f"{shard.name} sample #4", f"{shard.name} sample #5"]
+    assert all(f"the index's seek point for sample #3 of {shard.name}" in r.problem for r in unread)
+
+    index = json.loads((out / "index.json").read_text())
+    index["splits"]["train"]["shards"][0]["seek_points"] = [0, 9000, 4000]
+    (out / "index.json").write_text(json.dumps(index))
+    with pytest.raises(DataError, match="train-000000.tar: seek_points must be increasing byte offsets"):
+        ShardSource(str(out))
 
 
 def test_hostile_member_names_are_refused_unread(tmp_path, shard_dir):
