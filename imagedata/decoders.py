@@ -18,8 +18,9 @@
           resized and flipped there (train/gpu_decode.py); picked by `auto` when training on CUDA
 
 All give uint8 images; normalisation happens on the device (`models.normalize_batch`). `auto` is `region`
-on the CPU where nvImageCodec is installed, else `turbo` (and `cuda` for shards when training on a GPU). Folder and shard training both decode this way;
-validation, parity and calibration sets keep `pil`, the serving path's decoder.
+on the CPU where nvImageCodec is installed, else `turbo` (and `cuda` for shards when training on a GPU).
+Folder and shard training both decode this way; validation, parity and calibration sets keep `pil`, the
+serving path's decoder.
 torchvision 0.29 marks its image decoders deprecated in favour of TorchCodec (a DeprecationWarning);
 they work on every torchvision this project supports (0.26 with torch 2.11 to 0.29).
 """
@@ -89,10 +90,7 @@ def cpu_decoder_name(name: str | None) -> str:
     if name == "auto":
         return "region" if jpeg_region.available() else "turbo"
     if name == "region" and not jpeg_region.available():
-        raise ValueError(
-            f"decoder 'region' needs nvImageCodec's CPU JPEG decoder: pip install {jpeg_region.REQUIREMENT} "
-            "(part of resnet-deploy[train] on Linux x86_64 and aarch64), or choose --decoder turbo"
-        )
+        raise ValueError(jpeg_region.MISSING)
     return "turbo" if name == "cuda" else name
 
 

@@ -26,6 +26,10 @@ REQUIREMENT = "nvidia-nvimgcodec-cu13"  # pyproject's `train` extra (Linux x86_6
 EXTENSION = "libjpeg_turbo_ext"
 EXTENSIONS_PATH_ENV = "NVIMGCODEC_EXTENSIONS_PATH"
 JPEG_START, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
+MISSING = (
+    f"the `region` decoder needs nvImageCodec's CPU JPEG decoder: pip install {REQUIREMENT} "
+    "(part of resnet-deploy[train] on Linux x86_64 and aarch64), or choose --decoder turbo"
+)
 
 _loaded: dict[int, JpegRegions] = {}  # by process id: a forked worker makes its own
 
@@ -48,10 +52,7 @@ def jpeg_regions() -> JpegRegions:
 
 def _import_with_only_libjpeg_turbo() -> tuple[Any, Any]:
     if not available():
-        raise ModuleNotFoundError(
-            f"the `region` decoder needs nvImageCodec's CPU JPEG decoder: pip install {REQUIREMENT} "
-            "(part of resnet-deploy[train] on Linux x86_64 and aarch64), or choose --decoder turbo"
-        )
+        raise ModuleNotFoundError(MISSING)
     extensions = Path(importlib.util.find_spec(PACKAGE).origin).parent / "extensions"
     libraries = sorted(extensions.glob(f"{EXTENSION}.so*"))
     if not libraries:

@@ -229,8 +229,9 @@ def build_shard_train_loader(
     batches come out decoded on `decode_device` (default: the current CUDA device)."""
     plan = gpu_decode_plan(stream, config, pin_memory or decode_device is not None)
     stream.channels_last = config.channels_last
-    stream.collate = partial(collate_skipping, channels_last=config.channels_last)
-    if plan is not None:
+    if plan is None:
+        stream.collate = partial(collate_skipping, channels_last=config.channels_last)
+    else:
         stream.decode, stream.transform, stream.collate = EncodedCrop(plan, stream.transform), None, collate_encoded
     batches = ShardBatches(stream, batch_size, rank, world_size, config.seed)
     if batches.steps == 0:
